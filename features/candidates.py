@@ -1,0 +1,103 @@
+"""Candidate generation: the union of ALS top-N, text top-N, popular and trending items.
+
+Items the user already interacted with in the state's window are excluded. Work is done in
+chunks of users so memory stays at ``chunk x n_items`` floats per source.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from features.state import FeatureState
+from recsys.config import CandidateConfig
+
+SOURCES = ("cf", "text", "popular", "trending")
+
+
+def top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n highest scores per row, best first: (rows, cols) -> (rows, min(n, cols)).
+
+    ``-inf`` entries are never returned ahead of finite ones; callers drop them after.
+    """
+    n = min(n, scores.shape[1])
+    if n == 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64)
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
+                  user_text: np.ndarray | None = None) -> np.ndarray:
+    """Dense scores (len(user_idx), n_items) float32 of one source. Rows a personal source
+    knows nothing about (unknown user, empty history) are all ``-inf``: it proposes nothing."""
+    n = len(user_idx)
+    known = user_idx >= 0
+    if source == "cf":
+        out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
+        out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
+        return out
+    if source == "text":
+        vectors = user_text if user_text is not None else _known_rows(state.user_text, user_idx)
+        out = vectors @ state.item_vectors.T
+        out[~np.any(vectors != 0, axis=1)] = -np.inf
+        return out
+    column = {"popular": "item_pop_all", "trending": "item_pop_1d"}[source]
+    pop = state.item_features[column].to_numpy().astype(np.float32)
+    return np.broadcast_to(pop, (n, state.n_items)).copy()
+
+
+def _known_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(idx), table.shape[1]), dtype=table.dtype)
+    out[idx >= 0] = table[idx[idx >= 0]]
+    return out
+
+
+def seen_mask(state: FeatureState, user_idx: np.ndarray) -> np.ndarray:
+    """Boolean (len(user_idx), n_items): True where the user interacted in the window."""
+    mask = np.zeros((len(user_idx), state.n_items), dtype=bool)
+    known = np.flatnonzero(user_idx >= 0)
+    if known.size:
+        sub = state.seen[user_idx[known]]
+        rows = np.repeat(known, np.diff(sub.indptr))
+        mask[rows, sub.indices] = True
+    return mask
+
+
+def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *,
+                        chunk_size: int = 512, user_text: np.ndarray | None = None) -> pl.DataFrame:
+    """Candidate rows (query_idx, user_idx, item_idx), Int32, sorted by query then item.
+
+    ``query_idx`` is the position in ``user_idx``: unknown users (-1) stay separate queries.
+
+    user_text: optional (len(user_idx), d) interest vectors that replace the stored ones
+    (request-time history, cold users).
+    """
+    sizes = {"cf": config.n_cf, "text": config.n_text, "popular": config.n_popular,
+             "trending": config.n_recent}
+    user_idx = np.asarray(user_idx, dtype=np.int32)
+    frames = []
+    for start in range(0, len(user_idx), chunk_size):
+        chunk = user_idx[start:start + chunk_size]
+        chunk_text = None if user_text is None else user_text[start:start + chunk_size]
+        seen = seen_mask(state, chunk)
+        picked = np.zeros_like(seen)
+        for source, n in sizes.items():
+            if n <= 0:
+                continue
+            scores = source_scores(state, chunk, source, chunk_text)
+            scores[seen] = -np.inf
+            top = top_n(scores, n)
+            rows = np.repeat(np.arange(len(chunk)), top.shape[1])
+            valid = np.isfinite(scores[rows, top.ravel()])
+            picked[rows[valid], top.ravel()[valid]] = True
+        rows, cols = np.nonzero(picked)
+        frames.append(pl.DataFrame({
+            "query_idx": (rows + start).astype(np.int32),
+            "user_idx": chunk[rows].astype(np.int32),
+            "item_idx": cols.astype(np.int32),
+        }))
+    if not frames:
+        return pl.DataFrame(schema={"query_idx": pl.Int32, "user_idx": pl.Int32, "item_idx": pl.Int32})
+    return pl.concat(frames).sort("query_idx", "item_idx")

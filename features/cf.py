@@ -1,0 +1,75 @@
+"""Collaborative filtering with ``implicit``: ALS and BPR, reduced to their factors.
+
+After fitting only the factor matrices are kept (saved as npz), so scoring at serving time is
+numpy arithmetic and does not depend on implicit's own persistence format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from features.user_items import check_user_items
+from recsys.errors import ConfigError
+
+ALGORITHMS = ("als", "bpr")
+
+
+@dataclass(frozen=True)
+class CFFactors:
+    """user_factors: (n_users, f) float32; item_factors: (n_items, f) float32.
+
+    score(u, i) = user_factors[u] . item_factors[i] (BPR's item bias is folded in as a column).
+    """
+
+    name: str
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """float32 (n,) scores of (user, item) pairs; NaN where user_idx or item_idx is -1."""
+        return _pair_dot(self.user_factors, self.item_factors, user_idx, item_idx)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, user_factors=self.user_factors, item_factors=self.item_factors)
+
+    @classmethod
+    def load(cls, path: Path, name: str) -> CFFactors:
+        with np.load(path) as data:
+            return cls(name=name, user_factors=data["user_factors"], item_factors=data["item_factors"])
+
+
+def _pair_dot(left: np.ndarray, right: np.ndarray, li: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    li = np.asarray(li)
+    ri = np.asarray(ri)
+    ok = (li >= 0) & (ri >= 0) & (ri < right.shape[0]) & (li < left.shape[0])
+    out = np.full(li.shape[0], np.nan, dtype=np.float32)
+    if ok.any():
+        out[ok] = np.einsum("ij,ij->i", left[li[ok]], right[ri[ok]])
+    return out
+
+
+def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,
+           iterations: int, regularization: float = 0.05, seed: int = 0) -> CFFactors:
+    """Fit ALS or BPR on ``user_items`` (users x items) and return its factors."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    user_items = check_user_items(user_items, n_users, n_items)
+    if name == "als":
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization,
+                                        iterations=iterations, random_state=seed)
+    elif name == "bpr":
+        model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,
+                                            regularization=0.01, random_state=seed)
+    else:
+        raise ConfigError(f"unknown CF algorithm {name!r}; use one of {ALGORITHMS}")
+    # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        model.fit(user_items, show_progress=False)
+    return CFFactors(name=name, user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
+                     item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32))

@@ -1,0 +1,152 @@
+"""Stage-1 state: everything fitted on one window of logs that the ranking frame reads.
+
+One ``FeatureState`` is fitted on the feature window (to build the ranker's training frame)
+and one on the whole training window (saved with the model for evaluation, batch ranking and
+serving). It is saved in inspectable formats: Parquet, npz/npy and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from features import behaviour
+from features.cf import CFFactors, fit_cf
+from features.text_interest import history_weights, user_vectors
+from features.user_items import build_user_items
+from recsys.config import PipelineConfig
+from recsys.idmap import IdMap
+
+
+@dataclass
+class FeatureState:
+    """Fitted stage-1 models and point-in-time feature tables.
+
+    Shapes: ``item_vectors`` (n_items, 384) float32; ``user_text`` (n_users, 384) float32;
+    ``seen`` CSR (n_users, n_items) float32 (the user's training interactions);
+    ``item_category`` (n_items,) int32; feature tables keyed by contiguous indices.
+    """
+
+    users: IdMap
+    items: IdMap
+    categories: IdMap
+    item_category: np.ndarray
+    als: CFFactors
+    bpr: CFFactors
+    item_vectors: np.ndarray
+    user_text: np.ndarray
+    seen: sp.csr_matrix
+    item_features: pl.DataFrame
+    user_features: pl.DataFrame
+    affinity: pl.DataFrame
+    ref_time: datetime
+    history_len: int
+    half_life: float
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.users.save(folder / "users.parquet")
+        self.items.save(folder / "items.parquet")
+        self.categories.save(folder / "categories.parquet")
+        np.save(folder / "item_category.npy", self.item_category)
+        self.als.save(folder / "als.npz")
+        self.bpr.save(folder / "bpr.npz")
+        np.save(folder / "item_vectors.npy", self.item_vectors)
+        np.save(folder / "user_text.npy", self.user_text)
+        sp.save_npz(folder / "seen.npz", self.seen)
+        self.item_features.write_parquet(folder / "item_features.parquet")
+        self.user_features.write_parquet(folder / "user_features.parquet")
+        self.affinity.write_parquet(folder / "affinity.parquet")
+        meta = {"ref_time": self.ref_time.isoformat(), "history_len": self.history_len,
+                "half_life": self.half_life, "n_users": self.n_users, "n_items": self.n_items}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> FeatureState:
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        return cls(
+            users=IdMap.load(folder / "users.parquet", kind="user"),
+            items=IdMap.load(folder / "items.parquet", kind="item"),
+            categories=IdMap.load(folder / "categories.parquet", kind="category"),
+            item_category=np.load(folder / "item_category.npy"),
+            als=CFFactors.load(folder / "als.npz", "als"),
+            bpr=CFFactors.load(folder / "bpr.npz", "bpr"),
+            item_vectors=np.load(folder / "item_vectors.npy"),
+            user_text=np.load(folder / "user_text.npy"),
+            seen=sp.load_npz(folder / "seen.npz").tocsr(),
+            item_features=pl.read_parquet(folder / "item_features.parquet"),
+            user_features=pl.read_parquet(folder / "user_features.parquet"),
+            affinity=pl.read_parquet(folder / "affinity.parquet"),
+            ref_time=datetime.fromisoformat(meta["ref_time"]),
+            history_len=meta["history_len"],
+            half_life=meta["half_life"],
+        )
+
+
+def with_indices(events: pl.DataFrame, users: IdMap, items: IdMap) -> pl.DataFrame:
+    """Add ``user_idx`` and ``item_idx`` (Int32) columns; unknown users get -1."""
+    return events.with_columns(
+        pl.Series("user_idx", users.to_index(events["user_id"], unknown="null")),
+        pl.Series("item_idx", items.to_index(events["item_id"])),
+    )
+
+
+def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
+                      impressions: pl.DataFrame | None, item_vectors: np.ndarray, users: IdMap,
+                      items: IdMap, config: PipelineConfig) -> FeatureState:
+    """Fit CF models and compute feature tables on ``interactions`` (one window).
+
+    catalog: the items table, in the order of ``items`` (the item id map).
+    users/items: fitted id maps; every user and item in ``interactions`` must be in them.
+    item_vectors: (len(items), 384) float32 from the text encoder.
+    """
+    ref_time = interactions["timestamp"].max()
+    events = with_indices(interactions, users, items).filter(pl.col("user_idx") >= 0)
+    user_items = build_user_items(interactions.filter(pl.col("user_id").is_in(users.ids.implode())),
+                                  users, items)
+    n_users, n_items = len(users), len(items)
+    als = fit_cf("als", user_items, n_users=n_users, n_items=n_items, factors=config.als_factors,
+                 iterations=config.als_iterations, regularization=config.als_regularization, seed=config.seed)
+    bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
+                 iterations=config.bpr_iterations, seed=config.seed)
+    weights = history_weights(events, n_users=n_users, n_items=n_items,
+                              history_len=config.text.history_len, half_life=config.text.recency_half_life)
+    categories = IdMap(kind="category").fit(catalog["category"])
+    item_category = categories.to_index(catalog["category"])
+    imp = None
+    if impressions is not None and impressions.height:
+        imp = with_indices(impressions, users, items).lazy()
+    # The reference time is just after the last event, so "strictly before" keeps it.
+    ref_after = ref_time + timedelta(microseconds=1)
+    lazy = events.lazy()
+    return FeatureState(
+        users=users, items=items, categories=categories, item_category=item_category,
+        als=als, bpr=bpr, item_vectors=item_vectors,
+        user_text=user_vectors(weights, item_vectors),
+        seen=user_items,
+        item_features=behaviour.item_features(lazy, imp, n_items=n_items, ref_time=ref_after,
+                                              ctr_prior_strength=config.ctr_prior_strength),
+        user_features=behaviour.user_features(lazy, n_users=n_users, ref_time=ref_after),
+        affinity=behaviour.user_category_affinity(
+            lazy, pl.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32),
+                                "category_idx": item_category}), ref_time=ref_after),
+        ref_time=ref_after,
+        history_len=config.text.history_len,
+        half_life=config.text.recency_half_life,
+    )

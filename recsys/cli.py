@@ -1,0 +1,185 @@
+"""The ``recsys`` command line.
+
+The only module of ``recsys`` that reaches into ``training`` and ``serving``, and only inside
+the command handlers (lazy imports), so ``import recsys`` stays light and one-directional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recsys.config import SPLITS, PipelineConfig
+from recsys.errors import RecsysError
+
+log = logging.getLogger("recsys")
+DEMO_MODEL_NAME = "recsys-demo"
+
+
+def _offline_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_data(spec: str):
+    """``demo`` -> the generated demo catalog; anything else -> a canonical data folder."""
+    if spec == "demo":
+        from recsys.demo_data import generate_demo
+
+        return generate_demo()
+    from recsys.dataset import load_folder
+
+    return load_folder(spec)
+
+
+def format_metrics_table(metrics: dict[str, dict[str, float]], k: int) -> str:
+    columns = [f"ndcg@{k}", f"recall@{k}", f"precision@{k}", "mrr", "candidate_recall", "imp_auc", "imp_ndcg@10"]
+    columns = [c for c in columns if any(c in m for m in metrics.values())]
+    width = max(len(n) for n in metrics) + 2
+    lines = ["model".ljust(width) + "".join(c.rjust(17) for c in columns)]
+    for name, values in sorted(metrics.items(), key=lambda kv: -kv[1].get(f"ndcg@{k}", 0.0)):
+        cells = "".join((f"{values[c]:.4f}" if c in values else "-").rjust(17) for c in columns)
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from training.pipeline import train
+
+    config = PipelineConfig(split=args.split, k=args.k, seed=args.seed)
+    dataset = load_data(args.data)
+    for reason, count in dataset.skipped.items():
+        if count:
+            print(f"skipped {count} row(s): {reason.replace('_', ' ')}")
+    experiment = args.experiment or f"recsys-{dataset.source}"
+    result = train(dataset, config, experiment=experiment, register_name=args.register, progress=not args.quiet)
+    print(format_metrics_table(result.metrics, config.k))
+    print(f"\nMLflow run {result.run_id} in experiment {experiment!r}; model: {result.model_uri}"
+          + (" (now champion)" if result.became_champion else ""))
+    if args.metrics_out:
+        Path(args.metrics_out).write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return {"result": result, "experiment": experiment}
+
+
+def _load_bundle(model_uri: str):
+    import mlflow
+
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    model = mlflow.pyfunc.load_model(model_uri)
+    return model.unwrap_python_model().bundle
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    from serving.batch import rank_users
+
+    bundle = _load_bundle(args.model)
+    if args.users:
+        from serving.batch import read_users_file
+
+        users = read_users_file(args.users)
+    else:
+        users = bundle.state.users.ids.to_list()
+    report = rank_users(bundle, users, args.out, k=args.k, progress=not args.quiet)
+    print(f"ranked {report.n_users} users ({report.n_unknown_users} unknown -> cold start, "
+          f"{report.n_duplicates_removed} duplicates removed) into {args.out}: {report.n_rows} rows, "
+          f"{report.users_per_second:.0f} users/s")
+
+
+def serve_command(model_uri: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", str(port)]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from training.tracking import configure_tracking
+
+    os.environ["MLFLOW_TRACKING_URI"] = configure_tracking()
+    print(f"serving {args.model} on http://127.0.0.1:{args.port}/invocations (Ctrl-C stops)")
+    return subprocess.call(serve_command(args.model, args.port))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from training.tracking import configure_tracking
+
+    start = time.perf_counter()
+    out_dir = Path("demo_out")
+    out_dir.mkdir(exist_ok=True)
+    train_args = argparse.Namespace(data="demo", split="temporal", k=10, experiment="recsys-demo",
+                                    register=DEMO_MODEL_NAME, metrics_out=str(out_dir / "metrics.json"),
+                                    seed=args.seed, quiet=args.quiet)
+    result = cmd_train(train_args)["result"]
+    rank_args = argparse.Namespace(model=result.model_uri, out=str(out_dir / "rankings.parquet"), users=None,
+                                   k=10, quiet=args.quiet)
+    cmd_rank(rank_args)
+    uri = configure_tracking()
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. Next:")
+    print(f"  open the MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {uri} -h 127.0.0.1 -p 5000")
+    print(f"  serve the model:      .venv/bin/recsys serve --model models:/{DEMO_MODEL_NAME}@champion --port 5001")
+    print("  query it:             curl -s -X POST http://127.0.0.1:5001/invocations "
+          "-H 'Content-Type: application/json' -d '{\"dataframe_records\": [{\"user_id\": \"U00001\"}]}'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description="Text-aware recommendation engine")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train, register and batch-rank on the embedded demo catalog")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(handler=cmd_demo)
+
+    tr = sub.add_parser("train", help="run the whole pipeline in one MLflow run")
+    tr.add_argument("--data", required=True, help="a canonical data folder, or 'demo'")
+    tr.add_argument("--split", choices=SPLITS, default="temporal")
+    tr.add_argument("--k", type=int, default=10)
+    tr.add_argument("--experiment", default=None, help="MLflow experiment (default: recsys-<data name>)")
+    tr.add_argument("--register", default=None, metavar="NAME", help="register the model under NAME")
+    tr.add_argument("--metrics-out", default=None, metavar="FILE", help="write every model's metrics as JSON")
+    tr.add_argument("--seed", type=int, default=42)
+    tr.set_defaults(handler=cmd_train)
+
+    rk = sub.add_parser("rank", help="offline batch ranking into Parquet")
+    rk.add_argument("--model", required=True, metavar="MODEL_URI", help="e.g. models:/recsys-demo@champion")
+    rk.add_argument("--out", required=True, metavar="FILE.parquet")
+    rk.add_argument("--users", default=None, metavar="FILE", help="Parquet/CSV with user_id (default: all known)")
+    rk.add_argument("--k", type=int, default=10)
+    rk.set_defaults(handler=cmd_rank)
+
+    sv = sub.add_parser("serve", help="start the MLflow model server on 127.0.0.1")
+    sv.add_argument("--model", required=True, metavar="MODEL_URI")
+    sv.add_argument("--port", type=int, default=5001)
+    sv.set_defaults(handler=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_env()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if getattr(args, "k", 10) is not None and not 1 <= getattr(args, "k", 10) <= 100:
+            raise RecsysError(f"--k must be between 1 and 100, got {args.k}")
+        code = args.handler(args)
+        return code if isinstance(code, int) else 0
+    except RecsysError as exc:
+        print(f"recsys: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recsys: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

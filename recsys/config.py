@@ -1,0 +1,120 @@
+"""One frozen configuration for a training run, logged once per run and saved with the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recsys.errors import ConfigError
+
+SPLITS = ("temporal", "leave-last-out", "stratified")
+
+
+@dataclass(frozen=True)
+class TextModelConfig:
+    """Fine-tuning of the MiniLM item tower.
+
+    max_length: tokens per item text (title + category + description), truncated.
+    trainable_layers: upper transformer layers that are fine-tuned; the lower ones stay frozen
+        and their outputs are cached once per catalog.
+    steps: optimizer steps; batch_size: (history, next item) pairs per step.
+    temperature: softmax temperature of the in-batch contrastive loss (cosine scores).
+    history_len: most recent history items that form a user's interest vector.
+    recency_half_life: half life, in history positions, of the recency weights.
+    """
+
+    max_length: int = 48
+    trainable_layers: int = 2
+    steps: int = 60
+    batch_size: int = 48
+    learning_rate: float = 5e-5
+    temperature: float = 0.05
+    history_len: int = 20
+    recency_half_life: float = 5.0
+    encode_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """How many candidates each source contributes per user (before the union)."""
+
+    n_cf: int = 100
+    n_text: int = 100
+    n_popular: int = 50
+    n_recent: int = 50
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """LightGBM LambdaRank settings (see LightGBM's parameter docs)."""
+
+    num_boost_round: int = 300
+    early_stopping_rounds: int = 30
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 20
+    feature_fraction: float = 0.9
+    lambdarank_truncation_level: int = 20
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a `recsys train` run depends on. Logged as flattened MLflow params."""
+
+    split: str = "temporal"
+    k: int = 10
+    seed: int = 42
+    test_fraction: float = 0.2  # temporal: share of time; stratified: share of each user's rows
+    label_fraction: float = 0.2  # share of the training window that labels the ranker
+    als_factors: int = 64
+    als_iterations: int = 15
+    als_regularization: float = 0.05
+    bpr_factors: int = 64
+    bpr_iterations: int = 60
+    ctr_prior_strength: float = 20.0
+    text: TextModelConfig = field(default_factory=TextModelConfig)
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if not 1 <= self.k <= 1000:
+            raise ConfigError(f"k must be between 1 and 1000, got {self.k}")
+        for name in ("test_fraction", "label_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"{name} must be strictly between 0 and 1, got {value}")
+        if not 1 <= self.text.trainable_layers <= 6:
+            raise ConfigError(f"text.trainable_layers must be 1..6, got {self.text.trainable_layers}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, object]:
+        """Flattened ``section.key -> value`` view, for MLflow params."""
+        out: dict[str, object] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PipelineConfig:
+        data = dict(data)
+        sections = {"text": TextModelConfig, "candidates": CandidateConfig, "ranker": RankerConfig}
+        for name, section_cls in sections.items():
+            if name in data:
+                data[name] = section_cls(**data[name])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,192 @@
+"""The embedded demo catalog: a news-like world generated deterministically from a seed.
+
+Nothing is shipped as files. Items belong to fine topics (visible only through their text)
+grouped into coarse sections (the ``category`` column). Users have latent topic interests.
+Every session the "current system" shows a few fresh, popular items (slightly personalised);
+a click depends on topic fit, item quality (popularity) and freshness, so each feature family
+(text, CF, behaviour) has something to find. Items keep being published until the last day,
+so a temporal split leaves items that appear only after the training cutoff (cold start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from recsys.dataset import Dataset
+
+SECTIONS: dict[str, dict[str, list[str]]] = {
+    "sports": {
+        "football": "football striker goal league midfielder penalty stadium coach transfer keeper "
+        "derby tackle offside referee".split(),
+        "tennis": "tennis serve racket grand slam baseline volley wimbledon ace tiebreak clay court "
+        "backhand umpire".split(),
+        "motorsport": "formula racing driver circuit pit stop lap grid podium engine qualifying "
+        "overtake tyres championship".split(),
+        "basketball": "basketball dunk rebound playoffs point guard court three-pointer coach draft "
+        "assist center arena".split(),
+    },
+    "business": {
+        "markets": "stocks shares investors index rally bonds inflation interest rates central bank "
+        "earnings dividend trader".split(),
+        "startups": "startup founder venture funding seed round valuation software app unicorn "
+        "investors accelerator pitch".split(),
+        "energy": "oil gas pipeline solar wind turbines electricity grid prices opec refinery "
+        "battery storage".split(),
+        "retail": "shoppers retailer store sales discount supermarket ecommerce brand consumer "
+        "checkout holiday mall".split(),
+    },
+    "lifestyle": {
+        "cooking": "recipe chef kitchen pasta baking oven flavour dinner sauce spices dessert "
+        "bread vegetables".split(),
+        "travel": "travel flights hotel beach destination passport tourists island airline "
+        "itinerary resort backpacking".split(),
+        "fashion": "fashion designer runway collection dress style models couture trend fabric "
+        "jacket boutique".split(),
+        "gardening": "garden plants flowers soil seeds roses compost vegetables pruning greenhouse "
+        "lawn bulbs".split(),
+    },
+    "science": {
+        "space": "nasa rocket astronauts orbit moon mars telescope galaxy launch satellite planet "
+        "spacecraft".split(),
+        "health": "doctors patients vaccine hospital disease treatment virus clinical trial "
+        "medicine nurses symptoms".split(),
+        "climate": "climate emissions carbon warming glaciers drought heatwave sea level wildfire "
+        "floods temperatures".split(),
+        "robotics": "robots artificial intelligence machine learning automation sensors drones "
+        "algorithm neural network chips".split(),
+    },
+}
+GENERIC = (
+    "report says new today update latest officials week year people experts local city "
+    "announced plans after during says could"
+).split()
+EPOCH = datetime(2026, 1, 1)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Size and behaviour of the generated world. Defaults: a few thousand users and items."""
+
+    n_users: int = 3000
+    n_items: int = 3000
+    days: float = 60.0
+    sessions_per_user: float = 12.0
+    shown_per_session: int = 10
+    seed: int = 7
+
+
+def _topic_tables() -> tuple[list[str], list[str], list[list[str]]]:
+    topics, sections, vocab = [], [], []
+    for section, section_topics in SECTIONS.items():
+        for topic, words in section_topics.items():
+            topics.append(topic)
+            sections.append(section)
+            vocab.append(words)
+    return topics, sections, vocab
+
+
+def _item_texts(rng: np.random.Generator, item_topic: np.ndarray, vocab: list[list[str]]):
+    n_topics = len(vocab)
+    titles, descriptions = [], []
+    for topic in item_topic:
+        words = vocab[topic]
+        title_words = rng.choice(words, size=3, replace=False)
+        titles.append(f"{title_words[0].capitalize()} {title_words[1]} {title_words[2]}: "
+                      f"{rng.choice(GENERIC)} {rng.choice(GENERIC)}")
+        if rng.random() < 0.05:
+            descriptions.append("")
+            continue
+        n_words = int(rng.integers(12, 20))
+        parts = list(rng.choice(words, size=n_words // 2))
+        parts += list(rng.choice(GENERIC, size=n_words // 3))
+        if rng.random() < 0.3:  # some text noise from another topic
+            parts += list(rng.choice(vocab[int(rng.integers(n_topics))], size=2))
+        rng.shuffle(parts)
+        descriptions.append(" ".join(parts).capitalize() + ".")
+    return titles, descriptions
+
+
+def generate_demo(spec: DemoSpec | None = None) -> Dataset:
+    """Generate the demo dataset.
+
+    Returns a validated :class:`Dataset` with items, interactions (the clicks, weight 1.0) and
+    impressions (what was shown, ``clicked`` 0/1). Same spec, same tables, bit for bit.
+    """
+    spec = spec or DemoSpec()
+    rng = np.random.default_rng(spec.seed)
+    topics, sections, vocab = _topic_tables()
+    n_topics = len(topics)
+
+    item_topic = rng.integers(0, n_topics, size=spec.n_items)
+    item_quality = rng.lognormal(0.0, 0.8, size=spec.n_items)
+    item_published = np.sort(rng.uniform(-15.0, spec.days, size=spec.n_items))
+    titles, descriptions = _item_texts(rng, item_topic, vocab)
+
+    interest = rng.dirichlet(np.full(n_topics, 0.15), size=spec.n_users)
+    n_sessions = rng.poisson(spec.sessions_per_user, size=spec.n_users) + 1
+    session_user = np.repeat(np.arange(spec.n_users), n_sessions)
+    session_time = rng.uniform(0.0, spec.days, size=session_user.size)
+
+    shown_user, shown_item, shown_time, shown_session, shown_clicked = [], [], [], [], []
+    session_day = np.floor(session_time).astype(int)
+    for day in range(int(np.ceil(spec.days))):
+        sessions = np.flatnonzero(session_day == day)
+        eligible = np.flatnonzero((item_published <= day) & (item_published >= day - 14))
+        if sessions.size == 0 or eligible.size < spec.shown_per_session:
+            continue
+        age = session_time[sessions, None] - item_published[None, eligible]
+        users = session_user[sessions]
+        fit = interest[users][:, item_topic[eligible]]
+        # The current system: fresh and popular first, with a weak personal touch.
+        keys = np.log(item_quality[eligible])[None, :] - np.clip(age, 0, None) / 4.0
+        keys = keys + 1.0 * np.log(fit + 0.02) + rng.gumbel(size=keys.shape)
+        keys[age < 0] = -np.inf  # not published yet at this session's time
+        top = np.argpartition(-keys, spec.shown_per_session, axis=1)[:, : spec.shown_per_session]
+        rows = np.arange(sessions.size)[:, None]
+        fit_shown = fit[rows, top]
+        age_shown = np.clip(age[rows, top], 0, None)
+        items = eligible[top]
+        logit = -4.0 + 8.0 * fit_shown + 0.6 * np.log(item_quality[items]) + np.exp(-age_shown / 3.0)
+        clicked = rng.random(logit.shape) < 1.0 / (1.0 + np.exp(-logit))
+        shown_user.append(np.repeat(users, spec.shown_per_session))
+        shown_item.append(items.ravel())
+        shown_time.append(np.repeat(session_time[sessions], spec.shown_per_session))
+        shown_session.append(np.repeat(sessions, spec.shown_per_session))
+        shown_clicked.append(clicked.ravel())
+    return _to_dataset(
+        spec, titles, descriptions, [sections[t] for t in item_topic],
+        np.concatenate(shown_user), np.concatenate(shown_item), np.concatenate(shown_time),
+        np.concatenate(shown_session), np.concatenate(shown_clicked),
+    )
+
+
+def _to_dataset(spec, titles, descriptions, categories, user, item, time_days, session, clicked):
+    item_ids = pl.Series([f"N{i:05d}" for i in range(spec.n_items)])
+    user_ids = pl.Series([f"U{u:05d}" for u in range(spec.n_users)])
+    seconds = (time_days * 86400.0).astype(np.int64)
+    epoch_us = int((EPOCH - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+    timestamps = pl.Series(seconds * 1_000_000 + epoch_us).cast(pl.Datetime("us"))
+    impressions = pl.DataFrame({
+        "impression_id": pl.Series([f"S{s:06d}" for s in session]),
+        "user_id": user_ids.gather(user),
+        "timestamp": timestamps,
+        "item_id": item_ids.gather(item),
+        "clicked": pl.Series(clicked.astype(np.int8)),
+    })
+    interactions = (
+        impressions.filter(pl.col("clicked") == 1)
+        .select("user_id", "item_id", "timestamp", pl.lit(1.0, dtype=pl.Float32).alias("weight"))
+        .sort("timestamp", "user_id", "item_id")
+    )
+    items = pl.DataFrame({
+        "item_id": item_ids,
+        "title": titles,
+        "description": descriptions,
+        "category": categories,
+    })
+    return Dataset.from_frames(items=items, interactions=interactions, impressions=impressions,
+                               source="demo")

@@ -1,0 +1,47 @@
+"""The canonical table schemas: the one place that says which columns each table has.
+
+Every table that crosses a module boundary is a polars DataFrame with one of these schemas.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+ITEMS = {
+    "item_id": pl.String,
+    "title": pl.String,
+    "description": pl.String,
+    "category": pl.String,
+}
+ITEMS_REQUIRED = ("item_id", "title")
+
+INTERACTIONS = {
+    "user_id": pl.String,
+    "item_id": pl.String,
+    "timestamp": pl.Datetime("us"),
+    "weight": pl.Float32,
+}
+INTERACTIONS_REQUIRED = ("user_id", "item_id", "timestamp")
+
+IMPRESSIONS = {
+    "impression_id": pl.String,
+    "user_id": pl.String,
+    "timestamp": pl.Datetime("us"),
+    "item_id": pl.String,
+    "clicked": pl.Int8,
+}
+IMPRESSIONS_REQUIRED = tuple(IMPRESSIONS)
+
+# Output of batch ranking and of the serving endpoint: one row per (user, rank).
+RANKING_OUTPUT = {
+    "user_id": pl.String,
+    "rank": pl.Int32,
+    "item_id": pl.String,
+    "score": pl.Float32,
+}
+
+# Candidate pairs inside the pipeline: contiguous indices from the id maps.
+CANDIDATES = {
+    "user_idx": pl.Int32,
+    "item_idx": pl.Int32,
+}

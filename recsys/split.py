@@ -1,0 +1,116 @@
+"""Train/test splits of interaction logs, checked for leakage.
+
+- ``temporal``: one global time cutoff; test = the last ``test_fraction`` of the time span.
+- ``leave-last-out``: per user, the last interaction in time is test.
+- ``stratified``: per user, a seeded random ``test_fraction`` of rows is test.
+
+Impressions follow the interactions: a user's impressions before their first test
+interaction go to train, the rest to test (for ``temporal`` that is the global cutoff).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from recsys.errors import ConfigError, LeakageError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Interactions (and impressions, when present) divided into train and test."""
+
+    kind: str
+    train: pl.DataFrame
+    test: pl.DataFrame
+    impressions_train: pl.DataFrame | None
+    impressions_test: pl.DataFrame | None
+
+    @property
+    def reference_time(self) -> datetime:
+        """The point in time at which features of this split are computed: end of train."""
+        return self.train["timestamp"].max()
+
+
+def split_interactions(interactions: pl.DataFrame, *, kind: str, test_fraction: float = 0.2,
+                       seed: int = 0, impressions: pl.DataFrame | None = None) -> Split:
+    """Split ``interactions`` (canonical schema) into train and test, then check for leakage."""
+    if interactions.height == 0:
+        raise ConfigError("cannot split an empty interaction table")
+    if kind == "temporal":
+        is_test = _temporal_mask(interactions, test_fraction)
+    elif kind == "leave-last-out":
+        is_test = _leave_last_out_mask(interactions)
+    elif kind == "stratified":
+        is_test = _stratified_mask(interactions, test_fraction, seed)
+    else:
+        raise ConfigError(f"unknown split {kind!r}; use temporal, leave-last-out or stratified")
+    train = interactions.filter(~is_test)
+    test = interactions.filter(is_test)
+    if train.height == 0 or test.height == 0:
+        raise ConfigError(
+            f"{kind} split with test_fraction={test_fraction} left train={train.height} and "
+            f"test={test.height} rows; both must be non-empty (more data or another fraction)"
+        )
+    imp_train = imp_test = None
+    if impressions is not None:
+        imp_train, imp_test = _split_impressions(impressions, test, kind, train)
+    split = Split(kind=kind, train=train, test=test, impressions_train=imp_train, impressions_test=imp_test)
+    check_no_leakage(split)
+    return split
+
+
+def _temporal_mask(df: pl.DataFrame, test_fraction: float) -> pl.Series:
+    ts = df["timestamp"]
+    start, end = ts.min(), ts.max()
+    cutoff = start + (end - start) * (1.0 - test_fraction)
+    return ts >= cutoff
+
+
+def _leave_last_out_mask(df: pl.DataFrame) -> pl.Series:
+    ranked = df.with_row_index("_row").with_columns(
+        pl.col("_row").rank("ordinal", descending=True).over("user_id").alias("_from_end"),
+        pl.len().over("user_id").alias("_n"),
+    )
+    return ranked.select((pl.col("_from_end") == 1) & (pl.col("_n") >= 2))["_from_end"]
+
+
+def _stratified_mask(df: pl.DataFrame, test_fraction: float, seed: int) -> pl.Series:
+    rng = np.random.default_rng(seed)
+    keyed = df.select("user_id").with_columns(pl.Series("_r", rng.random(df.height)))
+    return keyed.select(
+        (pl.col("_r").rank("ordinal").over("user_id") > (pl.len().over("user_id") * (1 - test_fraction)).ceil())
+        .alias("is_test")
+    )["is_test"]
+
+
+def _split_impressions(impressions, test, kind, train):
+    if kind == "temporal":
+        cutoff = test["timestamp"].min()
+        return impressions.filter(pl.col("timestamp") < cutoff), impressions.filter(pl.col("timestamp") >= cutoff)
+    first_test = test.group_by("user_id").agg(pl.col("timestamp").min().alias("_first_test"))
+    joined = impressions.join(first_test, on="user_id", how="left")
+    before = pl.col("_first_test").is_null() | (pl.col("timestamp") < pl.col("_first_test"))
+    return joined.filter(before).drop("_first_test"), joined.filter(~before).drop("_first_test")
+
+
+def check_no_leakage(split: Split) -> None:
+    """Refuse splits where test rows also sit in train, or (temporal) where times overlap."""
+    keys = ["user_id", "item_id", "timestamp"]
+    shared = split.train.select(keys).join(split.test.select(keys), on=keys, how="inner")
+    if shared.height:
+        raise LeakageError(
+            f"{split.kind} split: {shared.height} interaction(s) are in both train and test, e.g. "
+            f"{shared.row(0, named=True)}; drop exact duplicates before splitting"
+        )
+    if split.kind == "temporal" and split.train["timestamp"].max() >= split.test["timestamp"].min():
+        raise LeakageError(
+            f"temporal split: train ends at {split.train['timestamp'].max()} but test starts at "
+            f"{split.test['timestamp'].min()}; test must start after train ends"
+        )
+    if split.impressions_train is not None and split.impressions_train.height and split.kind == "temporal":
+        if split.impressions_train["timestamp"].max() >= split.test["timestamp"].min():
+            raise LeakageError("temporal split: training impressions reach into the test period")

@@ -1,0 +1,1 @@
+"""Serving: recommendations from a model bundle, the MLflow pyfunc wrapper, batch ranking."""

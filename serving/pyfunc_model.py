@@ -1,0 +1,30 @@
+"""MLflow pyfunc wrapper (models-from-code): the file MLflow stores with every model version.
+
+Heavy state loads once in ``load_context``; ``predict`` is light and runs under
+``torch.inference_mode()``. Input: a DataFrame with ``user_id`` (str) and optionally ``k``
+(int; the first row's value applies to the request). Output: one row per (user, rank) with
+``user_id, rank, item_id, score, path``.
+"""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+from serving.requests import predict_frame
+
+
+class RecommenderModel(PythonModel):
+    def load_context(self, context) -> None:
+        from features.bundle import RankingBundle
+
+        self.bundle = RankingBundle.load(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        with torch.inference_mode():
+            return predict_frame(self.bundle, model_input)
+
+
+mlflow.models.set_model(RecommenderModel())

@@ -1,0 +1,1 @@
+"""Fitting: text-model fine-tuning, the LightGBM ranker, evaluation, the MLflow pipeline."""

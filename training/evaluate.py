@@ -1,0 +1,147 @@
+"""Offline evaluation: the ranker and its baselines on the same test users and items.
+
+Top-K metrics rank every catalog item the user has not interacted with in the training
+window (full ranking, no sampled negatives). The ranker orders its candidates; items outside
+the candidate set rank below every candidate, so candidate recall is reported too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+
+from features.bundle import RankingBundle, head_k
+from features.candidates import seen_mask, top_n
+from features.ranking_frame import build_ranking_frame
+from features.state import FeatureState, with_indices
+from recsys import metrics
+from recsys.config import PipelineConfig
+from recsys.split import Split
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_items) float32
+
+
+def test_relevance(state: FeatureState, test: pl.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Users known to the state with at least one test item they did not see in training.
+
+    Returns user_idx (n,) int32 sorted, and per user the int array of relevant item indices.
+    """
+    events = with_indices(test, state.users, state.items).filter(pl.col("user_idx") >= 0)
+    seen = state.seen.tocoo()
+    seen_pairs = pl.DataFrame({"user_idx": seen.row.astype(np.int32), "item_idx": seen.col.astype(np.int32)})
+    fresh = events.select("user_idx", "item_idx").unique().join(seen_pairs, on=["user_idx", "item_idx"],
+                                                                how="anti")
+    grouped = fresh.group_by("user_idx").agg(pl.col("item_idx").sort()).sort("user_idx")
+    return grouped["user_idx"].to_numpy(), [np.asarray(v) for v in grouped["item_idx"].to_list()]
+
+
+def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: int,
+               chunk_size: int = 512) -> np.ndarray:
+    """(n_users, k) full-catalog top-k of a dense scorer, the user's training items excluded."""
+    out = []
+    for start in range(0, len(user_idx), chunk_size):
+        chunk = user_idx[start:start + chunk_size]
+        scores = np.asarray(score_fn(chunk), dtype=np.float32).copy()
+        scores[seen_mask(state, chunk)] = -np.inf
+        out.append(top_n(scores, k))
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
+    """Dense scorers of the single-signal baselines."""
+    rng = np.random.default_rng(seed)
+    pop = state.item_features["item_pop_all"].to_numpy().astype(np.float32)
+    return {
+        "random": lambda u: rng.random((len(u), state.n_items), dtype=np.float32),
+        "popularity": lambda u: np.broadcast_to(pop, (len(u), state.n_items)),
+        "als": lambda u: state.als.user_factors[u] @ state.als.item_factors.T,
+        "bpr": lambda u: state.bpr.user_factors[u] @ state.bpr.item_factors.T,
+        "text": lambda u: state.user_text[u] @ state.item_vectors.T,
+    }
+
+
+def candidate_recall(candidates: pl.DataFrame, user_idx: np.ndarray, relevant: list[np.ndarray]) -> float:
+    """Mean over users of the share of their relevant items that made it into the candidates."""
+    rel = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]),
+                        "item_idx": np.concatenate(relevant) if relevant else np.zeros(0)}).cast(pl.Int32)
+    found = rel.join(candidates.select("query_idx", "item_idx"), on=["query_idx", "item_idx"], how="semi")
+    per_user = np.bincount(found["query_idx"].to_numpy(), minlength=len(user_idx))
+    return float(np.mean(per_user / np.array([len(r) for r in relevant])))
+
+
+def bootstrap_ci(values: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over users."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, 1 - (1 - level) / 2))
+
+
+def coverage(ranked: np.ndarray, n_items: int) -> float:
+    """Share of the catalog recommended to at least one user."""
+    return float(np.unique(ranked[ranked >= 0]).size / n_items)
+
+
+def _topk_array(top: pl.DataFrame, n_queries: int, k: int) -> np.ndarray:
+    out = np.full((n_queries, k), -1, dtype=np.int64)
+    out[top["query_idx"].to_numpy(), top["rank"].to_numpy() - 1] = top["item_idx"].to_numpy()
+    return out
+
+
+def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: PipelineConfig) -> dict[str, dict[str, float]]:
+    """Metrics of every ranker bundle and every baseline on the test users of ``split``.
+
+    All bundles share one FeatureState (fitted on the whole training window).
+    """
+    state = next(iter(bundles.values())).state
+    k = config.k
+    user_idx, relevant = test_relevance(state, split.test)
+    results: dict[str, dict[str, float]] = {}
+    for name, bundle in bundles.items():
+        scored = bundle.score_candidates(user_idx)
+        ranked = _topk_array(head_k(scored, k), len(user_idx), k)
+        results[name] = metrics.topk_metrics(ranked, relevant, k)
+        results[name]["candidate_recall"] = candidate_recall(scored, user_idx, relevant)
+        results[name]["coverage"] = coverage(ranked, state.n_items)
+        if name == "ranker":
+            per_user = metrics.ndcg_at_k(metrics.hits_matrix(ranked, relevant), np.array([len(r) for r in relevant]))
+            low, high = bootstrap_ci(per_user, seed=config.seed)
+            results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
+    for name, score_fn in baseline_scorers(state, config.seed).items():
+        ranked = topk_dense(state, user_idx, score_fn, k)
+        results[name] = metrics.topk_metrics(ranked, relevant, k)
+        results[name]["coverage"] = coverage(ranked, state.n_items)
+    for name, values in results.items():
+        values["n_users"] = float(len(user_idx))
+    if split.impressions_test is not None and split.impressions_test.height:
+        for name, values in impression_evaluation(bundles, split.impressions_test, config.seed).items():
+            results[name].update(values)
+    return results
+
+
+def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.DataFrame,
+                          seed: int) -> dict[str, dict[str, float]]:
+    """MIND-style metrics over test impressions of known users: rank what was actually shown."""
+    state = next(iter(bundles.values())).state
+    shown = (with_indices(impressions, state.users, state.items).filter(pl.col("user_idx") >= 0)
+             .with_columns(pl.col("impression_id").rank("dense").cast(pl.Int32).alias("query_idx") - 1)
+             .sort("query_idx"))
+    if shown.height == 0:
+        return {}
+    frame = build_ranking_frame(state, shown.select("query_idx", "user_idx", "item_idx"))
+    labels = shown["clicked"].to_numpy()
+    groups = shown["query_idx"].to_numpy()
+    u, i = shown["user_idx"].to_numpy(), shown["item_idx"].to_numpy()
+    scores = {name: bundle.score(frame) for name, bundle in bundles.items()}
+    scores["random"] = np.random.default_rng(seed).random(len(labels))
+    scores["popularity"] = state.item_features["item_pop_all"].to_numpy()[i]
+    scores["als"] = state.als.pair_scores(u, i)
+    scores["bpr"] = state.bpr.pair_scores(u, i)
+    scores["text"] = frame["text_score"].fill_nan(-1.0).to_numpy()
+    out = {}
+    for name, s in scores.items():
+        out[name] = metrics.impression_metrics(np.nan_to_num(np.asarray(s, dtype=np.float64), nan=-1e9),
+                                               labels, groups)
+        out[name]["imp_count"] = float(np.unique(groups).size)
+    return out

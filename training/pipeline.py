@@ -1,0 +1,200 @@
+"""The whole training run, inside one MLflow run.
+
+split -> nested split of the training window (feature window | label window)
+-> fine-tune the text model on the feature window
+-> stage-1 state on the feature window -> labelled ranking frame on the label window
+-> LightGBM LambdaRank (and the no-text ablation), early-stopped on held-out label users
+-> stage-1 state refitted on the whole training window -> evaluation on test vs baselines
+-> MLflow: params, metrics, curves, plots, the pyfunc model, a registry version.
+
+The text model is fine-tuned once, on the feature window only, so the label window stays
+unseen by every stage-1 model; the refit on the whole window is CF and behaviour features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+
+from features.bundle import RankingBundle
+from features.candidates import generate_candidates
+from features.ranking_frame import FEATURE_COLUMNS, TEXT_FEATURES, build_ranking_frame, feature_matrix, group_sizes
+from features.state import FeatureState, fit_feature_state, with_indices
+from features.text_encoder import TextEncoder, item_texts
+from recsys.config import PipelineConfig
+from recsys.dataset import Dataset
+from recsys.idmap import IdMap
+from recsys.split import split_interactions
+from training import plots, tracking
+from training.evaluate import evaluate_all, test_relevance
+from training.ranker import LambdaRanker
+from training.text_finetune import finetune, next_item_examples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    registered_name: str | None
+    version: str | None
+    became_champion: bool
+    metrics: dict[str, dict[str, float]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        log.info("stage %s ...", name)
+        yield
+        self.timings[name] = time.perf_counter() - start
+        log.info("stage %s done in %.1fs", name, self.timings[name])
+
+
+def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impressions: pl.DataFrame | None,
+                   config: PipelineConfig) -> pl.DataFrame:
+    """Ranking frame with ``label`` (1 = interacted in the label window) for the label users.
+
+    Candidates come from the state (plus the items shown to the user in the label window, as
+    hard negatives); queries without a positive candidate are dropped (nothing to learn).
+    """
+    user_idx, relevant = test_relevance(state, label_events)
+    candidates = generate_candidates(state, user_idx, config.candidates)
+    if label_impressions is not None and label_impressions.height:
+        query_of_user = pl.DataFrame({"user_idx": user_idx, "query_idx": np.arange(len(user_idx), dtype=np.int32)})
+        shown = (with_indices(label_impressions, state.users, state.items)
+                 .join(query_of_user, on="user_idx", how="inner")
+                 .select("query_idx", "user_idx", "item_idx").unique())
+        seen = state.seen.tocoo()
+        seen_pairs = pl.DataFrame({"user_idx": seen.row.astype(np.int32), "item_idx": seen.col.astype(np.int32)})
+        shown = shown.join(seen_pairs, on=["user_idx", "item_idx"], how="anti")
+        candidates = pl.concat([candidates, shown]).unique(["query_idx", "item_idx"]).sort("query_idx", "item_idx")
+    positives = pl.DataFrame({
+        "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
+        "item_idx": np.concatenate(relevant).astype(np.int32),
+        "label": np.ones(sum(len(r) for r in relevant), dtype=np.int8),
+    })
+    frame = (candidates.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
+             .with_columns(pl.col("label").fill_null(0)))
+    frame = frame.filter(pl.col("label").sum().over("query_idx") > 0)
+    return build_ranking_frame(state, frame)
+
+
+def fit_rankers(frame: pl.DataFrame, config: PipelineConfig, log_metric) -> dict[str, LambdaRanker]:
+    """The full ranker and the no-text ablation, early-stopped on 15% of the label queries."""
+    rng = np.random.default_rng(config.seed)
+    queries = frame["query_idx"].unique().sort().to_numpy()
+    val_queries = rng.choice(queries, size=max(1, len(queries) * 15 // 100), replace=False)
+    is_val = frame["query_idx"].is_in(pl.Series(val_queries).implode())
+    train, val = frame.filter(~is_val), frame.filter(is_val)
+    rankers = {}
+    for name, columns in (("ranker", FEATURE_COLUMNS),
+                          ("ranker_no_text", tuple(c for c in FEATURE_COLUMNS if c not in TEXT_FEATURES))):
+        ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
+        ranker.fit(feature_matrix(train, columns), train["label"].to_numpy(), group_sizes(train),
+                   X_val=feature_matrix(val, columns), y_val=val["label"].to_numpy(), groups_val=group_sizes(val),
+                   eval_at=(config.k,), log_metric=log_metric if name == "ranker" else None)
+        rankers[name] = ranker
+    return rankers
+
+
+def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register_name: str | None,
+          workdir: Path | None = None, progress: bool = True) -> TrainResult:
+    """Run the pipeline in one MLflow run; register the model when ``register_name`` is given."""
+    workdir = Path(workdir or Path.cwd())
+    tracking.configure_tracking(workdir)
+    tracking.ensure_experiment(experiment, workdir)
+    timer = _Timer()
+    with mlflow.start_run(run_name=f"ranker-{config.split}-seed{config.seed}") as run, \
+            tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
+        metric_log = tracking.MetricBuffer(run.info.run_id)
+        mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
+                           "data.source": dataset.source})
+        with timer.stage("split"):
+            split = split_interactions(dataset.interactions, kind=config.split, test_fraction=config.test_fraction,
+                                       seed=config.seed, impressions=dataset.impressions)
+            nested = split_interactions(split.train, kind=config.split, test_fraction=config.label_fraction,
+                                        seed=config.seed + 1, impressions=split.impressions_train)
+            users = IdMap(kind="user").fit(split.train["user_id"])
+            items = IdMap(kind="item").fit(dataset.items["item_id"])
+        mlflow.log_metrics({"data/train_rows": split.train.height, "data/test_rows": split.test.height,
+                            "data/feature_window_rows": nested.train.height,
+                            "data/label_window_rows": nested.test.height})
+        with timer.stage("text_model"):
+            encoder_dir = Path(tmp) / "encoder"
+            text = _fit_text(dataset.items, with_indices(nested.train, users, items), config, encoder_dir,
+                             metric_log, progress)
+        with timer.stage("features_feature_window"):
+            state_feat = fit_feature_state(catalog=dataset.items, interactions=nested.train,
+                                           impressions=nested.impressions_train,
+                                           item_vectors=text.finetuned_vectors, users=users, items=items,
+                                           config=config)
+            frame = labelled_frame(state_feat, nested.test, nested.impressions_test, config)
+        mlflow.log_metrics({"data/ranker_rows": frame.height, "data/ranker_queries": frame["query_idx"].n_unique()})
+        with timer.stage("ranker"):
+            rankers = fit_rankers(frame, config, metric_log)
+        with timer.stage("features_full_window"):
+            state = fit_feature_state(catalog=dataset.items, interactions=split.train,
+                                      impressions=split.impressions_train, item_vectors=text.finetuned_vectors,
+                                      users=users, items=items, config=config)
+        bundles = {name: RankingBundle(config=config, state=state, booster=r.booster, feature_columns=r.feature_names)
+                   for name, r in rankers.items()}
+        with timer.stage("evaluation"):
+            results = evaluate_all(bundles, split, config)
+        with timer.stage("logging"):
+            _log_results(results, rankers["ranker"], text, metric_log)
+            bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=encoder_dir)
+            info = tracking.log_pyfunc_model(bundle_dir, register_name, users.ids.head(2).to_list())
+            became_champion = False
+            if register_name:
+                tracking.tag_version(register_name, info.registered_model_version, results, config, dataset)
+                became_champion = tracking.set_champion_if_missing(register_name, info.registered_model_version)
+        mlflow.log_metrics({f"time/{k}_s": v for k, v in timer.timings.items()})
+        version = str(info.registered_model_version) if register_name else None
+        uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
+        return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
+                           became_champion=became_champion, metrics=results, timings=timer.timings)
+
+
+def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, config: PipelineConfig, encoder_dir: Path,
+              metric_log, progress: bool):
+    encoder = TextEncoder(max_length=config.text.max_length)
+    examples = next_item_examples(feature_events.filter(pl.col("user_idx") >= 0), config.text.history_len)
+    result = finetune(encoder, item_texts(catalog), examples, config.text, seed=config.seed,
+                      progress=progress, log_metric=metric_log)
+    encoder.save(encoder_dir)
+    mlflow.log_metrics({"text/best_step": result.best_step, "text/best_val_loss": min(result.val_losses),
+                        "text/pretrained_val_loss": result.val_losses[0]})
+    return result
+
+
+def _log_results(results: dict[str, dict[str, float]], ranker: LambdaRanker, text, metric_log) -> None:
+    metric_log.flush()
+    flat = {}
+    for name, values in results.items():
+        prefix = "" if name == "ranker" else ("ablation/no_text/" if name == "ranker_no_text" else f"baseline/{name}/")
+        flat.update({prefix + tracking.mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
+    mlflow.log_metrics(flat)
+    mlflow.log_metric("ranker/best_iteration", ranker.best_iteration)
+    mlflow.log_figure(plots.feature_importance_figure(ranker.feature_importance()), "plots/feature_importance.png")
+    k_metric = next(k for k in results["ranker"] if k.startswith("ndcg@"))
+    mlflow.log_figure(plots.model_comparison_figure(results, k_metric), "plots/model_comparison.png")
+    mlflow.log_figure(plots.loss_curve_figure(text.train_losses, text.val_losses, text.val_steps),
+                      "plots/text_loss_curve.png")
+    mlflow.log_dict(results, "metrics/all_models.json")
+    mlflow.log_text(json.dumps(ranker.feature_importance(), indent=2), "metrics/feature_importance.json")

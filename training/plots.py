@@ -1,0 +1,45 @@
+"""Figures logged to MLflow (matplotlib, Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def feature_importance_figure(importance: dict[str, float]):
+    """Horizontal bar chart of total gain per feature, largest on top."""
+    names = sorted(importance, key=importance.get)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    ax.barh(names, [importance[n] for n in names], color="#4C72B0")
+    ax.set_xlabel("total gain")
+    ax.set_title("LightGBM LambdaRank feature importance")
+    fig.tight_layout()
+    return fig
+
+
+def model_comparison_figure(results: dict[str, dict[str, float]], metric: str):
+    """Bar chart of one metric for the ranker, its ablations and every baseline."""
+    names = [n for n in results if metric in results[n]]
+    values = [results[n][metric] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    colors = ["#DD8452" if n.startswith("ranker") else "#4C72B0" for n in names]
+    ax.bar(names, values, color=colors)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: ranker vs baselines")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve_figure(train_losses: list[float], val_losses: list[float], val_steps: list[int]):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(train_losses) + 1), train_losses, label="train (batch)")
+    ax.plot(val_steps, val_losses, marker="o", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("in-batch InfoNCE loss")
+    ax.set_title("Text model fine-tuning")
+    ax.legend()
+    fig.tight_layout()
+    return fig

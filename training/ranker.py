@@ -1,0 +1,110 @@
+"""LightGBM LambdaRank over the ranking frame (after LightGBM's sklearn API conventions).
+
+Keyword-only constructor, ``fit`` returns self, a clear error before fitting, and the model is
+saved as LightGBM's text format with its feature names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+from recsys.config import RankerConfig
+from recsys.errors import DataValidationError, NotFittedError
+
+MAX_LABEL = 30  # LambdaRank label_gain has 31 entries by default: labels stay small integers.
+
+
+class LambdaRanker:
+    """Learning-to-rank model. ``feature_names`` fixes the column order of every matrix."""
+
+    def __init__(self, *, feature_names: tuple[str, ...], config: RankerConfig | None = None,
+                 seed: int = 0) -> None:
+        self.feature_names = tuple(feature_names)
+        self.config = config or RankerConfig()
+        self.seed = seed
+        self.booster: lgb.Booster | None = None
+        self.evals: dict[str, dict[str, list[float]]] = {}
+
+    def _check(self, X: np.ndarray, y: np.ndarray | None = None, groups: np.ndarray | None = None) -> None:
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise DataValidationError(
+                f"feature matrix has shape {X.shape}, expected (rows, {len(self.feature_names)}) "
+                f"for features {list(self.feature_names)}"
+            )
+        if y is not None:
+            if y.shape[0] != X.shape[0]:
+                raise DataValidationError(f"labels have {y.shape[0]} rows but features have {X.shape[0]}")
+            if y.min() < 0 or y.max() > MAX_LABEL or not np.all(y == np.round(y)):
+                raise DataValidationError(
+                    f"LambdaRank labels must be integers in 0..{MAX_LABEL}, got range [{y.min()}, {y.max()}]"
+                )
+        if groups is not None and int(np.sum(groups)) != X.shape[0]:
+            raise DataValidationError(
+                f"group sizes sum to {int(np.sum(groups))} but there are {X.shape[0]} rows; "
+                "group must list the size of each query's contiguous block of rows"
+            )
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, X_val: np.ndarray, y_val: np.ndarray,
+            groups_val: np.ndarray, eval_at: tuple[int, ...] = (10,),
+            log_metric: Callable[[str, float, int], None] | None = None) -> LambdaRanker:
+        """Train with early stopping on the validation queries. Returns self."""
+        self._check(X, y, groups)
+        self._check(X_val, y_val, groups_val)
+        c = self.config
+        params = {
+            "objective": "lambdarank", "metric": "ndcg", "eval_at": list(eval_at),
+            "learning_rate": c.learning_rate, "num_leaves": c.num_leaves,
+            "min_data_in_leaf": c.min_data_in_leaf, "feature_fraction": c.feature_fraction,
+            "lambdarank_truncation_level": c.lambdarank_truncation_level,
+            "seed": self.seed, "deterministic": True, "num_threads": 2, "verbosity": -1,
+        }
+        names = list(self.feature_names)
+        train_set = lgb.Dataset(X, label=y, group=groups, feature_name=names, free_raw_data=False)
+        val_set = lgb.Dataset(X_val, label=y_val, group=groups_val, reference=train_set, feature_name=names)
+        self.evals = {}
+        self.booster = lgb.train(
+            params, train_set, num_boost_round=c.num_boost_round, valid_sets=[train_set, val_set],
+            valid_names=["train", "valid"],
+            callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False),
+                       lgb.record_evaluation(self.evals)],
+        )
+        if log_metric:
+            for split, metrics in self.evals.items():
+                for name, values in metrics.items():
+                    for step, value in enumerate(values, start=1):
+                        log_metric(f"ranker/{split}_{name.replace('@', '_at_')}", value, step)
+        return self
+
+    def _require(self) -> lgb.Booster:
+        if self.booster is None:
+            raise NotFittedError("LambdaRanker is not fitted; call fit(...) or load(path) first")
+        return self.booster
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """float32 (rows,) scores; higher ranks first. Uses the best (early-stopped) iteration."""
+        booster = self._require()
+        self._check(X)
+        return booster.predict(X, num_iteration=booster.best_iteration or None).astype(np.float32)
+
+    def feature_importance(self) -> dict[str, float]:
+        """Total gain per feature."""
+        booster = self._require()
+        return dict(zip(self.feature_names, booster.feature_importance("gain").tolist(), strict=True))
+
+    @property
+    def best_iteration(self) -> int:
+        return int(self._require().best_iteration)
+
+    def save(self, path: str | Path) -> None:
+        self._require().save_model(str(path), num_iteration=self.booster.best_iteration or None)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LambdaRanker:
+        booster = lgb.Booster(model_file=str(path))
+        ranker = cls(feature_names=tuple(booster.feature_name()))
+        ranker.booster = booster
+        return ranker

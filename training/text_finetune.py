@@ -1,0 +1,227 @@
+"""Fine-tune the MiniLM item tower on next-interaction prediction.
+
+Cost control on CPU: the lower ``6 - trainable_layers`` transformer layers stay frozen and
+their outputs are computed once per catalog and cached, so a step runs only the upper
+layers, and only for the (deduplicated) target items of the batch.
+
+Objective: for an example (history, next item), the user vector is the recency-weighted mean
+of the history's item vectors taken from a snapshot of the item table (refreshed every
+``eval_every`` steps, no gradient); the target items of the batch are encoded with gradient,
+and an in-batch softmax (InfoNCE, cosine / temperature) pushes each user's next item above
+the other targets. Items that are the positive of several examples are not counted as
+negatives for them. Validation loss on held-out examples decides early stopping, and the
+best weights are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from features.text_encoder import TextEncoder, mean_pool
+from recsys.config import TextModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """pretrained_vectors / finetuned_vectors: (n_items, 384) float32 unit vectors."""
+
+    pretrained_vectors: np.ndarray
+    finetuned_vectors: np.ndarray
+    train_losses: list[float]
+    val_losses: list[float]
+    val_steps: list[int]
+    best_step: int
+
+
+class _CachedTower:
+    """Frozen lower layers cached once; trainable upper layers run on demand."""
+
+    def __init__(self, encoder: TextEncoder, texts: list[str], trainable_layers: int, batch_size: int,
+                 progress: bool) -> None:
+        model = encoder.model
+        n_layers = model.config.num_hidden_layers
+        self.split_at = n_layers - trainable_layers
+        self.upper = model.encoder.layer[self.split_at:]
+        batch = encoder.tokenize(texts)
+        self.mask = batch["attention_mask"]
+        self.lengths = self.mask.sum(1)
+        self.hidden = torch.zeros((len(texts), self.mask.shape[1], model.config.hidden_size))
+        order = torch.argsort(self.lengths, descending=True)
+        with torch.inference_mode(), tqdm(total=len(texts), desc="cache frozen layers", unit="item",
+                                          disable=not progress, mininterval=2.0) as bar:
+            for start in range(0, len(texts), batch_size):
+                idx = order[start:start + batch_size]
+                width = int(self.lengths[idx].max())
+                ids = batch["input_ids"][idx, :width]
+                mask = self.mask[idx, :width]
+                h = model.embeddings(input_ids=ids)
+                for layer in model.encoder.layer[: self.split_at]:
+                    h = _run_layer(layer, h, mask)
+                self.hidden[idx, :width] = h
+                bar.update(len(idx))
+
+    def encode(self, idx: torch.Tensor) -> torch.Tensor:
+        """Unit vectors (len(idx), 384) for item rows ``idx`` through the upper layers."""
+        width = int(self.lengths[idx].max())
+        h = self.hidden[idx, :width]
+        mask = self.mask[idx, :width]
+        for layer in self.upper:
+            h = _run_layer(layer, h, mask)
+        return mean_pool(h, mask)
+
+    def table(self, batch_size: int) -> torch.Tensor:
+        """All item vectors with the current weights, no gradient: (n_items, 384)."""
+        out = torch.zeros((self.hidden.shape[0], self.hidden.shape[2]))
+        order = torch.argsort(self.lengths, descending=True)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                out[idx] = self.encode(idx)
+        return out
+
+
+def _run_layer(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Additive mask (B, 1, 1, T): 0 where attended, a large negative where padded.
+    additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+    out = layer(hidden, additive)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def next_item_examples(events: pl.DataFrame, history_len: int) -> pl.DataFrame:
+    """(history: list[int32] oldest->newest, target: int32) for every interaction after a user's
+    first, from ``user_idx, item_idx, timestamp`` rows."""
+    return (
+        events.sort("timestamp")
+        .group_by("user_idx", maintain_order=True)
+        .agg(pl.col("item_idx"))
+        .with_columns(pl.col("item_idx").list.len().alias("_n"))
+        .filter(pl.col("_n") >= 2)
+        .with_columns(pl.int_ranges(1, pl.col("_n")).alias("_pos"))
+        .explode("_pos")
+        .select(
+            pl.col("item_idx").list.slice(pl.max_horizontal(pl.col("_pos") - history_len, 0),
+                                          pl.min_horizontal(pl.col("_pos"), history_len)).alias("history"),
+            pl.col("item_idx").list.get(pl.col("_pos")).alias("target"),
+        )
+    )
+
+
+def _user_vectors(table: torch.Tensor, histories: list[np.ndarray], half_life: float) -> torch.Tensor:
+    rows = []
+    for hist in histories:
+        w = torch.from_numpy((0.5 ** (np.arange(len(hist) - 1, -1, -1) / half_life)).astype(np.float32))
+        rows.append(w @ table[torch.from_numpy(hist.astype(np.int64))])
+    return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+
+
+def _info_nce(users: torch.Tensor, targets_vec: torch.Tensor, target_ids: torch.Tensor,
+              position: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = users @ targets_vec.T / temperature
+    # Another example's target that equals my own target is not a negative for me.
+    same = target_ids[:, None] == target_ids[None, :]
+    logits = logits.masked_fill(same & ~torch.eye(len(target_ids), dtype=torch.bool), float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, position)
+
+
+def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, config: TextModelConfig, *,
+             seed: int, eval_every: int = 20, patience: int = 2, progress: bool = True,
+             log_metric: Callable[[str, float, int], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``encoder`` in place (best weights kept) and return item vectors before/after.
+
+    texts: one per item index; examples: from :func:`next_item_examples`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = encoder.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tower = _CachedTower(encoder, texts, config.trainable_layers, config.encode_batch_size, progress)
+    params = [p for layer in tower.upper for p in layer.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+
+    perm = rng.permutation(examples.height)
+    n_val = min(max(64, examples.height // 10), 512, examples.height // 2)
+    val = examples[perm[:n_val]]
+    train = examples[perm[n_val:]]
+    histories = [np.asarray(h, dtype=np.int64) for h in train["history"].to_list()]
+    targets = train["target"].to_numpy().astype(np.int64)
+    val_hist = [np.asarray(h, dtype=np.int64) for h in val["history"].to_list()]
+    val_targets = torch.from_numpy(val["target"].to_numpy().astype(np.int64))
+
+    table = tower.table(config.encode_batch_size)
+    pretrained = table.numpy().copy()
+    train_losses: list[float] = []
+    val_losses = [_val_loss(table, val_hist, val_targets, config)]
+    val_steps = [0]
+    best = (val_losses[0], 0, copy.deepcopy([layer.state_dict() for layer in tower.upper]))
+    if log_metric:
+        log_metric("text/val_loss", val_losses[0], 0)
+    bad_evals = 0
+    model.train()
+    with tqdm(total=config.steps, desc="fine-tune text", unit="step", disable=not progress) as bar:
+        for step in range(1, config.steps + 1):
+            pick = torch.randint(len(targets), (config.batch_size,), generator=generator).numpy()
+            batch_targets = torch.from_numpy(targets[pick])
+            unique, position = torch.unique(batch_targets, return_inverse=True)
+            users = _user_vectors(table, [histories[i] for i in pick], config.recency_half_life)
+            item_vecs = tower.encode(unique)  # duplicates in the batch are encoded once
+            loss = _info_nce(users, item_vecs[position], batch_targets, torch.arange(len(pick)),
+                             config.temperature)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            train_losses.append(float(loss))
+            if log_metric:
+                log_metric("text/train_loss", float(loss), step)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.update(1)
+            if step % eval_every == 0 or step == config.steps:
+                model.eval()
+                table = tower.table(config.encode_batch_size)
+                model.train()
+                val_losses.append(_val_loss(table, val_hist, val_targets, config))
+                val_steps.append(step)
+                if log_metric:
+                    log_metric("text/val_loss", val_losses[-1], step)
+                if val_losses[-1] < best[0]:
+                    best = (val_losses[-1], step, copy.deepcopy([layer.state_dict() for layer in tower.upper]))
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                    if bad_evals >= patience:
+                        log.info("early stop at step %d (best %d)", step, best[1])
+                        break
+    for layer, state in zip(tower.upper, best[2], strict=True):
+        layer.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    final = tower.table(config.encode_batch_size).numpy()
+    return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
+                          train_losses=train_losses, val_losses=val_losses, val_steps=val_steps,
+                          best_step=best[1])
+
+
+def _val_loss(table: torch.Tensor, histories: list[np.ndarray], targets: torch.Tensor,
+              config: TextModelConfig) -> float:
+    """In-batch InfoNCE on held-out examples with the current item table (no gradient)."""
+    with torch.inference_mode():
+        users = _user_vectors(table, histories, config.recency_half_life)
+        losses = []
+        for start in range(0, len(targets), config.batch_size):
+            t = targets[start:start + config.batch_size]
+            u = users[start:start + config.batch_size]
+            losses.append(float(_info_nce(u, table[t], t, torch.arange(len(t)), config.temperature)))
+    return float(np.mean(losses))
