@@ -60,16 +60,17 @@ def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, 
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
     user_items = check_user_items(user_items, n_users, n_items)
-    if name == "als":
-        model = AlternatingLeastSquares(factors=factors, regularization=regularization,
-                                        iterations=iterations, random_state=seed)
-    elif name == "bpr":
-        model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,
-                                            regularization=0.01, random_state=seed)
-    else:
+    if name not in ALGORITHMS:
         raise ConfigError(f"unknown CF algorithm {name!r}; use one of {ALGORITHMS}")
-    # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores.
+    # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores
+    # (implicit checks this when the model is built, so the limit covers construction too).
     with threadpool_limits(limits=1, user_api="blas"):
+        if name == "als":
+            model = AlternatingLeastSquares(factors=factors, regularization=regularization,
+                                            iterations=iterations, random_state=seed)
+        else:
+            model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,
+                                                regularization=0.01, random_state=seed)
         model.fit(user_items, show_progress=False)
     return CFFactors(name=name, user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
                      item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32))

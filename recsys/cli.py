@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from recsys.config import SPLITS, PipelineConfig
@@ -50,10 +51,25 @@ def format_metrics_table(metrics: dict[str, dict[str, float]], k: int) -> str:
     return "\n".join(lines)
 
 
+def load_config(path: str | None, **overrides) -> PipelineConfig:
+    """Defaults, then a JSON file of PipelineConfig fields (sections nested), then CLI flags."""
+    data: dict = {}
+    if path:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RecsysError(f"--config {path}: cannot read a JSON object: {exc}") from exc
+    data.update(overrides)
+    try:
+        return PipelineConfig.from_dict(data)
+    except TypeError as exc:  # an unknown key: say which
+        raise RecsysError(f"--config {path}: {exc}; see recsys/config.py for the fields") from exc
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     from training.pipeline import train
 
-    config = PipelineConfig(split=args.split, k=args.k, seed=args.seed)
+    config = load_config(args.config, split=args.split, k=args.k, seed=args.seed)
     dataset = load_data(args.data)
     for reason, count in dataset.skipped.items():
         if count:
@@ -113,7 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     out_dir = Path("demo_out")
     out_dir.mkdir(exist_ok=True)
-    train_args = argparse.Namespace(data="demo", split="temporal", k=10, experiment="recsys-demo",
+    train_args = argparse.Namespace(data="demo", split="temporal", k=10, experiment="recsys-demo", config=None,
                                     register=DEMO_MODEL_NAME, metrics_out=str(out_dir / "metrics.json"),
                                     seed=args.seed, quiet=args.quiet)
     result = cmd_train(train_args)["result"]
@@ -145,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--register", default=None, metavar="NAME", help="register the model under NAME")
     tr.add_argument("--metrics-out", default=None, metavar="FILE", help="write every model's metrics as JSON")
     tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--config", default=None, metavar="FILE", help="JSON with PipelineConfig fields to override")
     tr.set_defaults(handler=cmd_train)
 
     rk = sub.add_parser("rank", help="offline batch ranking into Parquet")
@@ -164,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _offline_env()
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "transformers"):

@@ -22,9 +22,16 @@ class RecommenderModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         import torch
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        with torch.inference_mode():
-            return predict_frame(self.bundle, model_input)
+        from recsys.errors import RecsysError
+
+        try:
+            with torch.inference_mode():
+                return predict_frame(self.bundle, model_input)
+        except RecsysError as exc:  # the server answers 400 with this message, not a 500
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
 
 
 mlflow.models.set_model(RecommenderModel())

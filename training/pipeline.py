@@ -68,31 +68,33 @@ class _Timer:
 
 def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impressions: pl.DataFrame | None,
                    config: PipelineConfig) -> pl.DataFrame:
-    """Ranking frame with ``label`` (1 = interacted in the label window) for the label users.
+    """Ranking frame with ``label`` (0/1) built on the label window.
 
-    Candidates come from the state (plus the items shown to the user in the label window, as
-    hard negatives); queries without a positive candidate are dropped (nothing to learn).
+    Two kinds of query: one per label user over the candidates the state generates (the
+    serving distribution; label 1 = interacted in the label window), and, where impressions
+    exist, one per label-window impression over the items actually shown (label = clicked),
+    which teaches the ranker to tell apart items that all looked plausible. Queries without
+    both a positive and a negative are dropped: LambdaRank learns nothing from them.
     """
     user_idx, relevant = test_relevance(state, label_events)
     candidates = generate_candidates(state, user_idx, config.candidates)
-    if label_impressions is not None and label_impressions.height:
-        query_of_user = pl.DataFrame({"user_idx": user_idx, "query_idx": np.arange(len(user_idx), dtype=np.int32)})
-        shown = (with_indices(label_impressions, state.users, state.items)
-                 .join(query_of_user, on="user_idx", how="inner")
-                 .select("query_idx", "user_idx", "item_idx").unique())
-        seen = state.seen.tocoo()
-        seen_pairs = pl.DataFrame({"user_idx": seen.row.astype(np.int32), "item_idx": seen.col.astype(np.int32)})
-        shown = shown.join(seen_pairs, on=["user_idx", "item_idx"], how="anti")
-        candidates = pl.concat([candidates, shown]).unique(["query_idx", "item_idx"]).sort("query_idx", "item_idx")
     positives = pl.DataFrame({
         "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
         "item_idx": np.concatenate(relevant).astype(np.int32),
         "label": np.ones(sum(len(r) for r in relevant), dtype=np.int8),
     })
-    frame = (candidates.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
-             .with_columns(pl.col("label").fill_null(0)))
-    frame = frame.filter(pl.col("label").sum().over("query_idx") > 0)
-    return build_ranking_frame(state, frame)
+    parts = [candidates.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
+             .with_columns(pl.col("label").fill_null(0))]
+    if label_impressions is not None and label_impressions.height:
+        shown = (with_indices(label_impressions, state.users, state.items).filter(pl.col("user_idx") >= 0)
+                 .group_by("impression_id", "user_idx", "item_idx").agg(pl.col("clicked").max().alias("label"))
+                 .with_columns((pl.col("impression_id").rank("dense") - 1 + len(user_idx)).cast(pl.Int32)
+                               .alias("query_idx"))
+                 .select("query_idx", "user_idx", "item_idx", pl.col("label").cast(pl.Int8)))
+        parts.append(shown)
+    frame = pl.concat(parts).sort("query_idx", "item_idx")
+    has_both = (pl.col("label").max().over("query_idx") == 1) & (pl.col("label").min().over("query_idx") == 0)
+    return build_ranking_frame(state, frame.filter(has_both))
 
 
 def fit_rankers(frame: pl.DataFrame, config: PipelineConfig, log_metric) -> dict[str, LambdaRanker]:

@@ -182,10 +182,10 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            train_losses.append(float(loss))
+            train_losses.append(loss.item())
             if log_metric:
-                log_metric("text/train_loss", float(loss), step)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+                log_metric("text/train_loss", train_losses[-1], step)
+            bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
             bar.update(1)
             if step % eval_every == 0 or step == config.steps:
                 model.eval()
