@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny hand-made tables, a tiny generated demo, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+T0 = datetime(2026, 1, 1)
+
+
+def day(n: float) -> datetime:
+    return T0 + timedelta(days=n)
+
+
+@pytest.fixture
+def items() -> pl.DataFrame:
+    return pl.DataFrame({
+        "item_id": ["a", "b", "c", "d"],
+        "title": ["Goal in the derby", "Stocks rally", "Pasta recipe", "Mars launch"],
+        "description": ["striker scores", "", "chef bakes", "rocket orbit"],
+        "category": ["sports", "business", "lifestyle", "science"],
+    })
+
+
+@pytest.fixture
+def interactions() -> pl.DataFrame:
+    return pl.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u2", "u3", "u1"],
+        "item_id": ["a", "b", "a", "c", "d", "c"],
+        "timestamp": [day(0), day(1), day(2), day(3), day(4), day(5)],
+        "weight": [1.0, 1.0, 1.0, 2.0, 1.0, 1.0],
+    })
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (data tests need ../shared/data)")
+    return SHARED_DATA
+
+
+def tiny_config_dict() -> dict:
+    """A PipelineConfig small enough for a test run with the real MiniLM (seconds, not minutes)."""
+    return {
+        "als_factors": 16, "als_iterations": 5, "bpr_factors": 16, "bpr_iterations": 10,
+        "text": {"steps": 6, "batch_size": 16, "max_length": 32, "encode_batch_size": 64},
+        "candidates": {"n_cf": 30, "n_text": 30, "n_popular": 20, "n_recent": 20},
+        "ranker": {"num_boost_round": 30, "early_stopping_rounds": 10, "min_data_in_leaf": 5},
+    }

@@ -1,0 +1,74 @@
+"""Candidate generation and the ranking frame on a small generated world (no language model:
+random unit item vectors stand in for the encoder)."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.candidates import generate_candidates, top_n
+from features.ranking_frame import FEATURE_COLUMNS, build_ranking_frame, group_sizes
+from features.state import FeatureState, fit_feature_state
+from recsys.config import CandidateConfig, PipelineConfig
+from recsys.demo_data import DemoSpec, generate_demo
+from recsys.idmap import IdMap
+from tests.conftest import tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def state() -> FeatureState:
+    data = generate_demo(DemoSpec(n_users=60, n_items=80, days=15, seed=3))
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(80, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    users = IdMap(kind="user").fit(data.interactions["user_id"])
+    items = IdMap(kind="item").fit(data.items["item_id"])
+    return fit_feature_state(catalog=data.items, interactions=data.interactions, impressions=data.impressions,
+                             item_vectors=vectors, users=users, items=items,
+                             config=PipelineConfig.from_dict(tiny_config_dict()))
+
+
+def test_top_n_returns_best_first():
+    scores = np.array([[0.1, 0.9, 0.5, -np.inf], [3.0, 2.0, 1.0, 0.0]])
+    assert top_n(scores, 2).tolist() == [[1, 2], [0, 1]]
+
+
+def test_candidates_exclude_seen_items_and_are_unique(state):
+    cands = generate_candidates(state, np.arange(10, dtype=np.int32), CandidateConfig(10, 10, 5, 5))
+    seen = state.seen.tocoo()
+    seen_pairs = set(zip(seen.row.tolist(), seen.col.tolist(), strict=True))
+    pairs = list(zip(cands["user_idx"].to_list(), cands["item_idx"].to_list(), strict=True))
+    assert not seen_pairs & set(pairs)
+    assert len(pairs) == len(set(pairs))
+    assert cands["query_idx"].unique().sort().to_list() == list(range(10))
+
+
+def test_unknown_user_gets_only_non_personal_candidates(state):
+    config = CandidateConfig(n_cf=10, n_text=10, n_popular=5, n_recent=5)
+    cands = generate_candidates(state, np.array([-1], dtype=np.int32), config)
+    pop = state.item_features["item_pop_all"].to_numpy()
+    trend = state.item_features["item_pop_1d"].to_numpy()
+    allowed = set(top_n(pop[None, :], 5)[0].tolist()) | set(top_n(trend[None, :], 5)[0].tolist())
+    assert set(cands["item_idx"].to_list()) <= allowed
+    assert cands["user_idx"].to_list() == [-1] * cands.height
+
+
+def test_ranking_frame_keeps_row_order_and_marks_unknowns(state):
+    pairs = pl.DataFrame({"query_idx": [0, 0, 1], "user_idx": [3, 3, -1], "item_idx": [5, 2, 5],
+                          "label": [1, 0, 0]}).cast({"query_idx": pl.Int32, "user_idx": pl.Int32,
+                                                      "item_idx": pl.Int32})
+    frame = build_ranking_frame(state, pairs)
+    assert frame.select("query_idx", "user_idx", "item_idx", "label").equals(pairs)
+    assert all(frame.schema[c] == pl.Float32 for c in FEATURE_COLUMNS)
+    known, unknown = frame.row(0, named=True), frame.row(2, named=True)
+    assert np.isfinite(known["als_score"]) and np.isfinite(known["text_score"])
+    assert np.isnan(unknown["als_score"]) and np.isnan(unknown["user_history_len"])
+    expected_text = float(state.user_text[3] @ state.item_vectors[5])
+    assert known["text_score"] == pytest.approx(expected_text, rel=1e-5)
+    assert 0.0 <= known["user_category_affinity"] <= 1.0
+
+
+def test_group_sizes_require_contiguous_queries():
+    frame = pl.DataFrame({"query_idx": [0, 0, 1, 1, 1]})
+    assert group_sizes(frame).tolist() == [2, 3]
+    with pytest.raises(ValueError, match="must be contiguous"):
+        group_sizes(pl.DataFrame({"query_idx": [0, 1, 0]}))

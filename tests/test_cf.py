@@ -1,0 +1,55 @@
+"""Contract test for every CF algorithm (after implicit's recommender_base_test): on a
+checkerboard of two user groups with one liked item withheld per user, that item comes first."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from features.cf import ALGORITHMS, fit_cf
+from recsys.errors import ConfigError, DataValidationError
+
+
+def checkerboard(n_users=40, n_items=10):
+    half = n_items // 2
+    rows, cols, withheld = [], [], []
+    for u in range(n_users):
+        group = range(0, half) if u % 2 == 0 else range(half, n_items)
+        held = list(group)[(u // 2) % half]
+        withheld.append(held)
+        for i in group:
+            if i != held:
+                rows.append(u)
+                cols.append(i)
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_users, n_items))
+    return matrix, np.array(withheld)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_withheld_item_comes_first(name):
+    user_items, withheld = checkerboard()
+    iterations = 30 if name == "als" else 400
+    model = fit_cf(name, user_items, n_users=40, n_items=10, factors=4, iterations=iterations,
+                   regularization=0.01, seed=0)
+    scores = model.user_factors @ model.item_factors.T
+    scores[user_items.toarray() > 0] = -np.inf
+    assert (scores.argmax(axis=1) == withheld).mean() >= 0.9
+
+
+def test_transposed_matrix_is_rejected_with_a_hint():
+    user_items, _ = checkerboard()
+    with pytest.raises(DataValidationError, match="did you pass item_users"):
+        fit_cf("als", user_items.T.tocsr(), n_users=40, n_items=10, factors=4, iterations=2)
+
+
+def test_unknown_algorithm_is_rejected():
+    user_items, _ = checkerboard()
+    with pytest.raises(ConfigError, match="unknown CF algorithm 'svd'"):
+        fit_cf("svd", user_items, n_users=40, n_items=10, factors=4, iterations=2)
+
+
+def test_pair_scores_are_nan_for_unknown_users():
+    user_items, _ = checkerboard()
+    model = fit_cf("als", user_items, n_users=40, n_items=10, factors=4, iterations=3)
+    out = model.pair_scores(np.array([0, -1]), np.array([1, 1]))
+    assert out.dtype == np.float32
+    assert np.isfinite(out[0]) and np.isnan(out[1])

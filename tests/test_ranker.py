@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from recsys.config import RankerConfig
+from recsys.metrics import auc_per_group
+from recsys.errors import DataValidationError, NotFittedError
+from training.ranker import LambdaRanker
+
+
+def _data(n_queries=60, per_query=10, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n_queries * per_query)
+    X = np.column_stack([y + rng.normal(0, 0.3, size=y.size), rng.normal(size=y.size)]).astype(np.float32)
+    return X, y, np.full(n_queries, per_query)
+
+
+def test_predict_before_fit_is_an_error():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        LambdaRanker(feature_names=("a", "b")).predict(np.zeros((1, 2), dtype=np.float32))
+
+
+def test_bad_labels_and_groups_are_rejected_with_observed_values():
+    X, y, g = _data()
+    ranker = LambdaRanker(feature_names=("signal", "noise"))
+    with pytest.raises(DataValidationError, match=r"labels must be integers in 0..30, got range \[-1"):
+        ranker.fit(X, y - 1, g, X_val=X, y_val=y, groups_val=g)
+    with pytest.raises(DataValidationError, match="group sizes sum to 599 but there are 600 rows"):
+        ranker.fit(X, y, np.append(g[:-1], 9), X_val=X, y_val=y, groups_val=g)
+    with pytest.raises(DataValidationError, match=r"expected \(rows, 2\)"):
+        ranker.fit(X[:, :1], y, g, X_val=X, y_val=y, groups_val=g)
+
+
+def test_learns_the_signal_feature_and_round_trips(tmp_path):
+    X, y, g = _data()
+    Xv, yv, gv = _data(seed=1)
+    ranker = LambdaRanker(feature_names=("signal", "noise"), config=RankerConfig(num_boost_round=40,
+                                                                                min_data_in_leaf=5)).fit(
+        X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
+    scores = ranker.predict(Xv)
+    groups = np.repeat(np.arange(len(gv)), gv)
+    assert auc_per_group(scores, yv, groups) > 0.9
+    importance = ranker.feature_importance()
+    assert importance["signal"] > 10 * importance["noise"]
+    ranker.save(tmp_path / "ranker.txt")
+    loaded = LambdaRanker.load(tmp_path / "ranker.txt")
+    assert loaded.feature_names == ("signal", "noise")
+    np.testing.assert_allclose(loaded.predict(Xv), scores, rtol=1e-6)
