@@ -118,9 +118,11 @@ def serve_command(model_uri: str, port: int) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from training.tracking import configure_tracking
 
-    os.environ["MLFLOW_TRACKING_URI"] = configure_tracking()
-    print(f"serving {args.model} on http://127.0.0.1:{args.port}/invocations (Ctrl-C stops)")
-    return subprocess.call(serve_command(args.model, args.port))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=configure_tracking())
+    # MLflow starts `uvicorn` by name: make this interpreter's scripts folder (the venv) findable.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    print(f"serving {args.model} on http://127.0.0.1:{args.port}/invocations (Ctrl-C stops)", flush=True)
+    return subprocess.call(serve_command(args.model, args.port), env=env)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ class TextModelConfig:
 
     max_length: int = 48
     trainable_layers: int = 2
-    steps: int = 60
+    steps: int = 100
     batch_size: int = 48
     learning_rate: float = 5e-5
     temperature: float = 0.05

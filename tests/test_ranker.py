@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from recsys.config import RankerConfig
-from recsys.metrics import auc_per_group
 from recsys.errors import DataValidationError, NotFittedError
+from recsys.metrics import auc_per_group
 from training.ranker import LambdaRanker
 
 

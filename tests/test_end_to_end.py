@@ -1,0 +1,134 @@
+"""End to end, as a user runs it: a canonical data folder -> `recsys train` (real MiniLM, real
+MLflow registry) -> `recsys rank` -> `recsys serve` (the real MLflow server on 127.0.0.1),
+whose answers must equal the batch job's for the same users."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+import requests
+
+from recsys.cli import main
+from recsys.demo_data import DemoSpec, generate_demo
+from tests.conftest import tiny_config_dict
+
+pytestmark = pytest.mark.slow
+
+K = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train and batch-rank once; yields the working folder and the batch output."""
+    work = tmp_path_factory.mktemp("e2e")
+    data = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21))
+    (work / "data").mkdir()
+    data.items.write_parquet(work / "data" / "items.parquet")
+    data.interactions.write_parquet(work / "data" / "interactions.parquet")
+    data.impressions.write_parquet(work / "data" / "impressions.parquet")
+    (work / "tiny.json").write_text(json.dumps(tiny_config_dict()))
+    old_cwd = os.getcwd()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(work)
+    try:
+        assert main(["-q", "train", "--data", "data", "--config", "tiny.json", "--k", str(K),
+                     "--register", "e2e", "--metrics-out", "metrics.json"]) == 0
+        assert main(["-q", "rank", "--model", "models:/e2e@champion", "--out", "ranked.parquet",
+                     "--k", str(K)]) == 0
+    finally:
+        os.chdir(old_cwd)
+    return work, pl.read_parquet(work / "ranked.parquet")
+
+
+def test_metrics_cover_the_ranker_and_every_baseline(trained):
+    work, _ = trained
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert {"ranker", "ranker_no_text", "random", "popularity", "als", "bpr", "text"} <= set(metrics)
+    for values in metrics.values():
+        assert 0.0 <= values[f"ndcg@{K}"] <= 1.0 and 0.0 <= values[f"recall@{K}"] <= 1.0
+    assert metrics["ranker"][f"ndcg@{K}"] > metrics["random"][f"ndcg@{K}"]
+
+
+def test_batch_output_has_k_distinct_items_per_known_user(trained):
+    _, ranked = trained
+    assert ranked.columns == ["user_id", "rank", "item_id", "score"]
+    per_user = ranked.group_by("user_id").agg(pl.len(), pl.col("item_id").n_unique().alias("distinct"),
+                                              pl.col("rank").min().alias("first"))
+    assert per_user["len"].to_list() == [K] * per_user.height
+    assert per_user["distinct"].to_list() == [K] * per_user.height
+    assert set(per_user["first"].to_list()) == {1}
+    # scores are non-increasing down each list
+    diffs = ranked.sort("user_id", "rank").group_by("user_id", maintain_order=True).agg(pl.col("score").diff())
+    assert all(d is None or d <= 1e-6 for row in diffs["score"].to_list() for d in row)
+
+
+def test_server_answers_equal_the_batch_job(trained):
+    work, ranked = trained
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    server = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", "models:/e2e@champion",
+                               "--port", str(port)], cwd=work, env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if server.poll() is not None:
+                pytest.fail(f"server exited: {server.stdout.read().decode()[-3000:]}")
+            try:
+                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail("server did not answer /ping within 180 s")
+        users = ranked["user_id"].unique().sort().head(3).to_list()
+        reply = requests.post(f"{base}/invocations", timeout=60, json={
+            "dataframe_records": [{"user_id": u, "k": K} for u in users]})
+        assert reply.status_code == 200, reply.text
+        served = pl.DataFrame(reply.json()["predictions"])
+        assert set(served["path"].to_list()) == {"personalized"}
+        expected = ranked.filter(pl.col("user_id").is_in(users)).sort("user_id", "rank")
+        got = served.sort("user_id", "rank")
+        assert got["item_id"].to_list() == expected["item_id"].to_list()
+        assert got["score"].to_list() == pytest.approx(expected["score"].to_list(), abs=1e-5)
+
+        unknown = requests.post(f"{base}/invocations", timeout=60,
+                                json={"dataframe_records": [{"user_id": "never-seen"}]})
+        assert unknown.status_code == 200
+        assert set(pl.DataFrame(unknown.json()["predictions"])["path"].to_list()) == {"cold-start"}
+
+        bad_k = requests.post(f"{base}/invocations", timeout=60,
+                              json={"dataframe_records": [{"user_id": users[0], "k": 1000}]})
+        assert bad_k.status_code == 400
+        assert "k must be between 1 and 100, got 1000" in bad_k.text
+        missing = requests.post(f"{base}/invocations", timeout=60, json={"dataframe_records": [{"k": 3}]})
+        assert missing.status_code == 400
+        assert "user_id" in missing.text
+    finally:
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Stop the server and everything it started (uvicorn workers share its process group)."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)

