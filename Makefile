@@ -15,9 +15,8 @@ $(BIN)/python:
 
 # torch first, pinned, so pip takes the local CPU build instead of the CUDA one.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install -qq "torch==2.13.0"
+	$(BIN)/pip install -qq -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

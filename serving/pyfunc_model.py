@@ -9,6 +9,7 @@ Heavy state loads once in ``load_context``; ``predict`` is light and runs under
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from serving.requests import predict_frame
@@ -20,7 +21,7 @@ class RecommenderModel(PythonModel):
 
         self.bundle = RankingBundle.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE

@@ -132,3 +132,23 @@ def _stop(server: subprocess.Popen) -> None:
         pass
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_users_file_with_duplicates_and_unknown_users(trained, tmp_path, capsys):
+    work, ranked = trained
+    known = ranked["user_id"].unique().sort().head(2).to_list()
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\n" + "\n".join([known[0], known[1], known[0], "stranger"]) + "\n")
+    old_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["-q", "rank", "--model", "models:/e2e@champion", "--users", str(users),
+                     "--out", str(tmp_path / "some.parquet"), "--k", str(K)]) == 0
+    finally:
+        os.chdir(old_cwd)
+    assert "ranked 3 users (1 unknown -> cold start, 1 duplicates removed)" in capsys.readouterr().out
+    out = pl.read_parquet(tmp_path / "some.parquet")
+    assert out["user_id"].unique(maintain_order=True).to_list() == [known[0], known[1], "stranger"]
+    assert out.filter(pl.col("user_id") == known[0])["item_id"].to_list() == \
+        ranked.filter(pl.col("user_id") == known[0]).sort("rank")["item_id"].to_list()
+    assert not (tmp_path / "some.parquet.partial").exists()

@@ -1,0 +1,38 @@
+"""Command-line errors: exit status 2 and a message that says what was wrong."""
+
+import json
+
+import pytest
+
+from recsys.cli import format_metrics_table, load_config, main
+from recsys.errors import RecsysError
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"als_factorz": 8}))
+    with pytest.raises(RecsysError, match="als_factorz"):
+        load_config(str(path))
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"seed": 1, "text": {"steps": 3}}))
+    config = load_config(str(path), seed=9)
+    assert (config.seed, config.text.steps) == (9, 3)
+
+
+def test_bad_k_exits_with_status_2(capsys):
+    assert main(["train", "--data", "demo", "--k", "0"]) == 2
+    assert "--k must be between 1 and 100, got 0" in capsys.readouterr().err
+
+
+def test_missing_data_folder_exits_with_status_2(tmp_path, capsys):
+    assert main(["-q", "train", "--data", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_metrics_table_sorted_by_ndcg():
+    table = format_metrics_table({"a": {"ndcg@10": 0.1}, "b": {"ndcg@10": 0.3}}, 10)
+    lines = table.splitlines()
+    assert lines[1].startswith("b") and lines[2].startswith("a")
