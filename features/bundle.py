@@ -44,15 +44,36 @@ class RankingBundle:
             return np.zeros(0, dtype=np.float32)
         return self.booster.predict(feature_matrix(frame, self.feature_columns)).astype(np.float32)
 
-    def score_candidates(self, user_idx: np.ndarray) -> pl.DataFrame:
+    def score_candidates(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
+                         explicit: pl.DataFrame | None = None, exclude: pl.DataFrame | None = None) -> pl.DataFrame:
         """Every candidate of every query with its score: (query_idx, user_idx, item_idx, score).
 
         user_idx: int32 (n,), one query per entry; -1 for users unknown to the model (they get
-        the non-personal candidates and NaN personal features).
+            the non-personal candidates and NaN personal features).
+        query_text: optional (n, d) interest vectors replacing the stored user vectors (request
+            history, cold users); rows of zeros mean "no text interest".
+        explicit: optional (query_idx, item_idx) rows: those queries rank exactly these items
+            instead of generated candidates.
+        exclude: optional (query_idx, item_idx) rows never returned.
         """
-        candidates = generate_candidates(self.state, np.asarray(user_idx, dtype=np.int32),
-                                         self.config.candidates)
-        frame = build_ranking_frame(self.state, candidates)
+        user_idx = np.asarray(user_idx, dtype=np.int32)
+        generate = np.arange(len(user_idx), dtype=np.int32)
+        if explicit is not None and explicit.height:
+            generate = np.setdiff1d(generate, explicit["query_idx"].unique().to_numpy())
+        parts = []
+        if generate.size:
+            text = None if query_text is None else query_text[generate]
+            generated = generate_candidates(self.state, user_idx[generate], self.config.candidates, user_text=text)
+            parts.append(generated.with_columns(pl.Series("query_idx", generate[generated["query_idx"].to_numpy()])))
+        if explicit is not None and explicit.height:
+            parts.append(explicit.select(pl.col("query_idx").cast(pl.Int32),
+                                         pl.Series("user_idx", user_idx[explicit["query_idx"].to_numpy()]),
+                                         pl.col("item_idx").cast(pl.Int32)))
+        candidates = pl.concat(parts).sort("query_idx", "item_idx")
+        if exclude is not None and exclude.height:
+            candidates = candidates.join(exclude.cast({"query_idx": pl.Int32, "item_idx": pl.Int32}),
+                                         on=["query_idx", "item_idx"], how="anti", maintain_order="left")
+        frame = build_ranking_frame(self.state, candidates, query_text=query_text)
         return candidates.with_columns(pl.Series("score", self.score(frame)))
 
     def save(self, folder: str | Path, *, encoder_dir: Path | None = None) -> Path:

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from features.pair_scores import pair_dot
 from features.user_items import check_user_items
 from recsys.errors import ConfigError
 
@@ -32,7 +33,7 @@ class CFFactors:
 
     def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
         """float32 (n,) scores of (user, item) pairs; NaN where user_idx or item_idx is -1."""
-        return _pair_dot(self.user_factors, self.item_factors, user_idx, item_idx)
+        return pair_dot(self.user_factors, self.item_factors, user_idx, item_idx)
 
     def save(self, path: Path) -> None:
         np.savez(path, user_factors=self.user_factors, item_factors=self.item_factors)
@@ -41,16 +42,6 @@ class CFFactors:
     def load(cls, path: Path, name: str) -> CFFactors:
         with np.load(path) as data:
             return cls(name=name, user_factors=data["user_factors"], item_factors=data["item_factors"])
-
-
-def _pair_dot(left: np.ndarray, right: np.ndarray, li: np.ndarray, ri: np.ndarray) -> np.ndarray:
-    li = np.asarray(li)
-    ri = np.asarray(ri)
-    ok = (li >= 0) & (ri >= 0) & (ri < right.shape[0]) & (li < left.shape[0])
-    out = np.full(li.shape[0], np.nan, dtype=np.float32)
-    if ok.any():
-        out[ok] = np.einsum("ij,ij->i", left[li[ok]], right[ri[ok]])
-    return out
 
 
 def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from features import behaviour
+from features.pair_scores import pair_dot
 from features.state import FeatureState
 
 SCORE_FEATURES = ("als_score", "bpr_score", "text_score")
@@ -23,14 +24,8 @@ TEXT_FEATURES = ("text_score",)
 def pair_text_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, user_rows: np.ndarray,
                      item_idx: np.ndarray) -> np.ndarray:
     """Cosine scores float32 (n,); NaN where the user row is -1 or the user vector is all zero."""
-    out = np.full(len(item_idx), np.nan, dtype=np.float32)
-    ok = user_rows >= 0
-    if ok.any():
-        u = user_vectors[user_rows[ok]]
-        scores = np.einsum("ij,ij->i", u, item_vectors[item_idx[ok]])
-        scores[~np.any(u != 0, axis=1)] = np.nan
-        out[ok] = scores
-    return out
+    return pair_dot(user_vectors, item_vectors, user_rows, item_idx,
+                    valid_left=np.any(user_vectors != 0, axis=1))
 
 
 def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,

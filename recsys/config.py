@@ -50,9 +50,11 @@ class CandidateConfig:
 class RankerConfig:
     """LightGBM LambdaRank settings (see LightGBM's parameter docs)."""
 
-    num_boost_round: int = 300
-    early_stopping_rounds: int = 30
-    learning_rate: float = 0.05
+    # 150 rounds at 0.1 matched 300 at 0.05 on the demo (nDCG@10 0.1757 vs 0.1761) and halves
+    # the prediction cost, which dominates batch ranking.
+    num_boost_round: int = 150
+    early_stopping_rounds: int = 20
+    learning_rate: float = 0.1
     num_leaves: int = 31
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.9

@@ -17,9 +17,8 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from features.bundle import RankingBundle
-from recsys import schemas
 from recsys.errors import DataValidationError
-from serving.recommend import recommend
+from serving.recommend import recommend_users
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k
     with tqdm(total=len(unique), desc="rank users", unit="user", disable=not progress) as bar:
         for number, begin in enumerate(range(0, len(unique), chunk_size)):
             chunk = unique[begin:begin + chunk_size]
-            ranked = recommend(bundle, chunk, k).select(list(schemas.RANKING_OUTPUT))
+            ranked = recommend_users(bundle, chunk, k)
             ranked.write_parquet(partial / f"part-{number:06d}.parquet")
             n_rows += ranked.height
             bar.update(len(chunk))

@@ -1,7 +1,12 @@
-"""Top-K recommendations for a list of users from a loaded bundle.
+"""Top-K recommendations from a loaded bundle: the code behind the endpoint and the batch job.
 
-The one code path behind the serving endpoint and the batch job; the offline evaluation
-uses the same ``RankingBundle.score_candidates``: candidates -> ranking frame -> LightGBM.
+Both go through ``RankingBundle.score_candidates`` (candidates -> ranking frame -> LightGBM),
+the same function the offline evaluation uses. Paths:
+- ``personalized``: the user is in the model (their interest vector may be refreshed by the
+  request's history);
+- ``history-only``: an unknown user whose request brings a history of known items (text
+  interest from those items, plus popularity and trends);
+- ``cold-start``: an unknown user with nothing else (popularity and trends).
 """
 
 from __future__ import annotations
@@ -10,28 +15,99 @@ import numpy as np
 import polars as pl
 
 from features.bundle import RankingBundle, head_k
+from features.text_interest import vector_from_history
+from recsys import schemas
+from serving.requests import RecommendRequest
 
 PERSONALIZED = "personalized"
+HISTORY_ONLY = "history-only"
 COLD_START = "cold-start"
 
-OUTPUT_SCHEMA = {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32,
-                 "path": pl.String}
+def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:
+    """Long table (user_id, rank, item_id, score): up to k rows per user, users in input order.
 
-
-def recommend(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:
-    """Long table (user_id, rank, item_id, score, path): k rows per user, in input order.
-
-    Unknown users are served by the cold-start path (popularity and trends), flagged as such.
+    The batch path: no per-request lists. Unknown users get the cold-start ranking.
     """
     if not user_ids:
-        return pl.DataFrame(schema=OUTPUT_SCHEMA)
+        return pl.DataFrame(schema=schemas.RANKING_OUTPUT)
     user_idx = bundle.state.users.to_index(user_ids, unknown="null")
     top = head_k(bundle.score_candidates(user_idx), k)
-    queries = pl.DataFrame({
-        "query_idx": np.arange(len(user_ids), dtype=np.int32),
-        "user_id": pl.Series(user_ids, dtype=pl.String),
-        "path": np.where(user_idx >= 0, PERSONALIZED, COLD_START),
-    })
-    return (top.join(queries, on="query_idx", how="left")
-            .with_columns(pl.Series("item_id", bundle.state.items.to_ids(top["item_idx"].to_numpy())))
-            .select([pl.col(c).cast(t) for c, t in OUTPUT_SCHEMA.items()]))
+    ids = pl.Series("user_id", user_ids, dtype=pl.String)
+    return top.select(
+        ids.gather(top["query_idx"].to_numpy()).alias("user_id"),
+        pl.col("rank"),
+        bundle.state.items.to_ids(top["item_idx"].to_numpy()).alias("item_id"),
+        pl.col("score").cast(pl.Float32),
+    )
+
+
+def _pairs(rows: list[tuple[int, tuple[str, ...]]], bundle: RankingBundle) -> tuple[pl.DataFrame, list[list[str]]]:
+    """(query_idx, item_idx) for known ids; per query the ids the catalog does not know."""
+    flat_q = [q for q, ids in rows for _ in ids]
+    flat_ids = [i for _, ids in rows for i in ids]
+    idx = bundle.state.items.to_index(flat_ids, unknown="null") if flat_ids else np.zeros(0, dtype=np.int32)
+    unknown: dict[int, list[str]] = {}
+    for q, item, i in zip(flat_q, flat_ids, idx, strict=True):
+        if i < 0:
+            unknown.setdefault(q, []).append(item)
+    known = idx >= 0
+    frame = pl.DataFrame({"query_idx": np.asarray(flat_q, dtype=np.int32)[known], "item_idx": idx[known]},
+                         schema={"query_idx": pl.Int32, "item_idx": pl.Int32})
+    return frame, [unknown.get(q, []) for q in range(max([q for q, _ in rows], default=-1) + 1)]
+
+
+def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) -> pl.DataFrame:
+    """One row per request: user_id, item_ids (list), scores (list), path, unknown_ids (list).
+
+    ``unknown_ids`` lists the request's candidate/history/exclude ids the catalog does not
+    know; they are left out and the rest is still ranked.
+    """
+    state = bundle.state
+    n = len(requests)
+    user_idx = state.users.to_index([r.user_id for r in requests], unknown="null")
+    explicit, unknown_c = _pairs([(q, r.candidates) for q, r in enumerate(requests) if r.candidates is not None],
+                                 bundle)
+    history, unknown_h = _pairs([(q, r.history) for q, r in enumerate(requests)], bundle)
+    excluded, unknown_e = _pairs([(q, r.exclude) for q, r in enumerate(requests)], bundle)
+    query_text, paths = _interest_vectors(bundle, user_idx, history, n)
+    scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit,
+                                     exclude=pl.concat([excluded, history]))
+    top = head_k(scored, max(r.k for r in requests))
+    per_query = (top.with_columns(state.items.to_ids(top["item_idx"].to_numpy()).alias("item_id"))
+                 .group_by("query_idx", maintain_order=True)
+                 .agg(pl.col("item_id").alias("item_ids"), pl.col("score").alias("scores")))
+    lists = {q: (ids, scores) for q, ids, scores in per_query.iter_rows()}
+    rows = []
+    for q, request in enumerate(requests):
+        ids, scores = lists.get(q, ([], []))
+        unknown = [*_get(unknown_c, q), *_get(unknown_h, q), *_get(unknown_e, q)]
+        rows.append({"user_id": request.user_id, "item_ids": ids[:request.k], "scores": scores[:request.k],
+                     "path": paths[q], "unknown_ids": list(dict.fromkeys(unknown))})
+    return pl.DataFrame(rows, schema={"user_id": pl.String, "item_ids": pl.List(pl.String),
+                                      "scores": pl.List(pl.Float32), "path": pl.String,
+                                      "unknown_ids": pl.List(pl.String)})
+
+
+def _get(values: list[list[str]], q: int) -> list[str]:
+    return values[q] if q < len(values) else []
+
+
+def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.DataFrame,
+                      n: int) -> tuple[np.ndarray, list[str]]:
+    """Per query: the stored interest vector, refreshed by the request's history; and the path."""
+    state = bundle.state
+    vectors = np.zeros((n, state.item_vectors.shape[1]), dtype=np.float32)
+    known = user_idx >= 0
+    vectors[known] = state.user_text[user_idx[known]]
+    by_query = history.group_by("query_idx", maintain_order=True).agg("item_idx")
+    for q, items in by_query.iter_rows():
+        fresh = vector_from_history(np.asarray(items), state.item_vectors, half_life=state.half_life)
+        # The request's history is the newest evidence: weigh it like that many recent items.
+        weight = len(items) / (len(items) + state.half_life) if known[q] else 1.0
+        blended = (1 - weight) * vectors[q] + weight * fresh
+        norm = np.linalg.norm(blended)
+        vectors[q] = blended / norm if norm > 0 else blended
+    has_history = np.zeros(n, dtype=bool)
+    has_history[by_query["query_idx"].to_numpy()] = True
+    paths = [PERSONALIZED if known[q] else HISTORY_ONLY if has_history[q] else COLD_START for q in range(n)]
+    return vectors, paths

@@ -56,3 +56,32 @@ def tiny_config_dict() -> dict:
         "candidates": {"n_cf": 30, "n_text": 30, "n_popular": 20, "n_recent": 20},
         "ranker": {"num_boost_round": 30, "early_stopping_rounds": 10, "min_data_in_leaf": 5},
     }
+
+
+@pytest.fixture(scope="session")
+def small_bundle():
+    """A real RankingBundle on a small generated world, without the language model (random unit
+    item vectors) so it builds in a second: state + LambdaRank trained on a label window."""
+    import numpy as np
+
+    from features.bundle import RankingBundle
+    from features.state import fit_feature_state
+    from recsys.config import PipelineConfig
+    from recsys.demo_data import DemoSpec, generate_demo
+    from recsys.idmap import IdMap
+    from recsys.split import split_interactions
+    from training.pipeline import fit_rankers, labelled_frame
+
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
+    config = PipelineConfig.from_dict(tiny_config_dict())
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(150, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    split = split_interactions(data.interactions, kind="temporal", test_fraction=0.25, impressions=data.impressions)
+    users = IdMap(kind="user").fit(split.train["user_id"])
+    items = IdMap(kind="item").fit(data.items["item_id"])
+    state = fit_feature_state(catalog=data.items, interactions=split.train, impressions=split.impressions_train,
+                              item_vectors=vectors, users=users, items=items, config=config)
+    frame = labelled_frame(state, split.test, split.impressions_test, config)
+    ranker = fit_rankers(frame, config, log_metric=None)["ranker"]
+    return RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names)

@@ -77,12 +77,21 @@ def set_champion_if_missing(name: str, version: str | int) -> bool:
 
 
 def _signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    """Request: user_id plus optional k and id lists; answer: one row per user.
 
-    inputs = Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)])
-    outputs = Schema([ColSpec("string", "user_id"), ColSpec("integer", "rank"), ColSpec("string", "item_id"),
-                      ColSpec("float", "score"), ColSpec("string", "path")])
+    ``k`` is declared double and the lists AnyType because MLflow fills fields that some rows
+    leave out with NaN; ``serving/requests.py`` does the exact checks (integer k, lists of str).
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType
+    from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "user_id"), ColSpec("double", "k", required=False),
+                     ColSpec(AnyType(), "candidates", required=False), ColSpec(AnyType(), "history", required=False),
+                     ColSpec(AnyType(), "exclude", required=False)])
+    outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array(DataType.string), "item_ids"),
+                      ColSpec(Array(DataType.float), "scores"), ColSpec("string", "path"),
+                      ColSpec(Array(DataType.string), "unknown_ids")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

@@ -1,0 +1,69 @@
+"""The endpoint's request handling attacked with bad input, and its three serving paths."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.errors import DataValidationError
+from serving.recommend import recommend_requests, recommend_users
+from serving.requests import MAX_USERS_PER_REQUEST, parse_requests
+
+
+def _req(rows):
+    return parse_requests(pd.DataFrame(rows), default_k=10)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"k": 3}], "needs a 'user_id' column"),
+    ([{"user_id": "u", "k": 0}], "k must be between 1 and 100, got 0"),
+    ([{"user_id": "u", "k": 2.5}], "k must be an integer, got 2.5"),
+    ([{"user_id": "u"}, {"user_id": "u"}], "duplicate user_id 'u'"),
+    ([{"user_id": ""}], "user_id must be a non-empty string"),
+    ([{"user_id": "u", "candidates": "N1"}], "'candidates' must be a list of item ids, got str"),
+    ([{"user_id": "u", "history": [1, 2]}], "'history' must hold item ids as strings, got 1"),
+    ([{"user_id": "u", "colour": "red"}], r"unknown request field\(s\) \['colour'\]"),
+])
+def test_bad_requests_are_rejected_with_a_reason(rows, message):
+    with pytest.raises(DataValidationError, match=message):
+        _req(rows)
+
+
+def test_too_many_users_is_rejected():
+    rows = [{"user_id": f"u{i}"} for i in range(MAX_USERS_PER_REQUEST + 1)]
+    with pytest.raises(DataValidationError, match=f"at most {MAX_USERS_PER_REQUEST} per request"):
+        _req(rows)
+
+
+def test_missing_optional_fields_take_defaults():
+    requests = _req([{"user_id": "a", "k": 3, "candidates": ["x", "x", "y"]}, {"user_id": "b"}])
+    assert (requests[0].k, requests[0].candidates) == (3, ("x", "y"))
+    assert (requests[1].k, requests[1].candidates, requests[1].history) == (10, None, ())
+
+
+def test_paths_and_unknown_ids(small_bundle):
+    state = small_bundle.state
+    known_user = state.users.ids[0]
+    items = state.items.ids.to_list()
+    requests = _req([
+        {"user_id": known_user, "k": 5},
+        {"user_id": "new-with-history", "k": 5, "history": items[:3]},
+        {"user_id": "new", "k": 5},
+        {"user_id": "picky", "k": 2, "candidates": [items[10], "NOPE", items[11], items[12]],
+         "exclude": [items[12]]},
+    ])
+    out = recommend_requests(small_bundle, requests).to_dicts()
+    assert [r["path"] for r in out] == ["personalized", "history-only", "cold-start", "cold-start"]
+    assert all(len(r["item_ids"]) == r_k for r, r_k in zip(out, [5, 5, 5, 2], strict=True))
+    assert not set(out[1]["item_ids"]) & set(items[:3])  # history items are not recommended back
+    assert set(out[3]["item_ids"]) == {items[10], items[11]} and out[3]["unknown_ids"] == ["NOPE"]
+    assert all(np.all(np.diff(r["scores"]) <= 1e-6) for r in out)
+
+
+def test_endpoint_and_batch_paths_agree(small_bundle):
+    users = small_bundle.state.users.ids.head(4).to_list()
+    batch = recommend_users(small_bundle, users, 7)
+    served = recommend_requests(small_bundle, _req([{"user_id": u, "k": 7} for u in users]))
+    for row in served.to_dicts():
+        expected = batch.filter(batch["user_id"] == row["user_id"]).sort("rank")
+        assert row["item_ids"] == expected["item_id"].to_list()
+        np.testing.assert_allclose(row["scores"], expected["score"].to_list(), rtol=1e-6)
