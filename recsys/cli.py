@@ -104,9 +104,11 @@ def cmd_rank(args: argparse.Namespace) -> None:
         users = read_users_file(args.users)
     else:
         users = bundle.state.users.ids.to_list()
-    report = rank_users(bundle, users, args.out, k=args.k, progress=not args.quiet)
+    report = rank_users(bundle, users, args.out, k=args.k, chunk_size=args.chunk_size, resume=args.resume,
+                        model_id=args.model, progress=not args.quiet)
+    resumed = f", {report.n_chunks_resumed} chunks kept from the interrupted run" if report.n_chunks_resumed else ""
     print(f"ranked {report.n_users} users ({report.n_unknown_users} unknown -> cold start, "
-          f"{report.n_duplicates_removed} duplicates removed) into {args.out}: {report.n_rows} rows, "
+          f"{report.n_duplicates_removed} duplicates removed{resumed}) into {args.out}: {report.n_rows} rows, "
           f"{report.users_per_second:.0f} users/s")
 
 
@@ -136,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                     seed=args.seed, quiet=args.quiet)
     result = cmd_train(train_args)["result"]
     rank_args = argparse.Namespace(model=result.model_uri, out=str(out_dir / "rankings.parquet"), users=None,
-                                   k=10, quiet=args.quiet)
+                                   k=10, quiet=args.quiet, chunk_size=2048, resume=False)
     cmd_rank(rank_args)
     uri = configure_tracking()
     print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. Next:")
@@ -171,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--out", required=True, metavar="FILE.parquet")
     rk.add_argument("--users", default=None, metavar="FILE", help="Parquet/CSV with user_id (default: all known)")
     rk.add_argument("--k", type=int, default=10)
+    rk.add_argument("--chunk-size", type=int, default=2048, help="users per chunk (memory is flat in users)")
+    rk.add_argument("--resume", action="store_true",
+                    help="keep the finished chunks of an interrupted run with the same inputs")
     rk.set_defaults(handler=cmd_rank)
 
     sv = sub.add_parser("serve", help="start the MLflow model server on 127.0.0.1")

@@ -1,11 +1,18 @@
 """The offline batch ranking job: users in chunks -> top-K Parquet, never half-written.
 
-Chunks are written under ``<out>.partial/`` and the final file appears with one atomic
-rename, so an interrupted run leaves no output file behind (only the partial folder).
+Each chunk is written as ``<out>.partial/part-NNNNNN.parquet`` (through a temporary name and
+an atomic rename), and the final file appears with one atomic rename at the end, so an
+interrupted run (SIGKILL included) leaves no output file, only the partial folder. ``resume``
+keeps the finished chunks of a previous run with the same users, k, chunk size and model
+(checked against ``manifest.json``) and ranks only the rest: the output is identical to an
+uninterrupted run. Memory stays flat in the number of users: one chunk at a time, and the
+final file is streamed from the parts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -17,7 +24,8 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from features.bundle import RankingBundle
-from recsys.errors import DataValidationError
+from recsys import schemas
+from recsys.errors import DataValidationError, RecsysError
 from serving.recommend import recommend_users
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,7 @@ class BatchReport:
     n_unknown_users: int
     n_duplicates_removed: int
     n_rows: int
+    n_chunks_resumed: int
     seconds: float
 
     @property
@@ -37,7 +46,7 @@ class BatchReport:
 
 
 def read_users_file(path: str | Path) -> list[str]:
-    """User ids from a Parquet or CSV file with a ``user_id`` column (order kept)."""
+    """User ids from a Parquet or CSV file with a ``user_id`` column (order kept, nulls dropped)."""
     path = Path(path)
     if not path.exists():
         raise DataValidationError(f"users file {path} does not exist")
@@ -47,34 +56,61 @@ def read_users_file(path: str | Path) -> list[str]:
     return frame["user_id"].cast(pl.String).drop_nulls().to_list()
 
 
+def _manifest(users: list[str], k: int, chunk_size: int, model_id: str) -> dict:
+    digest = hashlib.sha256("\n".join(users).encode()).hexdigest()
+    return {"users_sha256": digest, "n_users": len(users), "k": k, "chunk_size": chunk_size, "model": model_id}
+
+
+def _prepare_partial(partial: Path, manifest: dict, resume: bool) -> None:
+    manifest_file = partial / "manifest.json"
+    if partial.exists() and resume:
+        if not manifest_file.exists() or json.loads(manifest_file.read_text()) != manifest:
+            raise RecsysError(f"cannot resume: {partial} was written for other users, k, chunk size or model; "
+                              "run again without --resume to start over")
+        return
+    if partial.exists():
+        log.warning("removing unfinished output %s from an earlier run (use --resume to keep it)", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    manifest_file.write_text(json.dumps(manifest, indent=2))
+
+
 def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k: int, chunk_size: int = 2048,
-               progress: bool = True) -> BatchReport:
-    """Rank ``user_ids`` (duplicates removed, counted) into ``out`` with columns user_id, rank, item_id, score."""
+               resume: bool = False, model_id: str = "", progress: bool = True) -> BatchReport:
+    """Rank ``user_ids`` (duplicates removed, counted) into ``out``: user_id, rank, item_id, score."""
     start = time.perf_counter()
     out = Path(out)
     unique = list(dict.fromkeys(user_ids))
     n_dupes = len(user_ids) - len(unique)
     if n_dupes:
         log.warning("removed %d duplicate user id(s) from the input", n_dupes)
-    n_unknown = int(sum(u not in bundle.state.users for u in unique))
+    n_unknown = int((bundle.state.users.to_index(unique, unknown="null") < 0).sum()) if unique else 0
     if n_unknown:
         log.warning("%d user(s) are unknown to the model; they get the cold-start ranking", n_unknown)
     partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    n_rows = 0
+    _prepare_partial(partial, _manifest(unique, k, chunk_size, model_id), resume)
+    n_rows = resumed = 0
     with tqdm(total=len(unique), desc="rank users", unit="user", disable=not progress) as bar:
         for number, begin in enumerate(range(0, len(unique), chunk_size)):
             chunk = unique[begin:begin + chunk_size]
-            ranked = recommend_users(bundle, chunk, k)
-            ranked.write_parquet(partial / f"part-{number:06d}.parquet")
-            n_rows += ranked.height
+            part = partial / f"part-{number:06d}.parquet"
+            if part.exists():
+                resumed += 1
+                n_rows += pl.scan_parquet(part).select(pl.len()).collect().item()
+            else:
+                ranked = recommend_users(bundle, chunk, k)
+                ranked.write_parquet(part.with_suffix(".tmp"))
+                os.replace(part.with_suffix(".tmp"), part)
+                n_rows += ranked.height
             bar.update(len(chunk))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_file = partial / "final.parquet.tmp"
-    pl.scan_parquet(str(partial / "part-*.parquet")).sink_parquet(tmp_file)
+    parts = sorted(partial.glob("part-*.parquet"))
+    if parts:
+        pl.scan_parquet(parts).sink_parquet(tmp_file)
+    else:
+        pl.DataFrame(schema=schemas.RANKING_OUTPUT).write_parquet(tmp_file)
     os.replace(tmp_file, out)
     shutil.rmtree(partial)
     return BatchReport(n_users=len(unique), n_unknown_users=n_unknown, n_duplicates_removed=n_dupes,
-                       n_rows=n_rows, seconds=time.perf_counter() - start)
+                       n_rows=n_rows, n_chunks_resumed=resumed, seconds=time.perf_counter() - start)
