@@ -1,5 +1,7 @@
 """Candidate generation: the union of ALS top-N, text top-N, popular and trending items.
 
+Popular = most interactions in the window; trending = most in its last day.
+
 Items the user already interacted with in the state's window are excluded. Work is done in
 chunks of users so memory stays at ``chunk x n_items`` floats per source.
 """
@@ -12,7 +14,7 @@ import polars as pl
 from features.state import FeatureState
 from recsys.config import CandidateConfig
 
-SOURCES = ("cf", "text", "popular", "trending")
+PERSONAL_SOURCES = ("cf", "text")
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
@@ -30,8 +32,11 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
 
 def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
                   user_text: np.ndarray | None = None) -> np.ndarray:
-    """Dense scores (len(user_idx), n_items) float32 of one source. Rows a personal source
-    knows nothing about (unknown user, empty history) are all ``-inf``: it proposes nothing."""
+    """Dense scores (len(user_idx), n_items) float32 of a personal source ("cf" or "text").
+
+    Rows the source knows nothing about (unknown user, empty history) are all ``-inf``: it
+    proposes nothing for them.
+    """
     n = len(user_idx)
     known = user_idx >= 0
     if source == "cf":
@@ -43,9 +48,7 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
         out = vectors @ state.item_vectors.T
         out[~np.any(vectors != 0, axis=1)] = -np.inf
         return out
-    column = {"popular": "item_pop_all", "trending": "item_pop_1d"}[source]
-    pop = state.item_features[column].to_numpy().astype(np.float32)
-    return np.broadcast_to(pop, (n, state.n_items)).copy()
+    raise ValueError(f"unknown personal source {source!r}; use one of {PERSONAL_SOURCES}")
 
 
 def _known_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -65,17 +68,30 @@ def seen_mask(state: FeatureState, user_idx: np.ndarray) -> np.ndarray:
     return mask
 
 
+def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column: str, n: int):
+    """Rows, cols of the n most popular items per user, skipping the user's seen items.
+
+    The order is global, so it is sorted once and each user walks down it past their seen items.
+    """
+    pop = state.item_features[column].to_numpy()
+    max_seen = int(seen.sum(axis=1).max()) if len(chunk) else 0
+    order = np.argsort(-pop, kind="stable")[: n + max_seen]
+    keep = ~seen[:, order]
+    keep &= np.cumsum(keep, axis=1) <= n
+    rows, pos = np.nonzero(keep)
+    return rows, order[pos]
+
+
 def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *,
                         chunk_size: int = 512, user_text: np.ndarray | None = None) -> pl.DataFrame:
     """Candidate rows (query_idx, user_idx, item_idx), Int32, sorted by query then item.
 
     ``query_idx`` is the position in ``user_idx``: unknown users (-1) stay separate queries.
-
     user_text: optional (len(user_idx), d) interest vectors that replace the stored ones
     (request-time history, cold users).
     """
-    sizes = {"cf": config.n_cf, "text": config.n_text, "popular": config.n_popular,
-             "trending": config.n_recent}
+    personal = {"cf": config.n_cf, "text": config.n_text}
+    popular = {"item_pop_all": config.n_popular, "item_pop_1d": config.n_recent}
     user_idx = np.asarray(user_idx, dtype=np.int32)
     frames = []
     for start in range(0, len(user_idx), chunk_size):
@@ -83,7 +99,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         chunk_text = None if user_text is None else user_text[start:start + chunk_size]
         seen = seen_mask(state, chunk)
         picked = np.zeros_like(seen)
-        for source, n in sizes.items():
+        for source, n in personal.items():
             if n <= 0:
                 continue
             scores = source_scores(state, chunk, source, chunk_text)
@@ -92,6 +108,10 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
             rows = np.repeat(np.arange(len(chunk)), top.shape[1])
             valid = np.isfinite(scores[rows, top.ravel()])
             picked[rows[valid], top.ravel()[valid]] = True
+        for column, n in popular.items():
+            if n > 0:
+                rows, cols = _global_top(state, chunk, seen, column, n)
+                picked[rows, cols] = True
         rows, cols = np.nonzero(picked)
         frames.append(pl.DataFrame({
             "query_idx": (rows + start).astype(np.int32),
@@ -100,4 +120,4 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         }))
     if not frames:
         return pl.DataFrame(schema={"query_idx": pl.Int32, "user_idx": pl.Int32, "item_idx": pl.Int32})
-    return pl.concat(frames).sort("query_idx", "item_idx")
+    return pl.concat(frames)

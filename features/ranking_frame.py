@@ -28,6 +28,14 @@ def pair_text_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, user_ro
                     valid_left=np.any(user_vectors != 0, axis=1))
 
 
+def _gather_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """table[idx] with NaN rows where idx is -1."""
+    out = np.full((len(idx), table.shape[1]), np.nan, dtype=np.float32)
+    ok = idx >= 0
+    out[ok] = table[idx[ok]]
+    return out
+
+
 def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
                         query_text: np.ndarray | None = None) -> pl.DataFrame:
     """Add FEATURE_COLUMNS (Float32, NaN = unknown) to ``pairs`` without reordering its rows.
@@ -35,6 +43,7 @@ def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
     pairs: query_idx, user_idx, item_idx (Int32) plus any pass-through columns (labels).
     query_text: optional (n_queries, d) interest vectors indexed by query_idx, replacing the
     stored user vectors (request-time history for cold users).
+    Every feature is a numpy gather from the state's dense tables: no joins, no row loops.
     """
     user_idx = pairs["user_idx"].to_numpy()
     item_idx = pairs["item_idx"].to_numpy()
@@ -42,25 +51,19 @@ def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
         text = pair_text_scores(query_text, state.item_vectors, pairs["query_idx"].to_numpy(), item_idx)
     else:
         text = pair_text_scores(state.user_text, state.item_vectors, user_idx, item_idx)
-    frame = pairs.with_columns(
-        pl.Series("als_score", state.als.pair_scores(user_idx, item_idx)),
-        pl.Series("bpr_score", state.bpr.pair_scores(user_idx, item_idx)),
-        pl.Series("text_score", text),
-        pl.Series("_category_idx", state.item_category[item_idx]),
-    )
-    frame = (
-        frame.join(state.item_features, on="item_idx", how="left", maintain_order="left")
-        .join(state.user_features, on="user_idx", how="left", maintain_order="left")
-        .join(state.affinity.rename({"category_idx": "_category_idx"}),
-              on=["user_idx", "_category_idx"], how="left", maintain_order="left")
-        .with_columns(
-            # A known user with no history in a category has affinity 0, not "unknown".
-            pl.when(pl.col("user_idx") >= 0).then(pl.col(behaviour.AFFINITY_FEATURE).fill_null(0.0))
-            .otherwise(pl.col(behaviour.AFFINITY_FEATURE)).alias(behaviour.AFFINITY_FEATURE)
-        )
-        .drop("_category_idx")
-    )
-    return frame.with_columns([pl.col(c).cast(pl.Float32).fill_null(float("nan")) for c in FEATURE_COLUMNS])
+    item_table, user_table, affinity = state.dense_tables()
+    item_values = item_table[item_idx]
+    user_values = _gather_rows(user_table, user_idx)
+    user_affinity = np.full(len(user_idx), np.nan, dtype=np.float32)
+    known = user_idx >= 0
+    user_affinity[known] = affinity[user_idx[known], state.item_category[item_idx[known]]]
+    columns = {"als_score": state.als.pair_scores(user_idx, item_idx),
+               "bpr_score": state.bpr.pair_scores(user_idx, item_idx),
+               "text_score": text}
+    columns.update({name: item_values[:, j] for j, name in enumerate(behaviour.ITEM_FEATURES)})
+    columns.update({name: user_values[:, j] for j, name in enumerate(behaviour.USER_FEATURES)})
+    columns[behaviour.AFFINITY_FEATURE] = user_affinity
+    return pairs.with_columns([pl.Series(name, columns[name], dtype=pl.Float32) for name in FEATURE_COLUMNS])
 
 
 def feature_matrix(frame: pl.DataFrame, columns: tuple[str, ...] = FEATURE_COLUMNS) -> np.ndarray:

@@ -8,7 +8,7 @@ serving). It is saved in inspectable formats: Parquet, npz/npy and JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -48,6 +48,21 @@ class FeatureState:
     ref_time: datetime
     history_len: int
     half_life: float
+    _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def dense_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Feature tables as float32 matrices indexed by position, built once and cached:
+        items (n_items, len(ITEM_FEATURES)), users (n_users, len(USER_FEATURES)) and the
+        user-category affinity (n_users, n_categories), 0 where the user has no history there."""
+        if self._dense is None:
+            items = self.item_features.sort("item_idx").select(behaviour.ITEM_FEATURES).to_numpy()
+            users = self.user_features.sort("user_idx").select(behaviour.USER_FEATURES).to_numpy()
+            affinity = np.zeros((self.n_users, len(self.categories)), dtype=np.float32)
+            affinity[self.affinity["user_idx"].to_numpy(), self.affinity["category_idx"].to_numpy()] = \
+                self.affinity[behaviour.AFFINITY_FEATURE].to_numpy()
+            self._dense = (np.ascontiguousarray(items, dtype=np.float32),
+                           np.ascontiguousarray(users, dtype=np.float32), affinity)
+        return self._dense
 
     @property
     def n_users(self) -> int:

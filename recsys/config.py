@@ -55,7 +55,7 @@ class RankerConfig:
     num_boost_round: int = 150
     early_stopping_rounds: int = 20
     learning_rate: float = 0.1
-    num_leaves: int = 31
+    num_leaves: int = 15  # 15 beat 31 on the demo (nDCG@10 0.1809 vs 0.1757) with fewer, cheaper trees
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.9
     lambdarank_truncation_level: int = 20
