@@ -56,8 +56,8 @@ def _pairs(rows: list[tuple[int, tuple[str, ...]]], bundle: RankingBundle) -> tu
     return frame, [unknown.get(q, []) for q in range(max([q for q, _ in rows], default=-1) + 1)]
 
 
-def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) -> pl.DataFrame:
-    """One row per request: user_id, item_ids (list), scores (list), path, unknown_ids (list).
+def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) -> list[dict]:
+    """One dict per request: user_id, item_ids (list), scores (list), path, unknown_ids (list).
 
     ``unknown_ids`` lists the request's candidate/history/exclude ids the catalog does not
     know; they are left out and the rest is still ranked.
@@ -73,19 +73,17 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
     scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit,
                                      exclude=pl.concat([excluded, history]))
     top = head_k(scored, max(r.k for r in requests))
-    per_query = (top.with_columns(state.items.to_ids(top["item_idx"].to_numpy()).alias("item_id"))
-                 .group_by("query_idx", maintain_order=True)
-                 .agg(pl.col("item_id").alias("item_ids"), pl.col("score").alias("scores")))
-    lists = {q: (ids, scores) for q, ids, scores in per_query.iter_rows()}
+    query = top["query_idx"].to_numpy()
+    item_ids = state.items.to_ids(top["item_idx"].to_numpy()).to_list()
+    scores = top["score"].to_list()
+    bounds = np.searchsorted(query, np.arange(n + 1))
     rows = []
     for q, request in enumerate(requests):
-        ids, scores = lists.get(q, ([], []))
+        lo, hi = bounds[q], min(bounds[q + 1], bounds[q] + request.k)
         unknown = [*_get(unknown_c, q), *_get(unknown_h, q), *_get(unknown_e, q)]
-        rows.append({"user_id": request.user_id, "item_ids": ids[:request.k], "scores": scores[:request.k],
+        rows.append({"user_id": request.user_id, "item_ids": item_ids[lo:hi], "scores": scores[lo:hi],
                      "path": paths[q], "unknown_ids": list(dict.fromkeys(unknown))})
-    return pl.DataFrame(rows, schema={"user_id": pl.String, "item_ids": pl.List(pl.String),
-                                      "scores": pl.List(pl.Float32), "path": pl.String,
-                                      "unknown_ids": pl.List(pl.String)})
+    return rows
 
 
 def _get(values: list[list[str]], q: int) -> list[str]:

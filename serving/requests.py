@@ -100,4 +100,5 @@ def predict_frame(bundle, model_input: pd.DataFrame) -> pd.DataFrame:
     """Parse, validate and answer a request frame (the pyfunc's ``predict``)."""
     from serving.recommend import recommend_requests
 
-    return recommend_requests(bundle, parse_requests(model_input, bundle.config.k)).to_pandas()
+    rows = recommend_requests(bundle, parse_requests(model_input, bundle.config.k))
+    return pd.DataFrame(rows, columns=["user_id", "item_ids", "scores", "path", "unknown_ids"])

@@ -51,7 +51,7 @@ def test_paths_and_unknown_ids(small_bundle):
         {"user_id": "picky", "k": 2, "candidates": [items[10], "NOPE", items[11], items[12]],
          "exclude": [items[12]]},
     ])
-    out = recommend_requests(small_bundle, requests).to_dicts()
+    out = recommend_requests(small_bundle, requests)
     assert [r["path"] for r in out] == ["personalized", "history-only", "cold-start", "cold-start"]
     assert all(len(r["item_ids"]) == r_k for r, r_k in zip(out, [5, 5, 5, 2], strict=True))
     assert not set(out[1]["item_ids"]) & set(items[:3])  # history items are not recommended back
@@ -63,7 +63,7 @@ def test_endpoint_and_batch_paths_agree(small_bundle):
     users = small_bundle.state.users.ids.head(4).to_list()
     batch = recommend_users(small_bundle, users, 7)
     served = recommend_requests(small_bundle, _req([{"user_id": u, "k": 7} for u in users]))
-    for row in served.to_dicts():
+    for row in served:
         expected = batch.filter(batch["user_id"] == row["user_id"]).sort("rank")
         assert row["item_ids"] == expected["item_id"].to_list()
         np.testing.assert_allclose(row["scores"], expected["score"].to_list(), rtol=1e-6)

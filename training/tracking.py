@@ -79,14 +79,15 @@ def set_champion_if_missing(name: str, version: str | int) -> bool:
 def _signature():
     """Request: user_id plus optional k and id lists; answer: one row per user.
 
-    ``k`` is declared double and the lists AnyType because MLflow fills fields that some rows
-    leave out with NaN; ``serving/requests.py`` does the exact checks (integer k, lists of str).
+    ``k`` and the lists are declared AnyType because MLflow fills fields that some rows leave
+    out with NaN (which a long column refuses, and a double column refuses Python ints);
+    ``serving/requests.py`` does the exact checks (integer k in range, lists of str).
     """
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
-    inputs = Schema([ColSpec("string", "user_id"), ColSpec("double", "k", required=False),
+    inputs = Schema([ColSpec("string", "user_id"), ColSpec(AnyType(), "k", required=False),
                      ColSpec(AnyType(), "candidates", required=False), ColSpec(AnyType(), "history", required=False),
                      ColSpec(AnyType(), "exclude", required=False)])
     outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array(DataType.string), "item_ids"),
