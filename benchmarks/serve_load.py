@@ -23,7 +23,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -52,10 +51,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(model_uri: str, port: int) -> subprocess.Popen:
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]
+def _start(model_uri: str, port: int, workers: int) -> subprocess.Popen:
+    """The same command `recsys serve` runs (recsys.cli.serve_command), for either model."""
+    from recsys.cli import serve_command, serve_env
+
+    env = serve_env(os.environ["MLFLOW_TRACKING_URI"])
+    command = serve_command(model_uri, port, workers)
     server = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
@@ -88,9 +89,15 @@ def _client(port: int, users: list[str], k: int, concurrency: int, duration: flo
     lock = threading.Lock()
     stop_at = time.perf_counter() + duration
 
+    def connect() -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as curl and most clients do
+        return conn
+
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = connect()
         mine = []
         bad = 0
         while time.perf_counter() < stop_at:
@@ -103,7 +110,7 @@ def _client(port: int, users: list[str], k: int, concurrency: int, duration: flo
                 ok = response.status == 200
             except OSError:
                 ok = False
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn = connect()
             mine.append(time.perf_counter() - start)
             bad += not ok
         with lock:
@@ -137,6 +144,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per (model, concurrency) run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import mlflow
@@ -153,19 +161,21 @@ def main() -> None:
         rows = []
         for name, uri in (("recsys", args.model), ("trivial pyfunc", trivial)):
             port = _free_port()
-            server = _start(uri, port)
+            server = _start(uri, port, args.workers)
             try:
                 for concurrency in args.concurrency:
                     rows.append((name, concurrency, _measure(port, users, args.k, concurrency, args.duration)))
             finally:
                 _stop(server)
-    print(f"\nserving load test, {args.duration:.0f} s per run, top-{args.k} for one user per request")
+    print(f"\nserving load test, {args.duration:.0f} s per run, top-{args.k} for one user per request, "
+          f"{args.workers} worker(s)")
     print(f"{'model':16} {'conc':>4} {'requests':>9} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8}")
     for name, concurrency, r in rows:
         print(f"{name:16} {concurrency:>4} {r['requests']:>9} {r['errors']:>6} {r['rps']:>8.1f} {r['p50']:>8.1f} "
               f"{r['p95']:>8.1f} {r['p99']:>8.1f}")
-    print(f"rerun: .venv/bin/python benchmarks/serve_load.py --model {args.model} --duration {args.duration:.0f}")
+    print(f"rerun: .venv/bin/python benchmarks/serve_load.py --model {args.model} --duration {args.duration:.0f} "
+          f"--workers {args.workers}")
 
 
 if __name__ == "__main__":

@@ -112,19 +112,32 @@ def cmd_rank(args: argparse.Namespace) -> None:
           f"{report.users_per_second:.0f} users/s")
 
 
-def serve_command(model_uri: str, port: int) -> list[str]:
+def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port)]
+            "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
+
+
+def serve_env(tracking_uri: str) -> dict[str, str]:
+    """Environment of the model server.
+
+    A request ranks one or a few users: thread pools (polars, BLAS, OpenMP) only add fork/join
+    and spinning on a small machine, and concurrent requests are already spread by the server,
+    so each pool is pinned to one thread unless the caller set it.
+    """
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    for name in ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
+    # MLflow starts `uvicorn` by name: make this interpreter's scripts folder (the venv) findable.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from training.tracking import configure_tracking
 
-    env = dict(os.environ, MLFLOW_TRACKING_URI=configure_tracking())
-    # MLflow starts `uvicorn` by name: make this interpreter's scripts folder (the venv) findable.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = serve_env(configure_tracking())
     print(f"serving {args.model} on http://127.0.0.1:{args.port}/invocations (Ctrl-C stops)", flush=True)
-    return subprocess.call(serve_command(args.model, args.port), env=env)
+    return subprocess.call(serve_command(args.model, args.port, args.workers), env=env)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -181,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="start the MLflow model server on 127.0.0.1")
     sv.add_argument("--model", required=True, metavar="MODEL_URI")
     sv.add_argument("--port", type=int, default=5001)
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each loads the model)")
     sv.set_defaults(handler=cmd_serve)
     return parser
 

@@ -8,6 +8,8 @@ Heavy state loads once in ``load_context``; ``predict`` is light and runs under
 
 from __future__ import annotations
 
+import threading
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -20,6 +22,10 @@ class RecommenderModel(PythonModel):
         from features.bundle import RankingBundle
 
         self.bundle = RankingBundle.load(context.artifacts["bundle"])
+        self.bundle.state.dense_tables()  # build the lookup tables now, not on the first request
+        # The server runs requests in a thread pool; letting several rank at once only makes
+        # them fight over the cores and the GIL, so they take turns (measured: more req/s).
+        self._lock = threading.Lock()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
@@ -29,7 +35,7 @@ class RecommenderModel(PythonModel):
         from recsys.errors import RecsysError
 
         try:
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 return predict_frame(self.bundle, model_input)
         except RecsysError as exc:  # the server answers 400 with this message, not a 500
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
