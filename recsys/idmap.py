@@ -69,6 +69,15 @@ class IdMap:
     def to_index(self, ids: pl.Series | list[str], *, unknown: str = "raise") -> np.ndarray:
         """Vectorised lookup -> int32 array. ``unknown``: "raise", or "null" to return -1."""
         known = self._require()
+        if not isinstance(ids, pl.Series) and len(ids) <= 256:  # a request: dict lookups beat a join
+            joined_small = np.fromiter((self._index.get(i, -1) for i in ids), dtype=np.int32, count=len(ids))
+            if unknown == "raise" and (joined_small < 0).any():
+                example = ids[int(np.flatnonzero(joined_small < 0)[0])]
+                raise UnknownIdError(
+                    f"{int((joined_small < 0).sum())} unknown {self.kind} id(s), e.g. {example!r}: they were "
+                    f"not in the training data. Use the cold-start path, or retrain with them."
+                )
+            return joined_small
         lookup = pl.DataFrame({"id": known, "idx": np.arange(known.len(), dtype=np.int32)})
         query = pl.DataFrame({"id": pl.Series(ids, dtype=pl.String)})
         joined = query.join(lookup, on="id", how="left", maintain_order="left")["idx"]

@@ -45,6 +45,8 @@ def _pairs(rows: list[tuple[int, tuple[str, ...]]], bundle: RankingBundle) -> tu
     """(query_idx, item_idx) for known ids; per query the ids the catalog does not know."""
     flat_q = [q for q, ids in rows for _ in ids]
     flat_ids = [i for _, ids in rows for i in ids]
+    if not flat_ids:
+        return pl.DataFrame(schema={"query_idx": pl.Int32, "item_idx": pl.Int32}), []
     idx = bundle.state.items.to_index(flat_ids, unknown="null") if flat_ids else np.zeros(0, dtype=np.int32)
     unknown: dict[int, list[str]] = {}
     for q, item, i in zip(flat_q, flat_ids, idx, strict=True):
@@ -70,8 +72,8 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
     history, unknown_h = _pairs([(q, r.history) for q, r in enumerate(requests)], bundle)
     excluded, unknown_e = _pairs([(q, r.exclude) for q, r in enumerate(requests)], bundle)
     query_text, paths = _interest_vectors(bundle, user_idx, history, n)
-    scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit,
-                                     exclude=pl.concat([excluded, history]))
+    exclude = pl.concat([excluded, history]) if excluded.height or history.height else None
+    scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit, exclude=exclude)
     top = head_k(scored, max(r.k for r in requests))
     query = top["query_idx"].to_numpy()
     item_ids = state.items.to_ids(top["item_idx"].to_numpy()).to_list()
@@ -97,6 +99,8 @@ def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.D
     vectors = np.zeros((n, state.item_vectors.shape[1]), dtype=np.float32)
     known = user_idx >= 0
     vectors[known] = state.user_text[user_idx[known]]
+    if history.height == 0:
+        return vectors, [PERSONALIZED if known[q] else COLD_START for q in range(n)]
     by_query = history.group_by("query_idx", maintain_order=True).agg("item_idx")
     for q, items in by_query.iter_rows():
         fresh = vector_from_history(np.asarray(items), state.item_vectors, half_life=state.half_life)

@@ -8,6 +8,7 @@ the candidate set rank below every candidate, so candidate recall is reported to
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -92,8 +93,23 @@ def _topk_array(top: pl.DataFrame, n_queries: int, k: int) -> np.ndarray:
     return out
 
 
-def evaluate_all(bundles: dict[str, RankingBundle], split: Split,
-                 config: PipelineConfig) -> dict[str, dict[str, float]]:
+@dataclass
+class Evaluation:
+    """Metrics per model plus what the plots and slices need.
+
+    ranked: per model (n_users, k) item indices; user_idx/relevant: the test users and their
+    relevant items; ranker_scores/ranker_labels: the ranker's candidate scores and 0/1 labels.
+    """
+
+    metrics: dict[str, dict[str, float]]
+    ranked: dict[str, np.ndarray]
+    user_idx: np.ndarray
+    relevant: list[np.ndarray]
+    ranker_scores: np.ndarray
+    ranker_labels: np.ndarray
+
+
+def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: PipelineConfig) -> Evaluation:
     """Metrics of every ranker bundle and every baseline on the test users of ``split``.
 
     All bundles share one FeatureState (fitted on the whole training window).
@@ -102,9 +118,12 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split,
     k = config.k
     user_idx, relevant = test_relevance(state, split.test)
     results: dict[str, dict[str, float]] = {}
+    ranked_by_model: dict[str, np.ndarray] = {}
+    scores = labels = np.zeros(0)
     for name, bundle in bundles.items():
         scored = bundle.score_candidates(user_idx)
         ranked = _topk_array(head_k(scored, k), len(user_idx), k)
+        ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
         results[name]["candidate_recall"] = candidate_recall(scored, user_idx, relevant)
         results[name]["coverage"] = coverage(ranked, state.n_items)
@@ -112,8 +131,10 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split,
             per_user = metrics.ndcg_at_k(metrics.hits_matrix(ranked, relevant), np.array([len(r) for r in relevant]))
             low, high = bootstrap_ci(per_user, seed=config.seed)
             results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
+            scores, labels = _labelled_scores(scored, relevant)
     for name, score_fn in baseline_scorers(state, config.seed).items():
         ranked = topk_dense(state, user_idx, score_fn, k)
+        ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
         results[name]["coverage"] = coverage(ranked, state.n_items)
     for values in results.values():
@@ -121,7 +142,18 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split,
     if split.impressions_test is not None and split.impressions_test.height:
         for name, values in impression_evaluation(bundles, split.impressions_test, config.seed).items():
             results[name].update(values)
-    return results
+    return Evaluation(metrics=results, ranked=ranked_by_model, user_idx=user_idx, relevant=relevant,
+                      ranker_scores=scores, ranker_labels=labels)
+
+
+def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    positives = pl.DataFrame({
+        "query_idx": np.repeat(np.arange(len(relevant)), [len(r) for r in relevant]).astype(np.int32),
+        "item_idx": np.concatenate(relevant).astype(np.int32) if relevant else np.zeros(0, dtype=np.int32),
+        "label": 1,
+    })
+    joined = scored.join(positives, on=["query_idx", "item_idx"], how="left").with_columns(pl.col("label").fill_null(0))
+    return joined["score"].to_numpy(), joined["label"].to_numpy()
 
 
 def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.DataFrame,

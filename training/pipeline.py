@@ -34,9 +34,10 @@ from recsys.config import PipelineConfig
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
 from recsys.split import split_interactions
-from training import plots, tracking
+from training import plots, registry, tracking
 from training.evaluate import evaluate_all, test_relevance
 from training.ranker import LambdaRanker
+from training.slices import slice_metrics
 from training.text_finetune import finetune, next_item_examples
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
     tracking.configure_tracking(workdir)
     tracking.ensure_experiment(experiment, workdir)
     timer = _Timer()
-    with mlflow.start_run(run_name=f"ranker-{config.split}-seed{config.seed}") as run, \
+    with mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags()) as run, \
             tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
         metric_log = tracking.MetricBuffer(run.info.run_id)
         mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
@@ -134,6 +135,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                                         seed=config.seed + 1, impressions=split.impressions_train)
             users = IdMap(kind="user").fit(split.train["user_id"])
             items = IdMap(kind="item").fit(dataset.items["item_id"])
+        validation_digest = tracking.log_datasets(dataset, split)
         mlflow.log_metrics({"data/train_rows": split.train.height, "data/test_rows": split.test.height,
                             "data/feature_window_rows": nested.train.height,
                             "data/label_window_rows": nested.test.height})
@@ -157,15 +159,23 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         bundles = {name: RankingBundle(config=config, state=state, booster=r.booster, feature_columns=r.feature_names)
                    for name, r in rankers.items()}
         with timer.stage("evaluation"):
-            results = evaluate_all(bundles, split, config)
+            evaluation = evaluate_all(bundles, split, config)
+            for name, ranked in evaluation.ranked.items():
+                evaluation.metrics[name].update(
+                    slice_metrics(ranked, evaluation.relevant, state, evaluation.user_idx, config.k))
+            results = evaluation.metrics
         with timer.stage("logging"):
-            _log_results(results, rankers["ranker"], text, metric_log)
+            _log_results(evaluation, rankers["ranker"], text, metric_log, config)
+            tracking.log_child_runs(results, config)
             bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=encoder_dir)
             info = tracking.log_pyfunc_model(bundle_dir, register_name, users.ids.head(2).to_list())
             became_champion = False
             if register_name:
-                tracking.tag_version(register_name, info.registered_model_version, results, config, dataset)
-                became_champion = tracking.set_champion_if_missing(register_name, info.registered_model_version)
+                version = str(info.registered_model_version)
+                tracking.tag_version(register_name, version, results, config, dataset, validation_digest)
+                if registry.current_champion(register_name) is None:
+                    registry.promote(register_name, version)
+                    became_champion = True
         mlflow.log_metrics({f"time/{k}_s": v for k, v in timer.timings.items()})
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
@@ -185,7 +195,9 @@ def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, config: Pipel
     return result
 
 
-def _log_results(results: dict[str, dict[str, float]], ranker: LambdaRanker, text, metric_log) -> None:
+def _log_results(evaluation, ranker: LambdaRanker, text, metric_log, config: PipelineConfig) -> None:
+    """Metrics (ranker plain, ``baseline/<name>/...``, ``ablation/no_text/...``) and plots."""
+    results = evaluation.metrics
     metric_log.flush()
     flat = {}
     for name, values in results.items():
@@ -193,10 +205,13 @@ def _log_results(results: dict[str, dict[str, float]], ranker: LambdaRanker, tex
         flat.update({prefix + tracking.mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
     mlflow.log_metrics(flat)
     mlflow.log_metric("ranker/best_iteration", ranker.best_iteration)
+    metric = f"ndcg@{config.k}"
     mlflow.log_figure(plots.feature_importance_figure(ranker.feature_importance()), "plots/feature_importance.png")
-    k_metric = next(k for k in results["ranker"] if k.startswith("ndcg@"))
-    mlflow.log_figure(plots.model_comparison_figure(results, k_metric), "plots/model_comparison.png")
+    mlflow.log_figure(plots.model_comparison_figure(results, metric), "plots/model_comparison.png")
     mlflow.log_figure(plots.loss_curve_figure(text.train_losses, text.val_losses, text.val_steps),
                       "plots/text_loss_curve.png")
+    mlflow.log_figure(plots.slice_figure(results, config.k), "plots/metric_by_slice.png")
+    mlflow.log_figure(plots.score_distribution_figure(evaluation.ranker_scores, evaluation.ranker_labels),
+                      "plots/score_distribution.png")
     mlflow.log_dict(results, "metrics/all_models.json")
     mlflow.log_text(json.dumps(ranker.feature_importance(), indent=2), "metrics/feature_importance.json")

@@ -43,3 +43,41 @@ def loss_curve_figure(train_losses: list[float], val_losses: list[float], val_st
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+SLICE_MODELS = ("ranker", "ranker_no_text", "text", "popularity_7d", "als")
+
+
+def slice_figure(results: dict[str, dict[str, float]], k: int):
+    """Grouped bars: nDCG@k by user history length and Recall@k by item popularity, per model."""
+    import numpy as np
+
+    models = [m for m in SLICE_MODELS if m in results]
+    panels = [("users", f"ndcg@{k}", ("short", "medium", "long")), ("items", f"recall@{k}", ("head", "tail", "cold"))]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / max(len(models), 1)
+    for ax, (kind, metric, names) in zip(axes, panels, strict=True):
+        x = np.arange(len(names))
+        for i, model in enumerate(models):
+            values = [results[model].get(f"{kind}_{n}/{metric}", np.nan) for n in names]
+            ax.bar(x + i * width, values, width, label=model)
+        ax.set_xticks(x + width * (len(models) - 1) / 2, [f"{n}" for n in names])
+        ax.set_title(f"{metric} by {'user history length' if kind == 'users' else 'item popularity'}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def score_distribution_figure(scores, labels):
+    """Histogram of the ranker's test-candidate scores, relevant vs not (densities)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = labels.astype(bool)
+    for mask, name, color in ((~labels, "not relevant", "#4C72B0"), (labels, "relevant", "#DD8452")):
+        if mask.any():
+            ax.hist(scores[mask], bins=50, density=True, alpha=0.6, label=f"{name} ({int(mask.sum())})", color=color)
+    ax.set_xlabel("ranker score")
+    ax.set_ylabel("density")
+    ax.set_title("Ranker scores on test candidates")
+    ax.legend()
+    fig.tight_layout()
+    return fig

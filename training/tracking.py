@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-
-CHAMPION = "champion"
 
 
 def configure_tracking(workdir: str | Path | None = None) -> str:
@@ -64,18 +63,6 @@ def mlflow_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def set_champion_if_missing(name: str, version: str | int) -> bool:
-    """Point the ``champion`` alias at ``version`` when the model has no champion yet."""
-    client = MlflowClient()
-    try:
-        client.get_model_version_by_alias(name, CHAMPION)
-        return False
-    except mlflow.exceptions.MlflowException:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
-        client.set_model_version_tag(name, str(version), "champion_since", time.strftime("%Y-%m-%dT%H:%M:%S"))
-        return True
-
-
 def _signature():
     """Request: user_id plus optional k and id lists; answer: one row per user.
 
@@ -126,17 +113,88 @@ def _pip_requirements() -> list[str]:
     return [f"{n}=={version(n).split('+')[0]}" for n in names]
 
 
-def tag_version(name: str, version: str | int, results: dict[str, dict[str, float]], config, dataset) -> None:
-    """Metrics as version tags and a short model card as the version description."""
+def tag_version(name: str, version: str | int, results: dict[str, dict[str, float]], config, dataset,
+                validation_digest: str) -> None:
+    """Metrics as version tags, the validation data and metric that promotion compares on, and a
+    short model card as the version description."""
+    from training import registry
+
     client = MlflowClient()
     ranker = results["ranker"]
     for key, value in ranker.items():
-        client.set_model_version_tag(name, str(version), f"metric.{mlflow_key(key)}", f"{value:.4f}")
+        if "/" not in key:
+            client.set_model_version_tag(name, str(version), f"metric.{mlflow_key(key)}", f"{value:.4f}")
+    metric = f"ndcg@{config.k}"
+    client.set_model_version_tag(name, str(version), registry.METRIC_TAG, mlflow_key(metric))
+    client.set_model_version_tag(name, str(version), registry.VALUE_TAG, repr(ranker[metric]))
+    client.set_model_version_tag(name, str(version), registry.DIGEST_TAG, validation_digest)
     k = config.k
     lines = [f"Text-aware LambdaRank recommender trained on `{dataset.source}` "
              f"({dataset.summary()['n_interactions']} interactions, {dataset.summary()['n_items']} items), "
              f"split `{config.split}`, seed {config.seed}.", "", f"| model | ndcg@{k} | recall@{k} |", "|---|---|---|"]
-    for model, values in results.items():
+    for model, values in sorted(results.items(), key=lambda kv: -kv[1].get(f"ndcg@{k}", 0.0)):
         lines.append(f"| {model} | {values.get(f'ndcg@{k}', float('nan')):.4f} | "
                      f"{values.get(f'recall@{k}', float('nan')):.4f} |")
     client.update_model_version(name, str(version), description="\n".join(lines))
+
+
+def run_name(config) -> str:
+    """Readable and unique: model, split, seed and start time."""
+    return f"ranker-{config.split}-seed{config.seed}-{time.strftime('%m%d-%H%M%S')}"
+
+
+def environment_tags() -> dict[str, str]:
+    """Code version (git commit of this checkout, if any), Python and package versions."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"python": platform.python_version()}
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        tags.update({"mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty)).lower()})
+    except (OSError, subprocess.SubprocessError):
+        tags["git.commit"] = "unknown (not a git checkout)"
+    for package in ("recsys-text", "torch", "transformers", "implicit", "lightgbm", "polars", "mlflow", "numpy"):
+        try:
+            tags[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            pass
+    return tags
+
+
+def log_datasets(dataset, split) -> str:
+    """Log the input tables with ``mlflow.log_input`` (name, digest, rows, split role).
+
+    Returns the digest of the test table: the validation data that promotion compares on.
+    """
+    import mlflow.data
+
+    tables = [("items", dataset.items, "catalog"), ("train", split.train, "training"), ("test", split.test, "testing")]
+    if split.impressions_train is not None:
+        tables += [("impressions-train", split.impressions_train, "training"),
+                   ("impressions-test", split.impressions_test, "testing")]
+    digest = ""
+    for name, table, context in tables:
+        logged = mlflow.data.from_polars(table, name=f"{dataset.source}-{name}")
+        mlflow.log_input(logged, context=context, tags={"rows": str(table.height), "split": split.kind})
+        if name == "test":
+            digest = logged.digest
+    return digest
+
+
+def log_child_runs(results: dict[str, dict[str, float]], config) -> None:
+    """One nested run per baseline and ablation, with the ranker's metric keys, so the UI's
+    compare view lines them up with the parent run."""
+    for name, values in results.items():
+        if name == "ranker":
+            continue
+        role = "ablation" if name.startswith("ranker_") else "baseline"
+        with mlflow.start_run(run_name=f"{role}-{name}", nested=True,
+                              tags={"role": role, "model": name, "split": config.split}):
+            mlflow.log_params({"model": name, "split": config.split, "seed": config.seed, "k": config.k})
+            mlflow.log_metrics({mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
