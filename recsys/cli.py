@@ -161,6 +161,32 @@ def cmd_demo(args: argparse.Namespace) -> None:
           "-H 'Content-Type: application/json' -d '{\"dataframe_records\": [{\"user_id\": \"U00001\"}]}'")
 
 
+def cmd_promote(args: argparse.Namespace) -> None:
+    from training import registry
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    move = registry.promote(args.name, args.version, force=args.force, reason=args.reason or "")
+    print(f"{move.name}: champion {move.from_version} -> {move.to_version} ({move.reason})")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from training import registry
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    move = registry.rollback(args.name)
+    print(f"{move.name}: champion {move.from_version} -> {move.to_version} ({move.reason})")
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from training.runs_table import runs_table
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    print(runs_table(args.experiment, limit=args.limit, k=args.k, color=sys.stdout.isatty()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="Text-aware recommendation engine")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -196,6 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=5001)
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each loads the model)")
     sv.set_defaults(handler=cmd_serve)
+    pr = sub.add_parser("promote", help="move the champion alias to a version that beats the champion")
+    pr.add_argument("--name", required=True, help="registered model name")
+    pr.add_argument("--version", required=True)
+    pr.add_argument("--force", action="store_true", help="promote even if it does not beat the champion (recorded)")
+    pr.add_argument("--reason", default=None, help="recorded with the move")
+    pr.set_defaults(handler=cmd_promote)
+
+    rb = sub.add_parser("rollback", help="put the champion alias back on the previous champion")
+    rb.add_argument("--name", required=True)
+    rb.set_defaults(handler=cmd_rollback)
+
+    ru = sub.add_parser("runs", help="compare recent runs side by side")
+    ru.add_argument("--experiment", default=None, help="experiment name (default: every experiment)")
+    ru.add_argument("--limit", type=int, default=10)
+    ru.add_argument("--k", type=int, default=10)
+    ru.set_defaults(handler=cmd_runs)
     return parser
 
 

@@ -184,3 +184,16 @@ def test_killed_batch_job_resumes_to_the_same_output(trained, tmp_path):
     assert got.equals(expected)
     assert got["user_id"].n_unique() == len(many)
     assert got.group_by("user_id").len()["len"].max() == K
+
+
+def test_runs_table_lists_the_run_with_its_metrics(trained, capsys):
+    work, _ = trained
+    old_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["runs", "--k", str(K)]) == 0
+    finally:
+        os.chdir(old_cwd)
+    out = capsys.readouterr().out
+    assert "ranker-temporal-seed42" in out and f"ndcg_at_{K}" in out and "*" in out
+    assert "baseline-" not in out  # child runs are not listed as runs of their own

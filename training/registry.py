@@ -98,6 +98,8 @@ def promote(name: str, version: str | int, *, force: bool = False, reason: str =
 def champion_stack(history: list[dict]) -> list[str]:
     """Replay the history: each promotion pushes its version, each rollback pops one."""
     stack: list[str] = []
+    if history and history[0]["from"] not in (None, "None"):
+        stack.append(str(history[0]["from"]))  # the champion before history was kept
     for move in history:
         if move["reason"].startswith("rollback") and stack:
             stack.pop()
