@@ -29,12 +29,14 @@ def ensure_experiment(name: str, workdir: str | Path | None = None) -> str:
     client = MlflowClient()
     existing = client.get_experiment_by_name(name)
     if existing is not None:
-        mlflow.set_experiment(experiment_id=existing.experiment_id)
-        return existing.experiment_id
-    location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = (Path(workdir or Path.cwd()).resolve() / "mlruns").as_uri()
-    experiment_id = client.create_experiment(name, artifact_location=location)
+        experiment_id = existing.experiment_id
+    else:
+        location = None
+        if mlflow.get_tracking_uri().startswith("sqlite:"):
+            location = (Path(workdir or Path.cwd()).resolve() / "mlruns").as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    # Opens the UI on the training-runs view (not the GenAI traces overview).
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -1,0 +1,181 @@
+"""The MLflow UI, checked in a real browser: two training runs side by side, their metric keys,
+and a logged plot. Headless Debian Chromium driven by Selenium (no browser download); the test
+installs `chromium` and `chromium-driver` with apt-get when they are missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from recsys.config import PipelineConfig
+from recsys.demo_data import DemoSpec, generate_demo
+from tests.conftest import tiny_config_dict
+
+pytestmark = pytest.mark.slow
+K = 5
+
+
+def _ensure_chromium() -> None:
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    if os.geteuid() != 0:
+        pytest.skip("chromium/chromedriver missing and not root: apt-get install chromium chromium-driver")
+    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+        subprocess.run(install, env=env, capture_output=True, check=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(request, timeout=30))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two small real training runs (different seeds) in a SQLite store."""
+    from training.pipeline import train
+
+    work = tmp_path_factory.mktemp("ui")
+    data = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21))
+    for seed in (1, 2):
+        config = PipelineConfig.from_dict({**tiny_config_dict(), "seed": seed, "k": K})
+        train(data, config, experiment="ui-test", register_name=None, workdir=work, progress=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    return work
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    port = _free_port()
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                                f"sqlite:///{store / 'mlflow.db'}", "-h", "127.0.0.1", "-p", str(port)],
+                               cwd=store, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        pytest.fail("mlflow server did not start within 120 s")
+    yield base
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _ensure_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", "--window-size=1600,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait_for_text(driver, needles: list[str], timeout: float = 60) -> str:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    text = ""
+    while time.time() < deadline:
+        text = driver.find_element(By.TAG_NAME, "body").text
+        if all(n in text for n in needles):
+            return text
+        time.sleep(1)
+    pytest.fail(f"page {driver.current_url} never showed {needles}; it showed: {text[:1500]}")
+
+
+def _virtualized_text(driver) -> str:
+    """Text of the page including every row of its virtualized tables (they render only what is
+    in view): scroll each grid from top to bottom and collect what appears."""
+    from selenium.webdriver.common.by import By
+
+    seen = [driver.find_element(By.TAG_NAME, "body").text]
+    for grid in driver.find_elements(By.CSS_SELECTOR, ".ReactVirtualized__Grid"):
+        height = driver.execute_script("return arguments[0].scrollHeight", grid)
+        step = max(100, driver.execute_script("return arguments[0].clientHeight", grid) - 20)
+        for top in range(0, height + step, step):
+            driver.execute_script("arguments[0].scrollTop = arguments[1]", grid, top)
+            time.sleep(0.15)
+            seen.append(grid.text)
+    return "\n".join(seen)
+
+
+def _screenshot(driver, name: str, tmp_path: Path) -> None:
+    driver.save_screenshot(str(tmp_path / name))
+    target = os.environ.get("RECSYS_SCREENSHOT_DIR")  # set it to refresh the README's picture
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(target) / name))
+
+
+def test_two_runs_side_by_side_with_metrics_and_a_plot(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    experiment = _api(server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-test")["experiment"]
+    runs = _api(server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                                        "filter": "attributes.run_name LIKE 'ranker-%'"})["runs"]
+    assert len(runs) == 2
+    names = [r["info"]["run_name"] for r in runs]
+    ids = [r["info"]["run_id"] for r in runs]
+    exp_id = experiment["experiment_id"]
+
+    browser.get(f"{server}/#/experiments/{exp_id}/runs")
+    _wait_for_text(browser, names)
+    _screenshot(browser, "mlflow-runs.png", tmp_path)
+
+    browser.get(f"{server}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp_id])}")
+    _wait_for_text(browser, ["Comparing 2 Runs", *names, "Metrics"])
+    _screenshot(browser, "mlflow-compare.png", tmp_path)
+    metric_rows = _virtualized_text(browser).splitlines()
+    for key in (f"ndcg_at_{K}", f"recall_at_{K}", f"baseline/popularity/ndcg_at_{K}", f"ablation/no_text/ndcg_at_{K}",
+                f"users_short/ndcg_at_{K}"):
+        assert key in metric_rows, f"metric {key} not shown on the compare page"
+
+    browser.get(f"{server}/#/experiments/{exp_id}/runs/{ids[0]}/artifacts/plots/feature_importance.png")
+    _wait_for_text(browser, ["feature_importance.png", "metric_by_slice.png", "score_distribution.png"])
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        shown = [img for img in browser.find_elements(By.TAG_NAME, "img")
+                 if (img.get_attribute("src") or "").startswith("blob:") and img.get_property("naturalWidth") > 300]
+        if shown:
+            break
+        time.sleep(1)
+    assert shown, "the logged plot never rendered as an image"
+    _screenshot(browser, "mlflow-plot.png", tmp_path)
