@@ -52,16 +52,25 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Two small real training runs (different seeds) in a SQLite store."""
+    import mlflow
+
     from training.pipeline import train
 
     work = tmp_path_factory.mktemp("ui")
     data = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21))
-    for seed in (1, 2):
-        config = PipelineConfig.from_dict({**tiny_config_dict(), "seed": seed, "k": K})
-        train(data, config, experiment="ui-test", register_name=None, workdir=work, progress=False)
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, so an earlier test's store could
+    # leak in: point it at this test's store explicitly, and put things back afterwards.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    try:
+        for seed in (1, 2):
+            config = PipelineConfig.from_dict({**tiny_config_dict(), "seed": seed, "k": K})
+            train(data, config, experiment="ui-test", register_name=None, workdir=work, progress=False)
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
     return work
 
 
