@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
+
+from recsys.progress import progress as progress_bar
 
 EMBEDDING_DIM = 384
 
@@ -70,8 +71,8 @@ class TextEncoder:
             return out
         lengths = np.array([len(t) for t in texts])
         order = np.argsort(-lengths, kind="stable")
-        with torch.inference_mode(), tqdm(total=len(texts), desc="encode items", unit="item",
-                                          disable=not progress, mininterval=2.0) as bar:
+        with torch.inference_mode(), progress_bar(total=len(texts), desc="encode items", unit="item",
+                                                  enabled=progress) as bar:
             for start in range(0, len(texts), batch_size):
                 idx = order[start:start + batch_size]
                 batch = self.tokenize([texts[i] for i in idx])

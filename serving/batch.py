@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from tqdm.auto import tqdm
 
 from features.bundle import RankingBundle
 from recsys import schemas
 from recsys.errors import DataValidationError, RecsysError
+from recsys.progress import progress as progress_bar
 from serving.recommend import recommend_users
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k
     partial = out.with_name(out.name + ".partial")
     _prepare_partial(partial, _manifest(unique, k, chunk_size, model_id), resume)
     n_rows = resumed = 0
-    with tqdm(total=len(unique), desc="rank users", unit="user", disable=not progress) as bar:
+    with progress_bar(total=len(unique), desc="rank users", unit="user", enabled=progress) as bar:
         for number, begin in enumerate(range(0, len(unique), chunk_size)):
             chunk = unique[begin:begin + chunk_size]
             part = partial / f"part-{number:06d}.parquet"

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from features.text_encoder import TextEncoder, mean_pool
 from recsys.config import TextModelConfig
+from recsys.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class _CachedTower:
         self.lengths = self.mask.sum(1)
         self.hidden = torch.zeros((len(texts), self.mask.shape[1], model.config.hidden_size))
         order = torch.argsort(self.lengths, descending=True)
-        with torch.inference_mode(), tqdm(total=len(texts), desc="cache frozen layers", unit="item",
-                                          disable=not progress, mininterval=2.0) as bar:
+        with torch.inference_mode(), progress_bar(total=len(texts), desc="cache frozen layers", unit="item",
+                                                  enabled=progress) as bar:
             for start in range(0, len(texts), batch_size):
                 idx = order[start:start + batch_size]
                 width = int(self.lengths[idx].max())
@@ -170,7 +170,7 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
         log_metric("text/val_loss", val_losses[0], 0)
     bad_evals = 0
     model.train()
-    with tqdm(total=config.steps, desc="fine-tune text", unit="step", disable=not progress) as bar:
+    with progress_bar(total=config.steps, desc="fine-tune text", unit="step", enabled=progress) as bar:
         for step in range(1, config.steps + 1):
             pick = torch.randint(len(targets), (config.batch_size,), generator=generator).numpy()
             batch_targets = torch.from_numpy(targets[pick])
