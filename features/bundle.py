@@ -78,7 +78,11 @@ class RankingBundle:
             candidates = candidates.join(exclude.cast({"query_idx": pl.Int32, "item_idx": pl.Int32}),
                                          on=["query_idx", "item_idx"], how="anti", maintain_order="left")
         frame = build_ranking_frame(self.state, candidates, query_text=query_text)
-        return candidates.with_columns(pl.Series("score", self.score(frame)))
+        scores = self.score(frame)
+        unknown = candidates["user_idx"].to_numpy() < 0
+        if unknown.any():  # the ranker never saw users without a profile: rank them transparently
+            scores[unknown] = fallback_scores(frame.filter(pl.Series(unknown)), self.state)
+        return candidates.with_columns(pl.Series("score", scores))
 
     def save(self, folder: str | Path, *, encoder_dir: Path | None = None) -> Path:
         folder = Path(folder)
@@ -110,6 +114,21 @@ class RankingBundle:
             feature_columns=tuple(manifest["feature_columns"]),
             encoder_dir=encoder if encoder.exists() else None,
         )
+
+
+def fallback_scores(frame: pl.DataFrame, state: FeatureState) -> np.ndarray:
+    """Scores for users the model does not know: what is trending (last day and week, log-scaled
+    to 0..1), blended 40/60 with the text interest of the request's history when there is one.
+
+    frame: ranking-frame rows of such users; returns float32 (rows,).
+    """
+    def scaled(column: str) -> np.ndarray:
+        top = float(state.item_features[column].max() or 0.0)
+        return np.log1p(frame[column].to_numpy()) / np.log1p(top) if top > 0 else np.zeros(frame.height)
+
+    trend = 0.5 * scaled("item_pop_1d") + 0.5 * scaled("item_pop_7d")
+    text = frame["text_score"].to_numpy()
+    return np.where(np.isnan(text), trend, 0.4 * trend + 0.6 * text).astype(np.float32)
 
 
 def head_k(scored: pl.DataFrame, k: int) -> pl.DataFrame:

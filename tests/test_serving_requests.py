@@ -67,3 +67,16 @@ def test_endpoint_and_batch_paths_agree(small_bundle):
         expected = batch.filter(batch["user_id"] == row["user_id"]).sort("rank")
         assert row["item_ids"] == expected["item_id"].to_list()
         np.testing.assert_allclose(row["scores"], expected["score"].to_list(), rtol=1e-6)
+
+
+def test_unknown_users_are_ranked_by_trend_and_history_text(small_bundle):
+    state = small_bundle.state
+    items = state.items.ids.to_list()
+    cold, with_history = recommend_requests(small_bundle, _req([
+        {"user_id": "nobody", "k": 5}, {"user_id": "reader", "k": 5, "history": items[:5]}]))
+    pop1 = state.item_features["item_pop_1d"].to_numpy()
+    pop7 = state.item_features["item_pop_7d"].to_numpy()
+    trend = 0.5 * np.log1p(pop1) / np.log1p(pop1.max()) + 0.5 * np.log1p(pop7) / np.log1p(pop7.max())
+    expected = np.asarray(trend[state.items.to_index(cold["item_ids"])], dtype=np.float32)
+    np.testing.assert_allclose(cold["scores"], expected, rtol=1e-5)
+    assert with_history["item_ids"] != cold["item_ids"]  # the history's text interest moves the ranking
