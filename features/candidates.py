@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from features.state import FeatureState
+from recsys import schemas
 from recsys.config import CandidateConfig
 
 PERSONAL_SOURCES = ("cf", "text")
@@ -119,5 +120,5 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
             "item_idx": cols.astype(np.int32),
         }))
     if not frames:
-        return pl.DataFrame(schema={"query_idx": pl.Int32, "user_idx": pl.Int32, "item_idx": pl.Int32})
+        return pl.DataFrame(schema=schemas.CANDIDATES)
     return pl.concat(frames)

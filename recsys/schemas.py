@@ -40,8 +40,10 @@ RANKING_OUTPUT = {
     "score": pl.Float32,
 }
 
-# Candidate pairs inside the pipeline: contiguous indices from the id maps.
+# Candidate rows inside the pipeline: one ranked list per query (a user or an impression),
+# contiguous indices from the id maps; user_idx is -1 for users the model does not know.
 CANDIDATES = {
+    "query_idx": pl.Int32,
     "user_idx": pl.Int32,
     "item_idx": pl.Int32,
 }

@@ -11,7 +11,6 @@ interaction go to train, the rest to test (for ``temporal`` that is the global c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import polars as pl
@@ -28,11 +27,6 @@ class Split:
     test: pl.DataFrame
     impressions_train: pl.DataFrame | None
     impressions_test: pl.DataFrame | None
-
-    @property
-    def reference_time(self) -> datetime:
-        """The point in time at which features of this split are computed: end of train."""
-        return self.train["timestamp"].max()
 
 
 def split_interactions(interactions: pl.DataFrame, *, kind: str, test_fraction: float = 0.2,
