@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from features.candidates import generate_candidates
-from features.ranking_frame import build_ranking_frame, feature_matrix
+from features.ranking_frame import feature_arrays, feature_matrix
 from features.state import FeatureState
 from recsys.config import PipelineConfig
 
@@ -38,15 +38,15 @@ class RankingBundle:
     feature_columns: tuple[str, ...]
     encoder_dir: Path | None = None
 
-    def score(self, frame: pl.DataFrame) -> np.ndarray:
-        """float32 (rows,) ranker scores of a ranking frame."""
-        if frame.height == 0:
+    def score(self, frame: pl.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
+        """float32 (rows,) ranker scores of a ranking frame (or of its feature arrays)."""
+        matrix = feature_matrix(frame, self.feature_columns)
+        if matrix.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         # Small frames (one request) score faster on one thread: OpenMP's fork/join across the
         # cores costs more than the work, and other thread pools (polars) spin on them too.
-        threads = 1 if frame.height < 20_000 else 0
-        return self.booster.predict(feature_matrix(frame, self.feature_columns),
-                                    num_threads=threads).astype(np.float32)
+        threads = 1 if matrix.shape[0] < 20_000 else 0
+        return self.booster.predict(matrix, num_threads=threads).astype(np.float32)
 
     def score_candidates(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
                          explicit: pl.DataFrame | None = None, exclude: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -77,11 +77,13 @@ class RankingBundle:
         if exclude is not None and exclude.height:
             candidates = candidates.join(exclude.cast({"query_idx": pl.Int32, "item_idx": pl.Int32}),
                                          on=["query_idx", "item_idx"], how="anti", maintain_order="left")
-        frame = build_ranking_frame(self.state, candidates, query_text=query_text)
-        scores = self.score(frame)
-        unknown = candidates["user_idx"].to_numpy() < 0
+        user_rows = candidates["user_idx"].to_numpy()
+        arrays = feature_arrays(self.state, user_rows, candidates["item_idx"].to_numpy(),
+                                query_idx=candidates["query_idx"].to_numpy(), query_text=query_text)
+        scores = self.score(arrays)
+        unknown = user_rows < 0
         if unknown.any():  # the ranker never saw users without a profile: rank them transparently
-            scores[unknown] = fallback_scores(frame.filter(pl.Series(unknown)), self.state)
+            scores[unknown] = fallback_scores({k: v[unknown] for k, v in arrays.items()}, self.state)
         return candidates.with_columns(pl.Series("score", scores))
 
     def save(self, folder: str | Path, *, encoder_dir: Path | None = None) -> Path:
@@ -116,18 +118,19 @@ class RankingBundle:
         )
 
 
-def fallback_scores(frame: pl.DataFrame, state: FeatureState) -> np.ndarray:
+def fallback_scores(features: dict[str, np.ndarray], state: FeatureState) -> np.ndarray:
     """Scores for users the model does not know: what is trending (last day and week, log-scaled
     to 0..1), blended 40/60 with the text interest of the request's history when there is one.
 
-    frame: ranking-frame rows of such users; returns float32 (rows,).
+    features: feature arrays (see ``feature_arrays``) of such rows; returns float32 (rows,).
     """
     def scaled(column: str) -> np.ndarray:
         top = float(state.item_features[column].max() or 0.0)
-        return np.log1p(frame[column].to_numpy()) / np.log1p(top) if top > 0 else np.zeros(frame.height)
+        values = features[column]
+        return np.log1p(values) / np.log1p(top) if top > 0 else np.zeros(len(values))
 
     trend = 0.5 * scaled("item_pop_1d") + 0.5 * scaled("item_pop_7d")
-    text = frame["text_score"].to_numpy()
+    text = features["text_score"]
     return np.where(np.isnan(text), trend, 0.4 * trend + 0.6 * text).astype(np.float32)
 
 

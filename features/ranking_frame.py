@@ -36,19 +36,17 @@ def _gather_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
-                        query_text: np.ndarray | None = None) -> pl.DataFrame:
-    """Add FEATURE_COLUMNS (Float32, NaN = unknown) to ``pairs`` without reordering its rows.
+def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarray, *,
+                   query_idx: np.ndarray | None = None, query_text: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every FEATURE_COLUMNS entry as a float32 (rows,) array (NaN = unknown) for the given pairs.
 
-    pairs: query_idx, user_idx, item_idx (Int32) plus any pass-through columns (labels).
-    query_text: optional (n_queries, d) interest vectors indexed by query_idx, replacing the
+    user_idx: int (rows,), -1 for users unknown to the state; item_idx: int (rows,).
+    query_text: optional (n_queries, d) interest vectors indexed by ``query_idx``, replacing the
     stored user vectors (request-time history for cold users).
     Every feature is a numpy gather from the state's dense tables: no joins, no row loops.
     """
-    user_idx = pairs["user_idx"].to_numpy()
-    item_idx = pairs["item_idx"].to_numpy()
     if query_text is not None:
-        text = pair_text_scores(query_text, state.item_vectors, pairs["query_idx"].to_numpy(), item_idx)
+        text = pair_text_scores(query_text, state.item_vectors, query_idx, item_idx)
     else:
         text = pair_text_scores(state.user_text, state.item_vectors, user_idx, item_idx)
     item_table, user_table, affinity = state.dense_tables()
@@ -63,11 +61,27 @@ def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
     columns.update({name: item_values[:, j] for j, name in enumerate(behaviour.ITEM_FEATURES)})
     columns.update({name: user_values[:, j] for j, name in enumerate(behaviour.USER_FEATURES)})
     columns[behaviour.AFFINITY_FEATURE] = user_affinity
-    return pairs.with_columns([pl.Series(name, columns[name], dtype=pl.Float32) for name in FEATURE_COLUMNS])
+    return columns
 
 
-def feature_matrix(frame: pl.DataFrame, columns: tuple[str, ...] = FEATURE_COLUMNS) -> np.ndarray:
-    """float32 (rows, len(columns)) in the given column order, for LightGBM."""
+def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
+                        query_text: np.ndarray | None = None) -> pl.DataFrame:
+    """Add FEATURE_COLUMNS (Float32, NaN = unknown) to ``pairs`` without reordering its rows.
+
+    pairs: query_idx, user_idx, item_idx (Int32) plus any pass-through columns (labels).
+    The values come from :func:`feature_arrays`, which scoring uses directly.
+    """
+    arrays = feature_arrays(state, pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(),
+                            query_idx=pairs["query_idx"].to_numpy(), query_text=query_text)
+    return pairs.with_columns([pl.Series(name, arrays[name], dtype=pl.Float32) for name in FEATURE_COLUMNS])
+
+
+def feature_matrix(frame: pl.DataFrame | dict[str, np.ndarray],
+                   columns: tuple[str, ...] = FEATURE_COLUMNS) -> np.ndarray:
+    """float32 (rows, len(columns)) in the given column order, for LightGBM, from a ranking frame
+    or from :func:`feature_arrays`."""
+    if isinstance(frame, dict):
+        return np.column_stack([frame[c] for c in columns]).astype(np.float32, copy=False)
     return frame.select(columns).to_numpy().astype(np.float32, copy=False)
 
 
