@@ -75,7 +75,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
         if count:
             print(f"skipped {count} row(s): {reason.replace('_', ' ')}")
     experiment = args.experiment or f"recsys-{dataset.source}"
-    result = train(dataset, config, experiment=experiment, register_name=args.register, progress=not args.quiet)
+    register = None if args.no_register else (args.register or f"recsys-{dataset.source}")
+    result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet)
     print(format_metrics_table(result.metrics, config.k))
     print(f"\nMLflow run {result.run_id} in experiment {experiment!r}; model: {result.model_uri}"
           + (" (now champion)" if result.became_champion else ""))
@@ -147,8 +148,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out_dir = Path("demo_out")
     out_dir.mkdir(exist_ok=True)
     train_args = argparse.Namespace(data="demo", split="temporal", k=10, experiment="recsys-demo", config=None,
-                                    register=DEMO_MODEL_NAME, metrics_out=str(out_dir / "metrics.json"),
-                                    seed=args.seed, quiet=args.quiet)
+                                    register=DEMO_MODEL_NAME, no_register=False, seed=args.seed, quiet=args.quiet,
+                                    metrics_out=str(out_dir / "metrics.json"))
     result = cmd_train(train_args)["result"]
     rank_args = argparse.Namespace(model=result.model_uri, out=str(out_dir / "rankings.parquet"), users=None,
                                    k=10, quiet=args.quiet, chunk_size=2048, resume=False)
@@ -201,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--split", choices=SPLITS, default="temporal")
     tr.add_argument("--k", type=int, default=10)
     tr.add_argument("--experiment", default=None, help="MLflow experiment (default: recsys-<data name>)")
-    tr.add_argument("--register", default=None, metavar="NAME", help="register the model under NAME")
+    tr.add_argument("--register", default=None, metavar="NAME",
+                    help="registered model name (default: recsys-<data name>); every run adds a version")
+    tr.add_argument("--no-register", action="store_true", help="log the model to the run only")
     tr.add_argument("--metrics-out", default=None, metavar="FILE", help="write every model's metrics as JSON")
     tr.add_argument("--seed", type=int, default=42)
     tr.add_argument("--config", default=None, metavar="FILE", help="JSON with PipelineConfig fields to override")
