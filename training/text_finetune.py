@@ -185,7 +185,7 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
             train_losses.append(loss.item())
             if log_metric:
                 log_metric("text/train_loss", train_losses[-1], step)
-            bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{train_losses[-1]:.3f}", refresh=False)
             bar.update(1)
             if step % eval_every == 0 or step == config.steps:
                 model.eval()
