@@ -188,6 +188,17 @@ def cmd_runs(args: argparse.Namespace) -> None:
     print(runs_table(args.experiment, limit=args.limit, k=args.k, color=sys.stdout.isatty()))
 
 
+def cmd_add_items(args: argparse.Namespace) -> None:
+    from training.catalog import add_items_to_model
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    update = add_items_to_model(args.model, args.items_file, promote=args.promote, progress=not args.quiet)
+    print(f"{update.name} version {update.version}: version {update.parent_version} + {update.items_added} "
+          f"new item(s)" + (" (now champion)" if update.promoted else f"; serve models:/{update.name}/{update.version}"
+                            " or promote it with --promote"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="Text-aware recommendation engine")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -235,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="put the champion alias back on the previous champion")
     rb.add_argument("--name", required=True)
     rb.set_defaults(handler=cmd_rollback)
+
+    ad = sub.add_parser("add-items", help="add new items with text to a registered model as a new version")
+    ad.add_argument("--model", required=True, metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    ad.add_argument("items_file", help="Parquet/CSV with item_id, title, description, category")
+    ad.add_argument("--promote", action="store_true", help="move champion to the new version (recorded)")
+    ad.set_defaults(handler=cmd_add_items)
 
     ru = sub.add_parser("runs", help="compare recent runs side by side")
     ru.add_argument("--experiment", default=None, help="experiment name (default: every experiment)")

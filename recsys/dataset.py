@@ -100,6 +100,18 @@ def load_folder(folder: str | Path) -> Dataset:
     )
 
 
+def read_items_file(path: str | Path) -> pl.DataFrame:
+    """A standalone items table (Parquet or CSV, canonical items schema), validated."""
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"items file {path} does not exist")
+    try:
+        frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema_length=10_000)
+    except Exception as exc:  # polars raises many types; re-raise with the file named
+        raise DataValidationError(f"{path}: could not be read: {exc}") from exc
+    return _validate_items(frame, str(path))
+
+
 def _require_columns(df: pl.DataFrame, name: str, required: tuple[str, ...]) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 import requests
@@ -197,3 +199,37 @@ def test_runs_table_lists_the_run_with_its_metrics(trained, capsys):
     out = capsys.readouterr().out
     assert "ranker-temporal-seed42" in out and f"ndcg_at_{K}" in out and "*" in out
     assert "baseline-" not in out  # child runs are not listed as runs of their own
+
+
+def test_add_items_makes_new_items_recommendable_without_retraining(trained, tmp_path, capsys):
+    """Cold-start catalog update: new items with text join the registered model as a new version."""
+    import mlflow
+
+    from serving.recommend import recommend_requests
+    from serving.requests import parse_requests
+
+    work, ranked = trained
+    items = tmp_path / "new_items.csv"
+    items.write_text("item_id,title,description,category\n"
+                     "NEW1,Striker scores twice in the derby,The league leaders win at the stadium,sports\n"
+                     "NEW2,Chef bakes bread,A recipe for dinner with spices,lifestyle\n")
+    old_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["-q", "add-items", "--model", "models:/e2e@champion", str(items), "--promote"]) == 0
+        assert "+ 2 new item(s) (now champion)" in capsys.readouterr().out
+        assert main(["-q", "add-items", "--model", "models:/e2e@champion", str(items)]) == 2
+        assert "already in the model" in capsys.readouterr().err
+        bundle = mlflow.pyfunc.load_model("models:/e2e@champion").unwrap_python_model().bundle
+        assert main(["-q", "rollback", "--name", "e2e"]) == 0  # leave the champion as other tests expect
+    finally:
+        os.chdir(old_cwd)
+    state = bundle.state
+    assert list(state.items.to_index(["NEW1", "NEW2"])) == [state.n_items - 2, state.n_items - 1]
+    assert np.allclose(np.linalg.norm(state.item_vectors[-2:], axis=1), 1.0, atol=1e-4)
+    user = ranked["user_id"][0]
+    answer = recommend_requests(bundle, parse_requests(pd.DataFrame([
+        {"user_id": user, "k": 2, "candidates": ["NEW1", "NEW2"]},
+        {"user_id": "fan", "k": 3, "history": ["NEW1"]}]), default_k=K))
+    assert sorted(answer[0]["item_ids"]) == ["NEW1", "NEW2"] and answer[0]["unknown_ids"] == []
+    assert answer[1]["path"] == "history-only" and "NEW1" not in answer[1]["item_ids"]
