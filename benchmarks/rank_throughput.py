@@ -5,7 +5,8 @@ Run from a folder that holds the MLflow store with the model (after `make demo`)
     .venv/bin/python benchmarks/rank_throughput.py [--model models:/recsys-demo@champion] [--k 10]
 
 Prints users/s of the whole batch path (`serving.recommend.recommend_users`, 2,048-user chunks),
-the time share of each stage, the mean number of candidates per user, and peak RSS. As the
+the time share of each stage, the mean number of candidates per user, the in-process time of
+one serving request (one user, no HTTP), and peak RSS. As the
 same-run baseline it also times a popularity-only top-K over the same users (no candidates,
 features or model): the ratio says how much the ranking pipeline costs over the floor.
 """
@@ -70,6 +71,19 @@ def main() -> None:
         top_n(scores_pop, args.k)
     floor = time.perf_counter() - start
 
+    # One serving request (one user, the endpoint's code path minus HTTP), as the server runs it.
+    import pandas as pd
+
+    from serving.requests import predict_frame
+
+    request = pd.DataFrame([{"user_id": users[0], "k": args.k}])
+    for _ in range(20):
+        predict_frame(bundle, request)
+    start = time.perf_counter()
+    for i in range(300):
+        predict_frame(bundle, pd.DataFrame([{"user_id": users[i % len(users)], "k": args.k}]))
+    per_request_ms = (time.perf_counter() - start) / 300 * 1000
+
     total = t4 - t0
     print(f"model {args.model}: {len(users)} users, {bundle.state.n_items} items, "
           f"{cands.height / len(chunks[0]):.0f} candidates/user, {bundle.booster.num_trees()} trees")
@@ -78,6 +92,7 @@ def main() -> None:
           f"LightGBM {100 * (t3 - t2) / total:.0f}%, top-k {100 * (t4 - t3) / total:.0f}%")
     print(f"baseline popularity top-{args.k}: {len(users) / floor:,.0f} users/s; "
           f"ranking costs {floor and best / floor:.1f}x the floor")
+    print(f"one request in process (no HTTP): {per_request_ms:.1f} ms")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"rerun: .venv/bin/python benchmarks/rank_throughput.py --model {args.model} --k {args.k}")
 

@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +29,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from serving import server_process
 
 TRIVIAL_MODEL = '''
 import mlflow
@@ -45,41 +46,13 @@ mlflow.models.set_model(Echo())
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(model_uri: str, port: int, workers: int) -> subprocess.Popen:
     """The same command `recsys serve` runs (recsys.cli.serve_command), for either model."""
     from recsys.cli import serve_command, serve_env
 
-    env = serve_env(os.environ["MLFLOW_TRACKING_URI"])
-    command = serve_command(model_uri, port, workers)
-    server = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/ping")
-            if conn.getresponse().status == 200:
-                return server
-        except OSError:
-            time.sleep(0.5)
-    _stop(server)
-    raise RuntimeError(f"server for {model_uri} did not answer /ping within 180 s")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+    return server_process.start(serve_command(model_uri, port, workers), health_url=f"http://127.0.0.1:{port}/ping",
+                                env=serve_env(os.environ["MLFLOW_TRACKING_URI"]), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
 
 
 def _client(port: int, users: list[str], k: int, concurrency: int, duration: float, queue) -> None:
@@ -160,13 +133,13 @@ def main() -> None:
         mlflow.pyfunc.save_model(trivial, python_model=str(code))
         rows = []
         for name, uri in (("recsys", args.model), ("trivial pyfunc", trivial)):
-            port = _free_port()
+            port = server_process.free_port()
             server = _start(uri, port, args.workers)
             try:
                 for concurrency in args.concurrency:
                     rows.append((name, concurrency, _measure(port, users, args.k, concurrency, args.duration)))
             finally:
-                _stop(server)
+                server_process.stop(server)
     print(f"\nserving load test, {args.duration:.0f} s per run, top-{args.k} for one user per request, "
           f"{args.workers} worker(s)")
     print(f"{'model':16} {'conc':>4} {'requests':>9} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "

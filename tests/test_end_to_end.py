@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +18,12 @@ import requests
 
 from recsys.cli import main
 from recsys.demo_data import DemoSpec, generate_demo
+from serving import server_process
 from tests.conftest import tiny_config_dict
 
 pytestmark = pytest.mark.slow
 
 K = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -80,24 +73,13 @@ def test_batch_output_has_k_distinct_items_per_known_user(trained):
 
 def test_server_answers_equal_the_batch_job(trained):
     work, ranked = trained
-    port = _free_port()
+    port = server_process.free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    server = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", "models:/e2e@champion",
-                               "--port", str(port)], cwd=work, env=env, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = server_process.start([sys.executable, "-m", "recsys.cli", "serve", "--model", "models:/e2e@champion",
+                                   "--port", str(port)], health_url=f"http://127.0.0.1:{port}/ping", cwd=work,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"server exited: {server.stdout.read().decode()[-3000:]}")
-            try:
-                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            pytest.fail("server did not answer /ping within 180 s")
         users = ranked["user_id"].unique().sort().head(3).to_list()
         reply = requests.post(f"{base}/invocations", timeout=60, json={
             "dataframe_records": [{"user_id": u, "k": K} for u in users]})
@@ -122,18 +104,7 @@ def test_server_answers_equal_the_batch_job(trained):
         assert missing.status_code == 400
         assert "user_id" in missing.text
     finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """Stop the server and everything it started (uvicorn workers share its process group)."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+        server_process.stop(server)
 
 
 def test_users_file_with_duplicates_and_unknown_users(trained, tmp_path, capsys):
@@ -197,7 +168,10 @@ def test_runs_table_lists_the_run_with_its_metrics(trained, capsys):
     finally:
         os.chdir(old_cwd)
     out = capsys.readouterr().out
-    assert "ranker-temporal-seed42" in out and f"ndcg_at_{K}" in out and "*" in out
+    assert f"ndcg_at_{K}" in out.splitlines()[0]
+    row = next(line for line in out.splitlines() if line.startswith("ranker-temporal-seed42"))
+    ndcg = json.loads((work / "metrics.json").read_text())["ranker"][f"ndcg@{K}"]
+    assert f"{ndcg:.4f}*" in row  # the only run is the best in its column
     assert "baseline-" not in out  # child runs are not listed as runs of their own
 
 

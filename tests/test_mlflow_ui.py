@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import pytest
 
 from recsys.config import PipelineConfig
 from recsys.demo_data import DemoSpec, generate_demo
+from serving import server_process
 from tests.conftest import tiny_config_dict
 
 pytestmark = pytest.mark.slow
@@ -35,12 +34,6 @@ def _ensure_chromium() -> None:
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
         subprocess.run(install, env=env, capture_output=True, check=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -76,28 +69,14 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(store):
-    port = _free_port()
+    port = server_process.free_port()
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                f"sqlite:///{store / 'mlflow.db'}", "-h", "127.0.0.1", "-p", str(port)],
-                               cwd=store, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        pytest.fail("mlflow server did not start within 120 s")
-    yield base
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
+    process = server_process.start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                                    f"sqlite:///{store / 'mlflow.db'}", "-h", "127.0.0.1", "-p", str(port)],
+                                   health_url=f"http://127.0.0.1:{port}/health", timeout=120, cwd=store, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"http://127.0.0.1:{port}"
+    server_process.stop(process)
 
 
 @pytest.fixture(scope="module")
