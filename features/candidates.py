@@ -1,4 +1,4 @@
-"""Candidate generation: the union of ALS top-N, text top-N, popular and trending items.
+"""Candidate generation: the union of ALS, EASE item-to-item and text top-N, popular and trending items.
 
 Popular = most interactions in the window; trending = most in its last day.
 
@@ -15,7 +15,7 @@ from features.state import FeatureState
 from recsys import schemas
 from recsys.config import CandidateConfig
 
-PERSONAL_SOURCES = ("cf", "text")
+PERSONAL_SOURCES = ("cf", "item_item", "text")
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
@@ -43,6 +43,11 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
     if source == "cf":
         out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
         out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
+        return out
+    if source == "item_item":
+        out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
+        if known.any():
+            out[known] = state.item_item.user_scores(state.history()[user_idx[known]])
         return out
     if source == "text":
         vectors = user_text if user_text is not None else _known_rows(state.user_text, user_idx)
@@ -91,7 +96,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     user_text: optional (len(user_idx), d) interest vectors that replace the stored ones
     (request-time history, cold users).
     """
-    personal = {"cf": config.n_cf, "text": config.n_text}
+    personal = {"cf": config.n_cf, "item_item": config.n_item_item, "text": config.n_text}
     popular = {"item_pop_all": config.n_popular, "item_pop_1d": config.n_recent}
     user_idx = np.asarray(user_idx, dtype=np.int32)
     frames = []

@@ -47,10 +47,12 @@ def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndar
         item_category=item_category.astype(np.int32),
         als=_with_zero_items(state.als, n_new),
         bpr=_with_zero_items(state.bpr, n_new),
+        item_item=state.item_item.with_new_items(n_new),
         item_vectors=np.vstack([state.item_vectors, new_vectors.astype(np.float32)]),
         seen=sp.hstack([state.seen, sp.csr_matrix((state.n_users, n_new), dtype=np.float32)]).tocsr(),
         item_features=pl.concat([state.item_features, _unseen_item_rows(state, n_old, n_new)]),
         _dense=None,
+        _history=None,
     )
 
 

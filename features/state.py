@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from features import behaviour
 from features.cf import CFFactors, fit_cf
+from features.item_item import ItemItem, binary, fit_item_item
 from features.text_interest import history_weights, user_vectors
 from features.user_items import build_user_items
 from recsys.config import PipelineConfig
@@ -39,6 +40,7 @@ class FeatureState:
     item_category: np.ndarray
     als: CFFactors
     bpr: CFFactors
+    item_item: ItemItem
     item_vectors: np.ndarray
     user_text: np.ndarray
     seen: sp.csr_matrix
@@ -49,6 +51,13 @@ class FeatureState:
     history_len: int
     half_life: float
     _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _history: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
+
+    def history(self) -> sp.csr_matrix:
+        """The 0/1 pattern of ``seen`` (n_users, n_items) float32 CSR, built once: item-to-item input."""
+        if self._history is None:
+            self._history = binary(self.seen)
+        return self._history
 
     def dense_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Feature tables as float32 matrices indexed by position, built once and cached:
@@ -81,6 +90,7 @@ class FeatureState:
         np.save(folder / "item_category.npy", self.item_category)
         self.als.save(folder / "als.npz")
         self.bpr.save(folder / "bpr.npz")
+        self.item_item.save(folder / "item_item.npz")
         np.save(folder / "item_vectors.npy", self.item_vectors)
         np.save(folder / "user_text.npy", self.user_text)
         sp.save_npz(folder / "seen.npz", self.seen)
@@ -102,6 +112,7 @@ class FeatureState:
             item_category=np.load(folder / "item_category.npy"),
             als=CFFactors.load(folder / "als.npz", "als"),
             bpr=CFFactors.load(folder / "bpr.npz", "bpr"),
+            item_item=ItemItem.load(folder / "item_item.npz"),
             item_vectors=np.load(folder / "item_vectors.npy"),
             user_text=np.load(folder / "user_text.npy"),
             seen=sp.load_npz(folder / "seen.npz").tocsr(),
@@ -140,6 +151,8 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                  iterations=config.als_iterations, regularization=config.als_regularization, seed=config.seed)
     bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                  iterations=config.bpr_iterations, seed=config.seed)
+    item_item = fit_item_item(user_items, kind="ease", regularization=config.item_item_regularization,
+                              neighbours=config.item_item_neighbours, max_items=config.item_item_max_items)
     weights = history_weights(events, n_users=n_users, n_items=n_items,
                               history_len=config.text.history_len, half_life=config.text.recency_half_life)
     categories = IdMap(kind="category").fit(catalog["category"])
@@ -152,7 +165,7 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     lazy = events.lazy()
     return FeatureState(
         users=users, items=items, categories=categories, item_category=item_category,
-        als=als, bpr=bpr, item_vectors=item_vectors,
+        als=als, bpr=bpr, item_item=item_item, item_vectors=item_vectors,
         user_text=user_vectors(weights, item_vectors),
         seen=user_items,
         item_features=behaviour.item_features(lazy, imp, n_items=n_items, ref_time=ref_after,

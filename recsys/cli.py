@@ -199,6 +199,29 @@ def cmd_add_items(args: argparse.Namespace) -> None:
                             " or promote it with --promote"))
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from recsys.importers.delimited import write_canonical_folder
+
+    if args.format == "movielens":
+        from recsys.importers.movielens import import_movielens
+
+        tables, report = import_movielens(Path(args.src), descriptions=[Path(p) for p in args.descriptions],
+                                          encoding=args.encoding, text_column=args.text_column)
+    else:
+        from recsys.importers.mind import import_mind
+
+        tables, report = import_mind(Path(args.src), encoding=args.encoding or "utf-8")
+    report["command"] = " ".join(["recsys", *sys.argv[1:]]) if sys.argv else ""
+    write_canonical_folder(Path(args.dst), tables, report, overwrite=args.overwrite)
+    counts = ", ".join(f"{t.height:,} {name}" for name, t in tables.items())
+    print(f"imported {args.format} {args.src} -> {args.dst}: {counts}")
+    for key, value in report.items():
+        if key.endswith("without_news_row") and value:
+            print(f"  {value:,} {key.replace('_', ' ')} (kept; loading skips and counts them)")
+    for path, matched in report.get("descriptions", {}).items():
+        print(f"  {path}: text for {matched['items_matched']:,} items, {matched['items_without_text']:,} without")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="Text-aware recommendation engine")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -252,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("items_file", help="Parquet/CSV with item_id, title, description, category")
     ad.add_argument("--promote", action="store_true", help="move champion to the new version (recorded)")
     ad.set_defaults(handler=cmd_add_items)
+
+    im = sub.add_parser("import", help="convert a public dataset layout into a canonical data folder")
+    im.add_argument("format", choices=("movielens", "mind"))
+    im.add_argument("src", help="MovieLens folder (u.data/u.item or ratings.csv/movies.csv) or MIND folder")
+    im.add_argument("dst", help="canonical folder to create (items/interactions[/impressions].parquet)")
+    im.add_argument("--descriptions", action="append", default=[], metavar="FILE",
+                    help="movielens: CSV with an id or title column and a text column (repeatable)")
+    im.add_argument("--text-column", default=None, help="movielens: the description files' text column")
+    im.add_argument("--encoding", default=None, help="text encoding (default: latin-1 for u.item, else utf-8)")
+    im.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    im.set_defaults(handler=cmd_import)
 
     ru = sub.add_parser("runs", help="compare recent runs side by side")
     ru.add_argument("--experiment", default=None, help="experiment name (default: every experiment)")

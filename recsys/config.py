@@ -41,6 +41,7 @@ class CandidateConfig:
     """How many candidates each source contributes per user (before the union)."""
 
     n_cf: int = 100
+    n_item_item: int = 100
     n_text: int = 100
     n_popular: int = 50
     n_recent: int = 50
@@ -76,6 +77,11 @@ class PipelineConfig:
     als_regularization: float = 0.05
     bpr_factors: int = 64
     bpr_iterations: int = 60
+    # EASE item-to-item model (features/item_item.py): lambda, weights kept per item, and the
+    # catalog size above which the dense inverse is replaced by cosine co-occurrence.
+    item_item_regularization: float = 500.0
+    item_item_neighbours: int = 400
+    item_item_max_items: int = 20_000
     ctr_prior_strength: float = 20.0
     text: TextModelConfig = field(default_factory=TextModelConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)

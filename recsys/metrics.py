@@ -42,6 +42,15 @@ def precision_at_k(hits: np.ndarray) -> np.ndarray:
     return hits.sum(axis=1) / hits.shape[1]
 
 
+def map_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Average precision at k: sum of precision@i at each hit rank i, over min(k, n_relevant)."""
+    k = hits.shape[1]
+    precision_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    denominator = np.minimum(n_relevant, k)
+    return np.divide((precision_at_i * hits).sum(axis=1), denominator, out=np.zeros(hits.shape[0]),
+                     where=denominator > 0)
+
+
 def mrr_at_k(hits: np.ndarray) -> np.ndarray:
     """Reciprocal rank of the first hit within k; 0 when none."""
     first = np.argmax(hits, axis=1)
@@ -49,7 +58,7 @@ def mrr_at_k(hits: np.ndarray) -> np.ndarray:
 
 
 def topk_metrics(ranked: np.ndarray, relevant: list, k: int) -> dict[str, float]:
-    """Mean nDCG@k, Recall@k, Precision@k and MRR@k over users (keys like ``ndcg@10``)."""
+    """Mean nDCG@k, Recall@k, Precision@k, MAP@k and MRR@k over users (keys like ``ndcg@10``)."""
     ranked = ranked[:, :k]
     hits = hits_matrix(ranked, relevant)
     n_rel = np.array([len(r) for r in relevant])
@@ -57,6 +66,7 @@ def topk_metrics(ranked: np.ndarray, relevant: list, k: int) -> dict[str, float]
         f"ndcg@{k}": float(ndcg_at_k(hits, n_rel).mean()),
         f"recall@{k}": float(recall_at_k(hits, n_rel).mean()),
         f"precision@{k}": float(precision_at_k(hits).mean()),
+        f"map@{k}": float(map_at_k(hits, n_rel).mean()),
         "mrr": float(mrr_at_k(hits).mean()),
     }
 

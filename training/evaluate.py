@@ -15,6 +15,7 @@ import polars as pl
 
 from features.bundle import RankingBundle, head_k
 from features.candidates import seen_mask, top_n
+from features.item_item import fit_item_item
 from features.ranking_frame import build_ranking_frame
 from features.state import FeatureState, with_indices
 from recsys import metrics
@@ -51,7 +52,12 @@ def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: 
 
 
 def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
-    """Dense scorers of the single-signal baselines."""
+    """Dense scorers of the single-signal baselines.
+
+    ``ease`` is the state's item-to-item model; ``cooccurrence`` is plain item-to-item cosine
+    over co-occurrence counts (the classic "people who watched this also watched").
+    """
+    cooccurrence = fit_item_item(state.seen, kind="cosine", neighbours=400)
     rng = np.random.default_rng(seed)
     pop = state.item_features["item_pop_all"].to_numpy().astype(np.float32)
     # Recent popularity: the 7-day count, ties broken by all-time count (a strong news baseline).
@@ -62,6 +68,8 @@ def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
         "popularity_7d": lambda u: np.broadcast_to(pop_recent, (len(u), state.n_items)),
         "als": lambda u: state.als.user_factors[u] @ state.als.item_factors.T,
         "bpr": lambda u: state.bpr.user_factors[u] @ state.bpr.item_factors.T,
+        "ease": lambda u: state.item_item.user_scores(state.history()[u]),
+        "cooccurrence": lambda u: cooccurrence.user_scores(state.history()[u]),
         "text": lambda u: state.user_text[u] @ state.item_vectors.T,
     }
 
@@ -175,6 +183,7 @@ def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.Dat
     scores["popularity_7d"] = state.item_features["item_pop_7d"].to_numpy()[i] + scores["popularity"] * 1e-6
     scores["als"] = state.als.pair_scores(u, i)
     scores["bpr"] = state.bpr.pair_scores(u, i)
+    scores["ease"] = state.item_item.pair_scores(state.history(), u, i)
     scores["text"] = frame["text_score"].fill_nan(-1.0).to_numpy()
     out = {}
     for name, s in scores.items():

@@ -1,0 +1,141 @@
+"""Item-to-item models over the binary user x item matrix: EASE and co-occurrence cosine.
+
+- ``ease`` (Steck, 2019): ``B = argmin ||X - XB||^2 + lambda ||B||^2`` with ``diag(B) = 0``,
+  closed form ``P = (X'X + lambda I)^-1``, ``B = -P / diag(P)``. Dense n_items^2 inverse, so it
+  is used up to ``max_items`` items; above that the cosine model takes its place.
+- ``cosine``: ``C_ij = co_ij / sqrt(co_ii co_jj)`` from the sparse co-occurrence counts.
+
+Both keep only each item's ``neighbours`` strongest weights (by absolute value), so the
+stored matrix is sparse (n_items x n_items CSR, float32) and ``score(u, j) = sum_i x_ui B_ij``
+is a sparse product with the user's history.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsys.errors import ConfigError
+
+log = logging.getLogger(__name__)
+KINDS = ("ease", "cosine")
+_CHUNK_CELLS = 8_000_000  # users x items per dense block
+
+
+@dataclass(frozen=True)
+class ItemItem:
+    """weights: CSR (n_items, n_items) float32, row i = how history item i votes for each item."""
+
+    kind: str
+    weights: sp.csr_matrix
+
+    def user_scores(self, history: sp.csr_matrix) -> np.ndarray:
+        """Dense float32 (rows, n_items) scores of the given binary history rows (rows x n_items)."""
+        return np.asarray((history @ self.weights).todense(), dtype=np.float32)
+
+    def pair_scores(self, history: sp.csr_matrix, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1.
+
+        history: binary CSR (n_users, n_items); user_idx, item_idx: int arrays (n,).
+        """
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        item_idx = np.asarray(item_idx, dtype=np.int64)
+        out = np.full(len(user_idx), np.nan, dtype=np.float32)
+        rows = np.flatnonzero(user_idx >= 0)
+        if rows.size == 0:
+            return out
+        users, inverse = np.unique(user_idx[rows], return_inverse=True)
+        per_block = max(1, _CHUNK_CELLS // max(1, self.weights.shape[1]))
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(0, len(users) + per_block, per_block))
+        for b in range(len(bounds) - 1):
+            pick = order[bounds[b]:bounds[b + 1]]
+            if pick.size:
+                first = b * per_block
+                block = self.user_scores(history[users[first:first + per_block]])
+                out[rows[pick]] = block[inverse[pick] - first, item_idx[rows[pick]]]
+        return out
+
+    def with_new_items(self, n_new: int) -> ItemItem:
+        """The same model over a catalog grown by ``n_new`` items that nobody has seen (zero weights)."""
+        n = self.weights.shape[0] + n_new
+        grown = sp.csr_matrix((self.weights.data, self.weights.indices,
+                               np.concatenate([self.weights.indptr, np.full(n_new, self.weights.nnz)])),
+                              shape=(n, n))
+        return ItemItem(kind=self.kind, weights=grown)
+
+    def save(self, path: Path) -> None:
+        sp.save_npz(path, self.weights)
+        Path(path).with_suffix(".kind").write_text(self.kind)
+
+    @classmethod
+    def load(cls, path: Path) -> ItemItem:
+        return cls(kind=Path(path).with_suffix(".kind").read_text().strip(),
+                   weights=sp.load_npz(path).tocsr().astype(np.float32))
+
+
+def binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    """The 0/1 pattern of a user x item matrix, float32 CSR."""
+    out = user_items.tocsr().astype(np.float32, copy=True)
+    out.eliminate_zeros()
+    out.data[:] = 1.0
+    return out
+
+
+def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularization: float = 500.0,
+                  neighbours: int = 200, max_items: int = 20_000) -> ItemItem:
+    """Fit on the 0/1 pattern of ``user_items`` (n_users, n_items).
+
+    regularization: EASE's lambda (a count of co-occurrences; larger = smoother).
+    neighbours: weights kept per item row; max_items: above this EASE falls back to cosine.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown item-to-item model {kind!r}; use one of {KINDS}")
+    x = binary(user_items)
+    n_items = x.shape[1]
+    if kind == "ease" and n_items > max_items:
+        log.warning("EASE needs a dense %d x %d inverse; using cosine co-occurrence above %d items",
+                    n_items, n_items, max_items)
+        kind = "cosine"
+    counts = (x.T @ x).tocsr()
+    if kind == "ease":
+        dtype = np.float64 if n_items <= 5_000 else np.float32
+        gram = counts.toarray().astype(dtype)
+        gram[np.diag_indices(n_items)] += regularization
+        with threadpool_limits(limits=None, user_api="blas"):
+            inverse = np.linalg.inv(gram)
+        dense = -inverse / np.diag(inverse)[None, :]
+        np.fill_diagonal(dense, 0.0)
+        weights = _prune_rows(sp.csr_matrix(dense.astype(np.float32)), neighbours)
+    else:
+        diag = np.sqrt(counts.diagonal()).astype(np.float32)
+        diag[diag == 0] = 1.0
+        cos = sp.diags(1.0 / diag) @ counts @ sp.diags(1.0 / diag)
+        cos = cos.tocsr().astype(np.float32)
+        cos.setdiag(0.0)
+        cos.eliminate_zeros()
+        weights = _prune_rows(cos, neighbours)
+    return ItemItem(kind=kind, weights=weights)
+
+
+def _prune_rows(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """Keep the ``keep`` largest-magnitude entries of each row (a history item's strongest votes)."""
+    matrix = matrix.tocsr()
+    indptr, indices, data = [0], [], []
+    for row in range(matrix.shape[0]):
+        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+        values, cols = matrix.data[start:stop], matrix.indices[start:stop]
+        if len(values) > keep:
+            top = np.argpartition(-np.abs(values), keep - 1)[:keep]
+            values, cols = values[top], cols[top]
+        indices.append(cols)
+        data.append(values)
+        indptr.append(indptr[-1] + len(values))
+    return sp.csr_matrix((np.concatenate(data) if data else np.zeros(0, np.float32),
+                          np.concatenate(indices) if indices else np.zeros(0, np.int32), np.array(indptr)),
+                         shape=matrix.shape, dtype=np.float32)
