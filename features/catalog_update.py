@@ -53,6 +53,7 @@ def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndar
         item_features=pl.concat([state.item_features, _unseen_item_rows(state, n_old, n_new)]),
         _dense=None,
         _history=None,
+        _text_popularity=None,
     )
 
 

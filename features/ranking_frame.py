@@ -23,7 +23,9 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *SCORE_FEATURES, *QUERY_RANK_FEATURES, *behaviour.ITEM_FEATURES, *behaviour.USER_FEATURES,
     behaviour.AFFINITY_FEATURE,
 )
-TEXT_FEATURES = ("text_score", "text_score_query_rank")
+TEXT_POPULARITY_FEATURE = "item_text_popularity"
+FEATURE_COLUMNS = (*FEATURE_COLUMNS, TEXT_POPULARITY_FEATURE)
+TEXT_FEATURES = ("text_score", "text_score_query_rank", TEXT_POPULARITY_FEATURE)
 
 
 def pair_text_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, user_rows: np.ndarray,
@@ -87,6 +89,7 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     columns.update({name: item_values[:, j] for j, name in enumerate(behaviour.ITEM_FEATURES)})
     columns.update({name: user_values[:, j] for j, name in enumerate(behaviour.USER_FEATURES)})
     columns[behaviour.AFFINITY_FEATURE] = user_affinity
+    columns[TEXT_POPULARITY_FEATURE] = state.text_popularity()[item_idx]
     return columns
 
 

@@ -8,7 +8,7 @@ serving). It is saved in inspectable formats: Parquet, npz/npy and JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from features import behaviour
 from features.cf import CFFactors, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item
 from features.text_interest import history_weights, user_vectors
+from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.user_items import build_user_items
 from recsys.config import PipelineConfig
 from recsys.idmap import IdMap
@@ -43,6 +44,7 @@ class FeatureState:
     item_item: ItemItem
     item_vectors: np.ndarray
     user_text: np.ndarray
+    text_popularity_weights: np.ndarray
     seen: sp.csr_matrix
     item_features: pl.DataFrame
     user_features: pl.DataFrame
@@ -52,6 +54,13 @@ class FeatureState:
     half_life: float
     _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _history: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
+    _text_popularity: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def text_popularity(self) -> np.ndarray:
+        """float32 (n_items,) log1p(interactions) predicted from each item's text, built once."""
+        if self._text_popularity is None:
+            self._text_popularity = predict_text_popularity(self.item_vectors, self.text_popularity_weights)
+        return self._text_popularity
 
     def history(self) -> sp.csr_matrix:
         """The 0/1 pattern of ``seen`` (n_users, n_items) float32 CSR, built once: item-to-item input."""
@@ -93,6 +102,7 @@ class FeatureState:
         self.item_item.save(folder / "item_item.npz")
         np.save(folder / "item_vectors.npy", self.item_vectors)
         np.save(folder / "user_text.npy", self.user_text)
+        np.save(folder / "text_popularity_weights.npy", self.text_popularity_weights)
         sp.save_npz(folder / "seen.npz", self.seen)
         self.item_features.write_parquet(folder / "item_features.parquet")
         self.user_features.write_parquet(folder / "user_features.parquet")
@@ -115,6 +125,7 @@ class FeatureState:
             item_item=ItemItem.load(folder / "item_item.npz"),
             item_vectors=np.load(folder / "item_vectors.npy"),
             user_text=np.load(folder / "user_text.npy"),
+            text_popularity_weights=np.load(folder / "text_popularity_weights.npy"),
             seen=sp.load_npz(folder / "seen.npz").tocsr(),
             item_features=pl.read_parquet(folder / "item_features.parquet"),
             user_features=pl.read_parquet(folder / "user_features.parquet"),
@@ -123,6 +134,20 @@ class FeatureState:
             history_len=meta["history_len"],
             half_life=meta["half_life"],
         )
+
+
+def with_text_vectors(state: FeatureState, interactions: pl.DataFrame, item_vectors: np.ndarray) -> FeatureState:
+    """The same state with other item vectors (and the user vectors recomputed from them).
+
+    interactions: the window the state was fitted on (canonical schema); used for the
+    recency weights of each user's history. Everything else is shared, not copied.
+    """
+    events = with_indices(interactions, state.users, state.items).filter(pl.col("user_idx") >= 0)
+    weights = history_weights(events, n_users=state.n_users, n_items=state.n_items,
+                              history_len=state.history_len, half_life=state.half_life)
+    counts = state.item_features.sort("item_idx")["item_pop_all"].to_numpy()
+    return replace(state, item_vectors=item_vectors, user_text=user_vectors(weights, item_vectors),
+                   text_popularity_weights=fit_text_popularity(item_vectors, counts), _text_popularity=None)
 
 
 def with_indices(events: pl.DataFrame, users: IdMap, items: IdMap) -> pl.DataFrame:
@@ -163,13 +188,16 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     # The reference time is just after the last event, so "strictly before" keeps it.
     ref_after = ref_time + timedelta(microseconds=1)
     lazy = events.lazy()
+    item_table = behaviour.item_features(lazy, imp, n_items=n_items, ref_time=ref_after,
+                                         ctr_prior_strength=config.ctr_prior_strength)
     return FeatureState(
         users=users, items=items, categories=categories, item_category=item_category,
         als=als, bpr=bpr, item_item=item_item, item_vectors=item_vectors,
         user_text=user_vectors(weights, item_vectors),
+        text_popularity_weights=fit_text_popularity(item_vectors,
+                                                    item_table.sort("item_idx")["item_pop_all"].to_numpy()),
         seen=user_items,
-        item_features=behaviour.item_features(lazy, imp, n_items=n_items, ref_time=ref_after,
-                                              ctr_prior_strength=config.ctr_prior_strength),
+        item_features=item_table,
         user_features=behaviour.user_features(lazy, n_users=n_users, ref_time=ref_after),
         affinity=behaviour.user_category_affinity(
             lazy, pl.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32),

@@ -41,14 +41,30 @@ def load_data(spec: str):
 
 
 def format_metrics_table(metrics: dict[str, dict[str, float]], k: int) -> str:
-    columns = [f"ndcg@{k}", f"recall@{k}", f"precision@{k}", "mrr", "candidate_recall", "imp_auc", "imp_ndcg@10"]
+    columns = [f"ndcg@{k}", f"recall@{k}", f"precision@{k}", f"map@{k}", "mrr", "candidate_recall", "imp_auc",
+               "imp_ndcg@10"]
+    lines = _table(metrics, columns, f"ndcg@{k}")
+    cold = [f"cold_items/ndcg@{k}", f"cold_items/recall@{k}"]
+    if any(cold[1] in m for m in metrics.values()):
+        lines += ["", "cold-items protocol (each user ranks the held-out items only):"]
+        lines += _table({n: m for n, m in metrics.items() if cold[1] in m}, cold, cold[1])
+    ranker = metrics.get("ranker", {})
+    lift = f"lift_vs_best_baseline/ndcg@{k}"
+    if lift in ranker:
+        lines += ["", f"ranker nDCG@{k} 95% CI {ranker[f'ndcg@{k}_ci_low']:.4f}-{ranker[f'ndcg@{k}_ci_high']:.4f}; "
+                  f"paired lift over the best baseline {ranker[lift]:+.4f} "
+                  f"(95% CI {ranker[lift + '_ci_low']:+.4f} to {ranker[lift + '_ci_high']:+.4f})"]
+    return "\n".join(lines)
+
+
+def _table(metrics: dict[str, dict[str, float]], columns: list[str], sort_key: str) -> list[str]:
     columns = [c for c in columns if any(c in m for m in metrics.values())]
     width = max(len(n) for n in metrics) + 2
     lines = ["model".ljust(width) + "".join(c.rjust(17) for c in columns)]
-    for name, values in sorted(metrics.items(), key=lambda kv: -kv[1].get(f"ndcg@{k}", 0.0)):
+    for name, values in sorted(metrics.items(), key=lambda kv: -kv[1].get(sort_key, 0.0)):
         cells = "".join((f"{values[c]:.4f}" if c in values else "-").rjust(17) for c in columns)
         lines.append(name.ljust(width) + cells)
-    return "\n".join(lines)
+    return lines
 
 
 def load_config(path: str | None, **overrides) -> PipelineConfig:
@@ -69,7 +85,12 @@ def load_config(path: str | None, **overrides) -> PipelineConfig:
 def cmd_train(args: argparse.Namespace) -> dict:
     from training.pipeline import train
 
-    config = load_config(args.config, split=args.split, k=args.k, seed=args.seed)
+    overrides = {"split": args.split, "k": args.k, "seed": args.seed}
+    if args.cold_items is not None:
+        overrides["cold_item_fraction"] = args.cold_items
+    if args.test_fraction is not None:
+        overrides["test_fraction"] = args.test_fraction
+    config = load_config(args.config, **overrides)
     dataset = load_data(args.data)
     for reason, count in dataset.skipped.items():
         if count:
@@ -241,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-register", action="store_true", help="log the model to the run only")
     tr.add_argument("--metrics-out", default=None, metavar="FILE", help="write every model's metrics as JSON")
     tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                    help="temporal: share of the time span; stratified: share of each user's rows (default 0.2)")
+    tr.add_argument("--cold-items", type=float, default=None, metavar="FRACTION",
+                    help="cold-items protocol: remove this seeded share of items from training entirely")
     tr.add_argument("--config", default=None, metavar="FILE", help="JSON with PipelineConfig fields to override")
     tr.set_defaults(handler=cmd_train)
 

@@ -72,6 +72,9 @@ class PipelineConfig:
     seed: int = 42
     test_fraction: float = 0.2  # temporal: share of time; stratified: share of each user's rows
     label_fraction: float = 0.2  # share of the training window that labels the ranker
+    # Cold-items protocol: this seeded share of the catalog's interacted items is removed from
+    # training entirely (found only through their text); 0 = off.
+    cold_item_fraction: float = 0.0
     als_factors: int = 64
     als_iterations: int = 15
     als_regularization: float = 0.05
@@ -96,6 +99,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"{name} must be strictly between 0 and 1, got {value}")
+        if not 0.0 <= self.cold_item_fraction < 1.0:
+            raise ConfigError(f"cold_item_fraction must be in [0, 1), got {self.cold_item_fraction}")
         if not 1 <= self.text.trainable_layers <= 6:
             raise ConfigError(f"text.trainable_layers must be 1..6, got {self.text.trainable_layers}")
 

@@ -95,7 +95,7 @@ def coverage(ranked: np.ndarray, n_items: int) -> float:
     return float(np.unique(ranked[ranked >= 0]).size / n_items)
 
 
-def _topk_array(top: pl.DataFrame, n_queries: int, k: int) -> np.ndarray:
+def topk_array(top: pl.DataFrame, n_queries: int, k: int) -> np.ndarray:
     out = np.full((n_queries, k), -1, dtype=np.int64)
     out[top["query_idx"].to_numpy(), top["rank"].to_numpy() - 1] = top["item_idx"].to_numpy()
     return out
@@ -115,12 +115,25 @@ class Evaluation:
     relevant: list[np.ndarray]
     ranker_scores: np.ndarray
     ranker_labels: np.ndarray
+    best_baseline: str = ""
 
 
-def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: PipelineConfig) -> Evaluation:
+def paired_lift(per_user: np.ndarray, baseline_per_user: np.ndarray, *, seed: int,
+                n_boot: int = 1000, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean per-user difference and its paired percentile bootstrap interval (same users resampled)."""
+    diff = per_user - baseline_per_user
+    low, high = bootstrap_ci(diff, seed=seed, n_boot=n_boot, level=level)
+    return float(diff.mean()), low, high
+
+
+def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: PipelineConfig, *,
+                 pretrained_state: FeatureState | None = None) -> Evaluation:
     """Metrics of every ranker bundle and every baseline on the test users of ``split``.
 
-    All bundles share one FeatureState (fitted on the whole training window).
+    The bundles' states are fitted on the same training window (they may differ in their text
+    vectors); relevance and the baselines come from the first one. ``pretrained_state`` adds
+    the ``text_pretrained`` baseline (text interest from the encoder before fine-tuning).
+    The ranker gets bootstrap intervals of nDCG@k and of its paired lift over the best baseline.
     """
     state = next(iter(bundles.values())).state
     k = config.k
@@ -128,9 +141,10 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     results: dict[str, dict[str, float]] = {}
     ranked_by_model: dict[str, np.ndarray] = {}
     scores = labels = np.zeros(0)
+    best_baseline = ""
     for name, bundle in bundles.items():
         scored = bundle.score_candidates(user_idx)
-        ranked = _topk_array(head_k(scored, k), len(user_idx), k)
+        ranked = topk_array(head_k(scored, k), len(user_idx), k)
         ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
         results[name]["candidate_recall"] = candidate_recall(scored, user_idx, relevant)
@@ -140,18 +154,43 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
             low, high = bootstrap_ci(per_user, seed=config.seed)
             results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
             scores, labels = _labelled_scores(scored, relevant)
-    for name, score_fn in baseline_scorers(state, config.seed).items():
+    scorers = baseline_scorers(state, config.seed)
+    if pretrained_state is not None:
+        scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
+    for name, score_fn in scorers.items():
         ranked = topk_dense(state, user_idx, score_fn, k)
         ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
         results[name]["coverage"] = coverage(ranked, state.n_items)
+    if "ranker" in ranked_by_model and len(user_idx):
+        best_baseline = _add_lift(results, ranked_by_model, relevant, set(scorers), config)
     for values in results.values():
         values["n_users"] = float(len(user_idx))
     if split.impressions_test is not None and split.impressions_test.height:
         for name, values in impression_evaluation(bundles, split.impressions_test, config.seed).items():
             results[name].update(values)
     return Evaluation(metrics=results, ranked=ranked_by_model, user_idx=user_idx, relevant=relevant,
-                      ranker_scores=scores, ranker_labels=labels)
+                      ranker_scores=scores, ranker_labels=labels, best_baseline=best_baseline)
+
+
+def _add_lift(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],
+              baselines: set[str], config: PipelineConfig) -> str:
+    """The ranker's paired nDCG lift over the best baseline, with its bootstrap interval."""
+    k = config.k
+    n_rel = np.array([len(r) for r in relevant])
+
+    def per_user(name: str) -> np.ndarray:
+        return metrics.ndcg_at_k(metrics.hits_matrix(ranked[name][:, :k], relevant), n_rel)
+
+    best = max(sorted(baselines), key=lambda name: results[name][f"ndcg@{k}"])
+    best_per_user = per_user(best)
+    low, high = bootstrap_ci(best_per_user, seed=config.seed)
+    results[best][f"ndcg@{k}_ci_low"], results[best][f"ndcg@{k}_ci_high"] = low, high
+    lift, low, high = paired_lift(per_user("ranker"), best_per_user, seed=config.seed)
+    results["ranker"].update({f"lift_vs_best_baseline/ndcg@{k}": lift,
+                              f"lift_vs_best_baseline/ndcg@{k}_ci_low": low,
+                              f"lift_vs_best_baseline/ndcg@{k}_ci_high": high})
+    return best
 
 
 def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -173,11 +212,13 @@ def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.Dat
              .sort("query_idx"))
     if shown.height == 0:
         return {}
-    frame = build_ranking_frame(state, shown.select("query_idx", "user_idx", "item_idx"))
+    pairs = shown.select("query_idx", "user_idx", "item_idx")
+    frame = build_ranking_frame(state, pairs)
     labels = shown["clicked"].to_numpy()
     groups = shown["query_idx"].to_numpy()
     u, i = shown["user_idx"].to_numpy(), shown["item_idx"].to_numpy()
-    scores = {name: bundle.score(frame) for name, bundle in bundles.items()}
+    scores = {name: bundle.score(frame if bundle.state is state else build_ranking_frame(bundle.state, pairs))
+              for name, bundle in bundles.items()}
     scores["random"] = np.random.default_rng(seed).random(len(labels))
     scores["popularity"] = state.item_features["item_pop_all"].to_numpy()[i]
     scores["popularity_7d"] = state.item_features["item_pop_7d"].to_numpy()[i] + scores["popularity"] * 1e-6

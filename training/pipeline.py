@@ -3,7 +3,7 @@
 split -> nested split of the training window (feature window | label window)
 -> fine-tune the text model on the feature window
 -> stage-1 state on the feature window -> labelled ranking frame on the label window
--> LightGBM LambdaRank (and the no-text ablation), early-stopped on held-out label users
+-> LightGBM LambdaRank (and the no-text and pretrained-text ablations), early-stopped on held-out label users
 -> stage-1 state refitted on the whole training window -> evaluation on test vs baselines
 -> MLflow: params, metrics, curves, plots, the pyfunc model, a registry version.
 
@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -28,13 +28,15 @@ import polars as pl
 from features.bundle import RankingBundle
 from features.candidates import generate_candidates
 from features.ranking_frame import FEATURE_COLUMNS, TEXT_FEATURES, build_ranking_frame, feature_matrix, group_sizes
-from features.state import FeatureState, fit_feature_state, with_indices
+from features.state import FeatureState, fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
+from recsys.cold_items import pick_cold_items, without_items
 from recsys.config import PipelineConfig
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
 from recsys.split import split_interactions
 from training import plots, registry, tracking
+from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import evaluate_all, test_relevance
 from training.ranker import LambdaRanker
 from training.slices import slice_metrics
@@ -68,7 +70,7 @@ class _Timer:
 
 
 def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impressions: pl.DataFrame | None,
-                   config: PipelineConfig) -> pl.DataFrame:
+                   config: PipelineConfig, cold_items: pl.Series | None = None) -> pl.DataFrame:
     """Ranking frame with ``label`` (0/1) built on the label window.
 
     Two kinds of query: one per label user over the candidates the state generates (the
@@ -76,9 +78,17 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
     exist, one per label-window impression over the items actually shown (label = clicked),
     which teaches the ranker to tell apart items that all looked plausible. Queries without
     both a positive and a negative are dropped: LambdaRank learns nothing from them.
+    ``cold_items`` (ids with no behaviour in the state's window) join every user query as
+    candidates, so the ranker learns to order items that only have text.
     """
     user_idx, relevant = test_relevance(state, label_events)
     candidates = generate_candidates(state, user_idx, config.candidates)
+    if cold_items is not None and cold_items.len():
+        cold_idx = np.asarray(state.items.to_index(cold_items), dtype=np.int32)
+        extra = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx), dtype=np.int32), len(cold_idx)),
+                              "user_idx": np.repeat(user_idx.astype(np.int32), len(cold_idx)),
+                              "item_idx": np.tile(cold_idx, len(user_idx))})
+        candidates = pl.concat([candidates, extra]).unique(["query_idx", "item_idx"], keep="first")
     positives = pl.DataFrame({
         "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
         "item_idx": np.concatenate(relevant).astype(np.int32),
@@ -98,16 +108,24 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
     return build_ranking_frame(state, frame.filter(has_both))
 
 
-def fit_rankers(frame: pl.DataFrame, config: PipelineConfig, log_metric) -> dict[str, LambdaRanker]:
-    """The full ranker and the no-text ablation, early-stopped on 15% of the label queries."""
+def fit_rankers(frame: pl.DataFrame, config: PipelineConfig, log_metric,
+                pretrained_frame: pl.DataFrame | None = None) -> dict[str, LambdaRanker]:
+    """The full ranker and its ablations, early-stopped on the same 15% of the label queries.
+
+    ``ranker_no_text`` drops the text features; ``ranker_pretrained_text`` trains on
+    ``pretrained_frame`` (text features from the encoder before fine-tuning).
+    """
     rng = np.random.default_rng(config.seed)
     queries = frame["query_idx"].unique().sort().to_numpy()
-    val_queries = rng.choice(queries, size=max(1, len(queries) * 15 // 100), replace=False)
-    is_val = frame["query_idx"].is_in(pl.Series(val_queries).implode())
-    train, val = frame.filter(~is_val), frame.filter(is_val)
+    val_queries = pl.Series(rng.choice(queries, size=max(1, len(queries) * 15 // 100), replace=False)).implode()
+    variants = [("ranker", frame, FEATURE_COLUMNS),
+                ("ranker_no_text", frame, tuple(c for c in FEATURE_COLUMNS if c not in TEXT_FEATURES))]
+    if pretrained_frame is not None:
+        variants.append(("ranker_pretrained_text", pretrained_frame, FEATURE_COLUMNS))
     rankers = {}
-    for name, columns in (("ranker", FEATURE_COLUMNS),
-                          ("ranker_no_text", tuple(c for c in FEATURE_COLUMNS if c not in TEXT_FEATURES))):
+    for name, data, columns in variants:
+        is_val = data["query_idx"].is_in(val_queries)
+        train, val = data.filter(~is_val), data.filter(is_val)
         ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
         ranker.fit(feature_matrix(train, columns), train["label"].to_numpy(), group_sizes(train),
                    X_val=feature_matrix(val, columns), y_val=val["label"].to_numpy(), groups_val=group_sizes(val),
@@ -131,8 +149,17 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         with timer.stage("split"):
             split = split_interactions(dataset.interactions, kind=config.split, test_fraction=config.test_fraction,
                                        seed=config.seed, impressions=dataset.impressions)
+            cold_items = feature_cold = None
+            if config.cold_item_fraction > 0:
+                cold_items = pick_cold_items(split.train, config.cold_item_fraction, config.seed + 7)
+                split = replace(split, train=without_items(split.train, cold_items),
+                                impressions_train=without_items(split.impressions_train, cold_items))
             nested = split_interactions(split.train, kind=config.split, test_fraction=config.label_fraction,
                                         seed=config.seed + 1, impressions=split.impressions_train)
+            if cold_items is not None:  # the ranker must see items without behaviour while it learns
+                feature_cold = pick_cold_items(nested.train, config.cold_item_fraction, config.seed + 8)
+                nested = replace(nested, train=without_items(nested.train, feature_cold),
+                                 impressions_train=without_items(nested.impressions_train, feature_cold))
             users = IdMap(kind="user").fit(split.train["user_id"])
             items = IdMap(kind="item").fit(dataset.items["item_id"])
         validation_digest = tracking.log_datasets(dataset, split)
@@ -148,18 +175,27 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                                            impressions=nested.impressions_train,
                                            item_vectors=text.finetuned_vectors, users=users, items=items,
                                            config=config)
-            frame = labelled_frame(state_feat, nested.test, nested.impressions_test, config)
+            frame = labelled_frame(state_feat, nested.test, nested.impressions_test, config, feature_cold)
+            state_feat_pretrained = with_text_vectors(state_feat, nested.train, text.pretrained_vectors)
+            frame_pretrained = labelled_frame(state_feat_pretrained, nested.test, nested.impressions_test, config,
+                                              feature_cold)
         mlflow.log_metrics({"data/ranker_rows": frame.height, "data/ranker_queries": frame["query_idx"].n_unique()})
         with timer.stage("ranker"):
-            rankers = fit_rankers(frame, config, metric_log)
+            rankers = fit_rankers(frame, config, metric_log, pretrained_frame=frame_pretrained)
         with timer.stage("features_full_window"):
             state = fit_feature_state(catalog=dataset.items, interactions=split.train,
                                       impressions=split.impressions_train, item_vectors=text.finetuned_vectors,
                                       users=users, items=items, config=config)
-        bundles = {name: RankingBundle(config=config, state=state, booster=r.booster, feature_columns=r.feature_names)
+            state_pretrained = with_text_vectors(state, split.train, text.pretrained_vectors)
+        bundles = {name: RankingBundle(config=config, state=state_pretrained if "pretrained" in name else state,
+                                       booster=r.booster, feature_columns=r.feature_names)
                    for name, r in rankers.items()}
         with timer.stage("evaluation"):
-            evaluation = evaluate_all(bundles, split, config)
+            evaluation = evaluate_all(bundles, split, config, pretrained_state=state_pretrained)
+            if cold_items is not None:
+                cold = cold_item_evaluation(bundles, split.test, cold_items, config)
+                for name, values in cold.items():
+                    evaluation.metrics.setdefault(name, {}).update(values)
             for name, ranked in evaluation.ranked.items():
                 evaluation.metrics[name].update(
                     slice_metrics(ranked, evaluation.relevant, state, evaluation.user_idx, config.k))
@@ -201,10 +237,13 @@ def _log_results(evaluation, ranker: LambdaRanker, text, metric_log, config: Pip
     metric_log.flush()
     flat = {}
     for name, values in results.items():
-        prefix = "" if name == "ranker" else ("ablation/no_text/" if name == "ranker_no_text" else f"baseline/{name}/")
+        prefix = ("" if name == "ranker" else f"ablation/{name.removeprefix('ranker_')}/" if name.startswith("ranker_")
+                  else f"baseline/{name}/")
         flat.update({prefix + tracking.mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
     mlflow.log_metrics(flat)
     mlflow.log_metric("ranker/best_iteration", ranker.best_iteration)
+    if evaluation.best_baseline:
+        mlflow.set_tag("best_baseline", evaluation.best_baseline)
     metric = f"ndcg@{config.k}"
     mlflow.log_figure(plots.feature_importance_figure(ranker.feature_importance()), "plots/feature_importance.png")
     mlflow.log_figure(plots.model_comparison_figure(results, metric), "plots/model_comparison.png")
