@@ -52,7 +52,11 @@ def trained(tmp_path_factory):
 def test_metrics_cover_the_ranker_and_every_baseline(trained):
     work, _ = trained
     metrics = json.loads((work / "metrics.json").read_text())
-    assert {"ranker", "ranker_no_text", "random", "popularity", "als", "bpr", "text"} <= set(metrics)
+    assert {"ranker", "ranker_no_text", "ranker_pretrained_text", "random", "popularity", "als", "bpr", "ease",
+            "cooccurrence", "text", "text_pretrained"} <= set(metrics)
+    lift = metrics["ranker"][f"lift_vs_best_baseline/ndcg@{K}"]
+    assert metrics["ranker"][f"lift_vs_best_baseline/ndcg@{K}_ci_low"] <= lift
+    assert lift <= metrics["ranker"][f"lift_vs_best_baseline/ndcg@{K}_ci_high"]
     for values in metrics.values():
         assert 0.0 <= values[f"ndcg@{K}"] <= 1.0 and 0.0 <= values[f"recall@{K}"] <= 1.0
     assert metrics["ranker"][f"ndcg@{K}"] > metrics["random"][f"ndcg@{K}"]

@@ -1,4 +1,4 @@
-"""Real public data (../shared/data) through the canonical loader and the splits."""
+"""Real public data (../shared/data): MovieLens 100K through the importer, the splits and the pipeline."""
 
 import polars as pl
 import pytest
@@ -11,16 +11,11 @@ pytestmark = pytest.mark.data
 
 @pytest.fixture(scope="module")
 def movielens(shared_data) -> Dataset:
-    root = shared_data / "movielens-100k" / "ml-100k"
-    ratings = pl.read_csv(root / "u.data", separator="\t", has_header=False,
-                          new_columns=["user_id", "item_id", "weight", "timestamp"])
-    items = pl.read_csv(root / "u.item", separator="|", has_header=False, encoding="latin-1",
-                        quote_char=None)
-    items = items.select(items.columns[0], items.columns[1]).rename(
-        {items.columns[0]: "item_id", items.columns[1]: "title"})
-    return Dataset.from_frames(items=items.with_columns(pl.lit("").alias("description")),
-                               interactions=ratings.with_columns(pl.col("weight").cast(pl.Float64)),
-                               source="ml-100k")
+    from recsys.importers.movielens import import_movielens
+
+    src = shared_data / "movielens-100k"
+    tables, _ = import_movielens(src / "ml-100k", descriptions=[src / "movielens100k_imdb_details.csv"])
+    return Dataset.from_frames(**tables, source="ml100k")
 
 
 def test_movielens_loads_whole(movielens):
@@ -35,3 +30,13 @@ def test_movielens_stratified_split_is_75_25_per_user(movielens):
     share = split.test.height / movielens.interactions.height
     assert 0.24 < share < 0.26
     assert split.train["user_id"].n_unique() == 943
+    per_user = split.test.group_by("user_id").len().join(
+        movielens.interactions.group_by("user_id").len(), on="user_id", suffix="_all")
+    assert per_user.select((pl.col("len") / pl.col("len_all")).min()).item() > 0.2
+
+
+def test_leave_last_out_tests_each_users_last_rating(movielens):
+    split = split_interactions(movielens.interactions, kind="leave-last-out")
+    assert split.test.height == 943
+    last = movielens.interactions.group_by("user_id").agg(pl.col("timestamp").max())
+    assert split.test.join(last, on=["user_id", "timestamp"]).height == 943

@@ -45,7 +45,7 @@ def loss_curve_figure(train_losses: list[float], val_losses: list[float], val_st
     return fig
 
 
-SLICE_MODELS = ("ranker", "ranker_no_text", "text", "popularity_7d", "als")
+SLICE_MODELS = ("ranker", "ranker_no_text", "ease", "text", "popularity_7d", "als")
 
 
 def slice_figure(results: dict[str, dict[str, float]], k: int):

@@ -1,0 +1,94 @@
+"""EASE / cosine item-to-item models, within-query ranks, text popularity and cold-item picking."""
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from features.item_item import fit_item_item
+from features.ranking_frame import rank_within_query
+from features.text_popularity import fit_text_popularity, predict_text_popularity
+from recsys.cold_items import pick_cold_items, without_items
+from recsys.errors import ConfigError
+
+
+@pytest.fixture
+def user_items() -> sp.csr_matrix:
+    rng = np.random.default_rng(0)
+    dense = (rng.random((60, 12)) < 0.3).astype(np.float32) * rng.integers(1, 6, (60, 12))  # ratings as weights
+    return sp.csr_matrix(dense)
+
+
+def test_ease_matches_the_closed_form_on_the_binary_matrix(user_items):
+    model = fit_item_item(user_items, kind="ease", regularization=5.0, neighbours=12)
+    x = (user_items.toarray() > 0).astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 5.0 * np.eye(12))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights.toarray(), b, atol=1e-5)
+    np.testing.assert_allclose(model.user_scores(sp.csr_matrix(x)), x @ b, atol=1e-4)
+
+
+def test_pruning_keeps_each_items_strongest_votes(user_items):
+    full = fit_item_item(user_items, kind="ease", regularization=5.0, neighbours=12).weights.toarray()
+    pruned = fit_item_item(user_items, kind="ease", regularization=5.0, neighbours=3).weights
+    assert np.diff(pruned.indptr).max() == 3
+    row = full[0]
+    kept = set(np.argsort(-np.abs(row))[:3])
+    assert set(pruned[0].indices) == kept
+
+
+def test_pair_scores_equal_the_dense_scores_and_unknown_users_are_nan(user_items):
+    model = fit_item_item(user_items, kind="cosine", neighbours=12)
+    history = sp.csr_matrix((user_items.toarray() > 0).astype(np.float32))
+    dense = model.user_scores(history)
+    users = np.array([3, -1, 3, 59, 0])
+    items = np.array([1, 2, 11, 0, 5])
+    out = model.pair_scores(history, users, items)
+    assert np.isnan(out[1])
+    np.testing.assert_allclose(out[[0, 2, 3, 4]], dense[users[[0, 2, 3, 4]], items[[0, 2, 3, 4]]], rtol=1e-6)
+    cos = model.weights.toarray()
+    np.testing.assert_allclose(cos, cos.T, atol=1e-6)
+    assert np.all(np.diag(cos) == 0)
+
+
+def test_ease_falls_back_to_cosine_above_max_items(user_items):
+    assert fit_item_item(user_items, kind="ease", max_items=10).kind == "cosine"
+    with pytest.raises(ConfigError, match="unknown item-to-item model 'knn'"):
+        fit_item_item(user_items, kind="knn")
+
+
+def test_new_items_get_zero_weights(user_items):
+    model = fit_item_item(user_items, kind="ease", regularization=5.0).with_new_items(2)
+    assert model.weights.shape == (14, 14)
+    assert model.weights[12:].nnz == 0 and model.weights[:, 12:].nnz == 0
+
+
+def test_rank_within_query_is_one_based_best_first_and_keeps_nan():
+    query = np.array([0, 0, 1, 0, 1, 1])
+    values = np.array([0.2, 0.9, 5.0, np.nan, -1.0, 7.0])
+    ranks = rank_within_query(query, values)
+    assert ranks[[1, 0]].tolist() == [1, 2] and np.isnan(ranks[3])
+    assert ranks[[5, 2, 4]].tolist() == [1, 2, 3]
+
+
+def test_text_popularity_learns_a_linear_signal_and_ignores_unseen_items():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(400, 8)).astype(np.float32)
+    counts = np.expm1(np.clip(2.0 + vectors[:, 0], 0, None)).round()
+    counts[:50] = 0  # unseen: left out of the fit, still predicted
+    weights = fit_text_popularity(vectors, counts, regularization=1.0)
+    predicted = predict_text_popularity(vectors, weights)
+    assert weights.shape == (9,)
+    assert np.corrcoef(predicted[:50], vectors[:50, 0])[0, 1] > 0.9
+    assert np.all(fit_text_popularity(vectors, np.zeros(400)) == 0)
+
+
+def test_cold_items_are_a_seeded_share_of_interacted_items():
+    events = pl.DataFrame({"item_id": [f"i{n}" for n in range(10)] * 2, "user_id": ["u"] * 20})
+    cold = pick_cold_items(events, 0.3, seed=4)
+    assert cold.len() == 3 and cold.to_list() == pick_cold_items(events, 0.3, seed=4).to_list()
+    assert without_items(events, cold).height == 14
+    assert without_items(None, cold) is None
+    with pytest.raises(ConfigError, match="leaves 0 cold items"):
+        pick_cold_items(events, 0.01, seed=4)
