@@ -63,5 +63,9 @@ def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, 
             model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,
                                                 regularization=0.01, random_state=seed)
         model.fit(user_items, show_progress=False)
+    item_factors = np.array(model.item_factors, dtype=np.float32)
+    # An item nobody interacted with keeps its random initial factors in BPR: noise, not a score.
+    # Zero rows (ALS's own answer for such items, and what add-items gives new items) say "unknown".
+    item_factors[np.diff(user_items.tocsc().indptr) == 0] = 0.0
     return CFFactors(name=name, user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
-                     item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32))
+                     item_factors=item_factors)

@@ -59,6 +59,7 @@ def format_metrics_table(metrics: dict[str, dict[str, float]], k: int) -> str:
 
 def _table(metrics: dict[str, dict[str, float]], columns: list[str], sort_key: str) -> list[str]:
     columns = [c for c in columns if any(c in m for m in metrics.values())]
+    metrics = {name: values for name, values in metrics.items() if any(c in values for c in columns)}
     width = max(len(n) for n in metrics) + 2
     lines = ["model".ljust(width) + "".join(c.rjust(17) for c in columns)]
     for name, values in sorted(metrics.items(), key=lambda kv: -kv[1].get(sort_key, 0.0)):

@@ -40,3 +40,52 @@ def test_leave_last_out_tests_each_users_last_rating(movielens):
     assert split.test.height == 943
     last = movielens.interactions.group_by("user_id").agg(pl.col("timestamp").max())
     assert split.test.join(last, on=["user_id", "timestamp"]).height == 943
+
+
+@pytest.fixture(scope="module")
+def movielens_runs(movielens, tmp_path_factory):
+    """One stratified run and one cold-items run on ML-100K with the documented config (seed 0)."""
+    import os
+    from pathlib import Path
+
+    from recsys.cli import load_config
+    from training.pipeline import train
+
+    work = tmp_path_factory.mktemp("ml100k")
+    config_file = str(Path(__file__).resolve().parents[1] / "configs" / "movielens-100k.json")
+    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        runs = {}
+        for name, extra in (("plain", {}), ("cold", {"cold_item_fraction": 0.2})):
+            config = load_config(config_file, seed=0, **extra)
+            runs[name] = train(movielens, config, experiment=f"ml100k-{name}", register_name=None, workdir=work,
+                               progress=False).metrics
+        return runs
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.mark.slow
+def test_movielens_ranker_beats_popularity_and_cf_baselines(movielens_runs):
+    m = movielens_runs["plain"]
+    assert m["ranker"]["ndcg@10"] > 0.42
+    assert m["ranker"]["ndcg@10"] > m["popularity"]["ndcg@10"] + 0.15
+    for baseline in ("als", "bpr", "cooccurrence", "text", "random"):
+        assert m["ranker"]["ndcg@10"] > m[baseline]["ndcg@10"], baseline
+    assert 0.0 < m["ranker"]["map@10"] < m["ranker"]["precision@10"]
+
+
+@pytest.mark.slow
+def test_movielens_fine_tuned_text_beats_pretrained_text(movielens_runs):
+    m = movielens_runs["plain"]
+    assert m["text"]["ndcg@10"] > m["text_pretrained"]["ndcg@10"]
+
+
+@pytest.mark.slow
+def test_movielens_cold_items_are_found_through_text(movielens_runs):
+    cold = movielens_runs["cold"]
+    random_recall = cold["random"]["cold_items/recall@10"]
+    assert cold["ranker"]["cold_items/recall@10"] >= 3 * random_recall
+    assert cold["ranker"]["cold_items/recall@10"] > cold["ranker_no_text"]["cold_items/recall@10"]

@@ -6,6 +6,9 @@ against the user's relevant cold items only. The ranker ranks the set through it
 (text features; behaviour features of never-seen items); baselines: random, popularity
 (no signal by construction: every cold item has zero training interactions, ties broken by
 index) and the text score alone.
+
+Ties are broken at random (seeded), never by item index: catalog order often carries
+information (MovieLens numbers its best-known films first) that no model should get for free.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from features.bundle import RankingBundle, head_k
+from features.bundle import RankingBundle
 from recsys import metrics
 from recsys.config import PipelineConfig
-from training.evaluate import test_relevance, topk_array
+from training.evaluate import test_relevance
 
 
 def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, cold_items: pl.Series,
@@ -33,16 +36,23 @@ def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, 
         "query_idx": np.repeat(np.arange(len(user_idx), dtype=np.int32), len(cold_idx)),
         "item_idx": np.tile(cold_idx, len(user_idx)),
     })
+    rng = np.random.default_rng(config.seed)
+    n_users, n_cold = len(user_idx), len(cold_idx)
+    tiebreak = rng.random((n_users, n_cold))
+
+    def top(scores: np.ndarray) -> np.ndarray:  # (n_users, n_cold) -> (n_users, k) item indices
+        order = np.lexsort((tiebreak, -scores), axis=1)[:, :k]
+        return cold_idx[order]
+
     ranked: dict[str, np.ndarray] = {}
     for name, bundle in bundles.items():
-        scored = bundle.score_candidates(user_idx, explicit=pairs)
-        ranked[name] = topk_array(head_k(scored, k), len(user_idx), k)
-    rng = np.random.default_rng(config.seed)
-    ranked["random"] = np.stack([rng.permutation(cold_idx)[:k] for _ in user_idx])
+        scored = bundle.score_candidates(user_idx, explicit=pairs).sort("query_idx", "item_idx")
+        ranked[name] = top(scored["score"].to_numpy().reshape(n_users, n_cold))
+    ranked["random"] = top(np.zeros((n_users, n_cold)))
     pop = state.item_features["item_pop_all"].to_numpy()[cold_idx]
-    ranked["popularity"] = np.tile(cold_idx[np.argsort(-pop, kind="stable")][:k], (len(user_idx), 1))
-    text = state.user_text[user_idx] @ state.item_vectors[cold_idx].T
-    ranked["text"] = cold_idx[np.argsort(-text, axis=1, kind="stable")[:, :k]]
+    ranked["popularity"] = top(np.broadcast_to(np.nan_to_num(pop), (n_users, n_cold)))
+    ranked["text"] = top(state.user_text[user_idx] @ state.item_vectors[cold_idx].T)
+    ranked["text_popularity"] = top(np.broadcast_to(state.text_popularity()[cold_idx], (n_users, n_cold)))
     out = {}
     for name, top in ranked.items():
         values = metrics.topk_metrics(top, relevant, k)

@@ -78,17 +78,12 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
     exist, one per label-window impression over the items actually shown (label = clicked),
     which teaches the ranker to tell apart items that all looked plausible. Queries without
     both a positive and a negative are dropped: LambdaRank learns nothing from them.
-    ``cold_items`` (ids with no behaviour in the state's window) join every user query as
-    candidates, so the ranker learns to order items that only have text.
+    ``cold_items`` (ids with no behaviour in the state's window) make one more query per label
+    user: those items only, so the ranker learns to order items that have nothing but text
+    (the cold-items protocol, and a "new arrivals" shelf).
     """
     user_idx, relevant = test_relevance(state, label_events)
     candidates = generate_candidates(state, user_idx, config.candidates)
-    if cold_items is not None and cold_items.len():
-        cold_idx = np.asarray(state.items.to_index(cold_items), dtype=np.int32)
-        extra = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx), dtype=np.int32), len(cold_idx)),
-                              "user_idx": np.repeat(user_idx.astype(np.int32), len(cold_idx)),
-                              "item_idx": np.tile(cold_idx, len(user_idx))})
-        candidates = pl.concat([candidates, extra]).unique(["query_idx", "item_idx"], keep="first")
     positives = pl.DataFrame({
         "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
         "item_idx": np.concatenate(relevant).astype(np.int32),
@@ -96,10 +91,19 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
     })
     parts = [candidates.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
              .with_columns(pl.col("label").fill_null(0))]
+    next_query = len(user_idx)
+    if cold_items is not None and cold_items.len():
+        cold_idx = np.asarray(state.items.to_index(cold_items), dtype=np.int32)
+        cold = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx), dtype=np.int32), len(cold_idx)),
+                             "user_idx": np.repeat(user_idx.astype(np.int32), len(cold_idx)),
+                             "item_idx": np.tile(cold_idx, len(user_idx))})
+        parts.append(cold.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
+                     .with_columns(pl.col("label").fill_null(0), pl.col("query_idx") + next_query))
+        next_query += len(user_idx)
     if label_impressions is not None and label_impressions.height:
         shown = (with_indices(label_impressions, state.users, state.items).filter(pl.col("user_idx") >= 0)
                  .group_by("impression_id", "user_idx", "item_idx").agg(pl.col("clicked").max().alias("label"))
-                 .with_columns((pl.col("impression_id").rank("dense") - 1 + len(user_idx)).cast(pl.Int32)
+                 .with_columns((pl.col("impression_id").rank("dense") - 1 + next_query).cast(pl.Int32)
                                .alias("query_idx"))
                  .select("query_idx", "user_idx", "item_idx", pl.col("label").cast(pl.Int8)))
         parts.append(shown)
