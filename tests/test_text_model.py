@@ -65,3 +65,39 @@ def test_finetuning_lowers_validation_loss_and_only_moves_upper_layers(tmp_path)
     encoder.save(tmp_path / "encoder")
     reloaded = TextEncoder(tmp_path / "encoder", max_length=32).encode(item_texts(data.items)[:20], progress=False)
     np.testing.assert_allclose(reloaded, result.finetuned_vectors[:20], atol=1e-4)
+
+
+def _text_only_ndcg(vectors: np.ndarray, train: pl.DataFrame, test: pl.DataFrame, n_users: int, k: int = 10) -> float:
+    """Text-only nDCG@k: recency-weighted history vector vs every item not clicked in train."""
+    import scipy.sparse as sp
+
+    from features.text_interest import history_weights, user_vectors
+    from recsys import metrics
+
+    weights = history_weights(train, n_users=n_users, n_items=len(vectors), history_len=20, half_life=5.0)
+    seen = sp.csr_matrix((np.ones(train.height), (train["user_idx"], train["item_idx"])),
+                         shape=(n_users, len(vectors))).toarray() > 0
+    fresh = test.join(train.select("user_idx", "item_idx"), on=["user_idx", "item_idx"], how="anti")
+    grouped = fresh.group_by("user_idx").agg(pl.col("item_idx").unique()).sort("user_idx")
+    user_idx = grouped["user_idx"].to_numpy()
+    scores = user_vectors(weights, vectors)[user_idx] @ vectors.T
+    scores[seen[user_idx]] = -np.inf
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return metrics.topk_metrics(top, [set(v) for v in grouped["item_idx"].to_list()], k)[f"ndcg@{k}"]
+
+
+def test_finetuned_text_ranks_held_out_clicks_better_than_pretrained():
+    from recsys.split import split_interactions
+
+    data = generate_demo(DemoSpec(n_users=400, n_items=300, days=30, seed=5))
+    split = split_interactions(data.interactions, kind="temporal", test_fraction=0.25)
+    users = IdMap(kind="user").fit(split.train["user_id"])
+    items = IdMap(kind="item").fit(data.items["item_id"])
+    train = with_indices(split.train, users, items)
+    test = with_indices(split.test, users, items).drop_nulls("user_idx")
+    config = TextModelConfig(steps=60, batch_size=32, max_length=32, trainable_layers=2, learning_rate=1e-4)
+    result = finetune(TextEncoder(max_length=32), item_texts(data.items), next_item_examples(train, history_len=10),
+                      config, seed=0, eval_every=20, progress=False)
+    pretrained = _text_only_ndcg(result.pretrained_vectors, train, test, len(users))
+    finetuned = _text_only_ndcg(result.finetuned_vectors, train, test, len(users))
+    assert finetuned > pretrained, (finetuned, pretrained)
