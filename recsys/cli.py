@@ -170,6 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out_dir = Path("demo_out")
     out_dir.mkdir(exist_ok=True)
     train_args = argparse.Namespace(data="demo", split="temporal", k=10, experiment="recsys-demo", config=None,
+                                    cold_items=None, test_fraction=None,
                                     register=DEMO_MODEL_NAME, no_register=False, seed=args.seed, quiet=args.quiet,
                                     metrics_out=str(out_dir / "metrics.json"))
     result = cmd_train(train_args)["result"]

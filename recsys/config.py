@@ -83,7 +83,7 @@ class PipelineConfig:
     # EASE item-to-item model (features/item_item.py): lambda, weights kept per item, and the
     # catalog size above which the dense inverse is replaced by cosine co-occurrence.
     item_item_regularization: float = 500.0
-    item_item_neighbours: int = 400
+    item_item_neighbours: int = 200
     item_item_max_items: int = 20_000
     ctr_prior_strength: float = 20.0
     text: TextModelConfig = field(default_factory=TextModelConfig)
