@@ -95,9 +95,10 @@ def test_finetuned_text_ranks_held_out_clicks_better_than_pretrained():
     items = IdMap(kind="item").fit(data.items["item_id"])
     train = with_indices(split.train, users, items)
     test = with_indices(split.test, users, items).drop_nulls("user_idx")
-    config = TextModelConfig(steps=60, batch_size=32, max_length=32, trainable_layers=2, learning_rate=1e-4)
-    result = finetune(TextEncoder(max_length=32), item_texts(data.items), next_item_examples(train, history_len=10),
-                      config, seed=0, eval_every=20, progress=False)
+    config = TextModelConfig()  # the production settings: 100 steps, lr 5e-5, 48 tokens, top 2 layers
+    result = finetune(TextEncoder(max_length=config.max_length), item_texts(data.items),
+                      next_item_examples(train, history_len=config.history_len), config, seed=0, eval_every=20,
+                      progress=False)
     pretrained = _text_only_ndcg(result.pretrained_vectors, train, test, len(users))
     finetuned = _text_only_ndcg(result.finetuned_vectors, train, test, len(users))
     assert finetuned > pretrained, (finetuned, pretrained)
