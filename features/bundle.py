@@ -22,7 +22,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from features.candidates import generate_candidates
+from features.candidates import SOURCE_FEATURES, generate_candidates
 from features.ranking_frame import feature_arrays, feature_matrix
 from features.state import FeatureState
 from recsys.config import PipelineConfig
@@ -65,9 +65,12 @@ class RankingBundle:
         if explicit is not None and explicit.height:
             generate = np.setdiff1d(generate, explicit["query_idx"].unique().to_numpy())
         parts = []
+        # Generated candidates carry their source scores; explicit ones (a request's own list) do not.
+        reuse_scores = explicit is None or explicit.height == 0
         if generate.size:
             text = None if query_text is None else query_text[generate]
-            generated = generate_candidates(self.state, user_idx[generate], self.config.candidates, user_text=text)
+            generated = generate_candidates(self.state, user_idx[generate], self.config.candidates, user_text=text,
+                                            with_scores=reuse_scores)
             parts.append(generated.with_columns(pl.Series("query_idx", generate[generated["query_idx"].to_numpy()])))
         if explicit is not None and explicit.height:
             parts.append(explicit.select(pl.col("query_idx").cast(pl.Int32),
@@ -78,8 +81,10 @@ class RankingBundle:
             candidates = candidates.join(exclude.cast({"query_idx": pl.Int32, "item_idx": pl.Int32}),
                                          on=["query_idx", "item_idx"], how="anti", maintain_order="left")
         user_rows = candidates["user_idx"].to_numpy()
+        known = {name: candidates[name].to_numpy() for name in SOURCE_FEATURES.values() if name in candidates.columns}
         arrays = feature_arrays(self.state, user_rows, candidates["item_idx"].to_numpy(),
-                                query_idx=candidates["query_idx"].to_numpy(), query_text=query_text)
+                                query_idx=candidates["query_idx"].to_numpy(), query_text=query_text, known=known)
+        candidates = candidates.select("query_idx", "user_idx", "item_idx")
         scores = self.score(arrays)
         unknown = user_rows < 0
         if unknown.any():  # the ranker never saw users without a profile: rank them transparently

@@ -16,6 +16,8 @@ from recsys import schemas
 from recsys.config import CandidateConfig
 
 PERSONAL_SOURCES = ("cf", "item_item", "text")
+# The ranking-frame feature each personal source's score is (see ``with_scores``).
+SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
@@ -89,12 +91,16 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
 
 
 def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *,
-                        chunk_size: int = 512, user_text: np.ndarray | None = None) -> pl.DataFrame:
+                        chunk_size: int = 512, user_text: np.ndarray | None = None,
+                        with_scores: bool = False) -> pl.DataFrame:
     """Candidate rows (query_idx, user_idx, item_idx), Int32, sorted by query then item.
 
     ``query_idx`` is the position in ``user_idx``: unknown users (-1) stay separate queries.
     user_text: optional (len(user_idx), d) interest vectors that replace the stored ones
     (request-time history, cold users).
+    with_scores: also return each personal source's score of every candidate as its feature
+    column (``SOURCE_FEATURES``; Float32, NaN where the source knows nothing of the user), so
+    scoring does not compute the same dense products twice.
     """
     personal = {"cf": config.n_cf, "item_item": config.n_item_item, "text": config.n_text}
     popular = {"item_pop_all": config.n_popular, "item_pop_1d": config.n_recent}
@@ -105,10 +111,15 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         chunk_text = None if user_text is None else user_text[start:start + chunk_size]
         seen = seen_mask(state, chunk)
         picked = np.zeros_like(seen)
+        dense: dict[str, np.ndarray] = {}
         for source, n in personal.items():
-            if n <= 0:
+            if n <= 0 and not with_scores:
                 continue
             scores = source_scores(state, chunk, source, chunk_text)
+            if with_scores:
+                dense[source] = scores.copy()
+            if n <= 0:
+                continue
             scores[seen] = -np.inf
             top = top_n(scores, n)
             rows = np.repeat(np.arange(len(chunk)), top.shape[1])
@@ -119,11 +130,18 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
                 rows, cols = _global_top(state, chunk, seen, column, n)
                 picked[rows, cols] = True
         rows, cols = np.nonzero(picked)
-        frames.append(pl.DataFrame({
+        columns = {
             "query_idx": (rows + start).astype(np.int32),
             "user_idx": chunk[rows].astype(np.int32),
             "item_idx": cols.astype(np.int32),
-        }))
+        }
+        for source, scores in dense.items():
+            values = scores[rows, cols]
+            columns[SOURCE_FEATURES[source]] = np.where(np.isinf(values), np.nan, values).astype(np.float32)
+        frames.append(pl.DataFrame(columns))
     if not frames:
-        return pl.DataFrame(schema=schemas.CANDIDATES)
+        schema = dict(schemas.CANDIDATES)
+        if with_scores:
+            schema.update({name: pl.Float32 for name in SOURCE_FEATURES.values()})
+        return pl.DataFrame(schema=schema)
     return pl.concat(frames)

@@ -66,16 +66,22 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarray, *,
-                   query_idx: np.ndarray, query_text: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   query_idx: np.ndarray, query_text: np.ndarray | None = None,
+                   known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Every FEATURE_COLUMNS entry as a float32 (rows,) array (NaN = unknown) for the given pairs.
 
     user_idx: int (rows,), -1 for users unknown to the state; item_idx: int (rows,);
     query_idx: int (rows,), the ranked list each row belongs to (for the within-query ranks).
+    known: score features already computed for these rows (candidate generation's
+    ``with_scores``), used as they are.
     query_text: optional (n_queries, d) interest vectors indexed by ``query_idx``, replacing the
     stored user vectors (request-time history for cold users).
     Every feature is a numpy gather from the state's dense tables: no joins, no row loops.
     """
-    if query_text is not None:
+    known = known or {}
+    if "text_score" in known:
+        text = known["text_score"]
+    elif query_text is not None:
         text = pair_text_scores(query_text, state.item_vectors, query_idx, item_idx)
     else:
         text = pair_text_scores(state.user_text, state.item_vectors, user_idx, item_idx)
@@ -85,10 +91,13 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     user_affinity = np.full(len(user_idx), np.nan, dtype=np.float32)
     known = user_idx >= 0
     user_affinity[known] = affinity[user_idx[known], state.item_category[item_idx[known]]]
-    columns = {"als_score": state.als.pair_scores(user_idx, item_idx),
-               "bpr_score": state.bpr.pair_scores(user_idx, item_idx),
-               "item_item_score": state.item_item.pair_scores(state.history(), user_idx, item_idx),
-               "text_score": text}
+    columns = {
+        "als_score": known["als_score"] if "als_score" in known else state.als.pair_scores(user_idx, item_idx),
+        "bpr_score": state.bpr.pair_scores(user_idx, item_idx),
+        "item_item_score": known["item_item_score"] if "item_item_score" in known
+        else state.item_item.pair_scores(state.history(), user_idx, item_idx),
+        "text_score": text,
+    }
     for name in SCORE_FEATURES:
         columns[f"{name}_query_rank"] = rank_within_query(query_idx, columns[name])
     columns.update({name: item_values[:, j] for j, name in enumerate(behaviour.ITEM_FEATURES)})

@@ -72,3 +72,21 @@ def test_group_sizes_require_contiguous_queries():
     assert group_sizes(frame).tolist() == [2, 3]
     with pytest.raises(ValueError, match="must be contiguous"):
         group_sizes(pl.DataFrame({"query_idx": [0, 1, 0]}))
+
+
+def test_scores_carried_from_candidate_generation_equal_the_computed_features(small_bundle):
+    from features.candidates import SOURCE_FEATURES
+    from features.ranking_frame import feature_arrays
+
+    state = small_bundle.state
+    users = np.array([0, 3, -1, 7], dtype=np.int32)
+    carried = generate_candidates(state, users, small_bundle.config.candidates, with_scores=True)
+    plain = generate_candidates(state, users, small_bundle.config.candidates)
+    assert carried.select("query_idx", "user_idx", "item_idx").equals(plain)
+    known = {name: carried[name].to_numpy() for name in SOURCE_FEATURES.values()}
+    args = (state, plain["user_idx"].to_numpy(), plain["item_idx"].to_numpy())
+    reused = feature_arrays(*args, query_idx=plain["query_idx"].to_numpy(), known=known)
+    computed = feature_arrays(*args, query_idx=plain["query_idx"].to_numpy())
+    for name in SOURCE_FEATURES.values():
+        np.testing.assert_allclose(reused[name], computed[name], rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert np.isnan(reused["als_score"][plain["user_idx"].to_numpy() == -1]).all()

@@ -256,5 +256,6 @@ def _log_results(evaluation, ranker: LambdaRanker, text, metric_log, config: Pip
     mlflow.log_figure(plots.slice_figure(results, config.k), "plots/metric_by_slice.png")
     mlflow.log_figure(plots.score_distribution_figure(evaluation.ranker_scores, evaluation.ranker_labels),
                       "plots/score_distribution.png")
+    plots.close_all()
     mlflow.log_dict(results, "metrics/all_models.json")
     mlflow.log_text(json.dumps(ranker.feature_importance(), indent=2), "metrics/feature_importance.json")

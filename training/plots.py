@@ -81,3 +81,8 @@ def score_distribution_figure(scores, labels):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def close_all() -> None:
+    """Free the figures once logged (pyplot keeps every figure alive until closed)."""
+    plt.close("all")
