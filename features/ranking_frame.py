@@ -43,6 +43,19 @@ def _gather_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+def order_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Row order grouping rows by ascending query and, within a query, by descending value.
+
+    Ties keep their row order (stable). One float64 sort key, the query in the integer part and
+    the descending value in the fraction: 2x faster than ``np.lexsort``; values closer than
+    2**-30 of their range count as ties. query_idx: int (rows,); values: finite float (rows,).
+    """
+    v = values.astype(np.float64)
+    low, high = (v.min(), v.max()) if len(v) else (0.0, 0.0)
+    fraction = (high - v) / (high - low) * 0.999 if high > low else np.zeros_like(v)
+    return np.argsort(query_idx.astype(np.float64) + fraction, kind="stable")
+
+
 def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     """float32 (rows,) 1-based rank of each value within its query, largest first; NaN stays NaN.
 
@@ -52,12 +65,7 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     ok = np.flatnonzero(~np.isnan(values))
     if ok.size == 0:
         return out
-    v = values[ok].astype(np.float64)
-    low, high = v.min(), v.max()
-    # One float64 sort key: the query in the integer part, the descending value in the fraction
-    # (2x faster than lexsort; 2**-30 resolution is far below any score difference that matters).
-    fraction = (high - v) / (high - low) * 0.999 if high > low else np.zeros_like(v)
-    order = ok[np.argsort(query_idx[ok].astype(np.float64) + fraction, kind="stable")]
+    order = ok[order_within_query(query_idx[ok], values[ok])]
     q = query_idx[order]
     starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
     position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
