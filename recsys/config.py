@@ -23,6 +23,8 @@ class TextModelConfig:
     temperature: softmax temperature of the in-batch contrastive loss (cosine scores).
     history_len: most recent history items that form a user's interest vector.
     recency_half_life: half life, in history positions, of the recency weights.
+    hard_negatives: where impressions exist, items shown with a click and not clicked that join
+        the batch's softmax as negatives (per example, sampled).
     """
 
     max_length: int = 48
@@ -34,6 +36,7 @@ class TextModelConfig:
     history_len: int = 20
     recency_half_life: float = 5.0
     encode_batch_size: int = 64
+    hard_negatives: int = 2  # shown-but-not-clicked items per click joining the softmax (0 = off)
 
 
 @dataclass(frozen=True)

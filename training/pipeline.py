@@ -172,7 +172,9 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                             "data/label_window_rows": nested.test.height})
         with timer.stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
-            text = _fit_text(dataset.items, with_indices(nested.train, users, items), config, encoder_dir,
+            shown = (None if nested.impressions_train is None
+                     else with_indices(nested.impressions_train, users, items))
+            text = _fit_text(dataset.items, with_indices(nested.train, users, items), shown, config, encoder_dir,
                              metric_log, progress)
         with timer.stage("features_feature_window"):
             state_feat = fit_feature_state(catalog=dataset.items, interactions=nested.train,
@@ -223,10 +225,12 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                            became_champion=became_champion, metrics=results, timings=timer.timings)
 
 
-def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, config: PipelineConfig, encoder_dir: Path,
-              metric_log, progress: bool):
+def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: pl.DataFrame | None,
+              config: PipelineConfig, encoder_dir: Path, metric_log, progress: bool):
     encoder = TextEncoder(max_length=config.text.max_length)
-    examples = next_item_examples(feature_events.filter(pl.col("user_idx") >= 0), config.text.history_len)
+    examples = next_item_examples(feature_events.filter(pl.col("user_idx") >= 0), config.text.history_len,
+                                  impressions=impressions)
+    mlflow.log_metric("text/examples_with_hard_negatives", float((examples["negatives"].list.len() > 0).sum()))
     result = finetune(encoder, item_texts(catalog), examples, config.text, seed=config.seed,
                       progress=progress, log_metric=metric_log)
     encoder.save(encoder_dir)

@@ -9,8 +9,11 @@ of the history's item vectors taken from a snapshot of the item table (refreshed
 ``eval_every`` steps, no gradient); the target items of the batch are encoded with gradient,
 and an in-batch softmax (InfoNCE, cosine / temperature) pushes each user's next item above
 the other targets. Items that are the positive of several examples are not counted as
-negatives for them. Validation loss on held-out examples decides early stopping, and the
-best weights are kept.
+negatives for them. Where impressions exist, each click also brings up to
+``hard_negatives`` items shown beside it and not clicked: they join the batch's softmax as
+negatives for every example (encoded with gradient, deduplicated with the targets).
+Validation loss on held-out examples (in-batch negatives only, comparable across runs)
+decides early stopping, and the best weights are kept.
 """
 
 from __future__ import annotations
@@ -97,13 +100,18 @@ def _run_layer(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor)
     return out[0] if isinstance(out, tuple) else out
 
 
-def next_item_examples(events: pl.DataFrame, history_len: int) -> pl.DataFrame:
-    """(history: list[int32] oldest->newest, target: int32) for every interaction after a user's
-    first, from ``user_idx, item_idx, timestamp`` rows."""
-    return (
+def next_item_examples(events: pl.DataFrame, history_len: int,
+                       impressions: pl.DataFrame | None = None) -> pl.DataFrame:
+    """(history: list[int32] oldest->newest, target: int32, negatives: list[int32]) for every
+    interaction after a user's first, from ``user_idx, item_idx, timestamp`` rows.
+
+    negatives: the items shown in the impression where the target was clicked and not clicked
+    (``impressions``: impression_id, user_idx, item_idx, timestamp, clicked); empty without one.
+    """
+    examples = (
         events.sort("timestamp")
         .group_by("user_idx", maintain_order=True)
-        .agg(pl.col("item_idx"))
+        .agg(pl.col("item_idx"), pl.col("timestamp"))
         .with_columns(pl.col("item_idx").list.len().alias("_n"))
         .filter(pl.col("_n") >= 2)
         .with_columns(pl.int_ranges(1, pl.col("_n")).alias("_pos"))
@@ -112,8 +120,23 @@ def next_item_examples(events: pl.DataFrame, history_len: int) -> pl.DataFrame:
             pl.col("item_idx").list.slice(pl.max_horizontal(pl.col("_pos") - history_len, 0),
                                           pl.min_horizontal(pl.col("_pos"), history_len)).alias("history"),
             pl.col("item_idx").list.get(pl.col("_pos")).alias("target"),
+            pl.col("timestamp").list.get(pl.col("_pos")).alias("_time"),
+            pl.col("user_idx").alias("_user"),
         )
     )
+    empty = pl.lit([], dtype=pl.List(pl.Int32)).alias("negatives")
+    if impressions is None or impressions.height == 0:
+        return examples.with_columns(empty).drop("_time", "_user")
+    shown = impressions.filter(pl.col("user_idx").is_not_null() & (pl.col("user_idx") >= 0))
+    clicks = shown.filter(pl.col("clicked") == 1).select(
+        "impression_id", pl.col("user_idx").alias("_user"), pl.col("item_idx").alias("target"),
+        pl.col("timestamp").alias("_time")).unique(["_user", "target", "_time"], keep="first")
+    unclicked = shown.filter(pl.col("clicked") == 0).group_by("impression_id").agg(
+        pl.col("item_idx").cast(pl.Int32).alias("negatives"))
+    return (examples.join(clicks, on=["_user", "target", "_time"], how="left", maintain_order="left")
+            .join(unclicked, on="impression_id", how="left", maintain_order="left")
+            .with_columns(pl.col("negatives").fill_null(pl.lit([], dtype=pl.List(pl.Int32))))
+            .drop("_time", "_user", "impression_id"))
 
 
 def _user_vectors(table: torch.Tensor, histories: list[np.ndarray], half_life: float) -> torch.Tensor:
@@ -157,6 +180,8 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     train = examples[perm[n_val:]]
     histories = [np.asarray(h, dtype=np.int64) for h in train["history"].to_list()]
     targets = train["target"].to_numpy().astype(np.int64)
+    negatives = ([np.asarray(n, dtype=np.int64) for n in train["negatives"].to_list()]
+                 if "negatives" in train.columns and config.hard_negatives > 0 else None)
     val_hist = [np.asarray(h, dtype=np.int64) for h in val["history"].to_list()]
     val_targets = torch.from_numpy(val["target"].to_numpy().astype(np.int64))
 
@@ -174,11 +199,17 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
         for step in range(1, config.steps + 1):
             pick = torch.randint(len(targets), (config.batch_size,), generator=generator).numpy()
             batch_targets = torch.from_numpy(targets[pick])
-            unique, position = torch.unique(batch_targets, return_inverse=True)
             users = _user_vectors(table, [histories[i] for i in pick], config.recency_half_life)
-            item_vecs = tower.encode(unique)  # duplicates in the batch are encoded once
-            loss = _info_nce(users, item_vecs[position], batch_targets, torch.arange(len(pick)),
-                             config.temperature)
+            if negatives is None:
+                unique, position = torch.unique(batch_targets, return_inverse=True)
+                item_vecs = tower.encode(unique)  # duplicates in the batch are encoded once
+                loss = _info_nce(users, item_vecs[position], batch_targets, torch.arange(len(pick)),
+                                 config.temperature)
+            else:
+                hard = _sample_negatives([negatives[i] for i in pick], config.hard_negatives, rng)
+                columns, position = torch.unique(torch.cat([batch_targets, hard]), return_inverse=True)
+                logits = users @ tower.encode(columns).T / config.temperature
+                loss = torch.nn.functional.cross_entropy(logits, position[:len(pick)])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -212,6 +243,12 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
                           train_losses=train_losses, val_losses=val_losses, val_steps=val_steps,
                           best_step=best[1])
+
+
+def _sample_negatives(per_example: list[np.ndarray], k: int, rng: np.random.Generator) -> torch.Tensor:
+    """Up to ``k`` hard negatives per example, drawn without replacement, concatenated (int64)."""
+    picked = [n if len(n) <= k else rng.choice(n, size=k, replace=False) for n in per_example]
+    return torch.from_numpy(np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64))
 
 
 def _val_loss(table: torch.Tensor, histories: list[np.ndarray], targets: torch.Tensor,

@@ -1,0 +1,33 @@
+"""Training examples of the text model: next-item pairs and hard negatives from impressions."""
+
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from training.text_finetune import next_item_examples
+
+T0 = datetime(2026, 1, 1)
+
+
+def test_examples_pair_each_click_with_its_history_and_the_unclicked_items_shown_beside_it():
+    events = pl.DataFrame({"user_idx": [0, 0, 0, 1], "item_idx": [5, 6, 7, 5],
+                           "timestamp": [T0, T0 + timedelta(hours=1), T0 + timedelta(hours=2), T0]})
+    impressions = pl.DataFrame({
+        "impression_id": ["a", "a", "a", "b", "b"],
+        "user_idx": [0, 0, 0, 0, 0],
+        "item_idx": [6, 8, 9, 7, 6],
+        "timestamp": [T0 + timedelta(hours=1)] * 3 + [T0 + timedelta(hours=2)] * 2,
+        "clicked": [1, 0, 0, 1, 0],
+    })
+    out = next_item_examples(events, history_len=5, impressions=impressions)
+    rows = {row["target"]: row for row in out.iter_rows(named=True)}
+    assert rows[6]["history"] == [5] and sorted(rows[6]["negatives"]) == [8, 9]
+    assert rows[7]["history"] == [5, 6] and rows[7]["negatives"] == [6]
+    assert out.height == 2  # user 1 has a single click: no example
+
+
+def test_without_impressions_negatives_are_empty():
+    events = pl.DataFrame({"user_idx": [0, 0], "item_idx": [1, 2], "timestamp": [T0, T0 + timedelta(days=1)]})
+    out = next_item_examples(events, history_len=5)
+    assert out.columns == ["history", "target", "negatives"]
+    assert out.row(0) == ([1], 2, [])
