@@ -102,3 +102,16 @@ def test_finetuned_text_ranks_held_out_clicks_better_than_pretrained():
     pretrained = _text_only_ndcg(result.pretrained_vectors, train, test, len(users))
     finetuned = _text_only_ndcg(result.finetuned_vectors, train, test, len(users))
     assert finetuned > pretrained, (finetuned, pretrained)
+
+
+def test_hard_negatives_from_impressions_join_the_softmax_and_training_still_learns():
+    data = generate_demo(DemoSpec(n_users=200, n_items=150, days=20, seed=11))
+    users = IdMap(kind="user").fit(data.interactions["user_id"])
+    items = IdMap(kind="item").fit(data.items["item_id"])
+    examples = next_item_examples(with_indices(data.interactions, users, items), history_len=10,
+                                  impressions=with_indices(data.impressions, users, items))
+    assert (examples["negatives"].list.len() > 0).mean() > 0.5  # most demo clicks came from an impression
+    config = TextModelConfig(steps=30, batch_size=32, max_length=32, learning_rate=1e-4, hard_negatives=2)
+    result = finetune(TextEncoder(max_length=32), item_texts(data.items), examples, config, seed=0, eval_every=10,
+                      progress=False)
+    assert min(result.val_losses[1:]) < 0.9 * result.val_losses[0]
