@@ -28,6 +28,10 @@ class TextModelConfig:
     """
 
     max_length: int = 48
+    # Measured on the demo (text stage / held-out loss / text-only nDCG@10 / impression AUC):
+    # 1 layer 37 s / 2.532 / 0.0398 / 0.784; 2 layers 58 s / 2.473 / 0.0401 / 0.789;
+    # 3 layers 86 s / 2.453 / 0.0409 / 0.792. The third layer buys a third of the second's loss
+    # gain for +48% time, and the ranker moved within run-to-run noise (0.189 / 0.186 / 0.194).
     trainable_layers: int = 2
     steps: int = 100
     batch_size: int = 48
