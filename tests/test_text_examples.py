@@ -31,3 +31,15 @@ def test_without_impressions_negatives_are_empty():
     out = next_item_examples(events, history_len=5)
     assert out.columns == ["history", "target", "negatives"]
     assert out.row(0) == ([1], 2, [])
+
+
+def test_length_buckets_partition_the_examples_into_length_bands():
+    import numpy as np
+
+    from training.text_finetune import _length_buckets
+
+    lengths = np.array([30, 5, 12, 48, 7, 22, 40, 9])
+    bands = _length_buckets(lengths, 4)
+    assert sorted(np.concatenate(bands).tolist()) == list(range(8))
+    assert [sorted(lengths[b].tolist()) for b in bands] == [[5, 7], [9, 12], [22, 30], [40, 48]]
+    assert len(_length_buckets(lengths, 1)) == 1 and len(_length_buckets(lengths[:2], 4)) == 2

@@ -182,6 +182,7 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     targets = train["target"].to_numpy().astype(np.int64)
     negatives = ([np.asarray(n, dtype=np.int64) for n in train["negatives"].to_list()]
                  if "negatives" in train.columns and config.hard_negatives > 0 else None)
+    buckets = _length_buckets(tower.lengths.numpy()[targets], config.length_buckets)
     val_hist = [np.asarray(h, dtype=np.int64) for h in val["history"].to_list()]
     val_targets = torch.from_numpy(val["target"].to_numpy().astype(np.int64))
 
@@ -197,7 +198,8 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     model.train()
     with progress_bar(total=config.steps, desc="fine-tune text", unit="step", enabled=progress) as bar:
         for step in range(1, config.steps + 1):
-            pick = torch.randint(len(targets), (config.batch_size,), generator=generator).numpy()
+            bucket = buckets[rng.choice(len(buckets), p=[len(b) / len(targets) for b in buckets])]
+            pick = bucket[torch.randint(len(bucket), (config.batch_size,), generator=generator).numpy()]
             batch_targets = torch.from_numpy(targets[pick])
             users = _user_vectors(table, [histories[i] for i in pick], config.recency_half_life)
             if negatives is None:
@@ -243,6 +245,16 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
                           train_losses=train_losses, val_losses=val_losses, val_steps=val_steps,
                           best_step=best[1])
+
+
+def _length_buckets(lengths: np.ndarray, n_buckets: int) -> list[np.ndarray]:
+    """Example indices grouped into ``n_buckets`` quantile bands of target token length.
+
+    A batch is drawn from one band, so the upper layers pad each batch to a similar length
+    (bands are chosen in proportion to their size: every example keeps its sampling rate).
+    """
+    order = np.argsort(lengths, kind="stable")
+    return [band for band in np.array_split(order, max(1, min(n_buckets, len(order)))) if len(band)]
 
 
 def _sample_negatives(per_example: list[np.ndarray], k: int, rng: np.random.Generator) -> torch.Tensor:
