@@ -3,7 +3,9 @@
 A ridge regression from the item vectors to ``log1p(interactions)``, fitted on the items seen
 in the window. Items without behaviour (new or cold items) get an estimate from their text
 alone, which is what lets them compete with items that have a history: on MovieLens 100K with
-20% of items held out, ranking the held-out items by it finds 5x more of them than random.
+20% of items held out, ranking the held-out items by it alone finds 2.3x more of them than
+random (the ``text_popularity`` row of a ``--cold-items 0.2`` run), and the ranker that uses
+it with the other text features 5x.
 """
 
 from __future__ import annotations

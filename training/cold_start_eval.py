@@ -4,8 +4,8 @@ Each test user with at least one relevant cold item ranks the whole cold set (ev
 item, none of which is in anyone's training history); nDCG@k and Recall@k are computed
 against the user's relevant cold items only. The ranker ranks the set through its bundle
 (text features; behaviour features of never-seen items); baselines: random, popularity
-(no signal by construction: every cold item has zero training interactions, ties broken by
-index) and the text score alone.
+(no signal by construction: every cold item has zero training interactions), the text
+score alone and the text-predicted popularity alone.
 
 Ties are broken at random (seeded), never by item index: catalog order often carries
 information (MovieLens numbers its best-known films first) that no model should get for free.
