@@ -116,8 +116,8 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
             if n <= 0 and not with_scores:
                 continue
             scores = source_scores(state, chunk, source, chunk_text)
-            if with_scores:
-                dense[source] = scores.copy()
+            if with_scores:  # masking seen items below does not touch any candidate's score
+                dense[source] = scores
             if n <= 0:
                 continue
             scores[seen] = -np.inf
