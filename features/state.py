@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from features import behaviour
 from features.cf import CFFactors, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item
-from features.text_interest import history_weights, user_vectors
+from features.text_interest import HistoryPooling, history_weights, user_vectors
 from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.user_items import build_user_items
 from recsys.config import PipelineConfig
@@ -52,6 +52,7 @@ class FeatureState:
     ref_time: datetime
     history_len: int
     half_life: float
+    pooling: HistoryPooling | None = None  # learned history attention (None: plain recency weights)
     _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _history: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
     _text_popularity: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -109,6 +110,9 @@ class FeatureState:
         self.affinity.write_parquet(folder / "affinity.parquet")
         meta = {"ref_time": self.ref_time.isoformat(), "history_len": self.history_len,
                 "half_life": self.half_life, "n_users": self.n_users, "n_items": self.n_items}
+        if self.pooling is not None:
+            np.save(folder / "pooling_query.npy", self.pooling.query)
+            meta["pooling_slope"] = self.pooling.slope
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -133,6 +137,8 @@ class FeatureState:
             ref_time=datetime.fromisoformat(meta["ref_time"]),
             history_len=meta["history_len"],
             half_life=meta["half_life"],
+            pooling=HistoryPooling(query=np.load(folder / "pooling_query.npy"), slope=meta["pooling_slope"])
+            if "pooling_slope" in meta else None,
         )
 
 
@@ -146,7 +152,7 @@ def with_text_vectors(state: FeatureState, interactions: pl.DataFrame, item_vect
     weights = history_weights(events, n_users=state.n_users, n_items=state.n_items,
                               history_len=state.history_len, half_life=state.half_life)
     counts = state.item_features.sort("item_idx")["item_pop_all"].to_numpy()
-    return replace(state, item_vectors=item_vectors, user_text=user_vectors(weights, item_vectors),
+    return replace(state, item_vectors=item_vectors, user_text=user_vectors(weights, item_vectors), pooling=None,
                    text_popularity_weights=fit_text_popularity(item_vectors, counts), _text_popularity=None)
 
 
@@ -160,7 +166,7 @@ def with_indices(events: pl.DataFrame, users: IdMap, items: IdMap) -> pl.DataFra
 
 def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                       impressions: pl.DataFrame | None, item_vectors: np.ndarray, users: IdMap,
-                      items: IdMap, config: PipelineConfig) -> FeatureState:
+                      items: IdMap, config: PipelineConfig, pooling: HistoryPooling | None = None) -> FeatureState:
     """Fit CF models and compute feature tables on ``interactions`` (one window).
 
     catalog: the items table, in the order of ``items`` (the item id map).
@@ -178,8 +184,8 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                  iterations=config.bpr_iterations, seed=config.seed)
     item_item = fit_item_item(user_items, kind="ease", regularization=config.item_item_regularization,
                               neighbours=config.item_item_neighbours, max_items=config.item_item_max_items)
-    weights = history_weights(events, n_users=n_users, n_items=n_items,
-                              history_len=config.text.history_len, half_life=config.text.recency_half_life)
+    weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
+                              half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
     categories = IdMap(kind="category").fit(catalog["category"])
     item_category = categories.to_index(catalog["category"])
     imp = None
@@ -205,4 +211,5 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         ref_time=ref_after,
         history_len=config.text.history_len,
         half_life=config.text.recency_half_life,
+        pooling=pooling,
     )

@@ -1,27 +1,59 @@
 """User interest vectors from the vectors of the items in their history, and interest scores.
 
-A user vector is the recency-weighted mean of their last ``history_len`` item vectors
-(weight 0.5 ** (position_from_end / half_life)), L2-normalised. No language-model forward
-pass is needed for users: only item vectors.
+A user vector is an attention-pooled mean of their last ``history_len`` item vectors,
+L2-normalised: item i of the history (``p`` positions from the newest) weighs
+``exp(slope * p + query . v_i)``. With ``query = 0`` and ``slope = -ln 2 / half_life`` this is the
+plain recency-weighted mean (weight 0.5 ** (p / half_life)); fine-tuning learns both, so the
+tower can attend to the history items that say most about the next one. No language-model
+forward pass is needed for users: only item vectors.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
 
+@dataclass(frozen=True)
+class HistoryPooling:
+    """query: float32 (d,) attention query over item vectors; slope: log-weight per position back."""
+
+    query: np.ndarray
+    slope: float
+
+    @classmethod
+    def recency(cls, half_life: float, dim: int) -> HistoryPooling:
+        """The plain recency-weighted mean: no item attention, weight halves every ``half_life``."""
+        return cls(query=np.zeros(dim, dtype=np.float32), slope=-math.log(2.0) / half_life)
+
+    def item_logits(self, item_vectors: np.ndarray) -> np.ndarray:
+        """float32 (n_items,) attention logit of each item, clipped to [-20, 20] (exp stays finite)."""
+        return np.clip(item_vectors @ self.query, -20.0, 20.0).astype(np.float32)
+
+
 def history_weights(interactions: pl.DataFrame, *, n_users: int, n_items: int, history_len: int,
-                    half_life: float) -> sp.csr_matrix:
-    """Recency weights as CSR (n_users, n_items) float32 from ``user_idx, item_idx, timestamp``."""
+                    half_life: float, pooling: HistoryPooling | None = None,
+                    item_vectors: np.ndarray | None = None) -> sp.csr_matrix:
+    """Pooling weights as CSR (n_users, n_items) float32 from ``user_idx, item_idx, timestamp``.
+
+    Without ``pooling`` (or ``item_vectors``): recency weights 0.5 ** (p / half_life).
+    """
     recent = (
         interactions.select("user_idx", "item_idx", "timestamp")
         .sort("timestamp")
         .with_columns(pl.int_range(pl.len(), 0, -1).over("user_idx").alias("_from_end"))
         .filter(pl.col("_from_end") <= history_len)
-        .with_columns((0.5 ** ((pl.col("_from_end") - 1) / half_life)).cast(pl.Float32).alias("_w"))
     )
+    if pooling is None or item_vectors is None:
+        recent = recent.with_columns((0.5 ** ((pl.col("_from_end") - 1) / half_life)).cast(pl.Float32).alias("_w"))
+    else:
+        logits = pooling.item_logits(item_vectors)[recent["item_idx"].to_numpy()]
+        recent = recent.with_columns(pl.Series("_w", np.exp(
+            pooling.slope * (recent["_from_end"].to_numpy() - 1) + logits).astype(np.float32)))
     matrix = sp.csr_matrix(
         (recent["_w"].to_numpy(), (recent["user_idx"].to_numpy(), recent["item_idx"].to_numpy())),
         shape=(n_users, n_items), dtype=np.float32,
@@ -37,12 +69,17 @@ def user_vectors(weights: sp.csr_matrix, item_vectors: np.ndarray) -> np.ndarray
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-def vector_from_history(item_idx: np.ndarray, item_vectors: np.ndarray, *, half_life: float) -> np.ndarray:
+def vector_from_history(item_idx: np.ndarray, item_vectors: np.ndarray, *, half_life: float,
+                        pooling: HistoryPooling | None = None) -> np.ndarray:
     """One interest vector (d,) from item indices ordered oldest -> newest (request-time history)."""
     if len(item_idx) == 0:
         return np.zeros(item_vectors.shape[1], dtype=np.float32)
     from_end = np.arange(len(item_idx) - 1, -1, -1)
-    w = (0.5 ** (from_end / half_life)).astype(np.float32)
+    if pooling is None:
+        w = (0.5 ** (from_end / half_life)).astype(np.float32)
+    else:
+        w = np.exp(pooling.slope * from_end + pooling.item_logits(item_vectors[np.asarray(item_idx)]))
+        w = w.astype(np.float32)
     v = w @ item_vectors[np.asarray(item_idx)]
     n = np.linalg.norm(v)
     return (v / n).astype(np.float32) if n > 0 else v.astype(np.float32)

@@ -103,7 +103,8 @@ def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.D
         return vectors, [PERSONALIZED if known[q] else COLD_START for q in range(n)]
     by_query = history.group_by("query_idx", maintain_order=True).agg("item_idx")
     for q, items in by_query.iter_rows():
-        fresh = vector_from_history(np.asarray(items), state.item_vectors, half_life=state.half_life)
+        fresh = vector_from_history(np.asarray(items), state.item_vectors, half_life=state.half_life,
+                                    pooling=state.pooling)
         # The request's history is the newest evidence: weigh it like that many recent items.
         weight = len(items) / (len(items) + state.half_life) if known[q] else 1.0
         blended = (1 - weight) * vectors[q] + weight * fresh

@@ -43,3 +43,21 @@ def test_length_buckets_partition_the_examples_into_length_bands():
     assert sorted(np.concatenate(bands).tolist()) == list(range(8))
     assert [sorted(lengths[b].tolist()) for b in bands] == [[5, 7], [9, 12], [22, 30], [40, 48]]
     assert len(_length_buckets(lengths, 1)) == 1 and len(_length_buckets(lengths[:2], 4)) == 2
+
+
+def test_attention_pooling_starts_as_the_recency_mean_and_attends_to_matching_items():
+    import numpy as np
+
+    from features.text_interest import HistoryPooling, vector_from_history
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    history = np.array([0, 3, 5])
+    plain = vector_from_history(history, vectors, half_life=5.0)
+    start = vector_from_history(history, vectors, half_life=5.0, pooling=HistoryPooling.recency(5.0, 8))
+    np.testing.assert_allclose(start, plain, atol=1e-6)
+    # a query aligned with the oldest item pulls the user vector towards it
+    focused = vector_from_history(history, vectors, half_life=5.0,
+                                  pooling=HistoryPooling(query=10 * vectors[0], slope=-0.1386))
+    assert focused @ vectors[0] > plain @ vectors[0] + 0.1

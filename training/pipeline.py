@@ -180,7 +180,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             state_feat = fit_feature_state(catalog=dataset.items, interactions=nested.train,
                                            impressions=nested.impressions_train,
                                            item_vectors=text.finetuned_vectors, users=users, items=items,
-                                           config=config)
+                                           config=config, pooling=text.pooling)
             frame = labelled_frame(state_feat, nested.test, nested.impressions_test, config, feature_cold)
             state_feat_pretrained = with_text_vectors(state_feat, nested.train, text.pretrained_vectors)
             frame_pretrained = labelled_frame(state_feat_pretrained, nested.test, nested.impressions_test, config,
@@ -191,7 +191,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         with timer.stage("features_full_window"):
             state = fit_feature_state(catalog=dataset.items, interactions=split.train,
                                       impressions=split.impressions_train, item_vectors=text.finetuned_vectors,
-                                      users=users, items=items, config=config)
+                                      users=users, items=items, config=config, pooling=text.pooling)
             state_pretrained = with_text_vectors(state, split.train, text.pretrained_vectors)
         bundles = {name: RankingBundle(config=config, state=state_pretrained if "pretrained" in name else state,
                                        booster=r.booster, feature_columns=r.feature_names)
@@ -235,7 +235,9 @@ def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: 
                       progress=progress, log_metric=metric_log)
     encoder.save(encoder_dir)
     mlflow.log_metrics({"text/best_step": result.best_step, "text/best_val_loss": min(result.val_losses),
-                        "text/pretrained_val_loss": result.val_losses[0]})
+                        "text/pretrained_val_loss": result.val_losses[0],
+                        "text/pooling_slope": result.pooling.slope,
+                        "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
     return result
 
 

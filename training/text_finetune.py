@@ -4,9 +4,11 @@ Cost control on CPU: the lower ``6 - trainable_layers`` transformer layers stay 
 their outputs are computed once per catalog and cached, so a step runs only the upper
 layers, and only for the (deduplicated) target items of the batch.
 
-Objective: for an example (history, next item), the user vector is the recency-weighted mean
-of the history's item vectors taken from a snapshot of the item table (refreshed every
-``eval_every`` steps, no gradient); the target items of the batch are encoded with gradient,
+Objective: for an example (history, next item), the user vector is the attention-pooled mean
+of the history's item vectors (features/text_interest.py: a learned query over item vectors
+plus a learned recency slope, starting as the plain recency-weighted mean) taken from a
+snapshot of the item table (refreshed every ``eval_every`` steps, no gradient to the items;
+the pooling parameters learn through it); the target items of the batch are encoded with gradient,
 and an in-batch softmax (InfoNCE, cosine / temperature) pushes each user's next item above
 the other targets. Items that are the positive of several examples are not counted as
 negatives for them. Where impressions exist, each click also brings up to
@@ -28,6 +30,7 @@ import polars as pl
 import torch
 
 from features.text_encoder import TextEncoder, mean_pool
+from features.text_interest import HistoryPooling
 from recsys.config import TextModelConfig
 from recsys.progress import progress as progress_bar
 
@@ -44,6 +47,7 @@ class FinetuneResult:
     val_losses: list[float]
     val_steps: list[int]
     best_step: int
+    pooling: HistoryPooling | None = None
 
 
 class _CachedTower:
@@ -139,12 +143,27 @@ def next_item_examples(events: pl.DataFrame, history_len: int,
             .drop("_time", "_user", "impression_id"))
 
 
-def _user_vectors(table: torch.Tensor, histories: list[np.ndarray], half_life: float) -> torch.Tensor:
-    rows = []
-    for hist in histories:
-        w = torch.from_numpy((0.5 ** (np.arange(len(hist) - 1, -1, -1) / half_life)).astype(np.float32))
-        rows.append(w @ table[torch.from_numpy(hist.astype(np.int64))])
-    return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+class _Pooling(torch.nn.Module):
+    """Attention pooling of history item vectors: logit = slope * positions_back + query . v."""
+
+    def __init__(self, dim: int, half_life: float) -> None:
+        super().__init__()
+        start = HistoryPooling.recency(half_life, dim)
+        self.query = torch.nn.Parameter(torch.zeros(dim))
+        self.slope = torch.nn.Parameter(torch.tensor(float(start.slope)))
+
+    def forward(self, table: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+        rows = []
+        for hist in histories:
+            vecs = table[torch.from_numpy(hist.astype(np.int64))].clone()  # a normal tensor: grads reach the pooling
+            back = torch.arange(len(hist) - 1, -1, -1, dtype=vecs.dtype)
+            weights = torch.softmax(self.slope * back + (vecs @ self.query).clamp(-20, 20), dim=0)
+            rows.append(weights @ vecs)
+        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+
+    def export(self) -> HistoryPooling:
+        return HistoryPooling(query=self.query.detach().numpy().astype(np.float32).copy(),
+                              slope=float(self.slope.detach()))
 
 
 def _info_nce(users: torch.Tensor, targets_vec: torch.Tensor, target_ids: torch.Tensor,
@@ -172,7 +191,11 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     params = [p for layer in tower.upper for p in layer.parameters()]
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+    pooling = _Pooling(tower.hidden.shape[2], config.recency_half_life)
+    # The pooling has a few hundred parameters starting from the plain recency mean: it needs a
+    # far larger step than the transformer to move within 100 steps.
+    optimizer = torch.optim.AdamW([{"params": params}, {"params": pooling.parameters(), "lr": 1e-3}],
+                                  lr=config.learning_rate, weight_decay=0.01)
 
     perm = rng.permutation(examples.height)
     n_val = min(max(64, examples.height // 10), 512, examples.height // 2)
@@ -189,9 +212,10 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     table = tower.table(config.encode_batch_size)
     pretrained = table.numpy().copy()
     train_losses: list[float] = []
-    val_losses = [_val_loss(table, val_hist, val_targets, config)]
+    val_losses = [_val_loss(table, val_hist, val_targets, config, pooling)]
     val_steps = [0]
-    best = (val_losses[0], 0, copy.deepcopy([layer.state_dict() for layer in tower.upper]))
+    best = (val_losses[0], 0, copy.deepcopy([layer.state_dict() for layer in tower.upper]),
+            copy.deepcopy(pooling.state_dict()))
     if log_metric:
         log_metric("text/val_loss", val_losses[0], 0)
     bad_evals = 0
@@ -201,7 +225,7 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
             bucket = buckets[rng.choice(len(buckets), p=[len(b) / len(targets) for b in buckets])]
             pick = bucket[torch.randint(len(bucket), (config.batch_size,), generator=generator).numpy()]
             batch_targets = torch.from_numpy(targets[pick])
-            users = _user_vectors(table, [histories[i] for i in pick], config.recency_half_life)
+            users = pooling(table, [histories[i] for i in pick])
             if negatives is None:
                 unique, position = torch.unique(batch_targets, return_inverse=True)
                 item_vecs = tower.encode(unique)  # duplicates in the batch are encoded once
@@ -224,12 +248,13 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
                 model.eval()
                 table = tower.table(config.encode_batch_size)
                 model.train()
-                val_losses.append(_val_loss(table, val_hist, val_targets, config))
+                val_losses.append(_val_loss(table, val_hist, val_targets, config, pooling))
                 val_steps.append(step)
                 if log_metric:
                     log_metric("text/val_loss", val_losses[-1], step)
                 if val_losses[-1] < best[0]:
-                    best = (val_losses[-1], step, copy.deepcopy([layer.state_dict() for layer in tower.upper]))
+                    best = (val_losses[-1], step, copy.deepcopy([layer.state_dict() for layer in tower.upper]),
+                            copy.deepcopy(pooling.state_dict()))
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -238,13 +263,14 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
                         break
     for layer, state in zip(tower.upper, best[2], strict=True):
         layer.load_state_dict(state)
+    pooling.load_state_dict(best[3])
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     final = tower.table(config.encode_batch_size).numpy()
     return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
                           train_losses=train_losses, val_losses=val_losses, val_steps=val_steps,
-                          best_step=best[1])
+                          best_step=best[1], pooling=pooling.export())
 
 
 def _length_buckets(lengths: np.ndarray, n_buckets: int) -> list[np.ndarray]:
@@ -264,10 +290,10 @@ def _sample_negatives(per_example: list[np.ndarray], k: int, rng: np.random.Gene
 
 
 def _val_loss(table: torch.Tensor, histories: list[np.ndarray], targets: torch.Tensor,
-              config: TextModelConfig) -> float:
+              config: TextModelConfig, pooling: _Pooling) -> float:
     """In-batch InfoNCE on held-out examples with the current item table (no gradient)."""
     with torch.inference_mode():
-        users = _user_vectors(table, histories, config.recency_half_life)
+        users = pooling(table, histories)
         losses = []
         for start in range(0, len(targets), config.batch_size):
             t = targets[start:start + config.batch_size]
