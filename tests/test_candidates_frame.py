@@ -90,3 +90,19 @@ def test_scores_carried_from_candidate_generation_equal_the_computed_features(sm
     for name in SOURCE_FEATURES.values():
         np.testing.assert_allclose(reused[name], computed[name], rtol=1e-5, atol=1e-6, equal_nan=True)
     assert np.isnan(reused["als_score"][plain["user_idx"].to_numpy() == -1]).all()
+
+
+def test_state_round_trips_its_learned_pooling(small_bundle, tmp_path):
+    from dataclasses import replace
+
+    from features.state import FeatureState
+    from features.text_interest import HistoryPooling
+
+    pooling = HistoryPooling(query=np.linspace(-1, 1, small_bundle.state.item_vectors.shape[1]).astype(np.float32),
+                             slope=-0.2)
+    replace(small_bundle.state, pooling=pooling).save(tmp_path / "state")
+    loaded = FeatureState.load(tmp_path / "state")
+    np.testing.assert_array_equal(loaded.pooling.query, pooling.query)
+    assert loaded.pooling.slope == -0.2
+    small_bundle.state.save(tmp_path / "plain")
+    assert FeatureState.load(tmp_path / "plain").pooling is None
