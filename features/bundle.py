@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from features.candidates import SOURCE_FEATURES, generate_candidates
-from features.ranking_frame import feature_arrays, feature_matrix, order_within_query
+from features.ranking_frame import feature_arrays, feature_matrix, order_within_query, position_in_group
 from features.state import FeatureState
 from recsys.config import PipelineConfig
 
@@ -143,18 +143,14 @@ def head_k(scored: pl.DataFrame, k: int) -> pl.DataFrame:
     """Top-k rows per query_idx by score (ties: smaller item_idx first), with 1-based ``rank``,
     sorted by query then rank."""
     query = scored["query_idx"].to_numpy()
-    if scored.height and bool((np.diff(query) >= 0).all()) and bool(np.isfinite(scored["score"].to_numpy()).all()):
-        # Rows arrive sorted by query then item, so a stable sort keeps the smaller item first on ties.
-        in_query = scored.select(pl.col("item_idx").diff().fill_null(1).over("query_idx") > 0)["item_idx"]
-        sorted_items = bool(in_query.all())
+    item = scored["item_idx"].to_numpy()
+    score = scored["score"].to_numpy()
+    dq, di = np.diff(query), np.diff(item)
+    if bool(((dq > 0) | ((dq == 0) & (di > 0))).all()) and bool(np.isfinite(score).all()):
+        # Rows arrive sorted by (query, item): a stable sort on one key keeps the smaller item first on ties.
+        order = order_within_query(query, score)
     else:
-        sorted_items = False
-    if sorted_items:
-        order = order_within_query(query, scored["score"].to_numpy())
-    else:
-        order = np.lexsort((scored["item_idx"].to_numpy(), -scored["score"].to_numpy(), query))
-    sorted_query = query[order]
-    starts = np.flatnonzero(np.r_[True, sorted_query[1:] != sorted_query[:-1]])
-    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        order = np.lexsort((item, -score, query))
+    rank = position_in_group(query[order])
     keep = rank < k
     return scored[order[keep]].with_columns(pl.Series("rank", rank[keep] + 1, dtype=pl.Int32))

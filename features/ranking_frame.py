@@ -56,6 +56,13 @@ def order_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.argsort(query_idx.astype(np.float64) + fraction, kind="stable")
 
 
+def position_in_group(sorted_query: np.ndarray) -> np.ndarray:
+    """0-based position of each row within its run of equal ``sorted_query`` values (rows grouped)."""
+    n = len(sorted_query)
+    starts = np.flatnonzero(np.r_[True, sorted_query[1:] != sorted_query[:-1]]) if n else np.zeros(0, np.int64)
+    return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+
+
 def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     """float32 (rows,) 1-based rank of each value within its query, largest first; NaN stays NaN.
 
@@ -66,10 +73,7 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     if ok.size == 0:
         return out
     order = ok[order_within_query(query_idx[ok], values[ok])]
-    q = query_idx[order]
-    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
-    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    out[order] = position + 1
+    out[order] = position_in_group(query_idx[order]) + 1
     return out
 
 

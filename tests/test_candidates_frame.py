@@ -106,3 +106,21 @@ def test_state_round_trips_its_learned_pooling(small_bundle, tmp_path):
     assert loaded.pooling.slope == -0.2
     small_bundle.state.save(tmp_path / "plain")
     assert FeatureState.load(tmp_path / "plain").pooling is None
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_head_k_orders_by_score_with_ties_on_the_smaller_item(shuffle):
+    from features.bundle import head_k
+
+    rng = np.random.default_rng(2)
+    query = np.repeat(np.arange(50), 30).astype(np.int32)
+    item = np.tile(np.arange(30), 50).astype(np.int32)
+    score = rng.integers(0, 5, len(query)).astype(np.float32)  # many ties
+    scored = pl.DataFrame({"query_idx": query, "item_idx": item, "score": score})
+    if shuffle:
+        scored = scored.sample(fraction=1.0, shuffle=True, seed=3)
+    top = head_k(scored, 4)
+    expected = (scored.sort(["query_idx", "score", "item_idx"], descending=[False, True, False])
+                .group_by("query_idx", maintain_order=True).head(4))
+    assert top.select("query_idx", "item_idx").equals(expected.select("query_idx", "item_idx"))
+    assert top["rank"].to_list() == [1, 2, 3, 4] * 50
