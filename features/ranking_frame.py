@@ -17,7 +17,8 @@ from features.state import FeatureState
 SCORE_FEATURES = ("als_score", "bpr_score", "item_item_score", "text_score")
 # Rank of each score within its query (1 = best): stage-1 scores grow with history length and
 # window size, so the feature window the ranker learns on and the full window it serves from
-# differ in scale; ranks do not (on MovieLens 100K they lifted nDCG@10 from 0.428 to 0.456).
+# differ in scale; ranks do not (in a development run on MovieLens 100K, seed 42, they lifted the
+# ranker's nDCG@10 from 0.428 to 0.456).
 QUERY_RANK_FEATURES = tuple(f"{name}_query_rank" for name in SCORE_FEATURES)
 FEATURE_COLUMNS: tuple[str, ...] = (
     *SCORE_FEATURES, *QUERY_RANK_FEATURES, *behaviour.ITEM_FEATURES, *behaviour.USER_FEATURES,
