@@ -33,8 +33,8 @@ def main() -> None:
     import mlflow
 
     from features.bundle import head_k
-    from features.candidates import generate_candidates
-    from features.ranking_frame import build_ranking_frame
+    from features.candidates import SOURCE_FEATURES, generate_candidates
+    from features.ranking_frame import feature_arrays
     from serving.recommend import recommend_users
     from training.tracking import configure_tracking
 
@@ -50,16 +50,18 @@ def main() -> None:
             recommend_users(bundle, chunk, args.k)
         best = min(best, time.perf_counter() - start)
 
-    # Stage breakdown on the first chunk.
+    # Stage breakdown on the first chunk, the steps of RankingBundle.score_candidates.
     idx = bundle.state.users.to_index(chunks[0])
     t0 = time.perf_counter()
-    cands = generate_candidates(bundle.state, idx, bundle.config.candidates)
+    cands = generate_candidates(bundle.state, idx, bundle.config.candidates, with_scores=True)
     t1 = time.perf_counter()
-    frame = build_ranking_frame(bundle.state, cands)
+    known = {name: cands[name].to_numpy() for name in SOURCE_FEATURES.values()}
+    arrays = feature_arrays(bundle.state, cands["user_idx"].to_numpy(), cands["item_idx"].to_numpy(),
+                            query_idx=cands["query_idx"].to_numpy(), known=known)
     t2 = time.perf_counter()
-    scores = bundle.score(frame)
+    scores = bundle.score(arrays)
     t3 = time.perf_counter()
-    head_k(cands.with_columns(pl.Series("score", scores)), args.k)
+    head_k(cands.select("query_idx", "user_idx", "item_idx").with_columns(pl.Series("score", scores)), args.k)
     t4 = time.perf_counter()
 
     pop = bundle.state.item_features["item_pop_all"].to_numpy()
@@ -88,6 +90,8 @@ def main() -> None:
     print(f"model {args.model}: {len(users)} users, {bundle.state.n_items} items, "
           f"{cands.height / len(chunks[0]):.0f} candidates/user, {bundle.booster.num_trees()} trees")
     print(f"batch ranking: {len(users) / best:,.0f} users/s (top-{args.k}, best of {args.repeat})")
+    rows_per_s = cands.height / (t3 - t2)
+    print(f"LightGBM: {rows_per_s:,.0f} rows/s ({cands.height:,} rows, {len(bundle.feature_columns)} features)")
     print(f"stages (first chunk): candidates {100 * (t1 - t0) / total:.0f}%, frame {100 * (t2 - t1) / total:.0f}%, "
           f"LightGBM {100 * (t3 - t2) / total:.0f}%, top-k {100 * (t4 - t3) / total:.0f}%")
     print(f"baseline popularity top-{args.k}: {len(users) / floor:,.0f} users/s; "

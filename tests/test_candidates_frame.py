@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.candidates import generate_candidates, top_n
+from features.candidates import generate_candidates, top_n, top_n_entries
 from features.ranking_frame import FEATURE_COLUMNS, build_ranking_frame, group_sizes
 from features.state import FeatureState, fit_feature_state
 from recsys.config import CandidateConfig, PipelineConfig
@@ -30,6 +30,23 @@ def state() -> FeatureState:
 def test_top_n_returns_best_first():
     scores = np.array([[0.1, 0.9, 0.5, -np.inf], [3.0, 2.0, 1.0, 0.0]])
     assert top_n(scores, 2).tolist() == [[1, 2], [0, 1]]
+
+
+@pytest.mark.parametrize("integer_scores", [False, True])
+def test_top_n_entries_is_the_sorted_top_n_with_ties_on_the_smaller_column(integer_scores):
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        n_rows, n_cols, n = int(rng.integers(1, 12)), int(rng.integers(1, 900)), int(rng.integers(0, 150))
+        scores = (rng.integers(0, 5, size=(n_rows, n_cols)) if integer_scores
+                  else rng.standard_normal((n_rows, n_cols))).astype(np.float32)
+        scores[rng.random(scores.shape) < 0.3] = -np.inf
+        rows, cols = top_n_entries(scores, n)
+        expected = set()
+        for r in range(n_rows):
+            best = sorted(range(n_cols), key=lambda c, r=r: (-scores[r, c], c))[:n]
+            expected |= {(r, c) for c in best if np.isfinite(scores[r, c])}
+        assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == expected, trial
+        assert len(rows) == len(expected)
 
 
 def test_candidates_exclude_seen_items_and_are_unique(state):
@@ -90,6 +107,31 @@ def test_scores_carried_from_candidate_generation_equal_the_computed_features(sm
     for name in SOURCE_FEATURES.values():
         np.testing.assert_allclose(reused[name], computed[name], rtol=1e-5, atol=1e-6, equal_nan=True)
     assert np.isnan(reused["als_score"][plain["user_idx"].to_numpy() == -1]).all()
+
+
+def test_carried_scores_are_not_computed_again(small_bundle, monkeypatch):
+    from features.candidates import SOURCE_FEATURES
+    from features.ranking_frame import feature_arrays
+
+    state = small_bundle.state
+    carried = generate_candidates(state, np.array([0, 3], dtype=np.int32), small_bundle.config.candidates,
+                                  with_scores=True)
+    known = {name: carried[name].to_numpy() for name in SOURCE_FEATURES.values()}
+
+    def guard(model):
+        original = type(model).pair_scores
+
+        def pair_scores(self, *args, **kwargs):
+            if self is model:
+                raise AssertionError(f"the carried {type(model).__name__} score was computed again")
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(type(model), "pair_scores", pair_scores)
+
+    guard(state.als)
+    guard(state.item_item)
+    arrays = feature_arrays(state, carried["user_idx"].to_numpy(), carried["item_idx"].to_numpy(),
+                            query_idx=carried["query_idx"].to_numpy(), known=known)
+    assert np.array_equal(arrays["item_item_score"], known["item_item_score"], equal_nan=True)
 
 
 def test_state_round_trips_its_learned_pooling(small_bundle, tmp_path):
