@@ -15,6 +15,7 @@ from features.ranking_frame import order_within_query, position_in_group
 from features.state import FeatureState
 from recsys import schemas
 from recsys.config import CandidateConfig
+from recsys.stage_timer import stage
 
 PERSONAL_SOURCES = ("cf", "item_item", "text")
 # The ranking-frame feature each personal source's score is (see ``with_scores``).
@@ -118,6 +119,7 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
     return rows, order[pos]
 
 
+@stage("candidates")
 def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *,
                         chunk_size: int = 512, user_text: np.ndarray | None = None,
                         with_scores: bool = False) -> pl.DataFrame:

@@ -13,6 +13,7 @@ import polars as pl
 from features import behaviour
 from features.pair_scores import pair_dot
 from features.state import FeatureState
+from recsys.stage_timer import stage
 
 SCORE_FEATURES = ("als_score", "bpr_score", "item_item_score", "text_score")
 # Rank of each score within its query (1 = best): stage-1 scores grow with history length and
@@ -81,6 +82,7 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
+@stage("ranking_frame")
 def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarray, *,
                    query_idx: np.ndarray, query_text: np.ndarray | None = None,
                    known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

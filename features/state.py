@@ -24,6 +24,7 @@ from features.text_popularity import fit_text_popularity, predict_text_popularit
 from features.user_items import build_user_items
 from recsys.config import PipelineConfig
 from recsys.idmap import IdMap
+from recsys.stage_timer import stage
 
 
 @dataclass
@@ -178,12 +179,14 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     user_items = build_user_items(interactions.filter(pl.col("user_id").is_in(users.ids.implode())),
                                   users, items)
     n_users, n_items = len(users), len(items)
-    als = fit_cf("als", user_items, n_users=n_users, n_items=n_items, factors=config.als_factors,
-                 iterations=config.als_iterations, regularization=config.als_regularization, seed=config.seed)
-    bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
-                 iterations=config.bpr_iterations, seed=config.seed)
-    item_item = fit_item_item(user_items, kind="ease", regularization=config.item_item_regularization,
-                              neighbours=config.item_item_neighbours, max_items=config.item_item_max_items)
+    with stage("cf"):
+        als = fit_cf("als", user_items, n_users=n_users, n_items=n_items, factors=config.als_factors,
+                     iterations=config.als_iterations, regularization=config.als_regularization, seed=config.seed)
+        bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
+                     iterations=config.bpr_iterations, seed=config.seed)
+    with stage("item_item"):
+        item_item = fit_item_item(user_items, kind="ease", regularization=config.item_item_regularization,
+                                  neighbours=config.item_item_neighbours, max_items=config.item_item_max_items)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
     categories = IdMap(kind="category").fit(catalog["category"])

@@ -84,6 +84,7 @@ def load_config(path: str | None, **overrides) -> PipelineConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
+    from recsys.stage_timer import collect, stage
     from training.pipeline import train
 
     overrides = {"split": args.split, "k": args.k, "seed": args.seed}
@@ -92,13 +93,15 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if args.test_fraction is not None:
         overrides["test_fraction"] = args.test_fraction
     config = load_config(args.config, **overrides)
-    dataset = load_data(args.data)
-    for reason, count in dataset.skipped.items():
-        if count:
-            print(f"skipped {count} row(s): {reason.replace('_', ' ')}")
-    experiment = args.experiment or f"recsys-{dataset.source}"
-    register = None if args.no_register else (args.register or f"recsys-{dataset.source}")
-    result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet)
+    with collect():  # the load joins the run's stage times (time/load_s)
+        with stage("load"):
+            dataset = load_data(args.data)
+        for reason, count in dataset.skipped.items():
+            if count:
+                print(f"skipped {count} row(s): {reason.replace('_', ' ')}")
+        experiment = args.experiment or f"recsys-{dataset.source}"
+        register = None if args.no_register else (args.register or f"recsys-{dataset.source}")
+        result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet)
     print(format_metrics_table(result.metrics, config.k))
     print(f"\nMLflow run {result.run_id} in experiment {experiment!r}; model: {result.model_uri}"
           + (" (now champion)" if result.became_champion else ""))

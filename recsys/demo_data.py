@@ -65,6 +65,7 @@ GENERIC = (
     "announced plans after during says could"
 ).split()
 EPOCH = datetime(2026, 1, 1)
+_BLOCK_CELLS = 16_000_000  # sessions x eligible items per generated block (float64: 128 MB per array)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,17 @@ class DemoSpec:
     sessions_per_user: float = 12.0
     shown_per_session: int = 10
     seed: int = 7
+
+    @classmethod
+    def scaled(cls, factor: float, *, seed: int = 7) -> DemoSpec:
+        """The scaling workload: 100,000 x factor users, 20,000 x factor items and about
+        2,000,000 x factor clicks (20 per user: fewer sessions than the demo), with the
+        demo's behaviour. ``factor`` 1.0 is the full-size benchmark, 0.01 and 0.1 the smaller
+        sizes 10x apart."""
+        if not 0 < factor <= 10:
+            raise ValueError(f"scale factor must be in (0, 10], got {factor}")
+        return cls(n_users=max(10, round(100_000 * factor)), n_items=max(50, round(20_000 * factor)),
+                   sessions_per_user=5.2, seed=seed)
 
 
 def _topic_tables() -> tuple[list[str], list[str], list[list[str]]]:
@@ -131,37 +143,50 @@ def generate_demo(spec: DemoSpec | None = None) -> Dataset:
     session_user = np.repeat(np.arange(spec.n_users), n_sessions)
     session_time = rng.uniform(0.0, spec.days, size=session_user.size)
 
-    shown_user, shown_item, shown_time, shown_session, shown_clicked = [], [], [], [], []
+    shown = ([], [], [], [], [])
     session_day = np.floor(session_time).astype(int)
-    for day in range(int(np.ceil(spec.days))):
-        sessions = np.flatnonzero(session_day == day)
+    day_sessions = [np.flatnonzero(session_day == day) for day in range(int(np.ceil(spec.days)))]
+    for day, all_sessions in enumerate(day_sessions):
         eligible = np.flatnonzero((item_published <= day) & (item_published >= day - 14))
-        if sessions.size == 0 or eligible.size < spec.shown_per_session:
+        if all_sessions.size == 0 or eligible.size < spec.shown_per_session:
             continue
-        age = session_time[sessions, None] - item_published[None, eligible]
-        users = session_user[sessions]
-        fit = interest[users][:, item_topic[eligible]]
-        # The current system: fresh and popular first, with a weak personal touch.
-        keys = np.log(item_quality[eligible])[None, :] - np.clip(age, 0, None) / 4.0
-        keys = keys + 1.0 * np.log(fit + 0.02) + rng.gumbel(size=keys.shape)
-        keys[age < 0] = -np.inf  # not published yet at this session's time
-        top = np.argpartition(-keys, spec.shown_per_session, axis=1)[:, : spec.shown_per_session]
-        rows = np.arange(sessions.size)[:, None]
-        fit_shown = fit[rows, top]
-        age_shown = np.clip(age[rows, top], 0, None)
-        items = eligible[top]
-        logit = -4.0 + 8.0 * fit_shown + 0.6 * np.log(item_quality[items]) + np.exp(-age_shown / 3.0)
-        clicked = rng.random(logit.shape) < 1.0 / (1.0 + np.exp(-logit))
-        shown_user.append(np.repeat(users, spec.shown_per_session))
-        shown_item.append(items.ravel())
-        shown_time.append(np.repeat(session_time[sessions], spec.shown_per_session))
-        shown_session.append(np.repeat(sessions, spec.shown_per_session))
-        shown_clicked.append(clicked.ravel())
+        # Sessions x eligible items are dense: blocks of sessions keep memory flat at large scales
+        # (the demo's days fit in one block, so its random stream is unchanged).
+        block = max(1, _BLOCK_CELLS // eligible.size)
+        for first in range(0, all_sessions.size, block):
+            _show_sessions(spec, rng, all_sessions[first:first + block], eligible, day, session_user, session_time,
+                           item_published, item_quality, item_topic, interest, shown)
+    shown_user, shown_item, shown_time, shown_session, shown_clicked = shown
     return _to_dataset(
         spec, titles, descriptions, [sections[t] for t in item_topic],
         np.concatenate(shown_user), np.concatenate(shown_item), np.concatenate(shown_time),
         np.concatenate(shown_session), np.concatenate(shown_clicked),
     )
+
+
+def _show_sessions(spec, rng, sessions, eligible, day, session_user, session_time, item_published, item_quality,
+                   item_topic, interest, shown) -> None:
+    """What the current system shows in these sessions of one day and what gets clicked."""
+    shown_user, shown_item, shown_time, shown_session, shown_clicked = shown
+    age = session_time[sessions, None] - item_published[None, eligible]
+    users = session_user[sessions]
+    fit = interest[users][:, item_topic[eligible]]
+    # The current system: fresh and popular first, with a weak personal touch.
+    keys = np.log(item_quality[eligible])[None, :] - np.clip(age, 0, None) / 4.0
+    keys = keys + 1.0 * np.log(fit + 0.02) + rng.gumbel(size=keys.shape)
+    keys[age < 0] = -np.inf  # not published yet at this session's time
+    top = np.argpartition(-keys, spec.shown_per_session, axis=1)[:, : spec.shown_per_session]
+    rows = np.arange(sessions.size)[:, None]
+    fit_shown = fit[rows, top]
+    age_shown = np.clip(age[rows, top], 0, None)
+    items = eligible[top]
+    logit = -4.0 + 8.0 * fit_shown + 0.6 * np.log(item_quality[items]) + np.exp(-age_shown / 3.0)
+    clicked = rng.random(logit.shape) < 1.0 / (1.0 + np.exp(-logit))
+    shown_user.append(np.repeat(users, spec.shown_per_session))
+    shown_item.append(items.ravel())
+    shown_time.append(np.repeat(session_time[sessions], spec.shown_per_session))
+    shown_session.append(np.repeat(sessions, spec.shown_per_session))
+    shown_clicked.append(clicked.ravel())
 
 
 def _to_dataset(spec, titles, descriptions, categories, user, item, time_days, session, clicked):

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from recsys.config import PipelineConfig
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
 from recsys.split import split_interactions
+from recsys.stage_timer import collect, stage
 from training import plots, registry, tracking
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import evaluate_all, test_relevance
@@ -54,19 +54,6 @@ class TrainResult:
     became_champion: bool
     metrics: dict[str, dict[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        log.info("stage %s ...", name)
-        yield
-        self.timings[name] = time.perf_counter() - start
-        log.info("stage %s done in %.1fs", name, self.timings[name])
 
 
 def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impressions: pl.DataFrame | None,
@@ -144,13 +131,13 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
     workdir = Path(workdir or Path.cwd())
     tracking.configure_tracking(workdir)
     tracking.ensure_experiment(experiment, workdir)
-    timer = _Timer()
-    with mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags()) as run, \
+    with collect() as timings, \
+            mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags()) as run, \
             tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
         metric_log = tracking.MetricBuffer(run.info.run_id)
         mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
                            "data.source": dataset.source})
-        with timer.stage("split"):
+        with stage("split"):
             split = split_interactions(dataset.interactions, kind=config.split, test_fraction=config.test_fraction,
                                        seed=config.seed, impressions=dataset.impressions)
             cold_items = feature_cold = None
@@ -170,13 +157,13 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         mlflow.log_metrics({"data/train_rows": split.train.height, "data/test_rows": split.test.height,
                             "data/feature_window_rows": nested.train.height,
                             "data/label_window_rows": nested.test.height})
-        with timer.stage("text_model"):
+        with stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
             shown = (None if nested.impressions_train is None
                      else with_indices(nested.impressions_train, users, items))
             text = _fit_text(dataset.items, with_indices(nested.train, users, items), shown, config, encoder_dir,
                              metric_log, progress)
-        with timer.stage("features_feature_window"):
+        with stage("features"):
             state_feat = fit_feature_state(catalog=dataset.items, interactions=nested.train,
                                            impressions=nested.impressions_train,
                                            item_vectors=text.finetuned_vectors, users=users, items=items,
@@ -186,9 +173,9 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             frame_pretrained = labelled_frame(state_feat_pretrained, nested.test, nested.impressions_test, config,
                                               feature_cold)
         mlflow.log_metrics({"data/ranker_rows": frame.height, "data/ranker_queries": frame["query_idx"].n_unique()})
-        with timer.stage("ranker"):
+        with stage("ranker"):
             rankers = fit_rankers(frame, config, metric_log, pretrained_frame=frame_pretrained)
-        with timer.stage("features_full_window"):
+        with stage("features"):
             state = fit_feature_state(catalog=dataset.items, interactions=split.train,
                                       impressions=split.impressions_train, item_vectors=text.finetuned_vectors,
                                       users=users, items=items, config=config, pooling=text.pooling)
@@ -196,7 +183,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         bundles = {name: RankingBundle(config=config, state=state_pretrained if "pretrained" in name else state,
                                        booster=r.booster, feature_columns=r.feature_names)
                    for name, r in rankers.items()}
-        with timer.stage("evaluation"):
+        with stage("evaluation"):
             evaluation = evaluate_all(bundles, split, config, pretrained_state=state_pretrained)
             if cold_items is not None:
                 cold = cold_item_evaluation(bundles, split.test, cold_items, config)
@@ -206,7 +193,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                 evaluation.metrics[name].update(
                     slice_metrics(ranked, evaluation.relevant, state, evaluation.user_idx, config.k))
             results = evaluation.metrics
-        with timer.stage("logging"):
+        with stage("logging"):
             _log_results(evaluation, rankers["ranker"], text, metric_log, config)
             tracking.log_child_runs(results, config)
             bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=encoder_dir)
@@ -218,11 +205,12 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                 if registry.current_champion(register_name) is None:
                     registry.promote(register_name, version)
                     became_champion = True
-        mlflow.log_metrics({f"time/{k}_s": v for k, v in timer.timings.items()})
+        mlflow.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+        mlflow.log_metric("memory/peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
-                           became_champion=became_champion, metrics=results, timings=timer.timings)
+                           became_champion=became_champion, metrics=results, timings=dict(timings))
 
 
 def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: pl.DataFrame | None,

@@ -1,0 +1,66 @@
+"""Wall time per pipeline stage, exclusive of nested stages, for the scaling benchmarks.
+
+Code marks its stages with ``with stage("cf"): ...``; a run collects them with
+``with collect() as times: ...``. A stage inside another is charged to itself only (its time is
+taken out of the outer stage), so the stage times add up to the run's wall time, and a stage
+that runs several times (candidates for the feature window, the full window and evaluation)
+adds up. Outside ``collect`` the markers cost nothing and record nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_current: ContextVar[_Collector | None] = ContextVar("recsys_stage_timer", default=None)
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.nested: list[float] = []  # per open stage: seconds spent in its nested stages
+
+
+@contextmanager
+def collect() -> Iterator[dict[str, float]]:
+    """Collect the stages run inside the block: yields a dict stage -> seconds, filled as they end.
+
+    Inside another ``collect`` block it joins that one (the outer caller sees every stage).
+    """
+    if (active := _current.get()) is not None:
+        yield active.seconds
+        return
+    collector = _Collector()
+    token = _current.set(collector)
+    try:
+        yield collector.seconds
+    finally:
+        _current.reset(token)
+
+
+def current() -> dict[str, float]:
+    """The stage times collected so far in the enclosing ``collect`` block ({} outside one)."""
+    collector = _current.get()
+    return dict(collector.seconds) if collector else {}
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Charge the block's wall time, less its nested stages, to ``name``."""
+    collector = _current.get()
+    if collector is None:
+        yield
+        return
+    start = time.perf_counter()
+    collector.nested.append(0.0)
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        inner = collector.nested.pop()
+        collector.seconds[name] += elapsed - inner
+        if collector.nested:
+            collector.nested[-1] += elapsed
