@@ -16,7 +16,7 @@ $(BIN)/python:
 # torch first, pinned, so pip takes the local CPU build instead of the CUDA one.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -qq "torch==2.13.0"
-	$(BIN)/pip install -qq -e ".[dev]"
+	$(BIN)/pip install -qq -e ".[dev,spark]"
 	touch $(STAMP)
 
 install: $(STAMP)

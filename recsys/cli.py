@@ -121,6 +121,8 @@ def _load_bundle(model_uri: str):
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
+    if args.engine == "spark":
+        return _rank_on_spark(args)
     from serving.batch import rank_users
 
     bundle = _load_bundle(args.model)
@@ -136,6 +138,24 @@ def cmd_rank(args: argparse.Namespace) -> None:
     print(f"ranked {report.n_users} users ({report.n_unknown_users} unknown -> cold start, "
           f"{report.n_duplicates_removed} duplicates removed{resumed}) into {args.out}: {report.n_rows} rows, "
           f"{report.users_per_second:.0f} users/s")
+
+
+def _rank_on_spark(args: argparse.Namespace) -> None:
+    if args.resume:
+        raise RecsysError("--resume is for the local engine; Spark retries failed tasks itself, and an interrupted "
+                          "Spark job leaves no output: run it again")
+    try:
+        from serving.spark_batch import rank_users_spark
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+        raise RecsysError("the Spark engine needs pyspark: pip install '.[spark]' (and Java 17)") from exc
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    report = rank_users_spark(args.model, args.out, users_path=args.users, k=args.k, master=args.spark_master,
+                              partitions=args.partitions, chunk_size=args.chunk_size, progress=not args.quiet)
+    print(f"ranked {report.n_users} users on Spark {args.spark_master} ({report.n_unknown_users} unknown -> cold "
+          f"start, {report.n_duplicates_removed} duplicates removed) into {args.out}/: {report.n_rows} rows, "
+          f"{report.users_per_second:.1f} users/s")
 
 
 def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
@@ -248,6 +268,20 @@ def cmd_import(args: argparse.Namespace) -> None:
         print(f"  {path}: text for {matched['items_matched']:,} items, {matched['items_without_text']:,} without")
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    from recsys.demo_data import DemoSpec, generate_demo
+    from recsys.importers.delimited import write_canonical_folder
+
+    spec = DemoSpec.scaled(args.scale, seed=args.seed)
+    data = generate_demo(spec)
+    tables = {"items": data.items, "interactions": data.interactions, "impressions": data.impressions}
+    report = {"generator": "demo", "scale": args.scale, "seed": args.seed, "n_users": spec.n_users,
+              "n_items": spec.n_items, **{f"n_{name}": t.height for name, t in tables.items()}}
+    write_canonical_folder(Path(args.dst), tables, report, overwrite=args.overwrite)
+    print(f"generated scale {args.scale} -> {args.dst}: {spec.n_users:,} users, {data.items.height:,} items, "
+          f"{data.interactions.height:,} interactions, {data.impressions.height:,} impressions")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="Text-aware recommendation engine")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -276,12 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rk = sub.add_parser("rank", help="offline batch ranking into Parquet")
     rk.add_argument("--model", required=True, metavar="MODEL_URI", help="e.g. models:/recsys-demo@champion")
-    rk.add_argument("--out", required=True, metavar="FILE.parquet")
+    rk.add_argument("--out", required=True, metavar="OUT", help="FILE.parquet (local) or a folder (spark)")
     rk.add_argument("--users", default=None, metavar="FILE", help="Parquet/CSV with user_id (default: all known)")
     rk.add_argument("--k", type=int, default=10)
     rk.add_argument("--chunk-size", type=int, default=2048, help="users per chunk (memory is flat in users)")
     rk.add_argument("--resume", action="store_true",
                     help="keep the finished chunks of an interrupted run with the same inputs")
+    rk.add_argument("--engine", choices=("local", "spark"), default="local",
+                    help="local: this process, one Parquet file; spark: mapInPandas on Spark, a Parquet folder "
+                         "(needs pip install '.[spark]')")
+    rk.add_argument("--spark-master", default="local[2]", help="Spark master URL for --engine spark")
+    rk.add_argument("--partitions", type=int, default=None, help="Spark tasks (default: 2 per core)")
     rk.set_defaults(handler=cmd_rank)
 
     sv = sub.add_parser("serve", help="start the MLflow model server on 127.0.0.1")
@@ -316,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--encoding", default=None, help="text encoding (default: latin-1 for u.item, else utf-8)")
     im.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     im.set_defaults(handler=cmd_import)
+
+    ge = sub.add_parser("generate", help="write the demo world at a scale (1.0 = 100k users, 20k items, "
+                                         "2M interactions) as a canonical data folder")
+    ge.add_argument("dst")
+    ge.add_argument("--scale", type=float, default=1.0, help="1.0 = 100,000 users, 20,000 items, ~2M clicks")
+    ge.add_argument("--seed", type=int, default=7)
+    ge.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    ge.set_defaults(handler=cmd_generate)
 
     ru = sub.add_parser("runs", help="compare recent runs side by side")
     ru.add_argument("--experiment", default=None, help="experiment name (default: every experiment)")

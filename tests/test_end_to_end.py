@@ -163,6 +163,34 @@ def test_killed_batch_job_resumes_to_the_same_output(trained, tmp_path):
     assert got.group_by("user_id").len()["len"].max() == K
 
 
+def test_spark_batch_job_equals_the_single_machine_job(trained, tmp_path, capsys):
+    """`recsys rank --engine spark` in local[2] mode: a Parquet folder whose rows equal the local job's."""
+    work, ranked = trained
+    known = ranked["user_id"].unique().sort().to_list()
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\n" + "\n".join([*known, known[0], "stranger"]) + "\n")
+    old_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["-q", "rank", "--engine", "spark", "--model", "models:/e2e@champion", "--users", str(users),
+                     "--out", str(tmp_path / "spark"), "--k", str(K), "--partitions", "3"]) == 0
+        assert main(["-q", "rank", "--model", "models:/e2e@champion", "--users", str(users),
+                     "--out", str(tmp_path / "local.parquet"), "--k", str(K)]) == 0
+        with pytest.raises(SystemExit, match="2"):  # argparse rejects an unknown engine
+            main(["-q", "rank", "--engine", "ray", "--model", "models:/e2e@champion", "--out", "x"])
+    finally:
+        os.chdir(old_cwd)
+    out = capsys.readouterr().out
+    assert f"ranked {len(known) + 1} users on Spark local[2] (1 unknown -> cold start, 1 duplicates removed)" in out
+    parts = sorted((tmp_path / "spark").glob("part-*.parquet"))
+    assert len(parts) >= 2, "Spark writes one part file per task"
+    assert not (tmp_path / "spark.partial").exists()
+    spark_rows = pl.read_parquet(parts).sort("user_id", "rank")
+    local_rows = pl.read_parquet(tmp_path / "local.parquet").sort("user_id", "rank")
+    assert spark_rows.height == (len(known) + 1) * K
+    assert spark_rows.equals(local_rows)
+
+
 def test_runs_table_lists_the_run_with_its_metrics(trained, capsys):
     work, _ = trained
     old_cwd = os.getcwd()

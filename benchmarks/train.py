@@ -1,0 +1,138 @@
+"""Training cost per pipeline stage at three sizes 10x apart, with the growth exponent of each stage.
+
+    .venv/bin/python benchmarks/train.py [--scales 0.01 0.1 1.0] [--data-dir data]
+
+For each scale it writes the scaled demo world once (`recsys generate data/scale-<s> --scale <s>`:
+scale 1.0 = 100,000 users, 20,000 items, ~2,000,000 clicks, ~6,000,000 impressions; reused when
+present, generation not timed), then runs the real `recsys -q train --data data/scale-<s>
+--no-register` in a child process and reads its stage times back from the MLflow run
+(`time/<stage>_s`, exclusive of nested stages; see recsys/stage_timer.py). Peak memory is the
+child's own peak resident set (wait4). It prints a stage x size table, the exponent b of
+time ~ size^b per stage (least squares on log-log; size = interactions, and items for the text
+model), LightGBM training rows/s, and writes everything to data/bench/train.json, which
+benchmarks/rank.py reads to rank with the models trained here.
+Budgets (issue 7): the full-size run under 45 min and 12 GB, no stage growing faster than linearly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RECSYS = [sys.executable, "-m", "recsys.cli"]
+STAGES = ("load", "split", "text_model", "cf", "item_item", "features", "candidates", "ranking_frame", "ranker",
+          "evaluation", "logging")
+RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, on the same rows
+
+
+def run_measured(command: list[str], env: dict[str, str]) -> tuple[str, float, float]:
+    """Run ``command``; return its stdout, wall seconds and peak RSS (MB) of that child alone."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
+    return output, seconds, usage.ru_maxrss / 1024
+
+
+def ensure_data(folder: Path, scale: float, env: dict[str, str]) -> dict:
+    if not (folder / "import.json").exists():
+        print(f"generating {folder} (scale {scale}) ...", flush=True)
+        run_measured([*RECSYS, "generate", str(folder), "--scale", str(scale), "--overwrite"], env)
+    return json.loads((folder / "import.json").read_text())
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    import mlflow
+
+    from training.tracking import configure_tracking
+
+    configure_tracking(ROOT)
+    return mlflow.get_run(run_id).data.metrics
+
+
+def exponent(sizes: list[float], seconds: list[float]) -> float:
+    """b in seconds ~ size^b, least squares on log-log (stages under 10 ms at a size are left out)."""
+    points = [(s, t) for s, t in zip(sizes, seconds, strict=True) if t >= 0.01]
+    if len(points) < 2:
+        return float("nan")
+    x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--config", default=None, help="a --config JSON for recsys train")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = []
+    for scale in sorted(args.scales):
+        folder = ROOT / args.data_dir / f"scale-{scale:g}"
+        info = ensure_data(folder, scale, env)
+        command = [*RECSYS, "-q", "train", "--data", str(folder), "--no-register", "--experiment", "bench-train"]
+        if args.config:
+            command += ["--config", args.config]
+        print(f"training at scale {scale:g}: {info['n_users']:,} users, {info['n_items']:,} items, "
+              f"{info['n_interactions']:,} interactions ...", flush=True)
+        output, wall, peak_mb = run_measured(command, env)
+        match = re.search(r"MLflow run (\w+) .*; model: (\S+)", output)
+        metrics = run_metrics(match.group(1))
+        results.append({
+            "scale": scale, "users": info["n_users"], "items": info["n_items"],
+            "interactions": info["n_interactions"], "impressions": info["n_impressions"],
+            "run_id": match.group(1), "model_uri": match.group(2), "wall_s": wall, "peak_rss_mb": peak_mb,
+            "ranker_rows": metrics.get("data/ranker_rows", float("nan")),
+            "ndcg_at_10": metrics.get("ndcg_at_10", float("nan")),
+            "stages": {s: metrics.get(f"time/{s}_s", 0.0) for s in STAGES},
+        })
+        print(f"  {wall:,.0f} s wall, peak RSS {peak_mb:,.0f} MB", flush=True)
+    out = ROOT / args.data_dir / "bench" / "train.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    report(results)
+    print(f"\nresults: {out.relative_to(ROOT)}; rerun: .venv/bin/python benchmarks/train.py --scales "
+          + " ".join(f"{r['scale']:g}" for r in results))
+
+
+def report(results: list[dict]) -> None:
+    interactions = [r["interactions"] for r in results]
+    items = [r["items"] for r in results]
+    header = "".join(f"{r['interactions']:>14,}" for r in results)
+    print(f"\nseconds per stage by training interactions (exclusive of nested stages)\n{'stage':16}{header}"
+          f"{'exponent':>10}  vs")
+    for stage in STAGES:
+        seconds = [r["stages"][stage] for r in results]
+        by_items = stage == "text_model"
+        b = exponent(items if by_items else interactions, seconds)
+        print(f"{stage:16}" + "".join(f"{t:>14.1f}" for t in seconds) + f"{b:>10.2f}  "
+              + ("items" if by_items else "interactions"))
+    print(f"{'total (wall)':16}" + "".join(f"{r['wall_s']:>14.1f}" for r in results)
+          + f"{exponent(interactions, [r['wall_s'] for r in results]):>10.2f}")
+    print(f"{'peak RSS MB':16}" + "".join(f"{r['peak_rss_mb']:>14,.0f}" for r in results))
+    print(f"{'ranker rows':16}" + "".join(f"{r['ranker_rows']:>14,.0f}" for r in results))
+    print(f"{'LightGBM rows/s':16}" + "".join(
+        f"{RANKER_MODELS * r['ranker_rows'] / max(r['stages']['ranker'], 1e-9):>14,.0f}" for r in results)
+        + "   (rows x 3 models / ranker stage s)")
+    print(f"{'nDCG@10':16}" + "".join(f"{r['ndcg_at_10']:>14.4f}" for r in results))
+    full = results[-1]
+    print(f"\nbudget at {full['interactions']:,} interactions: {full['wall_s'] / 60:.1f} min (45), "
+          f"{full['peak_rss_mb'] / 1024:.1f} GB (12)")
+
+
+if __name__ == "__main__":
+    main()
