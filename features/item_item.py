@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
@@ -104,14 +105,7 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
         kind = "cosine"
     counts = (x.T @ x).tocsr()
     if kind == "ease":
-        dtype = np.float64 if n_items <= 5_000 else np.float32
-        gram = counts.toarray().astype(dtype)
-        gram[np.diag_indices(n_items)] += regularization
-        with threadpool_limits(limits=None, user_api="blas"):
-            inverse = np.linalg.inv(gram)
-        dense = -inverse / np.diag(inverse)[None, :]
-        np.fill_diagonal(dense, 0.0)
-        weights = _prune_rows(sp.csr_matrix(dense.astype(np.float32)), neighbours)
+        weights = _ease_weights(counts, regularization, neighbours)
     else:
         diag = np.sqrt(counts.diagonal()).astype(np.float32)
         diag[diag == 0] = 1.0
@@ -121,6 +115,69 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
         cos.eliminate_zeros()
         weights = _prune_rows(cos, neighbours)
     return ItemItem(kind=kind, weights=weights)
+
+
+def _ease_weights(counts: sp.csr_matrix, regularization: float, neighbours: int) -> sp.csr_matrix:
+    """EASE's B, pruned to ``neighbours`` per row, in one dense n_items^2 buffer.
+
+    The Gram matrix is inverted in place through its Cholesky factor (it is symmetric positive
+    definite), scaled in place and pruned in row blocks, so the peak is one dense matrix
+    (float64 up to 5,000 items, float32 above) instead of the four that ``np.linalg.inv`` plus a
+    dense-to-sparse conversion hold at once.
+    """
+    n_items = counts.shape[0]
+    dtype = np.float64 if n_items <= 5_000 else np.float32
+    gram = counts.toarray().astype(dtype)
+    gram[np.diag_indices(n_items)] += regularization
+    potrf, potri = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potri"), (gram,))
+    with threadpool_limits(limits=None, user_api="blas"):
+        # gram.T is the same symmetric matrix in Fortran order: LAPACK works on it without a copy.
+        factor, info = potrf(gram.T, lower=False, overwrite_a=True)
+        if info != 0:
+            raise ValueError(f"EASE Gram matrix is not positive definite (LAPACK potrf info {info})")
+        inverse, info = potri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise ValueError(f"EASE inverse failed (LAPACK potri info {info})")
+    _symmetrize_from_upper(inverse)  # potri fills one triangle of the symmetric inverse
+    inverse = inverse.T  # row-major view of the same (symmetric) values, for the row blocks below
+    diag = np.diag(inverse).copy()
+    inverse /= -diag[None, :]
+    np.fill_diagonal(inverse, 0.0)
+    return _prune_dense_rows(inverse, neighbours)
+
+
+def _symmetrize_from_upper(matrix: np.ndarray, block: int = 1024) -> None:
+    """Copy the upper triangle onto the lower one, in place, in column blocks (bounded temporaries)."""
+    n = matrix.shape[0]
+    for first in range(0, n, block):
+        last = min(first + block, n)
+        # rows below the block's diagonal get the transposed upper entries of these columns' rows
+        matrix[last:, first:last] = matrix[first:last, last:].T
+        tile = matrix[first:last, first:last]
+        lower = np.tril_indices(last - first, -1)
+        tile[lower] = tile.T[lower]
+
+
+def _prune_dense_rows(matrix: np.ndarray, keep: int, block: int = 1024) -> sp.csr_matrix:
+    """CSR float32 of the ``keep`` largest-magnitude entries of each row of a dense matrix (zeros dropped)."""
+    n_rows, n_cols = matrix.shape
+    keep = min(keep, n_cols)
+    indptr, indices, data = [np.zeros(1, dtype=np.int64)], [], []
+    total = 0
+    for first in range(0, n_rows, block):
+        rows = matrix[first:first + block]
+        cols = np.argpartition(-np.abs(rows), keep - 1, axis=1)[:, :keep] if keep < n_cols else \
+            np.broadcast_to(np.arange(n_cols), rows.shape)
+        cols = np.sort(cols, axis=1)
+        values = np.take_along_axis(rows, cols, axis=1).astype(np.float32)
+        nonzero = values != 0
+        indices.append(cols[nonzero].astype(np.int32))
+        data.append(values[nonzero])
+        counts = nonzero.sum(axis=1)
+        indptr.append(total + np.cumsum(counts))
+        total += int(counts.sum())
+    return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)),
+                         shape=matrix.shape, dtype=np.float32)
 
 
 def _prune_rows(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
