@@ -45,3 +45,23 @@ def test_learns_the_signal_feature_and_round_trips(tmp_path):
     loaded = LambdaRanker.load(tmp_path / "ranker.txt")
     assert loaded.feature_names == ("signal", "noise")
     np.testing.assert_allclose(loaded.predict(Xv), scores, rtol=1e-6)
+
+
+def test_unused_features_are_never_split_on_and_the_sets_are_binned_once():
+    X, y, g = _data()
+    Xv, yv, gv = _data(seed=1)
+    config = RankerConfig(num_boost_round=20, early_stopping_rounds=20, min_data_in_leaf=5)
+    full = LambdaRanker(feature_names=("signal", "noise"), config=config)
+    data = full.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
+    full.fit_dataset(data)
+    binned = data.train._handle.value  # LightGBM keeps the constructed (binned) set behind this handle
+    ablation = LambdaRanker(feature_names=("signal", "noise"), config=config).fit_dataset(
+        data, unused_features=("signal",))
+    assert data.train._handle.value == binned  # the second fit reused it instead of binning again
+    assert ablation.feature_importance()["signal"] == 0.0
+    assert full.feature_importance()["signal"] > 0.0
+    shuffled = Xv.copy()
+    shuffled[:, 0] = np.random.default_rng(2).permutation(shuffled[:, 0])
+    np.testing.assert_array_equal(ablation.predict(shuffled), ablation.predict(Xv))
+    with pytest.raises(DataValidationError, match=r"unused_features \['text'\] are not features"):
+        ablation.fit_dataset(data, unused_features=("text",))

@@ -22,6 +22,8 @@ from recsys import metrics
 from recsys.config import PipelineConfig
 from recsys.split import Split
 
+EVAL_CHUNK_USERS = 8_192  # users per ranking-frame chunk in evaluation: ~2.2M candidate rows
+MAX_KEPT_SCORES = 2_000_000  # labelled candidate scores kept for the score-distribution plot
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_items) float32
 
 
@@ -143,17 +145,16 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     scores = labels = np.zeros(0)
     best_baseline = ""
     for name, bundle in bundles.items():
-        scored = bundle.score_candidates(user_idx)
-        ranked = topk_array(head_k(scored, k), len(user_idx), k)
+        ranked, recall, scores_labels = _rank_in_chunks(bundle, user_idx, relevant, k, keep_scores=name == "ranker")
         ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
-        results[name]["candidate_recall"] = candidate_recall(scored, user_idx, relevant)
+        results[name]["candidate_recall"] = recall
         results[name]["coverage"] = coverage(ranked, state.n_items)
         if name == "ranker":
             per_user = metrics.ndcg_at_k(metrics.hits_matrix(ranked, relevant), np.array([len(r) for r in relevant]))
             low, high = bootstrap_ci(per_user, seed=config.seed)
             results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
-            scores, labels = _labelled_scores(scored, relevant)
+            scores, labels = scores_labels
     scorers = baseline_scorers(state, config.seed)
     if pretrained_state is not None:
         scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
@@ -171,6 +172,32 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
             results[name].update(values)
     return Evaluation(metrics=results, ranked=ranked_by_model, user_idx=user_idx, relevant=relevant,
                       ranker_scores=scores, ranker_labels=labels, best_baseline=best_baseline)
+
+
+def _rank_in_chunks(bundle: RankingBundle, user_idx: np.ndarray, relevant: list[np.ndarray], k: int, *,
+                    keep_scores: bool, chunk_size: int = EVAL_CHUNK_USERS, max_scores: int = MAX_KEPT_SCORES):
+    """The bundle's top-k (n_users, k), candidate recall, and (scores, 0/1 labels) of candidates.
+
+    Users go through in chunks, so memory is bounded by one chunk's ranking frame; the labelled
+    candidate scores (for the score-distribution plot) are kept for the first ``max_scores`` rows.
+    """
+    ranked = np.full((len(user_idx), k), -1, dtype=np.int64)
+    recall_sum = 0.0
+    kept_scores, kept_labels, n_kept = [], [], 0
+    for first in range(0, len(user_idx), chunk_size):
+        chunk, chunk_relevant = user_idx[first:first + chunk_size], relevant[first:first + chunk_size]
+        scored = bundle.score_candidates(chunk)
+        ranked[first:first + len(chunk)] = topk_array(head_k(scored, k), len(chunk), k)
+        recall_sum += candidate_recall(scored, chunk, chunk_relevant) * len(chunk)
+        if keep_scores and n_kept < max_scores:
+            chunk_scores, chunk_labels = _labelled_scores(scored, chunk_relevant)
+            kept_scores.append(chunk_scores)
+            kept_labels.append(chunk_labels)
+            n_kept += len(chunk_scores)
+    recall = recall_sum / len(user_idx) if len(user_idx) else float("nan")
+    scores = np.concatenate(kept_scores)[:max_scores] if kept_scores else np.zeros(0)
+    labels = np.concatenate(kept_labels)[:max_scores] if kept_labels else np.zeros(0)
+    return ranked, recall, (scores, labels)
 
 
 def _add_lift(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],

@@ -6,7 +6,9 @@ saved as LightGBM's text format with its feature names.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightgbm as lgb
@@ -16,6 +18,16 @@ from recsys.config import RankerConfig
 from recsys.errors import DataValidationError, NotFittedError
 
 MAX_LABEL = 30  # LambdaRank label_gain has 31 entries by default: labels stay small integers.
+
+
+@dataclass(frozen=True)
+class RankerData:
+    """LightGBM train and validation sets (validation binned with the train set's bins)."""
+
+    train: lgb.Dataset
+    valid: lgb.Dataset
+    feature_names: tuple[str, ...]
+    n_rows: int
 
 
 class LambdaRanker:
@@ -28,6 +40,8 @@ class LambdaRanker:
         self.seed = seed
         self.booster: lgb.Booster | None = None
         self.evals: dict[str, dict[str, list[float]]] = {}
+        self.unused_features: tuple[str, ...] = ()
+        self.fit_seconds = 0.0
 
     def _check(self, X: np.ndarray, y: np.ndarray | None = None, groups: np.ndarray | None = None) -> None:
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
@@ -52,8 +66,31 @@ class LambdaRanker:
             groups_val: np.ndarray, eval_at: tuple[int, ...] = (10,),
             log_metric: Callable[[str, float, int], None] | None = None) -> LambdaRanker:
         """Train with early stopping on the validation queries. Returns self."""
+        data = self.dataset(X, y, groups, X_val=X_val, y_val=y_val, groups_val=groups_val)
+        return self.fit_dataset(data, eval_at=eval_at, log_metric=log_metric)
+
+    def dataset(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, X_val: np.ndarray, y_val: np.ndarray,
+                groups_val: np.ndarray) -> RankerData:
+        """Validated LightGBM train/validation sets in this ranker's column order. Their bins are
+        built on the first fit and reused by every later fit on the same sets."""
         self._check(X, y, groups)
         self._check(X_val, y_val, groups_val)
+        names = list(self.feature_names)
+        train_set = lgb.Dataset(X, label=y, group=groups, feature_name=names, free_raw_data=False)
+        val_set = lgb.Dataset(X_val, label=y_val, group=groups_val, reference=train_set, feature_name=names)
+        return RankerData(train=train_set, valid=val_set, feature_names=self.feature_names, n_rows=X.shape[0])
+
+    def fit_dataset(self, data: RankerData, *, unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
+                    log_metric: Callable[[str, float, int], None] | None = None) -> LambdaRanker:
+        """Train on prepared sets (see ``dataset``); ``unused_features`` get zero split gain
+        (LightGBM ``feature_contri``), so the model never splits on them: an ablation without
+        those features that reuses the sets' bins instead of building new ones. Returns self."""
+        if data.feature_names != self.feature_names:
+            raise DataValidationError(f"the sets have features {list(data.feature_names)}, this ranker "
+                                      f"{list(self.feature_names)}")
+        unknown = set(unused_features) - set(self.feature_names)
+        if unknown:
+            raise DataValidationError(f"unused_features {sorted(unknown)} are not features of this ranker")
         c = self.config
         params = {
             "objective": "lambdarank", "metric": "ndcg", "eval_at": list(eval_at),
@@ -62,16 +99,18 @@ class LambdaRanker:
             "lambdarank_truncation_level": c.lambdarank_truncation_level,
             "seed": self.seed, "deterministic": True, "num_threads": 2, "verbosity": -1,
         }
-        names = list(self.feature_names)
-        train_set = lgb.Dataset(X, label=y, group=groups, feature_name=names, free_raw_data=False)
-        val_set = lgb.Dataset(X_val, label=y_val, group=groups_val, reference=train_set, feature_name=names)
+        if unused_features:
+            params["feature_contri"] = [0.0 if name in unused_features else 1.0 for name in self.feature_names]
+        self.unused_features = tuple(unused_features)
         self.evals = {}
+        start = time.perf_counter()
         self.booster = lgb.train(
-            params, train_set, num_boost_round=c.num_boost_round, valid_sets=[train_set, val_set],
+            params, data.train, num_boost_round=c.num_boost_round, valid_sets=[data.train, data.valid],
             valid_names=["train", "valid"],
             callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False),
                        lgb.record_evaluation(self.evals)],
         )
+        self.fit_seconds = time.perf_counter() - start
         if log_metric:
             for split, metrics in self.evals.items():
                 for name, values in metrics.items():
@@ -91,7 +130,7 @@ class LambdaRanker:
         return booster.predict(X, num_iteration=booster.best_iteration or None).astype(np.float32)
 
     def feature_importance(self) -> dict[str, float]:
-        """Total gain per feature."""
+        """Total gain per feature (0 for ``unused_features``)."""
         booster = self._require()
         return dict(zip(self.feature_names, booster.feature_importance("gain").tolist(), strict=True))
 
