@@ -192,13 +192,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     out_dir = Path("demo_out")
     out_dir.mkdir(exist_ok=True)
-    train_args = argparse.Namespace(data="demo", split="temporal", k=10, experiment="recsys-demo", config=None,
-                                    cold_items=None, test_fraction=None,
-                                    register=DEMO_MODEL_NAME, no_register=False, seed=args.seed, quiet=args.quiet,
-                                    metrics_out=str(out_dir / "metrics.json"))
+    # Both steps go through the real parser, so they always get every option's default.
+    quiet = ["-q"] if args.quiet else []
+    train_args = build_parser().parse_args([*quiet, "train", "--data", "demo", "--split", "temporal", "--k", "10",
+                                            "--experiment", "recsys-demo", "--register", DEMO_MODEL_NAME,
+                                            "--seed", str(args.seed), "--metrics-out", str(out_dir / "metrics.json")])
     result = cmd_train(train_args)["result"]
-    rank_args = argparse.Namespace(model=result.model_uri, out=str(out_dir / "rankings.parquet"), users=None,
-                                   k=10, quiet=args.quiet, chunk_size=2048, resume=False)
+    rank_args = build_parser().parse_args([*quiet, "rank", "--model", result.model_uri,
+                                           "--out", str(out_dir / "rankings.parquet"), "--k", "10"])
     cmd_rank(rank_args)
     uri = configure_tracking()
     print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. Next:")
