@@ -14,9 +14,12 @@ features or model): the ratio says how much the ranking pipeline costs over the 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 import warnings
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")  # as `recsys rank` runs (recsys/cli.py cmd_rank)
 
 import numpy as np
 import polars as pl
