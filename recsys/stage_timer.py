@@ -9,12 +9,14 @@ adds up. Outside ``collect`` the markers cost nothing and record nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+log = logging.getLogger(__name__)
 _current: ContextVar[_Collector | None] = ContextVar("recsys_stage_timer", default=None)
 
 
@@ -64,3 +66,5 @@ def stage(name: str) -> Iterator[None]:
         collector.seconds[name] += elapsed - inner
         if collector.nested:
             collector.nested[-1] += elapsed
+        else:  # a top-level stage of the run: say so, as a progress line
+            log.info("stage %s done in %.1fs", name, elapsed)
