@@ -113,6 +113,8 @@ def rank_users_spark(model_uri: str, out: str | Path, *, users_path: str | None,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RecsysError(f"{out} exists and is a file; the Spark engine writes a Parquet folder, choose a new --out")
+    if users_path and not Path(users_path).exists():  # before paying for a Spark start
+        raise DataValidationError(f"users file {users_path} does not exist")
     model_dir = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
     bundle = _bundle(model_dir)
     spark = spark_session(master, progress=progress)
