@@ -18,28 +18,15 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from recsys.errors import DataValidationError, RecsysError
+from serving.batch import BatchReport
 
 log = logging.getLogger(__name__)
 
 OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
 _loaded: dict[str, object] = {}  # per executor Python worker: model folder -> RankingBundle
-
-
-@dataclass(frozen=True)
-class SparkBatchReport:
-    n_users: int
-    n_unknown_users: int
-    n_duplicates_removed: int
-    n_rows: int
-    seconds: float
-
-    @property
-    def users_per_second(self) -> float:
-        return self.n_users / self.seconds if self.seconds > 0 else float("inf")
 
 
 def _bundle(folder: str):
@@ -99,7 +86,7 @@ def spark_session(master: str, app_name: str = "recsys-rank", *, progress: bool 
 
 def rank_users_spark(model_uri: str, out: str | Path, *, users_path: str | None, k: int,
                      master: str = "local[2]", partitions: int | None = None,
-                     chunk_size: int = 2048, progress: bool = True) -> SparkBatchReport:
+                     chunk_size: int = 2048, progress: bool = True) -> BatchReport:
     """Rank the users of ``users_path`` (default: every user the model knows) into the Parquet
     dataset ``out`` (user_id, rank, item_id, score). Duplicates are removed and counted; unknown
     users get the cold-start ranking and are counted.
@@ -143,5 +130,5 @@ def rank_users_spark(model_uri: str, out: str | Path, *, users_path: str | None,
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
-    return SparkBatchReport(n_users=n_unique, n_unknown_users=n_unknown, n_duplicates_removed=n_input - n_unique,
-                            n_rows=n_rows, seconds=time.perf_counter() - start)
+    return BatchReport(n_users=n_unique, n_unknown_users=n_unknown, n_duplicates_removed=n_input - n_unique,
+                       n_rows=n_rows, n_chunks_resumed=0, seconds=time.perf_counter() - start)
