@@ -43,12 +43,6 @@ def collect() -> Iterator[dict[str, float]]:
         _current.reset(token)
 
 
-def current() -> dict[str, float]:
-    """The stage times collected so far in the enclosing ``collect`` block ({} outside one)."""
-    collector = _current.get()
-    return dict(collector.seconds) if collector else {}
-
-
 @contextmanager
 def stage(name: str) -> Iterator[None]:
     """Charge the block's wall time, less its nested stages, to ``name``."""

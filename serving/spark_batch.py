@@ -13,7 +13,6 @@ pyspark is an optional extra: ``pip install .[spark]`` (Java 17 on the PATH).
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -22,8 +21,6 @@ from pathlib import Path
 
 from recsys.errors import DataValidationError, RecsysError
 from serving.batch import BatchReport
-
-log = logging.getLogger(__name__)
 
 OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
 _loaded: dict[str, object] = {}  # per executor Python worker: model folder -> RankingBundle

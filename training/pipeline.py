@@ -111,25 +111,27 @@ def fit_rankers(frame: pl.DataFrame, config: PipelineConfig, log_metric,
     rng = np.random.default_rng(config.seed)
     queries = frame["query_idx"].unique().sort().to_numpy()
     val_queries = pl.Series(rng.choice(queries, size=max(1, len(queries) * 15 // 100), replace=False)).implode()
-    unused = {"ranker": (), "ranker_no_text": TEXT_FEATURES, "ranker_pretrained_text": ()}
-    frames = {"ranker": frame, "ranker_pretrained_text": pretrained_frame}
-    rankers, datasets = {}, {}
-    for name in ("ranker", "ranker_no_text", "ranker_pretrained_text"):
-        data = frames.get(name, frame)
-        if data is None:
-            continue
-        ranker = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
-        if id(data) not in datasets:  # the no-text ablation reuses the ranker's binned sets
-            is_val = data["query_idx"].is_in(val_queries)
-            train, val = data.filter(~is_val), data.filter(is_val)
-            datasets[id(data)] = ranker.dataset(
-                feature_matrix(train, FEATURE_COLUMNS), train["label"].to_numpy(), group_sizes(train),
-                X_val=feature_matrix(val, FEATURE_COLUMNS), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
-        ranker.fit_dataset(datasets[id(data)], unused_features=unused[name], eval_at=(config.k,),
-                           log_metric=log_metric if name == "ranker" else None)
-        rankers[name] = ranker
+
+    def new_ranker() -> LambdaRanker:
+        return LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
+
+    def sets_of(data: pl.DataFrame):
+        is_val = data["query_idx"].is_in(val_queries)
+        train, val = data.filter(~is_val), data.filter(is_val)
+        return new_ranker().dataset(
+            feature_matrix(train, FEATURE_COLUMNS), train["label"].to_numpy(), group_sizes(train),
+            X_val=feature_matrix(val, FEATURE_COLUMNS), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
+
+    sets = sets_of(frame)
+    rankers = {
+        "ranker": new_ranker().fit_dataset(sets, eval_at=(config.k,), log_metric=log_metric),
+        # Same binned sets: the ablation only never splits on the text features.
+        "ranker_no_text": new_ranker().fit_dataset(sets, unused_features=TEXT_FEATURES, eval_at=(config.k,)),
+    }
+    if pretrained_frame is not None:
+        rankers["ranker_pretrained_text"] = new_ranker().fit_dataset(sets_of(pretrained_frame), eval_at=(config.k,))
     if log_metric:
-        main, rows = rankers["ranker"], datasets[id(frame)].n_rows
+        main, rows = rankers["ranker"], sets.n_rows
         log_metric("ranker/train_rows", float(rows), 0)
         log_metric("ranker/fit_seconds", main.fit_seconds, 0)
         log_metric("ranker/rows_per_s", rows * main.best_iteration / max(main.fit_seconds, 1e-9), 0)
