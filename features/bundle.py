@@ -60,6 +60,19 @@ class RankingBundle:
             instead of generated candidates.
         exclude: optional (query_idx, item_idx) rows never returned.
         """
+        candidates, arrays = self.candidate_features(user_idx, query_text=query_text, explicit=explicit,
+                                                     exclude=exclude)
+        return self.score_features(candidates, arrays)
+
+    def candidate_features(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
+                           explicit: pl.DataFrame | None = None,
+                           exclude: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+        """The candidates (query_idx, user_idx, item_idx) Int32 and their feature arrays, unscored.
+
+        Arguments as in ``score_candidates``. The arrays (one per feature column, rows aligned
+        with the candidates) depend on the state only, so bundles sharing a state can score the
+        same arrays with their own boosters (``score_features``).
+        """
         user_idx = np.asarray(user_idx, dtype=np.int32)
         generate = np.arange(len(user_idx), dtype=np.int32)
         if explicit is not None and explicit.height:
@@ -80,13 +93,15 @@ class RankingBundle:
         if exclude is not None and exclude.height:
             candidates = candidates.join(exclude.cast({"query_idx": pl.Int32, "item_idx": pl.Int32}),
                                          on=["query_idx", "item_idx"], how="anti", maintain_order="left")
-        user_rows = candidates["user_idx"].to_numpy()
         known = {name: candidates[name].to_numpy() for name in SOURCE_FEATURES.values() if name in candidates.columns}
-        arrays = feature_arrays(self.state, user_rows, candidates["item_idx"].to_numpy(),
+        arrays = feature_arrays(self.state, candidates["user_idx"].to_numpy(), candidates["item_idx"].to_numpy(),
                                 query_idx=candidates["query_idx"].to_numpy(), query_text=query_text, known=known)
-        candidates = candidates.select("query_idx", "user_idx", "item_idx")
+        return candidates.select("query_idx", "user_idx", "item_idx"), arrays
+
+    def score_features(self, candidates: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
+        """``candidates`` with a Float32 ``score`` column: this booster on ``candidate_features``' arrays."""
         scores = self.score(arrays)
-        unknown = user_rows < 0
+        unknown = candidates["user_idx"].to_numpy() < 0
         if unknown.any():  # the ranker never saw users without a profile: rank them transparently
             scores[unknown] = fallback_scores({k: v[unknown] for k, v in arrays.items()}, self.state)
         return candidates.with_columns(pl.Series("score", scores))

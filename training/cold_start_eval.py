@@ -1,7 +1,8 @@
 """Evaluation of the cold-items protocol: can a model find items it never saw in training?
 
-Each test user with at least one relevant cold item ranks the whole cold set (every cold
-item, none of which is in anyone's training history); nDCG@k and Recall@k are computed
+Each test user with at least one relevant cold item (a seeded sample of ``eval_max_users``
+when there are more) ranks the whole cold set (every cold item, none of which is in anyone's
+training history); nDCG@k and Recall@k are computed
 against the user's relevant cold items only. The ranker ranks the set through its bundle
 (text features; behaviour features of never-seen items); baselines: random, popularity
 (no signal by construction: every cold item has zero training interactions), the text
@@ -19,7 +20,7 @@ import polars as pl
 from features.bundle import RankingBundle
 from recsys import metrics
 from recsys.config import PipelineConfig
-from training.evaluate import test_relevance
+from training.evaluate import sample_users, test_relevance
 
 
 def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, cold_items: pl.Series,
@@ -30,6 +31,7 @@ def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, 
     cold_idx = np.sort(state.items.to_index(cold_items)).astype(np.int32)
     cold_test = test.filter(pl.col("item_id").is_in(cold_items.implode()))
     user_idx, relevant = test_relevance(state, cold_test)
+    user_idx, relevant = sample_users(user_idx, relevant, config.eval_max_users, config.seed + 3)
     if len(user_idx) == 0:
         return {}
     pairs = pl.DataFrame({

@@ -41,6 +41,19 @@ def test_relevance(state: FeatureState, test: pl.DataFrame) -> tuple[np.ndarray,
     return grouped["user_idx"].to_numpy(), [np.asarray(v) for v in grouped["item_idx"].to_list()]
 
 
+def sample_users(user_idx: np.ndarray, relevant: list[np.ndarray], max_users: int,
+                 seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A seeded uniform sample of ``max_users`` users (order kept) with their relevant items.
+
+    ``max_users`` 0 or at least ``len(user_idx)`` returns the input unchanged. A uniform sample
+    keeps every mean-over-users metric unbiased; its bootstrap interval widens as 1/sqrt(users).
+    """
+    if max_users <= 0 or len(user_idx) <= max_users:
+        return user_idx, relevant
+    keep = np.sort(np.random.default_rng(seed).choice(len(user_idx), size=max_users, replace=False))
+    return user_idx[keep], [relevant[i] for i in keep]
+
+
 def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: int,
                chunk_size: int = 512) -> np.ndarray:
     """(n_users, k) full-catalog top-k of a dense scorer, the user's training items excluded."""
@@ -107,7 +120,8 @@ def topk_array(top: pl.DataFrame, n_queries: int, k: int) -> np.ndarray:
 class Evaluation:
     """Metrics per model plus what the plots and slices need.
 
-    ranked: per model (n_users, k) item indices; user_idx/relevant: the test users and their
+    ranked: per model (n_users, k) item indices; user_idx/relevant: the evaluated test users (a
+    seeded sample of ``n_users_total`` when there are more than ``eval_max_users``) and their
     relevant items; ranker_scores/ranker_labels: the ranker's candidate scores and 0/1 labels.
     """
 
@@ -118,6 +132,7 @@ class Evaluation:
     ranker_scores: np.ndarray
     ranker_labels: np.ndarray
     best_baseline: str = ""
+    n_users_total: int = 0  # test users before ``eval_max_users`` sampling
 
 
 def paired_lift(per_user: np.ndarray, baseline_per_user: np.ndarray, *, seed: int,
@@ -140,21 +155,25 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     state = next(iter(bundles.values())).state
     k = config.k
     user_idx, relevant = test_relevance(state, split.test)
+    n_users_total = len(user_idx)
+    user_idx, relevant = sample_users(user_idx, relevant, config.eval_max_users, config.seed + 3)
     results: dict[str, dict[str, float]] = {}
     ranked_by_model: dict[str, np.ndarray] = {}
     scores = labels = np.zeros(0)
     best_baseline = ""
-    for name, bundle in bundles.items():
-        ranked, recall, scores_labels = _rank_in_chunks(bundle, user_idx, relevant, k, keep_scores=name == "ranker")
-        ranked_by_model[name] = ranked
-        results[name] = metrics.topk_metrics(ranked, relevant, k)
-        results[name]["candidate_recall"] = recall
-        results[name]["coverage"] = coverage(ranked, state.n_items)
-        if name == "ranker":
-            per_user = metrics.ndcg_at_k(metrics.hits_matrix(ranked, relevant), np.array([len(r) for r in relevant]))
-            low, high = bootstrap_ci(per_user, seed=config.seed)
-            results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
-            scores, labels = scores_labels
+    for group in _bundles_by_state(bundles):
+        outcome = _rank_in_chunks(group, user_idx, relevant, k, keep_scores="ranker")
+        for name, (ranked, recall, scores_labels) in outcome.items():
+            ranked_by_model[name] = ranked
+            results[name] = metrics.topk_metrics(ranked, relevant, k)
+            results[name]["candidate_recall"] = recall
+            results[name]["coverage"] = coverage(ranked, state.n_items)
+            if name == "ranker":
+                per_user = metrics.ndcg_at_k(metrics.hits_matrix(ranked, relevant),
+                                             np.array([len(r) for r in relevant]))
+                low, high = bootstrap_ci(per_user, seed=config.seed)
+                results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
+                scores, labels = scores_labels
     scorers = baseline_scorers(state, config.seed)
     if pretrained_state is not None:
         scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
@@ -171,33 +190,47 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
         for name, values in impression_evaluation(bundles, split.impressions_test, config.seed).items():
             results[name].update(values)
     return Evaluation(metrics=results, ranked=ranked_by_model, user_idx=user_idx, relevant=relevant,
-                      ranker_scores=scores, ranker_labels=labels, best_baseline=best_baseline)
+                      ranker_scores=scores, ranker_labels=labels, best_baseline=best_baseline,
+                      n_users_total=n_users_total)
 
 
-def _rank_in_chunks(bundle: RankingBundle, user_idx: np.ndarray, relevant: list[np.ndarray], k: int, *,
-                    keep_scores: bool, chunk_size: int = EVAL_CHUNK_USERS, max_scores: int = MAX_KEPT_SCORES):
-    """The bundle's top-k (n_users, k), candidate recall, and (scores, 0/1 labels) of candidates.
+def _bundles_by_state(bundles: dict[str, RankingBundle]) -> list[dict[str, RankingBundle]]:
+    """Bundles grouped by the state object they read, in order: one candidate set per group."""
+    groups: dict[int, dict[str, RankingBundle]] = {}
+    for name, bundle in bundles.items():
+        groups.setdefault(id(bundle.state), {})[name] = bundle
+    return list(groups.values())
 
-    Users go through in chunks, so memory is bounded by one chunk's ranking frame; the labelled
-    candidate scores (for the score-distribution plot) are kept for the first ``max_scores`` rows.
+
+def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, relevant: list[np.ndarray], k: int, *,
+                    keep_scores: str, chunk_size: int = EVAL_CHUNK_USERS, max_scores: int = MAX_KEPT_SCORES):
+    """Per bundle: its top-k (n_users, k), candidate recall, and (scores, 0/1 labels) of candidates.
+
+    The bundles share one state, so each chunk's candidates and feature arrays are built once and
+    scored by every booster. Users go through in chunks, so memory is bounded by one chunk's
+    ranking frame; the labelled candidate scores (for the score-distribution plot) are kept, for
+    the bundle named ``keep_scores`` only, for the first ``max_scores`` rows.
     """
-    ranked = np.full((len(user_idx), k), -1, dtype=np.int64)
+    ranked = {name: np.full((len(user_idx), k), -1, dtype=np.int64) for name in bundles}
     recall_sum = 0.0
     kept_scores, kept_labels, n_kept = [], [], 0
+    first_bundle = next(iter(bundles.values()))
     for first in range(0, len(user_idx), chunk_size):
         chunk, chunk_relevant = user_idx[first:first + chunk_size], relevant[first:first + chunk_size]
-        scored = bundle.score_candidates(chunk)
-        ranked[first:first + len(chunk)] = topk_array(head_k(scored, k), len(chunk), k)
-        recall_sum += candidate_recall(scored, chunk, chunk_relevant) * len(chunk)
-        if keep_scores and n_kept < max_scores:
-            chunk_scores, chunk_labels = _labelled_scores(scored, chunk_relevant)
-            kept_scores.append(chunk_scores)
-            kept_labels.append(chunk_labels)
-            n_kept += len(chunk_scores)
+        candidates, arrays = first_bundle.candidate_features(chunk)
+        recall_sum += candidate_recall(candidates, chunk, chunk_relevant) * len(chunk)
+        for name, bundle in bundles.items():
+            scored = bundle.score_features(candidates, arrays)
+            ranked[name][first:first + len(chunk)] = topk_array(head_k(scored, k), len(chunk), k)
+            if name == keep_scores and n_kept < max_scores:
+                chunk_scores, chunk_labels = _labelled_scores(scored, chunk_relevant)
+                kept_scores.append(chunk_scores)
+                kept_labels.append(chunk_labels)
+                n_kept += len(chunk_scores)
     recall = recall_sum / len(user_idx) if len(user_idx) else float("nan")
     scores = np.concatenate(kept_scores)[:max_scores] if kept_scores else np.zeros(0)
     labels = np.concatenate(kept_labels)[:max_scores] if kept_labels else np.zeros(0)
-    return ranked, recall, (scores, labels)
+    return {name: (ranked[name], recall, (scores, labels) if name == keep_scores else None) for name in bundles}
 
 
 def _add_lift(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],

@@ -37,7 +37,7 @@ from recsys.split import split_interactions
 from recsys.stage_timer import collect, stage
 from training import plots, registry, tracking
 from training.cold_start_eval import cold_item_evaluation
-from training.evaluate import evaluate_all, test_relevance
+from training.evaluate import evaluate_all, sample_users, test_relevance
 from training.ranker import LambdaRanker
 from training.slices import slice_metrics
 from training.text_finetune import finetune, next_item_examples
@@ -57,19 +57,28 @@ class TrainResult:
 
 
 def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impressions: pl.DataFrame | None,
-                   config: PipelineConfig, cold_items: pl.Series | None = None) -> pl.DataFrame:
+                   config: PipelineConfig, cold_items: pl.Series | None = None, log_metric=None) -> pl.DataFrame:
     """Ranking frame with ``label`` (0/1) built on the label window.
 
     Two kinds of query: one per label user over the candidates the state generates (the
     serving distribution; label 1 = interacted in the label window), and, where impressions
     exist, one per label-window impression over the items actually shown (label = clicked),
-    which teaches the ranker to tell apart items that all looked plausible. Queries without
+    which teaches the ranker to tell apart items that all looked plausible. Above
+    ``config.ranker_max_users`` label users, a seeded sample of them makes both kinds. Queries without
     both a positive and a negative are dropped: LambdaRank learns nothing from them.
     ``cold_items`` (ids with no behaviour in the state's window) make one more query per label
     user: those items only, so the ranker learns to order items that have nothing but text
-    (the cold-items protocol, and a "new arrivals" shelf).
+    (the cold-items protocol, and a "new arrivals" shelf). ``log_metric(key, value, step)``, when
+    given, receives the label user counts (``data/label_users``, ``data/label_users_used``).
     """
     user_idx, relevant = test_relevance(state, label_events)
+    n_label_users = len(user_idx)
+    user_idx, relevant = sample_users(user_idx, relevant, config.ranker_max_users, config.seed + 2)
+    if len(user_idx) < n_label_users:
+        log.info("the ranker learns from %d of %d label users (ranker_max_users)", len(user_idx), n_label_users)
+    if log_metric:
+        log_metric("data/label_users", float(n_label_users), 0)
+        log_metric("data/label_users_used", float(len(user_idx)), 0)
     candidates = generate_candidates(state, user_idx, config.candidates)
     positives = pl.DataFrame({
         "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
@@ -88,7 +97,8 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
                      .with_columns(pl.col("label").fill_null(0), pl.col("query_idx") + next_query))
         next_query += len(user_idx)
     if label_impressions is not None and label_impressions.height:
-        shown = (with_indices(label_impressions, state.users, state.items).filter(pl.col("user_idx") >= 0)
+        shown = (with_indices(label_impressions, state.users, state.items)
+                 .filter(pl.col("user_idx").is_in(pl.Series(user_idx).implode()))
                  .group_by("impression_id", "user_idx", "item_idx").agg(pl.col("clicked").max().alias("label"))
                  .with_columns((pl.col("impression_id").rank("dense") - 1 + next_query).cast(pl.Int32)
                                .alias("query_idx"))
@@ -181,7 +191,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                                            impressions=nested.impressions_train,
                                            item_vectors=text.finetuned_vectors, users=users, items=items,
                                            config=config, pooling=text.pooling)
-            frame = labelled_frame(state_feat, nested.test, nested.impressions_test, config, feature_cold)
+            frame = labelled_frame(state_feat, nested.test, nested.impressions_test, config, feature_cold,
+                                   log_metric=metric_log)
             state_feat_pretrained = with_text_vectors(state_feat, nested.train, text.pretrained_vectors)
             frame_pretrained = labelled_frame(state_feat_pretrained, nested.test, nested.impressions_test, config,
                                               feature_cold)
@@ -207,6 +218,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                 evaluation.metrics[name].update(
                     slice_metrics(ranked, evaluation.relevant, state, evaluation.user_idx, config.k))
             results = evaluation.metrics
+        mlflow.log_metrics({"data/test_users": evaluation.n_users_total,
+                            "data/test_users_evaluated": len(evaluation.user_idx)})
         with stage("logging"):
             _log_results(evaluation, rankers["ranker"], text, metric_log, config)
             tracking.log_child_runs(results, config)

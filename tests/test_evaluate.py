@@ -1,0 +1,95 @@
+"""Evaluation at scale: user sampling for the ranker's labels and the test metrics, and one
+candidate set scored by every ranker that shares a state."""
+
+from dataclasses import replace
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pytest
+
+from features.bundle import RankingBundle, head_k
+from recsys.config import PipelineConfig
+from recsys.demo_data import DemoSpec, generate_demo
+from recsys.errors import ConfigError
+from recsys.split import split_interactions
+from training import evaluate
+from training.evaluate import _rank_in_chunks, evaluate_all, sample_users, topk_array
+from training.pipeline import labelled_frame
+from tests.conftest import tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def split():
+    """The split ``small_bundle`` (conftest) was fitted on: same generator, seed and protocol."""
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
+    return split_interactions(data.interactions, kind="temporal", test_fraction=0.25, impressions=data.impressions)
+
+
+def test_sample_users_keeps_order_and_pairs_each_user_with_its_items():
+    users = np.arange(100, 200, dtype=np.int32)
+    relevant = [np.array([u, u + 1]) for u in users]
+    assert sample_users(users, relevant, 0, seed=1)[0] is users
+    assert sample_users(users, relevant, 100, seed=1)[0] is users
+    picked, picked_relevant = sample_users(users, relevant, 30, seed=1)
+    assert len(picked) == 30 and len(np.unique(picked)) == 30
+    assert np.all(np.diff(picked) > 0)
+    assert all(r[0] == u for u, r in zip(picked, picked_relevant, strict=True))
+    assert np.array_equal(sample_users(users, relevant, 30, seed=1)[0], picked)
+    assert not np.array_equal(sample_users(users, relevant, 30, seed=2)[0], picked)
+
+
+@pytest.mark.parametrize("name", ["ranker_max_users", "eval_max_users"])
+def test_negative_user_caps_are_rejected(name):
+    with pytest.raises(ConfigError, match=f"{name} must be 0 \\(every user\\) or a positive count, got -1"):
+        PipelineConfig.from_dict({**tiny_config_dict(), name: -1})
+
+
+def test_evaluation_of_a_user_sample_reports_the_sample_and_the_total(small_bundle, split):
+    config = replace(small_bundle.config, eval_max_users=15)
+    all_users, _ = evaluate.test_relevance(small_bundle.state, split.test)
+    assert len(all_users) > 15
+    evaluation = evaluate_all({"ranker": small_bundle}, split, config)
+    assert evaluation.n_users_total == len(all_users)
+    assert len(evaluation.user_idx) == 15 and set(evaluation.user_idx) <= set(all_users)
+    assert evaluation.metrics["ranker"]["n_users"] == 15
+    assert evaluation.metrics["popularity"]["n_users"] == 15
+    assert evaluation.ranked["als"].shape == (15, config.k)
+    whole = evaluate_all({"ranker": small_bundle}, split, replace(config, eval_max_users=0))
+    assert len(whole.user_idx) == len(all_users)
+
+
+def test_the_ranker_learns_from_at_most_ranker_max_users_label_users(small_bundle, split):
+    counts = {}
+    capped = labelled_frame(small_bundle.state, split.test, split.impressions_test,
+                            replace(small_bundle.config, ranker_max_users=10),
+                            log_metric=lambda key, value, step: counts.__setitem__(key, value))
+    whole = labelled_frame(small_bundle.state, split.test, split.impressions_test,
+                           replace(small_bundle.config, ranker_max_users=0))
+    assert counts["data/label_users_used"] == 10 and counts["data/label_users"] > 10
+    assert 0 < capped["user_idx"].n_unique() <= 10
+    assert whole["user_idx"].n_unique() > 10
+    # Impression queries come from the same sampled users as the candidate queries.
+    assert set(capped["user_idx"].unique()) < set(whole["user_idx"].unique())
+
+
+def test_rankers_sharing_a_state_rank_one_candidate_set_as_each_would_alone(small_bundle, split):
+    rng = np.random.default_rng(0)
+    columns = list(small_bundle.feature_columns)
+    other_booster = lgb.train({"objective": "regression", "verbose": -1, "num_leaves": 7},
+                              lgb.Dataset(rng.normal(size=(400, len(columns))), rng.normal(size=400),
+                                          feature_name=columns), num_boost_round=10)
+    other = RankingBundle(config=small_bundle.config, state=small_bundle.state, booster=other_booster,
+                          feature_columns=small_bundle.feature_columns)
+    bundles = {"ranker": small_bundle, "other": other}
+    users, relevant = evaluate.test_relevance(small_bundle.state, split.test)
+    k = 5
+    together = _rank_in_chunks(bundles, users, relevant, k, keep_scores="ranker", chunk_size=7)
+    alone = {name: topk_array(head_k(bundle.score_candidates(users), k), len(users), k)
+             for name, bundle in bundles.items()}
+    assert np.array_equal(together["ranker"][0], alone["ranker"])
+    assert np.array_equal(together["other"][0], alone["other"])
+    assert not np.array_equal(alone["ranker"], alone["other"])  # the two boosters really differ
+    assert together["other"][2] is None and len(together["ranker"][2][0]) > 0
+    assert together["ranker"][1] == together["other"][1]  # one candidate set: one candidate recall
+    assert pl.Series(together["ranker"][2][1]).is_in([0, 1]).all()
