@@ -1,6 +1,8 @@
 """Candidate generation: the union of ALS, EASE item-to-item and text top-N, popular and trending items.
 
-Popular = most interactions in the window; trending = most in its last day.
+Popular = most interactions in the window; trending = most in its last day. Item-to-item
+proposes only items its neighbours vote for (positive score), from a sparse product whose cost
+does not grow with the catalog; ALS and text score the whole catalog per user.
 
 Items the user already interacted with in the state's window are excluded. Work is done in
 chunks of users so memory stays at ``chunk x n_items`` floats per source.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from features.ranking_frame import order_within_query, position_in_group
 from features.state import FeatureState
@@ -64,7 +67,7 @@ def top_n_entries(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
                   user_text: np.ndarray | None = None) -> np.ndarray:
-    """Dense scores (len(user_idx), n_items) float32 of a personal source ("cf" or "text").
+    """Dense scores (len(user_idx), n_items) float32 of a dense personal source ("cf" or "text").
 
     Rows the source knows nothing about (unknown user, empty history) are all ``-inf``: it
     proposes nothing for them.
@@ -75,17 +78,41 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
         out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
         out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
         return out
-    if source == "item_item":
-        out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
-        if known.any():
-            out[known] = state.item_item.user_scores(state.history()[user_idx[known]])
-        return out
     if source == "text":
         vectors = user_text if user_text is not None else _known_rows(state.user_text, user_idx)
         out = vectors @ state.item_vectors.T
         out[~np.any(vectors != 0, axis=1)] = -np.inf
         return out
-    raise ValueError(f"unknown personal source {source!r}; use one of {PERSONAL_SOURCES}")
+    raise ValueError(f"unknown dense personal source {source!r}; use 'cf' or 'text'")
+
+
+def item_item_scores(state: FeatureState, user_idx: np.ndarray) -> sp.csr_matrix:
+    """Sparse item-to-item scores (len(user_idx), n_items) float32 CSR, column indices sorted.
+
+    Only items some history item votes for are stored; rows of unknown users are empty. The
+    cost is history entries x neighbours per item, not users x catalog.
+    """
+    history = state.history()
+    rows = sp.csr_matrix((len(user_idx), state.n_items), dtype=np.float32)
+    known = np.flatnonzero(user_idx >= 0)
+    if known.size:
+        select = sp.csr_matrix((np.ones(known.size, dtype=np.float32), (known, user_idx[known])),
+                               shape=(len(user_idx), state.n_users))
+        rows = state.item_item.user_scores_sparse(select @ history)
+    rows.sort_indices()
+    return rows
+
+
+def sparse_top_n_entries(scores: sp.csr_matrix, seen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of each row's n highest positive stored scores, the ``seen`` (bool, dense
+    shape of ``scores``) entries skipped; ties: smaller column first."""
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
+    cols, values = scores.indices.astype(np.int64), scores.data
+    keep = (values > 0) & ~seen[rows, cols]
+    rows, cols, values = rows[keep], cols[keep], values[keep]
+    order = order_within_query(rows, values)
+    keep = order[position_in_group(rows[order]) < n]
+    return rows[keep], cols[keep]
 
 
 def _known_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -142,8 +169,16 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         seen = seen_mask(state, chunk)
         picked = np.zeros_like(seen)
         dense: dict[str, np.ndarray] = {}
+        sparse: dict[str, sp.csr_matrix] = {}
         for source, n in personal.items():
             if n <= 0 and not with_scores:
+                continue
+            if source == "item_item":  # sparse: no user x catalog work
+                scores = item_item_scores(state, chunk)
+                if with_scores:
+                    sparse[source] = scores
+                if n > 0:
+                    picked[sparse_top_n_entries(scores, seen, n)] = True
                 continue
             scores = source_scores(state, chunk, source, chunk_text)
             if with_scores:  # masking seen items below does not touch any candidate's score
@@ -165,6 +200,9 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         for source, scores in dense.items():
             values = scores[rows, cols]
             columns[SOURCE_FEATURES[source]] = np.where(np.isinf(values), np.nan, values).astype(np.float32)
+        for source, scores in sparse.items():
+            values = np.asarray(scores[rows, cols], dtype=np.float32).ravel()
+            columns[SOURCE_FEATURES[source]] = np.where(chunk[rows] < 0, np.nan, values).astype(np.float32)
         frames.append(pl.DataFrame(columns))
     if not frames:
         schema = dict(schemas.CANDIDATES)

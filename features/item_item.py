@@ -25,7 +25,7 @@ from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)
 KINDS = ("ease", "cosine")
-_CHUNK_CELLS = 8_000_000  # users x items per dense block
+_BLOCK_ENTRIES = 8_000_000  # sparse score entries per block of users in pair_scores
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,19 @@ class ItemItem:
 
     def user_scores(self, history: sp.csr_matrix) -> np.ndarray:
         """Dense float32 (rows, n_items) scores of the given binary history rows (rows x n_items)."""
-        return np.asarray((history @ self.weights).todense(), dtype=np.float32)
+        return self.user_scores_sparse(history).toarray()
+
+    def user_scores_sparse(self, history: sp.csr_matrix) -> sp.csr_matrix:
+        """CSR float32 (rows, n_items) scores of the given binary history rows: only the items some
+        history item votes for are stored (every other item scores 0). Costs history entries x
+        ``neighbours``, independent of the catalog size."""
+        return (history @ self.weights).tocsr().astype(np.float32, copy=False)
 
     def pair_scores(self, history: sp.csr_matrix, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
         """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1.
 
-        history: binary CSR (n_users, n_items); user_idx, item_idx: int arrays (n,).
+        history: binary CSR (n_users, n_items); user_idx, item_idx: int arrays (n,). Users go
+        through in blocks whose sparse products hold about ``_BLOCK_ENTRIES`` entries.
         """
         user_idx = np.asarray(user_idx, dtype=np.int64)
         item_idx = np.asarray(item_idx, dtype=np.int64)
@@ -51,15 +58,19 @@ class ItemItem:
         if rows.size == 0:
             return out
         users, inverse = np.unique(user_idx[rows], return_inverse=True)
-        per_block = max(1, _CHUNK_CELLS // max(1, self.weights.shape[1]))
+        user_history = history[users]
+        per_row = max(1.0, self.weights.nnz / max(1, self.weights.shape[0]))
+        cost = np.cumsum(np.diff(user_history.indptr) * per_row)
+        block_of_user = (cost // _BLOCK_ENTRIES).astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, block_of_user[1:] != block_of_user[:-1]])
+        bounds = np.r_[starts, len(users)]
         order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(0, len(users) + per_block, per_block))
+        pair_bounds = np.searchsorted(inverse[order], bounds)
         for b in range(len(bounds) - 1):
-            pick = order[bounds[b]:bounds[b + 1]]
+            pick = order[pair_bounds[b]:pair_bounds[b + 1]]
             if pick.size:
-                first = b * per_block
-                block = self.user_scores(history[users[first:first + per_block]])
-                out[rows[pick]] = block[inverse[pick] - first, item_idx[rows[pick]]]
+                block = self.user_scores_sparse(user_history[bounds[b]:bounds[b + 1]])
+                out[rows[pick]] = np.asarray(block[inverse[pick] - bounds[b], item_idx[rows[pick]]]).ravel()
         return out
 
     def with_new_items(self, n_new: int) -> ItemItem:

@@ -4,8 +4,9 @@ random unit item vectors stand in for the encoder)."""
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 
-from features.candidates import generate_candidates, top_n, top_n_entries
+from features.candidates import generate_candidates, item_item_scores, sparse_top_n_entries, top_n, top_n_entries
 from features.ranking_frame import FEATURE_COLUMNS, build_ranking_frame, group_sizes
 from features.state import FeatureState, fit_feature_state
 from recsys.config import CandidateConfig, PipelineConfig
@@ -25,6 +26,37 @@ def state() -> FeatureState:
     return fit_feature_state(catalog=data.items, interactions=data.interactions, impressions=data.impressions,
                              item_vectors=vectors, users=users, items=items,
                              config=PipelineConfig.from_dict(tiny_config_dict()))
+
+
+def test_sparse_top_n_is_the_dense_top_n_of_positive_unseen_scores():
+    rng = np.random.default_rng(2)
+    for trial in range(40):
+        n_rows, n_cols, n = int(rng.integers(1, 10)), int(rng.integers(1, 300)), int(rng.integers(0, 60))
+        stored = rng.random((n_rows, n_cols)) < 0.3
+        dense = np.where(stored, rng.integers(-3, 6, (n_rows, n_cols)), 0).astype(np.float32)
+        seen = rng.random((n_rows, n_cols)) < 0.1
+        scores = sp.csr_matrix(dense)
+        scores.sort_indices()
+        rows, cols = sparse_top_n_entries(scores, seen, n)
+        reference = np.where((dense > 0) & ~seen, dense, -np.inf)
+        ref_rows, ref_cols = top_n_entries(reference, n)
+        assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == \
+            sorted(zip(ref_rows.tolist(), ref_cols.tolist(), strict=True)), trial
+
+
+def test_item_item_proposes_only_items_its_neighbours_vote_for(state):
+    users = np.array([0, 5, -1], dtype=np.int32)
+    scores = item_item_scores(state, users)
+    dense = state.item_item.user_scores(state.history()[[0, 5]])
+    np.testing.assert_allclose(scores.toarray()[:2], dense, atol=1e-6)
+    assert scores[2].nnz == 0
+    only = CandidateConfig(n_cf=0, n_item_item=500, n_text=0, n_popular=0, n_recent=0)
+    candidates = generate_candidates(state, users, only)
+    for q in (0, 1):
+        got = set(candidates.filter(pl.col("query_idx") == q)["item_idx"].to_list())
+        seen = set(state.seen[users[q]].indices.tolist())
+        assert got == set(np.flatnonzero(dense[q] > 0).tolist()) - seen
+    assert candidates.filter(pl.col("query_idx") == 2).height == 0
 
 
 def test_top_n_returns_best_first():

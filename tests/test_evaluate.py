@@ -13,10 +13,10 @@ from recsys.config import PipelineConfig
 from recsys.demo_data import DemoSpec, generate_demo
 from recsys.errors import ConfigError
 from recsys.split import split_interactions
+from tests.conftest import tiny_config_dict
 from training import evaluate
 from training.evaluate import _rank_in_chunks, evaluate_all, sample_users, topk_array
 from training.pipeline import labelled_frame
-from tests.conftest import tiny_config_dict
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,21 @@ def test_pair_scores_equal_the_dense_scores_and_unknown_users_are_nan(user_items
     assert np.all(np.diag(cos) == 0)
 
 
+def test_pair_scores_split_into_many_user_blocks_equal_the_dense_scores(user_items, monkeypatch):
+    from features import item_item
+
+    model = fit_item_item(user_items, kind="ease", regularization=5.0, neighbours=12)
+    history = sp.csr_matrix((user_items.toarray() > 0).astype(np.float32))
+    dense = model.user_scores(history)
+    rng = np.random.default_rng(4)
+    users, items = rng.integers(0, 60, 500), rng.integers(0, 12, 500)
+    monkeypatch.setattr(item_item, "_BLOCK_ENTRIES", 30)  # a few users per block
+    np.testing.assert_allclose(model.pair_scores(history, users, items), dense[users, items], rtol=1e-5, atol=1e-6)
+    sparse = model.user_scores_sparse(history[:5])
+    assert sp.issparse(sparse) and sparse.dtype == np.float32
+    np.testing.assert_allclose(sparse.toarray(), dense[:5], atol=1e-6)
+
+
 def test_ease_falls_back_to_cosine_above_max_items(user_items):
     assert fit_item_item(user_items, kind="ease", max_items=10).kind == "cosine"
     with pytest.raises(ConfigError, match="unknown item-to-item model 'knn'"):
