@@ -98,6 +98,12 @@ def main() -> None:
             "run_id": match.group(1), "model_uri": match.group(2), "wall_s": wall, "peak_rss_mb": peak_mb,
             "ranker_rows": metrics.get("data/ranker_rows", float("nan")),
             "ndcg_at_10": metrics.get("ndcg_at_10", float("nan")),
+            "ndcg_at_10_ci": [metrics.get("ndcg_at_10_ci_low", float("nan")),
+                              metrics.get("ndcg_at_10_ci_high", float("nan"))],
+            "label_users": [metrics.get("data/label_users_used", float("nan")),
+                            metrics.get("data/label_users", float("nan"))],
+            "test_users": [metrics.get("data/test_users_evaluated", float("nan")),
+                           metrics.get("data/test_users", float("nan"))],
             "stages": {s: metrics.get(f"time/{s}_s", 0.0) for s in STAGES},
         })
         print(f"  {wall:,.0f} s wall, peak RSS {peak_mb:,.0f} MB", flush=True)
@@ -113,14 +119,16 @@ def report(results: list[dict]) -> None:
     interactions = [r["interactions"] for r in results]
     items = [r["items"] for r in results]
     header = "".join(f"{r['interactions']:>14,}" for r in results)
-    print(f"\nseconds per stage by training interactions (exclusive of nested stages)\n{'stage':16}{header}"
-          f"{'exponent':>10}  vs")
+    steps = "".join(f"{f'step {i + 1}':>8}" for i in range(len(results) - 1))
+    print(f"\nseconds per stage by training interactions (exclusive of nested stages); exponent = fit over all "
+          f"sizes, step i = between size i and i+1\n{'stage':16}{header}{'exponent':>10}{steps}  vs")
     for stage in STAGES:
         seconds = [r["stages"][stage] for r in results]
         by_items = stage == "text_model"
-        b = exponent(items if by_items else interactions, seconds)
-        print(f"{stage:16}" + "".join(f"{t:>14.1f}" for t in seconds) + f"{b:>10.2f}  "
-              + ("items" if by_items else "interactions"))
+        sizes = items if by_items else interactions
+        per_step = "".join(f"{exponent(sizes[i:i + 2], seconds[i:i + 2]):>8.2f}" for i in range(len(results) - 1))
+        print(f"{stage:16}" + "".join(f"{t:>14.1f}" for t in seconds)
+              + f"{exponent(sizes, seconds):>10.2f}{per_step}  " + ("items" if by_items else "interactions"))
     print(f"{'total (wall)':16}" + "".join(f"{r['wall_s']:>14.1f}" for r in results)
           + f"{exponent(interactions, [r['wall_s'] for r in results]):>10.2f}")
     print(f"{'peak RSS MB':16}" + "".join(f"{r['peak_rss_mb']:>14,.0f}" for r in results))
@@ -129,6 +137,12 @@ def report(results: list[dict]) -> None:
         f"{RANKER_MODELS * r['ranker_rows'] / max(r['stages']['ranker'], 1e-9):>14,.0f}" for r in results)
         + "   (rows x 3 models / ranker stage s)")
     print(f"{'nDCG@10':16}" + "".join(f"{r['ndcg_at_10']:>14.4f}" for r in results))
+    if all("ndcg_at_10_ci" in r for r in results):
+        print(f"{'  95% interval':16}" + "".join(f"{r['ndcg_at_10_ci'][0]:>7.4f}-{r['ndcg_at_10_ci'][1]:.4f}"
+                                                 for r in results))
+        for key, label in (("label_users", "label users"), ("test_users", "test users")):
+            print(f"{label:16}" + "".join(f"{f'{r[key][0]:,.0f}/{r[key][1]:,.0f}':>14}" for r in results)
+                  + "   (used / all: ranker_max_users, eval_max_users)")
     full = results[-1]
     print(f"\nbudget at {full['interactions']:,} interactions: {full['wall_s'] / 60:.1f} min (45), "
           f"{full['peak_rss_mb'] / 1024:.1f} GB (12)")
