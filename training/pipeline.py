@@ -97,8 +97,10 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
                      .with_columns(pl.col("label").fill_null(0), pl.col("query_idx") + next_query))
         next_query += len(user_idx)
     if label_impressions is not None and label_impressions.height:
-        shown = (with_indices(label_impressions, state.users, state.items)
-                 .filter(pl.col("user_idx").is_in(pl.Series(user_idx).implode()))
+        shown = with_indices(label_impressions, state.users, state.items)
+        sampled = len(user_idx) < n_label_users
+        shown = (shown.filter(pl.col("user_idx").is_in(pl.Series(user_idx).implode()) if sampled
+                              else pl.col("user_idx") >= 0)
                  .group_by("impression_id", "user_idx", "item_idx").agg(pl.col("clicked").max().alias("label"))
                  .with_columns((pl.col("impression_id").rank("dense") - 1 + next_query).cast(pl.Int32)
                                .alias("query_idx"))
