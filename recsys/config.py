@@ -105,7 +105,7 @@ class PipelineConfig:
     # users the ranker learns from, and the test users of the full-ranking evaluation. Both cost
     # users x catalog items (candidates, dense baselines), which grows with the square of the data
     # when users and items grow together; with the cap the cost grows with the catalog alone.
-    # 10,000 users give an nDCG@10 interval of about +-0.003 on the 2M-click workload (+-0.0009 at
+    # 10,000 users give an nDCG@10 interval of about +-0.002 on the 2M-click workload (+-0.0009 at
     # 100,000 users), and MovieLens 100K (943 users) and the demo (3,000) are never sampled.
     ranker_max_users: int = 10_000
     eval_max_users: int = 10_000
