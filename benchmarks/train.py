@@ -152,9 +152,10 @@ def report(results: list[dict]) -> None:
     if all("ndcg_at_10_ci" in r for r in results):
         print(f"{'  95% interval':16}" + "".join(f"{r['ndcg_at_10_ci'][0]:>7.4f}-{r['ndcg_at_10_ci'][1]:.4f}"
                                                  for r in results))
-        for key, label in (("label_users", "label users"), ("test_users", "test users")):
+        for key, label, cap in (("label_users", "label users", "ranker_max_users"),
+                                ("test_users", "test users", "eval_max_users")):
             print(f"{label:16}" + "".join(f"{f'{r[key][0]:,.0f}/{r[key][1]:,.0f}':>14}" for r in results)
-                  + "   (used / all: ranker_max_users, eval_max_users)")
+                  + f"   (used / all; {cap})")
     full = results[-1]
     print(f"\nbudget at {full['interactions']:,} interactions: {full['wall_s'] / 60:.1f} min (45), "
           f"{full['peak_rss_mb'] / 1024:.1f} GB (12)")
