@@ -20,7 +20,6 @@ from recsys import schemas
 from recsys.config import CandidateConfig
 from recsys.stage_timer import stage
 
-PERSONAL_SOURCES = ("cf", "item_item", "text")
 # The ranking-frame feature each personal source's score is (see ``with_scores``).
 SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
 
