@@ -87,7 +87,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from recsys.stage_timer import collect, stage
     from training.pipeline import train
 
-    overrides = {"split": args.split, "k": args.k, "seed": args.seed}
+    # Only flags given on the command line override the config file (and its defaults).
+    overrides = {key: value for key, value in (("split", args.split), ("k", args.k), ("seed", args.seed))
+                 if value is not None}
     if args.cold_items is not None:
         overrides["cold_item_fraction"] = args.cold_items
     if args.test_fraction is not None:
@@ -298,14 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="run the whole pipeline in one MLflow run")
     tr.add_argument("--data", required=True, help="a canonical data folder, or 'demo'")
-    tr.add_argument("--split", choices=SPLITS, default="temporal")
-    tr.add_argument("--k", type=int, default=10)
+    tr.add_argument("--split", choices=SPLITS, default=None,
+                    help="evaluation protocol (default: the --config file's, else temporal)")
+    tr.add_argument("--k", type=int, default=None, help="list length K (default: the --config file's, else 10)")
     tr.add_argument("--experiment", default=None, help="MLflow experiment (default: recsys-<data name>)")
     tr.add_argument("--register", default=None, metavar="NAME",
                     help="registered model name (default: recsys-<data name>); every run adds a version")
     tr.add_argument("--no-register", action="store_true", help="log the model to the run only")
     tr.add_argument("--metrics-out", default=None, metavar="FILE", help="write every model's metrics as JSON")
-    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--seed", type=int, default=None, help="default: the --config file's, else 42")
     tr.add_argument("--test-fraction", type=float, default=None, metavar="F",
                     help="temporal: share of the time span; stratified: share of each user's rows (default 0.2)")
     tr.add_argument("--cold-items", type=float, default=None, metavar="FRACTION",

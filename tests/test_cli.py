@@ -22,6 +22,26 @@ def test_config_file_then_flags(tmp_path):
     assert (config.seed, config.text.steps) == (9, 3)
 
 
+def test_train_flags_override_the_config_file_only_when_given(tmp_path, monkeypatch):
+    from recsys import cli
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"split": "stratified", "k": 5, "seed": 3}))
+    seen = {}
+
+    def fake_load(config_path, **overrides):
+        seen["config"] = load_config(config_path, **overrides)
+        raise RecsysError("stop after the config")
+
+    monkeypatch.setattr(cli, "load_config", fake_load)
+    assert main(["-q", "train", "--data", "demo", "--config", str(path)]) == 2
+    assert (seen["config"].split, seen["config"].k, seen["config"].seed) == ("stratified", 5, 3)
+    assert main(["-q", "train", "--data", "demo", "--config", str(path), "--split", "temporal", "--seed", "8"]) == 2
+    assert (seen["config"].split, seen["config"].k, seen["config"].seed) == ("temporal", 5, 8)
+    assert main(["-q", "train", "--data", "demo"]) == 2
+    assert (seen["config"].split, seen["config"].k, seen["config"].seed) == ("temporal", 10, 42)
+
+
 def test_bad_k_exits_with_status_2(capsys):
     assert main(["train", "--data", "demo", "--k", "0"]) == 2
     assert "--k must be between 1 and 100, got 0" in capsys.readouterr().err
