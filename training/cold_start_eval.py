@@ -20,7 +20,7 @@ import polars as pl
 from features.bundle import RankingBundle
 from recsys import metrics
 from recsys.config import PipelineConfig
-from training.evaluate import sample_users, test_relevance
+from training.evaluate import bundles_by_state, sample_users, test_relevance
 
 
 def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, cold_items: pl.Series,
@@ -47,9 +47,11 @@ def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, 
         return cold_idx[order]
 
     ranked: dict[str, np.ndarray] = {}
-    for name, bundle in bundles.items():
-        scored = bundle.score_candidates(user_idx, explicit=pairs).sort("query_idx", "item_idx")
-        ranked[name] = top(scored["score"].to_numpy().reshape(n_users, n_cold))
+    for group in bundles_by_state(bundles):  # rankers that share a state share the features
+        candidates, arrays = next(iter(group.values())).candidate_features(user_idx, explicit=pairs)
+        for name, bundle in group.items():
+            scored = bundle.score_features(candidates, arrays).sort("query_idx", "item_idx")
+            ranked[name] = top(scored["score"].to_numpy().reshape(n_users, n_cold))
     ranked["random"] = top(np.zeros((n_users, n_cold)))
     pop = state.item_features["item_pop_all"].to_numpy()[cold_idx]
     ranked["popularity"] = top(np.broadcast_to(np.nan_to_num(pop), (n_users, n_cold)))

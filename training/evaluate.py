@@ -150,6 +150,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     The bundles' states are fitted on the same training window (they may differ in their text
     vectors); relevance and the baselines come from the first one. ``pretrained_state`` adds
     the ``text_pretrained`` baseline (text interest from the encoder before fine-tuning).
+    Above ``config.eval_max_users`` test users, a seeded uniform sample of them is evaluated.
     The ranker gets bootstrap intervals of nDCG@k and of its paired lift over the best baseline.
     """
     state = next(iter(bundles.values())).state
@@ -161,7 +162,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     ranked_by_model: dict[str, np.ndarray] = {}
     scores = labels = np.zeros(0)
     best_baseline = ""
-    for group in _bundles_by_state(bundles):
+    for group in bundles_by_state(bundles):
         outcome = _rank_in_chunks(group, user_idx, relevant, k, keep_scores="ranker")
         for name, (ranked, recall, scores_labels) in outcome.items():
             ranked_by_model[name] = ranked
@@ -194,7 +195,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
                       n_users_total=n_users_total)
 
 
-def _bundles_by_state(bundles: dict[str, RankingBundle]) -> list[dict[str, RankingBundle]]:
+def bundles_by_state(bundles: dict[str, RankingBundle]) -> list[dict[str, RankingBundle]]:
     """Bundles grouped by the state object they read, in order: one candidate set per group."""
     groups: dict[int, dict[str, RankingBundle]] = {}
     for name, bundle in bundles.items():

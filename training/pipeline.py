@@ -74,7 +74,8 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
     user_idx, relevant = test_relevance(state, label_events)
     n_label_users = len(user_idx)
     user_idx, relevant = sample_users(user_idx, relevant, config.ranker_max_users, config.seed + 2)
-    if len(user_idx) < n_label_users:
+    sampled = len(user_idx) < n_label_users
+    if sampled:
         log.info("the ranker learns from %d of %d label users (ranker_max_users)", len(user_idx), n_label_users)
     if log_metric:
         log_metric("data/label_users", float(n_label_users), 0)
@@ -98,7 +99,6 @@ def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impres
         next_query += len(user_idx)
     if label_impressions is not None and label_impressions.height:
         shown = with_indices(label_impressions, state.users, state.items)
-        sampled = len(user_idx) < n_label_users
         shown = (shown.filter(pl.col("user_idx").is_in(pl.Series(user_idx).implode()) if sampled
                               else pl.col("user_idx") >= 0)
                  .group_by("impression_id", "user_idx", "item_idx").agg(pl.col("clicked").max().alias("label"))
