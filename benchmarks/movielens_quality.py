@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cold-items", type=float, default=0.2, help="0 skips the cold-items runs")
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "movielens-100k")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "movielens-100k.json")
     parser.add_argument("--json-out", type=Path, default=None, help="write every run's metrics here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -63,7 +64,7 @@ def main() -> None:
                 overrides = {"seed": seed, "split": "stratified"}
                 if protocol == "cold":
                     overrides["cold_item_fraction"] = args.cold_items
-                config = load_config(str(ROOT / "configs" / "movielens-100k.json"), **overrides)
+                config = load_config(str(args.config), **overrides)
                 start = time.perf_counter()
                 result = train(dataset, config, experiment=f"ml100k-{protocol}", register_name=None,
                                workdir=Path(tmp), progress=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightgbm as lgb
@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from features.candidates import SOURCE_FEATURES, generate_candidates
-from features.ranking_frame import feature_arrays, feature_matrix, order_within_query, position_in_group
+from features.ranking_frame import feature_arrays, feature_matrix, order_within_query, position_in_group, prior_scores
 from features.state import FeatureState
 from recsys.config import PipelineConfig
 
@@ -37,6 +37,9 @@ class RankingBundle:
     booster: lgb.Booster
     feature_columns: tuple[str, ...]
     encoder_dir: Path | None = None
+    # The ranker's prior (RankerConfig.prior_sources): source -> weight of its within-query z-score,
+    # added to the booster's output. Empty: the booster alone.
+    prior_weights: dict[str, float] = field(default_factory=dict)
 
     def score(self, frame: pl.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
         """float32 (rows,) ranker scores of a ranking frame (or of its feature arrays)."""
@@ -46,7 +49,10 @@ class RankingBundle:
         # Small frames (one request) score faster on one thread: OpenMP's fork/join across the
         # cores costs more than the work, and other thread pools (polars) spin on them too.
         threads = 1 if matrix.shape[0] < 20_000 else 0
-        return self.booster.predict(matrix, num_threads=threads).astype(np.float32)
+        scores = self.booster.predict(matrix, num_threads=threads)
+        if self.prior_weights:
+            scores = scores + prior_scores(matrix, self.prior_weights, self.feature_columns)
+        return scores.astype(np.float32)
 
     def score_candidates(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
                          explicit: pl.DataFrame | None = None, exclude: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -110,7 +116,8 @@ class RankingBundle:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder / "config.json")
-        manifest = {"format_version": FORMAT_VERSION, "feature_columns": list(self.feature_columns)}
+        manifest = {"format_version": FORMAT_VERSION, "feature_columns": list(self.feature_columns),
+                    "prior_weights": self.prior_weights}
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
         self.booster.save_model(str(folder / "ranker.txt"))
         self.state.save(folder / "state")
@@ -135,6 +142,7 @@ class RankingBundle:
             booster=lgb.Booster(model_file=str(folder / "ranker.txt")),
             feature_columns=tuple(manifest["feature_columns"]),
             encoder_dir=encoder if encoder.exists() else None,
+            prior_weights=manifest.get("prior_weights", {}),
         )
 
 

@@ -45,8 +45,11 @@ class CFFactors:
 
 
 def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,
-           iterations: int, regularization: float = 0.05, seed: int = 0) -> CFFactors:
-    """Fit ALS or BPR on ``user_items`` (users x items) and return its factors."""
+           iterations: int, regularization: float = 0.05, alpha: float = 1.0, seed: int = 0) -> CFFactors:
+    """Fit ALS or BPR on ``user_items`` (users x items) and return its factors.
+
+    alpha: ALS's confidence scale (confidence = 1 + alpha x value); BPR uses only the pattern.
+    """
     from implicit.cpu.als import AlternatingLeastSquares
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
@@ -57,7 +60,7 @@ def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, 
     # (implicit checks this when the model is built, so the limit covers construction too).
     with threadpool_limits(limits=1, user_api="blas"):
         if name == "als":
-            model = AlternatingLeastSquares(factors=factors, regularization=regularization,
+            model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
                                             iterations=iterations, random_state=seed)
         else:
             model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,

@@ -1,9 +1,16 @@
 """Item-to-item models over the binary user x item matrix: EASE and co-occurrence cosine.
 
 - ``ease`` (Steck, 2019): ``B = argmin ||X - XB||^2 + lambda ||B||^2`` with ``diag(B) = 0``,
-  closed form ``P = (X'X + lambda I)^-1``, ``B = -P / diag(P)``. Dense n_items^2 inverse, so it
-  is used up to ``max_items`` items; above that the cosine model takes its place.
+  closed form ``P = (G + Lambda)^-1``, ``B = -P / diag(P)``, ``G = X'X``. Dense n_items^2 inverse,
+  so it is used up to ``max_items`` items; above that the cosine model takes its place.
+  ``dropout`` p > 0 makes it EDLAE (Steck, 2020, "Autoencoders that don't overfit towards the
+  identity"): ``Lambda = lambda I + p / (1 - p) diag(G)``, a penalty that grows with popularity.
 - ``cosine``: ``C_ij = co_ij / sqrt(co_ii co_jj)`` from the sparse co-occurrence counts.
+
+Co-occurrence can also count sessions: ``G = X'X + w S'S`` with ``S`` the binary session x item
+matrix (a user's interactions with gaps of at most a few seconds or minutes between them, see
+``features.user_items.build_session_items``). Items taken in the same sitting are more closely
+related than items a user took months apart; the users' rows still carry the long-term taste.
 
 Both keep only each item's ``neighbours`` strongest weights (by absolute value), so the
 stored matrix is sparse (n_items x n_items CSR, float32) and ``score(u, j) = sum_i x_ui B_ij``
@@ -100,23 +107,34 @@ def binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularization: float = 500.0,
-                  neighbours: int = 200, max_items: int = 20_000) -> ItemItem:
+                  neighbours: int = 200, max_items: int = 20_000, dropout: float = 0.0,
+                  sessions: sp.csr_matrix | None = None, session_weight: float = 1.0) -> ItemItem:
     """Fit on the 0/1 pattern of ``user_items`` (n_users, n_items).
 
     regularization: EASE's lambda (a count of co-occurrences; larger = smoother).
     neighbours: weights kept per item row; max_items: above this EASE falls back to cosine.
+    dropout: EDLAE's dropout probability in [0, 1) (0 = plain EASE; ignored by cosine).
+    sessions: optional (n_sessions, n_items) matrix whose 0/1 pattern adds ``session_weight`` x
+        the session co-occurrence counts to the user ones (both kinds).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown item-to-item model {kind!r}; use one of {KINDS}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"item-to-item dropout must be in [0, 1), got {dropout}")
     x = binary(user_items)
     n_items = x.shape[1]
+    if sessions is not None and sessions.shape[1] != n_items:
+        raise ConfigError(f"sessions have {sessions.shape[1]} item columns, user_items {n_items}")
     if kind == "ease" and n_items > max_items:
         log.warning("EASE needs a dense %d x %d inverse; using cosine co-occurrence above %d items",
                     n_items, n_items, max_items)
         kind = "cosine"
     counts = (x.T @ x).tocsr()
+    if sessions is not None and session_weight > 0:
+        s = binary(sessions)
+        counts = (counts + session_weight * (s.T @ s)).tocsr()
     if kind == "ease":
-        weights = _ease_weights(counts, regularization, neighbours)
+        weights = _ease_weights(counts, regularization, neighbours, dropout)
     else:
         diag = np.sqrt(counts.diagonal()).astype(np.float32)
         diag[diag == 0] = 1.0
@@ -128,8 +146,9 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
     return ItemItem(kind=kind, weights=weights)
 
 
-def _ease_weights(counts: sp.csr_matrix, regularization: float, neighbours: int) -> sp.csr_matrix:
-    """EASE's B, pruned to ``neighbours`` per row, in one dense n_items^2 buffer.
+def _ease_weights(counts: sp.csr_matrix, regularization: float, neighbours: int,
+                  dropout: float = 0.0) -> sp.csr_matrix:
+    """EASE's (EDLAE's, with ``dropout`` > 0) B, pruned to ``neighbours`` per row, in one dense n_items^2 buffer.
 
     The Gram matrix is inverted in place through its Cholesky factor (it is symmetric positive
     definite), scaled in place and pruned in row blocks, so the peak is one dense matrix
@@ -139,6 +158,7 @@ def _ease_weights(counts: sp.csr_matrix, regularization: float, neighbours: int)
     n_items = counts.shape[0]
     dtype = np.float64 if n_items <= 5_000 else np.float32
     gram = counts.toarray().astype(dtype)
+    gram[np.diag_indices(n_items)] *= 1.0 + dropout / (1.0 - dropout)
     gram[np.diag_indices(n_items)] += regularization
     potrf, potri = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potri"), (gram,))
     with threadpool_limits(limits=None, user_api="blas"):

@@ -13,21 +13,43 @@ import polars as pl
 from features import behaviour
 from features.pair_scores import pair_dot
 from features.state import FeatureState
+from recsys.config import SCORE_SOURCES
 from recsys.stage_timer import stage
 
-SCORE_FEATURES = ("als_score", "bpr_score", "item_item_score", "text_score")
+SCORE_FEATURES = SCORE_SOURCES
 # Rank of each score within its query (1 = best): stage-1 scores grow with history length and
 # window size, so the feature window the ranker learns on and the full window it serves from
 # differ in scale; ranks do not (in a development run on MovieLens 100K, seed 42, they lifted the
 # ranker's nDCG@10 from 0.428 to 0.456).
 QUERY_RANK_FEATURES = tuple(f"{name}_query_rank" for name in SCORE_FEATURES)
+# Each score standardized within its query ((value - mean) / std over the query's rows; 0 where
+# the score is unknown or constant): scale-free like the ranks but keeping the gaps between
+# items, so sums of them are blends of the stage-1 models (the ranker's prior, below).
+QUERY_Z_FEATURES = tuple(f"{name}_query_z" for name in SCORE_FEATURES)
 FEATURE_COLUMNS: tuple[str, ...] = (
     *SCORE_FEATURES, *QUERY_RANK_FEATURES, *behaviour.ITEM_FEATURES, *behaviour.USER_FEATURES,
     behaviour.AFFINITY_FEATURE,
 )
 TEXT_POPULARITY_FEATURE = "item_text_popularity"
-FEATURE_COLUMNS = (*FEATURE_COLUMNS, TEXT_POPULARITY_FEATURE)
-TEXT_FEATURES = ("text_score", "text_score_query_rank", TEXT_POPULARITY_FEATURE)
+FEATURE_COLUMNS = (*FEATURE_COLUMNS, TEXT_POPULARITY_FEATURE, *QUERY_Z_FEATURES)
+TEXT_FEATURES = ("text_score", "text_score_query_rank", TEXT_POPULARITY_FEATURE, "text_score_query_z")
+
+
+def prior_scores(frame: pl.DataFrame | dict[str, np.ndarray] | np.ndarray, weights: dict[str, float],
+                 columns: tuple[str, ...] = FEATURE_COLUMNS) -> np.ndarray:
+    """float64 (rows,) ``sum_s weights[s] * z_s``: a linear blend of the stage-1 scores.
+
+    weights: score feature name (``SCORE_FEATURES``) -> weight of its ``_query_z`` column.
+    frame: a ranking frame, its feature arrays, or a feature matrix in ``columns`` order.
+    """
+    n = frame.shape[0] if isinstance(frame, np.ndarray) else len(next(iter(frame.values()))) \
+        if isinstance(frame, dict) else frame.height
+    out = np.zeros(n, dtype=np.float64)
+    for source, weight in weights.items():
+        name = f"{source}_query_z"
+        z = frame[:, columns.index(name)] if isinstance(frame, np.ndarray) else np.asarray(frame[name])
+        out += weight * np.nan_to_num(z.astype(np.float64), nan=0.0)
+    return out
 
 
 def pair_text_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, user_rows: np.ndarray,
@@ -82,6 +104,29 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
+def zscore_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float32 (rows,) ``(value - mean) / std`` within each query; 0 for NaN values and for queries
+    whose known values are all equal.
+
+    query_idx: non-negative int (rows,) (any order); values: float (rows,).
+    """
+    out = np.zeros(len(values), dtype=np.float32)
+    ok = ~np.isnan(values)
+    if not ok.any():
+        return out
+    q, v = query_idx[ok].astype(np.int64), values[ok].astype(np.float64)
+    n = np.bincount(q)
+    safe_n = np.maximum(n, 1)
+    mean = np.bincount(q, weights=v) / safe_n
+    var = np.maximum(np.bincount(q, weights=v * v) / safe_n - mean**2, 0.0)
+    std = np.sqrt(var)
+    # Spreads at rounding level (constant scores) count as constant: 1e-6 of the query's scale.
+    flat = std <= 1e-6 * np.maximum(np.abs(mean), 1e-12)
+    z = (v - mean[q]) / np.where(flat, 1.0, std)[q]
+    out[ok] = np.where(flat[q], 0.0, z)
+    return out
+
+
 @stage("ranking_frame")
 def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarray, *,
                    query_idx: np.ndarray, query_text: np.ndarray | None = None,
@@ -118,6 +163,7 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     }
     for name in SCORE_FEATURES:
         columns[f"{name}_query_rank"] = rank_within_query(query_idx, columns[name])
+        columns[f"{name}_query_z"] = zscore_within_query(query_idx, columns[name])
     columns.update({name: item_values[:, j] for j, name in enumerate(behaviour.ITEM_FEATURES)})
     columns.update({name: user_values[:, j] for j, name in enumerate(behaviour.USER_FEATURES)})
     columns[behaviour.AFFINITY_FEATURE] = user_affinity

@@ -21,7 +21,7 @@ from features.cf import CFFactors, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item
 from features.text_interest import HistoryPooling, history_weights, user_vectors
 from features.text_popularity import fit_text_popularity, predict_text_popularity
-from features.user_items import build_user_items
+from features.user_items import build_session_items, build_user_items
 from recsys.config import PipelineConfig
 from recsys.idmap import IdMap
 from recsys.stage_timer import stage
@@ -180,13 +180,19 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                                   users, items)
     n_users, n_items = len(users), len(items)
     with stage("cf"):
-        als = fit_cf("als", user_items, n_users=n_users, n_items=n_items, factors=config.als_factors,
-                     iterations=config.als_iterations, regularization=config.als_regularization, seed=config.seed)
+        als = fit_cf("als", user_items if config.cf_use_weights else binary(user_items), n_users=n_users,
+                     n_items=n_items, factors=config.als_factors, iterations=config.als_iterations,
+                     regularization=config.als_regularization, alpha=config.als_alpha, seed=config.seed)
         bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                      iterations=config.bpr_iterations, seed=config.seed)
     with stage("item_item"):
+        sessions = None
+        if config.item_item_session_gap_seconds > 0:
+            sessions = build_session_items(events, items, config.item_item_session_gap_seconds)
         item_item = fit_item_item(user_items, kind="ease", regularization=config.item_item_regularization,
-                                  neighbours=config.item_item_neighbours, max_items=config.item_item_max_items)
+                                  neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
+                                  dropout=config.item_item_dropout, sessions=sessions,
+                                  session_weight=config.item_item_session_weight)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
     categories = IdMap(kind="category").fit(catalog["category"])

@@ -24,6 +24,27 @@ def build_user_items(interactions: pl.DataFrame, users: IdMap, items: IdMap) -> 
     return matrix
 
 
+def build_session_items(interactions: pl.DataFrame, items: IdMap, gap_seconds: float) -> sp.csr_matrix:
+    """Binary session x item matrix (n_sessions, len(items)) float32 CSR.
+
+    A session is a run of one user's interactions, in time order, with at most ``gap_seconds``
+    between consecutive ones (``gap_seconds`` > 0). Sessions of a single interaction are kept:
+    they add to an item's own count only. Every item must be in ``items``.
+    """
+    if gap_seconds <= 0:
+        raise ValueError(f"gap_seconds must be positive, got {gap_seconds}")
+    ordered = interactions.select("user_id", "item_id", "timestamp").sort("user_id", "timestamp")
+    gap = pl.col("timestamp").diff().over("user_id").dt.total_microseconds()
+    new_session = (gap.is_null() | (gap > gap_seconds * 1e6)).cast(pl.Int64)
+    session = ordered.select(new_session.cum_sum().alias("session") - 1)["session"].to_numpy()
+    n_sessions = int(session[-1]) + 1 if len(session) else 0
+    matrix = sp.csr_matrix((np.ones(len(session), dtype=np.float32), (session, items.to_index(ordered["item_id"]))),
+                           shape=(n_sessions, len(items)), dtype=np.float32)
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
 def check_user_items(user_items: sp.spmatrix, n_users: int, n_items: int) -> sp.csr_matrix:
     """Check orientation and dtype where the matrix is passed; return it as CSR float32."""
     if not sp.issparse(user_items):

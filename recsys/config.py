@@ -10,6 +10,8 @@ from pathlib import Path
 from recsys.errors import ConfigError
 
 SPLITS = ("temporal", "leave-last-out", "stratified")
+# The stage-1 score features (features.ranking_frame.SCORE_FEATURES), named here for validation.
+SCORE_SOURCES = ("als_score", "bpr_score", "item_item_score", "text_score")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,17 @@ class RankerConfig:
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.9
     lambdarank_truncation_level: int = 20
+    # A tree counts as better on the validation queries only when nDCG rises by more than this.
+    # With a prior, trees whose gain is within the validation noise are then not kept.
+    early_stopping_min_delta: float = 0.0
+    # Stage-1 scores (of SCORE_FEATURES) whose within-query z-scores make the prior: boosting starts
+    # from sum_s w_s z_s instead of from zero, with w = 1 for the first source and the others
+    # fitted on the training label queries (training/prior_blend.py). The trees then learn
+    # corrections, and early stopping keeps the blend when they find none. Empty = off.
+    prior_sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prior_sources", tuple(self.prior_sources))  # JSON gives a list
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,11 @@ class PipelineConfig:
     als_factors: int = 64
     als_iterations: int = 15
     als_regularization: float = 0.05
+    als_alpha: float = 1.0  # ALS confidence = 1 + alpha x value
+    # ALS's values: the interaction weights (True) or 1 per (user, item) pair (False). Weights say
+    # how much a user liked an item; 0/1 says only that they took it, which is what a protocol
+    # where every test interaction counts (MovieLens ratings of any value) asks for.
+    cf_use_weights: bool = True
     bpr_factors: int = 64
     bpr_iterations: int = 60
     # EASE item-to-item model (features/item_item.py): lambda, weights kept per item, and the
@@ -100,6 +118,13 @@ class PipelineConfig:
     item_item_regularization: float = 500.0
     item_item_neighbours: int = 200
     item_item_max_items: int = 5_000
+    # EDLAE's dropout (0 = plain EASE): a penalty on each item's weights that grows with its
+    # popularity, lambda + p / (1 - p) x count.
+    item_item_dropout: float = 0.0
+    # Session co-occurrence joins the user co-occurrence (0 = off): a session is a user's run of
+    # interactions at most this many seconds apart, and its pairs count session_weight each.
+    item_item_session_gap_seconds: float = 0.0
+    item_item_session_weight: float = 1.0
     ctr_prior_strength: float = 20.0
     # Above these user counts a seeded uniform sample of users is used (0 = every user): the label
     # users the ranker learns from, and the test users of the full-ranking evaluation. Both cost
@@ -124,9 +149,17 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be strictly between 0 and 1, got {value}")
         if not 0.0 <= self.cold_item_fraction < 1.0:
             raise ConfigError(f"cold_item_fraction must be in [0, 1), got {self.cold_item_fraction}")
+        if not 0.0 <= self.item_item_dropout < 1.0:
+            raise ConfigError(f"item_item_dropout must be in [0, 1), got {self.item_item_dropout}")
+        for name in ("item_item_session_gap_seconds", "item_item_session_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
         for name in ("ranker_max_users", "eval_max_users"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (every user) or a positive count, got {getattr(self, name)}")
+        unknown = sorted(set(self.ranker.prior_sources) - set(SCORE_SOURCES))
+        if unknown:
+            raise ConfigError(f"ranker.prior_sources {unknown} are not stage-1 scores; use some of {SCORE_SOURCES}")
         if not 1 <= self.text.trainable_layers <= 6:
             raise ConfigError(f"text.trainable_layers must be 1..6, got {self.text.trainable_layers}")
 

@@ -84,4 +84,5 @@ def small_bundle():
                               item_vectors=vectors, users=users, items=items, config=config)
     frame = labelled_frame(state, split.test, split.impressions_test, config)
     ranker = fit_rankers(frame, config, log_metric=None)["ranker"]
-    return RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names)
+    return RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
+                         prior_weights=ranker.prior_weights)

@@ -107,3 +107,67 @@ def test_cold_items_are_a_seeded_share_of_interacted_items():
     assert without_items(None, cold) is None
     with pytest.raises(ConfigError, match="leaves 0 cold items"):
         pick_cold_items(events, 0.01, seed=4)
+
+
+def test_edlae_dropout_adds_a_popularity_penalty_to_lambda(user_items):
+    model = fit_item_item(user_items, kind="ease", regularization=5.0, neighbours=12, dropout=0.5)
+    x = (user_items.toarray() > 0).astype(np.float64)
+    gram = x.T @ x
+    p = np.linalg.inv(gram + np.diag(5.0 + 1.0 * np.diag(gram)))  # p / (1 - p) = 1 at p = 0.5
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights.toarray(), b, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        fit_item_item(user_items, dropout=1.0)
+
+
+def test_session_co_occurrence_joins_the_user_co_occurrence(user_items):
+    rng = np.random.default_rng(1)
+    sessions = sp.csr_matrix((rng.random((25, 12)) < 0.25).astype(np.float32) * 3)  # weights: only 0/1 counts
+    model = fit_item_item(user_items, kind="ease", regularization=5.0, neighbours=12, sessions=sessions,
+                          session_weight=2.0)
+    x = (user_items.toarray() > 0).astype(np.float64)
+    s = (sessions.toarray() > 0).astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 2.0 * s.T @ s + 5.0 * np.eye(12))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights.toarray(), b, atol=1e-5)
+    cosine = fit_item_item(user_items, kind="cosine", neighbours=12, sessions=sessions, session_weight=2.0)
+    co = x.T @ x + 2.0 * s.T @ s
+    expected = co / np.sqrt(np.outer(np.diag(co), np.diag(co)))
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(cosine.weights.toarray(), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="sessions have 5 item columns, user_items 12"):
+        fit_item_item(user_items, sessions=sp.csr_matrix((3, 5), dtype=np.float32))
+
+
+def test_sessions_break_where_a_users_gap_exceeds_the_limit():
+    from datetime import datetime, timedelta
+
+    from features.user_items import build_session_items
+    from recsys.idmap import IdMap
+
+    t0 = datetime(2024, 1, 1)
+    seconds = {"u1": [0, 30, 50, 200, 230], "u2": [10, 500]}
+    order = {"u1": ["a", "b", "a", "c", "d"], "u2": ["b", "c"]}
+    rows = [(u, i, t0 + timedelta(seconds=s)) for u in seconds for i, s in zip(order[u], seconds[u], strict=True)]
+    events = pl.DataFrame(rows[::-1], schema=["user_id", "item_id", "timestamp"], orient="row")  # any row order
+    items = IdMap(kind="item").fit(pl.Series(["a", "b", "c", "d"]))
+    sessions = build_session_items(events, items, gap_seconds=60)
+    # u1: {a, b} (a twice counts once), {c, d}; u2: {b}, {c} (490 s apart)
+    assert sessions.toarray().tolist() == [[1, 1, 0, 0], [0, 0, 1, 1], [0, 1, 0, 0], [0, 0, 1, 0]]
+    assert build_session_items(events, items, gap_seconds=1000).shape == (2, 4)
+    with pytest.raises(ValueError, match="gap_seconds must be positive, got 0"):
+        build_session_items(events, items, gap_seconds=0)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("item_item_dropout", 1.0, r"item_item_dropout must be in \[0, 1\), got 1.0"),
+    ("item_item_session_gap_seconds", -5.0, "item_item_session_gap_seconds must be 0 \\(off\\) or positive, got -5.0"),
+    ("item_item_session_weight", -1.0, "item_item_session_weight must be 0 \\(off\\) or positive, got -1.0"),
+])
+def test_item_to_item_settings_are_validated(key, value, message):
+    from recsys.config import PipelineConfig
+
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig.from_dict({key: value})

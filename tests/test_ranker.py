@@ -65,3 +65,83 @@ def test_unused_features_are_never_split_on_and_the_sets_are_binned_once():
     np.testing.assert_array_equal(ablation.predict(shuffled), ablation.predict(Xv))
     with pytest.raises(DataValidationError, match=r"unused_features \['text'\] are not features"):
         ablation.fit_dataset(data, unused_features=("text",))
+
+
+def test_zscores_within_each_query_with_unknown_and_constant_scores():
+    from features.ranking_frame import zscore_within_query
+
+    query = np.array([0, 0, 0, 1, 1, 2, 2, 0])
+    values = np.array([1.0, 2.0, 3.0, 5.0, 5.0, np.nan, 4.0, np.nan])
+    z = zscore_within_query(query, values)
+    np.testing.assert_allclose(z, [-np.sqrt(1.5), 0.0, np.sqrt(1.5), 0.0, 0.0, 0.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_query_ndcg_matches_a_hand_computed_table():
+    from training.prior_blend import mean_query_ndcg
+
+    groups = np.array([3, 2, 2])
+    scores = np.array([0.9, 0.5, 0.1, 0.2, 0.8, 0.3, 0.4])
+    labels = np.array([0, 1, 1, 1, 0, 0, 0])
+    # query 0: ranked 0,1,2 -> gains at positions 2 and 3; ideal: positions 1 and 2
+    q0 = (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    q1 = (1 / np.log2(3)) / 1.0  # the positive is second
+    assert mean_query_ndcg(groups, scores, labels, k=10) == pytest.approx((q0 + q1) / 2)  # query 2: no positive
+    assert mean_query_ndcg(groups, scores, labels, k=1) == pytest.approx(0.0)
+
+
+def _blend_data(seed=0, n_queries=200, per_query=20):
+    """Two scores whose blend a + 0.4 b decides the labels, and a third that is noise."""
+    rng = np.random.default_rng(seed)
+    a, b, noise = rng.normal(size=(3, n_queries * per_query))
+    truth = a + 0.4 * b
+    query = np.repeat(np.arange(n_queries), per_query)
+    labels = np.zeros(truth.size, dtype=np.int64)
+    for q in range(n_queries):  # the 3 best of each query are the positives
+        rows = np.flatnonzero(query == q)
+        labels[rows[np.argsort(-truth[rows])[:3]]] = 1
+    X = np.column_stack([a, b, noise]).astype(np.float32)
+    return X, labels, np.full(n_queries, per_query)
+
+
+def test_the_prior_weights_recover_the_blend_that_decides_the_labels():
+    from training.prior_blend import fit_prior_weights
+
+    X, y, g = _blend_data()
+    columns = ("item_item_score_query_z", "als_score_query_z", "bpr_score_query_z")
+    weights = fit_prior_weights(X, y, g, ("item_item_score", "als_score", "bpr_score"), columns, k=3)
+    assert weights["item_item_score"] == 1.0
+    assert 0.3 <= weights["als_score"] <= 0.6
+    assert weights["bpr_score"] <= 0.1
+
+
+def test_a_ranker_with_a_prior_adds_its_trees_to_the_fitted_blend(tmp_path):
+    names = ("item_item_score_query_z", "als_score_query_z", "bpr_score_query_z")
+    X, y, g = _blend_data()
+    Xv, yv, gv = _blend_data(seed=1)
+    config = RankerConfig(num_boost_round=30, min_data_in_leaf=5,
+                          prior_sources=("item_item_score", "als_score", "bpr_score"))
+    ranker = LambdaRanker(feature_names=names, config=config).fit(X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
+    assert ranker.prior_weights["item_item_score"] == 1.0 and ranker.prior_weights["als_score"] > 0.2
+    blend = sum(w * Xv[:, names.index(f"{s}_query_z")] for s, w in ranker.prior_weights.items())
+    trees = ranker.booster.predict(Xv, num_iteration=ranker.best_iteration)
+    np.testing.assert_allclose(ranker.predict(Xv), trees + blend, rtol=1e-5, atol=1e-5)
+    ranker.save(tmp_path / "ranker.txt")
+    np.testing.assert_allclose(LambdaRanker.load(tmp_path / "ranker.txt").predict(Xv), ranker.predict(Xv), rtol=1e-6)
+    ablation = LambdaRanker(feature_names=names, config=config)
+    ablation.fit_dataset(ablation.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv),
+                         unused_features=("als_score_query_z",))
+    assert set(ablation.prior_weights) == {"item_item_score", "bpr_score"}
+    missing = r"prior_sources need the features \['als_score_query_z', 'bpr_score_query_z'\]"
+    with pytest.raises(DataValidationError, match=missing):
+        LambdaRanker(feature_names=("item_item_score_query_z", "x", "y"), config=config).fit(
+            X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
+
+
+def test_prior_sources_must_be_stage_one_scores_and_json_lists_become_tuples():
+    from recsys.config import PipelineConfig
+    from recsys.errors import ConfigError
+
+    config = PipelineConfig.from_dict({"ranker": {"prior_sources": ["item_item_score", "als_score"]}})
+    assert config.ranker.prior_sources == ("item_item_score", "als_score")
+    with pytest.raises(ConfigError, match=r"ranker.prior_sources \['item_pop_all'\] are not stage-1 scores"):
+        PipelineConfig.from_dict({"ranker": {"prior_sources": ["item_item_score", "item_pop_all"]}})

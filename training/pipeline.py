@@ -208,7 +208,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                                       users=users, items=items, config=config, pooling=text.pooling)
             state_pretrained = with_text_vectors(state, split.train, text.pretrained_vectors)
         bundles = {name: RankingBundle(config=config, state=state_pretrained if "pretrained" in name else state,
-                                       booster=r.booster, feature_columns=r.feature_names)
+                                       booster=r.booster, feature_columns=r.feature_names,
+                                       prior_weights=r.prior_weights)
                    for name, r in rankers.items()}
         with stage("evaluation"):
             evaluation = evaluate_all(bundles, split, config, pretrained_state=state_pretrained)
@@ -269,6 +270,7 @@ def _log_results(evaluation, ranker: LambdaRanker, text, metric_log, config: Pip
         flat.update({prefix + tracking.mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
     mlflow.log_metrics(flat)
     mlflow.log_metric("ranker/best_iteration", ranker.best_iteration)
+    mlflow.log_metrics({f"ranker/prior_weight/{source}": w for source, w in ranker.prior_weights.items()})
     if evaluation.best_baseline:
         mlflow.set_tag("best_baseline", evaluation.best_baseline)
     metric = f"ndcg@{config.k}"

@@ -6,6 +6,7 @@ saved as LightGBM's text format with its feature names.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
+from features.ranking_frame import prior_scores
 from recsys.config import RankerConfig
 from recsys.errors import DataValidationError, NotFittedError
+from training.prior_blend import fit_prior_weights
 
 MAX_LABEL = 30  # LambdaRank label_gain has 31 entries by default: labels stay small integers.
 
@@ -28,6 +31,11 @@ class RankerData:
     valid: lgb.Dataset
     feature_names: tuple[str, ...]
     n_rows: int
+    # The raw arrays, for the prior's weights and start scores (RankerConfig.prior_sources).
+    X: np.ndarray | None = None
+    y: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    X_val: np.ndarray | None = None
 
 
 class LambdaRanker:
@@ -41,6 +49,7 @@ class LambdaRanker:
         self.booster: lgb.Booster | None = None
         self.evals: dict[str, dict[str, list[float]]] = {}
         self.unused_features: tuple[str, ...] = ()
+        self.prior_weights: dict[str, float] = {}  # source -> weight of its within-query z-score
         self.fit_seconds = 0.0
 
     def _check(self, X: np.ndarray, y: np.ndarray | None = None, groups: np.ndarray | None = None) -> None:
@@ -78,7 +87,8 @@ class LambdaRanker:
         names = list(self.feature_names)
         train_set = lgb.Dataset(X, label=y, group=groups, feature_name=names, free_raw_data=False)
         val_set = lgb.Dataset(X_val, label=y_val, group=groups_val, reference=train_set, feature_name=names)
-        return RankerData(train=train_set, valid=val_set, feature_names=self.feature_names, n_rows=X.shape[0])
+        return RankerData(train=train_set, valid=val_set, feature_names=self.feature_names, n_rows=X.shape[0],
+                          X=X, y=y, groups=groups, X_val=X_val)
 
     def fit_dataset(self, data: RankerData, *, unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
                     log_metric: Callable[[str, float, int], None] | None = None) -> LambdaRanker:
@@ -104,10 +114,11 @@ class LambdaRanker:
         self.unused_features = tuple(unused_features)
         self.evals = {}
         start = time.perf_counter()
+        self._set_prior(data, eval_at[0])
         self.booster = lgb.train(
             params, data.train, num_boost_round=c.num_boost_round, valid_sets=[data.train, data.valid],
             valid_names=["train", "valid"],
-            callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False),
+            callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False, min_delta=c.early_stopping_min_delta),
                        lgb.record_evaluation(self.evals)],
         )
         self.fit_seconds = time.perf_counter() - start
@@ -127,7 +138,26 @@ class LambdaRanker:
         """float32 (rows,) scores; higher ranks first. Uses the best (early-stopped) iteration."""
         booster = self._require()
         self._check(X)
-        return booster.predict(X, num_iteration=booster.best_iteration or None).astype(np.float32)
+        scores = booster.predict(X, num_iteration=booster.best_iteration or None)
+        if self.prior_weights:
+            scores = scores + prior_scores(X, self.prior_weights, self.feature_names)
+        return scores.astype(np.float32)
+
+    def _set_prior(self, data: RankerData, k: int) -> None:
+        """Fit the prior's weights on the training queries and make it both sets' start scores
+        (``RankerConfig.prior_sources`` less the unused features; none: start from zero)."""
+        sources = tuple(s for s in self.config.prior_sources
+                        if s not in self.unused_features and f"{s}_query_z" not in self.unused_features)
+        missing = [f"{s}_query_z" for s in sources if f"{s}_query_z" not in self.feature_names]
+        if missing:
+            raise DataValidationError(f"prior_sources need the features {missing}")
+        if sources and data.X is None:
+            raise DataValidationError("prior_sources need the raw arrays: build the sets with LambdaRanker.dataset")
+        self.prior_weights = (fit_prior_weights(data.X, data.y, data.groups, sources, self.feature_names, k)
+                              if sources else {})
+        start = (lambda X: prior_scores(X, self.prior_weights, self.feature_names)) if sources else (lambda X: None)
+        data.train.set_init_score(start(data.X) if data.X is not None else None)
+        data.valid.set_init_score(start(data.X_val) if data.X_val is not None else None)
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per feature (0 for ``unused_features``)."""
@@ -139,11 +169,15 @@ class LambdaRanker:
         return int(self._require().best_iteration)
 
     def save(self, path: str | Path) -> None:
+        """LightGBM's text model at ``path``, and the prior's weights beside it (``.prior.json``)."""
         self._require().save_model(str(path), num_iteration=self.booster.best_iteration or None)
+        Path(path).with_suffix(".prior.json").write_text(json.dumps(self.prior_weights))
 
     @classmethod
     def load(cls, path: str | Path) -> LambdaRanker:
         booster = lgb.Booster(model_file=str(path))
         ranker = cls(feature_names=tuple(booster.feature_name()))
         ranker.booster = booster
+        prior = Path(path).with_suffix(".prior.json")
+        ranker.prior_weights = json.loads(prior.read_text()) if prior.exists() else {}
         return ranker
