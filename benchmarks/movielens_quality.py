@@ -69,9 +69,10 @@ def main() -> None:
                 result = train(dataset, config, experiment=f"ml100k-{protocol}", register_name=None,
                                workdir=Path(tmp), progress=False)
                 wall = time.perf_counter() - start
-                runs[protocol][seed] = {"metrics": result.metrics, "wall_s": wall, "timings": result.timings}
+                runs[protocol][seed] = {"metrics": result.metrics, "wall_s": wall, "timings": result.timings,
+                                        "ranker_trees": result.ranker_trees, "prior_weights": result.prior_weights}
                 print(f"seed {seed} {protocol}: ranker nDCG@10 {result.metrics['ranker']['ndcg@10']:.4f} "
-                      f"in {wall:.0f}s", flush=True)
+                      f"in {wall:.0f}s; {result.ranker_trees} trees, prior weights {result.prior_weights}", flush=True)
     report_runs(runs, args.seeds)
     if args.json_out:
         args.json_out.write_text(json.dumps(runs, indent=2, default=float))

@@ -68,15 +68,20 @@ def movielens_runs(movielens, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_movielens_ranker_beats_popularity_and_cf_baselines(movielens_runs):
+def test_movielens_ranker_beats_every_baseline_including_ease(movielens_runs):
     m = movielens_runs["plain"]
-    # Not bit-reproducible (BPR's Hogwild threads, CPU fine-tuning): seed 0 gave 0.4185-0.4483 over
-    # 4 runs of the same code, so the absolute floor sits below that and the comparisons carry the test.
-    assert m["ranker"]["ndcg@10"] > 0.40
-    assert m["ranker"]["ndcg@10"] > m["popularity"]["ndcg@10"] + 0.15
-    for baseline in ("als", "bpr", "cooccurrence", "text", "random"):
+    # Seeds 0-5 gave 0.4866-0.4958 (P@10 0.4234-0.4244 as 3-seed means) and paired lifts over EASE of
+    # +0.0043 to +0.0069 with 95% intervals above 0; runs are not bit-reproducible (BPR's Hogwild
+    # threads, CPU fine-tuning), so the floors sit below those figures.
+    assert m["ranker"]["ndcg@10"] > 0.47
+    assert m["ranker"]["precision@10"] > 0.41
+    assert m["ranker"]["ndcg@10"] > m["popularity"]["ndcg@10"] + 0.2
+    for baseline in ("ease", "als", "bpr", "cooccurrence", "text", "random"):
         assert m["ranker"]["ndcg@10"] > m[baseline]["ndcg@10"], baseline
+    assert m["ranker"]["lift_vs_best_baseline/ndcg@10"] > 0
     assert 0.0 < m["ranker"]["map@10"] < m["ranker"]["precision@10"]
+    # The session-aware EDLAE item-to-item model is above the plain EASE of earlier sessions (0.4675 on seed 0).
+    assert m["ease"]["ndcg@10"] > 0.475
 
 
 @pytest.mark.slow

@@ -54,6 +54,9 @@ class TrainResult:
     became_champion: bool
     metrics: dict[str, dict[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
+    # The main ranker: trees kept by early stopping and the prior's weights (source -> weight).
+    ranker_trees: int = 0
+    prior_weights: dict[str, float] = field(default_factory=dict)
 
 
 def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impressions: pl.DataFrame | None,
@@ -240,7 +243,9 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
-                           became_champion=became_champion, metrics=results, timings=dict(timings))
+                           became_champion=became_champion, metrics=results, timings=dict(timings),
+                           ranker_trees=rankers["ranker"].best_iteration,
+                           prior_weights=dict(rankers["ranker"].prior_weights))
 
 
 def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: pl.DataFrame | None,
