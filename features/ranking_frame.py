@@ -112,18 +112,23 @@ def zscore_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray
     """
     out = np.zeros(len(values), dtype=np.float32)
     ok = ~np.isnan(values)
-    if not ok.any():
+    all_known = bool(ok.all())
+    if not all_known and not ok.any():
         return out
-    q, v = query_idx[ok].astype(np.int64), values[ok].astype(np.float64)
-    n = np.bincount(q)
-    safe_n = np.maximum(n, 1)
-    mean = np.bincount(q, weights=v) / safe_n
-    var = np.maximum(np.bincount(q, weights=v * v) / safe_n - mean**2, 0.0)
-    std = np.sqrt(var)
+    # Known values only; the common case (every user known) skips the masked copies.
+    q = query_idx if all_known else query_idx[ok]
+    v = values.astype(np.float64) if all_known else values[ok].astype(np.float64)
+    n = np.maximum(np.bincount(q), 1)
+    mean = np.bincount(q, weights=v) / n
+    centred = v - mean[q]
+    std = np.sqrt(np.bincount(q, weights=centred * centred) / n)
     # Spreads at rounding level (constant scores) count as constant: 1e-6 of the query's scale.
-    flat = std <= 1e-6 * np.maximum(np.abs(mean), 1e-12)
-    z = (v - mean[q]) / np.where(flat, 1.0, std)[q]
-    out[ok] = np.where(flat[q], 0.0, z)
+    scale = np.where(std <= 1e-6 * np.maximum(np.abs(mean), 1e-12), np.inf, std)
+    z = centred / scale[q]
+    if all_known:
+        out[:] = z
+    else:
+        out[ok] = z
     return out
 
 

@@ -145,3 +145,22 @@ def test_prior_sources_must_be_stage_one_scores_and_json_lists_become_tuples():
     assert config.ranker.prior_sources == ("item_item_score", "als_score")
     with pytest.raises(ConfigError, match=r"ranker.prior_sources \['item_pop_all'\] are not stage-1 scores"):
         PipelineConfig.from_dict({"ranker": {"prior_sources": ["item_item_score", "item_pop_all"]}})
+
+
+def test_a_saved_bundle_keeps_its_prior_and_scores_booster_plus_blend(small_bundle, tmp_path):
+    from dataclasses import replace
+
+    from features.bundle import RankingBundle
+    from features.ranking_frame import feature_matrix
+
+    weights = {"item_item_score": 1.0, "als_score": 0.5}
+    bundle = replace(small_bundle, prior_weights=weights)
+    user_idx = np.arange(5, dtype=np.int32)
+    candidates, arrays = bundle.candidate_features(user_idx)
+    matrix = feature_matrix(arrays, bundle.feature_columns)
+    blend = arrays["item_item_score_query_z"] + 0.5 * arrays["als_score_query_z"]
+    np.testing.assert_allclose(bundle.score(arrays), bundle.booster.predict(matrix) + blend, rtol=1e-5, atol=1e-5)
+    loaded = RankingBundle.load(bundle.save(tmp_path / "bundle"))
+    assert loaded.prior_weights == weights
+    np.testing.assert_allclose(loaded.score_features(candidates, arrays)["score"].to_numpy(), bundle.score(arrays),
+                               rtol=1e-6)
