@@ -42,14 +42,13 @@ def prior_scores(frame: pl.DataFrame | dict[str, np.ndarray] | np.ndarray, weigh
     weights: score feature name (``SCORE_FEATURES``) -> weight of its ``_query_z`` column.
     frame: a ranking frame, its feature arrays, or a feature matrix in ``columns`` order.
     """
-    n = frame.shape[0] if isinstance(frame, np.ndarray) else len(next(iter(frame.values()))) \
-        if isinstance(frame, dict) else frame.height
-    out = np.zeros(n, dtype=np.float64)
-    for source, weight in weights.items():
+    def z_of(source: str) -> np.ndarray:
         name = f"{source}_query_z"
         z = frame[:, columns.index(name)] if isinstance(frame, np.ndarray) else np.asarray(frame[name])
-        out += weight * np.nan_to_num(z.astype(np.float64), nan=0.0)
-    return out
+        return np.nan_to_num(z.astype(np.float64), nan=0.0)
+
+    rows = frame.shape[0] if isinstance(frame, np.ndarray | pl.DataFrame) else len(next(iter(frame.values())))
+    return sum((weight * z_of(source) for source, weight in weights.items()), np.zeros(rows))
 
 
 def pair_text_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, user_rows: np.ndarray,
