@@ -32,10 +32,10 @@ class RankerData:
     feature_names: tuple[str, ...]
     n_rows: int
     # The raw arrays, for the prior's weights and start scores (RankerConfig.prior_sources).
-    X: np.ndarray | None = None
-    y: np.ndarray | None = None
-    groups: np.ndarray | None = None
-    X_val: np.ndarray | None = None
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    X_val: np.ndarray
 
 
 class LambdaRanker:
@@ -151,13 +151,10 @@ class LambdaRanker:
         missing = [f"{s}_query_z" for s in sources if f"{s}_query_z" not in self.feature_names]
         if missing:
             raise DataValidationError(f"prior_sources need the features {missing}")
-        if sources and data.X is None:
-            raise DataValidationError("prior_sources need the raw arrays: build the sets with LambdaRanker.dataset")
         self.prior_weights = (fit_prior_weights(data.X, data.y, data.groups, sources, self.feature_names, k)
                               if sources else {})
-        start = (lambda X: prior_scores(X, self.prior_weights, self.feature_names)) if sources else (lambda X: None)
-        data.train.set_init_score(start(data.X) if data.X is not None else None)
-        data.valid.set_init_score(start(data.X_val) if data.X_val is not None else None)
+        for lgb_set, X in ((data.train, data.X), (data.valid, data.X_val)):
+            lgb_set.set_init_score(prior_scores(X, self.prior_weights, self.feature_names) if sources else None)
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per feature (0 for ``unused_features``)."""
