@@ -1,9 +1,11 @@
 """Behaviour features with polars, point in time: only events strictly before ``ref_time``.
 
 Tables (all keyed by contiguous indices from the id maps):
-- item features: popularity over 1/7/30 days and all time, smoothed click-through rate,
-  age since first seen, days since last interaction, mean weight.
-- user features: history length, activity over 7 days, days since last interaction.
+- item features: popularity over 1/7/30 days and all time (counts, and relative to the
+  window's average item), smoothed click-through rate, age since first seen, days since last
+  interaction, mean weight.
+- user features: history length (count, and relative to the window's mean), share of it in
+  the last 7 days, days since last interaction.
 - user-category affinity: share of the user's history in each category.
 """
 
@@ -13,9 +15,17 @@ from datetime import datetime
 
 import polars as pl
 
-ITEM_FEATURES = ("item_pop_1d", "item_pop_7d", "item_pop_30d", "item_pop_all", "item_ctr",
+# Counts kept in the item table (candidate lists, baselines, slices read them).
+ITEM_COUNTS = ("item_pop_1d", "item_pop_7d", "item_pop_30d", "item_pop_all")
+# What the ranker reads: counts relative to the average item of the same window
+# (count x n_items / window total), so the feature window and the longer refit window give
+# comparable values; times in days and ratios are on one scale already.
+ITEM_FEATURES = ("item_pop_1d_rel", "item_pop_7d_rel", "item_pop_30d_rel", "item_pop_all_rel", "item_ctr",
                  "item_age_days", "item_days_since_last", "item_mean_weight")
-USER_FEATURES = ("user_history_len", "user_active_7d", "user_days_since_last")
+USER_COUNTS = ("user_history_len", "user_active_7d")
+# History length relative to the window's mean over users with history; the share of the
+# history in the last 7 days; days since the last interaction.
+USER_FEATURES = ("user_history_rel", "user_active_7d_share", "user_days_since_last")
 AFFINITY_FEATURE = "user_category_affinity"
 
 _DAY_US = 86_400 * 1_000_000
@@ -56,7 +66,11 @@ def item_features(interactions: pl.LazyFrame, impressions: pl.LazyFrame | None, 
         ).drop("_shows", "_clicks", "_first_shown")
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float32).alias("item_ctr"))
-    return frame.select("item_idx", *[pl.col(c).cast(pl.Float32) for c in ITEM_FEATURES]).sort("item_idx").collect()
+    frame = frame.with_columns([
+        pl.when(pl.col(c).sum() > 0).then(pl.col(c) * n_items / pl.col(c).sum()).otherwise(0.0).alias(f"{c}_rel")
+        for c in ITEM_COUNTS])
+    columns = (*ITEM_COUNTS, *(c for c in ITEM_FEATURES if c not in ITEM_COUNTS))
+    return frame.select("item_idx", *[pl.col(c).cast(pl.Float32) for c in columns]).sort("item_idx").collect()
 
 
 def user_features(interactions: pl.LazyFrame, *, n_users: int, ref_time: datetime) -> pl.DataFrame:
@@ -69,9 +83,13 @@ def user_features(interactions: pl.LazyFrame, *, n_users: int, ref_time: datetim
         pl.col("_age").min().alias("user_days_since_last"),
     )
     base = pl.LazyFrame({"user_idx": pl.int_range(0, n_users, dtype=pl.Int32, eager=True)})
+    length = pl.col("user_history_len")
+    mean_length = length.filter(length > 0).mean()
     return (base.join(agg, on="user_idx", how="left")
-            .with_columns(pl.col("user_history_len", "user_active_7d").fill_null(0))
-            .select("user_idx", *[pl.col(c).cast(pl.Float32) for c in USER_FEATURES])
+            .with_columns(pl.col(*USER_COUNTS).fill_null(0))
+            .with_columns(pl.when(length > 0).then(length / mean_length).otherwise(0.0).alias("user_history_rel"),
+                          pl.when(length > 0).then(pl.col("user_active_7d") / length).alias("user_active_7d_share"))
+            .select("user_idx", *[pl.col(c).cast(pl.Float32) for c in (*USER_COUNTS, *USER_FEATURES)])
             .sort("user_idx").collect())
 
 

@@ -25,6 +25,7 @@ import polars as pl
 from features.candidates import SOURCE_FEATURES, generate_candidates
 from features.ranking_frame import feature_arrays, feature_matrix, order_within_query, position_in_group, prior_scores
 from features.state import FeatureState
+from features.ties import tie_keys
 from recsys.config import PipelineConfig
 
 FORMAT_VERSION = 1
@@ -88,8 +89,8 @@ class RankingBundle:
         reuse_scores = explicit is None or explicit.height == 0
         if generate.size:
             text = None if query_text is None else query_text[generate]
-            generated = generate_candidates(self.state, user_idx[generate], self.config.candidates, user_text=text,
-                                            with_scores=reuse_scores)
+            generated = generate_candidates(self.state, user_idx[generate], self.config.candidates,
+                                            seed=self.config.seed, user_text=text, with_scores=reuse_scores)
             parts.append(generated.with_columns(pl.Series("query_idx", generate[generated["query_idx"].to_numpy()])))
         if explicit is not None and explicit.height:
             parts.append(explicit.select(pl.col("query_idx").cast(pl.Int32),
@@ -107,10 +108,19 @@ class RankingBundle:
     def score_features(self, candidates: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
         """``candidates`` with a Float32 ``score`` column: this booster on ``candidate_features``' arrays."""
         scores = self.score(arrays)
-        unknown = candidates["user_idx"].to_numpy() < 0
-        if unknown.any():  # the ranker never saw users without a profile: rank them transparently
+        unknown = ~self.has_profile(candidates["user_idx"].to_numpy())
+        if unknown.any():  # the ranker never learns on users without a profile: rank them transparently
             scores[unknown] = fallback_scores({k: v[unknown] for k, v in arrays.items()}, self.state)
         return candidates.with_columns(pl.Series("score", scores))
+
+    def has_profile(self, user_idx: np.ndarray) -> np.ndarray:
+        """bool (n,): the user is known and has history in the state's window. Only such users are
+        ranked by the booster, in training (label users) as in serving; the others take
+        ``fallback_scores``."""
+        user_idx = np.asarray(user_idx)
+        out = user_idx >= 0
+        out[out] = self.state.user_has_history()[user_idx[out]]
+        return out
 
     def save(self, folder: str | Path, *, encoder_dir: Path | None = None) -> Path:
         folder = Path(folder)
@@ -157,23 +167,24 @@ def fallback_scores(features: dict[str, np.ndarray], state: FeatureState) -> np.
         values = features[column]
         return np.log1p(values) / np.log1p(top) if top > 0 else np.zeros(len(values))
 
-    trend = 0.5 * scaled("item_pop_1d") + 0.5 * scaled("item_pop_7d")
+    trend = 0.5 * scaled("item_pop_1d_rel") + 0.5 * scaled("item_pop_7d_rel")
     text = features["text_score"]
     return np.where(np.isnan(text), trend, 0.4 * trend + 0.6 * text).astype(np.float32)
 
 
-def head_k(scored: pl.DataFrame, k: int) -> pl.DataFrame:
-    """Top-k rows per query_idx by score (ties: smaller item_idx first), with 1-based ``rank``,
-    sorted by query then rank."""
+def head_k(scored: pl.DataFrame, k: int, *, seed: int) -> pl.DataFrame:
+    """Top-k rows per query_idx by score, with 1-based ``rank``, sorted by query then rank.
+
+    scored: query_idx, user_idx, item_idx, score. Ties follow the seeded tie rule
+    (``features.ties``; the query key is the user where known, so a user's order does not
+    depend on how users were batched); NaN scores rank last.
+    """
     query = scored["query_idx"].to_numpy()
     item = scored["item_idx"].to_numpy()
-    score = scored["score"].to_numpy()
-    dq, di = np.diff(query), np.diff(item)
-    if bool(((dq > 0) | ((dq == 0) & (di > 0))).all()) and bool(np.isfinite(score).all()):
-        # Rows arrive sorted by (query, item): a stable sort on one key keeps the smaller item first on ties.
-        order = order_within_query(query, score)
-    else:
-        order = np.lexsort((item, -score, query))
+    score = np.nan_to_num(scored["score"].to_numpy().astype(np.float64), nan=-np.inf)
+    user = scored["user_idx"].to_numpy().astype(np.int64)
+    keys = tie_keys(seed, np.where(user >= 0, user, -(query.astype(np.int64) + 1)), item)
+    order = order_within_query(query, score, keys)
     rank = position_in_group(query[order])
     keep = rank < k
     return scored[order[keep]].with_columns(pl.Series("rank", rank[keep] + 1, dtype=pl.Int32))

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from features.ranking_frame import order_within_query, position_in_group
 from features.state import FeatureState
+from features.ties import tie_keys
 from recsys import schemas
 from recsys.config import CandidateConfig
 from recsys.stage_timer import stage
@@ -24,27 +25,35 @@ from recsys.stage_timer import stage
 SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
 
 
-def top_n(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n highest scores per row, best first: (rows, cols) -> (rows, min(n, cols)).
+def query_keys(user_idx: np.ndarray) -> np.ndarray:
+    """int64 (n,) tie-rule query keys of ranked lists: the user index where the model knows the
+    user, else ``-(position + 1)`` (unknown users get the non-personal lists, which do not
+    depend on the key, or their request's own history)."""
+    user_idx = np.asarray(user_idx, dtype=np.int64)
+    return np.where(user_idx >= 0, user_idx, -(np.arange(len(user_idx), dtype=np.int64) + 1))
 
-    ``-inf`` entries are never returned ahead of finite ones; callers drop them after.
+
+def top_n(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -> np.ndarray:
+    """Indices of the n highest finite scores per row, best first: (rows, cols) -> (rows, min(n, cols))
+    int64, padded with -1 where a row has fewer finite scores.
+
+    Ties follow the seeded tie rule (``features.ties``); query: int (rows,) keys (``query_keys``).
     """
     n = min(n, scores.shape[1])
-    if n == 0:
-        return np.zeros((scores.shape[0], 0), dtype=np.int64)
-    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    out = np.full((scores.shape[0], n), -1, dtype=np.int64)
+    rows, cols = top_n_entries(scores, n, seed=seed, query=query)
+    out[rows, position_in_group(rows)] = cols
+    return out
 
 
-def top_n_entries(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) int64 coordinates of the n highest finite scores of each row, unordered.
+def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) int64 coordinates of the n highest finite scores of each row, grouped by row
+    and best first within a row; ties by the seeded tie rule (query: int (rows,) keys).
 
-    The set ``top_n`` returns (ties: smaller column first), found without partitioning every
-    row: split a row into blocks, and the n-th largest block maximum is a lower bound of the
-    row's n-th largest score (n blocks reach it). Only entries at or above it, a few more than n
-    per row, are sorted. 4x faster than ``top_n`` on 512 x 3,000 scores with n = 100.
-    scores: float (n_rows, n_cols), ``-inf`` = never pick.
+    Found without sorting every row: split a row into blocks, and the n-th largest block maximum
+    is a lower bound of the row's n-th largest score (n blocks reach it). Only entries at or
+    above it (every entry tied with the n-th included) are sorted.
+    scores: float (n_rows, n_cols), ``-inf`` (or NaN) = never pick.
     """
     n_rows, n_cols = scores.shape
     if n <= 0 or n_rows == 0 or n_cols == 0:
@@ -56,10 +65,10 @@ def top_n_entries(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     else:
         # Strided slices, one per offset in the block: a max over a short inner axis is 10x slower.
         block_max = np.maximum.reduce([scores[:, j:n_blocks * width:width] for j in range(width)])
-        bound = np.partition(block_max, n_blocks - n, axis=1)[:, n_blocks - n]
+        bound = np.partition(np.nan_to_num(block_max, nan=-np.inf), n_blocks - n, axis=1)[:, n_blocks - n]
     rows, cols = np.nonzero((scores >= bound[:, None]) & (scores > -np.inf))
     values = scores[rows, cols]
-    order = order_within_query(rows, values)  # stable: ties keep the smaller column first
+    order = order_within_query(rows, values, tie_keys(seed, np.asarray(query)[rows], cols))
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
 
@@ -68,14 +77,16 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
                   user_text: np.ndarray | None = None) -> np.ndarray:
     """Dense scores (len(user_idx), n_items) float32 of a dense personal source ("cf" or "text").
 
-    Rows the source knows nothing about (unknown user, empty history) are all ``-inf``: it
-    proposes nothing for them.
+    Entries the source knows nothing about (unknown user, empty history; for "cf" also items
+    without history in the window) are ``-inf``: it proposes nothing there.
     """
     n = len(user_idx)
     known = user_idx >= 0
     if source == "cf":
+        known[known] = state.user_has_history()[user_idx[known]]
         out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
         out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
+        out[:, ~state.item_has_history()] = -np.inf
         return out
     if source == "text":
         vectors = user_text if user_text is not None else _known_rows(state.user_text, user_idx)
@@ -102,14 +113,15 @@ def item_item_scores(state: FeatureState, user_idx: np.ndarray) -> sp.csr_matrix
     return rows
 
 
-def sparse_top_n_entries(scores: sp.csr_matrix, seen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def sparse_top_n_entries(scores: sp.csr_matrix, seen: np.ndarray, n: int, *, seed: int,
+                         query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of each row's n highest positive stored scores, the ``seen`` (bool, dense
-    shape of ``scores``) entries skipped; ties: smaller column first."""
+    shape of ``scores``) entries skipped; ties by the seeded tie rule (query: int (rows,) keys)."""
     rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
     cols, values = scores.indices.astype(np.int64), scores.data
     keep = (values > 0) & ~seen[rows, cols]
     rows, cols, values = rows[keep], cols[keep], values[keep]
-    order = order_within_query(rows, values)
+    order = order_within_query(rows, values, tie_keys(seed, np.asarray(query)[rows], cols))
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
 
@@ -131,14 +143,16 @@ def seen_mask(state: FeatureState, user_idx: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column: str, n: int):
+def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column: str, n: int, seed: int):
     """Rows, cols of the n most popular items per user, skipping the user's seen items.
 
-    The order is global, so it is sorted once and each user walks down it past their seen items.
+    The order is global (ties by the tie rule with one shared query key), so it is sorted once
+    and each user walks down it past their seen items.
     """
     pop = state.item_features[column].to_numpy()
     max_seen = int(seen.sum(axis=1).max()) if len(chunk) else 0
-    order = np.argsort(-pop, kind="stable")[: n + max_seen]
+    items = np.arange(len(pop))
+    order = np.lexsort((tie_keys(seed, 0, items), -pop))[: n + max_seen]
     keep = ~seen[:, order]
     keep &= np.cumsum(keep, axis=1) <= n
     rows, pos = np.nonzero(keep)
@@ -146,10 +160,12 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
 
 
 @stage("candidates")
-def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *,
+def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *, seed: int,
                         chunk_size: int = 512, user_text: np.ndarray | None = None,
                         with_scores: bool = False) -> pl.DataFrame:
     """Candidate rows (query_idx, user_idx, item_idx), Int32, sorted by query then item.
+
+    Each source's top-N breaks ties by the seeded tie rule (``seed``: the run's seed).
 
     ``query_idx`` is the position in ``user_idx``: unknown users (-1) stay separate queries.
     user_text: optional (len(user_idx), d) interest vectors that replace the stored ones
@@ -166,6 +182,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         chunk = user_idx[start:start + chunk_size]
         chunk_text = None if user_text is None else user_text[start:start + chunk_size]
         seen = seen_mask(state, chunk)
+        query = query_keys(chunk)
         picked = np.zeros_like(seen)
         dense: dict[str, np.ndarray] = {}
         sparse: dict[str, sp.csr_matrix] = {}
@@ -177,7 +194,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
                 if with_scores:
                     sparse[source] = scores
                 if n > 0:
-                    picked[sparse_top_n_entries(scores, seen, n)] = True
+                    picked[sparse_top_n_entries(scores, seen, n, seed=seed, query=query)] = True
                 continue
             scores = source_scores(state, chunk, source, chunk_text)
             if with_scores:  # masking seen items below does not touch any candidate's score
@@ -185,10 +202,10 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
             if n <= 0:
                 continue
             scores[seen] = -np.inf
-            picked[top_n_entries(scores, n)] = True
+            picked[top_n_entries(scores, n, seed=seed, query=query)] = True
         for column, n in popular.items():
             if n > 0:
-                rows, cols = _global_top(state, chunk, seen, column, n)
+                rows, cols = _global_top(state, chunk, seen, column, n, seed)
                 picked[rows, cols] = True
         rows, cols = np.nonzero(picked)
         columns = {

@@ -15,7 +15,6 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from features import behaviour
 from features.cf import CFFactors
 from features.state import FeatureState
 from recsys.errors import DataValidationError
@@ -54,6 +53,7 @@ def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndar
         _dense=None,
         _history=None,
         _text_popularity=None,
+        _item_has_history=None,
     )
 
 
@@ -70,7 +70,9 @@ def _unseen_item_rows(state: FeatureState, n_old: int, n_new: int) -> pl.DataFra
     never = features.filter(pl.col("item_pop_all") == 0)["item_ctr"].drop_nans().drop_nulls()
     prior = float(never.mode().sort()[0]) if never.len() else float("nan")
     values = {"item_idx": pl.Series(np.arange(n_old, n_old + n_new, dtype=np.int32))}
-    for name in behaviour.ITEM_FEATURES:
+    for name in features.columns:
+        if name == "item_idx":
+            continue
         fill = 0.0 if name.startswith("item_pop") else (prior if name == "item_ctr" else float("nan"))
         values[name] = pl.Series(np.full(n_new, fill, dtype=np.float32))
     return pl.DataFrame(values).select(features.columns).cast(features.schema)

@@ -18,6 +18,13 @@ from features.user_items import check_user_items
 from recsys.errors import ConfigError
 
 ALGORITHMS = ("als", "bpr")
+# BPR's SGD is Hogwild: with more than one thread, threads race on shared item factors and the
+# result depends on scheduling. One thread makes a fit a function of (matrix, seed) and of nothing
+# about the machine (implicit also draws one sampling seed per thread).
+BPR_THREADS = 1
+# ALS solves each user (then each item) independently from the other side's fixed factors, so
+# its threads do not race: 0 = all cores, same factors (tests/test_determinism.py checks this).
+ALS_THREADS = 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, 
     """Fit ALS or BPR on ``user_items`` (users x items) and return its factors.
 
     alpha: ALS's confidence scale (confidence = 1 + alpha x value); BPR uses only the pattern.
+    Same matrix and ``seed``, same factors: see ``BPR_THREADS`` and ``ALS_THREADS``.
     """
     from implicit.cpu.als import AlternatingLeastSquares
     from implicit.cpu.bpr import BayesianPersonalizedRanking
@@ -61,10 +69,10 @@ def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, 
     with threadpool_limits(limits=1, user_api="blas"):
         if name == "als":
             model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                            iterations=iterations, random_state=seed)
+                                            iterations=iterations, random_state=seed, num_threads=ALS_THREADS)
         else:
             model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,
-                                                regularization=0.01, random_state=seed)
+                                                regularization=0.01, random_state=seed, num_threads=BPR_THREADS)
         model.fit(user_items, show_progress=False)
     item_factors = np.array(model.item_factors, dtype=np.float32)
     # An item nobody interacted with keeps its random initial factors in BPR: noise, not a score.

@@ -13,25 +13,27 @@ import polars as pl
 from features import behaviour
 from features.pair_scores import pair_dot
 from features.state import FeatureState
+from features.ties import order_by_score
 from recsys.config import SCORE_SOURCES
 from recsys.stage_timer import stage
 
 SCORE_FEATURES = SCORE_SOURCES
-# Rank of each score within its query (1 = best): stage-1 scores grow with history length and
-# window size, so the feature window the ranker learns on and the full window it serves from
-# differ in scale; ranks do not (in a development run on MovieLens 100K, seed 42, they lifted the
-# ranker's nDCG@10 from 0.428 to 0.456).
+# Raw stage-1 scores grow with history length and window size, so the feature window the ranker
+# learns on and the full window it serves from give them different scales. The ranker sees them
+# only through scale-free views: the rank within the query as a share of the query, and the
+# within-query z-score. The text score is a cosine of unit vectors (one scale everywhere) and
+# stays as it is.
 QUERY_RANK_FEATURES = tuple(f"{name}_query_rank" for name in SCORE_FEATURES)
-# Each score standardized within its query ((value - mean) / std over the query's rows; 0 where
-# the score is unknown or constant): scale-free like the ranks but keeping the gaps between
+# Each score standardized within its query ((value - mean) / std over the query's known rows; 0
+# where the score is unknown or constant): scale-free like the ranks but keeping the gaps between
 # items, so sums of them are blends of the stage-1 models (the ranker's prior, below).
 QUERY_Z_FEATURES = tuple(f"{name}_query_z" for name in SCORE_FEATURES)
-FEATURE_COLUMNS: tuple[str, ...] = (
-    *SCORE_FEATURES, *QUERY_RANK_FEATURES, *behaviour.ITEM_FEATURES, *behaviour.USER_FEATURES,
-    behaviour.AFFINITY_FEATURE,
-)
+RAW_SCORE_FEATURES = ("text_score",)
 TEXT_POPULARITY_FEATURE = "item_text_popularity"
-FEATURE_COLUMNS = (*FEATURE_COLUMNS, TEXT_POPULARITY_FEATURE, *QUERY_Z_FEATURES)
+FEATURE_COLUMNS: tuple[str, ...] = (
+    *RAW_SCORE_FEATURES, *QUERY_RANK_FEATURES, *behaviour.ITEM_FEATURES, *behaviour.USER_FEATURES,
+    behaviour.AFFINITY_FEATURE, TEXT_POPULARITY_FEATURE, *QUERY_Z_FEATURES,
+)
 TEXT_FEATURES = ("text_score", "text_score_query_rank", TEXT_POPULARITY_FEATURE, "text_score_query_z")
 
 
@@ -66,20 +68,13 @@ def _gather_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def order_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Row order grouping rows by ascending query and, within a query, by descending value.
+def order_within_query(query_idx: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row order grouping rows by ascending query and, within a query, by descending value; ties
+    by ``keys`` (``features.ties.tie_keys``: the seeded hash, never row order or item index).
 
-    Ties keep their row order (stable). One int64 sort key, the query in the high 32 bits and
-    the descending value quantized to 31 bits in the low ones: 2x faster than ``np.lexsort`` and
-    1.5x faster than a float64 key; values closer than 2**-31 of their range count as ties.
-    query_idx: int (rows,), 0 <= query < 2**31; values: finite float (rows,).
+    query_idx: int (rows,); values: finite float (rows,); keys: uint64 (rows,).
     """
-    v = values.astype(np.float64)
-    low, high = (v.min(), v.max()) if len(v) else (0.0, 0.0)
-    key = query_idx.astype(np.int64) << 32
-    if high > low:
-        key += ((high - v) * ((2**31 - 1) / (high - low))).astype(np.int64)
-    return np.argsort(key, kind="stable")
+    return order_by_score(query_idx, values, keys)
 
 
 def position_in_group(sorted_query: np.ndarray) -> np.ndarray:
@@ -90,16 +85,30 @@ def position_in_group(sorted_query: np.ndarray) -> np.ndarray:
 
 
 def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """float32 (rows,) 1-based rank of each value within its query, largest first; NaN stays NaN.
+    """float32 (rows,) rank of each value within its query as a share of the query, best first.
 
-    query_idx: int (rows,) (any order); values: float (rows,). Ties get distinct ranks by row order.
+    ``(midrank - 0.5) / n``: n is the query's count of known values and midrank the 1-based rank
+    (largest value first), tied values sharing the mean of their positions. So the value lies in
+    (0, 1), equal scores get equal ranks whatever their row order, and the best of 10 rows and
+    the best of 300 both sit near 0. NaN values stay NaN.
+    query_idx: int (rows,) (any order); values: float (rows,).
     """
     out = np.full(len(values), np.nan, dtype=np.float32)
     ok = np.flatnonzero(~np.isnan(values))
     if ok.size == 0:
         return out
-    order = ok[order_within_query(query_idx[ok], values[ok])]
-    out[order] = position_in_group(query_idx[order]) + 1
+    q, v = query_idx[ok], values[ok].astype(np.float64)
+    order = np.lexsort((-v, q))
+    q_sorted, v_sorted = q[order], v[order]
+    position = position_in_group(q_sorted).astype(np.float64)
+    # Runs of equal (query, value): every row of a run gets the run's mean position.
+    new_run = np.r_[True, (q_sorted[1:] != q_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])]
+    run = np.cumsum(new_run) - 1
+    mean_position = np.bincount(run, weights=position) / np.bincount(run)
+    new_query = np.r_[True, q_sorted[1:] != q_sorted[:-1]]
+    query_run = np.cumsum(new_query) - 1
+    size = np.bincount(query_run)[query_run]
+    out[ok[order]] = (mean_position[run] + 0.5) / size
     return out
 
 
@@ -165,6 +174,14 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
         else state.item_item.pair_scores(state.history(), user_idx, item_idx),
         "text_score": text,
     }
+    # A behaviour score says nothing about a pair whose user or item has no history in the
+    # window (zero or never-trained factors, no co-occurrence): missing, not 0, so that such
+    # items tie as unknown instead of ranking by whatever their factors started as.
+    unknown = ~state.pair_has_history(user_idx, item_idx)
+    for name in ("als_score", "bpr_score"):
+        columns[name] = np.where(unknown, np.float32(np.nan), columns[name]).astype(np.float32)
+    columns["item_item_score"] = np.where(unknown | (columns["item_item_score"] == 0), np.float32(np.nan),
+                                          columns["item_item_score"]).astype(np.float32)
     for name in SCORE_FEATURES:
         columns[f"{name}_query_rank"] = rank_within_query(query_idx, columns[name])
         columns[f"{name}_query_z"] = zscore_within_query(query_idx, columns[name])

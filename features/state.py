@@ -57,12 +57,32 @@ class FeatureState:
     _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _history: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
     _text_popularity: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _item_has_history: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def text_popularity(self) -> np.ndarray:
-        """float32 (n_items,) log1p(interactions) predicted from each item's text, built once."""
+        """float32 (n_items,) log1p(relative popularity) predicted from each item's text, built once."""
         if self._text_popularity is None:
             self._text_popularity = predict_text_popularity(self.item_vectors, self.text_popularity_weights)
         return self._text_popularity
+
+    def user_has_history(self) -> np.ndarray:
+        """bool (n_users,): the user has at least one interaction in the window."""
+        return np.diff(self.seen.indptr) > 0
+
+    def item_has_history(self) -> np.ndarray:
+        """bool (n_items,): someone interacted with the item in the window."""
+        if self._item_has_history is None or len(self._item_has_history) != self.n_items:
+            self._item_has_history = np.bincount(self.seen.indices, minlength=self.n_items) > 0
+        return self._item_has_history
+
+    def pair_has_history(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """bool (n,): both the user (-1 = unknown: False) and the item have history in the window."""
+        user_idx = np.asarray(user_idx)
+        out = self.item_has_history()[item_idx]
+        known = user_idx >= 0
+        out &= known
+        out[known] &= self.user_has_history()[user_idx[known]]
+        return out
 
     def history(self) -> sp.csr_matrix:
         """The 0/1 pattern of ``seen`` (n_users, n_items) float32 CSR, built once: item-to-item input."""
@@ -152,7 +172,7 @@ def with_text_vectors(state: FeatureState, interactions: pl.DataFrame, item_vect
     events = with_indices(interactions, state.users, state.items).filter(pl.col("user_idx") >= 0)
     weights = history_weights(events, n_users=state.n_users, n_items=state.n_items,
                               history_len=state.history_len, half_life=state.half_life)
-    counts = state.item_features.sort("item_idx")["item_pop_all"].to_numpy()
+    counts = state.item_features.sort("item_idx")["item_pop_all_rel"].to_numpy()
     return replace(state, item_vectors=item_vectors, user_text=user_vectors(weights, item_vectors), pooling=None,
                    text_popularity_weights=fit_text_popularity(item_vectors, counts), _text_popularity=None)
 
@@ -210,7 +230,7 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         als=als, bpr=bpr, item_item=item_item, item_vectors=item_vectors,
         user_text=user_vectors(weights, item_vectors),
         text_popularity_weights=fit_text_popularity(item_vectors,
-                                                    item_table.sort("item_idx")["item_pop_all"].to_numpy()),
+                                                    item_table.sort("item_idx")["item_pop_all_rel"].to_numpy()),
         seen=user_items,
         item_features=item_table,
         user_features=behaviour.user_features(lazy, n_users=n_users, ref_time=ref_after),

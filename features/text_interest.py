@@ -41,10 +41,12 @@ def history_weights(interactions: pl.DataFrame, *, n_users: int, n_items: int, h
     """Pooling weights as CSR (n_users, n_items) float32 from ``user_idx, item_idx, timestamp``.
 
     Without ``pooling`` (or ``item_vectors``): recency weights 0.5 ** (p / half_life).
+    History order is time, then the row's position in ``interactions`` (a stable sort): of two
+    events at the same time the later row counts as the more recent.
     """
     recent = (
         interactions.select("user_idx", "item_idx", "timestamp")
-        .sort("timestamp")
+        .sort("timestamp", maintain_order=True)
         .with_columns(pl.int_range(pl.len(), 0, -1).over("user_idx").alias("_from_end"))
         .filter(pl.col("_from_end") <= history_len)
     )

@@ -29,11 +29,12 @@ def build_session_items(interactions: pl.DataFrame, items: IdMap, gap_seconds: f
 
     A session is a run of one user's interactions, in time order, with at most ``gap_seconds``
     between consecutive ones (``gap_seconds`` > 0). Sessions of a single interaction are kept:
-    they add to an item's own count only. Every item must be in ``items``.
+    they add to an item's own count only. Every item must be in ``items``. Sessions are numbered
+    by user id, then time; events at the same time keep their input order (a stable sort).
     """
     if gap_seconds <= 0:
         raise ValueError(f"gap_seconds must be positive, got {gap_seconds}")
-    ordered = interactions.select("user_id", "item_id", "timestamp").sort("user_id", "timestamp")
+    ordered = interactions.select("user_id", "item_id", "timestamp").sort("user_id", "timestamp", maintain_order=True)
     gap = pl.col("timestamp").diff().over("user_id").dt.total_microseconds()
     new_session = (gap.is_null() | (gap > gap_seconds * 1e6)).cast(pl.Int64)
     session = ordered.select(new_session.cum_sum().alias("session") - 1)["session"].to_numpy()

@@ -40,15 +40,27 @@ def load_data(spec: str):
     return load_folder(spec)
 
 
-def format_metrics_table(metrics: dict[str, dict[str, float]], k: int) -> str:
+def format_metrics_table(metrics: dict[str, dict[str, float]], k: int, *, shipped: str = "",
+                         validation: dict[str, dict[str, float]] | None = None, reason: str = "") -> str:
+    """The test table (the shipped variant is the row ``ranker``), with a validation nDCG column
+    when given and a line saying which variant shipped and why."""
     columns = [f"ndcg@{k}", f"recall@{k}", f"precision@{k}", f"map@{k}", "mrr", "candidate_recall", "imp_auc",
                "imp_ndcg@10"]
-    lines = _table(metrics, columns, f"ndcg@{k}")
+    if validation:
+        metrics = {name: {**values, f"val ndcg@{k}": validation.get(name, {}).get(f"ndcg@{k}", float("nan"))}
+                   for name, values in metrics.items()}
+        columns.insert(0, f"val ndcg@{k}")
+    if shipped:
+        metrics = {(f"ranker* ({shipped})" if name == "ranker" else name): values for name, values in metrics.items()}
+    lines = ["test split (reported only; choices were made on validation):"] if validation else []
+    lines += _table(metrics, columns, f"ndcg@{k}")
+    if reason:
+        lines += [f"* shipped. {reason}"]
     cold = [f"cold_items/ndcg@{k}", f"cold_items/recall@{k}"]
     if any(cold[1] in m for m in metrics.values()):
         lines += ["", "cold-items protocol (each user ranks the held-out items only):"]
         lines += _table({n: m for n, m in metrics.items() if cold[1] in m}, cold, cold[1])
-    ranker = metrics.get("ranker", {})
+    ranker = metrics.get(f"ranker* ({shipped})" if shipped else "ranker", {})
     lift = f"lift_vs_best_baseline/ndcg@{k}"
     if lift in ranker:
         lines += ["", f"ranker nDCG@{k} 95% CI {ranker[f'ndcg@{k}_ci_low']:.4f}-{ranker[f'ndcg@{k}_ci_high']:.4f}; "
@@ -104,11 +116,12 @@ def cmd_train(args: argparse.Namespace) -> dict:
         experiment = args.experiment or f"recsys-{dataset.source}"
         register = None if args.no_register else (args.register or f"recsys-{dataset.source}")
         result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet)
-    print(format_metrics_table(result.metrics, config.k))
+    print(format_metrics_table(result.metrics, config.k, shipped=result.shipped_variant,
+                               validation=result.validation_metrics, reason=result.shipped_reason))
     print(f"\nMLflow run {result.run_id} in experiment {experiment!r}; model: {result.model_uri}"
           + (" (now champion)" if result.became_champion else ""))
     if args.metrics_out:
-        Path(args.metrics_out).write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+        Path(args.metrics_out).write_text(json.dumps(result.metrics_document(), indent=2, sort_keys=True))
     return {"result": result, "experiment": experiment}
 
 

@@ -14,7 +14,7 @@ SPLITS = ("temporal", "leave-last-out", "stratified")
 SCORE_SOURCES = ("als_score", "bpr_score", "item_item_score", "text_score")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TextModelConfig:
     """Fine-tuning of the MiniLM item tower.
 
@@ -51,7 +51,7 @@ class TextModelConfig:
     length_buckets: int = 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CandidateConfig:
     """How many candidates each source contributes per user (before the union)."""
 
@@ -62,7 +62,7 @@ class CandidateConfig:
     n_recent: int = 50
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RankerConfig:
     """LightGBM LambdaRank settings (see LightGBM's parameter docs)."""
 
@@ -89,7 +89,7 @@ class RankerConfig:
         object.__setattr__(self, "prior_sources", tuple(self.prior_sources))  # JSON gives a list
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
     """Everything a `recsys train` run depends on. Logged as flattened MLflow params."""
 

@@ -5,6 +5,9 @@ A folder holds ``items.parquet|csv``, ``interactions.parquet|csv`` and optionall
 safe to skip (an interaction whose item has no text row, a row with a null id, an exact
 duplicate row) are skipped and counted in ``Dataset.skipped``; anything else that is wrong
 raises :class:`DataValidationError` naming the file, the column and an example.
+
+Interactions and impressions come back sorted by timestamp with a stable sort: rows at the same
+time keep their order in the file. Downstream "time order" means (timestamp, row position).
 """
 
 from __future__ import annotations

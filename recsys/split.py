@@ -1,15 +1,20 @@
 """Train/test splits of interaction logs, checked for leakage.
 
 - ``temporal``: one global time cutoff; test = the last ``test_fraction`` of the time span.
-- ``leave-last-out``: per user, the last interaction in time is test.
+- ``leave-last-out``: per user, the last interaction in time is test (ties in time: the later
+  row of the input is the later interaction).
 - ``stratified``: per user, a seeded random ``test_fraction`` of rows is test.
 
 Impressions follow the interactions: a user's impressions before their first test
 interaction go to train, the rest to test (for ``temporal`` that is the global cutoff).
+A test impression row whose (user, item) the user already interacted with in train is
+dropped (counted in ``Split.impressions_dropped``): scoring the model on showing a user what
+the training data says they already took would reward memorising the training window.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,21 +22,33 @@ import polars as pl
 
 from recsys.errors import ConfigError, LeakageError
 
+log = logging.getLogger(__name__)
+
+_PAIR = ["user_id", "item_id"]
+
 
 @dataclass(frozen=True)
 class Split:
-    """Interactions (and impressions, when present) divided into train and test."""
+    """Interactions (and impressions, when present) divided into train and test.
+
+    impressions_dropped: test impression rows removed because the user interacted with that
+    item in ``train`` (0 without impressions).
+    """
 
     kind: str
     train: pl.DataFrame
     test: pl.DataFrame
     impressions_train: pl.DataFrame | None
     impressions_test: pl.DataFrame | None
+    impressions_dropped: int = 0
 
 
 def split_interactions(interactions: pl.DataFrame, *, kind: str, test_fraction: float = 0.2,
                        seed: int = 0, impressions: pl.DataFrame | None = None) -> Split:
-    """Split ``interactions`` (canonical schema) into train and test, then check for leakage."""
+    """Split ``interactions`` (canonical schema) into train and test, then check for leakage.
+
+    Row order is kept within train, test and both impression tables.
+    """
     if interactions.height == 0:
         raise ConfigError("cannot split an empty interaction table")
     if kind == "temporal":
@@ -50,9 +67,15 @@ def split_interactions(interactions: pl.DataFrame, *, kind: str, test_fraction: 
             f"test={test.height} rows; both must be non-empty (more data or another fraction)"
         )
     imp_train = imp_test = None
+    dropped = 0
     if impressions is not None:
-        imp_train, imp_test = _split_impressions(impressions, test, kind, train)
-    split = Split(kind=kind, train=train, test=test, impressions_train=imp_train, impressions_test=imp_test)
+        imp_train, imp_test = _split_impressions(impressions, test, kind)
+        imp_test, dropped = drop_seen_impressions(imp_test, train)
+        if dropped:
+            log.info("%s split: dropped %d test impression row(s) of items the user interacted with in train",
+                     kind, dropped)
+    split = Split(kind=kind, train=train, test=test, impressions_train=imp_train, impressions_test=imp_test,
+                  impressions_dropped=dropped)
     check_no_leakage(split)
     return split
 
@@ -65,11 +88,17 @@ def _temporal_mask(df: pl.DataFrame, test_fraction: float) -> pl.Series:
 
 
 def _leave_last_out_mask(df: pl.DataFrame) -> pl.Series:
-    ranked = df.with_row_index("_row").with_columns(
-        pl.col("_row").rank("ordinal", descending=True).over("user_id").alias("_from_end"),
-        pl.len().over("user_id").alias("_n"),
+    """Bool (rows,): each user's last row in (timestamp, input position) order, for users with >= 2 rows."""
+    ranked = (
+        df.select("user_id", "timestamp").with_row_index("_row")
+        .sort("timestamp", "_row")
+        .with_columns(
+            (pl.int_range(pl.len(), 0, -1).over("user_id") == 1).alias("_last"),
+            pl.len().over("user_id").alias("_n"),
+        )
+        .sort("_row")
     )
-    return ranked.select((pl.col("_from_end") == 1) & (pl.col("_n") >= 2))["_from_end"]
+    return ranked.select((pl.col("_last") & (pl.col("_n") >= 2)).alias("is_test"))["is_test"]
 
 
 def _stratified_mask(df: pl.DataFrame, test_fraction: float, seed: int) -> pl.Series:
@@ -81,18 +110,30 @@ def _stratified_mask(df: pl.DataFrame, test_fraction: float, seed: int) -> pl.Se
     )["is_test"]
 
 
-def _split_impressions(impressions, test, kind, train):
+def _split_impressions(impressions: pl.DataFrame, test: pl.DataFrame,
+                       kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(train, test) impression rows, each in input order: before / from the user's first test time."""
     if kind == "temporal":
         cutoff = test["timestamp"].min()
         return impressions.filter(pl.col("timestamp") < cutoff), impressions.filter(pl.col("timestamp") >= cutoff)
     first_test = test.group_by("user_id").agg(pl.col("timestamp").min().alias("_first_test"))
-    joined = impressions.join(first_test, on="user_id", how="left")
+    joined = impressions.join(first_test, on="user_id", how="left", maintain_order="left")
     before = pl.col("_first_test").is_null() | (pl.col("timestamp") < pl.col("_first_test"))
     return joined.filter(before).drop("_first_test"), joined.filter(~before).drop("_first_test")
 
 
+def drop_seen_impressions(impressions: pl.DataFrame, train: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``impressions`` without rows whose (user_id, item_id) is among ``train``'s interactions.
+
+    Returns the kept rows (input order, same schema) and the number of rows dropped.
+    """
+    kept = impressions.join(train.select(_PAIR).unique(), on=_PAIR, how="anti", maintain_order="left")
+    return kept, impressions.height - kept.height
+
+
 def check_no_leakage(split: Split) -> None:
-    """Refuse splits where test rows also sit in train, or (temporal) where times overlap."""
+    """Refuse splits where test rows also sit in train, where (temporal) times overlap, or where a
+    test impression shows a user an item they interacted with in train."""
     keys = ["user_id", "item_id", "timestamp"]
     shared = split.train.select(keys).join(split.test.select(keys), on=keys, how="inner")
     if shared.height:
@@ -108,3 +149,16 @@ def check_no_leakage(split: Split) -> None:
     if split.impressions_train is not None and split.impressions_train.height and split.kind == "temporal":
         if split.impressions_train["timestamp"].max() >= split.test["timestamp"].min():
             raise LeakageError("temporal split: training impressions reach into the test period")
+    _check_test_impressions(split)
+
+
+def _check_test_impressions(split: Split) -> None:
+    if split.impressions_test is None or split.impressions_test.height == 0:
+        return
+    seen = split.impressions_test.select(_PAIR).join(split.train.select(_PAIR).unique(), on=_PAIR, how="semi")
+    if seen.height:
+        raise LeakageError(
+            f"{split.kind} split: {seen.height} test impression row(s) show a user an item they interacted "
+            f"with in train, e.g. {seen.row(0, named=True)}; drop them (split_interactions does) "
+            "so the test does not reward recalling the training window"
+        )

@@ -31,7 +31,7 @@ def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.Da
     if not user_ids:
         return pl.DataFrame(schema=schemas.RANKING_OUTPUT)
     user_idx = bundle.state.users.to_index(user_ids, unknown="null")
-    top = head_k(bundle.score_candidates(user_idx), k)
+    top = head_k(bundle.score_candidates(user_idx), k, seed=bundle.config.seed)
     ids = pl.Series("user_id", user_ids, dtype=pl.String)
     return top.select(
         ids.gather(top["query_idx"].to_numpy()).alias("user_id"),
@@ -74,7 +74,7 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
     query_text, paths = _interest_vectors(bundle, user_idx, history, n)
     exclude = pl.concat([excluded, history]) if excluded.height or history.height else None
     scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit, exclude=exclude)
-    top = head_k(scored, max(r.k for r in requests))
+    top = head_k(scored, max(r.k for r in requests), seed=bundle.config.seed)
     query = top["query_idx"].to_numpy()
     item_ids = state.items.to_ids(top["item_idx"].to_numpy()).to_list()
     scores = top["score"].to_list()
@@ -103,6 +103,7 @@ def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.D
         return vectors, [PERSONALIZED if known[q] else COLD_START for q in range(n)]
     by_query = history.group_by("query_idx", maintain_order=True).agg("item_idx")
     for q, items in by_query.iter_rows():
+        items = items[-state.history_len:]  # the most recent history_len items, as in training
         fresh = vector_from_history(np.asarray(items), state.item_vectors, half_life=state.half_life,
                                     pooling=state.pooling)
         # The request's history is the newest evidence: weigh it like that many recent items.

@@ -70,7 +70,7 @@ def small_bundle():
     from recsys.demo_data import DemoSpec, generate_demo
     from recsys.idmap import IdMap
     from recsys.split import split_interactions
-    from training.pipeline import fit_rankers, labelled_frame
+    from training.variants import FINETUNED, fit_rankers, label_users, labelled_frame, validation_users
 
     data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
     config = PipelineConfig.from_dict(tiny_config_dict())
@@ -82,7 +82,8 @@ def small_bundle():
     items = IdMap(kind="item").fit(data.items["item_id"])
     state = fit_feature_state(catalog=data.items, interactions=split.train, impressions=split.impressions_train,
                               item_vectors=vectors, users=users, items=items, config=config)
-    frame = labelled_frame(state, split.test, split.impressions_test, config)
-    ranker = fit_rankers(frame, config, log_metric=None)["ranker"]
+    label = label_users(state, split.test, config)
+    frame = labelled_frame(state, label, split.impressions_test, config)
+    ranker = fit_rankers({FINETUNED: frame}, validation_users(label[0], seed=0), config)[FINETUNED]
     return RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
                          prior_weights=ranker.prior_weights)

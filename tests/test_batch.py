@@ -3,7 +3,7 @@ import json
 import polars as pl
 import pytest
 
-from recsys.errors import RecsysError
+from recsys.errors import DataValidationError, RecsysError
 from serving.batch import _manifest, rank_users, read_users_file
 
 
@@ -27,5 +27,5 @@ def test_resume_refuses_a_partial_folder_from_other_inputs(small_bundle, tmp_pat
 def test_users_file_without_user_id_column(tmp_path):
     path = tmp_path / "users.csv"
     path.write_text("customer\nu1\n")
-    with pytest.raises(Exception, match="missing column 'user_id'"):
+    with pytest.raises(DataValidationError, match=r"users\.csv: missing column 'user_id'; found \['customer'\]"):
         read_users_file(path)

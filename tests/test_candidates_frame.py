@@ -37,9 +37,10 @@ def test_sparse_top_n_is_the_dense_top_n_of_positive_unseen_scores():
         seen = rng.random((n_rows, n_cols)) < 0.1
         scores = sp.csr_matrix(dense)
         scores.sort_indices()
-        rows, cols = sparse_top_n_entries(scores, seen, n)
+        query = np.arange(n_rows) + 7
+        rows, cols = sparse_top_n_entries(scores, seen, n, seed=trial, query=query)
         reference = np.where((dense > 0) & ~seen, dense, -np.inf)
-        ref_rows, ref_cols = top_n_entries(reference, n)
+        ref_rows, ref_cols = top_n_entries(reference, n, seed=trial, query=query)
         assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == \
             sorted(zip(ref_rows.tolist(), ref_cols.tolist(), strict=True)), trial
 
@@ -51,7 +52,7 @@ def test_item_item_proposes_only_items_its_neighbours_vote_for(state):
     np.testing.assert_allclose(scores.toarray()[:2], dense, atol=1e-6)
     assert scores[2].nnz == 0
     only = CandidateConfig(n_cf=0, n_item_item=500, n_text=0, n_popular=0, n_recent=0)
-    candidates = generate_candidates(state, users, only)
+    candidates = generate_candidates(state, users, only, seed=0)
     for q in (0, 1):
         got = set(candidates.filter(pl.col("query_idx") == q)["item_idx"].to_list())
         seen = set(state.seen[users[q]].indices.tolist())
@@ -61,44 +62,60 @@ def test_item_item_proposes_only_items_its_neighbours_vote_for(state):
 
 def test_top_n_returns_best_first():
     scores = np.array([[0.1, 0.9, 0.5, -np.inf], [3.0, 2.0, 1.0, 0.0]])
-    assert top_n(scores, 2).tolist() == [[1, 2], [0, 1]]
+    assert top_n(scores, 2, seed=0, query=np.array([0, 1])).tolist() == [[1, 2], [0, 1]]
 
 
 @pytest.mark.parametrize("integer_scores", [False, True])
-def test_top_n_entries_is_the_sorted_top_n_with_ties_on_the_smaller_column(integer_scores):
+def test_top_n_entries_is_the_sorted_top_n_with_ties_by_the_tie_rule(integer_scores):
+    from features.ties import tie_keys
+
     rng = np.random.default_rng(1)
     for trial in range(60):
         n_rows, n_cols, n = int(rng.integers(1, 12)), int(rng.integers(1, 900)), int(rng.integers(0, 150))
         scores = (rng.integers(0, 5, size=(n_rows, n_cols)) if integer_scores
                   else rng.standard_normal((n_rows, n_cols))).astype(np.float32)
         scores[rng.random(scores.shape) < 0.3] = -np.inf
-        rows, cols = top_n_entries(scores, n)
+        rows, cols = top_n_entries(scores, n, seed=trial, query=np.arange(n_rows))
         expected = set()
         for r in range(n_rows):
-            best = sorted(range(n_cols), key=lambda c, r=r: (-scores[r, c], c))[:n]
+            keys = tie_keys(trial, r, np.arange(n_cols))
+            best = sorted(range(n_cols), key=lambda c, r=r, keys=keys: (-scores[r, c], keys[c]))[:n]
             expected |= {(r, c) for c in best if np.isfinite(scores[r, c])}
         assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == expected, trial
         assert len(rows) == len(expected)
 
 
 def test_candidates_exclude_seen_items_and_are_unique(state):
-    cands = generate_candidates(state, np.arange(10, dtype=np.int32), CandidateConfig(10, 10, 5, 5))
+    config = CandidateConfig(n_cf=10, n_item_item=10, n_text=10, n_popular=5, n_recent=5)
+    cands = generate_candidates(state, np.arange(10, dtype=np.int32), config, seed=0)
     seen = state.seen.tocoo()
     seen_pairs = set(zip(seen.row.tolist(), seen.col.tolist(), strict=True))
     pairs = list(zip(cands["user_idx"].to_list(), cands["item_idx"].to_list(), strict=True))
     assert not seen_pairs & set(pairs)
     assert len(pairs) == len(set(pairs))
     assert cands["query_idx"].unique().sort().to_list() == list(range(10))
+    # the union of the five sources: at least one source's 10, at most 10 + 10 + 10 + 5 + 5 per user
+    per_user = cands.group_by("query_idx").len()["len"]
+    assert per_user.min() >= 10 and per_user.max() <= 40
 
 
 def test_unknown_user_gets_only_non_personal_candidates(state):
     config = CandidateConfig(n_cf=10, n_text=10, n_popular=5, n_recent=5)
-    cands = generate_candidates(state, np.array([-1], dtype=np.int32), config)
-    pop = state.item_features["item_pop_all"].to_numpy()
-    trend = state.item_features["item_pop_1d"].to_numpy()
-    allowed = set(top_n(pop[None, :], 5)[0].tolist()) | set(top_n(trend[None, :], 5)[0].tolist())
-    assert set(cands["item_idx"].to_list()) <= allowed
+    cands = generate_candidates(state, np.array([-1], dtype=np.int32), config, seed=0)
+    got = set(cands["item_idx"].to_list())
+    assert cands.height == len(got) > 0
     assert cands["user_idx"].to_list() == [-1] * cands.height
+    # Each popularity column gives its 5 best items. Ties at the 5th value may be broken either way,
+    # so: every item strictly above the 5th value is in, and 5 items at or above it are in.
+    allowed = set()
+    for column in ("item_pop_all", "item_pop_1d"):
+        values = state.item_features[column].to_numpy()
+        fifth = np.sort(values)[::-1][4]
+        assert set(np.flatnonzero(values > fifth).tolist()) <= got, column
+        assert len(got & set(np.flatnonzero(values >= fifth).tolist())) >= 5, column
+        allowed |= set(np.flatnonzero(values >= fifth).tolist())
+    assert got <= allowed  # nothing personal (CF, item-to-item, text) for a user the model does not know
+    assert 5 <= len(got) <= 10
 
 
 def test_ranking_frame_keeps_row_order_and_marks_unknowns(state):
@@ -109,8 +126,9 @@ def test_ranking_frame_keeps_row_order_and_marks_unknowns(state):
     assert frame.select("query_idx", "user_idx", "item_idx", "label").equals(pairs)
     assert all(frame.schema[c] == pl.Float32 for c in FEATURE_COLUMNS)
     known, unknown = frame.row(0, named=True), frame.row(2, named=True)
-    assert np.isfinite(known["als_score"]) and np.isfinite(known["text_score"])
-    assert np.isnan(unknown["als_score"]) and np.isnan(unknown["user_history_len"])
+    assert np.isfinite(known["als_score_query_rank"]) and np.isfinite(known["text_score"])
+    assert np.isnan(unknown["als_score_query_rank"]) and np.isnan(unknown["user_history_rel"])
+    assert "als_score" not in frame.columns  # raw stage-1 scores change scale with the window: never features
     expected_text = float(state.user_text[3] @ state.item_vectors[5])
     assert known["text_score"] == pytest.approx(expected_text, rel=1e-5)
     assert 0.0 <= known["user_category_affinity"] <= 1.0
@@ -129,8 +147,8 @@ def test_scores_carried_from_candidate_generation_equal_the_computed_features(sm
 
     state = small_bundle.state
     users = np.array([0, 3, -1, 7], dtype=np.int32)
-    carried = generate_candidates(state, users, small_bundle.config.candidates, with_scores=True)
-    plain = generate_candidates(state, users, small_bundle.config.candidates)
+    carried = generate_candidates(state, users, small_bundle.config.candidates, seed=0, with_scores=True)
+    plain = generate_candidates(state, users, small_bundle.config.candidates, seed=0)
     assert carried.select("query_idx", "user_idx", "item_idx").equals(plain)
     known = {name: carried[name].to_numpy() for name in SOURCE_FEATURES.values()}
     args = (state, plain["user_idx"].to_numpy(), plain["item_idx"].to_numpy())
@@ -146,7 +164,7 @@ def test_carried_scores_are_not_computed_again(small_bundle, monkeypatch):
     from features.ranking_frame import feature_arrays
 
     state = small_bundle.state
-    carried = generate_candidates(state, np.array([0, 3], dtype=np.int32), small_bundle.config.candidates,
+    carried = generate_candidates(state, np.array([0, 3], dtype=np.int32), small_bundle.config.candidates, seed=0,
                                   with_scores=True)
     known = {name: carried[name].to_numpy() for name in SOURCE_FEATURES.values()}
 
@@ -163,7 +181,11 @@ def test_carried_scores_are_not_computed_again(small_bundle, monkeypatch):
     guard(state.item_item)
     arrays = feature_arrays(state, carried["user_idx"].to_numpy(), carried["item_idx"].to_numpy(),
                             query_idx=carried["query_idx"].to_numpy(), known=known)
-    assert np.array_equal(arrays["item_item_score"], known["item_item_score"], equal_nan=True)
+    # The carried score is used as it is, except that "no co-occurrence" (0) becomes unknown (NaN).
+    carried_item_item = known["item_item_score"]
+    expected = np.where(carried_item_item == 0, np.nan, carried_item_item)
+    assert np.isnan(expected).any() and np.isfinite(expected).any()
+    assert np.array_equal(arrays["item_item_score"], expected, equal_nan=True)
 
 
 def test_state_round_trips_its_learned_pooling(small_bundle, tmp_path):
@@ -183,18 +205,22 @@ def test_state_round_trips_its_learned_pooling(small_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_head_k_orders_by_score_with_ties_on_the_smaller_item(shuffle):
+def test_head_k_orders_by_score_with_ties_by_the_tie_rule(shuffle):
     from features.bundle import head_k
+    from features.ties import tie_keys
 
     rng = np.random.default_rng(2)
     query = np.repeat(np.arange(50), 30).astype(np.int32)
     item = np.tile(np.arange(30), 50).astype(np.int32)
     score = rng.integers(0, 5, len(query)).astype(np.float32)  # many ties
-    scored = pl.DataFrame({"query_idx": query, "item_idx": item, "score": score})
+    user = (query + 100).astype(np.int32)
+    scored = pl.DataFrame({"query_idx": query, "user_idx": user, "item_idx": item, "score": score})
     if shuffle:
         scored = scored.sample(fraction=1.0, shuffle=True, seed=3)
-    top = head_k(scored, 4)
-    expected = (scored.sort(["query_idx", "score", "item_idx"], descending=[False, True, False])
+    top = head_k(scored, 4, seed=5)
+    keyed = scored.with_columns(pl.Series("key", tie_keys(5, scored["user_idx"].to_numpy(),
+                                                          scored["item_idx"].to_numpy())))
+    expected = (keyed.sort(["query_idx", "score", "key"], descending=[False, True, False])
                 .group_by("query_idx", maintain_order=True).head(4))
     assert top.select("query_idx", "item_idx").equals(expected.select("query_idx", "item_idx"))
     assert top["rank"].to_list() == [1, 2, 3, 4] * 50

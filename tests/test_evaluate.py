@@ -16,7 +16,7 @@ from recsys.split import split_interactions
 from tests.conftest import tiny_config_dict
 from training import evaluate
 from training.evaluate import _rank_in_chunks, evaluate_all, sample_users, topk_array
-from training.pipeline import labelled_frame
+from training.variants import label_users, labelled_frame
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +60,13 @@ def test_evaluation_of_a_user_sample_reports_the_sample_and_the_total(small_bund
 
 
 def test_the_ranker_learns_from_at_most_ranker_max_users_label_users(small_bundle, split):
-    counts = {}
-    capped = labelled_frame(small_bundle.state, split.test, split.impressions_test,
-                            replace(small_bundle.config, ranker_max_users=10),
-                            log_metric=lambda key, value, step: counts.__setitem__(key, value))
-    whole = labelled_frame(small_bundle.state, split.test, split.impressions_test,
-                           replace(small_bundle.config, ranker_max_users=0))
-    assert counts["data/label_users_used"] == 10 and counts["data/label_users"] > 10
+    capped_config = replace(small_bundle.config, ranker_max_users=10)
+    whole_config = replace(small_bundle.config, ranker_max_users=0)
+    capped_users = label_users(small_bundle.state, split.test, capped_config)
+    whole_users = label_users(small_bundle.state, split.test, whole_config)
+    assert len(capped_users[0]) == 10 and len(whole_users[0]) > 10
+    capped = labelled_frame(small_bundle.state, capped_users, split.impressions_test, capped_config)
+    whole = labelled_frame(small_bundle.state, whole_users, split.impressions_test, whole_config)
     assert 0 < capped["user_idx"].n_unique() <= 10
     assert whole["user_idx"].n_unique() > 10
     # Impression queries come from the same sampled users as the candidate queries.
@@ -84,8 +84,9 @@ def test_rankers_sharing_a_state_rank_one_candidate_set_as_each_would_alone(smal
     bundles = {"ranker": small_bundle, "other": other}
     users, relevant = evaluate.test_relevance(small_bundle.state, split.test)
     k = 5
-    together = _rank_in_chunks(bundles, users, relevant, k, keep_scores="ranker", chunk_size=7)
-    alone = {name: topk_array(head_k(bundle.score_candidates(users), k), len(users), k)
+    together = _rank_in_chunks(bundles, users, relevant, k, keep_scores="ranker", seed=small_bundle.config.seed,
+                               chunk_size=7)
+    alone = {name: topk_array(head_k(bundle.score_candidates(users), k, seed=bundle.config.seed), len(users), k)
              for name, bundle in bundles.items()}
     assert np.array_equal(together["ranker"][0], alone["ranker"])
     assert np.array_equal(together["other"][0], alone["other"])
@@ -93,3 +94,38 @@ def test_rankers_sharing_a_state_rank_one_candidate_set_as_each_would_alone(smal
     assert together["other"][2] is None and len(together["ranker"][2][0]) > 0
     assert together["ranker"][1] == together["other"][1]  # one candidate set: one candidate recall
     assert pl.Series(together["ranker"][2][1]).is_in([0, 1]).all()
+
+
+def _reference_percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between the two nearest order statistics (numpy's default quantile)."""
+    position = q * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (position - low) * (sorted_values[high] - sorted_values[low])
+
+
+def test_paired_lift_and_its_interval_match_a_slow_reference(small_bundle, split):
+    from tests.test_metrics import reference_ndcg
+
+    config = small_bundle.config
+    k = config.k
+    evaluation = evaluate_all({"ranker": small_bundle}, split, config)
+    ranker = evaluation.metrics["ranker"]
+    baselines = set(evaluation.ranked) - {"ranker"}
+    best = max(sorted(baselines), key=lambda name: evaluation.metrics[name][f"ndcg@{k}"])
+    assert evaluation.best_baseline == best
+
+    def per_user(name: str) -> list[float]:
+        return [reference_ndcg(row, set(rel.tolist()), k)
+                for row, rel in zip(evaluation.ranked[name].tolist(), evaluation.relevant, strict=True)]
+
+    diff = [a - b for a, b in zip(per_user("ranker"), per_user(best), strict=True)]
+    n = len(diff)
+    assert ranker[f"lift_vs_best_baseline/ndcg@{k}"] == pytest.approx(sum(diff) / n, abs=1e-12)
+    assert sum(diff) != 0  # the check above is not 0 == 0
+    # Paired percentile bootstrap, the slow way: resample users (the same draws as the code: one
+    # seeded (1000, n) index matrix), each resample's mean difference, the 2.5% and 97.5% points.
+    draws = np.random.default_rng(config.seed).integers(0, n, size=(1000, n)).tolist()
+    means = sorted(sum(diff[i] for i in row) / n for row in draws)
+    assert ranker[f"lift_vs_best_baseline/ndcg@{k}_ci_low"] == pytest.approx(_reference_percentile(means, 0.025))
+    assert ranker[f"lift_vs_best_baseline/ndcg@{k}_ci_high"] == pytest.approx(_reference_percentile(means, 0.975))

@@ -59,6 +59,16 @@ def test_topk_metrics_match_hand_computed_table():
     assert out["map@3"] == pytest.approx((1 / 2 + (1 + 2 / 3) / 3) / 2)
 
 
+def test_map_and_precision_hand_computed_where_map_is_the_larger():
+    # MAP@k is not bounded by precision@k: a single relevant item ranked first gives AP 1, P@10 0.1.
+    # user 1: relevant {7, 8}, hits at ranks 2 and 4 -> AP (1/2 + 2/4) / 2 = 0.5, P@10 0.2.
+    ranked = np.array([[5, 1, 2, 3, 4, 6, 9, 10, 11, 12], [0, 7, 1, 8, 2, 3, 4, 5, 6, 9]])
+    out = metrics.topk_metrics(ranked, [{5}, {7, 8}], k=10)
+    assert out["map@10"] == pytest.approx((1.0 + 0.5) / 2)
+    assert out["precision@10"] == pytest.approx((0.1 + 0.2) / 2)
+    assert out["recall@10"] == pytest.approx(1.0)
+
+
 def test_every_topk_metric_matches_the_slow_reference():
     rng = np.random.default_rng(1)
     ranked = np.stack([rng.permutation(40)[:10] for _ in range(300)])

@@ -1,6 +1,7 @@
 """The MLflow UI, checked in a real browser: two training runs side by side, their metric keys,
-and a logged plot. Headless Debian Chromium driven by Selenium (no browser download); the test
-installs `chromium` and `chromium-driver` with apt-get when they are missing."""
+and a logged plot. Headless Debian Chromium driven by Selenium (no browser download). `make test`
+installs `chromium` and `chromium-driver` with apt-get when they are missing (the Makefile's
+`browser` target); without them the test skips, except under CI=true, where it fails."""
 
 from __future__ import annotations
 
@@ -24,16 +25,15 @@ pytestmark = pytest.mark.slow
 K = 5
 
 
-def _ensure_chromium() -> None:
-    if shutil.which("chromium") and shutil.which("chromedriver"):
+def _require_chromium() -> None:
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    if not missing:
         return
-    if os.geteuid() != 0:
-        pytest.skip("chromium/chromedriver missing and not root: apt-get install chromium chromium-driver")
-    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(install, env=env, capture_output=True, check=True)
+    reason = (f"{' and '.join(missing)} not found: `make test` installs them (Debian packages chromium, "
+              "chromium-driver), or run `apt-get install chromium chromium-driver` as root")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the MLflow UI test must run in CI: {reason}")
+    pytest.skip(reason)
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -81,7 +81,7 @@ def server(store):
 
 @pytest.fixture(scope="module")
 def browser():
-    _ensure_chromium()
+    _require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -133,7 +133,7 @@ def _screenshot(driver, name: str, tmp_path: Path) -> None:
         driver.save_screenshot(str(Path(target) / name))
 
 
-def test_two_runs_side_by_side_with_metrics_and_a_plot(server, browser, tmp_path):
+def test_two_runs_side_by_side_with_metrics_and_a_plot(browser, server, tmp_path):  # browser first: skips early
     from selenium.webdriver.common.by import By
 
     experiment = _api(server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-test")["experiment"]

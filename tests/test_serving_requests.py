@@ -70,13 +70,46 @@ def test_endpoint_and_batch_paths_agree(small_bundle):
 
 
 def test_unknown_users_are_ranked_by_trend_and_history_text(small_bundle):
+    from dataclasses import replace
+
+    from features.bundle import RankingBundle
+
     state = small_bundle.state
     items = state.items.ids.to_list()
-    cold, with_history = recommend_requests(small_bundle, _req([
-        {"user_id": "nobody", "k": 5}, {"user_id": "reader", "k": 5, "history": items[:5]}]))
-    pop1 = state.item_features["item_pop_1d"].to_numpy()
-    pop7 = state.item_features["item_pop_7d"].to_numpy()
+    pop1 = state.item_features["item_pop_1d_rel"].to_numpy()
+    pop7 = state.item_features["item_pop_7d_rel"].to_numpy()
     trend = 0.5 * np.log1p(pop1) / np.log1p(pop1.max()) + 0.5 * np.log1p(pop7) / np.log1p(pop7.max())
+    # The history is one item h; x, among the least trending items, gets a near copy of h's text vector.
+    h, x = (int(i) for i in np.argsort(trend, kind="stable")[:2])
+    vectors = state.item_vectors.copy()
+    vectors[x] = vectors[h]
+    edited = replace(state, item_vectors=vectors, _text_popularity=None)
+    bundle = RankingBundle(config=small_bundle.config, state=edited, booster=small_bundle.booster,
+                           feature_columns=small_bundle.feature_columns, prior_weights=small_bundle.prior_weights)
+    cold, with_history = recommend_requests(bundle, _req([
+        {"user_id": "nobody", "k": 5}, {"user_id": "reader", "k": 5, "history": [items[h]]}]))
     expected = np.asarray(trend[state.items.to_index(cold["item_ids"])], dtype=np.float32)
     np.testing.assert_allclose(cold["scores"], expected, rtol=1e-5)
-    assert with_history["item_ids"] != cold["item_ids"]  # the history's text interest moves the ranking
+    assert items[x] not in cold["item_ids"]
+    # With a history: 0.4 x trend + 0.6 x the text score of the history's interest vector, so the
+    # item whose text matches the history comes first although almost nothing trends less.
+    assert with_history["item_ids"][0] == items[x]
+    assert with_history["scores"][0] == pytest.approx(0.4 * trend[x] + 0.6, abs=1e-4)
+    picked = state.items.to_index(with_history["item_ids"])
+    text = vectors[picked] @ (vectors[h] / np.linalg.norm(vectors[h]))
+    np.testing.assert_allclose(with_history["scores"], 0.4 * trend[picked] + 0.6 * text, rtol=1e-5, atol=1e-6)
+    assert items[h] not in with_history["item_ids"]  # the history is not recommended back
+
+
+def test_request_history_is_cut_to_the_history_len_training_uses(small_bundle):
+    """A history longer than ``history_len`` counts its newest ``history_len`` items only, as the
+    training path does: the same answer as sending just those (with the older ones excluded)."""
+    state = small_bundle.state
+    n = state.history_len
+    items = state.items.ids.to_list()
+    history = items[: n + 5]
+    long, cut = recommend_requests(small_bundle, _req([
+        {"user_id": "long", "k": 10, "history": history},
+        {"user_id": "cut", "k": 10, "history": history[5:], "exclude": history[:5]}]))
+    assert long["item_ids"] == cut["item_ids"]
+    np.testing.assert_array_equal(long["scores"], cut["scores"])

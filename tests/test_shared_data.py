@@ -80,7 +80,6 @@ def test_movielens_ranker_beats_every_baseline_including_ease(movielens_runs):
     for baseline in ("ease", "als", "bpr", "cooccurrence", "text", "random"):
         assert m["ranker"]["ndcg@10"] > m[baseline]["ndcg@10"], baseline
     assert m["ranker"]["lift_vs_best_baseline/ndcg@10"] > 0
-    assert 0.0 < m["ranker"]["map@10"] < m["ranker"]["precision@10"]
     # The session-aware EDLAE item-to-item model is above the plain EASE of earlier sessions (0.4675 on seed 0).
     assert m["ease"]["ndcg@10"] > 0.475
 
@@ -94,6 +93,11 @@ def test_movielens_fine_tuned_text_beats_pretrained_text(movielens_runs):
 @pytest.mark.slow
 def test_movielens_cold_items_are_found_through_text(movielens_runs):
     cold = movielens_runs["cold"]
-    random_recall = cold["random"]["cold_items/recall@10"]
-    assert cold["ranker"]["cold_items/recall@10"] >= 3 * random_recall
-    assert cold["ranker"]["cold_items/recall@10"] > cold["ranker_no_text"]["cold_items/recall@10"]
+    recall = {name: cold[name]["cold_items/recall@10"] for name in ("ranker", "ranker_no_text", "random")}
+    # "3x random" alone does not show that text finds the items: the ranker without text features met
+    # it too (README, 3 seeds: no-text 0.1017 = 3.5x random 0.0288). What text adds is measured
+    # against the no-text ablation on the same run: ranker - no-text was +0.050 / +0.036 / +0.076 on
+    # seeds 0-2 (ranker 5.3-5.7x random). The margin, half of random's recall (~0.014), sits well
+    # below those gaps and well above a tie, so the test fails when text adds nothing.
+    assert recall["ranker"] >= recall["ranker_no_text"] + 0.5 * recall["random"], recall
+    assert recall["ranker"] >= 4 * recall["random"], recall

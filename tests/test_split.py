@@ -58,3 +58,66 @@ def test_temporal_overlap_is_refused():
 def test_unknown_split_kind_is_rejected():
     with pytest.raises(ConfigError, match="unknown split 'random'"):
         split_interactions(_events(), kind="random")
+
+
+def _impressions(rows):
+    """rows: (impression_id, user_id, day, item_id, clicked) -> canonical impressions frame."""
+    return pl.DataFrame(
+        [{"impression_id": i, "user_id": u, "timestamp": day(d), "item_id": it, "clicked": c}
+         for i, u, d, it, c in rows],
+        schema={"impression_id": pl.String, "user_id": pl.String, "timestamp": pl.Datetime("us"),
+                "item_id": pl.String, "clicked": pl.Int8},
+    )
+
+
+def _clicks(rows):
+    """rows: (user_id, item_id, day) -> canonical interactions frame (weight 1)."""
+    return pl.DataFrame([{"user_id": u, "item_id": i, "timestamp": day(d), "weight": 1.0} for u, i, d in rows])
+
+
+def test_test_impressions_of_items_clicked_in_train_are_dropped_and_counted(caplog):
+    clicks = _clicks([("u1", "a", 0), ("u1", "b", 1), ("u1", "c", 3), ("u2", "a", 0), ("u2", "d", 2)])
+    shown = _impressions([
+        ("i0", "u1", 0.5, "b", 1), ("i0", "u1", 0.5, "a", 0),  # before u1's test time: train, kept as is
+        ("i1", "u1", 3, "a", 0), ("i1", "u1", 3, "c", 1), ("i1", "u1", 3, "x", 0),  # a: clicked by u1 in train
+        ("i2", "u2", 2, "a", 0), ("i2", "u2", 2, "d", 1), ("i2", "u2", 2, "b", 0),  # a: clicked by u2 in train
+    ])
+    with caplog.at_level("INFO", logger="recsys.split"):
+        split = split_interactions(clicks, kind="leave-last-out", impressions=shown)
+    assert split.test.select("user_id", "item_id").rows() == [("u1", "c"), ("u2", "d")]
+    assert split.impressions_dropped == 2
+    assert split.impressions_test.select("impression_id", "item_id").rows() == [
+        ("i1", "c"), ("i1", "x"), ("i2", "d"), ("i2", "b")]
+    assert split.impressions_train.height == 2  # training impressions are not filtered
+    assert "dropped 2 test impression row(s)" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["temporal", "leave-last-out", "stratified"])
+def test_no_split_kind_leaves_a_test_impression_of_a_training_interaction(kind):
+    from recsys.demo_data import DemoSpec, generate_demo
+
+    data = generate_demo(DemoSpec(n_users=60, n_items=40, days=10, seed=2))
+    split = split_interactions(data.interactions, kind=kind, test_fraction=0.3, seed=1, impressions=data.impressions)
+    seen = {(u, i) for u, i in split.train.select("user_id", "item_id").iter_rows()}
+    kept = split.impressions_test.select("user_id", "item_id").rows()
+    assert not [pair for pair in kept if pair in seen]
+    # Dropped + kept test rows = the impressions that fall in test by time: nothing else is lost.
+    before = split.impressions_train.height + split.impressions_test.height + split.impressions_dropped
+    assert before == data.impressions.height
+    assert split.impressions_dropped > 0  # the demo re-shows clicked items: the rule is exercised
+
+
+def test_test_impression_of_a_training_click_is_refused():
+    train = _clicks([("u1", "a", 0), ("u1", "b", 1)])
+    test = _clicks([("u1", "c", 2)])
+    shown = _impressions([("i1", "u1", 2, "c", 1), ("i1", "u1", 2, "a", 0)])
+    bad = Split(kind="leave-last-out", train=train, test=test, impressions_train=None, impressions_test=shown)
+    with pytest.raises(LeakageError, match=r"1 test impression row\(s\) show a user an item they interacted with"):
+        check_no_leakage(bad)
+
+
+def test_leave_last_out_breaks_time_ties_by_input_position_not_by_sort_order():
+    # Unsorted input: u1's latest time is shared by rows 0 and 1; row 1 comes later, so it is the last.
+    clicks = _clicks([("u1", "a", 2), ("u1", "c", 2), ("u1", "b", 1), ("u2", "a", 0), ("u2", "b", 0)])
+    split = split_interactions(clicks, kind="leave-last-out")
+    assert split.test.select("user_id", "item_id").rows() == [("u1", "c"), ("u2", "b")]

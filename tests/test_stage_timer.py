@@ -1,37 +1,53 @@
-"""Stage times: exclusive of nested stages, added up over repeats, silent outside a collect block."""
+"""Stage times: exclusive of nested stages, added up over repeats, silent outside a collect block.
 
-import time
+The stage timer reads ``time.perf_counter``; the tests give it a fake clock that only moves when
+the test says so, so the expected times are exact and no assertion depends on this machine's speed.
+"""
+
+from types import SimpleNamespace
 
 import pytest
 
+from recsys import stage_timer
 from recsys.stage_timer import collect, stage
 
 
-def test_nested_stage_time_is_taken_out_of_the_outer_stage():
+@pytest.fixture
+def clock(monkeypatch):
+    """A fake perf_counter for the stage timer; ``clock.sleep(s)`` advances it by s seconds."""
+    now = [1000.0]
+    fake = SimpleNamespace(perf_counter=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    monkeypatch.setattr(stage_timer, "time", fake)
+    return fake
+
+
+def test_nested_stage_time_is_taken_out_of_the_outer_stage(clock):
     with collect() as times:
         with stage("outer"):
-            time.sleep(0.02)
+            clock.sleep(0.02)
             with stage("inner"):
-                time.sleep(0.3)
+                clock.sleep(0.3)
+            clock.sleep(0.01)
         with stage("inner"):
-            time.sleep(0.05)
-    assert times["inner"] >= 0.35  # both runs of the stage add up
-    assert 0.02 <= times["outer"] < 0.2  # without the 0.3 s spent in the nested stage
+            clock.sleep(0.05)
+    assert times["inner"] == pytest.approx(0.35)  # both runs of the stage add up
+    assert times["outer"] == pytest.approx(0.03)  # without the 0.3 s spent in the nested stage
+    assert set(times) == {"outer", "inner"}
 
 
-def test_decorated_function_is_charged_and_a_nested_collect_joins_the_outer_one():
+def test_decorated_function_is_charged_and_a_nested_collect_joins_the_outer_one(clock):
     @stage("work")
     def work():
-        time.sleep(0.02)
+        clock.sleep(0.02)
         return 3
 
     with collect() as outer:
         with collect() as inner:
             assert work() == 3
         assert inner is outer
-    assert set(outer) == {"work"} and outer["work"] >= 0.02
+    assert outer == {"work": pytest.approx(0.02)}
     assert work() == 3  # outside a collect block nothing is recorded, and nothing fails
-    assert set(outer) == {"work"}
+    assert outer == {"work": pytest.approx(0.02)}
 
 
 def test_a_failing_stage_is_still_charged_and_the_error_propagates():

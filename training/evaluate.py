@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from features.bundle import RankingBundle, head_k
-from features.candidates import seen_mask, top_n
+from features.candidates import query_keys, seen_mask, top_n
 from features.item_item import fit_item_item
 from features.ranking_frame import build_ranking_frame
 from features.state import FeatureState, with_indices
@@ -54,15 +54,16 @@ def sample_users(user_idx: np.ndarray, relevant: list[np.ndarray], max_users: in
     return user_idx[keep], [relevant[i] for i in keep]
 
 
-def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: int,
+def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: int, *, seed: int,
                chunk_size: int = 512) -> np.ndarray:
-    """(n_users, k) full-catalog top-k of a dense scorer, the user's training items excluded."""
+    """(n_users, k) full-catalog top-k of a dense scorer, the user's training items excluded;
+    ties by the seeded tie rule, NaN scores never picked (-1 pads a short list)."""
     out = []
     for start in range(0, len(user_idx), chunk_size):
         chunk = user_idx[start:start + chunk_size]
         scores = np.asarray(score_fn(chunk), dtype=np.float32).copy()
         scores[seen_mask(state, chunk)] = -np.inf
-        out.append(top_n(scores, k))
+        out.append(top_n(scores, k, seed=seed, query=query_keys(chunk)))
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
@@ -70,17 +71,21 @@ def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
     """Dense scorers of the single-signal baselines.
 
     ``ease`` is the state's item-to-item model; ``cooccurrence`` is plain item-to-item cosine
-    over co-occurrence counts (the classic "people who watched this also watched").
+    over co-occurrence counts (the classic "people who watched this also watched"); ``newest``
+    ranks items by when they were first seen in the window (clicks or impressions), newest first.
     """
     cooccurrence = fit_item_item(state.seen, kind="cosine", neighbours=400)
     rng = np.random.default_rng(seed)
     pop = state.item_features["item_pop_all"].to_numpy().astype(np.float32)
     # Recent popularity: the 7-day count, ties broken by all-time count (a strong news baseline).
     pop_recent = state.item_features["item_pop_7d"].to_numpy().astype(np.float32) + pop / (pop.max() + 1.0)
+    # Never-seen items (NaN age) are never picked by it.
+    newest = -state.item_features["item_age_days"].to_numpy().astype(np.float32)
     return {
         "random": lambda u: rng.random((len(u), state.n_items), dtype=np.float32),
         "popularity": lambda u: np.broadcast_to(pop, (len(u), state.n_items)),
         "popularity_7d": lambda u: np.broadcast_to(pop_recent, (len(u), state.n_items)),
+        "newest": lambda u: np.broadcast_to(newest, (len(u), state.n_items)),
         "als": lambda u: state.als.user_factors[u] @ state.als.item_factors.T,
         "bpr": lambda u: state.bpr.user_factors[u] @ state.bpr.item_factors.T,
         "ease": lambda u: state.item_item.user_scores(state.history()[u]),
@@ -144,14 +149,18 @@ def paired_lift(per_user: np.ndarray, baseline_per_user: np.ndarray, *, seed: in
 
 
 def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: PipelineConfig, *,
-                 pretrained_state: FeatureState | None = None) -> Evaluation:
+                 pretrained_state: FeatureState | None = None, keep_scores: str = "ranker",
+                 versus: str = "") -> Evaluation:
     """Metrics of every ranker bundle and every baseline on the test users of ``split``.
 
     The bundles' states are fitted on the same training window (they may differ in their text
     vectors); relevance and the baselines come from the first one. ``pretrained_state`` adds
     the ``text_pretrained`` baseline (text interest from the encoder before fine-tuning).
     Above ``config.eval_max_users`` test users, a seeded uniform sample of them is evaluated.
-    The ranker gets bootstrap intervals of nDCG@k and of its paired lift over the best baseline.
+    Every ranker (a name starting with ``ranker``) gets bootstrap intervals of nDCG@k and of its
+    paired lift over the best baseline: ``versus`` when given (chosen on validation data), else
+    the best baseline of this table. ``keep_scores``: the bundle whose labelled candidate scores
+    are kept for the score-distribution plot ("" = none).
     """
     state = next(iter(bundles.values())).state
     k = config.k
@@ -161,30 +170,27 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     results: dict[str, dict[str, float]] = {}
     ranked_by_model: dict[str, np.ndarray] = {}
     scores = labels = np.zeros(0)
-    best_baseline = ""
     for group in bundles_by_state(bundles):
-        outcome = _rank_in_chunks(group, user_idx, relevant, k, keep_scores="ranker")
+        outcome = _rank_in_chunks(group, user_idx, relevant, k, keep_scores=keep_scores, seed=config.seed)
         for name, (ranked, recall, scores_labels) in outcome.items():
             ranked_by_model[name] = ranked
             results[name] = metrics.topk_metrics(ranked, relevant, k)
             results[name]["candidate_recall"] = recall
             results[name]["coverage"] = coverage(ranked, state.n_items)
-            if name == "ranker":
-                per_user = metrics.ndcg_at_k(metrics.hits_matrix(ranked, relevant),
-                                             np.array([len(r) for r in relevant]))
-                low, high = bootstrap_ci(per_user, seed=config.seed)
-                results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
+            if scores_labels is not None:
                 scores, labels = scores_labels
     scorers = baseline_scorers(state, config.seed)
     if pretrained_state is not None:
         scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
     for name, score_fn in scorers.items():
-        ranked = topk_dense(state, user_idx, score_fn, k)
+        ranked = topk_dense(state, user_idx, score_fn, k, seed=config.seed)
         ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
         results[name]["coverage"] = coverage(ranked, state.n_items)
-    if "ranker" in ranked_by_model and len(user_idx):
-        best_baseline = _add_lift(results, ranked_by_model, relevant, set(scorers), config)
+    best_baseline = ""
+    if len(user_idx):
+        best_baseline = versus or max(sorted(scorers), key=lambda name: results[name][f"ndcg@{k}"])
+        _add_intervals(results, ranked_by_model, relevant, best_baseline, config)
     for values in results.values():
         values["n_users"] = float(len(user_idx))
     if split.impressions_test is not None and split.impressions_test.height:
@@ -196,15 +202,17 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
 
 
 def bundles_by_state(bundles: dict[str, RankingBundle]) -> list[dict[str, RankingBundle]]:
-    """Bundles grouped by the state object they read, in order: one candidate set per group."""
-    groups: dict[int, dict[str, RankingBundle]] = {}
+    """Bundles grouped by the state object they read and their candidate settings, in order:
+    one candidate set per group."""
+    groups: dict[tuple, dict[str, RankingBundle]] = {}
     for name, bundle in bundles.items():
-        groups.setdefault(id(bundle.state), {})[name] = bundle
+        groups.setdefault((id(bundle.state), bundle.config.candidates), {})[name] = bundle
     return list(groups.values())
 
 
 def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, relevant: list[np.ndarray], k: int, *,
-                    keep_scores: str, chunk_size: int = EVAL_CHUNK_USERS, max_scores: int = MAX_KEPT_SCORES):
+                    keep_scores: str, seed: int, chunk_size: int = EVAL_CHUNK_USERS,
+                    max_scores: int = MAX_KEPT_SCORES):
     """Per bundle: its top-k (n_users, k), candidate recall, and (scores, 0/1 labels) of candidates.
 
     The bundles share one state, so each chunk's candidates and feature arrays are built once and
@@ -222,7 +230,7 @@ def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rel
         recall_sum += candidate_recall(candidates, chunk, chunk_relevant) * len(chunk)
         for name, bundle in bundles.items():
             scored = bundle.score_features(candidates, arrays)
-            ranked[name][first:first + len(chunk)] = topk_array(head_k(scored, k), len(chunk), k)
+            ranked[name][first:first + len(chunk)] = topk_array(head_k(scored, k, seed=seed), len(chunk), k)
             if name == keep_scores and n_kept < max_scores:
                 chunk_scores, chunk_labels = _labelled_scores(scored, chunk_relevant)
                 kept_scores.append(chunk_scores)
@@ -234,24 +242,25 @@ def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rel
     return {name: (ranked[name], recall, (scores, labels) if name == keep_scores else None) for name in bundles}
 
 
-def _add_lift(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],
-              baselines: set[str], config: PipelineConfig) -> str:
-    """The ranker's paired nDCG lift over the best baseline, with its bootstrap interval."""
+def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],
+                   best: str, config: PipelineConfig) -> None:
+    """Bootstrap intervals of nDCG@k for every ranker and ``best`` (the baseline to beat), and each
+    ranker's paired nDCG lift over ``best`` with its interval (same users resampled)."""
     k = config.k
     n_rel = np.array([len(r) for r in relevant])
 
     def per_user(name: str) -> np.ndarray:
         return metrics.ndcg_at_k(metrics.hits_matrix(ranked[name][:, :k], relevant), n_rel)
 
-    best = max(sorted(baselines), key=lambda name: results[name][f"ndcg@{k}"])
     best_per_user = per_user(best)
-    low, high = bootstrap_ci(best_per_user, seed=config.seed)
-    results[best][f"ndcg@{k}_ci_low"], results[best][f"ndcg@{k}_ci_high"] = low, high
-    lift, low, high = paired_lift(per_user("ranker"), best_per_user, seed=config.seed)
-    results["ranker"].update({f"lift_vs_best_baseline/ndcg@{k}": lift,
+    for name in [n for n in results if n.startswith("ranker")] + [best]:
+        low, high = bootstrap_ci(per_user(name), seed=config.seed)
+        results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
+    for name in [n for n in results if n.startswith("ranker")]:
+        lift, low, high = paired_lift(per_user(name), best_per_user, seed=config.seed)
+        results[name].update({f"lift_vs_best_baseline/ndcg@{k}": lift,
                               f"lift_vs_best_baseline/ndcg@{k}_ci_low": low,
                               f"lift_vs_best_baseline/ndcg@{k}_ci_high": high})
-    return best
 
 
 def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,16 @@
 
 split -> nested split of the training window (feature window | label window)
 -> fine-tune the text model on the feature window
--> stage-1 state on the feature window -> labelled ranking frame on the label window
--> LightGBM LambdaRank (and the no-text and pretrained-text ablations), early-stopped on held-out label users
--> stage-1 state refitted on the whole training window -> evaluation on test vs baselines
+-> stage-1 state on the feature window -> labelled ranking frames on the label window
+-> three ranker variants (fine-tuned text, pretrained text, no text), early-stopped on held-out
+   label users; a full-ranking evaluation on those users picks the variant that ships
+-> stage-1 state refitted on the whole training window -> evaluation on test (reported only)
 -> MLflow: params, metrics, curves, plots, the pyfunc model, a registry version.
 
 The text model is fine-tuned once, on the feature window only, so the label window stays
 unseen by every stage-1 model; the refit on the whole window is CF and behaviour features.
+Item indices follow the sorted item ids and every tie follows the seeded tie rule
+(``features.ties``), so the run is a function of (data, config, seed), not of row order.
 """
 
 from __future__ import annotations
@@ -25,19 +28,17 @@ import numpy as np
 import polars as pl
 
 from features.bundle import RankingBundle
-from features.candidates import generate_candidates
-from features.ranking_frame import FEATURE_COLUMNS, TEXT_FEATURES, build_ranking_frame, feature_matrix, group_sizes
-from features.state import FeatureState, fit_feature_state, with_indices, with_text_vectors
+from features.state import fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
 from recsys.cold_items import pick_cold_items, without_items
 from recsys.config import PipelineConfig
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
-from recsys.split import split_interactions
+from recsys.split import Split, split_interactions
 from recsys.stage_timer import collect, stage
-from training import plots, registry, tracking
+from training import plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
-from training.evaluate import evaluate_all, sample_users, test_relevance
+from training.evaluate import Evaluation, evaluate_all
 from training.ranker import LambdaRanker
 from training.slices import slice_metrics
 from training.text_finetune import finetune, next_item_examples
@@ -47,110 +48,151 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
+    """What a run produced. ``metrics``: test metrics per model (reported, never used to choose);
+    ``validation_metrics``: the same on the held-out label users (what chose the shipped variant)."""
+
     run_id: str
     model_uri: str
     registered_name: str | None
     version: str | None
     became_champion: bool
     metrics: dict[str, dict[str, float]]
+    validation_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    shipped_variant: str = ""
+    shipped_reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
-    # The main ranker: trees kept by early stopping and the prior's weights (source -> weight).
+    # The shipped ranker: trees kept by early stopping and the prior's weights (source -> weight).
     ranker_trees: int = 0
     prior_weights: dict[str, float] = field(default_factory=dict)
 
+    def metrics_document(self) -> dict:
+        """What ``--metrics-out`` writes: a pure function of (data, config, seed)."""
+        return {"shipped_variant": self.shipped_variant, "validation": self.validation_metrics, "test": self.metrics}
 
-def labelled_frame(state: FeatureState, label_events: pl.DataFrame, label_impressions: pl.DataFrame | None,
-                   config: PipelineConfig, cold_items: pl.Series | None = None, log_metric=None) -> pl.DataFrame:
-    """Ranking frame with ``label`` (0/1) built on the label window.
 
-    Two kinds of query: one per label user over the candidates the state generates (the
-    serving distribution; label 1 = interacted in the label window), and, where impressions
-    exist, one per label-window impression over the items actually shown (label = clicked),
-    which teaches the ranker to tell apart items that all looked plausible. Above
-    ``config.ranker_max_users`` label users, a seeded sample of them makes both kinds. Queries without
-    both a positive and a negative are dropped: LambdaRank learns nothing from them.
-    ``cold_items`` (ids with no behaviour in the state's window) make one more query per label
-    user: those items only, so the ranker learns to order items that have nothing but text
-    (the cold-items protocol, and a "new arrivals" shelf). ``log_metric(key, value, step)``, when
-    given, receives the label user counts (``data/label_users``, ``data/label_users_used``).
+@dataclass
+class Windows:
+    """The run's data windows: ``split`` (training window | test), ``nested`` (feature window |
+    label window, inside the training window), the cold items of each (cold-items protocol),
+    the sorted catalog and the id maps."""
+
+    catalog: pl.DataFrame
+    split: Split
+    nested: Split
+    cold_items: pl.Series | None
+    feature_cold: pl.Series | None
+    users: IdMap
+    items: IdMap
+
+
+def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
+    """Test split, then the nested feature/label split of the training window.
+
+    Item and user indices follow the sorted ids, so the order of rows in the input files
+    changes nothing downstream.
     """
-    user_idx, relevant = test_relevance(state, label_events)
-    n_label_users = len(user_idx)
-    user_idx, relevant = sample_users(user_idx, relevant, config.ranker_max_users, config.seed + 2)
-    sampled = len(user_idx) < n_label_users
-    if sampled:
-        log.info("the ranker learns from %d of %d label users (ranker_max_users)", len(user_idx), n_label_users)
-    if log_metric:
-        log_metric("data/label_users", float(n_label_users), 0)
-        log_metric("data/label_users_used", float(len(user_idx)), 0)
-    candidates = generate_candidates(state, user_idx, config.candidates)
-    positives = pl.DataFrame({
-        "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
-        "item_idx": np.concatenate(relevant).astype(np.int32),
-        "label": np.ones(sum(len(r) for r in relevant), dtype=np.int8),
-    })
-    parts = [candidates.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
-             .with_columns(pl.col("label").fill_null(0))]
-    next_query = len(user_idx)
-    if cold_items is not None and cold_items.len():
-        cold_idx = np.asarray(state.items.to_index(cold_items), dtype=np.int32)
-        cold = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx), dtype=np.int32), len(cold_idx)),
-                             "user_idx": np.repeat(user_idx.astype(np.int32), len(cold_idx)),
-                             "item_idx": np.tile(cold_idx, len(user_idx))})
-        parts.append(cold.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
-                     .with_columns(pl.col("label").fill_null(0), pl.col("query_idx") + next_query))
-        next_query += len(user_idx)
-    if label_impressions is not None and label_impressions.height:
-        shown = with_indices(label_impressions, state.users, state.items)
-        shown = (shown.filter(pl.col("user_idx").is_in(pl.Series(user_idx).implode()) if sampled
-                              else pl.col("user_idx") >= 0)
-                 .group_by("impression_id", "user_idx", "item_idx").agg(pl.col("clicked").max().alias("label"))
-                 .with_columns((pl.col("impression_id").rank("dense") - 1 + next_query).cast(pl.Int32)
-                               .alias("query_idx"))
-                 .select("query_idx", "user_idx", "item_idx", pl.col("label").cast(pl.Int8)))
-        parts.append(shown)
-    frame = pl.concat(parts).sort("query_idx", "item_idx")
-    has_both = (pl.col("label").max().over("query_idx") == 1) & (pl.col("label").min().over("query_idx") == 0)
-    return build_ranking_frame(state, frame.filter(has_both))
+    split = split_interactions(dataset.interactions, kind=config.split, test_fraction=config.test_fraction,
+                               seed=config.seed, impressions=dataset.impressions)
+    cold_items = feature_cold = None
+    if config.cold_item_fraction > 0:
+        cold_items = pick_cold_items(split.train, config.cold_item_fraction, config.seed + 7)
+        split = replace(split, train=without_items(split.train, cold_items),
+                        impressions_train=without_items(split.impressions_train, cold_items))
+    nested = split_interactions(split.train, kind=config.split, test_fraction=config.label_fraction,
+                                seed=config.seed + 1, impressions=split.impressions_train)
+    if cold_items is not None:  # the ranker must see items without behaviour while it learns
+        feature_cold = pick_cold_items(nested.train, config.cold_item_fraction, config.seed + 8)
+        nested = replace(nested, train=without_items(nested.train, feature_cold),
+                         impressions_train=without_items(nested.impressions_train, feature_cold))
+    catalog = dataset.items.sort("item_id")
+    return Windows(catalog=catalog, split=split, nested=nested, cold_items=cold_items, feature_cold=feature_cold,
+                   users=IdMap(kind="user").fit(split.train["user_id"].unique().sort()),
+                   items=IdMap(kind="item").fit(catalog["item_id"]))
 
 
-def fit_rankers(frame: pl.DataFrame, config: PipelineConfig, log_metric,
-                pretrained_frame: pl.DataFrame | None = None) -> dict[str, LambdaRanker]:
-    """The full ranker and its ablations, early-stopped on the same 15% of the label queries.
+@dataclass
+class Fitted:
+    """The variants fitted on the feature window and their validation evaluation."""
 
-    ``ranker_no_text`` never splits on the text features (zero split gain) and trains on the
-    ranker's own LightGBM sets, so their bins are built once; ``ranker_pretrained_text`` trains on
-    ``pretrained_frame`` (text features from the encoder before fine-tuning). Logs the main
-    ranker's training rows, fit seconds and row-iterations per second (rows x trees / s).
-    """
-    rng = np.random.default_rng(config.seed)
-    queries = frame["query_idx"].unique().sort().to_numpy()
-    val_queries = pl.Series(rng.choice(queries, size=max(1, len(queries) * 15 // 100), replace=False)).implode()
+    rankers: dict[str, LambdaRanker]
+    validation: Evaluation
+    choice: variants.Choice
+    digest: str
 
-    def new_ranker() -> LambdaRanker:
-        return LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
 
-    def sets_of(data: pl.DataFrame):
-        is_val = data["query_idx"].is_in(val_queries)
-        train, val = data.filter(~is_val), data.filter(is_val)
-        return new_ranker().dataset(
-            feature_matrix(train, FEATURE_COLUMNS), train["label"].to_numpy(), group_sizes(train),
-            X_val=feature_matrix(val, FEATURE_COLUMNS), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
+def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted:
+    """Feature-window state, one labelled frame and ranker per variant, and the validation
+    evaluation (full ranking on the held-out label users) that chooses the shipped one."""
+    state = fit_feature_state(catalog=w.catalog, interactions=w.nested.train, impressions=w.nested.impressions_train,
+                              item_vectors=text.finetuned_vectors, users=w.users, items=w.items, config=config,
+                              pooling=text.pooling)
+    state_pretrained = with_text_vectors(state, w.nested.train, text.pretrained_vectors)
+    states = {variants.FINETUNED: state, variants.PRETRAINED: state_pretrained, variants.NO_TEXT: state}
+    users = variants.label_users(state, w.nested.test, config)
+    held_out = variants.validation_users(users[0], config.seed + 4)
+    metric_log("data/label_users", float(len(users[0])), 0)
+    metric_log("data/validation_users", float(len(held_out)), 0)
+    frames = {name: variants.labelled_frame(states[name], users, w.nested.impressions_test,
+                                            variants.variant_config(name, config), w.feature_cold)
+              for name in variants.VARIANTS}
+    mlflow.log_metrics({"data/ranker_rows": frames[variants.FINETUNED].height,
+                        "data/ranker_queries": frames[variants.FINETUNED]["query_idx"].n_unique()})
+    with stage("ranker"):
+        rankers = variants.fit_rankers(frames, held_out, config, metric_log)
+    del frames
+    held_out_ids = w.users.to_ids(held_out)
+    validation_split = Split(kind=w.nested.kind, train=w.nested.train,
+                             test=w.nested.test.filter(pl.col("user_id").is_in(held_out_ids.implode())),
+                             impressions_train=w.nested.impressions_train,
+                             impressions_test=None if w.nested.impressions_test is None else
+                             w.nested.impressions_test.filter(pl.col("user_id").is_in(held_out_ids.implode())))
+    bundles = _bundles(rankers, states, config)
+    with stage("evaluation"):
+        validation = evaluate_all(bundles, validation_split, config, pretrained_state=state_pretrained,
+                                  keep_scores="")
+    choice = variants.choose_variant(validation.metrics, config.k)
+    log.info("%s", choice.reason())
+    return Fitted(rankers=rankers, validation=validation, choice=choice,
+                  digest=variants.validation_digest(w.nested.test, held_out_ids))
 
-    sets = sets_of(frame)
-    rankers = {
-        "ranker": new_ranker().fit_dataset(sets, eval_at=(config.k,), log_metric=log_metric),
-        # Same binned sets: the ablation only never splits on the text features.
-        "ranker_no_text": new_ranker().fit_dataset(sets, unused_features=TEXT_FEATURES, eval_at=(config.k,)),
-    }
-    if pretrained_frame is not None:
-        rankers["ranker_pretrained_text"] = new_ranker().fit_dataset(sets_of(pretrained_frame), eval_at=(config.k,))
-    if log_metric:
-        main, rows = rankers["ranker"], sets.n_rows
-        log_metric("ranker/train_rows", float(rows), 0)
-        log_metric("ranker/fit_seconds", main.fit_seconds, 0)
-        log_metric("ranker/rows_per_s", rows * main.best_iteration / max(main.fit_seconds, 1e-9), 0)
-    return rankers
+
+def _bundles(rankers: dict[str, LambdaRanker], states: dict, config: PipelineConfig) -> dict[str, RankingBundle]:
+    return {name: RankingBundle(config=variants.variant_config(name, config), state=states[name], booster=r.booster,
+                                feature_columns=r.feature_names, prior_weights=r.prior_weights)
+            for name, r in rankers.items()}
+
+
+def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -> tuple[Evaluation, dict]:
+    """Refit the stage-1 state on the whole training window and evaluate every variant (the
+    shipped one named ``ranker``) and baseline on test. Returns the evaluation and the bundles."""
+    with stage("features"):
+        state = fit_feature_state(catalog=w.catalog, interactions=w.split.train,
+                                  impressions=w.split.impressions_train, item_vectors=text.finetuned_vectors,
+                                  users=w.users, items=w.items, config=config, pooling=text.pooling)
+        state_pretrained = with_text_vectors(state, w.split.train, text.pretrained_vectors)
+    names = variants.shipped_names(fitted.rankers, fitted.choice.shipped)
+    states = {variants.FINETUNED: state, variants.PRETRAINED: state_pretrained, variants.NO_TEXT: state}
+    by_variant = _bundles(fitted.rankers, states, config)
+    # The shipped variant first: the relevance, baselines and candidate recall come from its state.
+    order = [fitted.choice.shipped, *(n for n in variants.VARIANTS if n != fitted.choice.shipped)]
+    bundles = {names[name]: by_variant[name] for name in order}
+    with stage("evaluation"):
+        evaluation = evaluate_all(bundles, w.split, config, pretrained_state=state_pretrained,
+                                  versus=fitted.validation.best_baseline)
+        if w.cold_items is not None:
+            cold = cold_item_evaluation(bundles, w.split.test, w.cold_items, config)
+            for name, values in cold.items():
+                evaluation.metrics.setdefault(name, {}).update(values)
+        for name, ranked in evaluation.ranked.items():
+            evaluation.metrics[name].update(
+                slice_metrics(ranked, evaluation.relevant, state, evaluation.user_idx, config.k))
+    return evaluation, bundles
+
+
+def renamed(metrics: dict[str, dict[str, float]], shipped: str) -> dict[str, dict[str, float]]:
+    """Validation metrics with the shipped variant under ``ranker``, as in the test table."""
+    names = variants.shipped_names(metrics, shipped)
+    return {names[name]: values for name, values in metrics.items()}
 
 
 def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register_name: str | None,
@@ -166,75 +208,36 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
                            "data.source": dataset.source})
         with stage("split"):
-            split = split_interactions(dataset.interactions, kind=config.split, test_fraction=config.test_fraction,
-                                       seed=config.seed, impressions=dataset.impressions)
-            cold_items = feature_cold = None
-            if config.cold_item_fraction > 0:
-                cold_items = pick_cold_items(split.train, config.cold_item_fraction, config.seed + 7)
-                split = replace(split, train=without_items(split.train, cold_items),
-                                impressions_train=without_items(split.impressions_train, cold_items))
-            nested = split_interactions(split.train, kind=config.split, test_fraction=config.label_fraction,
-                                        seed=config.seed + 1, impressions=split.impressions_train)
-            if cold_items is not None:  # the ranker must see items without behaviour while it learns
-                feature_cold = pick_cold_items(nested.train, config.cold_item_fraction, config.seed + 8)
-                nested = replace(nested, train=without_items(nested.train, feature_cold),
-                                 impressions_train=without_items(nested.impressions_train, feature_cold))
-            users = IdMap(kind="user").fit(split.train["user_id"])
-            items = IdMap(kind="item").fit(dataset.items["item_id"])
-        validation_digest = tracking.log_datasets(dataset, split)
-        mlflow.log_metrics({"data/train_rows": split.train.height, "data/test_rows": split.test.height,
-                            "data/feature_window_rows": nested.train.height,
-                            "data/label_window_rows": nested.test.height})
+            w = split_windows(dataset, config)
+        tracking.log_datasets(dataset, w.split)
+        mlflow.log_metrics({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
+                            "data/feature_window_rows": w.nested.train.height,
+                            "data/label_window_rows": w.nested.test.height})
         with stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
-            shown = (None if nested.impressions_train is None
-                     else with_indices(nested.impressions_train, users, items))
-            text = _fit_text(dataset.items, with_indices(nested.train, users, items), shown, config, encoder_dir,
+            shown = (None if w.nested.impressions_train is None
+                     else with_indices(w.nested.impressions_train, w.users, w.items))
+            text = _fit_text(w.catalog, with_indices(w.nested.train, w.users, w.items), shown, config, encoder_dir,
                              metric_log, progress)
         with stage("features"):
-            state_feat = fit_feature_state(catalog=dataset.items, interactions=nested.train,
-                                           impressions=nested.impressions_train,
-                                           item_vectors=text.finetuned_vectors, users=users, items=items,
-                                           config=config, pooling=text.pooling)
-            frame = labelled_frame(state_feat, nested.test, nested.impressions_test, config, feature_cold,
-                                   log_metric=metric_log)
-            state_feat_pretrained = with_text_vectors(state_feat, nested.train, text.pretrained_vectors)
-            frame_pretrained = labelled_frame(state_feat_pretrained, nested.test, nested.impressions_test, config,
-                                              feature_cold)
-        mlflow.log_metrics({"data/ranker_rows": frame.height, "data/ranker_queries": frame["query_idx"].n_unique()})
-        with stage("ranker"):
-            rankers = fit_rankers(frame, config, metric_log, pretrained_frame=frame_pretrained)
-        del frame, frame_pretrained, state_feat, state_feat_pretrained  # the largest tables: free them before the refit
-        with stage("features"):
-            state = fit_feature_state(catalog=dataset.items, interactions=split.train,
-                                      impressions=split.impressions_train, item_vectors=text.finetuned_vectors,
-                                      users=users, items=items, config=config, pooling=text.pooling)
-            state_pretrained = with_text_vectors(state, split.train, text.pretrained_vectors)
-        bundles = {name: RankingBundle(config=config, state=state_pretrained if "pretrained" in name else state,
-                                       booster=r.booster, feature_columns=r.feature_names,
-                                       prior_weights=r.prior_weights)
-                   for name, r in rankers.items()}
-        with stage("evaluation"):
-            evaluation = evaluate_all(bundles, split, config, pretrained_state=state_pretrained)
-            if cold_items is not None:
-                cold = cold_item_evaluation(bundles, split.test, cold_items, config)
-                for name, values in cold.items():
-                    evaluation.metrics.setdefault(name, {}).update(values)
-            for name, ranked in evaluation.ranked.items():
-                evaluation.metrics[name].update(
-                    slice_metrics(ranked, evaluation.relevant, state, evaluation.user_idx, config.k))
-            results = evaluation.metrics
+            fitted = fit_variants(w, text, config, metric_log)
+        validation = renamed(fitted.validation.metrics, fitted.choice.shipped)
+        evaluation, bundles = evaluate_on_test(w, fitted, text, config)
+        results = evaluation.metrics
         mlflow.log_metrics({"data/test_users": evaluation.n_users_total,
                             "data/test_users_evaluated": len(evaluation.user_idx)})
+        shipped = fitted.rankers[fitted.choice.shipped]
         with stage("logging"):
-            _log_results(evaluation, rankers["ranker"], text, metric_log, config)
-            tracking.log_child_runs(results, config)
+            mlflow.set_tags({"shipped_variant": fitted.choice.shipped, "shipped_reason": fitted.choice.reason()})
+            _log_results(evaluation, validation, shipped, text, metric_log, config, fitted.choice.shipped)
+            tracking.log_child_runs(results, config, validation)
             bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=encoder_dir)
-            info = tracking.log_pyfunc_model(bundle_dir, register_name, users.ids.head(2).to_list())
+            info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list())
             became_champion = False
             if register_name:
                 version = str(info.registered_model_version)
-                tracking.tag_version(register_name, version, results, config, dataset, validation_digest)
+                tracking.tag_version(register_name, version, results, validation, config, dataset, fitted.digest,
+                                     fitted.choice)
                 if registry.current_champion(register_name) is None:
                     registry.promote(register_name, version)
                     became_champion = True
@@ -243,9 +246,10 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
-                           became_champion=became_champion, metrics=results, timings=dict(timings),
-                           ranker_trees=rankers["ranker"].best_iteration,
-                           prior_weights=dict(rankers["ranker"].prior_weights))
+                           became_champion=became_champion, metrics=results, validation_metrics=validation,
+                           shipped_variant=fitted.choice.shipped, shipped_reason=fitted.choice.reason(),
+                           timings=dict(timings), ranker_trees=shipped.best_iteration,
+                           prior_weights=dict(shipped.prior_weights))
 
 
 def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: pl.DataFrame | None,
@@ -264,28 +268,34 @@ def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: 
     return result
 
 
-def _log_results(evaluation, ranker: LambdaRanker, text, metric_log, config: PipelineConfig) -> None:
-    """Metrics (ranker plain, ``baseline/<name>/...``, ``ablation/no_text/...``) and plots."""
+def _log_results(evaluation: Evaluation, validation: dict[str, dict[str, float]], ranker: LambdaRanker, text,
+                 metric_log, config: PipelineConfig, shipped: str) -> None:
+    """Test metrics (shipped ranker plain, ``baseline/<name>/...``, ``ablation/<variant>/...``), the
+    same on validation under ``validation/``, and plots."""
     results = evaluation.metrics
     metric_log.flush()
-    flat = {}
-    for name, values in results.items():
-        prefix = ("" if name == "ranker" else f"ablation/{name.removeprefix('ranker_')}/" if name.startswith("ranker_")
-                  else f"baseline/{name}/")
-        flat.update({prefix + tracking.mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
-    mlflow.log_metrics(flat)
+
+    def flat(table: dict[str, dict[str, float]], root: str) -> dict[str, float]:
+        out = {}
+        for name, values in table.items():
+            prefix = root + ("" if name == "ranker" else f"ablation/{name.removeprefix('ranker_')}/"
+                             if name.startswith("ranker_") else f"baseline/{name}/")
+            out.update({prefix + tracking.mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
+        return out
+
+    mlflow.log_metrics({**flat(results, ""), **flat(validation, "validation/")})
     mlflow.log_metric("ranker/best_iteration", ranker.best_iteration)
     mlflow.log_metrics({f"ranker/prior_weight/{source}": w for source, w in ranker.prior_weights.items()})
     if evaluation.best_baseline:
         mlflow.set_tag("best_baseline", evaluation.best_baseline)
     metric = f"ndcg@{config.k}"
     mlflow.log_figure(plots.feature_importance_figure(ranker.feature_importance()), "plots/feature_importance.png")
-    mlflow.log_figure(plots.model_comparison_figure(results, metric), "plots/model_comparison.png")
+    mlflow.log_figure(plots.model_comparison_figure(results, metric, shipped), "plots/model_comparison.png")
     mlflow.log_figure(plots.loss_curve_figure(text.train_losses, text.val_losses, text.val_steps),
                       "plots/text_loss_curve.png")
     mlflow.log_figure(plots.slice_figure(results, config.k), "plots/metric_by_slice.png")
     mlflow.log_figure(plots.score_distribution_figure(evaluation.ranker_scores, evaluation.ranker_labels),
                       "plots/score_distribution.png")
     plots.close_all()
-    mlflow.log_dict(results, "metrics/all_models.json")
+    mlflow.log_dict({"test": results, "validation": validation}, "metrics/all_models.json")
     mlflow.log_text(json.dumps(ranker.feature_importance(), indent=2), "metrics/feature_importance.json")

@@ -19,15 +19,18 @@ def feature_importance_figure(importance: dict[str, float]):
     return fig
 
 
-def model_comparison_figure(results: dict[str, dict[str, float]], metric: str):
-    """Bar chart of one metric for the ranker, its ablations and every baseline."""
+def model_comparison_figure(results: dict[str, dict[str, float]], metric: str, shipped: str = ""):
+    """Bar chart of one test metric for the shipped ranker, the other variants and every
+    baseline; the shipped bar (``ranker``) is labelled with its variant and drawn darkest."""
     names = [n for n in results if metric in results[n]]
     values = [results[n][metric] for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    colors = ["#DD8452" if n.startswith("ranker") else "#4C72B0" for n in names]
-    ax.bar(names, values, color=colors)
+    colors = ["#C44E00" if n == "ranker" else "#F0B27A" if n.startswith("ranker") else "#4C72B0" for n in names]
+    labels = [f"ranker ({shipped}, shipped)" if n == "ranker" and shipped else n for n in names]
+    ax.bar(labels, values, color=colors)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: ranker vs baselines")
+    ax.set_title(f"test {metric}; shipped: the variant best on validation" if shipped
+                 else f"{metric}: ranker vs baselines")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig

@@ -1,7 +1,9 @@
 """Model registry: gated promotion of the ``champion`` alias, rollback, and its history.
 
 A version may become champion only if it beats the current champion on the same validation
-data (same ``validation.digest`` tag) and the same metric, unless forced. Every move is
+data (same ``validation.digest`` tag) and the same metric, unless forced. The validation data
+is cut from the training window (the held-out label users; see ``training/variants.py``); test
+metrics are stored as ``test.*`` tags for reading and never compared here. Every move is
 recorded: on the version (``promoted_at``, ``promoted_from``, ``promotion_reason``) and in
 the registered model's ``champion_history`` tag (a JSON list), which ``rollback`` walks back.
 """

@@ -63,7 +63,7 @@ class _CachedTower:
         self.mask = batch["attention_mask"]
         self.lengths = self.mask.sum(1)
         self.hidden = torch.zeros((len(texts), self.mask.shape[1], model.config.hidden_size))
-        order = torch.argsort(self.lengths, descending=True)
+        order = torch.argsort(self.lengths, descending=True, stable=True)
         with torch.inference_mode(), progress_bar(total=len(texts), desc="cache frozen layers", unit="item",
                                                   enabled=progress) as bar:
             for start in range(0, len(texts), batch_size):
@@ -89,7 +89,7 @@ class _CachedTower:
     def table(self, batch_size: int) -> torch.Tensor:
         """All item vectors with the current weights, no gradient: (n_items, 384)."""
         out = torch.zeros((self.hidden.shape[0], self.hidden.shape[2]))
-        order = torch.argsort(self.lengths, descending=True)
+        order = torch.argsort(self.lengths, descending=True, stable=True)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
@@ -111,9 +111,11 @@ def next_item_examples(events: pl.DataFrame, history_len: int,
 
     negatives: the items shown in the impression where the target was clicked and not clicked
     (``impressions``: impression_id, user_idx, item_idx, timestamp, clicked); empty without one.
+    Rows come user by user (in order of first appearance after sorting), each user's examples in
+    time order; events at the same time keep their input order (a stable sort).
     """
     examples = (
-        events.sort("timestamp")
+        events.sort("timestamp", maintain_order=True)
         .group_by("user_idx", maintain_order=True)
         .agg(pl.col("item_idx"), pl.col("timestamp"))
         .with_columns(pl.col("item_idx").list.len().alias("_n"))
@@ -134,8 +136,8 @@ def next_item_examples(events: pl.DataFrame, history_len: int,
     shown = impressions.filter(pl.col("user_idx").is_not_null() & (pl.col("user_idx") >= 0))
     clicks = shown.filter(pl.col("clicked") == 1).select(
         "impression_id", pl.col("user_idx").alias("_user"), pl.col("item_idx").alias("target"),
-        pl.col("timestamp").alias("_time")).unique(["_user", "target", "_time"], keep="first")
-    unclicked = shown.filter(pl.col("clicked") == 0).group_by("impression_id").agg(
+        pl.col("timestamp").alias("_time")).unique(["_user", "target", "_time"], keep="first", maintain_order=True)
+    unclicked = shown.filter(pl.col("clicked") == 0).group_by("impression_id", maintain_order=True).agg(
         pl.col("item_idx").cast(pl.Int32).alias("negatives"))
     return (examples.join(clicks, on=["_user", "target", "_time"], how="left", maintain_order="left")
             .join(unclicked, on="impression_id", how="left", maintain_order="left")
@@ -181,7 +183,19 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     """Fine-tune ``encoder`` in place (best weights kept) and return item vectors before/after.
 
     texts: one per item index; examples: from :func:`next_item_examples`.
+    Same inputs and ``seed``, same result: the validation cut, batches and hard negatives draw
+    from generators seeded with ``seed``, and dropout from torch's global generator seeded with
+    ``seed`` inside ``torch.random.fork_rng``, so the caller's global random state is untouched.
     """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _finetune(encoder, texts, examples, config, seed=seed, eval_every=eval_every, patience=patience,
+                         progress=progress, log_metric=log_metric)
+
+
+def _finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, config: TextModelConfig, *,
+              seed: int, eval_every: int, patience: int, progress: bool,
+              log_metric: Callable[[str, float, int], None] | None) -> FinetuneResult:
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = encoder.model
@@ -214,8 +228,7 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     train_losses: list[float] = []
     val_losses = [_val_loss(table, val_hist, val_targets, config, pooling)]
     val_steps = [0]
-    best = (val_losses[0], 0, copy.deepcopy([layer.state_dict() for layer in tower.upper]),
-            copy.deepcopy(pooling.state_dict()))
+    best = (val_losses[0], 0, *_snapshot(tower, pooling))
     if log_metric:
         log_metric("text/val_loss", val_losses[0], 0)
     bad_evals = 0
@@ -224,18 +237,10 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
         for step in range(1, config.steps + 1):
             bucket = buckets[rng.choice(len(buckets), p=[len(b) / len(targets) for b in buckets])]
             pick = bucket[torch.randint(len(bucket), (config.batch_size,), generator=generator).numpy()]
-            batch_targets = torch.from_numpy(targets[pick])
-            users = pooling(table, [histories[i] for i in pick])
-            if negatives is None:
-                unique, position = torch.unique(batch_targets, return_inverse=True)
-                item_vecs = tower.encode(unique)  # duplicates in the batch are encoded once
-                loss = _info_nce(users, item_vecs[position], batch_targets, torch.arange(len(pick)),
-                                 config.temperature)
-            else:
-                hard = _sample_negatives([negatives[i] for i in pick], config.hard_negatives, rng)
-                columns, position = torch.unique(torch.cat([batch_targets, hard]), return_inverse=True)
-                logits = users @ tower.encode(columns).T / config.temperature
-                loss = torch.nn.functional.cross_entropy(logits, position[:len(pick)])
+            hard = (None if negatives is None
+                    else _sample_negatives([negatives[i] for i in pick], config.hard_negatives, rng))
+            loss = _batch_loss(tower, pooling, table, [histories[i] for i in pick], torch.from_numpy(targets[pick]),
+                               hard, config.temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -253,8 +258,7 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
                 if log_metric:
                     log_metric("text/val_loss", val_losses[-1], step)
                 if val_losses[-1] < best[0]:
-                    best = (val_losses[-1], step, copy.deepcopy([layer.state_dict() for layer in tower.upper]),
-                            copy.deepcopy(pooling.state_dict()))
+                    best = (val_losses[-1], step, *_snapshot(tower, pooling))
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -271,6 +275,25 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
     return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
                           train_losses=train_losses, val_losses=val_losses, val_steps=val_steps,
                           best_step=best[1], pooling=pooling.export())
+
+
+def _snapshot(tower: _CachedTower, pooling: _Pooling) -> tuple[list[dict], dict]:
+    """Copies of the upper layers' and the pooling's weights (to restore the best step)."""
+    return copy.deepcopy([layer.state_dict() for layer in tower.upper]), copy.deepcopy(pooling.state_dict())
+
+
+def _batch_loss(tower: _CachedTower, pooling: _Pooling, table: torch.Tensor, histories: list[np.ndarray],
+                targets: torch.Tensor, hard: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """Scalar InfoNCE loss of one batch: histories (B arrays of item rows), targets int64 (B,),
+    hard: int64 (n,) extra negatives shared by the batch, or None for in-batch negatives only."""
+    users = pooling(table, histories)
+    if hard is None:
+        unique, position = torch.unique(targets, return_inverse=True)
+        item_vecs = tower.encode(unique)  # duplicates in the batch are encoded once
+        return _info_nce(users, item_vecs[position], targets, torch.arange(len(targets)), temperature)
+    columns, position = torch.unique(torch.cat([targets, hard]), return_inverse=True)
+    logits = users @ tower.encode(columns).T / temperature
+    return torch.nn.functional.cross_entropy(logits, position[:len(targets)])
 
 
 def _length_buckets(lengths: np.ndarray, n_buckets: int) -> list[np.ndarray]:

@@ -115,29 +115,53 @@ def _pip_requirements() -> list[str]:
     return [f"{n}=={version(n).split('+')[0]}" for n in names]
 
 
-def tag_version(name: str, version: str | int, results: dict[str, dict[str, float]], config, dataset,
-                validation_digest: str) -> None:
-    """Metrics as version tags, the validation data and metric that promotion compares on, and a
-    short model card as the version description."""
+HEADLINE_KEYS = ("ndcg@{k}", "recall@{k}", "precision@{k}", "map@{k}", "mrr", "ndcg@{k}_ci_low", "ndcg@{k}_ci_high")
+
+
+def tag_version(name: str, version: str | int, results: dict[str, dict[str, float]],
+                validation: dict[str, dict[str, float]], config, dataset, validation_digest: str, choice) -> None:
+    """The shipped ranker's headline metrics as version tags (``validation.<key>`` on the held-out
+    label users, ``test.<key>`` on the test split: names that say which), the validation metric,
+    value and data digest that promotion compares on, and a model card as the description.
+
+    choice: ``training.variants.Choice`` (which variant shipped and why).
+    """
     from training import registry
 
     client = MlflowClient()
-    ranker = results["ranker"]
-    for key, value in ranker.items():
-        if "/" not in key:
-            client.set_model_version_tag(name, str(version), f"metric.{mlflow_key(key)}", f"{value:.4f}")
-    metric = f"ndcg@{config.k}"
-    client.set_model_version_tag(name, str(version), registry.METRIC_TAG, mlflow_key(metric))
-    client.set_model_version_tag(name, str(version), registry.VALUE_TAG, repr(ranker[metric]))
-    client.set_model_version_tag(name, str(version), registry.DIGEST_TAG, validation_digest)
     k = config.k
+    for prefix, table in (("validation", validation), ("test", results)):
+        for key in HEADLINE_KEYS:
+            key = key.format(k=k)
+            if key in table.get("ranker", {}):
+                client.set_model_version_tag(name, str(version), f"{prefix}.{mlflow_key(key)}",
+                                             f"{table['ranker'][key]:.4f}")
+    metric = f"ndcg@{k}"
+    client.set_model_version_tag(name, str(version), registry.METRIC_TAG, mlflow_key(metric))
+    client.set_model_version_tag(name, str(version), registry.VALUE_TAG, repr(validation["ranker"][metric]))
+    client.set_model_version_tag(name, str(version), registry.DIGEST_TAG, validation_digest)
+    client.set_model_version_tag(name, str(version), "shipped_variant", choice.shipped)
+    client.update_model_version(name, str(version), description=model_card(results, validation, config, dataset,
+                                                                             choice))
+
+
+def model_card(results: dict[str, dict[str, float]], validation: dict[str, dict[str, float]], config, dataset,
+               choice) -> str:
+    """Markdown: what the model is, which variant shipped and why, and the validation and test
+    nDCG/recall of every model (the shipped row marked)."""
+    k = config.k
+    summary = dataset.summary()
     lines = [f"Text-aware LambdaRank recommender trained on `{dataset.source}` "
-             f"({dataset.summary()['n_interactions']} interactions, {dataset.summary()['n_items']} items), "
-             f"split `{config.split}`, seed {config.seed}.", "", f"| model | ndcg@{k} | recall@{k} |", "|---|---|---|"]
+             f"({summary['n_interactions']} interactions, {summary['n_items']} items), "
+             f"split `{config.split}`, seed {config.seed}.", "",
+             f"**Shipped: `ranker` = `{choice.shipped}`.** {choice.reason()}. Test metrics are reported only.", "",
+             f"| model | validation ndcg@{k} | test ndcg@{k} | test recall@{k} |", "|---|---|---|---|"]
     for model, values in sorted(results.items(), key=lambda kv: -kv[1].get(f"ndcg@{k}", 0.0)):
-        lines.append(f"| {model} | {values.get(f'ndcg@{k}', float('nan')):.4f} | "
+        label = f"**ranker ({choice.shipped}, shipped)**" if model == "ranker" else model
+        val = validation.get(model, {}).get(f"ndcg@{k}", float("nan"))
+        lines.append(f"| {label} | {val:.4f} | {values.get(f'ndcg@{k}', float('nan')):.4f} | "
                      f"{values.get(f'recall@{k}', float('nan')):.4f} |")
-    client.update_model_version(name, str(version), description="\n".join(lines))
+    return "\n".join(lines)
 
 
 def run_name(config) -> str:
@@ -172,7 +196,7 @@ def environment_tags() -> dict[str, str]:
 def log_datasets(dataset, split) -> str:
     """Log the input tables with ``mlflow.log_input`` (name, digest, rows, split role).
 
-    Returns the digest of the test table: the validation data that promotion compares on.
+    Returns the digest of the test table.
     """
     import mlflow.data
 
@@ -189,9 +213,12 @@ def log_datasets(dataset, split) -> str:
     return digest
 
 
-def log_child_runs(results: dict[str, dict[str, float]], config) -> None:
-    """One nested run per baseline and ablation, with the ranker's metric keys, so the UI's
-    compare view lines them up with the parent run."""
+def log_child_runs(results: dict[str, dict[str, float]], config,
+                   validation: dict[str, dict[str, float]] | None = None) -> None:
+    """One nested run per baseline and ablation, with the ranker's metric keys (test metrics
+    plain, validation metrics under ``validation/``), so the UI's compare view lines them up with
+    the parent run."""
+    validation = validation or {}
     for name, values in results.items():
         if name == "ranker":
             continue
@@ -199,4 +226,7 @@ def log_child_runs(results: dict[str, dict[str, float]], config) -> None:
         with mlflow.start_run(run_name=f"{role}-{name}", nested=True,
                               tags={"role": role, "model": name, "split": config.split}):
             mlflow.log_params({"model": name, "split": config.split, "seed": config.seed, "k": config.k})
-            mlflow.log_metrics({mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
+            logged = {mlflow_key(k): v for k, v in values.items() if np.isfinite(v)}
+            logged.update({f"validation/{mlflow_key(k)}": v for k, v in validation.get(name, {}).items()
+                           if np.isfinite(v)})
+            mlflow.log_metrics(logged)

@@ -1,0 +1,97 @@
+"""Ranker variants: validation users, the shipped choice, honest ablations, one feature path."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from features.candidates import generate_candidates, source_scores, top_n
+from features.ranking_frame import FEATURE_COLUMNS, build_ranking_frame
+from recsys.config import PipelineConfig
+from training import variants
+
+
+def test_validation_holds_out_whole_users():
+    frame = pl.DataFrame({"query_idx": [0, 0, 1, 1, 2, 2, 3, 3], "user_idx": [5, 5, 6, 6, 5, 5, 7, 7],
+                          "item_idx": list(range(8)), "label": [1, 0] * 4}).cast(pl.Int32)
+    train, val = variants.split_by_users(frame, np.array([5]))
+    # User 5's candidate query 0 and impression query 2 are both validation; nothing of 5 trains.
+    assert val["query_idx"].unique().sort().to_list() == [0, 2]
+    assert 5 not in train["user_idx"].to_list()
+    assert train["query_idx"].to_list() == [1, 1, 3, 3]
+
+
+def test_validation_users_are_a_seeded_share_of_the_label_users():
+    users = np.arange(100, 300)
+    held = variants.validation_users(users, seed=4)
+    assert len(held) == 30 and set(held) <= set(users) and np.all(np.diff(held) > 0)
+    np.testing.assert_array_equal(held, variants.validation_users(users, seed=4))
+    assert not np.array_equal(held, variants.validation_users(users, seed=5))
+    assert len(variants.validation_users(np.array([3, 4]), seed=0)) == 1
+
+
+def test_the_best_variant_on_validation_ships_and_ties_go_to_the_simpler():
+    val = {variants.FINETUNED: {"ndcg@10": 0.30}, variants.PRETRAINED: {"ndcg@10": 0.32},
+           variants.NO_TEXT: {"ndcg@10": 0.31}, "ease": {"ndcg@10": 0.50}}
+    choice = variants.choose_variant(val, 10)
+    assert choice.shipped == variants.PRETRAINED  # a baseline is never a variant
+    assert "ranker_pretrained_text 0.3200, ranker_no_text 0.3100, ranker_finetuned_text 0.3000" in choice.reason()
+    tied = {name: {"ndcg@10": 0.3} for name in variants.VARIANTS}
+    assert variants.choose_variant(tied, 10).shipped == variants.NO_TEXT
+    assert variants.shipped_names(val, variants.PRETRAINED)[variants.PRETRAINED] == "ranker"
+
+
+def test_the_no_text_variant_proposes_no_text_candidates(small_bundle):
+    config = variants.variant_config(variants.NO_TEXT, small_bundle.config)
+    assert config.candidates.n_text == 0
+    assert variants.variant_config(variants.FINETUNED, small_bundle.config) is small_bundle.config
+    state = small_bundle.state
+    users = np.arange(20, dtype=np.int32)
+    with_text = generate_candidates(state, users, small_bundle.config.candidates, seed=0)
+    without = generate_candidates(state, users, config.candidates, seed=0)
+    text_scores = source_scores(state, users, "text")
+    text_scores[np.asarray(state.seen[users].todense()) > 0] = -np.inf
+    text_top = top_n(text_scores, small_bundle.config.candidates.n_text, seed=0, query=users)
+    text_pairs = {(q, i) for q, row in enumerate(text_top) for i in row if i >= 0}
+    pairs = lambda frame: set(zip(frame["query_idx"].to_list(), frame["item_idx"].to_list(), strict=True))  # noqa: E731
+    assert text_pairs <= pairs(with_text)
+    only_text = text_pairs - pairs(without)
+    assert only_text and not only_text & pairs(without)
+    assert pairs(without) < pairs(with_text)
+
+
+def test_training_and_serving_build_the_same_feature_rows(small_bundle):
+    """The label-window frame (training path) and the bundle's request path (carried source
+    scores, the serving path) give equal features for the same (user, candidates) over one state."""
+    state = small_bundle.state
+    users = np.array([0, 4, 9], dtype=np.int32)
+    served, arrays = small_bundle.candidate_features(users)
+    trained = build_ranking_frame(state, served.select("query_idx", "user_idx", "item_idx"))
+    for name in FEATURE_COLUMNS:
+        np.testing.assert_allclose(trained[name].to_numpy(), arrays[name], rtol=1e-5, atol=1e-6, equal_nan=True,
+                                   err_msg=name)
+
+
+def test_label_users_leave_out_users_without_feature_window_history(small_bundle):
+    state = small_bundle.state
+    events = pl.DataFrame({"user_id": state.users.ids.head(3).to_list(),
+                           "item_id": state.items.ids.head(3).to_list(),
+                           "timestamp": [state.ref_time] * 3})
+    no_history = state.seen.copy().tolil()
+    no_history[1, :] = 0
+    from dataclasses import replace
+
+    emptied = replace(state, seen=no_history.tocsr())
+    config = PipelineConfig.from_dict({"ranker_max_users": 0})
+    user_idx, _ = variants.label_users(emptied, events, config)
+    assert 1 not in user_idx.tolist()
+    assert small_bundle.has_profile(np.array([0, -1])).tolist() == [True, False]
+
+
+def test_validation_digest_names_the_validation_data():
+    events = pl.DataFrame({"user_id": ["a", "b", "b"], "item_id": ["x", "y", "z"],
+                           "timestamp": pl.Series([1, 2, 3]).cast(pl.Datetime("us"))})
+    digest = variants.validation_digest(events, pl.Series(["b"]))
+    assert digest == variants.validation_digest(events.reverse(), pl.Series(["b"]))  # row order does not matter
+    assert digest != variants.validation_digest(events, pl.Series(["a", "b"]))
+    assert len(digest) == 64

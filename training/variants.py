@@ -1,0 +1,184 @@
+"""The ranker variants a run fits, their validation users, and the choice of the one it ships.
+
+Three variants learn from the same label window: text features from the fine-tuned encoder,
+from the pretrained encoder, and no text at all (no text features and no text candidates).
+A seeded 15% of the label USERS (all of a user's queries on one side) validates them: early
+stopping and the tree filter watch those users' queries, and a full-ranking evaluation of the
+feature-window models on those users' label-window items decides which variant ships. The
+test split takes no part in any of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import polars as pl
+
+from features.candidates import generate_candidates
+from features.ranking_frame import FEATURE_COLUMNS, TEXT_FEATURES, build_ranking_frame, feature_matrix, group_sizes
+from features.state import FeatureState, with_indices
+from recsys.config import PipelineConfig
+from training.evaluate import sample_users, test_relevance
+from training.ranker import LambdaRanker
+
+log = logging.getLogger(__name__)
+
+FINETUNED, PRETRAINED, NO_TEXT = "ranker_finetuned_text", "ranker_pretrained_text", "ranker_no_text"
+# Preference order among variants tied on validation: the simpler model wins a tie.
+VARIANTS = (NO_TEXT, PRETRAINED, FINETUNED)
+VALIDATION_USER_SHARE = 0.15
+SHIPPED = "ranker"  # the name the shipped variant takes in every table, plot and registry tag
+
+
+def variant_config(name: str, config: PipelineConfig) -> PipelineConfig:
+    """The config a variant's bundle carries: ``ranker_no_text`` proposes no text candidates."""
+    if name == NO_TEXT:
+        return replace(config, candidates=replace(config.candidates, n_text=0))
+    return config
+
+
+def label_users(state: FeatureState, label_events: pl.DataFrame,
+                config: PipelineConfig) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The users the ranker learns from: label-window positives and a profile in the state.
+
+    Users with no history in the feature window are served by the fallback path (as unknown
+    users are), so they are not label users either. Above ``config.ranker_max_users`` a seeded
+    sample. Returns user_idx int (n,) sorted and per user the relevant item indices.
+    """
+    user_idx, relevant = test_relevance(state, label_events)
+    profiled = state.user_has_history()[user_idx] if len(user_idx) else np.zeros(0, dtype=bool)
+    if not profiled.all():
+        log.info("%d label user(s) have no feature-window history: the fallback path serves them, "
+                 "so the ranker does not learn on them", int((~profiled).sum()))
+    user_idx, relevant = user_idx[profiled], [r for r, keep in zip(relevant, profiled, strict=True) if keep]
+    n_all = len(user_idx)
+    user_idx, relevant = sample_users(user_idx, relevant, config.ranker_max_users, config.seed + 2)
+    if len(user_idx) < n_all:
+        log.info("the ranker learns from %d of %d label users (ranker_max_users)", len(user_idx), n_all)
+    return user_idx, relevant
+
+
+def validation_users(user_idx: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded ``VALIDATION_USER_SHARE`` of the label users (sorted int array), at least one."""
+    if len(user_idx) == 0:
+        return np.zeros(0, dtype=user_idx.dtype)
+    size = max(1, int(round(len(user_idx) * VALIDATION_USER_SHARE)))
+    return np.sort(np.random.default_rng(seed).choice(user_idx, size=size, replace=False))
+
+
+def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray]],
+                   label_impressions: pl.DataFrame | None, config: PipelineConfig,
+                   cold_items: pl.Series | None = None) -> pl.DataFrame:
+    """Ranking frame with ``label`` (0/1) built on the label window.
+
+    users: ``label_users``' output. Kinds of query: one per label user over the candidates the
+    state generates (the serving distribution; label 1 = interacted in the label window);
+    where impressions exist, one per label-window impression of a label user over the items
+    actually shown (label = clicked); and, with ``cold_items`` (ids without behaviour in the
+    state's window), one per label user over those items only, so the ranker learns to order
+    items that have nothing but text. Queries without both a positive and a negative are
+    dropped: LambdaRank learns nothing from them.
+    """
+    user_idx, relevant = users
+    candidates = generate_candidates(state, user_idx, config.candidates, seed=config.seed)
+    positives = pl.DataFrame({
+        "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
+        "item_idx": (np.concatenate(relevant) if relevant else np.zeros(0)).astype(np.int32),
+        "label": np.ones(sum(len(r) for r in relevant), dtype=np.int8),
+    })
+    parts = [candidates.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
+             .with_columns(pl.col("label").fill_null(0))]
+    next_query = len(user_idx)
+    if cold_items is not None and cold_items.len():
+        cold_idx = np.asarray(state.items.to_index(cold_items), dtype=np.int32)
+        cold = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx), dtype=np.int32), len(cold_idx)),
+                             "user_idx": np.repeat(user_idx.astype(np.int32), len(cold_idx)),
+                             "item_idx": np.tile(cold_idx, len(user_idx))})
+        parts.append(cold.join(positives, on=["query_idx", "item_idx"], how="left", maintain_order="left")
+                     .with_columns(pl.col("label").fill_null(0), pl.col("query_idx") + next_query))
+        next_query += len(user_idx)
+    if label_impressions is not None and label_impressions.height:
+        shown = (with_indices(label_impressions, state.users, state.items)
+                 .filter(pl.col("user_idx").is_in(pl.Series(user_idx, dtype=pl.Int32).implode()))
+                 .group_by("impression_id", "user_idx", "item_idx", maintain_order=True)
+                 .agg(pl.col("clicked").max().alias("label"))
+                 .with_columns((pl.col("impression_id").rank("dense") - 1 + next_query).cast(pl.Int32)
+                               .alias("query_idx"))
+                 .select("query_idx", "user_idx", "item_idx", pl.col("label").cast(pl.Int8)))
+        parts.append(shown)
+    frame = pl.concat(parts).sort("query_idx", "item_idx")
+    has_both = (pl.col("label").max().over("query_idx") == 1) & (pl.col("label").min().over("query_idx") == 0)
+    return build_ranking_frame(state, frame.filter(has_both))
+
+
+def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, config: PipelineConfig,
+                log_metric=None) -> dict[str, LambdaRanker]:
+    """One LambdaRanker per variant frame, early-stopped on the queries of ``held_out_users``.
+
+    frames: variant name (``VARIANTS``) -> labelled frame; every query of a held-out user (its
+    candidate, cold-item and impression queries alike) is validation, the rest training.
+    ``ranker_no_text`` never splits on the text features. Logs the fine-tuned variant's
+    training rows, fit seconds and row-iterations per second (rows x trees / s).
+    """
+    rankers = {}
+    for name, frame in frames.items():
+        train, val = split_by_users(frame, held_out_users)
+        ranker = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
+        sets = ranker.dataset(feature_matrix(train), train["label"].to_numpy(), group_sizes(train),
+                              X_val=feature_matrix(val), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
+        main = name == FINETUNED
+        rankers[name] = ranker.fit_dataset(sets, unused_features=TEXT_FEATURES if name == NO_TEXT else (),
+                                           eval_at=(config.k,), log_metric=log_metric if main else None)
+        if main and log_metric:
+            log_metric("ranker/train_rows", float(sets.n_rows), 0)
+            log_metric("ranker/validation_rows", float(val.height), 0)
+            log_metric("ranker/fit_seconds", ranker.fit_seconds, 0)
+            log_metric("ranker/rows_per_s", sets.n_rows * ranker.best_iteration / max(ranker.fit_seconds, 1e-9), 0)
+    return rankers
+
+
+def split_by_users(frame: pl.DataFrame, held_out_users: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training rows, validation rows) of a labelled frame: every row of a held-out user (all of
+    that user's queries) on the validation side, row order kept."""
+    is_val = frame["user_idx"].is_in(pl.Series(held_out_users, dtype=pl.Int32).implode())
+    return frame.filter(~is_val), frame.filter(is_val)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The shipped variant and why: its validation metric against the others'."""
+
+    shipped: str
+    metric: str
+    values: dict[str, float]
+
+    def reason(self) -> str:
+        ranked = ", ".join(f"{name} {value:.4f}" for name, value in
+                           sorted(self.values.items(), key=lambda kv: (-kv[1], VARIANTS.index(kv[0]))))
+        return (f"{self.shipped} is shipped: the best validation {self.metric} of the variants "
+                f"({ranked}; held-out label users, feature-window models)")
+
+
+def choose_variant(validation: dict[str, dict[str, float]], k: int) -> Choice:
+    """The variant with the highest validation nDCG@k; ties go to the simpler (``VARIANTS`` order)."""
+    metric = f"ndcg@{k}"
+    values = {name: validation[name][metric] for name in VARIANTS if name in validation}
+    shipped = max(values, key=lambda name: (values[name], -VARIANTS.index(name)))
+    return Choice(shipped=shipped, metric=metric, values=values)
+
+
+def shipped_names(names, shipped: str) -> dict[str, str]:
+    """Old name -> table name: the shipped variant becomes ``ranker``, the others keep theirs."""
+    return {name: SHIPPED if name == shipped else name for name in names}
+
+
+def validation_digest(label_events: pl.DataFrame, held_out_ids: pl.Series) -> str:
+    """sha256 of the validation users' label-window events (user, item, time), sorted: two runs
+    whose validation metrics may be compared have the same digest."""
+    table = (label_events.filter(pl.col("user_id").is_in(held_out_ids.implode()))
+             .select("user_id", "item_id", pl.col("timestamp").cast(pl.Int64))
+             .sort("user_id", "item_id", "timestamp"))
+    return hashlib.sha256(table.write_csv().encode()).hexdigest()
