@@ -56,7 +56,8 @@ def main() -> None:
     # Stage breakdown on the first chunk, the steps of RankingBundle.score_candidates.
     idx = bundle.state.users.to_index(chunks[0])
     t0 = time.perf_counter()
-    cands = generate_candidates(bundle.state, idx, bundle.config.candidates, with_scores=True)
+    cands = generate_candidates(bundle.state, idx, bundle.config.candidates, seed=bundle.config.seed,
+                                with_scores=True)
     t1 = time.perf_counter()
     known = {name: cands[name].to_numpy() for name in SOURCE_FEATURES.values()}
     arrays = feature_arrays(bundle.state, cands["user_idx"].to_numpy(), cands["item_idx"].to_numpy(),
@@ -64,16 +65,18 @@ def main() -> None:
     t2 = time.perf_counter()
     scores = bundle.score(arrays)
     t3 = time.perf_counter()
-    head_k(cands.select("query_idx", "user_idx", "item_idx").with_columns(pl.Series("score", scores)), args.k)
+    head_k(cands.select("query_idx", "user_idx", "item_idx").with_columns(pl.Series("score", scores)), args.k,
+           seed=bundle.config.seed)
     t4 = time.perf_counter()
 
     pop = bundle.state.item_features["item_pop_all"].to_numpy()
     start = time.perf_counter()
     for chunk in chunks:
-        from features.candidates import seen_mask, top_n
+        from features.candidates import query_keys, seen_mask, top_n
+        chunk_idx = bundle.state.users.to_index(chunk)
         scores_pop = np.broadcast_to(pop, (len(chunk), len(pop))).copy()
-        scores_pop[seen_mask(bundle.state, bundle.state.users.to_index(chunk))] = -np.inf
-        top_n(scores_pop, args.k)
+        scores_pop[seen_mask(bundle.state, chunk_idx)] = -np.inf
+        top_n(scores_pop, args.k, seed=bundle.config.seed, query=query_keys(chunk_idx))
     floor = time.perf_counter() - start
 
     # One serving request (one user, the endpoint's code path minus HTTP), as the server runs it.

@@ -139,8 +139,8 @@ def cmd_rank(args: argparse.Namespace) -> None:
     if args.engine == "spark":
         return _rank_on_spark(args)
     # The job's polars work per chunk is small; polars' idle pool spinning against LightGBM's
-    # OpenMP threads on a small machine cost more (demo, same run: 2,273-2,302 vs 2,071-2,184
-    # users/s). Effective when polars is not imported yet (a plain `recsys rank`).
+    # OpenMP threads on a small machine cost more than they give (benchmarks/rank_throughput.py).
+    # Effective when polars is not imported yet (a plain `recsys rank`).
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
     from serving.batch import rank_users
 

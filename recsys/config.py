@@ -30,10 +30,7 @@ class TextModelConfig:
     """
 
     max_length: int = 48
-    # Measured on the demo (text stage / held-out loss / text-only nDCG@10 / impression AUC):
-    # 1 layer 37 s / 2.532 / 0.0398 / 0.784; 2 layers 58 s / 2.473 / 0.0401 / 0.789;
-    # 3 layers 86 s / 2.453 / 0.0409 / 0.792. The third layer buys a third of the second's loss
-    # gain for +48% time, and the ranker moved within run-to-run noise (0.189 / 0.186 / 0.194).
+    # Each trainable layer adds about half the text stage's time again (benchmarks/finetune_scale.py).
     trainable_layers: int = 2
     steps: int = 100
     batch_size: int = 48
@@ -42,12 +39,10 @@ class TextModelConfig:
     history_len: int = 20
     recency_half_life: float = 5.0
     encode_batch_size: int = 64
-    # Shown-but-not-clicked items per click joining the softmax. Off by default: on the demo, 2 per
-    # click doubled the text stage (58 s -> 114 s) and moved nothing beyond run-to-run noise
-    # (ranker nDCG@10 0.1832 vs 0.1827-0.1856, impression AUC 0.7891 vs 0.7871-0.7887).
+    # Shown-but-not-clicked items per click joining the softmax. Off by default: each one adds a
+    # target to encode per click, roughly doubling the text stage at 2 per click.
     hard_negatives: int = 0
-    # Batches drawn from one of this many target-length bands (1 = off). MovieLens 100K, seed 0:
-    # 64 s instead of 69 s, held-out loss 3.512 vs 3.508 (benchmarks/finetune_scale.py --data).
+    # Batches drawn from one of this many target-length bands (1 = off): less padding per step.
     length_buckets: int = 4
 
 
@@ -66,13 +61,11 @@ class CandidateConfig:
 class RankerConfig:
     """LightGBM LambdaRank settings (see LightGBM's parameter docs)."""
 
-    # Prediction cost grows with the number of trees and dominates batch ranking. On the demo,
-    # 150 rounds at 0.1 matched 300 at 0.05 (nDCG@10 0.1757 vs 0.1761) and early stopping chose
-    # 33-121 trees; 100 keeps the batch job above 2,000 users/s.
+    # Prediction cost grows with the number of trees and dominates batch ranking.
     num_boost_round: int = 100
     early_stopping_rounds: int = 20
     learning_rate: float = 0.1
-    num_leaves: int = 15  # 15 beat 31 on the demo (nDCG@10 0.1809 vs 0.1757) with fewer, cheaper trees
+    num_leaves: int = 15
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.9
     lambdarank_truncation_level: int = 20
@@ -113,8 +106,8 @@ class PipelineConfig:
     bpr_iterations: int = 60
     # EASE item-to-item model (features/item_item.py): lambda, weights kept per item, and the
     # catalog size above which the dense inverse is replaced by cosine co-occurrence. EASE costs
-    # n_items^3 time and one dense n_items^2 matrix (19,122 items: 47 s, 3.2 GB peak per fit), which
-    # would make the stage grow faster than the data; cosine grows with the co-occurring pairs.
+    # n_items^3 time and one dense n_items^2 matrix (benchmarks/item_item_scale.py), which would
+    # make the stage grow faster than the data; cosine grows with the co-occurring pairs.
     item_item_regularization: float = 500.0
     item_item_neighbours: int = 200
     item_item_max_items: int = 5_000
@@ -130,8 +123,7 @@ class PipelineConfig:
     # users the ranker learns from, and the test users of the full-ranking evaluation. Both cost
     # users x catalog items (candidates, dense baselines), which grows with the square of the data
     # when users and items grow together; with the cap the cost grows with the catalog alone.
-    # 10,000 users give an nDCG@10 interval of about +-0.002 on the 2M-click workload (+-0.0009 at
-    # 100,000 users), and MovieLens 100K (943 users) and the demo (3,000) are never sampled.
+    # MovieLens 100K (943 users) and the demo (3,000) are never sampled.
     ranker_max_users: int = 10_000
     eval_max_users: int = 10_000
     text: TextModelConfig = field(default_factory=TextModelConfig)

@@ -212,7 +212,9 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         tracking.log_datasets(dataset, w.split)
         mlflow.log_metrics({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
                             "data/feature_window_rows": w.nested.train.height,
-                            "data/label_window_rows": w.nested.test.height})
+                            "data/label_window_rows": w.nested.test.height,
+                            "data/test_impressions_dropped": w.split.impressions_dropped,
+                            "data/label_impressions_dropped": w.nested.impressions_dropped})
         with stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
             shown = (None if w.nested.impressions_train is None

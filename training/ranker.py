@@ -108,6 +108,9 @@ class LambdaRanker:
             "min_data_in_leaf": c.min_data_in_leaf, "feature_fraction": c.feature_fraction,
             "lambdarank_truncation_level": c.lambdarank_truncation_level,
             "seed": self.seed, "deterministic": True, "num_threads": 2, "verbosity": -1,
+            # With deterministic, LightGBM asks for a fixed histogram layout instead of the one a
+            # timing trial picks (which can go either way on a busy machine).
+            "force_col_wise": True,
         }
         if unused_features:
             params["feature_contri"] = [0.0 if name in unused_features else 1.0 for name in self.feature_names]
