@@ -176,14 +176,14 @@ def head_k(scored: pl.DataFrame, k: int, *, seed: int) -> pl.DataFrame:
     """Top-k rows per query_idx by score, with 1-based ``rank``, sorted by query then rank.
 
     scored: query_idx, user_idx, item_idx, score. Ties follow the seeded tie rule
-    (``features.ties``; the query key is the user where known, so a user's order does not
-    depend on how users were batched); NaN scores rank last.
+    (``features.ties``; the query key is the user where known and -1 for every unknown user, so
+    an order never depends on how users were batched); NaN scores rank last.
     """
     query = scored["query_idx"].to_numpy()
     item = scored["item_idx"].to_numpy()
     score = np.nan_to_num(scored["score"].to_numpy().astype(np.float64), nan=-np.inf)
     user = scored["user_idx"].to_numpy().astype(np.int64)
-    keys = tie_keys(seed, np.where(user >= 0, user, -(query.astype(np.int64) + 1)), item)
+    keys = tie_keys(seed, np.where(user >= 0, user, -1), item)
     order = order_within_query(query, score, keys)
     rank = position_in_group(query[order])
     keep = rank < k

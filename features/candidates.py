@@ -27,10 +27,10 @@ SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "t
 
 def query_keys(user_idx: np.ndarray) -> np.ndarray:
     """int64 (n,) tie-rule query keys of ranked lists: the user index where the model knows the
-    user, else ``-(position + 1)`` (unknown users get the non-personal lists, which do not
-    depend on the key, or their request's own history)."""
+    user, else -1 (one key for every unknown user, so a request's ties do not depend on its
+    position in a batch)."""
     user_idx = np.asarray(user_idx, dtype=np.int64)
-    return np.where(user_idx >= 0, user_idx, -(np.arange(len(user_idx), dtype=np.int64) + 1))
+    return np.where(user_idx >= 0, user_idx, -1)
 
 
 def top_n(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from features.ties import tie_keys
 from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,7 @@ def _prune_dense_rows(matrix: np.ndarray, keep: int, block: int = 1024) -> sp.cs
     total = 0
     for first in range(0, n_rows, block):
         rows = matrix[first:first + block]
-        cols = np.argpartition(-np.abs(rows), keep - 1, axis=1)[:, :keep] if keep < n_cols else \
-            np.broadcast_to(np.arange(n_cols), rows.shape)
+        cols = _strongest(rows, keep, first) if keep < n_cols else np.broadcast_to(np.arange(n_cols), rows.shape)
         cols = np.sort(cols, axis=1)
         values = np.take_along_axis(rows, cols, axis=1).astype(np.float32)
         nonzero = values != 0
@@ -211,6 +211,19 @@ def _prune_dense_rows(matrix: np.ndarray, keep: int, block: int = 1024) -> sp.cs
                          shape=matrix.shape, dtype=np.float32)
 
 
+def _strongest(rows: np.ndarray, keep: int, first_row: int) -> np.ndarray:
+    """int (n, keep) columns of each row's ``keep`` largest magnitudes; among entries tied at the
+    cut, the seeded tie rule decides (never the column index). rows: float (n, n_cols)."""
+    magnitude = np.abs(rows)
+    n_cols = rows.shape[1]
+    cut = np.partition(magnitude, n_cols - keep, axis=1)[:, n_cols - keep][:, None]
+    keys = tie_keys(0, np.arange(first_row, first_row + len(rows))[:, None], np.arange(n_cols)[None, :])
+    # Entries above the cut first (key 0), then the tied ones in tie-rule order, the rest last.
+    keys = np.where(magnitude > cut, np.uint64(0), np.where(magnitude == cut, keys | np.uint64(1),
+                                                            np.uint64(np.iinfo(np.uint64).max)))
+    return np.argpartition(keys, keep - 1, axis=1)[:, :keep]
+
+
 def _prune_rows(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     """Keep the ``keep`` largest-magnitude entries of each row (a history item's strongest votes)."""
     matrix = matrix.tocsr()
@@ -218,8 +231,8 @@ def _prune_rows(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     for row in range(matrix.shape[0]):
         start, stop = matrix.indptr[row], matrix.indptr[row + 1]
         values, cols = matrix.data[start:stop], matrix.indices[start:stop]
-        if len(values) > keep:
-            top = np.argpartition(-np.abs(values), keep - 1)[:keep]
+        if len(values) > keep:  # ties in magnitude by the seeded tie rule, not the column index
+            top = np.lexsort((tie_keys(0, row, cols), -np.abs(values)))[:keep]
             values, cols = values[top], cols[top]
         indices.append(cols)
         data.append(values)

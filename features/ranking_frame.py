@@ -24,9 +24,10 @@ SCORE_FEATURES = SCORE_SOURCES
 # within-query z-score. The text score is a cosine of unit vectors (one scale everywhere) and
 # stays as it is.
 QUERY_RANK_FEATURES = tuple(f"{name}_query_rank" for name in SCORE_FEATURES)
-# Each score standardized within its query ((value - mean) / std over the query's known rows; 0
-# where the score is unknown or constant): scale-free like the ranks but keeping the gaps between
-# items, so sums of them are blends of the stage-1 models (the ranker's prior, below).
+# Each score standardized within its query ((value - mean) / std over the query's known rows; NaN
+# where the score is unknown, 0 where it is constant): scale-free like the ranks but keeping the
+# gaps between items, so sums of them are blends of the stage-1 models (the ranker's prior, below,
+# where an unknown score counts as the query's mean).
 QUERY_Z_FEATURES = tuple(f"{name}_query_z" for name in SCORE_FEATURES)
 RAW_SCORE_FEATURES = ("text_score",)
 TEXT_POPULARITY_FEATURE = "item_text_popularity"
@@ -113,12 +114,12 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def zscore_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """float32 (rows,) ``(value - mean) / std`` within each query; 0 for NaN values and for queries
-    whose known values are all equal.
+    """float32 (rows,) ``(value - mean) / std`` within each query over its known values; NaN for
+    NaN values (unknown stays unknown), 0 where a query's known values are all equal.
 
     query_idx: non-negative int (rows,) (any order); values: float (rows,).
     """
-    out = np.zeros(len(values), dtype=np.float32)
+    out = np.full(len(values), np.nan, dtype=np.float32)
     ok = ~np.isnan(values)
     all_known = bool(ok.all())
     if not all_known and not ok.any():

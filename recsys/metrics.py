@@ -101,13 +101,15 @@ def _midranks(sorted_scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def impression_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+def impression_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                       tiebreak: np.ndarray | None = None) -> dict[str, float]:
     """MIND-style per-impression AUC, MRR, nDCG@5 and nDCG@10 (mean over impressions with a click).
 
-    scores: float (n,), labels: 0/1 (n,), groups: int impression index (n,).
+    scores: float (n,), labels: 0/1 (n,), groups: int impression index (n,); tiebreak: optional
+    (n,) keys ordering tied scores (the caller's tie rule; without it ties keep row order).
     """
     auc = auc_per_group(scores, labels, groups)
-    order = np.lexsort((-scores, groups))
+    order = np.lexsort((-scores, groups)) if tiebreak is None else np.lexsort((tiebreak, -scores, groups))
     s_labels, s_groups = labels[order], groups[order]
     boundaries = np.flatnonzero(np.diff(s_groups)) + 1
     out = {"mrr": [], "ndcg@5": [], "ndcg@10": []}

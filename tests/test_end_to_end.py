@@ -49,22 +49,53 @@ def trained(tmp_path_factory):
     return work, pl.read_parquet(work / "ranked.parquet")
 
 
+VARIANTS = {"ranker_finetuned_text", "ranker_pretrained_text", "ranker_no_text"}
+
+
 def test_metrics_cover_the_ranker_and_every_baseline(trained):
     work, _ = trained
-    metrics = json.loads((work / "metrics.json").read_text())
-    assert {"ranker", "ranker_no_text", "ranker_pretrained_text", "random", "popularity", "als", "bpr", "ease",
-            "cooccurrence", "text", "text_pretrained"} <= set(metrics)
-    # The paired lift is a mean of per-user differences over one set of users, so it equals the
-    # difference of the two means; the best baseline is the one that also got an interval.
-    # (tests/test_evaluate.py checks the lift's interval against a slow reference bootstrap.)
+    document = json.loads((work / "metrics.json").read_text())
+    metrics, validation, shipped = document["test"], document["validation"], document["shipped_variant"]
+    assert shipped in VARIANTS
+    expected = {"ranker", *(VARIANTS - {shipped}), "random", "popularity", "popularity_7d", "newest", "als", "bpr",
+                "ease", "cooccurrence", "text", "text_pretrained"}
+    assert set(metrics) == expected and set(validation) == expected
+    # The shipped variant is the best of the three on validation; test played no part.
+    variants_val = {name: validation[name][f"ndcg@{K}"] for name in validation if name.startswith("ranker")}
+    assert variants_val["ranker"] == max(variants_val.values())
+    # The baseline to beat is chosen on validation too; on test it is the one baseline with an
+    # interval, and the paired lift (a mean of per-user differences over one set of users) equals
+    # the difference of the two means. (tests/test_evaluate.py checks the interval itself.)
     baselines = sorted(name for name in metrics if not name.startswith("ranker"))
-    best = max(baselines, key=lambda name: metrics[name][f"ndcg@{K}"])
+    best = document["best_baseline"]
+    assert best == max(baselines, key=lambda name: (validation[name][f"ndcg@{K}"], name == best))
     assert [name for name in baselines if f"ndcg@{K}_ci_low" in metrics[name]] == [best]
     assert metrics["ranker"][f"lift_vs_best_baseline/ndcg@{K}"] == pytest.approx(
         metrics["ranker"][f"ndcg@{K}"] - metrics[best][f"ndcg@{K}"], abs=1e-9)
     for values in metrics.values():
         assert 0.0 <= values[f"ndcg@{K}"] <= 1.0 and 0.0 <= values[f"recall@{K}"] <= 1.0
     assert metrics["ranker"][f"ndcg@{K}"] > metrics["random"][f"ndcg@{K}"]
+
+
+def test_the_registry_keeps_validation_and_test_apart(trained):
+    from mlflow.tracking import MlflowClient
+
+    from training import registry
+
+    work, _ = trained
+    document = json.loads((work / "metrics.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", registry_uri=f"sqlite:///{work / 'mlflow.db'}")
+    tags = client.get_model_version("e2e", "1").tags
+    validation, test = document["validation"]["ranker"], document["test"]["ranker"]
+    # Promotion compares this value: the validation nDCG, not the test one.
+    assert float(tags[registry.VALUE_TAG]) == validation[f"ndcg@{K}"]
+    assert float(tags[registry.VALUE_TAG]) != test[f"ndcg@{K}"]
+    assert tags[f"validation.ndcg_at_{K}"] == f"{validation[f'ndcg@{K}']:.4f}"
+    assert tags[f"test.ndcg_at_{K}"] == f"{test[f'ndcg@{K}']:.4f}"
+    assert tags["shipped_variant"] == document["shipped_variant"]
+    assert len(tags[registry.DIGEST_TAG]) == 64
+    card = client.get_model_version("e2e", "1").description
+    assert f"**Shipped: `ranker` = `{document['shipped_variant']}`.**" in card
 
 
 def test_batch_output_has_k_distinct_items_per_known_user(trained):
@@ -207,7 +238,7 @@ def test_runs_table_lists_the_run_with_its_metrics(trained, capsys):
     out = capsys.readouterr().out
     assert f"ndcg_at_{K}" in out.splitlines()[0]
     row = next(line for line in out.splitlines() if line.startswith("ranker-temporal-seed42"))
-    ndcg = json.loads((work / "metrics.json").read_text())["ranker"][f"ndcg@{K}"]
+    ndcg = json.loads((work / "metrics.json").read_text())["test"]["ranker"][f"ndcg@{K}"]
     assert f"{ndcg:.4f}*" in row  # the only run is the best in its column
     assert "baseline-" not in out  # child runs are not listed as runs of their own
 

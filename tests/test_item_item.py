@@ -79,12 +79,13 @@ def test_new_items_get_zero_weights(user_items):
     assert model.weights[12:].nnz == 0 and model.weights[:, 12:].nnz == 0
 
 
-def test_rank_within_query_is_one_based_best_first_and_keeps_nan():
+def test_rank_within_query_is_a_share_of_the_query_best_first_and_keeps_nan():
     query = np.array([0, 0, 1, 0, 1, 1])
     values = np.array([0.2, 0.9, 5.0, np.nan, -1.0, 7.0])
     ranks = rank_within_query(query, values)
-    assert ranks[[1, 0]].tolist() == [1, 2] and np.isnan(ranks[3])
-    assert ranks[[5, 2, 4]].tolist() == [1, 2, 3]
+    # (rank - 0.5) / known values in the query: 2 known in query 0, 3 in query 1.
+    assert ranks[[1, 0]].tolist() == pytest.approx([0.25, 0.75]) and np.isnan(ranks[3])
+    assert ranks[[5, 2, 4]].tolist() == pytest.approx([1 / 6, 3 / 6, 5 / 6])
 
 
 def test_text_popularity_learns_a_linear_signal_and_ignores_unseen_items():

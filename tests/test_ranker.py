@@ -73,7 +73,8 @@ def test_zscores_within_each_query_with_unknown_and_constant_scores():
     query = np.array([0, 0, 0, 1, 1, 2, 2, 0])
     values = np.array([1.0, 2.0, 3.0, 5.0, 5.0, np.nan, 4.0, np.nan])
     z = zscore_within_query(query, values)
-    np.testing.assert_allclose(z, [-np.sqrt(1.5), 0.0, np.sqrt(1.5), 0.0, 0.0, 0.0, 0.0, 0.0], atol=1e-6)
+    # Unknown stays unknown (NaN); a constant query is 0; a one-value query is constant.
+    np.testing.assert_allclose(z, [-np.sqrt(1.5), 0.0, np.sqrt(1.5), 0.0, 0.0, np.nan, 0.0, np.nan], atol=1e-6)
 
 
 def test_query_ndcg_matches_a_hand_computed_table():
@@ -158,7 +159,7 @@ def test_a_saved_bundle_keeps_its_prior_and_scores_booster_plus_blend(small_bund
     user_idx = np.arange(5, dtype=np.int32)
     candidates, arrays = bundle.candidate_features(user_idx)
     matrix = feature_matrix(arrays, bundle.feature_columns)
-    blend = arrays["item_item_score_query_z"] + 0.5 * arrays["als_score_query_z"]
+    blend = np.nan_to_num(arrays["item_item_score_query_z"]) + 0.5 * np.nan_to_num(arrays["als_score_query_z"])
     np.testing.assert_allclose(bundle.score(arrays), bundle.booster.predict(matrix) + blend, rtol=1e-5, atol=1e-5)
     loaded = RankingBundle.load(bundle.save(tmp_path / "bundle"))
     assert loaded.prior_weights == weights

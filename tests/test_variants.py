@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 
 from features.candidates import generate_candidates, source_scores, top_n
-from features.ranking_frame import FEATURE_COLUMNS, build_ranking_frame
+from features.ranking_frame import FEATURE_COLUMNS
 from recsys.config import PipelineConfig
 from training import variants
 
@@ -55,21 +55,28 @@ def test_the_no_text_variant_proposes_no_text_candidates(small_bundle):
     text_pairs = {(q, i) for q, row in enumerate(text_top) for i in row if i >= 0}
     pairs = lambda frame: set(zip(frame["query_idx"].to_list(), frame["item_idx"].to_list(), strict=True))  # noqa: E731
     assert text_pairs <= pairs(with_text)
-    only_text = text_pairs - pairs(without)
-    assert only_text and not only_text & pairs(without)
-    assert pairs(without) < pairs(with_text)
+    # Items only the text source proposes are gone; everything else is as with text.
+    assert text_pairs - pairs(without)
+    assert pairs(without) == pairs(with_text) - (text_pairs - pairs(without))
 
 
 def test_training_and_serving_build_the_same_feature_rows(small_bundle):
-    """The label-window frame (training path) and the bundle's request path (carried source
-    scores, the serving path) give equal features for the same (user, candidates) over one state."""
+    """The label-window frame (``labelled_frame``, the training path) and the bundle's request path
+    (``candidate_features`` with carried source scores, the serving path) give the same rows and
+    equal features for the same users over one state."""
     state = small_bundle.state
     users = np.array([0, 4, 9], dtype=np.int32)
     served, arrays = small_bundle.candidate_features(users)
-    trained = build_ranking_frame(state, served.select("query_idx", "user_idx", "item_idx"))
+    # One positive per user among its candidates, so every query is kept (it needs both labels).
+    first = served.group_by("query_idx", maintain_order=True).agg(pl.col("item_idx").first())
+    relevant = [np.array([item]) for item in first.sort("query_idx")["item_idx"].to_list()]
+    trained = variants.labelled_frame(state, (users, relevant), None, small_bundle.config)
+    served = served.with_columns([pl.Series(name, arrays[name]) for name in FEATURE_COLUMNS])
+    joined = trained.join(served, on=["query_idx", "user_idx", "item_idx"], how="full", suffix="_served")
+    assert joined.height == trained.height == served.height
     for name in FEATURE_COLUMNS:
-        np.testing.assert_allclose(trained[name].to_numpy(), arrays[name], rtol=1e-5, atol=1e-6, equal_nan=True,
-                                   err_msg=name)
+        np.testing.assert_allclose(joined[name].to_numpy(), joined[f"{name}_served"].to_numpy(), rtol=1e-5,
+                                   atol=1e-6, equal_nan=True, err_msg=name)
 
 
 def test_label_users_leave_out_users_without_feature_window_history(small_bundle):
@@ -84,14 +91,18 @@ def test_label_users_leave_out_users_without_feature_window_history(small_bundle
     emptied = replace(state, seen=no_history.tocsr())
     config = PipelineConfig.from_dict({"ranker_max_users": 0})
     user_idx, _ = variants.label_users(emptied, events, config)
-    assert 1 not in user_idx.tolist()
+    assert user_idx.tolist() == [0, 2]
     assert small_bundle.has_profile(np.array([0, -1])).tolist() == [True, False]
 
 
 def test_validation_digest_names_the_validation_data():
     events = pl.DataFrame({"user_id": ["a", "b", "b"], "item_id": ["x", "y", "z"],
                            "timestamp": pl.Series([1, 2, 3]).cast(pl.Datetime("us"))})
-    digest = variants.validation_digest(events, pl.Series(["b"]))
-    assert digest == variants.validation_digest(events.reverse(), pl.Series(["b"]))  # row order does not matter
-    assert digest != variants.validation_digest(events, pl.Series(["a", "b"]))
+    config = PipelineConfig()
+    digest = variants.validation_digest(events, pl.Series(["b"]), events, config)
+    # Row order does not matter; other users, another feature window or other settings do.
+    assert digest == variants.validation_digest(events.reverse(), pl.Series(["b"]), events, config)
+    assert digest != variants.validation_digest(events, pl.Series(["a", "b"]), events, config)
+    assert digest != variants.validation_digest(events, pl.Series(["b"]), events.head(2), config)
+    assert digest != variants.validation_digest(events, pl.Series(["b"]), events, PipelineConfig(label_fraction=0.3))
     assert len(digest) == 64

@@ -76,6 +76,8 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
         if key.startswith(("test.", "validation.", "shipped_variant")):
             client.set_model_version_tag(name, version, key, value)
     client.set_model_version_tag(name, version, "catalog_update.parent_version", parent)
+    # The validation and test tags above were measured on the parent, not on this version.
+    client.set_model_version_tag(name, version, "metrics_inherited_from_version", parent)
     client.set_model_version_tag(name, version, "catalog_update.items_added", str(new_items.height))
     client.update_model_version(name, version, description=(
         f"Version {parent} with {new_items.height} new item(s) added by `recsys add-items` (ranker unchanged; "

@@ -18,6 +18,7 @@ from features.candidates import query_keys, seen_mask, top_n
 from features.item_item import fit_item_item
 from features.ranking_frame import build_ranking_frame
 from features.state import FeatureState, with_indices
+from features.ties import tie_keys
 from recsys import metrics
 from recsys.config import PipelineConfig
 from recsys.split import Split
@@ -81,15 +82,23 @@ def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
     pop_recent = state.item_features["item_pop_7d"].to_numpy().astype(np.float32) + pop / (pop.max() + 1.0)
     # Never-seen items (NaN age) are never picked by it.
     newest = -state.item_features["item_age_days"].to_numpy().astype(np.float32)
+    unknown = ~state.item_has_history()
+
+    def said(scores: np.ndarray, zero_is_unknown: bool = False) -> np.ndarray:
+        """NaN (never picked) where a behaviour model says nothing: items without history in the
+        window and, for item-to-item models, items no history item co-occurs with."""
+        silent = unknown | (scores == 0) if zero_is_unknown else np.broadcast_to(unknown, scores.shape)
+        return np.where(silent, np.float32(np.nan), scores)
+
     return {
         "random": lambda u: rng.random((len(u), state.n_items), dtype=np.float32),
         "popularity": lambda u: np.broadcast_to(pop, (len(u), state.n_items)),
         "popularity_7d": lambda u: np.broadcast_to(pop_recent, (len(u), state.n_items)),
         "newest": lambda u: np.broadcast_to(newest, (len(u), state.n_items)),
-        "als": lambda u: state.als.user_factors[u] @ state.als.item_factors.T,
-        "bpr": lambda u: state.bpr.user_factors[u] @ state.bpr.item_factors.T,
-        "ease": lambda u: state.item_item.user_scores(state.history()[u]),
-        "cooccurrence": lambda u: cooccurrence.user_scores(state.history()[u]),
+        "als": lambda u: said(state.als.user_factors[u] @ state.als.item_factors.T),
+        "bpr": lambda u: said(state.bpr.user_factors[u] @ state.bpr.item_factors.T),
+        "ease": lambda u: said(state.item_item.user_scores(state.history()[u]), zero_is_unknown=True),
+        "cooccurrence": lambda u: said(cooccurrence.user_scores(state.history()[u]), zero_is_unknown=True),
         "text": lambda u: state.user_text[u] @ state.item_vectors.T,
     }
 
@@ -150,11 +159,13 @@ def paired_lift(per_user: np.ndarray, baseline_per_user: np.ndarray, *, seed: in
 
 def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: PipelineConfig, *,
                  pretrained_state: FeatureState | None = None, keep_scores: str = "ranker",
-                 versus: str = "") -> Evaluation:
+                 versus: str = "", baseline_state: FeatureState | None = None) -> Evaluation:
     """Metrics of every ranker bundle and every baseline on the test users of ``split``.
 
     The bundles' states are fitted on the same training window (they may differ in their text
-    vectors); relevance and the baselines come from the first one. ``pretrained_state`` adds
+    vectors); relevance and the baselines come from ``baseline_state`` (default: the first
+    bundle's; pass the fine-tuned state so that ``text`` is the fine-tuned text model whichever
+    variant leads). ``pretrained_state`` adds
     the ``text_pretrained`` baseline (text interest from the encoder before fine-tuning).
     Above ``config.eval_max_users`` test users, a seeded uniform sample of them is evaluated.
     Every ranker (a name starting with ``ranker``) gets bootstrap intervals of nDCG@k and of its
@@ -162,7 +173,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     the best baseline of this table. ``keep_scores``: the bundle whose labelled candidate scores
     are kept for the score-distribution plot ("" = none).
     """
-    state = next(iter(bundles.values())).state
+    state = baseline_state or next(iter(bundles.values())).state
     k = config.k
     user_idx, relevant = test_relevance(state, split.test)
     n_users_total = len(user_idx)
@@ -194,7 +205,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     for values in results.values():
         values["n_users"] = float(len(user_idx))
     if split.impressions_test is not None and split.impressions_test.height:
-        for name, values in impression_evaluation(bundles, split.impressions_test, config.seed).items():
+        for name, values in impression_evaluation(bundles, split.impressions_test, config.seed, state).items():
             results[name].update(values)
     return Evaluation(metrics=results, ranked=ranked_by_model, user_idx=user_idx, relevant=relevant,
                       ranker_scores=scores, ranker_labels=labels, best_baseline=best_baseline,
@@ -273,10 +284,14 @@ def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[
     return joined["score"].to_numpy(), joined["label"].to_numpy()
 
 
-def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.DataFrame,
-                          seed: int) -> dict[str, dict[str, float]]:
-    """MIND-style metrics over test impressions of known users: rank what was actually shown."""
-    state = next(iter(bundles.values())).state
+def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.DataFrame, seed: int,
+                          state: FeatureState | None = None) -> dict[str, dict[str, float]]:
+    """MIND-style metrics over test impressions of known users: rank what was actually shown.
+
+    state: the one the baselines read (default: the first bundle's). Ties within an impression
+    follow the seeded tie rule; scores a model does not have (NaN) rank last.
+    """
+    state = state or next(iter(bundles.values())).state
     shown = (with_indices(impressions, state.users, state.items).filter(pl.col("user_idx") >= 0)
              .with_columns(pl.col("impression_id").rank("dense").cast(pl.Int32).alias("query_idx") - 1)
              .sort("query_idx"))
@@ -287,18 +302,27 @@ def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.Dat
     labels = shown["clicked"].to_numpy()
     groups = shown["query_idx"].to_numpy()
     u, i = shown["user_idx"].to_numpy(), shown["item_idx"].to_numpy()
-    scores = {name: bundle.score(frame if bundle.state is state else build_ranking_frame(bundle.state, pairs))
-              for name, bundle in bundles.items()}
+    frames = {id(state): frame}
+
+    def frame_of(bundle: RankingBundle) -> pl.DataFrame:
+        if id(bundle.state) not in frames:
+            frames[id(bundle.state)] = build_ranking_frame(bundle.state, pairs)
+        return frames[id(bundle.state)]
+
+    scores = {name: bundle.score(frame_of(bundle)) for name, bundle in bundles.items()}
     scores["random"] = np.random.default_rng(seed).random(len(labels))
     scores["popularity"] = state.item_features["item_pop_all"].to_numpy()[i]
     scores["popularity_7d"] = state.item_features["item_pop_7d"].to_numpy()[i] + scores["popularity"] * 1e-6
-    scores["als"] = state.als.pair_scores(u, i)
-    scores["bpr"] = state.bpr.pair_scores(u, i)
-    scores["ease"] = state.item_item.pair_scores(state.history(), u, i)
-    scores["text"] = frame["text_score"].fill_nan(-1.0).to_numpy()
+    known = state.pair_has_history(u, i)
+    scores["als"] = np.where(known, state.als.pair_scores(u, i), np.nan)
+    scores["bpr"] = np.where(known, state.bpr.pair_scores(u, i), np.nan)
+    ease = state.item_item.pair_scores(state.history(), u, i)
+    scores["ease"] = np.where(known & (ease != 0), ease, np.nan)
+    scores["text"] = frame["text_score"].to_numpy()
+    keys = tie_keys(seed, u, i)
     out = {}
     for name, s in scores.items():
         out[name] = metrics.impression_metrics(np.nan_to_num(np.asarray(s, dtype=np.float64), nan=-1e9),
-                                               labels, groups)
+                                               labels, groups, tiebreak=keys)
         out[name]["imp_count"] = float(np.unique(groups).size)
     return out

@@ -60,6 +60,7 @@ class TrainResult:
     validation_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     shipped_variant: str = ""
     shipped_reason: str = ""
+    best_baseline: str = ""  # the baseline the lifts are measured against, chosen on validation
     timings: dict[str, float] = field(default_factory=dict)
     # The shipped ranker: trees kept by early stopping and the prior's weights (source -> weight).
     ranker_trees: int = 0
@@ -67,7 +68,8 @@ class TrainResult:
 
     def metrics_document(self) -> dict:
         """What ``--metrics-out`` writes: a pure function of (data, config, seed)."""
-        return {"shipped_variant": self.shipped_variant, "validation": self.validation_metrics, "test": self.metrics}
+        return {"shipped_variant": self.shipped_variant, "best_baseline": self.best_baseline,
+                "validation": self.validation_metrics, "test": self.metrics}
 
 
 @dataclass
@@ -149,11 +151,11 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     bundles = _bundles(rankers, states, config)
     with stage("evaluation"):
         validation = evaluate_all(bundles, validation_split, config, pretrained_state=state_pretrained,
-                                  keep_scores="")
+                                  keep_scores="", baseline_state=state)
     choice = variants.choose_variant(validation.metrics, config.k)
     log.info("%s", choice.reason())
     return Fitted(rankers=rankers, validation=validation, choice=choice,
-                  digest=variants.validation_digest(w.nested.test, held_out_ids))
+                  digest=variants.validation_digest(w.nested.test, held_out_ids, w.nested.train, config))
 
 
 def _bundles(rankers: dict[str, LambdaRanker], states: dict, config: PipelineConfig) -> dict[str, RankingBundle]:
@@ -178,7 +180,7 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
     bundles = {names[name]: by_variant[name] for name in order}
     with stage("evaluation"):
         evaluation = evaluate_all(bundles, w.split, config, pretrained_state=state_pretrained,
-                                  versus=fitted.validation.best_baseline)
+                                  versus=fitted.validation.best_baseline, baseline_state=state)
         if w.cold_items is not None:
             cold = cold_item_evaluation(bundles, w.split.test, w.cold_items, config)
             for name, values in cold.items():
@@ -250,6 +252,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
                            became_champion=became_champion, metrics=results, validation_metrics=validation,
                            shipped_variant=fitted.choice.shipped, shipped_reason=fitted.choice.reason(),
+                           best_baseline=fitted.validation.best_baseline,
                            timings=dict(timings), ranker_trees=shipped.best_iteration,
                            prior_weights=dict(shipped.prior_weights))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from features.ranking_frame import order_within_query, position_in_group, prior_scores
-from features.ties import tie_keys
 
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5)
 
@@ -26,9 +25,9 @@ def mean_query_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray, 
     labels: 0/1 (rows,). Ideal DCG counts the query's positives among its rows only.
     """
     query = np.repeat(np.arange(len(groups)), groups)
-    # Ties (rows whose sources are all unknown share a z of 0) by a hash of the row: never by row
-    # order, which follows the item index.
-    order = order_within_query(query, scores, tie_keys(0, query, np.arange(len(scores))))
+    # Ties by row position: the labelled frame puts each query's rows in tie-rule order
+    # (training/variants.py), never in item order.
+    order = order_within_query(query, scores, np.arange(len(scores), dtype=np.uint64))
     position = position_in_group(query[order])
     top = position < k
     gains = labels[order][top] / np.log2(position[top] + 2.0)

@@ -3,7 +3,8 @@
 Three variants learn from the same label window: text features from the fine-tuned encoder,
 from the pretrained encoder, and no text at all (no text features and no text candidates).
 A seeded 15% of the label USERS (all of a user's queries on one side) validates them: early
-stopping and the tree filter watch those users' queries, and a full-ranking evaluation of the
+stopping (with ``early_stopping_min_delta``, the least gain a tree must bring) watches those
+users' queries, and a full-ranking evaluation of the
 feature-window models on those users' label-window items decides which variant ships. The
 test split takes no part in any of it.
 """
@@ -11,6 +12,7 @@ test split takes no part in any of it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, replace
 
@@ -20,6 +22,7 @@ import polars as pl
 from features.candidates import generate_candidates
 from features.ranking_frame import FEATURE_COLUMNS, TEXT_FEATURES, build_ranking_frame, feature_matrix, group_sizes
 from features.state import FeatureState, with_indices
+from features.ties import tie_keys
 from recsys.config import PipelineConfig
 from training.evaluate import sample_users, test_relevance
 from training.ranker import LambdaRanker
@@ -109,7 +112,11 @@ def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray
                                .alias("query_idx"))
                  .select("query_idx", "user_idx", "item_idx", pl.col("label").cast(pl.Int8)))
         parts.append(shown)
-    frame = pl.concat(parts).sort("query_idx", "item_idx")
+    frame = pl.concat(parts)
+    # Within a query, rows in tie-rule order, never item order: LambdaRank's first gradients and
+    # LightGBM's validation nDCG order tied scores by row position.
+    keys = tie_keys(config.seed, frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy())
+    frame = frame.with_columns(pl.Series("_tie", keys)).sort("query_idx", "_tie").drop("_tie")
     has_both = (pl.col("label").max().over("query_idx") == 1) & (pl.col("label").min().over("query_idx") == 0)
     return build_ranking_frame(state, frame.filter(has_both))
 
@@ -120,8 +127,9 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
 
     frames: variant name (``VARIANTS``) -> labelled frame; every query of a held-out user (its
     candidate, cold-item and impression queries alike) is validation, the rest training.
-    ``ranker_no_text`` never splits on the text features. Logs the fine-tuned variant's
-    training rows, fit seconds and row-iterations per second (rows x trees / s).
+    ``ranker_no_text`` never splits on the text features. Logs each variant's learning curves,
+    training and validation rows, fit seconds and row-iterations per second under
+    ``ranker/<variant>/``.
     """
     rankers = {}
     for name, frame in frames.items():
@@ -129,14 +137,18 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
         ranker = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
         sets = ranker.dataset(feature_matrix(train), train["label"].to_numpy(), group_sizes(train),
                               X_val=feature_matrix(val), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
-        main = name == FINETUNED
+        short = name.removeprefix("ranker_")
+        curves = None if log_metric is None else \
+            (lambda key, value, step, short=short: log_metric(key.replace("ranker/", f"ranker/{short}/", 1),
+                                                              value, step))
         rankers[name] = ranker.fit_dataset(sets, unused_features=TEXT_FEATURES if name == NO_TEXT else (),
-                                           eval_at=(config.k,), log_metric=log_metric if main else None)
-        if main and log_metric:
-            log_metric("ranker/train_rows", float(sets.n_rows), 0)
-            log_metric("ranker/validation_rows", float(val.height), 0)
-            log_metric("ranker/fit_seconds", ranker.fit_seconds, 0)
-            log_metric("ranker/rows_per_s", sets.n_rows * ranker.best_iteration / max(ranker.fit_seconds, 1e-9), 0)
+                                           eval_at=(config.k,), log_metric=curves)
+        if log_metric:
+            log_metric(f"ranker/{short}/train_rows", float(sets.n_rows), 0)
+            log_metric(f"ranker/{short}/validation_rows", float(val.height), 0)
+            log_metric(f"ranker/{short}/fit_seconds", ranker.fit_seconds, 0)
+            log_metric(f"ranker/{short}/rows_per_s",
+                       sets.n_rows * ranker.best_iteration / max(ranker.fit_seconds, 1e-9), 0)
     return rankers
 
 
@@ -175,10 +187,19 @@ def shipped_names(names, shipped: str) -> dict[str, str]:
     return {name: SHIPPED if name == shipped else name for name in names}
 
 
-def validation_digest(label_events: pl.DataFrame, held_out_ids: pl.Series) -> str:
-    """sha256 of the validation users' label-window events (user, item, time), sorted: two runs
+# The settings that decide which users and items validate, and what the models saw before them.
+DIGEST_SETTINGS = ("split", "test_fraction", "label_fraction", "seed", "cold_item_fraction", "ranker_max_users",
+                   "eval_max_users", "k")
+
+
+def validation_digest(label_events: pl.DataFrame, held_out_ids: pl.Series, feature_window: pl.DataFrame,
+                      config: PipelineConfig) -> str:
+    """sha256 of the validation users' label-window events (user, item, time; sorted), the size
+    of the feature window and the settings that define both (``DIGEST_SETTINGS``): two runs
     whose validation metrics may be compared have the same digest."""
     table = (label_events.filter(pl.col("user_id").is_in(held_out_ids.implode()))
              .select("user_id", "item_id", pl.col("timestamp").cast(pl.Int64))
              .sort("user_id", "item_id", "timestamp"))
-    return hashlib.sha256(table.write_csv().encode()).hexdigest()
+    settings = {name: getattr(config, name) for name in DIGEST_SETTINGS}
+    header = json.dumps({"feature_window_rows": feature_window.height, **settings}, sort_keys=True)
+    return hashlib.sha256((header + "\n" + table.write_csv()).encode()).hexdigest()
