@@ -84,7 +84,8 @@ def test_the_registry_keeps_validation_and_test_apart(trained):
 
     work, _ = trained
     document = json.loads((work / "metrics.json").read_text())
-    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", registry_uri=f"sqlite:///{work / 'mlflow.db'}")
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     tags = client.get_model_version("e2e", "1").tags
     validation, test = document["validation"]["ranker"], document["test"]["ranker"]
     # Promotion compares this value: the validation nDCG, not the test one.

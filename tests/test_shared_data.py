@@ -79,14 +79,17 @@ def movielens_runs(movielens, tmp_path_factory):
 @pytest.mark.slow
 def test_movielens_ranker_quality(movielens_runs):
     m = movielens_runs["plain"].metrics
-    # FLOORS (see the README's MovieLens table for the measured seeds).
-    assert m["ranker"]["ndcg@10"] > NDCG_FLOOR
-    assert m["ranker"]["precision@10"] > PRECISION_FLOOR
+    # Runs are deterministic: `benchmarks/movielens_quality.py --seeds 0` prints this run's figures
+    # (README, MovieLens table). The floors leave room for small, deliberate changes.
+    assert m["ranker"]["ndcg@10"] > 0.475
+    assert m["ranker"]["precision@10"] > 0.41
     assert m["ranker"]["ndcg@10"] > m["popularity"]["ndcg@10"] + 0.2
     for baseline in ("als", "bpr", "cooccurrence", "text", "newest", "random"):
         assert m["ranker"]["ndcg@10"] > m[baseline]["ndcg@10"], baseline
-    # The session-aware EDLAE item-to-item model is the strongest baseline on this data.
+    # The session-aware EDLAE item-to-item model is the strongest baseline on this data, and the
+    # ranker is not reliably above it (the README says so): it must not fall clearly below.
     assert m["ease"]["ndcg@10"] > 0.475
+    assert m["ranker"]["ndcg@10"] > m["ease"]["ndcg@10"] - 0.005
 
 
 @pytest.mark.slow
@@ -114,11 +117,14 @@ def test_movielens_fine_tuned_text_beats_pretrained_text(movielens_runs):
 @pytest.mark.slow
 def test_movielens_cold_items_are_found_through_text_and_not_through_catalog_order(movielens_runs):
     cold = by_variant(movielens_runs["cold"])
-    recall = {name: cold[name]["cold_items/recall@10"] for name in ("ranker", "ranker_no_text", "random")}
+    names = ("ranker_finetuned_text", "ranker_pretrained_text", "ranker_no_text", "random")
+    recall = {name: cold[name]["cold_items/recall@10"] for name in names}
     n_cold = cold["random"]["cold_items/n_items"]
     chance = 10 / n_cold  # expected Recall@10 of a random order of the cold set
-    # Without text a cold item has nothing but ties: no catalog order may order them.
+    # Without text a cold item has nothing but ties: no catalog order may order them (it was worth
+    # 3.5x chance before the tie rule).
     assert recall["ranker_no_text"] <= 1.5 * chance, recall
-    # Text is what finds them.
-    assert recall["ranker"] >= COLD_RATIO_FLOOR * chance, recall
-    assert recall["ranker"] >= recall["ranker_no_text"] + 2 * chance, recall
+    # Text is what finds them (seed 0: the fine-tuned-text variant 3.7x chance). Which variant
+    # ships is decided on validation over the whole catalog, where cold items are a minority.
+    assert recall["ranker_finetuned_text"] >= 3 * chance, recall
+    assert recall["ranker_finetuned_text"] >= recall["ranker_no_text"] + 2 * chance, recall
