@@ -25,7 +25,6 @@ import polars as pl
 from features.candidates import SOURCE_FEATURES, generate_candidates
 from features.ranking_frame import feature_arrays, feature_matrix, order_within_query, position_in_group, prior_scores
 from features.state import FeatureState
-from features.ties import tie_keys
 from recsys.config import PipelineConfig
 
 FORMAT_VERSION = 1
@@ -183,8 +182,7 @@ def head_k(scored: pl.DataFrame, k: int, *, seed: int) -> pl.DataFrame:
     item = scored["item_idx"].to_numpy()
     score = np.nan_to_num(scored["score"].to_numpy().astype(np.float64), nan=-np.inf)
     user = scored["user_idx"].to_numpy().astype(np.int64)
-    keys = tie_keys(seed, np.where(user >= 0, user, -1), item)
-    order = order_within_query(query, score, keys)
+    order = order_within_query(query, score, seed=seed, key_query=np.where(user >= 0, user, -1), key_item=item)
     rank = position_in_group(query[order])
     keep = rank < k
     return scored[order[keep]].with_columns(pl.Series("rank", rank[keep] + 1, dtype=pl.Int32))

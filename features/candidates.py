@@ -68,7 +68,7 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         bound = np.partition(np.nan_to_num(block_max, nan=-np.inf), n_blocks - n, axis=1)[:, n_blocks - n]
     rows, cols = np.nonzero((scores >= bound[:, None]) & (scores > -np.inf))
     values = scores[rows, cols]
-    order = order_within_query(rows, values, tie_keys(seed, np.asarray(query)[rows], cols))
+    order = order_within_query(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
 
@@ -121,7 +121,7 @@ def sparse_top_n_entries(scores: sp.csr_matrix, seen: np.ndarray, n: int, *, see
     cols, values = scores.indices.astype(np.int64), scores.data
     keep = (values > 0) & ~seen[rows, cols]
     rows, cols, values = rows[keep], cols[keep], values[keep]
-    order = order_within_query(rows, values, tie_keys(seed, np.asarray(query)[rows], cols))
+    order = order_within_query(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
 

@@ -13,7 +13,7 @@ import polars as pl
 from features import behaviour
 from features.pair_scores import pair_dot
 from features.state import FeatureState
-from features.ties import order_by_score
+from features.ties import descending_float_key, order_by_score
 from recsys.config import SCORE_SOURCES
 from recsys.stage_timer import stage
 
@@ -69,13 +69,13 @@ def _gather_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def order_within_query(query_idx: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def order_within_query(query_idx: np.ndarray, values: np.ndarray, *, seed: int, key_query: np.ndarray,
+                       key_item: np.ndarray) -> np.ndarray:
     """Row order grouping rows by ascending query and, within a query, by descending value; ties
-    by ``keys`` (``features.ties.tie_keys``: the seeded hash, never row order or item index).
-
-    query_idx: int (rows,); values: finite float (rows,); keys: uint64 (rows,).
+    by the seeded tie rule on (key_query, key_item) (``features.ties``), never row order or item
+    index. query_idx: int (rows,); values: finite float (rows,); key_*: int (rows,).
     """
-    return order_by_score(query_idx, values, keys)
+    return order_by_score(query_idx, values, seed=seed, key_query=key_query, key_item=key_item)
 
 
 def position_in_group(sorted_query: np.ndarray) -> np.ndarray:
@@ -98,9 +98,11 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     ok = np.flatnonzero(~np.isnan(values))
     if ok.size == 0:
         return out
-    q, v = query_idx[ok], values[ok].astype(np.float64)
-    order = np.lexsort((-v, q))
-    q_sorted, v_sorted = q[order], v[order]
+    q = query_idx[ok]
+    # One int64 sort on (query, value as float32 descending): ties need no order here, they share a rank.
+    key = (q.astype(np.int64) << 32) | descending_float_key(values[ok])
+    order = np.argsort(key, kind="stable")
+    q_sorted, v_sorted = q[order], key[order]
     position = position_in_group(q_sorted).astype(np.float64)
     # Runs of equal (query, value): every row of a run gets the run's mean position.
     new_run = np.r_[True, (q_sorted[1:] != q_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])]

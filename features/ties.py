@@ -43,10 +43,34 @@ def tie_keys(seed: int, query: np.ndarray | int, item_idx: np.ndarray) -> np.nda
         return _mix(x ^ (item * _MUL1 + _GOLDEN))
 
 
-def order_by_score(query: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Row order grouping rows by ascending query, then descending value, then ``keys``.
+def descending_float_key(values: np.ndarray) -> np.ndarray:
+    """int64 (n,) in 0..2**32-1, ascending where ``values`` (cast to float32) descend; equal
+    float32 values (0.0 and -0.0 included) give equal keys. values: float without NaN."""
+    bits = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    ascending = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    return (np.uint32(0xFFFFFFFF) - ascending).astype(np.int64)
 
-    query: int (rows,); values: float (rows,) without NaN; keys: uint64 (rows,) from
-    :func:`tie_keys`. Returns int64 (rows,) positions.
+
+def order_by_score(query: np.ndarray, values: np.ndarray, *, seed: int, key_query: np.ndarray,
+                   key_item: np.ndarray) -> np.ndarray:
+    """Row order grouping rows by ascending query, then descending value, then the tie rule.
+
+    query: int (rows,), 0 <= query < 2**31; values: float (rows,) without NaN, compared as
+    float32; key_query, key_item: int (rows,), what ``tie_keys(seed, key_query, key_item)`` hashes.
+    Equal to ``np.lexsort((tie_keys(...), -values, query))``, but one int64 sort: the tie keys
+    are computed only for the rows that tie. Returns int64 (rows,) positions.
     """
-    return np.lexsort((keys, -np.asarray(values, dtype=np.float64), query))
+    key = (np.asarray(query).astype(np.int64) << 32) | descending_float_key(values)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    tied = np.zeros(len(key), dtype=bool)
+    same = sorted_key[1:] == sorted_key[:-1]
+    tied[1:] |= same
+    tied[:-1] |= same
+    members = np.flatnonzero(tied)
+    if members.size:
+        run = np.cumsum(np.r_[True, ~same])[members]
+        rows = order[members]
+        keys = tie_keys(seed, np.asarray(key_query)[rows], np.asarray(key_item)[rows])
+        order[members] = rows[np.lexsort((keys, run))]
+    return order

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.ranking_frame import order_within_query, position_in_group, prior_scores
+from features.ranking_frame import position_in_group, prior_scores
 
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5)
 
@@ -27,7 +27,7 @@ def mean_query_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray, 
     query = np.repeat(np.arange(len(groups)), groups)
     # Ties by row position: the labelled frame puts each query's rows in tie-rule order
     # (training/variants.py), never in item order.
-    order = order_within_query(query, scores, np.arange(len(scores), dtype=np.uint64))
+    order = np.lexsort((np.arange(len(scores)), -scores, query))
     position = position_in_group(query[order])
     top = position < k
     gains = labels[order][top] / np.log2(position[top] + 2.0)
