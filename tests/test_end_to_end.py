@@ -68,7 +68,7 @@ def test_metrics_cover_the_ranker_and_every_baseline(trained):
     # the difference of the two means. (tests/test_evaluate.py checks the interval itself.)
     baselines = sorted(name for name in metrics if not name.startswith("ranker"))
     best = document["best_baseline"]
-    assert best == max(baselines, key=lambda name: (validation[name][f"ndcg@{K}"], name == best))
+    assert best == max(baselines, key=lambda name: validation[name][f"ndcg@{K}"])  # the first of equals, as chosen
     assert [name for name in baselines if f"ndcg@{K}_ci_low" in metrics[name]] == [best]
     assert metrics["ranker"][f"lift_vs_best_baseline/ndcg@{K}"] == pytest.approx(
         metrics["ranker"][f"ndcg@{K}"] - metrics[best][f"ndcg@{K}"], abs=1e-9)
@@ -97,6 +97,26 @@ def test_the_registry_keeps_validation_and_test_apart(trained):
     assert len(tags[registry.DIGEST_TAG]) == 64
     card = client.get_model_version("e2e", "1").description
     assert f"**Shipped: `ranker` = `{document['shipped_variant']}`.**" in card
+
+
+def test_the_shipped_encoder_is_the_one_its_item_vectors_came_from(trained):
+    """add-items encodes new items with the bundle's encoder: it must be the encoder of the shipped
+    variant (pretrained MiniLM for the pretrained-text variant), or new items land in another space."""
+    from features.text_encoder import TextEncoder, item_texts
+    from recsys.cli import _load_bundle
+
+    work, _ = trained
+    old_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        bundle = _load_bundle("models:/e2e/1")
+    finally:
+        os.chdir(old_cwd)
+    items = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21)).items.head(5)
+    encoder = TextEncoder(bundle.encoder_dir, max_length=bundle.config.text.max_length)
+    vectors = encoder.encode(item_texts(items), progress=False)
+    stored = bundle.state.item_vectors[bundle.state.items.to_index(items["item_id"])]
+    np.testing.assert_allclose(np.sum(vectors * stored, axis=1), 1.0, atol=1e-4)
 
 
 def test_batch_output_has_k_distinct_items_per_known_user(trained):

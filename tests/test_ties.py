@@ -89,3 +89,18 @@ def test_head_k_is_the_same_whatever_the_row_order_and_batch_position():
     assert alone["item_idx"].to_list() == top.filter(pl.col("query_idx") == 1)["item_idx"].to_list()
     best = frame.filter(pl.col("query_idx") == 0)["score"].max()
     assert top.filter(pl.col("query_idx") == 0)["score"][0] == best
+
+
+def test_order_by_score_equals_the_three_key_sort_with_signed_zeros_and_infinities():
+    from features.ties import order_by_score
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        n = int(rng.integers(1, 3000))
+        query = rng.integers(0, 30, n)
+        values = rng.choice(np.array([-np.inf, -2.5, -1e-30, -0.0, 0.0, 1e-30, 0.5, 3.0, np.inf], dtype=np.float32),
+                            n)
+        users, items = rng.integers(-1, 50, n), rng.permutation(n)
+        reference = np.lexsort((tie_keys(trial, users, items), -values.astype(np.float64), query))
+        got = order_by_score(query, values, seed=trial, key_query=users, key_item=items)
+        np.testing.assert_array_equal(got, reference)

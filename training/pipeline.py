@@ -130,9 +130,11 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
                               pooling=text.pooling)
     state_pretrained = with_text_vectors(state, w.nested.train, text.pretrained_vectors)
     states = {variants.FINETUNED: state, variants.PRETRAINED: state_pretrained, variants.NO_TEXT: state}
-    users = variants.label_users(state, w.nested.test, config)
+    counts: dict[str, int] = {}
+    users = variants.label_users(state, w.nested.test, config, counts=counts)
     held_out = variants.validation_users(users[0], config.seed + 4)
-    metric_log("data/label_users", float(len(users[0])), 0)
+    metric_log("data/label_users", float(counts["label_users"]), 0)
+    metric_log("data/label_users_used", float(counts["label_users_used"]), 0)
     metric_log("data/validation_users", float(len(held_out)), 0)
     frames = {name: variants.labelled_frame(states[name], users, w.nested.impressions_test,
                                             variants.variant_config(name, config), w.feature_cold)
@@ -179,8 +181,12 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
     order = [fitted.choice.shipped, *(n for n in variants.VARIANTS if n != fitted.choice.shipped)]
     bundles = {names[name]: by_variant[name] for name in order}
     with stage("evaluation"):
-        evaluation = evaluate_all(bundles, w.split, config, pretrained_state=state_pretrained,
-                                  versus=fitted.validation.best_baseline, baseline_state=state)
+        versus = fitted.validation.best_baseline
+        if not versus:  # no validation users: measure lifts against popularity rather than choose on test
+            log.warning("no validation users to choose the baseline to beat; lifts are against popularity")
+            versus = "popularity"
+        evaluation = evaluate_all(bundles, w.split, config, pretrained_state=state_pretrained, versus=versus,
+                                  baseline_state=state)
         if w.cold_items is not None:
             cold = cold_item_evaluation(bundles, w.split.test, w.cold_items, config)
             for name, values in cold.items():
@@ -235,7 +241,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             mlflow.set_tags({"shipped_variant": fitted.choice.shipped, "shipped_reason": fitted.choice.reason()})
             _log_results(evaluation, validation, shipped, text, metric_log, config, fitted.choice.shipped)
             tracking.log_child_runs(results, config, validation)
-            bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=encoder_dir)
+            bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=_shipped_encoder(
+                fitted.choice.shipped, encoder_dir, Path(tmp) / "pretrained_encoder", config))
             info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list())
             became_champion = False
             if register_name:
@@ -255,6 +262,16 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                            best_baseline=fitted.validation.best_baseline,
                            timings=dict(timings), ranker_trees=shipped.best_iteration,
                            prior_weights=dict(shipped.prior_weights))
+
+
+def _shipped_encoder(shipped: str, finetuned_dir: Path, pretrained_dir: Path, config: PipelineConfig) -> Path:
+    """The encoder the shipped bundle carries: the one its item vectors came from, so that
+    ``recsys add-items`` puts new items in the same space (the pretrained MiniLM for the
+    pretrained-text variant, the fine-tuned one otherwise)."""
+    if shipped != variants.PRETRAINED:
+        return finetuned_dir
+    TextEncoder(max_length=config.text.max_length).save(pretrained_dir)
+    return pretrained_dir
 
 
 def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: pl.DataFrame | None,

@@ -43,13 +43,15 @@ def variant_config(name: str, config: PipelineConfig) -> PipelineConfig:
     return config
 
 
-def label_users(state: FeatureState, label_events: pl.DataFrame,
-                config: PipelineConfig) -> tuple[np.ndarray, list[np.ndarray]]:
+def label_users(state: FeatureState, label_events: pl.DataFrame, config: PipelineConfig,
+                counts: dict[str, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """The users the ranker learns from: label-window positives and a profile in the state.
 
     Users with no history in the feature window are served by the fallback path (as unknown
     users are), so they are not label users either. Above ``config.ranker_max_users`` a seeded
-    sample. Returns user_idx int (n,) sorted and per user the relevant item indices.
+    sample. Returns user_idx int (n,) sorted and per user the relevant item indices; ``counts``,
+    when given, receives ``label_users`` (with a profile, before sampling), ``label_users_used``
+    and ``label_users_without_history``.
     """
     user_idx, relevant = test_relevance(state, label_events)
     profiled = state.user_has_history()[user_idx] if len(user_idx) else np.zeros(0, dtype=bool)
@@ -61,6 +63,9 @@ def label_users(state: FeatureState, label_events: pl.DataFrame,
     user_idx, relevant = sample_users(user_idx, relevant, config.ranker_max_users, config.seed + 2)
     if len(user_idx) < n_all:
         log.info("the ranker learns from %d of %d label users (ranker_max_users)", len(user_idx), n_all)
+    if counts is not None:
+        counts.update(label_users=n_all, label_users_used=len(user_idx),
+                      label_users_without_history=int((~profiled).sum()))
     return user_idx, relevant
 
 
