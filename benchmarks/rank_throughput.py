@@ -72,11 +72,11 @@ def main() -> None:
     pop = bundle.state.item_features["item_pop_all"].to_numpy()
     start = time.perf_counter()
     for chunk in chunks:
-        from features.candidates import query_keys, seen_mask, top_n
+        from features.candidates import seen_mask, top_n
         chunk_idx = bundle.state.users.to_index(chunk)
         scores_pop = np.broadcast_to(pop, (len(chunk), len(pop))).copy()
         scores_pop[seen_mask(bundle.state, chunk_idx)] = -np.inf
-        top_n(scores_pop, args.k, seed=bundle.config.seed, query=query_keys(chunk_idx))
+        top_n(scores_pop, args.k, seed=bundle.config.seed, query=chunk_idx)
     floor = time.perf_counter() - start
 
     # One serving request (one user, the endpoint's code path minus HTTP), as the server runs it.

@@ -23,8 +23,9 @@ import numpy as np
 import polars as pl
 
 from features.candidates import SOURCE_FEATURES, generate_candidates
-from features.ranking_frame import feature_arrays, feature_matrix, order_within_query, position_in_group, prior_scores
+from features.ranking_frame import feature_arrays, feature_matrix, position_in_group, prior_scores
 from features.state import FeatureState
+from features.ties import order_by_score
 from recsys.config import PipelineConfig
 
 FORMAT_VERSION = 1
@@ -107,19 +108,12 @@ class RankingBundle:
     def score_features(self, candidates: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
         """``candidates`` with a Float32 ``score`` column: this booster on ``candidate_features``' arrays."""
         scores = self.score(arrays)
-        unknown = ~self.has_profile(candidates["user_idx"].to_numpy())
-        if unknown.any():  # the ranker never learns on users without a profile: rank them transparently
+        # The booster ranks users with a profile only, in training (label users) as in serving;
+        # the others are ranked transparently.
+        unknown = ~self.state.has_profile(candidates["user_idx"].to_numpy())
+        if unknown.any():
             scores[unknown] = fallback_scores({k: v[unknown] for k, v in arrays.items()}, self.state)
         return candidates.with_columns(pl.Series("score", scores))
-
-    def has_profile(self, user_idx: np.ndarray) -> np.ndarray:
-        """bool (n,): the user is known and has history in the state's window. Only such users are
-        ranked by the booster, in training (label users) as in serving; the others take
-        ``fallback_scores``."""
-        user_idx = np.asarray(user_idx)
-        out = user_idx >= 0
-        out[out] = self.state.user_has_history()[user_idx[out]]
-        return out
 
     def save(self, folder: str | Path, *, encoder_dir: Path | None = None) -> Path:
         folder = Path(folder)
@@ -181,8 +175,7 @@ def head_k(scored: pl.DataFrame, k: int, *, seed: int) -> pl.DataFrame:
     query = scored["query_idx"].to_numpy()
     item = scored["item_idx"].to_numpy()
     score = np.nan_to_num(scored["score"].to_numpy().astype(np.float64), nan=-np.inf)
-    user = scored["user_idx"].to_numpy().astype(np.int64)
-    order = order_within_query(query, score, seed=seed, key_query=np.where(user >= 0, user, -1), key_item=item)
+    order = order_by_score(query, score, seed=seed, key_query=scored["user_idx"].to_numpy(), key_item=item)
     rank = position_in_group(query[order])
     keep = rank < k
     return scored[order[keep]].with_columns(pl.Series("rank", rank[keep] + 1, dtype=pl.Int32))

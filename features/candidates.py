@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from features.ranking_frame import order_within_query, position_in_group
+from features.ranking_frame import position_in_group
 from features.state import FeatureState
-from features.ties import tie_keys
+from features.ties import order_by_score, tie_keys
 from recsys import schemas
 from recsys.config import CandidateConfig
 from recsys.stage_timer import stage
@@ -25,19 +25,12 @@ from recsys.stage_timer import stage
 SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
 
 
-def query_keys(user_idx: np.ndarray) -> np.ndarray:
-    """int64 (n,) tie-rule query keys of ranked lists: the user index where the model knows the
-    user, else -1 (one key for every unknown user, so a request's ties do not depend on its
-    position in a batch)."""
-    user_idx = np.asarray(user_idx, dtype=np.int64)
-    return np.where(user_idx >= 0, user_idx, -1)
-
-
 def top_n(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -> np.ndarray:
     """Indices of the n highest finite scores per row, best first: (rows, cols) -> (rows, min(n, cols))
     int64, padded with -1 where a row has fewer finite scores.
 
-    Ties follow the seeded tie rule (``features.ties``); query: int (rows,) keys (``query_keys``).
+    Ties follow the seeded tie rule (``features.ties``); query: int (rows,) tie-rule keys, the
+    user index (-1, shared by every unknown user, so an order never depends on batch position).
     """
     n = min(n, scores.shape[1])
     out = np.full((scores.shape[0], n), -1, dtype=np.int64)
@@ -68,7 +61,7 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         bound = np.partition(np.nan_to_num(block_max, nan=-np.inf), n_blocks - n, axis=1)[:, n_blocks - n]
     rows, cols = np.nonzero((scores >= bound[:, None]) & (scores > -np.inf))
     values = scores[rows, cols]
-    order = order_within_query(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
+    order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
 
@@ -83,7 +76,7 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
     n = len(user_idx)
     known = user_idx >= 0
     if source == "cf":
-        known[known] = state.user_has_history()[user_idx[known]]
+        known = state.has_profile(user_idx)
         out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
         out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
         out[:, ~state.item_has_history()] = -np.inf
@@ -121,7 +114,7 @@ def sparse_top_n_entries(scores: sp.csr_matrix, seen: np.ndarray, n: int, *, see
     cols, values = scores.indices.astype(np.int64), scores.data
     keep = (values > 0) & ~seen[rows, cols]
     rows, cols, values = rows[keep], cols[keep], values[keep]
-    order = order_within_query(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
+    order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
 
@@ -182,7 +175,6 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         chunk = user_idx[start:start + chunk_size]
         chunk_text = None if user_text is None else user_text[start:start + chunk_size]
         seen = seen_mask(state, chunk)
-        query = query_keys(chunk)
         picked = np.zeros_like(seen)
         dense: dict[str, np.ndarray] = {}
         sparse: dict[str, sp.csr_matrix] = {}
@@ -194,7 +186,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
                 if with_scores:
                     sparse[source] = scores
                 if n > 0:
-                    picked[sparse_top_n_entries(scores, seen, n, seed=seed, query=query)] = True
+                    picked[sparse_top_n_entries(scores, seen, n, seed=seed, query=chunk)] = True
                 continue
             scores = source_scores(state, chunk, source, chunk_text)
             if with_scores:  # masking seen items below does not touch any candidate's score
@@ -202,7 +194,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
             if n <= 0:
                 continue
             scores[seen] = -np.inf
-            picked[top_n_entries(scores, n, seed=seed, query=query)] = True
+            picked[top_n_entries(scores, n, seed=seed, query=chunk)] = True
         for column, n in popular.items():
             if n > 0:
                 rows, cols = _global_top(state, chunk, seen, column, n, seed)

@@ -13,7 +13,7 @@ import polars as pl
 from features import behaviour
 from features.pair_scores import pair_dot
 from features.state import FeatureState
-from features.ties import descending_float_key, order_by_score
+from features.ties import descending_float_key
 from recsys.config import SCORE_SOURCES
 from recsys.stage_timer import stage
 
@@ -67,15 +67,6 @@ def _gather_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     ok = idx >= 0
     out[ok] = table[idx[ok]]
     return out
-
-
-def order_within_query(query_idx: np.ndarray, values: np.ndarray, *, seed: int, key_query: np.ndarray,
-                       key_item: np.ndarray) -> np.ndarray:
-    """Row order grouping rows by ascending query and, within a query, by descending value; ties
-    by the seeded tie rule on (key_query, key_item) (``features.ties``), never row order or item
-    index. query_idx: int (rows,); values: finite float (rows,); key_*: int (rows,).
-    """
-    return order_by_score(query_idx, values, seed=seed, key_query=key_query, key_item=key_item)
 
 
 def position_in_group(sorted_query: np.ndarray) -> np.ndarray:

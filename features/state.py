@@ -75,14 +75,16 @@ class FeatureState:
             self._item_has_history = np.bincount(self.seen.indices, minlength=self.n_items) > 0
         return self._item_has_history
 
-    def pair_has_history(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        """bool (n,): both the user (-1 = unknown: False) and the item have history in the window."""
+    def has_profile(self, user_idx: np.ndarray) -> np.ndarray:
+        """bool (n,): the user is known (not -1) and has history in the window."""
         user_idx = np.asarray(user_idx)
-        out = self.item_has_history()[item_idx]
-        known = user_idx >= 0
-        out &= known
-        out[known] &= self.user_has_history()[user_idx[known]]
+        out = user_idx >= 0
+        out[out] = self.user_has_history()[user_idx[out]]
         return out
+
+    def pair_has_history(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """bool (n,): both the user (``has_profile``) and the item have history in the window."""
+        return self.has_profile(user_idx) & self.item_has_history()[item_idx]
 
     def history(self) -> sp.csr_matrix:
         """The 0/1 pattern of ``seen`` (n_users, n_items) float32 CSR, built once: item-to-item input."""

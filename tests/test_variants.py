@@ -92,7 +92,7 @@ def test_label_users_leave_out_users_without_feature_window_history(small_bundle
     config = PipelineConfig.from_dict({"ranker_max_users": 0})
     user_idx, _ = variants.label_users(emptied, events, config)
     assert user_idx.tolist() == [0, 2]
-    assert small_bundle.has_profile(np.array([0, -1])).tolist() == [True, False]
+    assert emptied.has_profile(np.array([0, 1, -1])).tolist() == [True, False, False]
 
 
 def test_validation_digest_names_the_validation_data():

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from features.bundle import RankingBundle, head_k
-from features.candidates import query_keys, seen_mask, top_n
+from features.candidates import seen_mask, top_n
 from features.item_item import fit_item_item
 from features.ranking_frame import build_ranking_frame
 from features.state import FeatureState, with_indices
@@ -64,7 +64,7 @@ def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: 
         chunk = user_idx[start:start + chunk_size]
         scores = np.asarray(score_fn(chunk), dtype=np.float32).copy()
         scores[seen_mask(state, chunk)] = -np.inf
-        out.append(top_n(scores, k, seed=seed, query=query_keys(chunk)))
+        out.append(top_n(scores, k, seed=seed, query=chunk))
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 

@@ -193,24 +193,17 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def log_datasets(dataset, split) -> str:
-    """Log the input tables with ``mlflow.log_input`` (name, digest, rows, split role).
-
-    Returns the digest of the test table.
-    """
+def log_datasets(dataset, split) -> None:
+    """Log the input tables with ``mlflow.log_input`` (name, digest, rows, split role)."""
     import mlflow.data
 
     tables = [("items", dataset.items, "catalog"), ("train", split.train, "training"), ("test", split.test, "testing")]
     if split.impressions_train is not None:
         tables += [("impressions-train", split.impressions_train, "training"),
                    ("impressions-test", split.impressions_test, "testing")]
-    digest = ""
     for name, table, context in tables:
         logged = mlflow.data.from_polars(table, name=f"{dataset.source}-{name}")
         mlflow.log_input(logged, context=context, tags={"rows": str(table.height), "split": split.kind})
-        if name == "test":
-            digest = logged.digest
-    return digest
 
 
 def log_child_runs(results: dict[str, dict[str, float]], config,

@@ -54,7 +54,7 @@ def label_users(state: FeatureState, label_events: pl.DataFrame, config: Pipelin
     and ``label_users_without_history``.
     """
     user_idx, relevant = test_relevance(state, label_events)
-    profiled = state.user_has_history()[user_idx] if len(user_idx) else np.zeros(0, dtype=bool)
+    profiled = state.has_profile(user_idx)
     if not profiled.all():
         log.info("%d label user(s) have no feature-window history: the fallback path serves them, "
                  "so the ranker does not learn on them", int((~profiled).sum()))
