@@ -129,7 +129,7 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
                               item_vectors=text.finetuned_vectors, users=w.users, items=w.items, config=config,
                               pooling=text.pooling)
     state_pretrained = with_text_vectors(state, w.nested.train, text.pretrained_vectors)
-    states = {variants.FINETUNED: state, variants.PRETRAINED: state_pretrained, variants.NO_TEXT: state}
+    states = variants.states_by_variant(state, state_pretrained)
     counts: dict[str, int] = {}
     users = variants.label_users(state, w.nested.test, config, counts=counts)
     held_out = variants.validation_users(users[0], config.seed + 4)
@@ -175,7 +175,7 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
                                   users=w.users, items=w.items, config=config, pooling=text.pooling)
         state_pretrained = with_text_vectors(state, w.split.train, text.pretrained_vectors)
     names = variants.shipped_names(fitted.rankers, fitted.choice.shipped)
-    states = {variants.FINETUNED: state, variants.PRETRAINED: state_pretrained, variants.NO_TEXT: state}
+    states = variants.states_by_variant(state, state_pretrained)
     by_variant = _bundles(fitted.rankers, states, config)
     # The shipped variant first: the relevance, baselines and candidate recall come from its state.
     order = [fitted.choice.shipped, *(n for n in variants.VARIANTS if n != fitted.choice.shipped)]

@@ -43,6 +43,12 @@ def variant_config(name: str, config: PipelineConfig) -> PipelineConfig:
     return config
 
 
+def states_by_variant(state: FeatureState, pretrained_state: FeatureState) -> dict[str, FeatureState]:
+    """The state each variant reads: the pretrained-text variant its own (pretrained item and user
+    vectors), the others the fine-tuned one."""
+    return {FINETUNED: state, PRETRAINED: pretrained_state, NO_TEXT: state}
+
+
 def label_users(state: FeatureState, label_events: pl.DataFrame, config: PipelineConfig,
                 counts: dict[str, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """The users the ranker learns from: label-window positives and a profile in the state.
