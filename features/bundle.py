@@ -56,7 +56,8 @@ class RankingBundle:
         return scores.astype(np.float32)
 
     def score_candidates(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
-                         explicit: pl.DataFrame | None = None, exclude: pl.DataFrame | None = None) -> pl.DataFrame:
+                         explicit: pl.DataFrame | None = None, exclude: pl.DataFrame | None = None,
+                         explicit_queries: np.ndarray | None = None) -> pl.DataFrame:
         """Every candidate of every query with its score: (query_idx, user_idx, item_idx, score).
 
         user_idx: int32 (n,), one query per entry; -1 for users unknown to the model (they get
@@ -66,14 +67,17 @@ class RankingBundle:
         explicit: optional (query_idx, item_idx) rows: those queries rank exactly these items
             instead of generated candidates.
         exclude: optional (query_idx, item_idx) rows never returned.
+        explicit_queries: optional int32 queries that rank exactly their ``explicit`` rows, even
+            when they have none (default: the queries that appear in ``explicit``).
         """
         candidates, arrays = self.candidate_features(user_idx, query_text=query_text, explicit=explicit,
-                                                     exclude=exclude)
+                                                     exclude=exclude, explicit_queries=explicit_queries)
         return self.score_features(candidates, arrays)
 
     def candidate_features(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
                            explicit: pl.DataFrame | None = None,
-                           exclude: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+                           exclude: pl.DataFrame | None = None,
+                           explicit_queries: np.ndarray | None = None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
         """The candidates (query_idx, user_idx, item_idx) Int32 and their feature arrays, unscored.
 
         Arguments as in ``score_candidates``. The arrays (one per feature column, rows aligned
@@ -82,8 +86,10 @@ class RankingBundle:
         """
         user_idx = np.asarray(user_idx, dtype=np.int32)
         generate = np.arange(len(user_idx), dtype=np.int32)
-        if explicit is not None and explicit.height:
-            generate = np.setdiff1d(generate, explicit["query_idx"].unique().to_numpy())
+        if explicit_queries is None and explicit is not None:
+            explicit_queries = explicit["query_idx"].unique().to_numpy()
+        if explicit_queries is not None and len(explicit_queries):
+            generate = np.setdiff1d(generate, explicit_queries)
         parts = []
         # Generated candidates carry their source scores; explicit ones (a request's own list) do not.
         reuse_scores = explicit is None or explicit.height == 0
@@ -96,6 +102,8 @@ class RankingBundle:
             parts.append(explicit.select(pl.col("query_idx").cast(pl.Int32),
                                          pl.Series("user_idx", user_idx[explicit["query_idx"].to_numpy()]),
                                          pl.col("item_idx").cast(pl.Int32)))
+        if not parts:  # every query has an explicit list and none of them holds a known item
+            parts.append(pl.DataFrame(schema={"query_idx": pl.Int32, "user_idx": pl.Int32, "item_idx": pl.Int32}))
         candidates = parts[0] if len(parts) == 1 else pl.concat(parts).sort("query_idx", "item_idx")
         if exclude is not None and exclude.height:
             candidates = candidates.join(exclude.cast({"query_idx": pl.Int32, "item_idx": pl.Int32}),

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -126,13 +125,23 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def _load_bundle(model_uri: str):
-    import mlflow
-
+    """(bundle, ResolvedModel): the model ``model_uri`` names now, pinned to its version."""
+    from serving.model_uri import load_pyfunc, resolve_model
     from training.tracking import configure_tracking
 
     configure_tracking()
-    model = mlflow.pyfunc.load_model(model_uri)
-    return model.unwrap_python_model().bundle
+    resolved = resolve_model(model_uri)
+    return load_pyfunc(resolved).unwrap_python_model().bundle, resolved
+
+
+def _check_rank_output(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse, before any work, an --out that would lose data or cannot be written."""
+    if out.is_dir():
+        raise RecsysError(f"--out {out} is a folder; give a file name such as {out / 'rankings.parquet'}")
+    if out.exists() and not overwrite:
+        raise RecsysError(f"--out {out} already exists; pass --overwrite to replace it, or choose another name")
+    if out.suffix != ".parquet":
+        raise RecsysError(f"--out {out}: the local engine writes one Parquet file; name it *.parquet")
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
@@ -142,19 +151,17 @@ def cmd_rank(args: argparse.Namespace) -> None:
     # OpenMP threads on a small machine cost more than they give (benchmarks/rank_throughput.py).
     # Effective when polars is not imported yet (a plain `recsys rank`).
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
-    from serving.batch import rank_users
+    from serving.batch import rank_users, read_users_file
 
-    bundle = _load_bundle(args.model)
-    if args.users:
-        from serving.batch import read_users_file
-
-        users = read_users_file(args.users)
-    else:
+    _check_rank_output(Path(args.out), overwrite=args.overwrite, resume=args.resume)
+    users = read_users_file(args.users) if args.users else None
+    bundle, resolved = _load_bundle(args.model)
+    if users is None:
         users = bundle.state.users.ids.to_list()
     report = rank_users(bundle, users, args.out, k=args.k, chunk_size=args.chunk_size, resume=args.resume,
-                        model_id=args.model, progress=not args.quiet)
+                        model=resolved, progress=not args.quiet)
     resumed = f", {report.n_chunks_resumed} chunks kept from the interrupted run" if report.n_chunks_resumed else ""
-    print(f"ranked {report.n_users} users ({report.n_unknown_users} unknown -> cold start, "
+    print(f"ranked {report.n_users} users with {resolved.describe()} ({report.n_unknown_users} unknown -> cold start, "
           f"{report.n_duplicates_removed} duplicates removed{resumed}) into {args.out}: {report.n_rows} rows, "
           f"{report.users_per_second:.0f} users/s")
 
@@ -167,29 +174,35 @@ def _rank_on_spark(args: argparse.Namespace) -> None:
         from serving.spark_batch import rank_users_spark
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
         raise RecsysError("the Spark engine needs pyspark: pip install '.[spark]' (and Java 17)") from exc
+    from serving.model_uri import resolve_model
     from training.tracking import configure_tracking
 
     configure_tracking()
-    report = rank_users_spark(args.model, args.out, users_path=args.users, k=args.k, master=args.spark_master,
+    resolved = resolve_model(args.model)
+    report = rank_users_spark(resolved.pinned_uri, args.out, users_path=args.users, k=args.k, master=args.spark_master,
                               partitions=args.partitions, chunk_size=args.chunk_size, progress=not args.quiet)
     print(f"ranked {report.n_users} users on Spark {args.spark_master} ({report.n_unknown_users} unknown -> cold "
           f"start, {report.n_duplicates_removed} duplicates removed) into {args.out}/: {report.n_rows} rows, "
           f"{report.users_per_second:.1f} users/s")
 
 
-def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
+def serve_command(port: int, workers: int = 1) -> list[str]:
+    """uvicorn with the guarded MLflow scoring app (serving/http_app.py); the model comes from
+    ``RECSYS_SERVE_MODEL`` in the environment (``serve_env``)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", "serving.http_app:create_app", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--no-access-log", "--timeout-graceful-shutdown", "10"]
 
 
-def serve_env(tracking_uri: str) -> dict[str, str]:
+def serve_env(tracking_uri: str, model_uri: str) -> dict[str, str]:
     """Environment of the model server.
 
     A request ranks one or a few users: thread pools (polars, BLAS, OpenMP) only add fork/join
     and spinning on a small machine, and concurrent requests are already spread by the server,
     so each pool is pinned to one thread unless the caller set it.
     """
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    from serving.http_app import MODEL_ENV
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, **{MODEL_ENV: model_uri})
     for name in ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, "1")
     # MLflow starts `uvicorn` by name: make this interpreter's scripts folder (the venv) findable.
@@ -198,11 +211,17 @@ def serve_env(tracking_uri: str) -> dict[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Resolve the model (a bad URI fails here, exit 2), then become the server process: exec, not
+    a child, so SIGTERM and Ctrl-C reach uvicorn directly and nothing is left behind on the port."""
+    from serving.model_uri import resolve_model
     from training.tracking import configure_tracking
 
-    env = serve_env(configure_tracking())
-    print(f"serving {args.model} on http://127.0.0.1:{args.port}/invocations (Ctrl-C stops)", flush=True)
-    return subprocess.call(serve_command(args.model, args.port, args.workers), env=env)
+    tracking_uri = configure_tracking()
+    resolved = resolve_model(args.model)
+    print(f"serving {args.model} = {resolved.describe()} on http://127.0.0.1:{args.port}/invocations "
+          "(Ctrl-C or SIGTERM stops)", flush=True)
+    command = serve_command(args.port, args.workers)
+    os.execve(command[0], command, serve_env(tracking_uri, resolved.pinned_uri))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -302,6 +321,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"{data.interactions.height:,} interactions, {data.impressions.height:,} impressions")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="Text-aware recommendation engine")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -334,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--out", required=True, metavar="OUT", help="FILE.parquet (local) or a folder (spark)")
     rk.add_argument("--users", default=None, metavar="FILE", help="Parquet/CSV with user_id (default: all known)")
     rk.add_argument("--k", type=int, default=10)
-    rk.add_argument("--chunk-size", type=int, default=2048, help="users per chunk (memory is flat in users)")
+    rk.add_argument("--chunk-size", type=_positive_int, default=2048,
+                    help="users per chunk (memory is flat in users)")
+    rk.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     rk.add_argument("--resume", action="store_true",
                     help="keep the finished chunks of an interrupted run with the same inputs")
     rk.add_argument("--engine", choices=("local", "spark"), default="local",
@@ -347,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="start the MLflow model server on 127.0.0.1")
     sv.add_argument("--model", required=True, metavar="MODEL_URI")
     sv.add_argument("--port", type=int, default=5001)
-    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each loads the model)")
+    sv.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes (each loads the model)")
     sv.set_defaults(handler=cmd_serve)
     pr = sub.add_parser("promote", help="move the champion alias to a version that beats the champion")
     pr.add_argument("--name", required=True, help="registered model name")

@@ -29,3 +29,11 @@ class UnknownIdError(RecsysError, KeyError):
 
 class ConfigError(RecsysError, ValueError):
     """A configuration value is out of its allowed range."""
+
+
+class RequestTooLargeError(DataValidationError):
+    """A serving request asks for more work than one request may (HTTP 413 at the server)."""
+
+
+class RequestDeadlineError(RecsysError, TimeoutError):
+    """A serving request ran past its deadline and was stopped (HTTP 503 at the server)."""

@@ -4,9 +4,10 @@ Each chunk is written as ``<out>.partial/part-NNNNNN.parquet`` (through a tempor
 an atomic rename), and the final file appears with one atomic rename at the end, so an
 interrupted run (SIGKILL included) leaves no output file, only the partial folder. ``resume``
 keeps the finished chunks of a previous run with the same users, k, chunk size and model
-(checked against ``manifest.json``) and ranks only the rest: the output is identical to an
-uninterrupted run. Memory stays flat in the number of users: one chunk at a time, and the
-final file is streamed from the parts.
+version (checked against ``manifest.json``, which pins the version and run id an alias resolved
+to, so a promotion between the runs is refused, never mixed into one output) and ranks only
+the rest: the output is identical to an uninterrupted run. Memory stays flat in the number of
+users: one chunk at a time, and the final file is streamed from the parts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from features.bundle import RankingBundle
 from recsys import schemas
 from recsys.errors import DataValidationError, RecsysError
 from recsys.progress import progress as progress_bar
+from serving.model_uri import ResolvedModel
 from serving.recommend import recommend_users
 
 log = logging.getLogger(__name__)
@@ -46,26 +48,46 @@ class BatchReport:
 
 
 def read_users_file(path: str | Path) -> list[str]:
-    """User ids from a Parquet or CSV file with a ``user_id`` column (order kept, nulls dropped)."""
+    """User ids from a Parquet or CSV file with a ``user_id`` column (order kept; nulls dropped and
+    counted in a warning). DataValidationError when the file is unreadable or holds no user id."""
     path = Path(path)
-    if not path.exists():
-        raise DataValidationError(f"users file {path} does not exist")
-    frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema_length=0)
+    if not path.is_file():
+        raise DataValidationError(f"users file {path} does not exist or is not a file")
+    try:
+        frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema_length=0)
+    except Exception as exc:  # polars raises several types for a file that is not what its name says
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        raise DataValidationError(f"users file {path} cannot be read as {kind}: {str(exc).splitlines()[0][:200]}. "
+                                  "Give a .parquet file, or a CSV file with a user_id header") from None
     if "user_id" not in frame.columns:
         raise DataValidationError(f"{path}: missing column 'user_id'; found {frame.columns}")
-    return frame["user_id"].cast(pl.String).drop_nulls().to_list()
+    ids = frame["user_id"].cast(pl.String)
+    users = ids.drop_nulls().to_list()
+    if len(users) < len(ids):
+        log.warning("%s: skipped %d row(s) with an empty user_id", path, len(ids) - len(users))
+    if not users:
+        raise DataValidationError(f"users file {path} holds no user ids ({len(ids)} rows); leave out --users to "
+                                  "rank every user the model knows")
+    return users
 
 
-def _manifest(users: list[str], k: int, chunk_size: int, model_id: str) -> dict:
+def _manifest(users: list[str], k: int, chunk_size: int, model: ResolvedModel) -> dict:
     digest = hashlib.sha256("\n".join(users).encode()).hexdigest()
-    return {"users_sha256": digest, "n_users": len(users), "k": k, "chunk_size": chunk_size, "model": model_id}
+    return {"users_sha256": digest, "n_users": len(users), "k": k, "chunk_size": chunk_size,
+            "model": model.pinned_uri, "model_version": model.version, "run_id": model.run_id}
 
 
 def _prepare_partial(partial: Path, manifest: dict, resume: bool) -> None:
     manifest_file = partial / "manifest.json"
     if partial.exists() and resume:
-        if not manifest_file.exists() or json.loads(manifest_file.read_text()) != manifest:
-            raise RecsysError(f"cannot resume: {partial} was written for other users, k, chunk size or model; "
+        before = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        if (before.get("model"), before.get("run_id")) != (manifest["model"], manifest["run_id"]):
+            raise RecsysError(f"cannot resume: {partial} was ranked with {before.get('model')} (run "
+                              f"{before.get('run_id')}), and the model given now is {manifest['model']} (run "
+                              f"{manifest['run_id']}); one output never mixes models. Resume with --model "
+                              f"{before.get('model')}, or run again without --resume to start over")
+        if before != manifest:
+            raise RecsysError(f"cannot resume: {partial} was written for other users, k or chunk size; "
                               "run again without --resume to start over")
         return
     if partial.exists():
@@ -76,8 +98,14 @@ def _prepare_partial(partial: Path, manifest: dict, resume: bool) -> None:
 
 
 def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k: int, chunk_size: int = 2048,
-               resume: bool = False, model_id: str = "", progress: bool = True) -> BatchReport:
-    """Rank ``user_ids`` (duplicates removed, counted) into ``out``: user_id, rank, item_id, score."""
+               resume: bool = False, model: ResolvedModel | None = None, progress: bool = True) -> BatchReport:
+    """Rank ``user_ids`` (duplicates removed, counted) into ``out``: user_id, rank, item_id, score.
+
+    model: the pinned model the bundle came from (recorded in the manifest; resume checks it).
+    """
+    if chunk_size < 1:
+        raise RecsysError(f"chunk size must be at least 1, got {chunk_size}")
+    model = model or ResolvedModel(uri="", pinned_uri="")
     start = time.perf_counter()
     out = Path(out)
     unique = list(dict.fromkeys(user_ids))
@@ -88,7 +116,7 @@ def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k
     if n_unknown:
         log.warning("%d user(s) are unknown to the model; they get the cold-start ranking", n_unknown)
     partial = out.with_name(out.name + ".partial")
-    _prepare_partial(partial, _manifest(unique, k, chunk_size, model_id), resume)
+    _prepare_partial(partial, _manifest(unique, k, chunk_size, model), resume)
     n_rows = resumed = 0
     with progress_bar(total=len(unique), desc="rank users", unit="user", enabled=progress) as bar:
         for number, begin in enumerate(range(0, len(unique), chunk_size)):

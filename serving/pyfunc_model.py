@@ -1,20 +1,35 @@
 """MLflow pyfunc wrapper (models-from-code): the file MLflow stores with every model version.
 
 Heavy state loads once in ``load_context``; ``predict`` is light and runs under
-``torch.inference_mode()``. Input: a DataFrame with ``user_id`` (str) and optionally ``k``
-(int; the first row's value applies to the request). Output: one row per (user, rank) with
-``user_id, rank, item_id, score, path``.
+``torch.inference_mode()``. Input: a DataFrame with one row per user (``user_id``; optional
+``k``, ``candidates``, ``history``, ``exclude``; see ``serving/requests.py``). Output: one row
+per user with ``user_id, item_ids, scores, path, unknown_ids``.
+
+Errors reach the client as MlflowExceptions whose code MLflow maps to the HTTP status: a bad
+request 400, a request over the work bounds 400 (``recsys serve`` answers 413 before it gets
+here), a request that waited or ran past its deadline 503. Anything unexpected is logged here
+with its traceback under an error id and reported as a 500 that carries only that id.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
+import uuid
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from serving.requests import predict_frame
+
+log = logging.getLogger("recsys.serving")
+# Seconds one request may wait for its turn plus work; below MLflow's own 60 s timeout, so the
+# client gets this model's 503 (and the work stops) rather than a 504 while work goes on.
+DEADLINE_ENV = "RECSYS_REQUEST_DEADLINE_S"
+DEFAULT_DEADLINE_S = 20.0
 
 
 class RecommenderModel(PythonModel):
@@ -26,19 +41,33 @@ class RecommenderModel(PythonModel):
         # The server runs requests in a thread pool; letting several rank at once only makes
         # them fight over the cores and the GIL, so they take turns (measured: more req/s).
         self._lock = threading.Lock()
+        self.deadline_s = float(os.environ.get(DEADLINE_ENV, DEFAULT_DEADLINE_S))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch
         from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-        from recsys.errors import RecsysError
+        from recsys.errors import RecsysError, RequestDeadlineError
 
+        deadline = time.monotonic() + self.deadline_s
+        if not self._lock.acquire(timeout=self.deadline_s):
+            raise MlflowException(f"server busy: the request waited {self.deadline_s:.0f} s for its turn; retry "
+                                  "later or send fewer users per request", error_code=TEMPORARILY_UNAVAILABLE)
         try:
-            with self._lock, torch.inference_mode():
-                return predict_frame(self.bundle, model_input)
+            with torch.inference_mode():
+                return predict_frame(self.bundle, model_input, deadline=deadline)
+        except RequestDeadlineError as exc:
+            raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
         except RecsysError as exc:  # the server answers 400 with this message, not a 500
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("request failed (error id %s)", error_id)
+            raise MlflowException(f"internal error while ranking (error id {error_id}); the server log has the "
+                                  "details", error_code=INTERNAL_ERROR) from None
+        finally:
+            self._lock.release()
 
 
 mlflow.models.set_model(RecommenderModel())

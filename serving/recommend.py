@@ -23,6 +23,13 @@ PERSONALIZED = "personalized"
 HISTORY_ONLY = "history-only"
 COLD_START = "cold-start"
 
+
+def candidate_budget(bundle: RankingBundle) -> int:
+    """Upper bound of the candidates the model generates for one user (the sources' sum)."""
+    c = bundle.config.candidates
+    return c.n_cf + c.n_item_item + c.n_text + c.n_popular + c.n_recent
+
+
 def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:
     """Long table (user_id, rank, item_id, score): up to k rows per user, users in input order.
 
@@ -67,13 +74,17 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
     state = bundle.state
     n = len(requests)
     user_idx = state.users.to_index([r.user_id for r in requests], unknown="null")
+    # A request's candidate list is explicit even when it is empty or none of it is known: that
+    # user gets an empty list, never the model's own picks.
+    explicit_queries = np.asarray([q for q, r in enumerate(requests) if r.candidates is not None], dtype=np.int32)
     explicit, unknown_c = _pairs([(q, r.candidates) for q, r in enumerate(requests) if r.candidates is not None],
                                  bundle)
     history, unknown_h = _pairs([(q, r.history) for q, r in enumerate(requests)], bundle)
     excluded, unknown_e = _pairs([(q, r.exclude) for q, r in enumerate(requests)], bundle)
     query_text, paths = _interest_vectors(bundle, user_idx, history, n)
     exclude = pl.concat([excluded, history]) if excluded.height or history.height else None
-    scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit, exclude=exclude)
+    scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit, exclude=exclude,
+                                     explicit_queries=explicit_queries)
     top = head_k(scored, max(r.k for r in requests), seed=bundle.config.seed)
     query = top["query_idx"].to_numpy()
     item_ids = state.items.to_ids(top["item_idx"].to_numpy()).to_list()

@@ -5,22 +5,31 @@ A request row: ``user_id`` (str, required), and optionally ``k`` (integer 1..MAX
 ids the user just interacted with, oldest first) and ``exclude`` (item ids not to show).
 Everything wrong is reported in a RecsysError naming the row and the field; the server turns
 it into HTTP 400.
+
+Work per request is bounded: at most MAX_USERS_PER_REQUEST users and MAX_PAIRS_PER_REQUEST
+(user, item) pairs to score, where a user without ``candidates`` counts as the model's own
+candidate budget (``candidate_budget``). Larger requests are refused before any work starts.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from recsys.errors import DataValidationError
+from recsys.errors import DataValidationError, RequestDeadlineError, RequestTooLargeError
 
 MAX_K = 100
 MAX_USERS_PER_REQUEST = 1000
 MAX_IDS_PER_LIST = 5000
+# (user, item) pairs one request may ask to score: 1,000 users with the default candidate budget
+# (400 each) fit; 1,000 users x 3,000 explicit candidates do not (use `recsys rank`).
+MAX_PAIRS_PER_REQUEST = 400_000
 LIST_FIELDS = ("candidates", "history", "exclude")
+FIELDS = ("user_id", "k", *LIST_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -57,29 +66,51 @@ def _k(value, row: int, default_k: int) -> int:
     if _is_missing(value):
         return default_k
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
-            or float(value) != int(value):
-        raise DataValidationError(f"row {row}: k must be an integer, got {value!r}")
+            or not math.isfinite(value) or float(value) != int(value):
+        raise DataValidationError(f"row {row}: k must be an integer between 1 and {MAX_K}, got {value!r}")
     k = int(value)
     if not 1 <= k <= MAX_K:
         raise DataValidationError(f"row {row}: k must be between 1 and {MAX_K}, got {k}")
     return k
 
 
-def parse_requests(model_input: pd.DataFrame, default_k: int) -> list[RecommendRequest]:
-    """Validated requests, one per row; raises DataValidationError on anything malformed."""
+def check_fields(columns) -> None:
+    """Raise naming the fields that are not request fields (a misspelling must not be ignored)."""
+    unknown_fields = [str(c) for c in columns if c not in FIELDS]
+    if unknown_fields:
+        raise DataValidationError(f"unknown request field(s) {sorted(unknown_fields)}; allowed: {', '.join(FIELDS)}")
+
+
+def check_size(n_users: int, candidate_counts, candidate_budget: int) -> None:
+    """Refuse a request whose work is over the bounds, before any work starts.
+
+    candidate_counts: per user, the number of explicit candidates, or None (the model's own,
+        ``candidate_budget`` of them).
+    """
+    if n_users > MAX_USERS_PER_REQUEST:
+        raise RequestTooLargeError(f"request has {n_users} users; at most {MAX_USERS_PER_REQUEST} per request "
+                                   "(use `recsys rank` for batches)")
+    pairs = sum(candidate_budget if c is None else c for c in candidate_counts)
+    if pairs > MAX_PAIRS_PER_REQUEST:
+        raise RequestTooLargeError(f"request asks to score {pairs:,} (user, item) pairs; at most "
+                                   f"{MAX_PAIRS_PER_REQUEST:,} per request: send fewer users or shorter "
+                                   "candidate lists, or use `recsys rank` for batches")
+
+
+def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: int = 0) -> list[RecommendRequest]:
+    """Validated requests, one per row; raises DataValidationError on anything malformed and
+    RequestTooLargeError (a DataValidationError) when the work is over the bounds.
+
+    candidate_budget: candidates the model generates for a user without an explicit list.
+    """
     if not isinstance(model_input, pd.DataFrame):
         model_input = pd.DataFrame(model_input)
     if "user_id" not in model_input.columns:
         raise DataValidationError(f"request needs a 'user_id' column; got columns {list(model_input.columns)}")
-    unknown_fields = set(model_input.columns) - {"user_id", "k", *LIST_FIELDS}
-    if unknown_fields:
-        raise DataValidationError(f"unknown request field(s) {sorted(unknown_fields)}; allowed: user_id, k, "
-                                  f"{', '.join(LIST_FIELDS)}")
+    check_fields(model_input.columns)
     if len(model_input) == 0:
         raise DataValidationError("request has no rows; send at least one user_id")
-    if len(model_input) > MAX_USERS_PER_REQUEST:
-        raise DataValidationError(f"request has {len(model_input)} users; at most {MAX_USERS_PER_REQUEST} per "
-                                  "request (use `recsys rank` for batches)")
+    check_size(len(model_input), [], 0)
     records = model_input.to_dict("records")
     requests, seen = [], set()
     for row, rec in enumerate(records):
@@ -93,12 +124,39 @@ def parse_requests(model_input: pd.DataFrame, default_k: int) -> list[RecommendR
         requests.append(RecommendRequest(user_id=user, k=_k(rec.get("k"), row, default_k),
                                          candidates=lists["candidates"], history=lists["history"] or (),
                                          exclude=lists["exclude"] or ()))
+    check_size(len(requests), [None if r.candidates is None else len(r.candidates) for r in requests],
+               candidate_budget)
     return requests
 
 
-def predict_frame(bundle, model_input: pd.DataFrame) -> pd.DataFrame:
-    """Parse, validate and answer a request frame (the pyfunc's ``predict``)."""
-    from serving.recommend import recommend_requests
+def predict_frame(bundle, model_input: pd.DataFrame, deadline: float | None = None) -> pd.DataFrame:
+    """Parse, validate and answer a request frame (the pyfunc's ``predict``).
 
-    rows = recommend_requests(bundle, parse_requests(model_input, bundle.config.k))
+    deadline: ``time.monotonic()`` value after which the work stops with RequestDeadlineError
+        (checked between chunks of users, so an abandoned request does not keep the server busy).
+    """
+    from serving.recommend import candidate_budget, recommend_requests
+
+    requests = parse_requests(model_input, bundle.config.k, candidate_budget(bundle))
+    rows: list[dict] = []
+    for chunk in _chunks(requests, candidate_budget(bundle)):
+        if deadline is not None and time.monotonic() > deadline:
+            raise RequestDeadlineError(f"request stopped after its deadline, {len(rows)} of {len(requests)} users "
+                                       "ranked; send fewer users per request")
+        rows += recommend_requests(bundle, chunk)
     return pd.DataFrame(rows, columns=["user_id", "item_ids", "scores", "path", "unknown_ids"])
+
+
+CHUNK_PAIRS = 50_000
+
+
+def _chunks(requests: list[RecommendRequest], budget: int):
+    """Consecutive runs of requests with about CHUNK_PAIRS pairs to score each."""
+    start, pairs = 0, 0
+    for i, request in enumerate(requests):
+        pairs += budget if request.candidates is None else len(request.candidates)
+        if pairs >= CHUNK_PAIRS:
+            yield requests[start:i + 1]
+            start, pairs = i + 1, 0
+    if start < len(requests):
+        yield requests[start:]

@@ -87,3 +87,21 @@ def small_bundle():
     ranker = fit_rankers({FINETUNED: frame}, validation_users(label[0], seed=0), config)[FINETUNED]
     return RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
                          prior_weights=ranker.prior_weights)
+
+
+@pytest.fixture(scope="session")
+def small_pyfunc(small_bundle, tmp_path_factory):
+    """``small_bundle`` saved and loaded back as the real MLflow pyfunc model (signature included),
+    as `recsys serve` loads a registered version: (loaded PyFuncModel, model folder)."""
+    import importlib.util
+
+    import mlflow
+
+    from training.tracking import _signature
+
+    work = tmp_path_factory.mktemp("pyfunc")
+    small_bundle.save(work / "bundle")
+    model_dir = work / "model"
+    mlflow.pyfunc.save_model(str(model_dir), python_model=importlib.util.find_spec("serving.pyfunc_model").origin,
+                             artifacts={"bundle": str(work / "bundle")}, signature=_signature())
+    return mlflow.pyfunc.load_model(str(model_dir)), model_dir

@@ -1,10 +1,12 @@
 import json
+import re
 
 import polars as pl
 import pytest
 
 from recsys.errors import DataValidationError, RecsysError
 from serving.batch import _manifest, rank_users, read_users_file
+from serving.model_uri import ResolvedModel
 
 
 def test_empty_user_list_writes_an_empty_file_with_the_schema(small_bundle, tmp_path):
@@ -17,9 +19,10 @@ def test_empty_user_list_writes_an_empty_file_with_the_schema(small_bundle, tmp_
 def test_resume_refuses_a_partial_folder_from_other_inputs(small_bundle, tmp_path):
     partial = tmp_path / "out.parquet.partial"
     partial.mkdir()
-    (partial / "manifest.json").write_text(json.dumps(_manifest(["a"], 3, 10, "m")))
-    with pytest.raises(RecsysError, match="cannot resume"):
-        rank_users(small_bundle, ["a"], tmp_path / "out.parquet", k=5, chunk_size=10, model_id="m",
+    model = ResolvedModel(uri="models:/m@champion", pinned_uri="models:/m/1", name="m", version="1", run_id="r1")
+    (partial / "manifest.json").write_text(json.dumps(_manifest(["a"], 3, 10, model)))
+    with pytest.raises(RecsysError, match="cannot resume: .* written for other users, k or chunk size"):
+        rank_users(small_bundle, ["a"], tmp_path / "out.parquet", k=5, chunk_size=10, model=model,
                    resume=True, progress=False)
     assert not (tmp_path / "out.parquet").exists()
 
@@ -29,3 +32,83 @@ def test_users_file_without_user_id_column(tmp_path):
     path.write_text("customer\nu1\n")
     with pytest.raises(DataValidationError, match=r"users\.csv: missing column 'user_id'; found \['customer'\]"):
         read_users_file(path)
+
+
+def test_resume_refuses_a_partial_folder_ranked_by_another_model_version(small_bundle, tmp_path):
+    """`recsys rank --resume` after the champion alias moved: refused, naming both versions."""
+    out = tmp_path / "out.parquet"
+    v1 = ResolvedModel(uri="models:/m@champion", pinned_uri="models:/m/1", name="m", version="1", run_id="r1")
+    v2 = ResolvedModel(uri="models:/m@champion", pinned_uri="models:/m/2", name="m", version="2", run_id="r2")
+    partial = tmp_path / "out.parquet.partial"
+    partial.mkdir()
+    (partial / "manifest.json").write_text(json.dumps(_manifest(["a", "b"], 5, 1, v1)))
+    rank_users(small_bundle, ["a"], tmp_path / "part-src.parquet", k=5, progress=False)
+    (tmp_path / "part-src.parquet").rename(partial / "part-000000.parquet")
+    with pytest.raises(RecsysError, match=r"ranked with models:/m/1 \(run r1\).* now is models:/m/2 \(run r2\); "
+                                          r"one output never mixes models. Resume with --model models:/m/1"):
+        rank_users(small_bundle, ["a", "b"], out, k=5, chunk_size=1, model=v2, resume=True, progress=False)
+    assert not out.exists() and (partial / "part-000000.parquet").exists()  # nothing lost, nothing mixed
+    report = rank_users(small_bundle, ["a", "b"], out, k=5, chunk_size=1, model=v1, resume=True, progress=False)
+    assert report.n_chunks_resumed == 1
+
+
+def test_chunk_size_below_one_is_refused(small_bundle, tmp_path):
+    with pytest.raises(RecsysError, match="chunk size must be at least 1, got 0"):
+        rank_users(small_bundle, ["a"], tmp_path / "o.parquet", k=5, chunk_size=0, progress=False)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("users.csv", "user_id\n", r"holds no user ids \(0 rows\); leave out --users"),
+    ("users.csv", "user_id\n\n\n", "holds no user ids"),
+    ("users.parquet", "user_id\nu1\n", r"users\.parquet cannot be read as Parquet: .*Give a \.parquet file"),
+    ("missing.csv", None, "does not exist or is not a file"),
+])
+def test_unusable_users_files_are_refused_with_the_reason(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataValidationError, match=message):
+        read_users_file(path)
+
+
+@pytest.fixture
+def no_model_needed(monkeypatch):
+    """The output checks of `recsys rank` run before the model loads: loading fails loudly if reached."""
+    import recsys.cli
+
+    def _fail(uri):
+        raise AssertionError("the model was loaded before the arguments were checked")
+    monkeypatch.setattr(recsys.cli, "_load_bundle", _fail)
+
+
+@pytest.mark.parametrize("setup, extra, message", [
+    ("file", [], r"already exists; pass --overwrite to replace it"),
+    ("folder", [], r"is a folder; give a file name such as"),
+    ("none", ["--chunk-size", "-1"], r"--chunk-size: must be at least 1, got -1"),
+    ("none", ["--chunk-size", "0"], r"--chunk-size: must be at least 1, got 0"),
+    ("empty-users", [], r"holds no user ids"),
+    ("text-parquet-users", [], r"cannot be read as Parquet"),
+])
+def test_rank_refuses_bad_arguments_up_front_with_exit_2(tmp_path, capsys, no_model_needed, setup, extra, message):
+    from recsys.cli import main
+
+    out = tmp_path / "out.parquet"
+    if setup == "file":
+        out.write_bytes(b"520 rows of an earlier ranking")
+    elif setup == "folder":
+        out.mkdir()
+    args = ["-q", "rank", "--model", "models:/m@champion", "--out", str(out), *extra]
+    if setup == "empty-users":
+        (tmp_path / "u.csv").write_text("user_id\n")
+        args += ["--users", str(tmp_path / "u.csv")]
+    elif setup == "text-parquet-users":
+        (tmp_path / "u.parquet").write_text("user_id\nu1\n")
+        args += ["--users", str(tmp_path / "u.parquet")]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    if setup == "file":
+        assert out.read_bytes() == b"520 rows of an earlier ranking"  # untouched

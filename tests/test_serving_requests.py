@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.errors import DataValidationError
+from recsys.errors import DataValidationError, RequestTooLargeError
 from serving.recommend import recommend_requests, recommend_users
 from serving.requests import MAX_USERS_PER_REQUEST, parse_requests
 
@@ -16,7 +16,7 @@ def _req(rows):
 @pytest.mark.parametrize("rows, message", [
     ([{"k": 3}], "needs a 'user_id' column"),
     ([{"user_id": "u", "k": 0}], "k must be between 1 and 100, got 0"),
-    ([{"user_id": "u", "k": 2.5}], "k must be an integer, got 2.5"),
+    ([{"user_id": "u", "k": 2.5}], "k must be an integer between 1 and 100, got 2.5"),
     ([{"user_id": "u"}, {"user_id": "u"}], "duplicate user_id 'u'"),
     ([{"user_id": ""}], "user_id must be a non-empty string"),
     ([{"user_id": "u", "candidates": "N1"}], "'candidates' must be a list of item ids, got str"),
@@ -113,3 +113,56 @@ def test_request_history_is_cut_to_the_history_len_training_uses(small_bundle):
         {"user_id": "cut", "k": 10, "history": history[5:], "exclude": history[:5]}]))
     assert long["item_ids"] == cut["item_ids"]
     np.testing.assert_array_equal(long["scores"], cut["scores"])
+
+
+@pytest.mark.parametrize("candidates", [[], ["NOPE1", "NOPE2"]])
+def test_an_explicit_candidate_list_is_explicit_even_when_nothing_in_it_is_known(small_bundle, candidates):
+    """The README: "rank exactly these items". No known item -> an empty list, never the model's picks."""
+    user = small_bundle.state.users.ids[0]
+    out = recommend_requests(small_bundle, _req([{"user_id": user, "k": 5, "candidates": candidates},
+                                                  {"user_id": "other", "k": 3}]))
+    assert out[0]["item_ids"] == [] and out[0]["scores"] == []
+    assert out[0]["unknown_ids"] == candidates
+    assert len(out[1]["item_ids"]) == 3  # the other user in the same request still gets the model's picks
+    alone = recommend_requests(small_bundle, _req([{"user_id": user, "candidates": candidates}]))
+    assert alone[0]["item_ids"] == []
+
+
+@pytest.mark.parametrize("k", [float("inf"), float("-inf"), 1e400, 1.5])
+def test_a_k_that_is_not_a_finite_integer_is_a_clear_400(k):
+    with pytest.raises(DataValidationError, match="k must be an integer between 1 and 100, got"):
+        _req([{"user_id": "u", "k": k}])
+
+
+def test_the_work_of_one_request_is_bounded_before_it_starts():
+    """1,000 users x 3,000 explicit candidates (3M pairs) is refused up front; the same users with
+    the model's own candidates fit."""
+    ids = [f"i{j}" for j in range(3000)]
+    big = pd.DataFrame({"user_id": [f"u{i}" for i in range(1000)], "candidates": [ids] * 1000})
+    with pytest.raises(RequestTooLargeError, match=r"asks to score 3,000,000 \(user, item\) pairs; at most 400,000"):
+        parse_requests(big, default_k=10, candidate_budget=400)
+    assert len(parse_requests(big.drop(columns="candidates"), default_k=10, candidate_budget=400)) == 1000
+    with pytest.raises(RequestTooLargeError, match="asks to score 401,000"):
+        parse_requests(big.drop(columns="candidates"), default_k=10, candidate_budget=401)
+
+
+def test_a_request_past_its_deadline_stops_instead_of_working_on(small_bundle):
+    import time
+
+    from recsys.errors import RequestDeadlineError
+    from serving.requests import predict_frame
+
+    frame = pd.DataFrame({"user_id": small_bundle.state.users.ids.head(5).to_list()})
+    with pytest.raises(RequestDeadlineError, match="stopped after its deadline, 0 of 5 users ranked"):
+        predict_frame(small_bundle, frame, deadline=time.monotonic() - 1)
+    assert len(predict_frame(small_bundle, frame, deadline=time.monotonic() + 60)) == 5
+
+
+def test_chunked_answers_equal_one_pass(small_bundle, monkeypatch):
+    from serving import requests as request_module
+
+    frame = pd.DataFrame({"user_id": [*small_bundle.state.users.ids.head(30).to_list(), "cold-1"], "k": 6})
+    whole = request_module.predict_frame(small_bundle, frame)
+    monkeypatch.setattr(request_module, "CHUNK_PAIRS", 1)  # one user per chunk
+    chunked = request_module.predict_frame(small_bundle, frame)
+    pd.testing.assert_frame_equal(whole, chunked)

@@ -1,0 +1,159 @@
+"""The endpoint `recsys serve` runs, attacked the way careless users and hostile clients would:
+every case ends in a clear 4xx with the reason only (no stack trace, no server path, no echo of the
+request), or in a correct answer. In-process (Starlette's TestClient) on the real MLflow scoring app
+with a real saved model; tests/test_serve_process.py covers the process and its signals."""
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from serving.http_app import MAX_BODY_BYTES, build_app
+
+
+@pytest.fixture(scope="module")
+def client(small_pyfunc):
+    return TestClient(build_app(small_pyfunc[0]))
+
+
+@pytest.fixture(scope="module")
+def ids(small_bundle):
+    return small_bundle.state.users.ids.to_list(), small_bundle.state.items.ids.to_list()
+
+
+def _post(client, payload, content_type="application/json"):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    return client.post("/invocations", content=body, headers=headers)
+
+
+def _clean(reply) -> str:
+    """The error message, after checking the answer carries nothing of the server's insides."""
+    error = reply.json()
+    assert set(error) == {"error_code", "message"}, error
+    assert "Traceback" not in reply.text and "/work/" not in reply.text and ".py" not in reply.text
+    assert "Failed to predict data" not in reply.text
+    return error["message"]
+
+
+def test_a_good_request_is_answered(client, ids):
+    users, _ = ids
+    reply = _post(client, {"dataframe_records": [{"user_id": users[0], "k": 3}]})
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["predictions"][0]["item_ids"]) == 3
+
+
+@pytest.mark.parametrize("field", ["exlude", "K", "candidate"])
+def test_a_misspelled_field_is_a_400_naming_it(client, ids, field):
+    users, items = ids
+    reply = _post(client, {"dataframe_records": [{"user_id": users[0], "k": 2, field: [items[0]]}]})
+    assert reply.status_code == 400
+    assert f"unknown request field(s) ['{field}']" in _clean(reply)
+
+
+def test_a_misspelled_field_in_a_parquet_or_csv_body_is_a_400(client, ids):
+    users, items = ids
+    buffer = io.BytesIO()
+    pd.DataFrame({"user_id": [users[0]], "exlude": [[items[0]]]}).to_parquet(buffer)
+    reply = _post(client, buffer.getvalue(), "application/x-parquet")
+    assert reply.status_code == 400 and "unknown request field(s) ['exlude']" in _clean(reply)
+    reply = _post(client, f"user_id,colour\n{users[0]},red\n".encode(), "text/csv")
+    assert reply.status_code == 400 and "unknown request field(s) ['colour']" in _clean(reply)
+
+
+def test_the_other_json_layouts_are_checked_too(client, ids):
+    users, _ = ids
+    split = {"dataframe_split": {"columns": ["user_id", "kk"], "data": [[users[0], 1]]}}
+    assert "['kk']" in _clean(_post(client, split))
+    columnar = {"inputs": {"user_id": [users[0]], "exclud": [["x"]]}}
+    assert "['exclud']" in _clean(_post(client, columnar))
+    good = _post(client, {"dataframe_split": {"columns": ["user_id", "k"], "data": [[users[0], 2]]}})
+    assert good.status_code == 200 and len(good.json()["predictions"][0]["item_ids"]) == 2
+
+
+@pytest.mark.parametrize("content_type", [None, "", "text/plain"])
+def test_a_missing_empty_or_unsupported_content_type_is_a_415(client, ids, content_type):
+    reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0]}]}, content_type)
+    assert reply.status_code == 415
+    assert "application/json" in _clean(reply)
+
+
+def test_mime_types_match_case_insensitively(client, ids):
+    reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0]}]}, "APPLICATION/JSON; charset=UTF-8")
+    assert reply.status_code == 200, reply.text
+
+
+def test_json_nested_100000_levels_deep_is_a_400(client):
+    reply = _post(client, b"[" * 100_000 + b"]" * 100_000)
+    assert reply.status_code == 400
+    assert "nested too deeply" in _clean(reply)
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"dataframe_records": [{"user_id": "U1", "k": Infinity}]}', "Infinity is not a JSON number"),
+    (b'{"dataframe_records": [{"user_id": "U1", "k": 1e400}]}', "1e400 is out of range"),
+    (b'{"dataframe_records": [{"user_id": "U1", "k": NaN}]}', "NaN is not a JSON number"),
+    (b'{"dataframe_records": [{"user_id": "U1"', "not valid UTF-8 JSON"),
+    (b'\xff\xfe', "not valid UTF-8 JSON"),
+    (b'[{"user_id": "U1"}]', "request JSON must be an object"),
+    (b'{"records": [{"user_id": "U1"}]}', "needs exactly one of"),
+    (b'{"dataframe_records": {"user_id": "U1"}}', "'dataframe_records' must be a list of objects"),
+])
+def test_bad_json_gets_a_reason_not_a_traceback(client, body, message):
+    reply = _post(client, body)
+    assert reply.status_code == 400
+    assert message in _clean(reply)
+
+
+def test_a_bad_value_is_a_400_with_the_reason_only(client, ids):
+    reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0], "k": 1000}]})
+    assert reply.status_code == 400
+    assert _clean(reply) == "row 0: k must be between 1 and 100, got 1000"
+
+
+def test_an_explicit_candidate_list_of_unknown_ids_ranks_nothing(client, ids):
+    reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0], "candidates": ["NOPE1", "NOPE2"]}]})
+    assert reply.status_code == 200
+    answer = reply.json()["predictions"][0]
+    assert (answer["item_ids"], answer["unknown_ids"]) == ([], ["NOPE1", "NOPE2"])
+
+
+def test_too_much_work_is_refused_up_front_with_413(client, ids):
+    users, items = ids
+    many = (items * 40)[:3000]
+    reply = _post(client, {"dataframe_records": [{"user_id": f"u{i}", "candidates": many} for i in range(200)]})
+    assert reply.status_code == 413
+    assert "asks to score 600,000 (user, item) pairs; at most 400,000" in _clean(reply)
+    huge = b'{"dataframe_records": [' + b'{"user_id": "u"},' * (MAX_BODY_BYTES // 16) + b'{"user_id": "v"}]}'
+    reply = _post(client, huge)
+    assert reply.status_code == 413 and "at most 8,388,608" in _clean(reply)
+
+
+def test_an_unexpected_error_is_a_500_with_an_error_id_and_no_trace(client, small_pyfunc, monkeypatch, caplog):
+    model = small_pyfunc[0].unwrap_python_model()
+
+    class Broken:
+        def __getattr__(self, name):
+            raise RuntimeError("secret detail at /srv/app/internal.py")
+    monkeypatch.setattr(model, "bundle", Broken())
+    reply = _post(client, {"dataframe_records": [{"user_id": "U1"}]})
+    assert reply.status_code == 500
+    message = _clean(reply)
+    assert message.startswith("internal error while ranking (error id ") and "secret" not in message
+    error_id = message.split("error id ")[1].split(")")[0]
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)  # the log has the trace
+
+
+def test_a_request_that_waits_past_its_deadline_gets_503_and_is_not_worked_on(client, small_pyfunc, ids):
+    model = small_pyfunc[0].unwrap_python_model()
+    model._lock.acquire()  # another request holds the model
+    old, model.deadline_s = model.deadline_s, 0.2
+    try:
+        reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0]}]})
+    finally:
+        model._lock.release()
+        model.deadline_s = old
+    assert reply.status_code == 503
+    assert "server busy: the request waited 0 s for its turn" in _clean(reply)
