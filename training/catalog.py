@@ -83,7 +83,7 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
         f"Version {parent} with {new_items.height} new item(s) added by `recsys add-items` (ranker unchanged; "
         f"new items scored from their text).\n\n{parent_info.description or ''}"))
     if promote:
-        registry.promote(name, version, force=True,
+        registry.promote(name, version, force=True, kind=registry.CATALOG_UPDATE,
                          reason=f"catalog update: +{new_items.height} items on version {parent}")
     return CatalogUpdate(name=name, parent_version=parent, version=version, items_added=new_items.height,
                          promoted=promote)

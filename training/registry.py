@@ -4,8 +4,10 @@ A version may become champion only if it beats the current champion on the same 
 data (same ``validation.digest`` tag) and the same metric, unless forced. The validation data
 is cut from the training window (the held-out label users; see ``training/variants.py``); test
 metrics are stored as ``test.*`` tags for reading and never compared here. Every move is
-recorded: on the version (``promoted_at``, ``promoted_from``, ``promotion_reason``) and in
-the registered model's ``champion_history`` tag (a JSON list), which ``rollback`` walks back.
+recorded: on the version (``promoted_at``, ``promoted_from``, ``promotion_reason``,
+``promotion_kind``) and in the registered model's ``champion_history`` tag (a JSON list), which
+``rollback`` walks back. Each history entry records the kind of move in its own ``kind`` field
+(see ``KINDS``); the history is replayed by that field, never by reading the free-text reason.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ METRIC_TAG = "validation.metric"
 VALUE_TAG = "validation.value"
 DIGEST_TAG = "validation.digest"
 
+# The kinds of champion move recorded in the history's ``kind`` field (and the ``promotion_kind``
+# version tag). Every kind but ``rollback`` makes its version the new champion on top of the stack.
+PROMOTE = "promote"  # gated: beat the champion on the same validation data (or the first champion)
+FORCED = "forced"  # `recsys promote --force`: not compared
+CATALOG_UPDATE = "catalog-update"  # a forced move to a version with new items: promote(..., kind=CATALOG_UPDATE)
+ROLLBACK = "rollback"  # `recsys rollback`: back to the previous champion
+KINDS = (PROMOTE, FORCED, CATALOG_UPDATE, ROLLBACK)
+
 
 @dataclass(frozen=True)
 class AliasMove:
@@ -32,6 +42,7 @@ class AliasMove:
     from_version: str | None
     to_version: str
     reason: str
+    kind: str = PROMOTE
 
 
 def current_champion(name: str, client: MlflowClient | None = None) -> str | None:
@@ -42,20 +53,54 @@ def current_champion(name: str, client: MlflowClient | None = None) -> str | Non
         return None
 
 
+def _registered_model(client: MlflowClient, name: str):
+    """The registered model ``name``, or a RecsysError naming the ones that exist."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+        known = ", ".join(names[:20]) + (f" (and {len(names) - 20} more)" if len(names) > 20 else "")
+        raise RecsysError(f"no registered model named {name!r}; registered models: {known or 'none yet'} "
+                          "(check --name; `recsys train --register NAME` registers one)") from exc
+
+
+def _versions(client: MlflowClient, name: str) -> list[str]:
+    """The versions of ``name``, oldest first. The search filter has no escapes, only a choice of quotes."""
+    quote = next((q for q in "'\"" if q not in name), None)
+    found = client.search_model_versions(f"name={quote}{name}{quote}" if quote else None)
+    return [str(v) for v in sorted(int(v.version) for v in found if v.name == name)]
+
+
+def _existing_version(client: MlflowClient, name: str, version: str | int) -> str:
+    """``version`` as MLflow spells it (``"07"`` -> ``"7"``), or a RecsysError listing the versions of ``name``."""
+    _registered_model(client, name)
+    versions = _versions(client, name)
+    listed = ", ".join(versions) or f"none yet (`recsys train --register {name}` adds one)"
+    text = str(version).strip()
+    if not (text.isascii() and text.isdigit()):
+        raise RecsysError(f"version {str(version)!r} is not a number; versions of {name}: {listed}")
+    if str(int(text)) not in versions:
+        raise RecsysError(f"{name} has no version {text}; its versions: {listed}")
+    return str(int(text))
+
+
 def _history(client: MlflowClient, name: str) -> list[dict]:
     tags = client.get_registered_model(name).tags
     return json.loads(tags.get(HISTORY_TAG, "[]"))
 
 
-def _move(client: MlflowClient, name: str, to_version: str, reason: str) -> AliasMove:
+def _move(client: MlflowClient, name: str, to_version: str, reason: str, kind: str) -> AliasMove:
     from_version = current_champion(name, client)
     client.set_registered_model_alias(name, CHAMPION, to_version)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    history = _history(client, name) + [{"time": now, "from": from_version, "to": to_version, "reason": reason}]
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-    for key, value in (("promoted_at", now), ("promoted_from", str(from_version)), ("promotion_reason", reason)):
+    entry = {"time": now, "kind": kind, "from": from_version, "to": to_version, "reason": reason}
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(_history(client, name) + [entry]))
+    for key, value in (("promoted_at", now), ("promoted_from", str(from_version)), ("promotion_reason", reason),
+                       ("promotion_kind", kind)):
         client.set_model_version_tag(name, to_version, key, value)
-    return AliasMove(name=name, from_version=from_version, to_version=to_version, reason=reason)
+    return AliasMove(name=name, from_version=from_version, to_version=to_version, reason=reason, kind=kind)
 
 
 def _validation(client: MlflowClient, name: str, version: str) -> tuple[str, str, float]:
@@ -70,18 +115,26 @@ def _validation(client: MlflowClient, name: str, version: str) -> tuple[str, str
     return tags[DIGEST_TAG], tags[METRIC_TAG], float(tags[VALUE_TAG])
 
 
-def promote(name: str, version: str | int, *, force: bool = False, reason: str = "") -> AliasMove:
-    """Move ``champion`` to ``version`` if it beats the current champion (or ``force``)."""
+def promote(name: str, version: str | int, *, force: bool = False, reason: str = "",
+            kind: str | None = None) -> AliasMove:
+    """Move ``champion`` to ``version`` if it beats the current champion (or ``force``).
+
+    ``kind`` is recorded in the history (default: ``forced`` when forced, else ``promote``); a
+    forced move may name what it is, e.g. ``kind=CATALOG_UPDATE``. A promotion is never a rollback.
+    """
+    kind = kind or (FORCED if force else PROMOTE)
+    if kind not in (PROMOTE, FORCED, CATALOG_UPDATE) or (kind != PROMOTE) != force:
+        raise ValueError(f"kind {kind!r} does not fit a promotion with force={force}")
     client = MlflowClient()
-    version = str(version)
+    version = _existing_version(client, name, version)
     champion = current_champion(name, client)
     if champion == version:
         raise RecsysError(f"{name} version {version} is already the champion")
     if force:
-        return _move(client, name, version, f"forced: {reason or 'no reason given'}")
+        return _move(client, name, version, f"forced: {reason or 'no reason given'}", kind)
     digest, metric, value = _validation(client, name, version)
     if champion is None:
-        return _move(client, name, version, reason or f"first champion ({metric} {value:.4f})")
+        return _move(client, name, version, reason or f"first champion ({metric} {value:.4f})", PROMOTE)
     champ_digest, champ_metric, champ_value = _validation(client, name, champion)
     if (digest, metric) != (champ_digest, champ_metric):
         raise RecsysError(
@@ -94,16 +147,22 @@ def promote(name: str, version: str | int, *, force: bool = False, reason: str =
             f"refused: {name} version {version} has {metric} {value:.4f}, not better than champion version "
             f"{champion} with {champ_value:.4f} on the same validation data (use --force to override)"
         )
-    return _move(client, name, version, reason or f"{metric} {champ_value:.4f} -> {value:.4f}")
+    return _move(client, name, version, reason or f"{metric} {champ_value:.4f} -> {value:.4f}", PROMOTE)
 
 
 def champion_stack(history: list[dict]) -> list[str]:
-    """Replay the history: each promotion pushes its version, each rollback pops one."""
+    """Replay the history: each promotion pushes its version, each rollback pops one.
+
+    The kind of a move is its ``kind`` field. Entries written before that field existed have
+    none; for them the old rule still applies (a reason starting with "rollback" was a rollback:
+    that is how those entries were written and replayed), so existing histories replay as before.
+    """
     stack: list[str] = []
     if history and history[0]["from"] not in (None, "None"):
         stack.append(str(history[0]["from"]))  # the champion before history was kept
     for move in history:
-        if move["reason"].startswith("rollback") and stack:
+        kind = move.get("kind") or (ROLLBACK if str(move.get("reason", "")).startswith("rollback") else PROMOTE)
+        if kind == ROLLBACK and stack:
             stack.pop()
         else:
             stack.append(str(move["to"]))
@@ -113,7 +172,8 @@ def champion_stack(history: list[dict]) -> list[str]:
 def rollback(name: str) -> AliasMove:
     """Put ``champion`` back on the previous champion (repeatable: each call goes one further back)."""
     client = MlflowClient()
+    _registered_model(client, name)
     stack = champion_stack(_history(client, name))
     if len(stack) < 2:
         raise RecsysError(f"{name} has no previous champion to roll back to")
-    return _move(client, name, stack[-2], f"rollback from version {stack[-1]}")
+    return _move(client, name, stack[-2], f"rollback from version {stack[-1]}", ROLLBACK)
