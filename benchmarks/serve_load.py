@@ -3,13 +3,20 @@
 Run from a folder that holds the MLflow store with the model (after `make demo`):
 
     .venv/bin/python benchmarks/serve_load.py [--model models:/recsys-demo@champion] [--duration 60]
+    .venv/bin/python benchmarks/serve_load.py --mixed 0.3 --concurrency 8 --duration 60
 
-For each model (ours, then a trivial pyfunc that echoes its input) it starts
-`mlflow models serve --env-manager local` on 127.0.0.1, waits for /ping, and sends POST
+For each model (ours, then a trivial pyfunc that echoes its input) it starts the server
+`recsys serve` runs (uvicorn with the guarded MLflow scoring app) on 127.0.0.1, waits for /ping, and sends POST
 /invocations (top-10 for one random known user per request) from a separate client process at
 each concurrency (default 1 and 8) for ``--duration`` seconds. The loop is bounded in time and
 stops by itself; the servers are stopped at the end. Prints p50/p95/p99 latency (ms),
 throughput (requests/s) and errors per run.
+
+``--mixed SHARE`` is the robustness run: our model only, each request bad with probability SHARE
+(a misspelled field, k out of range, k = Infinity, broken or deeply nested JSON, a JSON array, a
+missing or wrong Content-Type, a request over the work bound). It reports errors on good requests
+(anything but 200; must be 0), bad requests not answered with a 4xx (must be 0), p50/p99 of the good
+ones, and the server's resident memory before and after the run (must stay flat).
 """
 
 from __future__ import annotations
@@ -50,15 +57,52 @@ def _start(model_uri: str, port: int, workers: int) -> subprocess.Popen:
     """The same command `recsys serve` runs (recsys.cli.serve_command), for either model."""
     from recsys.cli import serve_command, serve_env
 
-    return server_process.start(serve_command(model_uri, port, workers), health_url=f"http://127.0.0.1:{port}/ping",
-                                env=serve_env(os.environ["MLFLOW_TRACKING_URI"]), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    return server_process.start(serve_command(port, workers), health_url=f"http://127.0.0.1:{port}/ping",
+                                env=serve_env(os.environ["MLFLOW_TRACKING_URI"], model_uri),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _client(port: int, users: list[str], k: int, concurrency: int, duration: float, queue) -> None:
-    """Runs in its own process: ``concurrency`` threads with keep-alive connections."""
+def _bad_requests(user: str) -> list[tuple[str, dict]]:
+    """(body, headers) of requests a careless or hostile client sends; each must get a 4xx."""
+    json_type = {"Content-Type": "application/json"}
+    row = {"user_id": user, "k": 10}
+    return [
+        (json.dumps({"dataframe_records": [{**row, "exlude": ["X"]}]}), json_type),
+        (json.dumps({"dataframe_records": [{**row, "k": 1000}]}), json_type),
+        (json.dumps({"dataframe_records": [row]}).replace('"k": 10', '"k": Infinity'), json_type),
+        ('{"dataframe_records": [{"user_id": ', json_type),
+        ("[" * 20_000 + "]" * 20_000, json_type),
+        (json.dumps([row]), json_type),
+        (json.dumps({"dataframe_records": [row]}), {}),
+        (json.dumps({"dataframe_records": [row]}), {"Content-Type": "text/plain"}),
+        (json.dumps({"dataframe_records": [{"user_id": f"u{i}"} for i in range(1001)]}), json_type),
+    ]
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its children (KiB), from /proc (Linux)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(entry.name) != pid and int(stat[1]) != pid:
+                continue
+            status = (entry / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total
+
+
+def _client(port: int, users: list[str], k: int, concurrency: int, duration: float, queue,
+            bad_share: float = 0.0) -> None:
+    """Runs in its own process: ``concurrency`` threads with keep-alive connections; a share
+    ``bad_share`` of the requests are bad ones (``_bad_requests``)."""
     latencies: list[float] = []
     errors = [0]
+    bad_counts = [0, 0]  # bad requests sent, bad requests not answered with a 4xx
     lock = threading.Lock()
     stop_at = time.perf_counter() + duration
 
@@ -72,23 +116,39 @@ def _client(port: int, users: list[str], k: int, concurrency: int, duration: flo
         rng = random.Random(seed)
         conn = connect()
         mine = []
-        bad = 0
+        bad = sent_bad = unhandled_bad = 0
+        bad_requests = _bad_requests(rng.choice(users))
         while time.perf_counter() < stop_at:
-            body = json.dumps({"dataframe_records": [{"user_id": rng.choice(users), "k": k}]})
+            user = rng.choice(users)
+            is_bad = rng.random() < bad_share
+            if is_bad:
+                body, headers = rng.choice(bad_requests)
+            else:
+                body, headers = json.dumps({"dataframe_records": [{"user_id": user, "k": k}]}), \
+                    {"Content-Type": "application/json"}
             start = time.perf_counter()
+            response = None
             try:
-                conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+                conn.request("POST", "/invocations", body, headers)
                 response = conn.getresponse()
                 response.read()
-                ok = response.status == 200
+                status = response.status
             except OSError:
-                ok = False
+                status = 0
                 conn = connect()
-            mine.append(time.perf_counter() - start)
-            bad += not ok
+            if response is not None and response.getheader("connection", "").lower() == "close":
+                conn = connect()
+            if is_bad:
+                sent_bad += 1
+                unhandled_bad += not 400 <= status < 500
+            else:
+                mine.append(time.perf_counter() - start)
+                bad += status != 200
         with lock:
             latencies.extend(mine)
             errors[0] += bad
+            bad_counts[0] += sent_bad
+            bad_counts[1] += unhandled_bad
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     begin = time.perf_counter()
@@ -96,19 +156,44 @@ def _client(port: int, users: list[str], k: int, concurrency: int, duration: flo
         t.start()
     for t in threads:
         t.join()
-    queue.put((latencies, errors[0], time.perf_counter() - begin))
+    queue.put((latencies, errors[0], time.perf_counter() - begin, bad_counts))
 
 
-def _measure(port: int, users: list[str], k: int, concurrency: int, duration: float) -> dict:
+def _measure(port: int, users: list[str], k: int, concurrency: int, duration: float, bad_share: float = 0.0) -> dict:
     queue = mp.get_context("spawn").Queue()
-    process = mp.get_context("spawn").Process(target=_client, args=(port, users, k, concurrency, duration, queue))
+    process = mp.get_context("spawn").Process(target=_client, args=(port, users, k, concurrency, duration, queue,
+                                                                    bad_share))
     process.start()
-    latencies, errors, elapsed = queue.get(timeout=duration + 120)
+    latencies, errors, elapsed, (sent_bad, unhandled_bad) = queue.get(timeout=duration + 120)
     process.join()
     ms = np.array(latencies) * 1000
     return {"requests": len(ms), "errors": errors, "rps": len(ms) / elapsed,
             "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99))}
+            "p99": float(np.percentile(ms, 99)), "bad_sent": sent_bad, "bad_unhandled": unhandled_bad}
+
+
+def _mixed(model: str, users: list[str], args) -> None:
+    """The robustness run: good and bad requests mixed, memory before and after."""
+    port = server_process.free_port()
+    server = _start(model, port, args.workers)
+    try:
+        warm = _measure(port, users, args.k, 2, 5.0)  # first requests build caches: not part of "before"
+        before = _rss_kib(server.pid)
+        runs = [_measure(port, users, args.k, c, args.duration, args.mixed) for c in args.concurrency]
+        after = _rss_kib(server.pid)
+    finally:
+        server_process.stop(server)
+    print(f"\nmixed load, {args.mixed:.0%} bad requests, {args.duration:.0f} s per run, {args.workers} worker(s); "
+          f"warm-up {warm['requests']} requests")
+    print(f"{'conc':>4} {'good':>7} {'good errors':>11} {'bad':>6} {'bad not 4xx':>11} {'good req/s':>10} "
+          f"{'p50 ms':>7} {'p99 ms':>7}")
+    for concurrency, r in zip(args.concurrency, runs, strict=True):
+        print(f"{concurrency:>4} {r['requests']:>7} {r['errors']:>11} {r['bad_sent']:>6} {r['bad_unhandled']:>11} "
+              f"{r['rps']:>10.1f} {r['p50']:>7.1f} {r['p99']:>7.1f}")
+    print(f"server resident memory: {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after "
+          f"({(after - before) / 1024:+.0f} MiB)")
+    print(f"rerun: .venv/bin/python benchmarks/serve_load.py --model {model} --mixed {args.mixed} --concurrency "
+          f"{' '.join(map(str, args.concurrency))} --duration {args.duration:.0f}")
 
 
 def main() -> None:
@@ -118,6 +203,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
+    parser.add_argument("--mixed", type=float, default=None, metavar="SHARE",
+                        help="robustness run: this share of bad requests, our model only")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import mlflow
@@ -126,6 +213,8 @@ def main() -> None:
 
     os.environ["MLFLOW_TRACKING_URI"] = configure_tracking()
     users = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle.state.users.ids.to_list()
+    if args.mixed is not None:
+        return _mixed(args.model, users, args)
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "echo.py"
         code.write_text(TRIVIAL_MODEL)
