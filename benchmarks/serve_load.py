@@ -172,7 +172,35 @@ def _measure(port: int, users: list[str], k: int, concurrency: int, duration: fl
             "p99": float(np.percentile(ms, 99)), "bad_sent": sent_bad, "bad_unhandled": unhandled_bad}
 
 
-def _mixed(model: str, users: list[str], args) -> None:
+def _post_timed(port: int, payload: dict) -> tuple[int, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    conn.request("POST", "/invocations", json.dumps(payload), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status, time.perf_counter() - start
+
+
+def _largest_allowed(port: int, users: list[str], items: list[str]) -> dict:
+    """The largest request the bounds let through (1,000 users x 400 explicit candidates), and the
+    wait of a 1-user request sent while it runs."""
+    from serving.requests import MAX_PAIRS_PER_REQUEST, MAX_USERS_PER_REQUEST
+
+    per_user = MAX_PAIRS_PER_REQUEST // MAX_USERS_PER_REQUEST
+    big = {"dataframe_records": [{"user_id": users[i % len(users)] + ("" if i < len(users) else f"#{i}"),
+                                  "candidates": items[(i * 7) % len(items):][:per_user] or items[:per_user]}
+                                 for i in range(MAX_USERS_PER_REQUEST)]}
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(big=_post_timed(port, big)))
+    thread.start()
+    time.sleep(0.2)
+    result["small"] = _post_timed(port, {"dataframe_records": [{"user_id": users[0], "k": 10}]})
+    thread.join()
+    return result
+
+
+def _mixed(model: str, users: list[str], items: list[str], args) -> None:
     """The robustness run: good and bad requests mixed, memory before and after."""
     port = server_process.free_port()
     server = _start(model, port, args.workers)
@@ -181,6 +209,8 @@ def _mixed(model: str, users: list[str], args) -> None:
         before = _rss_kib(server.pid)
         runs = [_measure(port, users, args.k, c, args.duration, args.mixed) for c in args.concurrency]
         after = _rss_kib(server.pid)
+        largest = _largest_allowed(port, users, items)
+        after_largest = _rss_kib(server.pid)
     finally:
         server_process.stop(server)
     print(f"\nmixed load, {args.mixed:.0%} bad requests, {args.duration:.0f} s per run, {args.workers} worker(s); "
@@ -192,6 +222,10 @@ def _mixed(model: str, users: list[str], args) -> None:
               f"{r['rps']:>10.1f} {r['p50']:>7.1f} {r['p99']:>7.1f}")
     print(f"server resident memory: {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after "
           f"({(after - before) / 1024:+.0f} MiB)")
+    (big_status, big_s), (small_status, small_s) = largest["big"], largest["small"]
+    print(f"largest allowed request (1,000 users x 400 candidates): HTTP {big_status} in {big_s:.2f} s; a 1-user "
+          f"request sent meanwhile: HTTP {small_status} in {small_s:.2f} s; memory after "
+          f"{after_largest / 1024:.0f} MiB")
     print(f"rerun: .venv/bin/python benchmarks/serve_load.py --model {model} --mixed {args.mixed} --concurrency "
           f"{' '.join(map(str, args.concurrency))} --duration {args.duration:.0f}")
 
@@ -212,9 +246,10 @@ def main() -> None:
     from training.tracking import configure_tracking
 
     os.environ["MLFLOW_TRACKING_URI"] = configure_tracking()
-    users = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle.state.users.ids.to_list()
+    state = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle.state
+    users = state.users.ids.to_list()
     if args.mixed is not None:
-        return _mixed(args.model, users, args)
+        return _mixed(args.model, users, state.items.ids.to_list(), args)
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "echo.py"
         code.write_text(TRIVIAL_MODEL)
