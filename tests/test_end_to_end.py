@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -109,7 +110,7 @@ def test_the_shipped_encoder_is_the_one_its_item_vectors_came_from(trained):
     old_cwd = os.getcwd()
     os.chdir(work)
     try:
-        bundle = _load_bundle("models:/e2e/1")
+        bundle, _ = _load_bundle("models:/e2e/1")
     finally:
         os.chdir(old_cwd)
     items = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21)).items.head(5)
@@ -180,7 +181,8 @@ def test_users_file_with_duplicates_and_unknown_users(trained, tmp_path, capsys)
                      "--out", str(tmp_path / "some.parquet"), "--k", str(K)]) == 0
     finally:
         os.chdir(old_cwd)
-    assert "ranked 3 users (1 unknown -> cold start, 1 duplicates removed)" in capsys.readouterr().out
+    assert re.search(r"ranked 3 users with e2e version \d+ \(run \w+\) \(1 unknown -> cold start, 1 duplicates "
+                     r"removed\)", capsys.readouterr().out)
     out = pl.read_parquet(tmp_path / "some.parquet")
     assert out["user_id"].unique(maintain_order=True).to_list() == [known[0], known[1], "stranger"]
     assert out.filter(pl.col("user_id") == known[0])["item_id"].to_list() == \
