@@ -8,12 +8,26 @@ raises :class:`DataValidationError` naming the file, the column and an example.
 
 Interactions and impressions come back sorted by timestamp with a stable sort: rows at the same
 time keep their order in the file. Downstream "time order" means (timestamp, row position).
+
+Timestamps become naive ``Datetime("us")`` in UTC and must lie in 1970-01-01 .. 2100-01-01 (the
+importers' range; a placeholder such as 9999-12-31 is refused, not carried into the split):
+
+- integers are unix seconds; the range is checked before they are scaled, so nothing wraps,
+  and values that look like milliseconds (or micro-, nanoseconds) say so;
+- datetime columns with a time zone are converted to UTC; date columns are midnight;
+- ISO-8601 text with a zone (``Z``, ``+01:00``) is converted to UTC and text without one is
+  taken as UTC already, so a column may mix the two (a log written partly with ``Z`` loads
+  as one clock instead of failing on the rows of the other form).
+
+Interaction weights must be finite and >= 0. Errors about a value name its 1-based data row
+(the header is not counted; for a frame, row 1 is its first row).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +36,14 @@ from recsys import schemas
 from recsys.errors import DataValidationError
 
 log = logging.getLogger(__name__)
+
+# Plausible log times, as the importers check: [1970-01-01, 2100-01-01).
+TIME_RANGE = "1970-01-01 .. 2100-01-01"
+_MAX_SECONDS = 4_102_444_800  # 2100-01-01 in unix seconds (exclusive)
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000, "d": 1 / 86_400}
+_UNIT_NAMES = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 1_000_000_000))
+# A zone after a clock time: "...10:00Z", "...10:00:00.5+01:00", "...10:00 -0500".
+_ZONE_SUFFIX = r"(?i):\d{2}(?:[.,]\d+)?\s*(?:z|[+-]\d{2}(?::?\d{2})?)$"
 
 
 @dataclass(frozen=True)
@@ -48,7 +70,7 @@ class Dataset:
         if impressions is not None:
             impressions = _validate_events(impressions, names["impressions"], schemas.IMPRESSIONS,
                                            schemas.IMPRESSIONS_REQUIRED, items, skipped, "impressions")
-            bad = impressions.filter(~pl.col("clicked").is_in([0, 1]))
+            bad = impressions.filter(~pl.col("clicked").fill_null(-1).is_in([0, 1]))
             if bad.height:
                 raise DataValidationError(
                     f"{names['impressions']}: column 'clicked' must be 0 or 1; found {bad.height} rows "
@@ -128,39 +150,146 @@ def _cast_column(df: pl.DataFrame, name: str, column: str, dtype: pl.DataType) -
     series = df[column]
     if column == "timestamp":
         return _to_datetime(series, name)
+    if series.dtype == pl.Null:  # an all-null column read without a type: nulls of the right type
+        return series.cast(dtype)
+    if dtype == pl.String and isinstance(series.dtype, pl.Categorical | pl.Enum):
+        return series.cast(pl.String)
     if dtype == pl.String and not (series.dtype == pl.String or series.dtype.is_integer()):
         raise DataValidationError(
             f"{name}: column {column!r} must be text (or integer ids), got {series.dtype} "
-            f"(example: {series.drop_nulls().head(1).to_list()})"
+            f"(example: {_examples(series, 1)})"
         )
+    if series.dtype.is_temporal():  # a time is no weight or click flag, whatever its number
+        raise DataValidationError(f"{name}: column {column!r} must be {dtype}, got {series.dtype} "
+                                  f"(examples: {_examples(series, 3)})")
     try:
         return series.cast(dtype, strict=True)
     except Exception as exc:
-        example = series.drop_nulls().head(3).to_list()
         raise DataValidationError(
-            f"{name}: column {column!r} must be {dtype}, got {series.dtype} (examples: {example})"
+            f"{name}: column {column!r} must be {dtype}, got {series.dtype} (examples: {_examples(series, 3)})"
         ) from exc
 
 
+def _examples(series: pl.Series, k: int) -> list:
+    """Up to ``k`` non-null values for a message; times as their stored integers (a time past
+    year 9999 has no Python value)."""
+    head = series.drop_nulls().head(k)
+    return head.to_physical().to_list() if head.dtype.is_temporal() else head.to_list()
+
+
+def _row(index: int) -> str:
+    return f"data row {index + 1} (1-based, header not counted)"
+
+
 def _to_datetime(series: pl.Series, name: str) -> pl.Series:
-    if series.dtype == pl.Datetime or isinstance(series.dtype, pl.Datetime):
-        return series.dt.cast_time_unit("us").dt.replace_time_zone(None)
-    if series.dtype == pl.Date:
+    """``series`` as naive Datetime("us") in UTC, nulls kept; values outside ``TIME_RANGE`` raise."""
+    dtype = series.dtype
+    if dtype == pl.Null:
         return series.cast(pl.Datetime("us"))
-    if series.dtype.is_integer():
+    if isinstance(dtype, pl.Datetime):
+        _check_time_range(series, series.to_physical(), _PER_SECOND[dtype.time_unit], name)
+        out = series.dt.cast_time_unit("us")
+        return out.dt.convert_time_zone("UTC").dt.replace_time_zone(None) if dtype.time_zone else out
+    if dtype == pl.Date:
+        _check_time_range(series, series.to_physical(), _PER_SECOND["d"], name)
+        return series.cast(pl.Datetime("us"))
+    if dtype.is_integer():
+        _check_time_range(series, series, 1, name, seconds=True)  # before scaling to microseconds: nothing wraps
         return (series.cast(pl.Int64) * 1_000_000).cast(pl.Datetime("us"))
-    if series.dtype == pl.String:
-        parsed = series.str.to_datetime(strict=False, time_unit="us")
-        bad = series.filter(parsed.is_null() & series.is_not_null())
-        if bad.len() == 0:
-            return parsed.dt.replace_time_zone(None) if parsed.dtype.time_zone else parsed
-        raise DataValidationError(
-            f"{name}: column 'timestamp' has {bad.len()} value(s) that are not a date-time, "
-            f"e.g. {bad[0]!r}. Use ISO-8601 text, a datetime column or integer unix seconds."
-        )
+    if dtype == pl.String:
+        parsed = _parse_text_times(series)
+        bad = (parsed.is_null() & series.is_not_null()).arg_true()
+        if bad.len():
+            raise DataValidationError(
+                f"{name}: column 'timestamp' has {bad.len()} value(s) that are not a date-time, "
+                f"e.g. {series[bad[0]]!r} in {_row(bad[0])}. Use ISO-8601 text, a datetime column or integer "
+                "unix seconds."
+            )
+        _check_time_range(series, parsed.to_physical(), _PER_SECOND["us"], name, text=True)
+        return parsed
     raise DataValidationError(
-        f"{name}: column 'timestamp' must be a datetime or integer unix seconds, got {series.dtype}"
+        f"{name}: column 'timestamp' must be a datetime or integer unix seconds, got {series.dtype} "
+        f"(example: {_examples(series, 1)}). Convert it to integer unix seconds or a datetime."
     )
+
+
+def _check_time_range(series: pl.Series, physical: pl.Series, per_second: float, name: str, *,
+                      seconds: bool = False, text: bool = False) -> None:
+    """Raise unless every non-null ``physical`` value (``per_second`` units a second; for dates
+    1/86400) lies in ``TIME_RANGE``. Compared as floats: no integer type can overflow here."""
+    values = physical.cast(pl.Float64)
+    outside = ((values < 0) | (values >= _MAX_SECONDS * per_second)).fill_null(False)
+    if not outside.any():
+        return
+    bad = outside.arg_true()
+    index = int(bad[0])
+    raw = physical[index]  # a plain number: converting a far-off datetime to Python would fail
+    if seconds:
+        shown = f"{raw}"
+    elif text:
+        shown = f"{series[index]!r} (read as {_time_text(raw, per_second)})"
+    else:
+        shown = _time_text(raw, per_second)
+    message = (f"{name}: column 'timestamp' has {bad.len()} value(s) outside {TIME_RANGE}, e.g. {shown} in "
+               f"{_row(index)}")
+    if seconds:
+        for unit, scale in _UNIT_NAMES:
+            if raw >= 100_000_000_000 and 0 <= raw // scale < _MAX_SECONDS:
+                raise DataValidationError(
+                    f"{message}. Integer timestamps are unix seconds; these look like {unit} since 1970 ({raw} "
+                    f"would be {_time_text(raw, scale)}): divide the column by {scale:_} to get seconds."
+                )
+        raise DataValidationError(f"{message} as unix seconds. Integer timestamps must be unix seconds "
+                                  f"between 0 and {_MAX_SECONDS:_}; fix or drop those rows.")
+    raise DataValidationError(f"{message}. A log time must lie in that range (a placeholder date is not "
+                              "one); fix or drop those rows.")
+
+
+def _time_text(value: int, per_second: float) -> str:
+    """The time ``value`` units after 1970 (``per_second`` units a second), or words past year 9999."""
+    try:
+        return str(datetime(1970, 1, 1) + timedelta(seconds=value / per_second))
+    except OverflowError:
+        return f"{value / per_second:.3g} s from 1970, out of any calendar"
+
+
+def _parse_text_times(series: pl.Series) -> pl.Series:
+    """Text -> naive Datetime("us") in UTC (null where it is not a date-time).
+
+    Values with a zone suffix and values without are parsed apart (polars infers one format per
+    call), zoned ones converted to UTC; what polars cannot parse falls back to
+    ``datetime.fromisoformat``, once per distinct value.
+    """
+    text = series.str.strip_chars()
+    zoned = text.str.contains(_ZONE_SUFFIX).fill_null(False)
+    parts = [_polars_times(text.zip_with(zoned, pl.Series([None] * text.len(), dtype=pl.String))),
+             _polars_times(text.zip_with(~zoned, pl.Series([None] * text.len(), dtype=pl.String)))]
+    parsed = pl.select(pl.coalesce(parts[0].alias("a"), parts[1].alias("b"))).to_series()
+    missing = text.filter(parsed.is_null() & text.is_not_null()).unique()
+    if missing.len():
+        values = [_iso_time(v) for v in missing.to_list()]
+        known = [(k, v) for k, v in zip(missing.to_list(), values, strict=True) if v is not None]
+        if known:
+            fallback = text.replace_strict([k for k, _ in known], [v for _, v in known], default=None,
+                                           return_dtype=pl.Datetime("us"))
+            parsed = pl.select(pl.coalesce(parsed.alias("a"), fallback.alias("b"))).to_series()
+    return parsed.alias(series.name)
+
+
+def _polars_times(text: pl.Series) -> pl.Series:
+    try:
+        out = text.str.to_datetime(strict=False, time_unit="us")
+    except pl.exceptions.PolarsError:  # no format fits the first values: leave them to the fallback
+        return pl.Series([None] * text.len(), dtype=pl.Datetime("us"))
+    return out.dt.convert_time_zone("UTC").dt.replace_time_zone(None) if out.dtype.time_zone else out
+
+
+def _iso_time(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
 def _validate_items(items: pl.DataFrame, name: str) -> pl.DataFrame:
@@ -196,6 +325,8 @@ def _validate_events(df: pl.DataFrame, name: str, schema: dict, required: tuple[
             columns[column] = _cast_column(df, name, column, dtype)
         elif column == "weight":
             columns[column] = pl.Series(column, [1.0] * df.height, dtype=pl.Float32)
+    if "weight" in df.columns:
+        _check_weights(df["weight"], columns["weight"], name)
     out = pl.DataFrame(columns)
     n = out.height
     out = out.drop_nulls(["user_id", "item_id", "timestamp"])
@@ -209,3 +340,15 @@ def _validate_events(df: pl.DataFrame, name: str, schema: dict, required: tuple[
     if out.height == 0:
         raise DataValidationError(f"{name}: no usable rows left after validation (skipped: {skipped})")
     return out.sort("timestamp", maintain_order=True)
+
+
+def _check_weights(raw: pl.Series, weights: pl.Series, name: str) -> None:
+    """Weights must be finite numbers >= 0 (ALS and BPR fail on anything else, long after loading)."""
+    bad = (weights.is_null() | weights.is_nan() | weights.is_infinite() | (weights < 0)).fill_null(True).arg_true()
+    if bad.len():
+        value = raw[bad[0]]
+        raise DataValidationError(
+            f"{name}: column 'weight' has {bad.len()} value(s) that are not a finite number >= 0 (as a 32-bit "
+            f"float), e.g. {'null' if value is None else repr(value)} in {_row(bad[0])}. Weights must be finite "
+            "and non-negative (1 per interaction, a count or a rating); fix or drop those rows."
+        )

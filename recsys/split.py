@@ -15,12 +15,13 @@ the training data says they already took would reward memorising the training wi
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from recsys.errors import ConfigError, LeakageError
+from recsys.errors import ConfigError, DataValidationError, LeakageError
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,16 @@ class Split:
 
 
 def split_interactions(interactions: pl.DataFrame, *, kind: str, test_fraction: float = 0.2,
-                       seed: int = 0, impressions: pl.DataFrame | None = None) -> Split:
+                       seed: int = 0, impressions: pl.DataFrame | None = None,
+                       name: str = "interactions") -> Split:
     """Split ``interactions`` (canonical schema) into train and test, then check for leakage.
 
-    Row order is kept within train, test and both impression tables.
+    Row order is kept within train, test and both impression tables. A split that would leave
+    train or test empty raises :class:`DataValidationError` saying what the protocol needs and
+    what the data has (``name`` leads the message: the file or window being split).
     """
     if interactions.height == 0:
-        raise ConfigError("cannot split an empty interaction table")
+        raise DataValidationError(f"{name}: cannot split an empty interaction table. Add interactions.")
     if kind == "temporal":
         is_test = _temporal_mask(interactions, test_fraction)
     elif kind == "leave-last-out":
@@ -62,10 +66,7 @@ def split_interactions(interactions: pl.DataFrame, *, kind: str, test_fraction: 
     train = interactions.filter(~is_test)
     test = interactions.filter(is_test)
     if train.height == 0 or test.height == 0:
-        raise ConfigError(
-            f"{kind} split with test_fraction={test_fraction} left train={train.height} and "
-            f"test={test.height} rows; both must be non-empty (more data or another fraction)"
-        )
+        raise DataValidationError(f"{name}: {_empty_side_reason(interactions, kind, test_fraction, train, test)}")
     imp_train = imp_test = None
     dropped = 0
     if impressions is not None:
@@ -78,6 +79,39 @@ def split_interactions(interactions: pl.DataFrame, *, kind: str, test_fraction: 
                   impressions_dropped=dropped)
     check_no_leakage(split)
     return split
+
+
+def min_rows_for_stratified_test(test_fraction: float) -> int:
+    """The fewest interactions a user needs for the stratified split to give them a test row:
+    the smallest n with n - ceil(n * (1 - test_fraction)) >= 1 (the rule of ``_stratified_mask``)."""
+    n = max(1, math.floor(1.0 / test_fraction) - 2)
+    while n - math.ceil(n * (1.0 - test_fraction)) < 1:
+        n += 1
+    return n
+
+
+def _empty_side_reason(df: pl.DataFrame, kind: str, test_fraction: float, train: pl.DataFrame,
+                       test: pl.DataFrame) -> str:
+    """Why a split left a side empty: what the protocol needs and the count the data falls short on."""
+    counts = f"left train={train.height} and test={test.height} of {df.height} interaction(s)"
+    per_user = df.group_by("user_id").len()["len"]
+    if kind == "temporal":
+        ts = df["timestamp"]
+        if ts.n_unique() == 1:
+            return (f"the temporal split (test = the last {test_fraction:.0%} of the time span) needs interactions "
+                    f"at 2 or more distinct times; all {df.height} are at {ts[0]}, so it {counts}. "
+                    "Add interactions at other times, or use the leave-last-out or stratified split.")
+        return (f"the temporal split with test_fraction={test_fraction:g} {counts}: the time span "
+                f"{ts.min()} .. {ts.max()} is too short to cut. Add interactions over a longer period.")
+    if kind == "leave-last-out":
+        return (f"the leave-last-out split needs at least 1 user with 2+ interactions (their last one is test); "
+                f"found 0 of {per_user.len()} user(s) (the most any user has: {per_user.max()}), so it {counts}. "
+                "Add users with more interactions, or use the temporal split.")
+    need = min_rows_for_stratified_test(test_fraction)
+    return (f"the stratified split with test_fraction={test_fraction:g} needs at least 1 user with {need}+ "
+            f"interactions (fewer give a user no test row); found 0 of {per_user.len()} user(s) (the most any "
+            f"user has: {per_user.max()}), so it {counts}. Add users with more interactions, or raise "
+            "the fraction.")
 
 
 def _temporal_mask(df: pl.DataFrame, test_fraction: float) -> pl.Series:

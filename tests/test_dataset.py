@@ -1,5 +1,7 @@
 """Loading and validating the canonical folder: errors name file, column and an example."""
 
+from datetime import date, datetime, timedelta
+
 import polars as pl
 import pytest
 
@@ -75,3 +77,90 @@ def test_demo_is_deterministic_and_has_cold_items():
                                                   - a.interactions["timestamp"].min()) * 0.8
     first_seen = a.interactions.group_by("item_id").agg(pl.col("timestamp").min())
     assert first_seen.filter(pl.col("timestamp") >= cutoff).height > 0
+
+
+# --- issue 17: bad weights and timestamps end in a DataValidationError naming file, row and value ---
+
+@pytest.mark.parametrize(("value", "shown"), [("nan", "'?nan'?"), ("inf", "'?inf'?"), ("-2", r"'?-2(\.0)?'?"),
+                                              ("1e300", r"'?1e\+?300'?")])  # quoted when read as text
+def test_non_finite_or_negative_weight_is_rejected_naming_file_row_and_value(tmp_path, items, value, shown):
+    items.write_parquet(tmp_path / "items.parquet")
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,timestamp,weight\nu1,a,1767225600,1.0\nu1,b,1767225601,2.5\n"
+        f"u2,a,1767225602,{value}\nu2,c,1767225603,1\n")
+    with pytest.raises(DataValidationError, match=rf"interactions\.csv: column 'weight' has 1 value\(s\) that are "
+                                                  rf"not a finite number >= 0.*e\.g\. {shown} in data row 3 \("):
+        load_folder(tmp_path)
+
+
+def test_null_weight_is_rejected(items, interactions):
+    bad = interactions.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise(pl.col("weight"))
+                                    .alias("weight"))
+    with pytest.raises(DataValidationError, match=r"column 'weight' .* e\.g\. null in data row 5 "):
+        Dataset.from_frames(items=items, interactions=bad)
+
+
+def _with_timestamps(interactions: pl.DataFrame, values: pl.Series) -> pl.DataFrame:
+    return interactions.head(values.len()).with_columns(values.alias("timestamp"))
+
+
+def test_millisecond_timestamps_are_refused_with_a_hint(items, interactions):
+    ms = interactions.select(pl.col("timestamp").dt.epoch("ms"))["timestamp"]
+    with pytest.raises(DataValidationError, match=r"column 'timestamp' has 6 value\(s\) outside 1970-01-01 \.\. "
+                                                  r"2100-01-01, e\.g\. 1767225600000 in data row 1 .*look like "
+                                                  r"milliseconds.*divide the column by 1_000"):
+        Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, ms))
+
+
+def test_huge_integer_timestamp_is_refused_not_wrapped(items, interactions):
+    # 10**13 seconds * 10**6 overflows int64: it used to wrap silently to the year 1702.
+    values = pl.Series([1767225600, 10**13, 1767225700])
+    with pytest.raises(DataValidationError, match=r"outside 1970-01-01 \.\. 2100-01-01, e\.g\. 10000000000000 in "
+                                                  r"data row 2 "):
+        Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, values))
+
+
+def test_far_future_datetime_is_refused(tmp_path, items, interactions):
+    bad = interactions.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(datetime(9999, 12, 31))
+                                    .otherwise(pl.col("timestamp")).alias("timestamp"))
+    items.write_parquet(tmp_path / "items.parquet")
+    bad.write_parquet(tmp_path / "interactions.parquet")
+    with pytest.raises(DataValidationError, match=r"interactions\.parquet: column 'timestamp' has 1 value\(s\) "
+                                                  r"outside .* e\.g\. 9999-12-31 00:00:00 in data row 5 "):
+        load_folder(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["9999-12-31", "1969-07-20 20:17:40"])
+def test_out_of_range_text_and_date_timestamps_are_refused(items, interactions, value):
+    text = pl.Series(["2026-01-01", value, "2026-01-02"])
+    with pytest.raises(DataValidationError, match=rf"e\.g\. '{value}' \(read as .*\) in data row 2 "):
+        Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, text))
+    dates = text.str.to_date(format="%Y-%m-%d", strict=False).fill_null(date.fromisoformat(value[:10]))
+    with pytest.raises(DataValidationError, match=rf"outside 1970-01-01 \.\. 2100-01-01, e\.g\. {value[:10]} "):
+        Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, dates))
+
+
+def test_iso_times_with_and_without_zone_mix_as_utc(items, interactions):
+    text = pl.Series(["2026-01-01T10:00:00Z", "2026-01-01 11:00:00", "2026-01-01T14:30:00+02:00",
+                      "2026-01-01T09:00Z"])
+    data = Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, text))
+    assert data.interactions["timestamp"].to_list() == [
+        datetime(2026, 1, 1, 9), datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11), datetime(2026, 1, 1, 12, 30)]
+    zone_first = pl.Series(["2026-01-01 11:00:00", "2026-01-01T10:00:00Z"])  # either form may come first
+    data = Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, zone_first))
+    assert sorted(data.interactions["timestamp"].to_list()) == [datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)]
+
+
+def test_zone_aware_datetime_column_is_converted_to_utc(items, interactions):
+    paris = interactions.with_columns(pl.col("timestamp").dt.replace_time_zone("Europe/Paris"))  # 00:00 +01:00
+    data = Dataset.from_frames(items=items, interactions=paris)
+    assert data.interactions["timestamp"].to_list() == [t - timedelta(hours=1)
+                                                        for t in interactions["timestamp"].to_list()]
+
+
+def test_text_timestamps_without_any_known_format_are_a_validation_error(items, interactions):
+    # polars finds no format for the first value and raises its own ComputeError; the loader names the row.
+    text = pl.Series(["soon", "later"])
+    with pytest.raises(DataValidationError, match=r"2 value\(s\) that are not a date-time, e\.g\. 'soon' in data "
+                                                  r"row 1"):
+        Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, text))

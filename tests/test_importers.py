@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 import polars as pl
@@ -185,3 +186,73 @@ def test_real_mind_fragment_imports_and_loads(shared_data, tmp_path):
     assert data.impressions.height + data.skipped["impressions_with_unknown_item"] == 189_359
     assert data.interactions.height + data.skipped["interactions_with_unknown_item"] \
         + data.skipped["interactions_exact_duplicates"] == report["n_interactions"]
+
+
+# --- issue 17: empty, cut-off and malformed files end in an error naming the file and the line ---
+
+def test_empty_behaviors_file_is_refused(tmp_path):
+    with pytest.raises(DataValidationError, match=r"behaviors\.tsv: the file has no impressions lines \(it is empty\)"):
+        import_mind(write_mind(tmp_path / "mind", behaviors=""))
+
+
+def test_behaviors_without_any_click_or_history_is_refused(tmp_path):
+    behaviors = "1\tU1\t11/12/2019 2:14:46 PM\t\tN1-0 N2-0\n"
+    with pytest.raises(DataValidationError, match=r"behaviors\.tsv: no impression has a click .* 0 interactions "
+                                                  r"from 2 shown item\(s\)"):
+        import_mind(write_mind(tmp_path / "mind", behaviors=behaviors))
+
+
+def test_cli_import_of_an_empty_u_data_exits_2(tmp_path, capsys):
+    src = write_ml100k(tmp_path / "ml", ratings="\n")
+    assert main(["-q", "import", "movielens", str(src), str(tmp_path / "out")]) == 2
+    assert re.search(r"^recsys: error: .*u\.data: the file has no ratings lines \(it is empty\)",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["ml-100k", "ml-latest"])
+def test_ratings_file_cut_mid_line_is_refused_not_dated_1970(tmp_path, layout):
+    if layout == "ml-100k":
+        src, name = write_ml100k(tmp_path / "ml", ratings="1\t10\t5\t881250949\n1\t20\t3\t8812"), "u.data"
+    else:
+        src, name = write_ml_latest(tmp_path / "ml"), "ratings.csv"
+        (src / name).write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,96498")
+    line = 2 if layout == "ml-100k" else 3
+    with pytest.raises(DataValidationError, match=rf"{name}:{line}: column 'timestamp': cannot parse '\d+' .*"
+                                                  r"MovieLens ratings start in 1995\)\. The file ends mid-line here: "
+                                                  r"it looks cut off"):
+        import_movielens(src)
+
+
+def test_ragged_csv_line_number_counts_blank_lines(tmp_path):
+    src = write_ml_latest(tmp_path / "latest")
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n\n1,1,4.0,964982703\n\n1,2,3.5\n")
+    with pytest.raises(DataValidationError, match=r"ratings\.csv:5: expected 4 comma-separated fields, found 3"):
+        import_movielens(src)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"movie_id,description\n10,a\n20,b,c\n", r"plots\.csv:3: expected 2 comma-separated fields, found 3"),
+    (b"movie_id,description\n10,a\n20,caf\xe9\n", r"plots\.csv:3: bytes b'\\xe9' are not valid utf-8; description "
+                                                    r"files are read as UTF-8"),
+])
+def test_malformed_description_file_names_the_line(tmp_path, content, message):
+    plots = tmp_path / "plots.csv"
+    plots.write_bytes(content)
+    with pytest.raises(DataValidationError, match=message):
+        import_movielens(write_ml100k(tmp_path / "ml"), descriptions=[plots])
+
+
+def test_bad_genre_number_names_the_line(tmp_path):
+    src = write_ml100k(tmp_path / "ml")
+    (src / "u.genre").write_text("unknown|0\nAction|one\n")
+    with pytest.raises(DataValidationError, match=r"u\.genre:2: column 'genre number': cannot parse 'one'"):
+        import_movielens(src)
+
+
+def test_a_title_with_a_unicode_line_separator_stays_one_line(tmp_path):
+    # latin-1 byte 0x85 decodes to U+0085, which str.splitlines treats as a line break.
+    items = (f"10|Toy Story\x85 (1995)|01-Jan-1995||http://x|{_flags(3)}\n"
+             f"20|Heat (1995)|01-Jan-1995||http://y|{_flags(0)}\n").encode("latin-1")
+    tables, _ = import_movielens(write_ml100k(tmp_path / "ml", item_bytes=items))
+    assert tables["items"].sort("item_id")["title"].to_list() == ["Toy Story\x85 (1995)", "Heat (1995)"]

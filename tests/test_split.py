@@ -3,8 +3,8 @@
 import polars as pl
 import pytest
 
-from recsys.errors import ConfigError, LeakageError
-from recsys.split import Split, check_no_leakage, split_interactions
+from recsys.errors import ConfigError, DataValidationError, LeakageError
+from recsys.split import Split, check_no_leakage, min_rows_for_stratified_test, split_interactions
 from tests.conftest import day
 
 
@@ -121,3 +121,30 @@ def test_leave_last_out_breaks_time_ties_by_input_position_not_by_sort_order():
     clicks = _clicks([("u1", "a", 2), ("u1", "c", 2), ("u1", "b", 1), ("u2", "a", 0), ("u2", "b", 0)])
     split = split_interactions(clicks, kind="leave-last-out")
     assert split.test.select("user_id", "item_id").rows() == [("u1", "c"), ("u2", "b")]
+
+
+# --- issue 17: a split with an empty side says what the protocol needs and what the data has ---
+
+@pytest.mark.parametrize(("kind", "events", "message"), [
+    ("temporal", _events(3, 2).with_columns(pl.lit(day(1)).alias("timestamp")),
+     r"data\.csv: the temporal split .* needs interactions at 2 or more distinct times; all 6 are at 2026-01-02"),
+    ("leave-last-out", _events(3, 1),
+     r"data\.csv: the leave-last-out split needs at least 1 user with 2\+ interactions .*found 0 of 3 user\(s\) "
+     r"\(the most any user has: 1\), so it left train=3 and test=0 of 3"),
+    ("stratified", _events(4, 3),
+     r"data\.csv: the stratified split with test_fraction=0\.2 needs at least 1 user with 5\+ interactions .*found "
+     r"0 of 4 user\(s\) \(the most any user has: 3\), so it left train=12 and test=0"),
+])
+def test_split_with_an_empty_side_names_what_the_protocol_needs(kind, events, message):
+    with pytest.raises(DataValidationError, match=message):
+        split_interactions(events, kind=kind, test_fraction=0.2, name="data.csv")
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.7, 0.9])
+def test_min_rows_for_stratified_test_is_the_exact_threshold(fraction):
+    need = min_rows_for_stratified_test(fraction)
+    enough = _events(1, need)
+    assert split_interactions(enough, kind="stratified", test_fraction=fraction).test.height >= 1
+    if need > 1:
+        with pytest.raises(DataValidationError, match=f"needs at least 1 user with {need}\\+ interactions"):
+            split_interactions(_events(1, need - 1), kind="stratified", test_fraction=fraction)

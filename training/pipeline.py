@@ -32,6 +32,7 @@ from features.state import fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
 from recsys.cold_items import pick_cold_items, without_items
 from recsys.config import PipelineConfig
+from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
 from recsys.split import Split, split_interactions
@@ -206,6 +207,7 @@ def renamed(metrics: dict[str, dict[str, float]], shipped: str) -> dict[str, dic
 def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register_name: str | None,
           workdir: Path | None = None, progress: bool = True) -> TrainResult:
     """Run the pipeline in one MLflow run; register the model when ``register_name`` is given."""
+    check_trainable(dataset, config)  # too little data for the split and protocol: a clear error, no run
     workdir = Path(workdir or Path.cwd())
     tracking.configure_tracking(workdir)
     tracking.ensure_experiment(experiment, workdir)

@@ -7,19 +7,24 @@ names the file and the 1-based line. Nothing is dropped without a count.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
 from recsys.errors import DataValidationError
 
+ENCODING_HINT = "pass the file's encoding (e.g. --encoding latin-1)"
 
-def read_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline) for every non-empty line of ``path``."""
+
+def read_lines(path: Path, encoding: str, hint: str = ENCODING_HINT) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without the line end) for every non-blank line of ``path``."""
     path = Path(path)
     if not path.is_file():
         raise DataValidationError(f"{path}: file not found")
@@ -31,14 +36,69 @@ def read_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataValidationError(
-            f"{path}:{line}: bytes {raw[exc.start:exc.end]!r} are not valid {encoding}; "
-            f"pass the file's encoding (e.g. --encoding latin-1)"
+            f"{path}:{line}: bytes {raw[exc.start:exc.end]!r} are not valid {encoding}; {hint}"
         ) from exc
     if text.startswith("\ufeff"):
         text = text[1:]
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only (a "\r" before it is dropped): str.splitlines would also break at
+    # characters such as U+0085 or U+2028 inside a title or abstract, shifting every line number.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if line.strip():
             yield number, line
+
+
+def ends_mid_line(path: Path) -> bool:
+    """True when ``path`` is not empty and its last byte is not a line end (a cut-off file)."""
+    with Path(path).open("rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, 2)
+        return handle.read(1) not in (b"\n", b"\r")
+
+
+def require_rows(path: Path, rows: int, what: str, layout: str, *, header: bool = False) -> None:
+    """An error naming ``path`` when it holds no data rows (an empty or header-only file)."""
+    if rows == 0:
+        raise DataValidationError(
+            f"{path}: the file has no {what} lines (it is empty{' or only a header' if header else ''}). "
+            f"{layout}; re-download or re-extract it."
+        )
+
+
+def csv_rows(path: Path, encoding: str, header: tuple[str, ...] = (),
+             hint: str = ENCODING_HINT) -> Iterator[tuple[int, list[str]]]:
+    """(1-based line, fields) of each data row of a CSV file whose header starts with ``header``.
+
+    Line numbers are the file's own (blank lines count; a quoted field over several lines gives
+    its last line). A row with another field count than the header, a row the csv module cannot
+    read, or bytes outside ``encoding`` raise an error naming file and line.
+    """
+    numbered = list(read_lines(path, encoding, hint))
+    numbers = [n for n, _ in numbered]
+    reader = csv.reader(io.StringIO("\n".join(line for _, line in numbered)))
+
+    def line_of() -> int:
+        return numbers[min(reader.line_num, len(numbers)) - 1] if numbers else 1
+
+    try:
+        first = next(reader, None)
+        if first is None:
+            raise DataValidationError(f"{path}: the file is empty; expected a header line "
+                                      + (f"starting with {','.join(header)}" if header else "with column names"))
+        if tuple(first[:len(header)]) != header:
+            raise DataValidationError(f"{path}:{line_of()}: expected a header starting with {','.join(header)}, "
+                                      f"found {','.join(first)[:120]!r}")
+        for fields in reader:
+            if len(fields) != len(first):
+                raise DataValidationError(
+                    f"{path}:{line_of()}: expected {len(first)} comma-separated fields, found {len(fields)}: "
+                    f"{fields}"[:300]
+                )
+            yield line_of(), fields
+    except csv.Error as exc:
+        raise DataValidationError(f"{path}:{line_of()}: not valid CSV: {exc}") from exc
 
 
 def split_fields(path: Path, number: int, line: str, separator: str, n_fields: int) -> list[str]:
@@ -60,11 +120,12 @@ def parse_field(path: Path, number: int, column: str, value: str, convert: Calla
         raise DataValidationError(f"{path}:{number}: column {column!r}: cannot parse {value!r} ({exc})") from exc
 
 
-def unix_seconds(value: str) -> int:
-    """Integer unix seconds within 1970..2100 (a plausible log time)."""
+def unix_seconds(value: str, since: int = 0) -> int:
+    """Integer unix seconds within 1970..2100 (a plausible log time), or ``since``..2100."""
     seconds = int(value)
-    if not 0 <= seconds < 4_102_444_800:
-        raise ValueError("not a unix time in seconds between 1970 and 2100")
+    if not since <= seconds < 4_102_444_800:
+        start = datetime.fromtimestamp(since, tz=timezone.utc).date()
+        raise ValueError(f"not a unix time in seconds between {start} and 2100-01-01")
     return seconds
 
 

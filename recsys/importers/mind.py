@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys.errors import DataValidationError
-from recsys.importers.delimited import parse_field, read_lines, split_fields
+from recsys.importers.delimited import parse_field, read_lines, require_rows, split_fields
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 
@@ -37,6 +37,7 @@ def read_news(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
             raise DataValidationError(f"{path}:{number}: empty news id")
         description = ". ".join(p for p in (subcategory.strip(), abstract.strip()) if p)
         rows.append((news_id.strip(), title.strip(), description, category.strip() or "unknown"))
+    require_rows(path, len(rows), "news", "A MIND news.tsv has one tab-separated line per news item")
     items = pl.DataFrame(rows, schema={"item_id": pl.String, "title": pl.String, "description": pl.String,
                                        "category": pl.String}, orient="row")
     dupes = items.filter(pl.col("item_id").is_duplicated())
@@ -79,12 +80,14 @@ def read_behaviors(path: Path, encoding: str = "utf-8") -> tuple[pl.DataFrame, p
             imp_times.append(when)
             imp_items.append(news)
             imp_clicked.append(int(label))
+    require_rows(path, len(seen_ids), "impressions", "A MIND behaviors.tsv has one tab-separated line per impression")
     impressions = pl.DataFrame({
-        "impression_id": imp_ids, "user_id": imp_users,
-        "timestamp": pl.Series(imp_times, dtype=pl.Datetime("us")), "item_id": imp_items,
+        "impression_id": pl.Series(imp_ids, dtype=pl.String), "user_id": pl.Series(imp_users, dtype=pl.String),
+        "timestamp": pl.Series(imp_times, dtype=pl.Datetime("us")), "item_id": pl.Series(imp_items, dtype=pl.String),
         "clicked": pl.Series(imp_clicked, dtype=pl.Int8),
     })
-    history = pl.DataFrame({"user_id": hist_users, "item_id": hist_items,
+    history = pl.DataFrame({"user_id": pl.Series(hist_users, dtype=pl.String),
+                            "item_id": pl.Series(hist_items, dtype=pl.String),
                             "position": pl.Series(hist_pos, dtype=pl.Int32)})
     return impressions, history
 
@@ -107,6 +110,12 @@ def import_mind(src: Path, *, encoding: str = "utf-8") -> tuple[dict[str, pl.Dat
     clicks = impressions.filter(pl.col("clicked") == 1).select(
         "user_id", "item_id", "timestamp", pl.lit(1.0, dtype=pl.Float32).alias("weight"))
     interactions = pl.concat([history_events, clicks]).sort("timestamp", maintain_order=True)
+    if interactions.height == 0:
+        raise DataValidationError(
+            f"{src / 'behaviors.tsv'}: no impression has a click (N...-1) and no line lists a history: the import "
+            f"would have 0 interactions from {impressions.height} shown item(s). Check the impressions column "
+            "(clicks end in -1) or use the full behaviors file."
+        )
     known = items["item_id"].implode()
     report = {
         "layout": "mind", "source": str(src), "n_items": items.height,

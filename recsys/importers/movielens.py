@@ -14,15 +14,21 @@ Interactions: one row per rating, ``weight`` = the rating.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 import polars as pl
 
 from recsys.errors import DataValidationError
-from recsys.importers.delimited import parse_field, read_lines, split_fields, unix_seconds
+from recsys.importers.delimited import (
+    csv_rows,
+    ends_mid_line,
+    parse_field,
+    read_lines,
+    require_rows,
+    split_fields,
+    unix_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,9 @@ IMDB_COLUMNS = ("imdb_id", "imdbId")
 TITLE_COLUMNS = ("movie_title", "title")
 TEXT_COLUMNS = ("description", "wiki_summary", "plot", "summary", "overview", "text")
 MAX_TAGS = 10
+# MovieLens has collected ratings since 1995 (ml-latest starts 1995-01-09): an earlier time is a
+# damaged value, typically the timestamp of a file cut off mid-line.
+FIRST_RATING_SECONDS = 788_918_400  # 1995-01-01
 
 
 def import_movielens(src: Path, *, descriptions: list[Path] = (), encoding: str | None = None,
@@ -75,9 +84,24 @@ def _read_100k_ratings(src: Path) -> pl.DataFrame:
     rows = []
     for number, line in read_lines(path, "ascii"):
         user, item, rating, ts = split_fields(path, number, line.strip(), "\t", 4)
-        rows.append((user, item, parse_field(path, number, "rating", rating, float),
-                     parse_field(path, number, "timestamp", ts, unix_seconds)))
+        rows.append((user, item, parse_field(path, number, "rating", rating, float), _rating_time(path, number, ts)))
+    require_rows(path, len(rows), "ratings", "u.data has one tab-separated line per rating: user, item, rating, time")
     return _ratings_frame(rows)
+
+
+def _rating_time(path: Path, number: int, value: str) -> int:
+    """Unix seconds of a rating, 1995..2100; a damaged value names the line (and a cut-off file)."""
+    try:
+        return unix_seconds(value, since=FIRST_RATING_SECONDS)
+    except ValueError as exc:
+        cut = (" The file ends mid-line here: it looks cut off; re-download or re-extract it."
+               if ends_mid_line(path) and number == _last_line_number(path) else "")
+        raise DataValidationError(f"{path}:{number}: column 'timestamp': cannot parse {value!r} ({exc}; "
+                                  f"MovieLens ratings start in 1995).{cut}") from exc
+
+
+def _last_line_number(path: Path) -> int:
+    return Path(path).read_bytes().count(b"\n") + 1
 
 
 def _ratings_frame(rows: list[tuple]) -> pl.DataFrame:
@@ -93,8 +117,12 @@ def _ratings_frame(rows: list[tuple]) -> pl.DataFrame:
 def _read_100k(src: Path, encoding: str) -> pl.DataFrame:
     genres = list(ML100K_GENRES)
     if (src / "u.genre").exists():
-        pairs = [split_fields(src / "u.genre", n, line, "|", 2) for n, line in read_lines(src / "u.genre", encoding)]
-        genres = [name for name, _ in sorted(pairs, key=lambda p: int(p[1]))]
+        genre_path = src / "u.genre"
+        pairs = [(name, parse_field(genre_path, n, "genre number", index, int))
+                 for n, line in read_lines(genre_path, encoding)
+                 for name, index in [split_fields(genre_path, n, line, "|", 2)]]
+        require_rows(genre_path, len(pairs), "genres", "u.genre has one line per genre: name|number")
+        genres = [name for name, _ in sorted(pairs, key=lambda p: p[1])]
     path = src / "u.item"
     ids, titles, categories = [], [], []
     for number, line in read_lines(path, encoding):
@@ -105,46 +133,36 @@ def _read_100k(src: Path, encoding: str) -> pl.DataFrame:
         ids.append(fields[0])
         titles.append(fields[1].strip())
         categories.append("|".join(g for g, f in zip(genres, flags, strict=True) if f == "1" and g != "unknown"))
+    require_rows(path, len(ids), "movies", "u.item has one pipe-separated line per movie")
     return pl.DataFrame({"item_id": ids, "title": titles, "category": categories}).with_columns(
         pl.when(pl.col("category") == "").then(pl.lit("unknown")).otherwise(pl.col("category")).alias("category"))
 
 
-def _csv_rows(path: Path, encoding: str, header: tuple[str, ...]):
-    """Rows of a CSV file with a header that starts with ``header``; yields (line, fields)."""
-    text = "\n".join(line for _, line in read_lines(path, encoding))
-    reader = csv.reader(io.StringIO(text))
-    first = next(reader, None)
-    if first is None or tuple(first[:len(header)]) != header:
-        raise DataValidationError(f"{path}:1: expected a header starting with {','.join(header)}, found {first}")
-    for fields in reader:
-        if len(fields) != len(first):
-            raise DataValidationError(
-                f"{path}:{reader.line_num}: expected {len(first)} comma-separated fields, found {len(fields)}: {fields}"
-            )
-        yield reader.line_num, fields
-
-
 def _read_latest(src: Path, encoding: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
     path = src / "ratings.csv"
-    rows = [(u, i, parse_field(path, n, "rating", r, float), parse_field(path, n, "timestamp", t, unix_seconds))
-            for n, (u, i, r, t) in _csv_rows(path, encoding, ("userId", "movieId", "rating", "timestamp"))]
+    rows = [(u, i, parse_field(path, n, "rating", r, float), _rating_time(path, n, t))
+            for n, (u, i, r, t) in csv_rows(path, encoding, ("userId", "movieId", "rating", "timestamp"))]
+    require_rows(path, len(rows), "ratings", "ratings.csv has a header and one line per rating",
+                 header=True)
     interactions = _ratings_frame(rows)
     movies = src / "movies.csv"
     if not movies.exists():
         raise DataValidationError(f"{src}: ratings.csv needs movies.csv beside it")
     items = [(m, t.strip(), "unknown" if g == "(no genres listed)" else g)
-             for _, (m, t, g) in _csv_rows(movies, encoding, ("movieId", "title", "genres"))]
+             for _, (m, t, g) in csv_rows(movies, encoding, ("movieId", "title", "genres"))]
+    require_rows(movies, len(items), "movies", "movies.csv has a header and one line per movie",
+                 header=True)
     items = pl.DataFrame(items, schema={"item_id": pl.String, "title": pl.String, "category": pl.String}, orient="row")
     imdb = None
     if (src / "links.csv").exists():
-        links = [(m, i) for _, (m, i, *_) in _csv_rows(src / "links.csv", encoding, ("movieId", "imdbId"))]
+        links = [(m, i) for _, (m, i, *_) in csv_rows(src / "links.csv", encoding, ("movieId", "imdbId"))]
         imdb = pl.DataFrame(links, schema={"item_id": pl.String, "imdb_id": pl.String}, orient="row")
     return items, interactions, imdb
 
 
 def _read_tags(path: Path, encoding: str) -> pl.DataFrame:
     """(item_id, text) with an item's most used tags: ``Tags: a, b, c``."""
-    rows = [(m, tag.strip().lower()) for _, (_, m, tag, *_) in _csv_rows(path, encoding, ("userId", "movieId", "tag"))]
+    rows = [(m, tag.strip().lower()) for _, (_, m, tag, *_) in csv_rows(path, encoding, ("userId", "movieId", "tag"))]
     tags = pl.DataFrame(rows, schema={"item_id": pl.String, "tag": pl.String}, orient="row").filter(pl.col("tag") != "")
     return (tags.group_by("item_id", "tag").len().sort(["item_id", "len", "tag"], descending=[False, True, False])
             .group_by("item_id", maintain_order=True).agg(pl.col("tag").head(MAX_TAGS))
@@ -160,7 +178,10 @@ def _read_descriptions(path: Path, items: pl.DataFrame, imdb: pl.DataFrame | Non
     """(number of items matched, frame item_id -> text) from one description file."""
     try:
         table = pl.read_csv(path, infer_schema_length=0)  # every column as text
-    except Exception as exc:  # polars raises many types; name the file
+    except Exception as exc:  # polars raises many types: find the line, or name the file
+        hint = "description files are read as UTF-8: convert it (e.g. iconv -f latin1 -t utf-8)"
+        for _ in csv_rows(path, "utf-8", hint=hint):  # raises naming file and line (encoding, field count)
+            pass
         raise DataValidationError(f"{path}: could not be read as CSV with a header: {exc}") from exc
     text_col = text_column or _pick(table.columns, TEXT_COLUMNS)
     if text_col not in table.columns:

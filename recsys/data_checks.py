@@ -1,0 +1,158 @@
+"""Up-front check that a dataset can train with a configuration, before any model is fitted.
+
+A training run cuts its data three times (``training.pipeline.split_windows``): the test split,
+then the nested split of the training window into a feature window and a label window, with the
+cold items (``cold_item_fraction``) taken out of both training windows. Each later stage then
+needs something of those windows:
+
+- the test evaluation needs a user of the training window with a new item in the test split;
+- the text model fine-tunes on next-item examples of the feature window (an interaction after
+  a user's first): at least 2, one held out to validate;
+- the ranker learns from *label users* (``training.variants.label_users``): users with history
+  in the feature window and an item in the label window they did not take in the feature
+  window. A seeded share of them (``VALIDATION_USER_SHARE``, at least one) is held out for
+  early stopping (``training.variants.validation_users``), so both the held-out users and the
+  rest need a query the ranker can learn from: a positive and a negative, i.e. a catalog item
+  the user took in neither window (or, with impressions, a label-window impression with a
+  click and a non-click; with cold items, a cold item taken and one not).
+
+``check_trainable`` repeats those cuts (cheap polars work) and raises
+:class:`DataValidationError` naming the count that is short and what the protocol needs, so a
+run on too little data stops in a second with exit code 2 instead of failing minutes later.
+The conditions are necessary ones: data that fails one cannot train. They follow the pipeline
+closely enough that the least data passing them trains (tests/test_data_faults.py), but candidate
+generation is not simulated, so an odd candidate setting (say, every source at 0) can still
+leave the ranker without a query to learn from.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from recsys.cold_items import pick_cold_items, without_items
+from recsys.config import PipelineConfig
+from recsys.errors import DataValidationError
+from recsys.split import split_interactions
+
+if TYPE_CHECKING:
+    from recsys.dataset import Dataset
+
+# Mirrors of training.variants (recsys does not import training; tests/test_data_faults.py
+# checks that the two agree).
+VALIDATION_USER_SHARE = 0.15
+_PAIR = ["user_id", "item_id"]
+
+
+def held_out_positions(n_users: int, seed: int) -> np.ndarray:
+    """Positions (sorted) among ``n_users`` sorted label users that ``validation_users`` holds out."""
+    if n_users == 0:
+        return np.zeros(0, dtype=np.int64)
+    size = max(1, int(round(n_users * VALIDATION_USER_SHARE)))
+    return np.sort(np.random.default_rng(seed).choice(n_users, size=size, replace=False))
+
+
+def check_trainable(dataset: Dataset, config: PipelineConfig) -> None:
+    """Raise :class:`DataValidationError` when ``dataset`` lacks what ``config``'s split and
+    protocol need for a training run (``training.pipeline.train`` calls it first); else None."""
+    src = dataset.source
+    inter = dataset.interactions
+    n_items = dataset.items.height
+    protocol = f"the {config.split} split (test_fraction={config.test_fraction:g}, " \
+               f"label_fraction={config.label_fraction:g})"
+    split = split_interactions(inter, kind=config.split, test_fraction=config.test_fraction, seed=config.seed,
+                               impressions=dataset.impressions, name=src)
+    train, imp_train = split.train, split.impressions_train
+    if config.cold_item_fraction > 0:
+        cold = pick_cold_items(train, config.cold_item_fraction, config.seed + 7)
+        train, imp_train = without_items(train, cold), without_items(imp_train, cold)
+    _check_test_users(src, protocol, train, split.test, n_items)
+    nested = split_interactions(train, kind=config.split, test_fraction=config.label_fraction,
+                                seed=config.seed + 1, impressions=imp_train,
+                                name=f"{src} (training window of {config.split} split, {train.height} interactions)")
+    feature = nested.train
+    feature_cold = None
+    if config.cold_item_fraction > 0:
+        feature_cold = pick_cold_items(feature, config.cold_item_fraction, config.seed + 8)
+        feature = without_items(feature, feature_cold)
+    _check_text_examples(src, protocol, feature)
+    _check_label_users(src, protocol, config, feature, nested.test, nested.impressions_test, feature_cold,
+                       n_items, train["user_id"])
+
+
+def _check_test_users(src: str, protocol: str, train: pl.DataFrame, test: pl.DataFrame, n_items: int) -> None:
+    """The test evaluation (``training.evaluate.test_relevance``) needs a user known from the
+    training window with a test item they did not take there."""
+    known = test.filter(pl.col("user_id").is_in(train["user_id"].unique().implode()))
+    fresh = known.select(_PAIR).unique().join(train.select(_PAIR).unique(), on=_PAIR, how="anti")
+    if fresh.height == 0:
+        test_users = test["user_id"].n_unique()
+        raise DataValidationError(
+            f"{src}: the evaluation needs at least 1 test user (a user with interactions in the training window "
+            f"and an item in the test split they did not take there); {protocol} leaves 0: of the {test_users} "
+            f"user(s) in the test split, {known['user_id'].n_unique()} have training history and none takes a "
+            f"new item (catalog: {n_items} items). Add users with interactions over a longer time, or more items."
+        )
+
+
+def _check_text_examples(src: str, protocol: str, feature: pl.DataFrame) -> None:
+    per_user = feature.group_by("user_id").len()["len"]
+    examples = int((per_user - 1).clip(lower_bound=0).sum())
+    if examples < 2:
+        raise DataValidationError(
+            f"{src}: fine-tuning the text model needs at least 2 next-item examples (interactions after a user's "
+            f"first) in the feature window; {protocol} leaves {examples} ({int((per_user >= 2).sum())} of "
+            f"{per_user.len()} feature-window user(s) have 2+ interactions). Add users with more interactions."
+        )
+
+
+def _check_label_users(src: str, protocol: str, config: PipelineConfig, feature: pl.DataFrame,
+                       label: pl.DataFrame, label_impressions: pl.DataFrame | None, feature_cold: pl.Series | None,
+                       n_items: int, train_users: pl.Series) -> None:
+    seen = feature.select(_PAIR).unique()
+    fresh = label.select(_PAIR).unique().join(seen, on=_PAIR, how="anti")
+    profiled = seen["user_id"].unique()
+    users = (fresh.filter(pl.col("user_id").is_in(profiled.implode()))
+             .group_by("user_id").agg(pl.len().alias("n_fresh"), pl.col("item_id"))
+             .join(seen.group_by("user_id").len("n_seen"), on="user_id", how="left")
+             .sort("user_id"))
+    n_label = users.height
+    if n_label < 2:
+        label_users = label["user_id"].unique()
+        with_history = label_users.is_in(profiled.implode()).sum()
+        raise DataValidationError(
+            f"{src}: the ranker needs at least 2 label users (users with interactions in the feature window and "
+            f"an item in the label window they did not take before; at least 1 is held out for validation); "
+            f"{protocol} leaves {n_label}: of the {label_users.len()} user(s) in the label window, {with_history} "
+            f"have feature-window history (training window: {train_users.n_unique()} users; catalog: {n_items} "
+            f"items). Add users with interactions over a longer time, or more items."
+        )
+    # A query with a positive and a negative: an unseen catalog item the user did not take in the label window...
+    usable = users["n_seen"] + users["n_fresh"] < n_items
+    if feature_cold is not None and feature_cold.len():  # ...a cold-item query with a cold item taken and one not
+        cold_taken = users["item_id"].list.eval(pl.element().is_in(feature_cold.implode()).sum()).list.first()
+        usable = usable | ((cold_taken >= 1) & (cold_taken < feature_cold.len()))
+    if label_impressions is not None and label_impressions.height:  # ...or a shown-with-a-click impression
+        mixed = (label_impressions.group_by("impression_id", "user_id")
+                 .agg(pl.col("clicked").max().alias("hi"), pl.col("clicked").min().alias("lo"))
+                 .filter((pl.col("hi") == 1) & (pl.col("lo") == 0))["user_id"].unique())
+        usable = usable | users["user_id"].is_in(mixed.implode())
+    if 0 < config.ranker_max_users < n_label:  # training.evaluate.sample_users
+        keep = np.sort(np.random.default_rng(config.seed + 2).choice(n_label, size=config.ranker_max_users,
+                                                                       replace=False))
+        users, usable, n_label = users[keep], usable.gather(keep), config.ranker_max_users
+    held = np.zeros(n_label, dtype=bool)
+    held[held_out_positions(n_label, config.seed + 4)] = True
+    usable = usable.to_numpy()
+    n_held_usable, n_rest_usable = int((usable & held).sum()), int((usable & ~held).sum())
+    if n_held_usable == 0 or n_rest_usable == 0:
+        side = "held out for validation" if n_held_usable == 0 else "left to train on"
+        raise DataValidationError(
+            f"{src}: the ranker needs label users with a negative to rank below their label-window item (a catalog "
+            f"item they took in neither window), both among the users held out for validation and the rest; "
+            f"{protocol} leaves {int(usable.sum())} such user(s) of {n_label} label user(s), none of the "
+            f"{int(held.sum() if n_held_usable == 0 else (~held).sum())} {side} (catalog: {n_items} items). "
+            "Add items or users."
+        )

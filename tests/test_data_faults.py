@@ -1,0 +1,145 @@
+"""Too little data for the chosen split and protocol: a clear error up front (exit 2), naming the
+count that is short and what the protocol needs, instead of a numpy error minutes into training."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.cli import main
+from recsys.config import PipelineConfig
+from recsys.data_checks import check_trainable, held_out_positions
+from recsys.dataset import Dataset
+from recsys.demo_data import DemoSpec, generate_demo
+from recsys.errors import DataValidationError
+from tests.conftest import tiny_config_dict
+
+T0 = datetime(2026, 1, 1)
+
+
+def _frames(rows: list[tuple[str, int, float]], n_items: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """rows: (user, item number, hour) -> (items with item_id/title, interactions user_id/item_id/timestamp)."""
+    items = pl.DataFrame({"item_id": [f"i{j}" for j in range(n_items)], "title": [f"item {j}" for j in range(n_items)]})
+    inter = pl.DataFrame([(u, f"i{i}", T0 + timedelta(hours=h)) for u, i, h in rows],
+                         schema=["user_id", "item_id", "timestamp"], orient="row")
+    return items, inter
+
+
+def _dataset(rows, n_items: int, source: str = "tiny") -> Dataset:
+    items, inter = _frames(rows, n_items)
+    return Dataset.from_frames(items=items, interactions=inter, source=source)
+
+
+def _folder(tmp_path, name: str, rows, n_items: int):
+    folder = tmp_path / name
+    folder.mkdir()
+    items, inter = _frames(rows, n_items)
+    items.write_parquet(folder / "items.parquet")
+    inter.write_parquet(folder / "interactions.parquet")
+    return folder
+
+
+ONE_USER = [("u0", j, j) for j in range(10)]
+TWO_ITEMS = [(f"u{u}", (u + j) % 2, u * 0.1 + j) for u in range(20) for j in range(4)]
+
+
+@pytest.mark.parametrize(("rows", "n_items", "message"), [
+    (ONE_USER, 10, r"one_user: the ranker needs at least 2 label users .*the temporal split \(test_fraction=0\.2, "
+                   r"label_fraction=0\.2\) leaves 1: of the 1 user\(s\) in the label window"),
+    (TWO_ITEMS, 2, r"two_items: the evaluation needs at least 1 test user .*leaves 0: of the 10 user\(s\) in the test "
+                   r"split, 10 have training history and none takes a new item \(catalog: 2 items\)"),
+])
+def test_train_on_too_little_data_exits_2_naming_the_short_count(tmp_path, monkeypatch, capsys, rows, n_items,
+                                                                 message):
+    folder = _folder(tmp_path, "one_user" if rows is ONE_USER else "two_items", rows, n_items)
+    monkeypatch.chdir(tmp_path)  # any MLflow store goes here, not into the checkout
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["-q", "train", "--data", str(folder), "--no-register"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsys: error: ")
+    assert re.search(message, err), err
+    assert not (tmp_path / "mlruns").exists()  # refused before any run started
+
+
+def test_split_windows_name_the_window_and_the_protocol_minimum():
+    # Every user has two interactions: the test split works, but its training window has one per user,
+    # so the nested leave-last-out split of that window finds no user with 2+.
+    data = _dataset([(f"u{u}", (u + j) % 5, u + j) for u in range(4) for j in range(2)], 5, "pairs")
+    with pytest.raises(DataValidationError, match=r"pairs \(training window of leave-last-out split, 4 interactions\): "
+                                                  r"the leave-last-out split needs at least 1 user with 2\+ "
+                                                  r"interactions .*found 0 of 4 user\(s\)"):
+        check_trainable(data, PipelineConfig(split="leave-last-out"))
+    same_time = _dataset([(f"u{u}", u % 5, 0) for u in range(6)], 5, "instant")
+    with pytest.raises(DataValidationError, match=r"instant: the temporal split .* needs interactions at 2 or more "
+                                                  r"distinct times; all 6 are at 2026-01-01 00:00:00"):
+        check_trainable(same_time, PipelineConfig(split="temporal"))
+
+
+def test_text_model_needs_two_next_item_examples_in_the_feature_window():
+    # Temporal: test from hour 80, label window from hour 56 (0.8 of the training window's 0..70).
+    rows = [("u0", 0, 0), ("u0", 1, 60), ("u0", 2, 100), ("u1", 1, 10), ("u1", 2, 70), ("u1", 3, 90)]
+    with pytest.raises(DataValidationError, match=r"tiny: fine-tuning the text model needs at least 2 next-item "
+                                                  r"examples .* leaves 0 \(0 of 2 feature-window user\(s\) have 2\+"):
+        check_trainable(_dataset(rows, 6), PipelineConfig(split="temporal"))
+
+
+# Three users take i0 and i1 early; u0 and u1 take i2 in the label window, u2 takes it in test.
+NO_NEGATIVE = [("u0", 0, 0), ("u0", 1, 5), ("u0", 2, 60), ("u1", 0, 2), ("u1", 1, 8), ("u1", 2, 65),
+               ("u2", 0, 1), ("u2", 1, 3), ("u2", 2, 100)]
+
+
+def test_label_users_need_an_item_to_rank_below_their_label_item():
+    with pytest.raises(DataValidationError, match=r"tiny: the ranker needs label users with a negative .* leaves 0 "
+                                                  r"such user\(s\) of 2 label user\(s\), none of the 1 held out for "
+                                                  r"validation \(catalog: 3 items\)"):
+        check_trainable(_dataset(NO_NEGATIVE, 3), PipelineConfig(split="temporal"))
+    check_trainable(_dataset(NO_NEGATIVE, 4), PipelineConfig(split="temporal"))  # one more item: a negative
+
+
+@pytest.mark.parametrize("unusable", ["u0", "u1"])
+def test_both_sides_of_the_validation_hold_out_need_a_usable_label_user(unusable):
+    rows = NO_NEGATIVE + [(unusable, 3, 20)]  # this one has now taken every catalog item but its label item
+    config = PipelineConfig(split="temporal")
+    held = "u0" if held_out_positions(2, config.seed + 4).tolist() == [0] else "u1"
+    side = "held out for validation" if unusable == held else "left to train on"
+    with pytest.raises(DataValidationError, match=f"leaves 1 such user\\(s\\) of 2 label user\\(s\\), none of the 1 "
+                                                  f"{side}"):
+        check_trainable(_dataset(rows, 4), config)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 7, 20, 33, 100])
+def test_held_out_positions_mirror_validation_users(n):
+    from recsys import data_checks
+    from training.variants import VALIDATION_USER_SHARE, validation_users
+
+    assert data_checks.VALIDATION_USER_SHARE == VALIDATION_USER_SHARE
+    user_idx = np.arange(n, dtype=np.int32) * 3 + 5  # any sorted indices: the choice is by position
+    for seed in (0, 46, 7):
+        assert user_idx[held_out_positions(n, seed)].tolist() == validation_users(user_idx, seed).tolist()
+
+
+@pytest.mark.parametrize("split", ["temporal", "leave-last-out", "stratified"])
+def test_demo_worlds_pass_the_check(split):
+    for spec in (DemoSpec(n_users=60, n_items=60, days=10, seed=4), DemoSpec(n_users=150, n_items=150, days=20,
+                                                                             seed=21)):
+        data = generate_demo(spec)
+        for cold in (0.0, 0.2):
+            check_trainable(data, PipelineConfig.from_dict({**tiny_config_dict(), "split": split,
+                                                            "cold_item_fraction": cold}))
+
+
+@pytest.mark.slow
+def test_the_smallest_data_that_passes_the_check_trains(tmp_path, monkeypatch):
+    """Not over-strict: the 4-item world of the negative test (the least that passes) trains end to end."""
+    folder = _folder(tmp_path, "smallest", NO_NEGATIVE, 4)
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny_config_dict()))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["-q", "train", "--data", str(folder), "--config", "tiny.json", "--split", "temporal",
+                 "--no-register", "--metrics-out", "metrics.json"]) == 0
+    assert "ranker" in json.loads((tmp_path / "metrics.json").read_text())["test"]
