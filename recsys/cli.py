@@ -134,13 +134,17 @@ def _load_bundle(model_uri: str):
     return load_pyfunc(resolved).unwrap_python_model().bundle, resolved
 
 
-def _check_rank_output(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse, before any work, an --out that would lose data or cannot be written."""
-    if out.is_dir():
+def _check_rank_output(out: Path, *, overwrite: bool, folder: bool = False) -> None:
+    """Refuse, before any work, an --out that would lose data or cannot be written (folder: the
+    Spark engine's output is a folder of part files)."""
+    if not folder and out.is_dir():
         raise RecsysError(f"--out {out} is a folder; give a file name such as {out / 'rankings.parquet'}")
+    if folder and out.is_file():
+        raise RecsysError(f"--out {out} is a file; the Spark engine writes a folder of Parquet parts: give a "
+                          "folder name")
     if out.exists() and not overwrite:
         raise RecsysError(f"--out {out} already exists; pass --overwrite to replace it, or choose another name")
-    if out.suffix != ".parquet":
+    if not folder and out.suffix != ".parquet":
         raise RecsysError(f"--out {out}: the local engine writes one Parquet file; name it *.parquet")
 
 
@@ -153,7 +157,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
     from serving.batch import rank_users, read_users_file
 
-    _check_rank_output(Path(args.out), overwrite=args.overwrite, resume=args.resume)
+    _check_rank_output(Path(args.out), overwrite=args.overwrite)
     users = read_users_file(args.users) if args.users else None
     bundle, resolved = _load_bundle(args.model)
     if users is None:
@@ -174,9 +178,13 @@ def _rank_on_spark(args: argparse.Namespace) -> None:
         from serving.spark_batch import rank_users_spark
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
         raise RecsysError("the Spark engine needs pyspark: pip install '.[spark]' (and Java 17)") from exc
+    from serving.batch import check_users_file
     from serving.model_uri import resolve_model
     from training.tracking import configure_tracking
 
+    _check_rank_output(Path(args.out), overwrite=args.overwrite, folder=True)
+    if args.users:
+        check_users_file(args.users)  # the same refusals as the local engine, before Spark starts
     configure_tracking()
     resolved = resolve_model(args.model)
     report = rank_users_spark(resolved.pinned_uri, args.out, users_path=args.users, k=args.k, master=args.spark_master,
@@ -190,7 +198,7 @@ def serve_command(port: int, workers: int = 1) -> list[str]:
     """uvicorn with the guarded MLflow scoring app (serving/http_app.py); the model comes from
     ``RECSYS_SERVE_MODEL`` in the environment (``serve_env``)."""
     return [sys.executable, "-m", "uvicorn", "--factory", "serving.http_app:create_app", "--host", "127.0.0.1",
-            "--port", str(port), "--workers", str(workers), "--no-access-log", "--timeout-graceful-shutdown", "10"]
+            "--port", str(port), "--workers", str(workers), "--timeout-graceful-shutdown", "10"]
 
 
 def serve_env(tracking_uri: str, model_uri: str) -> dict[str, str]:
@@ -205,23 +213,22 @@ def serve_env(tracking_uri: str, model_uri: str) -> dict[str, str]:
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, **{MODEL_ENV: model_uri})
     for name in ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, "1")
-    # MLflow starts `uvicorn` by name: make this interpreter's scripts folder (the venv) findable.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Resolve the model (a bad URI fails here, exit 2), then become the server process: exec, not
     a child, so SIGTERM and Ctrl-C reach uvicorn directly and nothing is left behind on the port."""
-    from serving.model_uri import resolve_model
+    from serving.model_uri import local_model_folder, resolve_model
     from training.tracking import configure_tracking
 
     tracking_uri = configure_tracking()
     resolved = resolve_model(args.model)
+    folder = local_model_folder(resolved)  # workers load this folder: no registry lookup per worker
     print(f"serving {args.model} = {resolved.describe()} on http://127.0.0.1:{args.port}/invocations "
           "(Ctrl-C or SIGTERM stops)", flush=True)
     command = serve_command(args.port, args.workers)
-    os.execve(command[0], command, serve_env(tracking_uri, resolved.pinned_uri))
+    os.execve(command[0], command, serve_env(tracking_uri, str(folder)))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -32,26 +32,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from recsys.cold_items import pick_cold_items, without_items
+from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.errors import DataValidationError
-from recsys.split import split_interactions
 
 if TYPE_CHECKING:
     from recsys.dataset import Dataset
 
-# Mirrors of training.variants (recsys does not import training; tests/test_data_faults.py
-# checks that the two agree).
-VALIDATION_USER_SHARE = 0.15
 _PAIR = ["user_id", "item_id"]
-
-
-def held_out_positions(n_users: int, seed: int) -> np.ndarray:
-    """Positions (sorted) among ``n_users`` sorted label users that ``validation_users`` holds out."""
-    if n_users == 0:
-        return np.zeros(0, dtype=np.int64)
-    size = max(1, int(round(n_users * VALIDATION_USER_SHARE)))
-    return np.sort(np.random.default_rng(seed).choice(n_users, size=size, replace=False))
 
 
 def check_trainable(dataset: Dataset, config: PipelineConfig) -> None:
@@ -62,21 +50,12 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> None:
     n_items = dataset.items.height
     protocol = f"the {config.split} split (test_fraction={config.test_fraction:g}, " \
                f"label_fraction={config.label_fraction:g})"
-    split = split_interactions(inter, kind=config.split, test_fraction=config.test_fraction, seed=config.seed,
-                               impressions=dataset.impressions, name=src)
-    train, imp_train = split.train, split.impressions_train
-    if config.cold_item_fraction > 0:
-        cold = pick_cold_items(train, config.cold_item_fraction, config.seed + 7)
-        train, imp_train = without_items(train, cold), without_items(imp_train, cold)
+    split, _ = windows.test_cut(inter, dataset.impressions, config, name=src)
+    train = split.train
     _check_test_users(src, protocol, train, split.test, n_items)
-    nested = split_interactions(train, kind=config.split, test_fraction=config.label_fraction,
-                                seed=config.seed + 1, impressions=imp_train,
-                                name=f"{src} (training window of {config.split} split, {train.height} interactions)")
+    nested, feature_cold = windows.label_cut(
+        split, config, name=f"{src} (training window of {config.split} split, {train.height} interactions)")
     feature = nested.train
-    feature_cold = None
-    if config.cold_item_fraction > 0:
-        feature_cold = pick_cold_items(feature, config.cold_item_fraction, config.seed + 8)
-        feature = without_items(feature, feature_cold)
     _check_text_examples(src, protocol, feature)
     _check_label_users(src, protocol, config, feature, nested.test, nested.impressions_test, feature_cold,
                        n_items, train["user_id"])
@@ -139,12 +118,11 @@ def _check_label_users(src: str, protocol: str, config: PipelineConfig, feature:
                  .agg(pl.col("clicked").max().alias("hi"), pl.col("clicked").min().alias("lo"))
                  .filter((pl.col("hi") == 1) & (pl.col("lo") == 0))["user_id"].unique())
         usable = usable | users["user_id"].is_in(mixed.implode())
-    if 0 < config.ranker_max_users < n_label:  # training.evaluate.sample_users
-        keep = np.sort(np.random.default_rng(config.seed + 2).choice(n_label, size=config.ranker_max_users,
-                                                                       replace=False))
-        users, usable, n_label = users[keep], usable.gather(keep), config.ranker_max_users
+    keep = windows.sample_positions(n_label, config.ranker_max_users, config.seed + windows.RANKER_SAMPLE_SEED)
+    if keep is not None:  # training.evaluate.sample_users
+        users, usable, n_label = users[keep], usable.gather(keep), len(keep)
     held = np.zeros(n_label, dtype=bool)
-    held[held_out_positions(n_label, config.seed + 4)] = True
+    held[windows.held_out_positions(n_label, config.seed + windows.VALIDATION_SEED)] = True
     usable = usable.to_numpy()
     n_held_usable, n_rest_usable = int((usable & held).sum()), int((usable & ~held).sum())
     if n_held_usable == 0 or n_rest_usable == 0:

@@ -71,6 +71,30 @@ def read_users_file(path: str | Path) -> list[str]:
     return users
 
 
+def check_users_file(path: str | Path) -> int:
+    """The number of non-null user ids in a users file, counted by a streaming scan (no ids held in
+    memory: the Spark engine's files can be large). Same refusals as ``read_users_file``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"users file {path} does not exist or is not a file")
+    kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+    try:
+        scan = pl.scan_parquet(path) if kind == "Parquet" else pl.scan_csv(path, infer_schema_length=0)
+        columns = scan.collect_schema().names()
+        if "user_id" not in columns:
+            raise DataValidationError(f"{path}: missing column 'user_id'; found {columns}")
+        n = scan.select(pl.col("user_id").drop_nulls().len()).collect().item()
+    except DataValidationError:
+        raise
+    except Exception as exc:  # polars raises several types for a file that is not what its name says
+        raise DataValidationError(f"users file {path} cannot be read as {kind}: {str(exc).splitlines()[0][:200]}. "
+                                  "Give a .parquet file, or a CSV file with a user_id header") from None
+    if n == 0:
+        raise DataValidationError(f"users file {path} holds no user ids; leave out --users to rank every user the "
+                                  "model knows")
+    return n
+
+
 def _manifest(users: list[str], k: int, chunk_size: int, model: ResolvedModel) -> dict:
     digest = hashlib.sha256("\n".join(users).encode()).hexdigest()
     return {"users_sha256": digest, "n_users": len(users), "k": k, "chunk_size": chunk_size,
@@ -80,7 +104,14 @@ def _manifest(users: list[str], k: int, chunk_size: int, model: ResolvedModel) -
 def _prepare_partial(partial: Path, manifest: dict, resume: bool) -> None:
     manifest_file = partial / "manifest.json"
     if partial.exists() and resume:
-        before = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        try:
+            before = json.loads(manifest_file.read_text())
+        except (OSError, ValueError):
+            raise RecsysError(f"cannot resume: {partial} has no readable manifest.json (the run stopped before "
+                              "writing it); run again without --resume to start over") from None
+        if "run_id" not in before:
+            raise RecsysError(f"cannot resume: {partial} was written by an older recsys that did not pin the model "
+                              "version; run again without --resume to start over")
         if (before.get("model"), before.get("run_id")) != (manifest["model"], manifest["run_id"]):
             raise RecsysError(f"cannot resume: {partial} was ranked with {before.get('model')} (run "
                               f"{before.get('run_id')}), and the model given now is {manifest['model']} (run "
@@ -94,7 +125,8 @@ def _prepare_partial(partial: Path, manifest: dict, resume: bool) -> None:
         log.warning("removing unfinished output %s from an earlier run (use --resume to keep it)", partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    manifest_file.write_text(json.dumps(manifest, indent=2))
+    manifest_file.with_suffix(".tmp").write_text(json.dumps(manifest, indent=2))
+    os.replace(manifest_file.with_suffix(".tmp"), manifest_file)  # never a half-written manifest
 
 
 def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k: int, chunk_size: int = 2048,

@@ -6,8 +6,10 @@ MLflow's server (``mlflow.pyfunc.scoring_server``) does the protocol (``/invocat
 the README hold, which MLflow alone does not:
 
 - an unknown field is a 400 naming it (MLflow's schema enforcement would drop it silently),
-  for JSON, CSV and Parquet bodies;
-- a missing, empty or unsupported ``Content-Type`` is a 415; MIME types match case-insensitively;
+  for JSON and Parquet bodies;
+- a missing, empty or unsupported ``Content-Type`` is a 415 (CSV too: it cannot carry the list
+  fields, and MLflow cannot parse it against this model's signature); MIME types match
+  case-insensitively;
 - a body over ``MAX_BODY_BYTES`` is a 413, as is a request whose (user, item) pairs are over the
   bounds of ``serving/requests.py``; JSON that is invalid, nested past Python's recursion limit,
   holds NaN/Infinity or has the wrong shape is a 400;
@@ -25,7 +27,9 @@ import json
 import logging
 import os
 import re
+import sys
 
+import pyarrow.compute as pc
 from anyio import to_thread
 
 from recsys.errors import DataValidationError
@@ -35,10 +39,11 @@ log = logging.getLogger("recsys.serving")
 
 MODEL_ENV = "RECSYS_SERVE_MODEL"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_PARQUET_BYTES = 64 * 1024 * 1024  # uncompressed size of a Parquet body's row groups
 JSON_TYPES = ("application/json",)
-CSV_TYPES = ("text/csv",)
-PARQUET_TYPES = ("application/x-parquet", "application/parquet")
-ACCEPTED = "application/json, text/csv or application/x-parquet"
+CSV_TYPES = ("text/csv",)  # refused with a reason: see RequestGuard.check
+PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet")
+ACCEPTED = "application/json or application/vnd.apache.parquet"
 JSON_KEYS = ("dataframe_records", "dataframe_split", "inputs", "instances")
 _MLFLOW_ECHO = re.compile(r"^Failed to predict data .*\nError: ", re.DOTALL)  # MLflow repeats the input
 
@@ -52,13 +57,22 @@ class RequestRefused(Exception):
 
 
 def create_app():
-    """uvicorn factory: load the model named by RECSYS_SERVE_MODEL and build the guarded app."""
+    """uvicorn factory: load the model named by RECSYS_SERVE_MODEL and build the guarded app.
+
+    A model that cannot be loaded ends the process with uvicorn's startup-failure code (3), so
+    with several workers the supervisor stops instead of restarting them forever.
+    """
     import mlflow
 
     uri = os.environ.get(MODEL_ENV)
-    if not uri:
-        raise RuntimeError(f"set {MODEL_ENV} to the model URI or folder to serve (recsys serve does)")
-    return build_app(mlflow.pyfunc.load_model(uri))
+    try:
+        if not uri:
+            raise RuntimeError(f"set {MODEL_ENV} to the model folder to serve (recsys serve does)")
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # any load failure: one clear line, no traceback, a code uvicorn understands
+        print(f"recsys serve: error: cannot load model {uri!r}: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        sys.exit(3)
+    return build_app(model)
 
 
 def build_app(model):
@@ -92,9 +106,9 @@ class RequestGuard:
         try:
             body = await _read_body(scope, receive)
             if len(body) > 256 * 1024:  # parsing a large body off the event loop keeps /ping and others live
-                scope = await to_thread.run_sync(self.check, scope, body)
+                scope, body = await to_thread.run_sync(self.check, scope, body)
             else:
-                scope = self.check(scope, body)
+                scope, body = self.check(scope, body)
         except RequestRefused as refused:
             return await _send_error(send, refused.status, refused.code, refused.message)
 
@@ -109,8 +123,8 @@ class RequestGuard:
 
         await self.app(scope, replay, _clean_errors(send))
 
-    def check(self, scope, body: bytes) -> dict:
-        """The request's scope with a normalised Content-Type, or RequestRefused."""
+    def check(self, scope, body: bytes) -> tuple[dict, bytes]:
+        """(the request's scope with a normalised Content-Type, the body to pass on), or RequestRefused."""
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
         raw_type = next((v for k, v in scope["headers"] if k.lower() == b"content-type"), b"").decode("latin-1")
         mime, _, parameters = raw_type.partition(";")
@@ -121,13 +135,15 @@ class RequestGuard:
         if mime in JSON_TYPES:
             columns, counts = _json_shape(body)
         elif mime in CSV_TYPES:
-            columns, counts = _csv_shape(body)
+            raise RequestRefused(415, "UNSUPPORTED_MEDIA_TYPE", "CSV cannot carry this endpoint's list fields "
+                                 "(candidates, history, exclude) and MLflow cannot parse it against the model's "
+                                 f"signature; send {ACCEPTED}")
         elif mime in PARQUET_TYPES:
             columns, counts = _parquet_shape(body)
-            mime = "application/x-parquet"
+            mime = PARQUET_TYPES[0]  # the name MLflow's server knows
         else:
-            raise RequestRefused(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {raw_type!r} is not supported; send "
-                                 f"{ACCEPTED}")
+            raise RequestRefused(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {raw_type[:60]!r} is not supported; "
+                                 f"send {ACCEPTED}")
         try:
             request_rules.check_fields(columns)
             if self.candidate_budget is not None and counts is not None:
@@ -137,7 +153,7 @@ class RequestGuard:
         except DataValidationError as exc:
             raise RequestRefused(400, "INVALID_PARAMETER_VALUE", str(exc)) from None
         content_type = mime + (";" + parameters if parameters else "")
-        return {**scope, "headers": [*headers, (b"content-type", content_type.encode("latin-1"))]}
+        return {**scope, "headers": [*headers, (b"content-type", content_type.encode("latin-1"))]}, body
 
 
 async def _read_body(scope, receive) -> bytes:
@@ -188,57 +204,81 @@ def _json_shape(body: bytes) -> tuple[list[str], list[int | None] | None]:
     extra = sorted(k for k in document if k not in JSON_KEYS)
     if len(keys) != 1 or extra:
         raise RequestRefused(400, "INVALID_PARAMETER_VALUE", f"request JSON needs exactly one of {list(JSON_KEYS)}"
-                             + (f"; unknown key(s) {extra}" if extra else f"; got {sorted(document)}"))
-    rows = _rows(keys[0], document[keys[0]])
-    columns = list(dict.fromkeys(c for row in rows for c in row))
+                             + (f"; unknown key(s) {request_rules.show(extra)}" if extra
+                                else f"; got {request_rules.show(sorted(document))}"))
+    columns, rows = _rows(keys[0], document[keys[0]])
     return columns, [_explicit_count(row.get("candidates")) for row in rows]
 
 
-def _rows(key: str, data) -> list[dict]:
-    """The request rows of one JSON payload, as dicts; RequestRefused when the shape is wrong."""
+def _rows(key: str, data) -> tuple[list, list[dict]]:
+    """(every field named, the request rows as dicts) of one JSON payload; RequestRefused when the
+    shape is wrong. Fields come from the layout itself (split columns, columnar keys), so a field
+    with no values is still checked."""
     shape_error = RequestRefused(400, "INVALID_PARAMETER_VALUE", f"'{key}' must be a list of objects, one per "
                                  "user (dataframe_split: {\"columns\": [...], \"data\": [[...], ...]})")
     if key == "dataframe_split":
         if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
                 or not isinstance(data.get("data"), list) or not all(isinstance(r, list) for r in data["data"]):
             raise shape_error
-        return [dict(zip(data["columns"], r, strict=False)) for r in data["data"]]
+        return data["columns"], [dict(zip(data["columns"], r, strict=False)) for r in data["data"]]
     if key in ("inputs", "instances") and isinstance(data, dict):  # columnar: field -> list of values
         if not all(isinstance(v, list) for v in data.values()):
             raise shape_error
         n = max((len(v) for v in data.values()), default=0)
-        return [{f: v[i] for f, v in data.items() if i < len(v)} for i in range(n)]
+        return list(data), [{f: v[i] for f, v in data.items() if i < len(v)} for i in range(n)]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise shape_error
-    return data
+    return list(dict.fromkeys(c for row in data for c in row)), data
 
 
 def _explicit_count(candidates) -> int | None:
     return len(candidates) if isinstance(candidates, list) else None
 
 
-def _csv_shape(body: bytes) -> tuple[list[str], None]:
-    import csv
-
-    try:
-        header = next(csv.reader(io.StringIO(body.decode("utf-8"))), [])
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise RequestRefused(400, "INVALID_PARAMETER_VALUE", f"CSV body is not valid UTF-8 CSV: {exc}") from None
-    return header, None
-
-
 def _parquet_shape(body: bytes) -> tuple[list[str], list[int | None] | None]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(body))
+        parquet = pq.ParquetFile(io.BytesIO(body))
+        columns = parquet.schema_arrow.names
+        if parquet.metadata.num_rows > request_rules.MAX_USERS_PER_REQUEST:
+            return columns, [None] * parquet.metadata.num_rows  # refused by the user bound, rows unread
+        # A small file can decode to gigabytes (a long string repeated through its dictionary): read
+        # every column dictionary-encoded (no expansion) and bound the decoded size first.
+        paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
+        table = pq.ParquetFile(io.BytesIO(body), read_dictionary=paths).read()
+        expanded = sum(_decoded_bytes(table.column(name)) for name in table.column_names)
+        if expanded > MAX_PARQUET_BYTES:
+            raise RequestRefused(413, "REQUEST_TOO_LARGE", f"Parquet body expands to {expanded:,} bytes; at most "
+                                 f"{MAX_PARQUET_BYTES:,} (send fewer users per request, or use `recsys rank`)")
+        counts = [None] * table.num_rows
+        if "candidates" in columns and table.schema.field("candidates").type.num_fields == 1:  # a list column
+            lengths = pc.list_value_length(table.column("candidates")).to_pylist()
+            counts = [None if n is None else int(n) for n in lengths]
+    except RequestRefused:
+        raise
     except Exception as exc:  # pyarrow raises several types for a body that is not Parquet
         raise RequestRefused(400, "INVALID_PARAMETER_VALUE", f"body is not a Parquet file: {str(exc)[:200]}") \
             from None
-    counts = None
-    if "candidates" in table.column_names:
-        counts = [len(c) if isinstance(c, list) else None for c in table.column("candidates").to_pylist()]
-    return table.column_names, counts if counts is not None else [None] * table.num_rows
+    return columns, counts
+
+
+def _decoded_bytes(column) -> int:
+    """Bytes a (possibly dictionary-encoded, possibly list) Arrow column takes once decoded."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        return sum(_decoded_bytes(chunk) for chunk in column.chunks)
+    if pa.types.is_dictionary(column.type):
+        values = column.dictionary
+        if pa.types.is_string(values.type) or pa.types.is_binary(values.type) \
+                or pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type):
+            lengths = pc.take(pc.binary_length(values), column.indices)
+            return int(pc.sum(lengths).as_py() or 0) + 8 * len(column)
+        return values.nbytes // max(len(values), 1) * len(column)
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return _decoded_bytes(column.flatten()) + 8 * len(column)
+    return column.nbytes
 
 
 async def _send_error(send, status: int, code: str, message: str) -> None:

@@ -81,6 +81,35 @@ def resolve_model(uri: str) -> ResolvedModel:
     return ResolvedModel(uri=uri, pinned_uri=uri)
 
 
+def local_model_folder(resolved: ResolvedModel) -> Path:
+    """A local folder holding ``resolved``'s MLmodel: the artifact folder itself when the store is
+    local (no copy), else a download. RecsysError when the files are missing."""
+    import tempfile
+    from urllib.parse import urlparse
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        if resolved.version is not None:
+            location = MlflowClient().get_model_version_download_uri(resolved.name, resolved.version)
+        else:
+            location = resolved.pinned_uri
+        parsed = urlparse(location)
+        if parsed.scheme in ("", "file"):
+            folder = Path(parsed.path if parsed.scheme else location)
+        else:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=location,
+                                                              dst_path=tempfile.mkdtemp(prefix="recsys-model-")))
+    except (MlflowException, OSError) as exc:
+        raise RecsysError(f"cannot fetch model {resolved.uri!r} ({resolved.describe()}): {str(exc)[:300]}") from None
+    if not (folder / "MLmodel").is_file():
+        raise RecsysError(f"model {resolved.uri!r} ({resolved.describe()}): no MLmodel file in {folder}; the "
+                          "folder is not an MLflow model or its files were removed")
+    return folder
+
+
 def load_pyfunc(resolved: ResolvedModel):
     """The pyfunc model of ``resolved`` (its pinned URI); RecsysError when it cannot be loaded."""
     import mlflow

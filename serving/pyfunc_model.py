@@ -52,7 +52,7 @@ class RecommenderModel(PythonModel):
 
         deadline = time.monotonic() + self.deadline_s
         if not self._lock.acquire(timeout=self.deadline_s):
-            raise MlflowException(f"server busy: the request waited {self.deadline_s:.0f} s for its turn; retry "
+            raise MlflowException(f"server busy: the request waited {self.deadline_s:g} s for its turn; retry "
                                   "later or send fewer users per request", error_code=TEMPORARILY_UNAVAILABLE)
         try:
             with torch.inference_mode():

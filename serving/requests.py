@@ -14,6 +14,7 @@ candidate budget (``candidate_budget``). Larger requests are refused before any 
 from __future__ import annotations
 
 import math
+import reprlib
 import time
 from dataclasses import dataclass
 
@@ -43,6 +44,17 @@ class RecommendRequest:
     exclude: tuple[str, ...] = ()
 
 
+_SHOW = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHOW.maxstring = _SHOW.maxother = 60
+_SHOW.maxlist = _SHOW.maxdict = 5
+_SHOW.maxlevel = 2
+
+
+def show(value) -> str:
+    """A short repr of client input for an error message (never megabytes echoed back)."""
+    return _SHOW.repr(value)
+
+
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -58,16 +70,20 @@ def _id_list(value, row: int, field: str) -> tuple[str, ...] | None:
         raise DataValidationError(f"row {row}: '{field}' has {len(value)} ids; at most {MAX_IDS_PER_LIST}")
     if not all(isinstance(v, str) for v in value):
         bad = next(v for v in value if not isinstance(v, str))
-        raise DataValidationError(f"row {row}: '{field}' must hold item ids as strings, got {bad!r}")
+        raise DataValidationError(f"row {row}: '{field}' must hold item ids as strings, got {show(bad)}")
     return tuple(dict.fromkeys(value))  # duplicates inside one list collapse: the list is a set
 
 
 def _k(value, row: int, default_k: int) -> int:
     if _is_missing(value):
         return default_k
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
-            or not math.isfinite(value) or float(value) != int(value):
-        raise DataValidationError(f"row {row}: k must be an integer between 1 and {MAX_K}, got {value!r}")
+    try:
+        integral = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating) \
+            and math.isfinite(value) and float(value) == int(value)
+    except OverflowError:  # an int too large for a float: out of range anyway
+        integral = False
+    if not integral:
+        raise DataValidationError(f"row {row}: k must be an integer between 1 and {MAX_K}, got {show(value)}")
     k = int(value)
     if not 1 <= k <= MAX_K:
         raise DataValidationError(f"row {row}: k must be between 1 and {MAX_K}, got {k}")
@@ -76,9 +92,11 @@ def _k(value, row: int, default_k: int) -> int:
 
 def check_fields(columns) -> None:
     """Raise naming the fields that are not request fields (a misspelling must not be ignored)."""
-    unknown_fields = [str(c) for c in columns if c not in FIELDS]
+    unknown_fields = sorted(str(c) for c in columns if c not in FIELDS)
     if unknown_fields:
-        raise DataValidationError(f"unknown request field(s) {sorted(unknown_fields)}; allowed: {', '.join(FIELDS)}")
+        more = f" and {len(unknown_fields) - 5} more" if len(unknown_fields) > 5 else ""
+        raise DataValidationError(f"unknown request field(s) {[f[:40] for f in unknown_fields[:5]]}{more}; allowed: "
+                                  f"{', '.join(FIELDS)}")
 
 
 def check_size(n_users: int, candidate_counts, candidate_budget: int) -> None:
@@ -106,7 +124,7 @@ def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: 
     if not isinstance(model_input, pd.DataFrame):
         model_input = pd.DataFrame(model_input)
     if "user_id" not in model_input.columns:
-        raise DataValidationError(f"request needs a 'user_id' column; got columns {list(model_input.columns)}")
+        raise DataValidationError(f"request needs a 'user_id' column; got columns {show(list(model_input.columns))}")
     check_fields(model_input.columns)
     if len(model_input) == 0:
         raise DataValidationError("request has no rows; send at least one user_id")
@@ -116,9 +134,10 @@ def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: 
     for row, rec in enumerate(records):
         user = rec["user_id"]
         if _is_missing(user) or not isinstance(user, str) or not user.strip():
-            raise DataValidationError(f"row {row}: user_id must be a non-empty string, got {user!r}")
+            raise DataValidationError(f"row {row}: user_id must be a non-empty string, got {show(user)}")
         if user in seen:
-            raise DataValidationError(f"row {row}: duplicate user_id {user!r}; send each user once per request")
+            raise DataValidationError(f"row {row}: duplicate user_id {show(user)}; send each user once per "
+                                      "request")
         seen.add(user)
         lists = {f: _id_list(rec.get(f), row, f) for f in LIST_FIELDS}
         requests.append(RecommendRequest(user_id=user, k=_k(rec.get("k"), row, default_k),

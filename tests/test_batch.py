@@ -112,3 +112,48 @@ def test_rank_refuses_bad_arguments_up_front_with_exit_2(tmp_path, capsys, no_mo
     assert re.search(message, capsys.readouterr().err)
     if setup == "file":
         assert out.read_bytes() == b"520 rows of an earlier ranking"  # untouched
+
+
+@pytest.mark.parametrize("manifest, message", [
+    (None, "has no readable manifest.json"),
+    ("{\"users_sha", "has no readable manifest.json"),
+    (json.dumps({"users_sha256": "x", "n_users": 1, "k": 5, "chunk_size": 10, "model": "models:/m@champion"}),
+     "written by an older recsys that did not pin the model version"),
+])
+def test_resume_of_a_partial_folder_without_a_usable_manifest_says_start_over(small_bundle, tmp_path, manifest,
+                                                                             message):
+    partial = tmp_path / "out.parquet.partial"
+    partial.mkdir()
+    if manifest is not None:
+        (partial / "manifest.json").write_text(manifest)
+    with pytest.raises(RecsysError, match=f"{message}.*run again without --resume"):
+        rank_users(small_bundle, ["a"], tmp_path / "out.parquet", k=5, chunk_size=10, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("existing-folder", r"--out .* already exists; pass --overwrite"),
+    ("file", r"--out .* is a file; the Spark engine writes a folder"),
+    ("empty-users", r"holds no user ids"),
+    ("text-parquet-users", r"cannot be read as Parquet"),
+])
+def test_spark_rank_refuses_the_same_mistakes_before_spark_starts(tmp_path, capsys, no_model_needed, monkeypatch,
+                                                                  setup, message):
+    import recsys.cli
+
+    out = tmp_path / "ranked"
+    args = ["-q", "rank", "--engine", "spark", "--model", "models:/m@champion", "--out", str(out)]
+    if setup == "existing-folder":
+        out.mkdir()
+        (out / "part-0.parquet").write_bytes(b"earlier output")
+    elif setup == "file":
+        out.write_bytes(b"x")
+    elif setup == "empty-users":
+        (tmp_path / "u.csv").write_text("user_id\n")
+        args += ["--users", str(tmp_path / "u.csv")]
+    else:
+        (tmp_path / "u.parquet").write_text("user_id\nu1\n")
+        args += ["--users", str(tmp_path / "u.parquet")]
+    assert recsys.cli.main(args) == 2
+    assert re.search(message, capsys.readouterr().err)
+    if setup == "existing-folder":
+        assert (out / "part-0.parquet").read_bytes() == b"earlier output"

@@ -13,10 +13,11 @@ import pytest
 
 from recsys.cli import main
 from recsys.config import PipelineConfig
-from recsys.data_checks import check_trainable, held_out_positions
+from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
 from recsys.demo_data import DemoSpec, generate_demo
 from recsys.errors import DataValidationError
+from recsys.windows import VALIDATION_SEED, held_out_positions
 from tests.conftest import tiny_config_dict
 
 T0 = datetime(2026, 1, 1)
@@ -105,7 +106,7 @@ def test_label_users_need_an_item_to_rank_below_their_label_item():
 def test_both_sides_of_the_validation_hold_out_need_a_usable_label_user(unusable):
     rows = NO_NEGATIVE + [(unusable, 3, 20)]  # this one has now taken every catalog item but its label item
     config = PipelineConfig(split="temporal")
-    held = "u0" if held_out_positions(2, config.seed + 4).tolist() == [0] else "u1"
+    held = "u0" if held_out_positions(2, config.seed + VALIDATION_SEED).tolist() == [0] else "u1"
     side = "held out for validation" if unusable == held else "left to train on"
     with pytest.raises(DataValidationError, match=f"leaves 1 such user\\(s\\) of 2 label user\\(s\\), none of the 1 "
                                                   f"{side}"):
@@ -113,14 +114,17 @@ def test_both_sides_of_the_validation_hold_out_need_a_usable_label_user(unusable
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 6, 7, 20, 33, 100])
-def test_held_out_positions_mirror_validation_users(n):
-    from recsys import data_checks
+def test_the_validation_draw_is_the_one_runs_always_made(n):
+    """validation_users draws by position (recsys.windows, shared with the up-front check); it must
+    equal the draw over the user indices themselves that earlier runs made, so figures repeat."""
     from training.variants import VALIDATION_USER_SHARE, validation_users
 
-    assert data_checks.VALIDATION_USER_SHARE == VALIDATION_USER_SHARE
-    user_idx = np.arange(n, dtype=np.int32) * 3 + 5  # any sorted indices: the choice is by position
+    user_idx = np.arange(n, dtype=np.int32) * 3 + 5
     for seed in (0, 46, 7):
-        assert user_idx[held_out_positions(n, seed)].tolist() == validation_users(user_idx, seed).tolist()
+        size = max(1, int(round(n * VALIDATION_USER_SHARE)))
+        before = np.sort(np.random.default_rng(seed).choice(user_idx, size=size, replace=False))
+        assert validation_users(user_idx, seed).tolist() == before.tolist()
+
 
 
 @pytest.mark.parametrize("split", ["temporal", "leave-last-out", "stratified"])

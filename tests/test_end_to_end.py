@@ -298,3 +298,43 @@ def test_add_items_makes_new_items_recommendable_without_retraining(trained, tmp
         {"user_id": "fan", "k": 3, "history": ["NEW1"]}]), default_k=K))
     assert sorted(answer[0]["item_ids"]) == ["NEW1", "NEW2"] and answer[0]["unknown_ids"] == []
     assert answer[1]["path"] == "history-only" and "NEW1" not in answer[1]["item_ids"]
+
+
+def test_resume_after_the_champion_moved_refuses_to_mix_versions(trained, tmp_path, capsys, monkeypatch):
+    """A run on models:/e2e@champion is interrupted, the champion moves (a real promote), and
+    --resume refuses, naming the version the partial output was ranked with; finishing with that
+    version works. Runs after add-items, which left version 2 registered."""
+    import serving.batch
+
+    work, ranked = trained
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\n" + "\n".join(ranked["user_id"].unique().sort().to_list()) + "\n")
+    out = tmp_path / "ranked.parquet"
+    base = ["-q", "rank", "--users", str(users), "--out", str(out), "--k", str(K), "--chunk-size", "20"]
+    real, calls = serving.batch.recommend_users, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    old_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        monkeypatch.setattr(serving.batch, "recommend_users", interrupted)
+        assert main([*base[:2], "--model", "models:/e2e@champion", *base[2:]]) == 130
+        monkeypatch.setattr(serving.batch, "recommend_users", real)
+        assert main(["-q", "promote", "--name", "e2e", "--version", "2", "--force", "--reason", "test"]) == 0
+        capsys.readouterr()
+        assert main([*base[:2], "--model", "models:/e2e@champion", *base[2:], "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(r"ranked with models:/e2e/1 \(run \w+\), and the model given now is models:/e2e/2", err)
+        assert not out.exists()
+        assert main([*base[:2], "--model", "models:/e2e/1", *base[2:], "--resume"]) == 0
+        assert "2 chunks kept from the interrupted run" in capsys.readouterr().out
+    finally:
+        main(["-q", "rollback", "--name", "e2e"])
+        os.chdir(old_cwd)
+    # every user once, all from version 1: the same rows as the fixture's uninterrupted v1 run
+    assert pl.read_parquet(out).sort("user_id", "rank").equals(ranked.sort("user_id", "rank"))

@@ -53,14 +53,18 @@ def test_a_misspelled_field_is_a_400_naming_it(client, ids, field):
     assert f"unknown request field(s) ['{field}']" in _clean(reply)
 
 
-def test_a_misspelled_field_in_a_parquet_or_csv_body_is_a_400(client, ids):
+def test_a_misspelled_field_in_a_parquet_body_is_a_400_and_a_good_one_is_answered(client, ids):
     users, items = ids
     buffer = io.BytesIO()
     pd.DataFrame({"user_id": [users[0]], "exlude": [[items[0]]]}).to_parquet(buffer)
     reply = _post(client, buffer.getvalue(), "application/x-parquet")
     assert reply.status_code == 400 and "unknown request field(s) ['exlude']" in _clean(reply)
-    reply = _post(client, f"user_id,colour\n{users[0]},red\n".encode(), "text/csv")
-    assert reply.status_code == 400 and "unknown request field(s) ['colour']" in _clean(reply)
+    good = io.BytesIO()
+    pd.DataFrame({"user_id": [users[0]], "k": [2], "exclude": [[items[0]]]}).to_parquet(good)
+    reply = _post(client, good.getvalue(), "application/x-parquet")
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()["predictions"][0]
+    assert len(answer["item_ids"]) == 2 and items[0] not in answer["item_ids"]
 
 
 def test_the_other_json_layouts_are_checked_too(client, ids):
@@ -73,7 +77,7 @@ def test_the_other_json_layouts_are_checked_too(client, ids):
     assert good.status_code == 200 and len(good.json()["predictions"][0]["item_ids"]) == 2
 
 
-@pytest.mark.parametrize("content_type", [None, "", "text/plain"])
+@pytest.mark.parametrize("content_type", [None, "", "text/plain", "text/csv"])
 def test_a_missing_empty_or_unsupported_content_type_is_a_415(client, ids, content_type):
     reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0]}]}, content_type)
     assert reply.status_code == 415
@@ -156,4 +160,31 @@ def test_a_request_that_waits_past_its_deadline_gets_503_and_is_not_worked_on(cl
         model._lock.release()
         model.deadline_s = old
     assert reply.status_code == 503
-    assert "server busy: the request waited 0 s for its turn" in _clean(reply)
+    assert "server busy: the request waited 0.2 s for its turn" in _clean(reply)
+
+
+def test_fields_are_checked_from_the_layout_even_without_values(client, ids):
+    user = ids[0][0]
+    empty_column = {"inputs": {"user_id": [user], "exlude": []}}
+    assert "['exlude']" in _clean(_post(client, empty_column))
+    short_rows = {"dataframe_split": {"columns": ["user_id", "k", "exlude"], "data": [[user, 2]]}}
+    assert "['exlude']" in _clean(_post(client, short_rows))
+
+
+def test_a_parquet_body_that_expands_past_the_bound_is_413_before_it_is_decoded(client):
+    buffer = io.BytesIO()  # 1,000 users sharing one 100 kB id through the dictionary: ~5 kB on the wire
+    pd.DataFrame({"user_id": [f"u{i}" for i in range(1000)], "history": [["h" * 100_000]] * 1000}).to_parquet(buffer)
+    assert len(buffer.getvalue()) < 20_000
+    reply = _post(client, buffer.getvalue(), "application/x-parquet")
+    assert reply.status_code == 413
+    assert "Parquet body expands to 100,0" in _clean(reply) and "at most 67,108,864" in _clean(reply)
+
+
+def test_client_input_is_never_echoed_back_at_length(client, ids):
+    long_field = "x" * 100_000
+    reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0], long_field: 1}]})
+    assert reply.status_code == 400 and len(reply.text) < 500
+    reply = _post(client, {"dataframe_records": [{"user_id": "y" * 100_000, "k": "z" * 100_000}]})
+    assert reply.status_code == 400 and len(reply.text) < 500
+    reply = _post(client, b'{"dataframe_records": [{"user_id": "U1", "k": 1' + b"0" * 400 + b"}]}")
+    assert reply.status_code == 400 and "k must be an integer between 1 and 100" in _clean(reply)

@@ -212,3 +212,26 @@ def test_every_time_kind_lands_in_utc_microseconds():
             {"user_id": ["u"], "item_id": ["a"], "timestamp": values}))
         expected = datetime(2026, 3, 1) if name == "date" else base
         assert data.interactions["timestamp"].to_list() == [expected], name
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.sampled_from(["a", "b", "c"]),
+                          st.integers(min_value=0, max_value=4_102_444_799),
+                          st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False, width=32)),
+                min_size=1, max_size=12, unique_by=lambda r: r[:3]))
+def test_valid_rows_are_always_accepted_with_their_values(rows):
+    """The other side of the properties above: a loader that refused everything, or shifted valid
+    times or weights, would fail here. In-range unix seconds and finite non-negative weights load
+    exactly (times as UTC, sorted stably by time)."""
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"]})
+    interactions = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                                 "timestamp": [r[2] for r in rows], "weight": [r[3] for r in rows]},
+                                schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Int64,
+                                        "weight": pl.Float32})
+    data = Dataset.from_frames(items=items, interactions=interactions)
+    order = sorted(range(len(rows)), key=lambda i: rows[i][2])  # stable: ties keep file order
+    got = data.interactions
+    assert got["user_id"].to_list() == [rows[i][0] for i in order]
+    assert got["item_id"].to_list() == [rows[i][1] for i in order]
+    assert got["timestamp"].to_list() == [datetime(1970, 1, 1) + timedelta(seconds=rows[i][2]) for i in order]
+    assert got["weight"].to_list() == [rows[i][3] for i in order]

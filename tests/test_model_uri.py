@@ -60,3 +60,16 @@ def test_rank_and_serve_exit_2_on_a_bad_model_uri(registry, capsys, command):
     err = capsys.readouterr().err
     assert re.search(r"recsys: error: model URI 'models:/m@prod': m has no alias 'prod'", err)
     assert "Traceback" not in err
+
+
+def test_serve_refuses_a_folder_that_is_not_a_model(registry, tmp_path, capsys):
+    (tmp_path / "not-a-model").mkdir()
+    assert main(["-q", "serve", "--model", str(tmp_path / "not-a-model")]) == 2
+    assert re.search(r"recsys: error: model '.*not-a-model' \(.*\): no MLmodel file in .*not an MLflow model",
+                     capsys.readouterr().err)
+
+
+def test_serve_refuses_a_registered_version_whose_files_are_gone(registry, capsys):
+    assert main(["-q", "serve", "--model", "models:/m@champion"]) == 2  # version 1's source folder never existed
+    assert re.search(r"recsys: error: model 'models:/m@champion' \(m version 1 \(run None\)\): no MLmodel file",
+                     capsys.readouterr().err)

@@ -16,7 +16,7 @@ from serving.requests import FIELDS, parse_requests
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                             HealthCheck.too_slow])
-scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**30, max_value=10**30),
+scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**500, max_value=10**500),
                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
 json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                             st.dictionaries(st.text(max_size=5), inner, max_size=3)),
@@ -55,7 +55,7 @@ def test_any_json_document_gets_an_answer_or_a_4xx(client, document):
 @SETTINGS
 @given(body=st.binary(max_size=64), content_type=st.sampled_from(["application/json", "text/csv",
                                                                   "application/x-parquet", "Application/Json"]))
-def test_any_bytes_get_a_4xx(client, body, content_type):
+def test_any_bytes_get_an_answer_or_a_4xx(client, body, content_type):
     _assert_handled(client.post("/invocations", content=body, headers={"Content-Type": content_type}))
 
 
@@ -81,3 +81,18 @@ def test_the_parser_returns_requests_or_a_validation_error(rows):
         return
     assert len(requests) == len(rows)
     assert all(1 <= r.k <= 100 and isinstance(r.user_id, str) and r.user_id for r in requests)
+
+
+@SETTINGS
+@given(users=st.lists(st.text(min_size=1, max_size=12).filter(str.strip), min_size=1, max_size=20, unique=True),
+       k=st.one_of(st.none(), st.integers(min_value=1, max_value=100)),
+       candidates=st.one_of(st.none(), st.lists(st.text(max_size=6), max_size=8)))
+def test_the_parser_accepts_every_well_formed_request_as_sent(users, k, candidates):
+    """The other side: valid requests are never refused, and keep their values."""
+    rows = [{"user_id": u, **({} if k is None else {"k": k}), **({} if candidates is None else
+                                                                  {"candidates": candidates})} for u in users]
+    requests = parse_requests(pd.DataFrame(rows), default_k=10, candidate_budget=400)
+    assert [r.user_id for r in requests] == users
+    assert all(r.k == (10 if k is None else k) for r in requests)
+    expected = None if candidates is None else tuple(dict.fromkeys(candidates))
+    assert all(r.candidates == expected for r in requests)

@@ -128,7 +128,7 @@ def test_an_explicit_candidate_list_is_explicit_even_when_nothing_in_it_is_known
     assert alone[0]["item_ids"] == []
 
 
-@pytest.mark.parametrize("k", [float("inf"), float("-inf"), 1e400, 1.5])
+@pytest.mark.parametrize("k", [float("inf"), float("-inf"), 1e400, 1.5, 10**400])
 def test_a_k_that_is_not_a_finite_integer_is_a_clear_400(k):
     with pytest.raises(DataValidationError, match="k must be an integer between 1 and 100, got"):
         _req([{"user_id": "u", "k": k}])
@@ -166,3 +166,16 @@ def test_chunked_answers_equal_one_pass(small_bundle, monkeypatch):
     monkeypatch.setattr(request_module, "CHUNK_PAIRS", 1)  # one user per chunk
     chunked = request_module.predict_frame(small_bundle, frame)
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_a_request_past_its_deadline_between_chunks_stops_there(small_bundle, monkeypatch):
+    """The deadline is checked between chunks: work stops part-way, it does not run to the end."""
+    from recsys.errors import RequestDeadlineError
+    from serving import requests as request_module
+
+    clock = iter([0.0, 0.0, 0.0, 100.0, 100.0, 100.0])  # the third chunk starts after the deadline
+    monkeypatch.setattr(request_module.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(request_module, "CHUNK_PAIRS", 1)  # one user per chunk
+    frame = pd.DataFrame({"user_id": small_bundle.state.users.ids.head(5).to_list()})
+    with pytest.raises(RequestDeadlineError, match="stopped after its deadline, 3 of 5 users ranked"):
+        request_module.predict_frame(small_bundle, frame, deadline=50.0)

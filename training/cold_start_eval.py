@@ -20,7 +20,7 @@ import polars as pl
 
 from features.bundle import RankingBundle
 from features.ties import tie_keys
-from recsys import metrics
+from recsys import metrics, windows
 from recsys.config import PipelineConfig
 from training.evaluate import bundles_by_state, sample_users, test_relevance
 
@@ -33,7 +33,8 @@ def cold_item_evaluation(bundles: dict[str, RankingBundle], test: pl.DataFrame, 
     cold_idx = np.sort(state.items.to_index(cold_items)).astype(np.int32)
     cold_test = test.filter(pl.col("item_id").is_in(cold_items.implode()))
     user_idx, relevant = test_relevance(state, cold_test)
-    user_idx, relevant = sample_users(user_idx, relevant, config.eval_max_users, config.seed + 3)
+    user_idx, relevant = sample_users(user_idx, relevant, config.eval_max_users,
+                                      config.seed + windows.EVAL_SAMPLE_SEED)
     if len(user_idx) == 0:
         return {}
     pairs = pl.DataFrame({

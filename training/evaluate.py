@@ -19,7 +19,7 @@ from features.item_item import fit_item_item
 from features.ranking_frame import build_ranking_frame
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
-from recsys import metrics
+from recsys import metrics, windows
 from recsys.config import PipelineConfig
 from recsys.split import Split
 
@@ -49,9 +49,9 @@ def sample_users(user_idx: np.ndarray, relevant: list[np.ndarray], max_users: in
     ``max_users`` 0 or at least ``len(user_idx)`` returns the input unchanged. A uniform sample
     keeps every mean-over-users metric unbiased; its bootstrap interval widens as 1/sqrt(users).
     """
-    if max_users <= 0 or len(user_idx) <= max_users:
+    keep = windows.sample_positions(len(user_idx), max_users, seed)
+    if keep is None:
         return user_idx, relevant
-    keep = np.sort(np.random.default_rng(seed).choice(len(user_idx), size=max_users, replace=False))
     return user_idx[keep], [relevant[i] for i in keep]
 
 
@@ -177,7 +177,8 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     k = config.k
     user_idx, relevant = test_relevance(state, split.test)
     n_users_total = len(user_idx)
-    user_idx, relevant = sample_users(user_idx, relevant, config.eval_max_users, config.seed + 3)
+    user_idx, relevant = sample_users(user_idx, relevant, config.eval_max_users,
+                                      config.seed + windows.EVAL_SAMPLE_SEED)
     results: dict[str, dict[str, float]] = {}
     ranked_by_model: dict[str, np.ndarray] = {}
     scores = labels = np.zeros(0)

@@ -20,7 +20,7 @@ import json
 import logging
 import resource
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -30,12 +30,12 @@ import polars as pl
 from features.bundle import RankingBundle
 from features.state import fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
-from recsys.cold_items import pick_cold_items, without_items
+from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
-from recsys.split import Split, split_interactions
+from recsys.split import Split
 from recsys.stage_timer import collect, stage
 from training import plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
@@ -94,19 +94,8 @@ def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
     Item and user indices follow the sorted ids, so the order of rows in the input files
     changes nothing downstream.
     """
-    split = split_interactions(dataset.interactions, kind=config.split, test_fraction=config.test_fraction,
-                               seed=config.seed, impressions=dataset.impressions)
-    cold_items = feature_cold = None
-    if config.cold_item_fraction > 0:
-        cold_items = pick_cold_items(split.train, config.cold_item_fraction, config.seed + 7)
-        split = replace(split, train=without_items(split.train, cold_items),
-                        impressions_train=without_items(split.impressions_train, cold_items))
-    nested = split_interactions(split.train, kind=config.split, test_fraction=config.label_fraction,
-                                seed=config.seed + 1, impressions=split.impressions_train)
-    if cold_items is not None:  # the ranker must see items without behaviour while it learns
-        feature_cold = pick_cold_items(nested.train, config.cold_item_fraction, config.seed + 8)
-        nested = replace(nested, train=without_items(nested.train, feature_cold),
-                         impressions_train=without_items(nested.impressions_train, feature_cold))
+    split, cold_items = windows.test_cut(dataset.interactions, dataset.impressions, config)
+    nested, feature_cold = windows.label_cut(split, config)
     catalog = dataset.items.sort("item_id")
     return Windows(catalog=catalog, split=split, nested=nested, cold_items=cold_items, feature_cold=feature_cold,
                    users=IdMap(kind="user").fit(split.train["user_id"].unique().sort()),
@@ -133,7 +122,7 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     states = variants.states_by_variant(state, state_pretrained)
     counts: dict[str, int] = {}
     users = variants.label_users(state, w.nested.test, config, counts=counts)
-    held_out = variants.validation_users(users[0], config.seed + 4)
+    held_out = variants.validation_users(users[0], config.seed + windows.VALIDATION_SEED)
     metric_log("data/label_users", float(counts["label_users"]), 0)
     metric_log("data/label_users_used", float(counts["label_users_used"]), 0)
     metric_log("data/validation_users", float(len(held_out)), 0)

@@ -23,6 +23,7 @@ from features.candidates import generate_candidates
 from features.ranking_frame import FEATURE_COLUMNS, TEXT_FEATURES, build_ranking_frame, feature_matrix, group_sizes
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
+from recsys import windows
 from recsys.config import PipelineConfig
 from training.evaluate import sample_users, test_relevance
 from training.ranker import LambdaRanker
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 FINETUNED, PRETRAINED, NO_TEXT = "ranker_finetuned_text", "ranker_pretrained_text", "ranker_no_text"
 # Preference order among variants tied on validation: the simpler model wins a tie.
 VARIANTS = (NO_TEXT, PRETRAINED, FINETUNED)
-VALIDATION_USER_SHARE = 0.15
+VALIDATION_USER_SHARE = windows.VALIDATION_USER_SHARE
 SHIPPED = "ranker"  # the name the shipped variant takes in every table, plot and registry tag
 
 
@@ -66,7 +67,8 @@ def label_users(state: FeatureState, label_events: pl.DataFrame, config: Pipelin
                  "so the ranker does not learn on them", int((~profiled).sum()))
     user_idx, relevant = user_idx[profiled], [r for r, keep in zip(relevant, profiled, strict=True) if keep]
     n_all = len(user_idx)
-    user_idx, relevant = sample_users(user_idx, relevant, config.ranker_max_users, config.seed + 2)
+    user_idx, relevant = sample_users(user_idx, relevant, config.ranker_max_users,
+                                      config.seed + windows.RANKER_SAMPLE_SEED)
     if len(user_idx) < n_all:
         log.info("the ranker learns from %d of %d label users (ranker_max_users)", len(user_idx), n_all)
     if counts is not None:
@@ -77,10 +79,7 @@ def label_users(state: FeatureState, label_events: pl.DataFrame, config: Pipelin
 
 def validation_users(user_idx: np.ndarray, seed: int) -> np.ndarray:
     """A seeded ``VALIDATION_USER_SHARE`` of the label users (sorted int array), at least one."""
-    if len(user_idx) == 0:
-        return np.zeros(0, dtype=user_idx.dtype)
-    size = max(1, int(round(len(user_idx) * VALIDATION_USER_SHARE)))
-    return np.sort(np.random.default_rng(seed).choice(user_idx, size=size, replace=False))
+    return np.sort(user_idx[windows.held_out_positions(len(user_idx), seed)])
 
 
 def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray]],

@@ -1,0 +1,75 @@
+"""The cuts and seeded draws of a training run, in one place.
+
+``training.pipeline`` (which trains) and ``recsys.data_checks`` (which refuses, up front, data
+too small to train) both cut the data this way, so the check cannot drift from the run:
+
+1. ``test_cut``: the test split of the data; with the cold-items protocol, a seeded share of the
+   training window's items is taken out of it (``COLD_ITEMS_SEED``).
+2. ``label_cut``: the training window split again into a feature window and a label window
+   (``LABEL_SPLIT_SEED``); with the cold-items protocol the feature window loses a second seeded
+   share of items (``FEATURE_COLD_SEED``), so the ranker learns on items without behaviour.
+3. Label users are capped by ``sample_positions`` (``RANKER_SAMPLE_SEED``), and a
+   ``VALIDATION_USER_SHARE`` of them is held out by ``held_out_positions`` (``VALIDATION_SEED``).
+
+Seeds are offsets added to the run's seed; each draw has its own stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+
+from recsys.cold_items import pick_cold_items, without_items
+from recsys.config import PipelineConfig
+from recsys.split import Split, split_interactions
+
+LABEL_SPLIT_SEED = 1
+RANKER_SAMPLE_SEED = 2
+EVAL_SAMPLE_SEED = 3
+VALIDATION_SEED = 4
+COLD_ITEMS_SEED = 7
+FEATURE_COLD_SEED = 8
+VALIDATION_USER_SHARE = 0.15
+
+
+def test_cut(interactions: pl.DataFrame, impressions: pl.DataFrame | None, config: PipelineConfig,
+             name: str | None = None) -> tuple[Split, pl.Series | None]:
+    """(the test split with cold items out of its training side, the cold items or None)."""
+    split = split_interactions(interactions, kind=config.split, test_fraction=config.test_fraction,
+                               seed=config.seed, impressions=impressions, **({"name": name} if name else {}))
+    if config.cold_item_fraction <= 0:
+        return split, None
+    cold_items = pick_cold_items(split.train, config.cold_item_fraction, config.seed + COLD_ITEMS_SEED)
+    return replace(split, train=without_items(split.train, cold_items),
+                   impressions_train=without_items(split.impressions_train, cold_items)), cold_items
+
+
+def label_cut(split: Split, config: PipelineConfig, name: str | None = None) -> tuple[Split, pl.Series | None]:
+    """(the feature | label split of ``split.train``, the feature window's cold items or None)."""
+    nested = split_interactions(split.train, kind=config.split, test_fraction=config.label_fraction,
+                                seed=config.seed + LABEL_SPLIT_SEED, impressions=split.impressions_train,
+                                **({"name": name} if name else {}))
+    if config.cold_item_fraction <= 0:
+        return nested, None
+    feature_cold = pick_cold_items(nested.train, config.cold_item_fraction, config.seed + FEATURE_COLD_SEED)
+    return replace(nested, train=without_items(nested.train, feature_cold),
+                   impressions_train=without_items(nested.impressions_train, feature_cold)), feature_cold
+
+
+def sample_positions(n: int, max_users: int, seed: int) -> np.ndarray | None:
+    """Sorted positions of a seeded uniform sample of ``max_users`` of ``n`` users; None when
+    ``max_users`` is 0 or at least ``n`` (keep them all)."""
+    if max_users <= 0 or n <= max_users:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_users, replace=False))
+
+
+def held_out_positions(n_users: int, seed: int) -> np.ndarray:
+    """Sorted positions of the ``VALIDATION_USER_SHARE`` (at least one) of ``n_users`` label users
+    held out for validation."""
+    if n_users == 0:
+        return np.zeros(0, dtype=np.int64)
+    size = max(1, int(round(n_users * VALIDATION_USER_SHARE)))
+    return np.sort(np.random.default_rng(seed).choice(n_users, size=size, replace=False))
