@@ -8,7 +8,6 @@ names the file and the 1-based line. Nothing is dropped without a count.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 import tempfile
@@ -75,12 +74,17 @@ def csv_rows(path: Path, encoding: str, header: tuple[str, ...] = (),
     its last line). A row with another field count than the header, a row the csv module cannot
     read, or bytes outside ``encoding`` raise an error naming file and line.
     """
-    numbered = list(read_lines(path, encoding, hint))
-    numbers = [n for n, _ in numbered]
-    reader = csv.reader(io.StringIO("\n".join(line for _, line in numbered)))
+    current = [1]  # the file line the reader took last (streamed: no list of every line is kept)
+
+    def lines() -> Iterator[str]:
+        for number, line in read_lines(path, encoding, hint):
+            current[0] = number
+            yield line
+
+    reader = csv.reader(lines())
 
     def line_of() -> int:
-        return numbers[min(reader.line_num, len(numbers)) - 1] if numbers else 1
+        return current[0]
 
     try:
         first = next(reader, None)
