@@ -20,6 +20,7 @@ import json
 import logging
 import resource
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,13 +197,16 @@ def renamed(metrics: dict[str, dict[str, float]], shipped: str) -> dict[str, dic
 def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register_name: str | None,
           workdir: Path | None = None, progress: bool = True) -> TrainResult:
     """Run the pipeline in one MLflow run; register the model when ``register_name`` is given."""
+    started = time.perf_counter()
     check_trainable(dataset, config)  # too little data for the split and protocol: a clear error, no run
+    check_s = time.perf_counter() - started
     workdir = Path(workdir or Path.cwd())
     tracking.configure_tracking(workdir)
     tracking.ensure_experiment(experiment, workdir)
     with collect() as timings, \
             mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags()) as run, \
             tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
+        timings["data_checks"] = timings.get("data_checks", 0.0) + check_s  # before the run: no empty run on refusal
         metric_log = tracking.MetricBuffer(run.info.run_id)
         mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
                            "data.source": dataset.source})
