@@ -29,6 +29,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -53,11 +54,16 @@ mlflow.models.set_model(Echo())
 '''
 
 
-def _start(model_uri: str, port: int, workers: int) -> subprocess.Popen:
-    """The same command `recsys serve` runs (recsys.cli.serve_command), for either model."""
+def _start(model_uri: str, port: int, workers: int, plain: bool = False) -> subprocess.Popen:
+    """The same command `recsys serve` runs (recsys.cli.serve_command), for either model; ``plain``:
+    MLflow's own `mlflow models serve` without the request guard (the guard's cost, same run)."""
     from recsys.cli import serve_command, serve_env
 
-    return server_process.start(serve_command(port, workers), health_url=f"http://127.0.0.1:{port}/ping",
+    command = serve_command(port, workers)
+    if plain:
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                   "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
+    return server_process.start(command, health_url=f"http://127.0.0.1:{port}/ping",
                                 env=serve_env(os.environ["MLFLOW_TRACKING_URI"], model_uri),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -237,6 +243,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
+    parser.add_argument("--plain", action="store_true",
+                        help="also serve our model with plain `mlflow models serve` (no request guard)")
     parser.add_argument("--mixed", type=float, default=None, metavar="SHARE",
                         help="robustness run: this share of bad requests, our model only")
     args = parser.parse_args()
@@ -256,9 +264,12 @@ def main() -> None:
         trivial = str(Path(tmp) / "trivial")
         mlflow.pyfunc.save_model(trivial, python_model=str(code))
         rows = []
-        for name, uri in (("recsys", args.model), ("trivial pyfunc", trivial)):
+        servers = [("recsys", args.model, False), ("trivial pyfunc", trivial, False)]
+        if args.plain:
+            servers.insert(1, ("recsys, unguarded", args.model, True))
+        for name, uri, plain in servers:
             port = server_process.free_port()
-            server = _start(uri, port, args.workers)
+            server = _start(uri, port, args.workers, plain)
             try:
                 for concurrency in args.concurrency:
                     rows.append((name, concurrency, _measure(port, users, args.k, concurrency, args.duration)))
@@ -266,13 +277,13 @@ def main() -> None:
                 server_process.stop(server)
     print(f"\nserving load test, {args.duration:.0f} s per run, top-{args.k} for one user per request, "
           f"{args.workers} worker(s)")
-    print(f"{'model':16} {'conc':>4} {'requests':>9} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+    print(f"{'model':18} {'conc':>4} {'requests':>9} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8}")
     for name, concurrency, r in rows:
-        print(f"{name:16} {concurrency:>4} {r['requests']:>9} {r['errors']:>6} {r['rps']:>8.1f} {r['p50']:>8.1f} "
+        print(f"{name:18} {concurrency:>4} {r['requests']:>9} {r['errors']:>6} {r['rps']:>8.1f} {r['p50']:>8.1f} "
               f"{r['p95']:>8.1f} {r['p99']:>8.1f}")
     print(f"rerun: .venv/bin/python benchmarks/serve_load.py --model {args.model} --duration {args.duration:.0f} "
-          f"--workers {args.workers}")
+          f"--workers {args.workers}" + (" --plain" if args.plain else ""))
 
 
 if __name__ == "__main__":
