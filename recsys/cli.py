@@ -129,7 +129,7 @@ def _load_bundle(model_uri: str):
     from serving.model_uri import load_pyfunc, resolve_model
     from training.tracking import configure_tracking
 
-    configure_tracking()
+    configure_tracking(create=False)
     resolved = resolve_model(model_uri)
     return load_pyfunc(resolved).unwrap_python_model().bundle, resolved
 
@@ -185,7 +185,7 @@ def _rank_on_spark(args: argparse.Namespace) -> None:
     _check_rank_output(Path(args.out), overwrite=args.overwrite, folder=True)
     if args.users:
         check_users_file(args.users)  # the same refusals as the local engine, before Spark starts
-    configure_tracking()
+    configure_tracking(create=False)
     resolved = resolve_model(args.model)
     report = rank_users_spark(resolved.pinned_uri, args.out, users_path=args.users, k=args.k, master=args.spark_master,
                               partitions=args.partitions, chunk_size=args.chunk_size, progress=not args.quiet)
@@ -194,10 +194,10 @@ def _rank_on_spark(args: argparse.Namespace) -> None:
           f"{report.users_per_second:.1f} users/s")
 
 
-def serve_command(port: int, workers: int = 1) -> list[str]:
+def serve_command(port: int, workers: int = 1, host: str = "127.0.0.1") -> list[str]:
     """uvicorn with the guarded MLflow scoring app (serving/http_app.py); the model comes from
     ``RECSYS_SERVE_MODEL`` in the environment (``serve_env``)."""
-    return [sys.executable, "-m", "uvicorn", "--factory", "serving.http_app:create_app", "--host", "127.0.0.1",
+    return [sys.executable, "-m", "uvicorn", "--factory", "serving.http_app:create_app", "--host", host,
             "--port", str(port), "--workers", str(workers), "--timeout-graceful-shutdown", "10"]
 
 
@@ -222,12 +222,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.model_uri import local_model_folder, resolve_model
     from training.tracking import configure_tracking
 
-    tracking_uri = configure_tracking()
+    tracking_uri = configure_tracking(create=False)
     resolved = resolve_model(args.model)
     folder = local_model_folder(resolved)  # workers load this folder: no registry lookup per worker
-    print(f"serving {args.model} = {resolved.describe()} on http://127.0.0.1:{args.port}/invocations "
+    print(f"serving {args.model} = {resolved.describe()} on http://{args.host}:{args.port}/invocations "
           "(Ctrl-C or SIGTERM stops)", flush=True)
-    command = serve_command(args.port, args.workers)
+    command = serve_command(args.port, args.workers, args.host)
     os.execve(command[0], command, serve_env(tracking_uri, str(folder)))
 
 
@@ -243,13 +243,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                             "--experiment", "recsys-demo", "--register", DEMO_MODEL_NAME,
                                             "--seed", str(args.seed), "--metrics-out", str(out_dir / "metrics.json")])
     result = cmd_train(train_args)["result"]
-    rank_args = build_parser().parse_args([*quiet, "rank", "--model", result.model_uri,
+    # The demo replaces its own earlier output (a user's `recsys rank` never does without --overwrite).
+    rank_args = build_parser().parse_args([*quiet, "rank", "--model", result.model_uri, "--overwrite",
                                            "--out", str(out_dir / "rankings.parquet"), "--k", "10"])
     cmd_rank(rank_args)
     uri = configure_tracking()
+    bin_dir = Path(sys.executable).parent  # absolute: the hints work from any folder
     print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. Next:")
-    print(f"  open the MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {uri} -h 127.0.0.1 -p 5000")
-    print(f"  serve the model:      .venv/bin/recsys serve --model models:/{DEMO_MODEL_NAME}@champion --port 5001")
+    print(f"  open the MLflow UI:   {bin_dir / 'mlflow'} ui --backend-store-uri {uri} -h 127.0.0.1 -p 5000")
+    print(f"  serve the model:      {bin_dir / 'recsys'} serve --model models:/{DEMO_MODEL_NAME}@champion --port 5001")
     print("  query it:             curl -s -X POST http://127.0.0.1:5001/invocations "
           "-H 'Content-Type: application/json' -d '{\"dataframe_records\": [{\"user_id\": \"U00001\"}]}'")
 
@@ -258,7 +260,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     from training import registry
     from training.tracking import configure_tracking
 
-    configure_tracking()
+    configure_tracking(create=False)
     move = registry.promote(args.name, args.version, force=args.force, reason=args.reason or "")
     print(f"{move.name}: champion {move.from_version} -> {move.to_version} ({move.reason})")
 
@@ -267,7 +269,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     from training import registry
     from training.tracking import configure_tracking
 
-    configure_tracking()
+    configure_tracking(create=False)
     move = registry.rollback(args.name)
     print(f"{move.name}: champion {move.from_version} -> {move.to_version} ({move.reason})")
 
@@ -276,7 +278,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
     from training.runs_table import runs_table
     from training.tracking import configure_tracking
 
-    configure_tracking()
+    configure_tracking(create=False)
     print(runs_table(args.experiment, limit=args.limit, k=args.k, color=sys.stdout.isatty()))
 
 
@@ -284,7 +286,7 @@ def cmd_add_items(args: argparse.Namespace) -> None:
     from training.catalog import add_items_to_model
     from training.tracking import configure_tracking
 
-    configure_tracking()
+    configure_tracking(create=False)
     update = add_items_to_model(args.model, args.items_file, promote=args.promote, progress=not args.quiet)
     print(f"{update.name} version {update.version}: version {update.parent_version} + {update.items_added} "
           f"new item(s)" + (" (now champion)" if update.promoted else f"; serve models:/{update.name}/{update.version}"
@@ -328,6 +330,30 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"{data.interactions.height:,} interactions, {data.impressions.height:,} impressions")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (unless the help already says it, or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or "default" in text or action.default in (None, False, argparse.SUPPRESS) \
+                or isinstance(action, argparse._VersionAction | argparse._HelpAction):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from recsys.config import field_docs
+
+    config = load_config(args.config)
+    docs = field_docs()
+    flat = config.flat()
+    width = max(len(f"{k} = {json.dumps(v)}") for k, v in flat.items())
+    print(f"# effective configuration: defaults{', then ' + args.config if args.config else ''}")
+    for key, value in flat.items():
+        line = f"{key} = {json.dumps(value)}"
+        print(f"{line.ljust(width)}  # {docs[key]}" if docs.get(key) else line)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -339,15 +365,28 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys", description="Text-aware recommendation engine")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from recsys import __version__
 
-    demo = sub.add_parser("demo", help="train, register and batch-rank on the embedded demo catalog")
-    demo.add_argument("--seed", type=int, default=42)
+    parser = argparse.ArgumentParser(prog="recsys", formatter_class=_HelpFormatter,
+                                     description="Text-aware recommendation engine: train, rank, serve and compare "
+                                                 "models tracked in MLflow. `recsys COMMAND -h` explains a command.")
+    parser.add_argument("--version", action="version", version=f"recsys {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, description: str = "", parent=sub) -> argparse.ArgumentParser:
+        """A subcommand whose -h has a description and shows defaults, and that takes -q after its name."""
+        text = description or help[0].upper() + help[1:] + "."
+        command_parser = parent.add_parser(name, help=help, description=text, formatter_class=_HelpFormatter)
+        command_parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                    help="no progress bars")
+        return command_parser
+
+    demo = command("demo", help="train, register and batch-rank on the embedded demo catalog")
+    demo.add_argument("--seed", type=int, default=42, help="seed of the training run")
     demo.set_defaults(handler=cmd_demo)
 
-    tr = sub.add_parser("train", help="run the whole pipeline in one MLflow run")
+    tr = command("train", help="run the whole pipeline in one MLflow run")
     tr.add_argument("--data", required=True, help="a canonical data folder, or 'demo'")
     tr.add_argument("--split", choices=SPLITS, default=None,
                     help="evaluation protocol (default: the --config file's, else temporal)")
@@ -365,11 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", default=None, metavar="FILE", help="JSON with PipelineConfig fields to override")
     tr.set_defaults(handler=cmd_train)
 
-    rk = sub.add_parser("rank", help="offline batch ranking into Parquet")
+    rk = command("rank", help="offline batch ranking into Parquet")
     rk.add_argument("--model", required=True, metavar="MODEL_URI", help="e.g. models:/recsys-demo@champion")
     rk.add_argument("--out", required=True, metavar="OUT", help="FILE.parquet (local) or a folder (spark)")
     rk.add_argument("--users", default=None, metavar="FILE", help="Parquet/CSV with user_id (default: all known)")
-    rk.add_argument("--k", type=int, default=10)
+    rk.add_argument("--k", type=int, default=10, help="items per user")
     rk.add_argument("--chunk-size", type=_positive_int, default=2048,
                     help="users per chunk (memory is flat in users)")
     rk.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -382,29 +421,31 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--partitions", type=int, default=None, help="Spark tasks (default: 2 per core)")
     rk.set_defaults(handler=cmd_rank)
 
-    sv = sub.add_parser("serve", help="start the MLflow model server on 127.0.0.1")
+    sv = command("serve", help="serve a model over HTTP: MLflow's scoring protocol behind the request guard")
     sv.add_argument("--model", required=True, metavar="MODEL_URI")
-    sv.add_argument("--port", type=int, default=5001)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (0.0.0.0: every interface; put it behind your own gateway)")
+    sv.add_argument("--port", type=int, default=5001, help="TCP port")
     sv.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes (each loads the model)")
     sv.set_defaults(handler=cmd_serve)
-    pr = sub.add_parser("promote", help="move the champion alias to a version that beats the champion")
+    pr = command("promote", help="move the champion alias to a version that beats the champion")
     pr.add_argument("--name", required=True, help="registered model name")
     pr.add_argument("--version", required=True)
     pr.add_argument("--force", action="store_true", help="promote even if it does not beat the champion (recorded)")
     pr.add_argument("--reason", default=None, help="recorded with the move")
     pr.set_defaults(handler=cmd_promote)
 
-    rb = sub.add_parser("rollback", help="put the champion alias back on the previous champion")
+    rb = command("rollback", help="put the champion alias back on the previous champion")
     rb.add_argument("--name", required=True)
     rb.set_defaults(handler=cmd_rollback)
 
-    ad = sub.add_parser("add-items", help="add new items with text to a registered model as a new version")
+    ad = command("add-items", help="add new items with text to a registered model as a new version")
     ad.add_argument("--model", required=True, metavar="MODEL_URI", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     ad.add_argument("items_file", help="Parquet/CSV with item_id, title, description, category")
     ad.add_argument("--promote", action="store_true", help="move champion to the new version (recorded)")
     ad.set_defaults(handler=cmd_add_items)
 
-    im = sub.add_parser("import", help="convert a public dataset layout into a canonical data folder")
+    im = command("import", help="convert a public dataset layout into a canonical data folder")
     im.add_argument("format", choices=("movielens", "mind"))
     im.add_argument("src", help="MovieLens folder (u.data/u.item or ratings.csv/movies.csv) or MIND folder")
     im.add_argument("dst", help="canonical folder to create (items/interactions[/impressions].parquet)")
@@ -415,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     im.set_defaults(handler=cmd_import)
 
-    ge = sub.add_parser("generate", help="write the demo world at a scale (1.0 = 100k users, 20k items, "
+    ge = command("generate", help="write the demo world at a scale (1.0 = 100k users, 20k items, "
                                          "2M interactions) as a canonical data folder")
     ge.add_argument("dst")
     ge.add_argument("--scale", type=float, default=1.0, help="1.0 = 100,000 users, 20,000 items, ~2M clicks")
@@ -423,11 +464,18 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     ge.set_defaults(handler=cmd_generate)
 
-    ru = sub.add_parser("runs", help="compare recent runs side by side")
+    ru = command("runs", help="compare recent runs side by side")
     ru.add_argument("--experiment", default=None, help="experiment name (default: every experiment)")
-    ru.add_argument("--limit", type=int, default=10)
-    ru.add_argument("--k", type=int, default=10)
+    ru.add_argument("--limit", type=int, default=10, help="newest runs to show")
+    ru.add_argument("--k", type=int, default=10, help="the k of the metric columns (ndcg@k, recall@k, ...)")
     ru.set_defaults(handler=cmd_runs)
+
+    cf = command("config", "show the training configuration and what each setting means")
+    cf_sub = cf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = command("show", "print the effective configuration (defaults, then --config FILE) with each "
+                   "setting's meaning", parent=cf_sub)
+    show.add_argument("--config", default=None, metavar="FILE", help="JSON with PipelineConfig fields to override")
+    show.set_defaults(handler=cmd_config_show)
     return parser
 
 

@@ -34,11 +34,11 @@ class TextModelConfig:
     trainable_layers: int = 2
     steps: int = 100
     batch_size: int = 48
-    learning_rate: float = 5e-5
+    learning_rate: float = 5e-5  # AdamW learning rate of the fine-tuned layers
     temperature: float = 0.05
     history_len: int = 20
     recency_half_life: float = 5.0
-    encode_batch_size: int = 64
+    encode_batch_size: int = 64  # item texts per batch when encoding the catalog
     # Shown-but-not-clicked items per click joining the softmax. Off by default: each one adds a
     # target to encode per click, roughly doubling the text stage at 2 per click.
     hard_negatives: int = 0
@@ -50,11 +50,11 @@ class TextModelConfig:
 class CandidateConfig:
     """How many candidates each source contributes per user (before the union)."""
 
-    n_cf: int = 100
-    n_item_item: int = 100
-    n_text: int = 100
-    n_popular: int = 50
-    n_recent: int = 50
+    n_cf: int = 100  # candidates from ALS per user
+    n_item_item: int = 100  # candidates from EASE / co-occurrence per user
+    n_text: int = 100  # candidates from the text interest score per user
+    n_popular: int = 50  # most popular items (all time) per user
+    n_recent: int = 50  # most popular items of the last day per user
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,12 +63,12 @@ class RankerConfig:
 
     # Prediction cost grows with the number of trees and dominates batch ranking.
     num_boost_round: int = 100
-    early_stopping_rounds: int = 20
-    learning_rate: float = 0.1
-    num_leaves: int = 15
-    min_data_in_leaf: int = 20
-    feature_fraction: float = 0.9
-    lambdarank_truncation_level: int = 20
+    early_stopping_rounds: int = 20  # trees without a validation gain before boosting stops
+    learning_rate: float = 0.1  # LightGBM shrinkage
+    num_leaves: int = 15  # leaves per tree
+    min_data_in_leaf: int = 20  # rows per leaf at least
+    feature_fraction: float = 0.9  # share of features each tree sees
+    lambdarank_truncation_level: int = 20  # positions of each list LambdaRank optimises
     # A tree counts as better on the validation queries only when nDCG rises by more than this.
     # With a prior, trees whose gain is within the validation noise are then not kept.
     early_stopping_min_delta: float = 0.0
@@ -86,46 +86,46 @@ class RankerConfig:
 class PipelineConfig:
     """Everything a `recsys train` run depends on. Logged as flattened MLflow params."""
 
-    split: str = "temporal"
-    k: int = 10
-    seed: int = 42
+    split: str = "temporal"  # evaluation protocol: temporal, leave-last-out or stratified
+    k: int = 10  # list length K of the metrics and of served lists
+    seed: int = 42  # seed of every draw (splits, samples, fits): same data, config and seed, same numbers
     test_fraction: float = 0.2  # temporal: share of time; stratified: share of each user's rows
     label_fraction: float = 0.2  # share of the training window that labels the ranker
     # Cold-items protocol: this seeded share of the catalog's interacted items is removed from
     # training entirely (found only through their text); 0 = off.
     cold_item_fraction: float = 0.0
-    als_factors: int = 64
-    als_iterations: int = 15
-    als_regularization: float = 0.05
+    als_factors: int = 64  # ALS latent factors
+    als_iterations: int = 15  # ALS sweeps
+    als_regularization: float = 0.05  # ALS L2 regularisation
     als_alpha: float = 1.0  # ALS confidence = 1 + alpha x value
     # ALS's values: the interaction weights (True) or 1 per (user, item) pair (False). Weights say
     # how much a user liked an item; 0/1 says only that they took it, which is what a protocol
     # where every test interaction counts (MovieLens ratings of any value) asks for.
     cf_use_weights: bool = True
-    bpr_factors: int = 64
-    bpr_iterations: int = 60
+    bpr_factors: int = 64  # BPR latent factors
+    bpr_iterations: int = 60  # BPR epochs
     # EASE item-to-item model (features/item_item.py): lambda, weights kept per item, and the
     # catalog size above which the dense inverse is replaced by cosine co-occurrence. EASE costs
     # n_items^3 time and one dense n_items^2 matrix (benchmarks/item_item_scale.py), which would
     # make the stage grow faster than the data; cosine grows with the co-occurring pairs.
     item_item_regularization: float = 500.0
-    item_item_neighbours: int = 200
-    item_item_max_items: int = 5_000
+    item_item_neighbours: int = 200  # EASE/co-occurrence weights kept per item
+    item_item_max_items: int = 5_000  # above this catalog size, cosine co-occurrence replaces EASE
     # EDLAE's dropout (0 = plain EASE): a penalty on each item's weights that grows with its
     # popularity, lambda + p / (1 - p) x count.
     item_item_dropout: float = 0.0
     # Session co-occurrence joins the user co-occurrence (0 = off): a session is a user's run of
     # interactions at most this many seconds apart, and its pairs count session_weight each.
     item_item_session_gap_seconds: float = 0.0
-    item_item_session_weight: float = 1.0
-    ctr_prior_strength: float = 20.0
+    item_item_session_weight: float = 1.0  # weight of a session pair (with item_item_session_gap_seconds)
+    ctr_prior_strength: float = 20.0  # impressions of prior in the smoothed click-through rates
     # Above these user counts a seeded uniform sample of users is used (0 = every user): the label
     # users the ranker learns from, and the test users of the full-ranking evaluation. Both cost
     # users x catalog items (candidates, dense baselines), which grows with the square of the data
     # when users and items grow together; with the cap the cost grows with the catalog alone.
     # MovieLens 100K (943 users) and the demo (3,000) are never sampled.
     ranker_max_users: int = 10_000
-    eval_max_users: int = 10_000
+    eval_max_users: int = 10_000  # test users ranked in the evaluation (0 = every user)
     text: TextModelConfig = field(default_factory=TextModelConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
@@ -183,3 +183,47 @@ class PipelineConfig:
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+_SECTIONS = {"PipelineConfig": "", "TextModelConfig": "text.", "CandidateConfig": "candidates.",
+             "RankerConfig": "ranker."}
+
+
+def field_docs() -> dict[str, str]:
+    """``section.field -> meaning`` for every setting, read from this module's source: the comment
+    on or just above the field, else its entry in the class docstring (``name: meaning``)."""
+    import ast
+    import inspect
+    import io
+    import re
+    import sys
+    import tokenize
+
+    source = inspect.getsource(sys.modules[__name__])
+    comments: dict[int, str] = {}  # line -> comment text
+    code_lines: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(token.start[0])
+    docs: dict[str, str] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef) or node.name not in _SECTIONS:
+            continue
+        docstring = ast.get_docstring(node) or ""
+        entries = {m[1]: " ".join(m[2].split()) for m in
+                   re.finditer(r"(?:^|; )(\w+): (.+?)(?=; \w+: |\n\S|\n\n|\Z)", docstring, re.M | re.S)}
+        for item in node.body:
+            if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
+                continue
+            name, line = item.target.id, item.lineno
+            text = comments.get(line) if line in code_lines else None
+            if not text:
+                above, previous = [], line - 1
+                while previous in comments and previous not in code_lines:
+                    above.insert(0, comments[previous])
+                    previous -= 1
+                text = " ".join(above) or entries.get(name, "")
+            docs[_SECTIONS[node.name] + name] = text
+    return docs

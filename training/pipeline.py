@@ -202,7 +202,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
     check_s = time.perf_counter() - started
     workdir = Path(workdir or Path.cwd())
     tracking.configure_tracking(workdir)
-    tracking.ensure_experiment(experiment, workdir)
+    tracking.ensure_experiment(experiment)
     with collect() as timings, \
             mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags()) as run, \
             tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:

@@ -27,6 +27,11 @@ def runs_table(experiment: str | None, *, limit: int = 10, k: int = 10, color: b
     if not runs:
         return "no runs yet: run `recsys train` first"
     names = {e.experiment_id: e.name for e in experiments}
+    used = sorted({int(r.data.params["k"]) for r in runs if r.data.params.get("k", "").isdigit()})
+    warning = ""
+    if used and k not in used:
+        warning = (f"warning: no run here was evaluated at k={k} (they used k = {', '.join(map(str, used))}), so "
+                   f"the @{k} columns are empty; pass --k {used[0]}\n")
     columns = [f"ndcg_at_{k}", f"recall_at_{k}", f"precision_at_{k}", "mrr", f"baseline/popularity_7d/ndcg_at_{k}"]
     headers = ["run", "experiment", "split", "seed", *[c.replace("baseline/", "") for c in columns]]
     rows = []
@@ -40,7 +45,7 @@ def runs_table(experiment: str | None, *, limit: int = 10, k: int = 10, color: b
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     for row in cells:
         lines.append("  ".join(c + " " * (w - len(_plain(c))) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(lines) + "\n(* best in column)"
+    return warning + "\n".join(lines) + "\n(* best in column)"
 
 
 def _cell(value, best, color: bool) -> str:

@@ -12,28 +12,61 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 
-def configure_tracking(workdir: str | Path | None = None) -> str:
-    """Use ``MLFLOW_TRACKING_URI`` when set, else a SQLite store ``mlflow.db`` in ``workdir``
-    (default: the current directory), so the model registry works without a server."""
+STORE_FILE = "mlflow.db"
+
+
+def find_store(start: str | Path | None = None) -> Path | None:
+    """The nearest ``mlflow.db`` in ``start`` (default: the current directory) or a parent, as git
+    finds ``.git``; None when there is none."""
+    folder = Path(start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / STORE_FILE).is_file():
+            return candidate / STORE_FILE
+    return None
+
+
+def configure_tracking(workdir: str | Path | None = None, *, create: bool = True) -> str:
+    """Use ``MLFLOW_TRACKING_URI`` when set, else the SQLite store ``mlflow.db`` found in ``workdir``
+    (default: the current directory) or its parents, so the model registry works without a server
+    and from any folder inside the project.
+
+    create: with no store found, make one in ``workdir`` (``recsys train``); False raises a
+        RecsysError instead (commands that read runs and models never start an empty store).
+    """
+    from recsys.errors import RecsysError
+
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        db = Path(workdir or Path.cwd()).resolve() / "mlflow.db"
+        db = find_store(workdir)
+        if db is None:
+            here = Path(workdir or Path.cwd()).resolve()
+            if not create:
+                raise RecsysError(f"no MLflow store: no {STORE_FILE} in {here} or its parents, and "
+                                  "MLFLOW_TRACKING_URI is not set. Run this from the folder where you ran `recsys "
+                                  "train` (or `make demo`), or set MLFLOW_TRACKING_URI")
+            db = here / STORE_FILE
         uri = f"sqlite:///{db}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
 
 
-def ensure_experiment(name: str, workdir: str | Path | None = None) -> str:
-    """Create (with a local artifact folder next to the SQLite store) or reuse an experiment."""
+def store_folder() -> Path | None:
+    """The folder of the configured SQLite store (its runs' artifacts go beside it); None otherwise."""
+    uri = mlflow.get_tracking_uri()
+    return Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else None
+
+
+def ensure_experiment(name: str) -> str:
+    """Create (with a local artifact folder beside the SQLite store) or reuse an experiment."""
     client = MlflowClient()
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         experiment_id = existing.experiment_id
     else:
         location = None
-        if mlflow.get_tracking_uri().startswith("sqlite:"):
-            location = (Path(workdir or Path.cwd()).resolve() / "mlruns").as_uri()
+        if (folder := store_folder()) is not None:  # beside the store, wherever the command runs from
+            location = (folder / "mlruns").as_uri()
         experiment_id = client.create_experiment(name, artifact_location=location)
     # Opens the UI on the training-runs view (not the GenAI traces overview).
     client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
