@@ -71,6 +71,23 @@ def read_users_file(path: str | Path) -> list[str]:
     return users
 
 
+PROVENANCE_KEYS = ("recsys.model_uri", "recsys.model", "recsys.model_name", "recsys.model_version",
+                   "recsys.run_id", "recsys.k", "recsys.ranked_at", "recsys.version")
+
+
+def provenance(model: ResolvedModel, k: int) -> dict[str, str]:
+    """What the output file's Parquet key-value metadata records: the model as the user named it
+    and pinned (name, version, run id), k, when (UTC, ISO 8601) and the recsys version.
+    Read it back with ``polars.read_parquet_metadata(path)``."""
+    from datetime import datetime, timezone
+
+    from recsys import __version__
+
+    values = (model.uri, model.pinned_uri, model.name, model.version, model.run_id, k,
+              datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__)
+    return {key: "" if value is None else str(value) for key, value in zip(PROVENANCE_KEYS, values, strict=True)}
+
+
 def check_users_file(path: str | Path) -> int:
     """The number of non-null user ids in a users file, counted by a streaming scan (no ids held in
     memory: the Spark engine's files can be large). Same refusals as ``read_users_file``."""
@@ -166,10 +183,11 @@ def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_file = partial / "final.parquet.tmp"
     parts = sorted(partial.glob("part-*.parquet"))
+    metadata = provenance(model, k)
     if parts:
-        pl.scan_parquet(parts).sink_parquet(tmp_file)
+        pl.scan_parquet(parts).sink_parquet(tmp_file, metadata=metadata)
     else:
-        pl.DataFrame(schema=schemas.RANKING_OUTPUT).write_parquet(tmp_file)
+        pl.DataFrame(schema=schemas.RANKING_OUTPUT).write_parquet(tmp_file, metadata=metadata)
     os.replace(tmp_file, out)
     shutil.rmtree(partial)
     return BatchReport(n_users=len(unique), n_unknown_users=n_unknown, n_duplicates_removed=n_dupes,

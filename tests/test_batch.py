@@ -157,3 +157,19 @@ def test_spark_rank_refuses_the_same_mistakes_before_spark_starts(tmp_path, caps
     assert re.search(message, capsys.readouterr().err)
     if setup == "existing-folder":
         assert (out / "part-0.parquet").read_bytes() == b"earlier output"
+
+
+def test_the_output_file_records_its_provenance(small_bundle, tmp_path):
+    model = ResolvedModel(uri="models:/m@champion", pinned_uri="models:/m/3", name="m", version="3", run_id="abc")
+    out = tmp_path / "o.parquet"
+    rank_users(small_bundle, small_bundle.state.users.ids.head(3).to_list(), out, k=4, model=model, progress=False)
+    meta = pl.read_parquet_metadata(out)
+    assert {key: meta[key] for key in ("recsys.model_uri", "recsys.model", "recsys.model_name",
+                                       "recsys.model_version", "recsys.run_id", "recsys.k")} == \
+        {"recsys.model_uri": "models:/m@champion", "recsys.model": "models:/m/3", "recsys.model_name": "m",
+         "recsys.model_version": "3", "recsys.run_id": "abc", "recsys.k": "4"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", meta["recsys.ranked_at"])
+    assert pl.read_parquet(out).height == 12
+    empty = tmp_path / "e.parquet"
+    rank_users(small_bundle, [], empty, k=4, model=model, progress=False)
+    assert pl.read_parquet_metadata(empty)["recsys.model_version"] == "3"

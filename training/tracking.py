@@ -11,7 +11,6 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-
 STORE_FILE = "mlflow.db"
 
 
