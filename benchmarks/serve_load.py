@@ -59,12 +59,13 @@ def _start(model_uri: str, port: int, workers: int, plain: bool = False) -> subp
     MLflow's own `mlflow models serve` without the request guard (the guard's cost, same run)."""
     from recsys.cli import serve_command, serve_env
 
-    command = serve_command(port, workers)
+    command, env = serve_command(port, workers), serve_env(os.environ["MLFLOW_TRACKING_URI"], model_uri)
     if plain:
         command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                    "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)]
-    return server_process.start(command, health_url=f"http://127.0.0.1:{port}/ping",
-                                env=serve_env(os.environ["MLFLOW_TRACKING_URI"], model_uri),
+        # MLflow starts `uvicorn` by name: this interpreter's scripts folder (the venv) must be on PATH.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return server_process.start(command, health_url=f"http://127.0.0.1:{port}/ping", env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

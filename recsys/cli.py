@@ -117,11 +117,21 @@ def cmd_train(args: argparse.Namespace) -> dict:
         result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet)
     print(format_metrics_table(result.metrics, config.k, shipped=result.shipped_variant,
                                validation=result.validation_metrics, reason=result.shipped_reason))
-    print(f"\nMLflow run {result.run_id} in experiment {experiment!r}; model: {result.model_uri}"
-          + (" (now champion)" if result.became_champion else ""))
+    print(f"\nMLflow run {result.run_id} in experiment {experiment!r}; model: {result.model_uri}")
+    if result.registered_name and result.became_champion:
+        print(f"version {result.version} is the champion of {result.registered_name} (the first version)")
+    elif result.registered_name:
+        print(f"version {result.version} is the challenger; the champion stays version {result.champion_version}. "
+              f"To promote it (only if it beats the champion on the same validation data):\n"
+              f"  {_recsys_command()} promote --name {result.registered_name} --version {result.version}")
     if args.metrics_out:
         Path(args.metrics_out).write_text(json.dumps(result.metrics_document(), indent=2, sort_keys=True))
     return {"result": result, "experiment": experiment}
+
+
+def _recsys_command() -> str:
+    """The `recsys` executable as a path that works from any folder."""
+    return str(Path(sys.executable).parent / "recsys")
 
 
 def _load_bundle(model_uri: str):
@@ -251,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     bin_dir = Path(sys.executable).parent  # absolute: the hints work from any folder
     print(f"\ndemo finished in {time.perf_counter() - start:.0f}s. Next:")
     print(f"  open the MLflow UI:   {bin_dir / 'mlflow'} ui --backend-store-uri {uri} -h 127.0.0.1 -p 5000")
-    print(f"  serve the model:      {bin_dir / 'recsys'} serve --model models:/{DEMO_MODEL_NAME}@champion --port 5001")
+    print(f"  serve this model:     {bin_dir / 'recsys'} serve --model {result.model_uri} --port 5001")
     print("  query it:             curl -s -X POST http://127.0.0.1:5001/invocations "
           "-H 'Content-Type: application/json' -d '{\"dataframe_records\": [{\"user_id\": \"U00001\"}]}'")
 

@@ -109,3 +109,26 @@ def test_the_store_is_found_from_a_subfolder_and_runs_warns_about_an_unused_k(em
     assert "warning: no run here was evaluated at k=5 (they used k = 10), so the @5 columns are empty; pass --k 10" \
         in capsys.readouterr().out
     assert not (empty_folder / "deeper" / "down" / "mlflow.db").exists()
+
+
+def test_runs_shows_the_version_each_run_registered_and_its_aliases(empty_folder, capsys):
+    uri = f"sqlite:///{empty_folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # an earlier test may have left another registry set
+    client = MlflowClient()
+    experiment = client.create_experiment("e")
+    client.create_registered_model("m")
+    run_ids = []
+    for name in ("first", "second", "unregistered"):
+        with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
+            mlflow.log_params({"k": 10, "split": "temporal", "seed": 1})
+            run_ids.append(run.info.run_id)
+    for run_id in run_ids[:2]:
+        client.create_model_version("m", source=str(empty_folder), run_id=run_id)
+    client.set_registered_model_alias("m", "champion", "1")
+    client.set_registered_model_alias("m", "challenger", "2")
+    mlflow.set_tracking_uri(None)
+    assert main(["runs"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
+    assert "m/1 @champion" in rows["first"] and "m/2 @challenger" in rows["second"]
+    assert rows["unregistered"].split()[4] == "-"

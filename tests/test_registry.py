@@ -141,3 +141,13 @@ def test_history_written_before_the_kind_field_replays_as_before():
     assert registry.champion_stack(legacy) == ["1", "3"]
     mixed = legacy + [{"time": "t", "kind": "promote", "from": "3", "to": "2", "reason": "rollback to be safe"}]
     assert registry.champion_stack(mixed) == ["1", "3", "2"]
+
+
+def test_the_first_version_becomes_champion_and_later_ones_challenger(model):
+    assert registry.register_outcome("m", "1") == (registry.CHAMPION, "1")
+    assert registry.register_outcome("m", "2") == (registry.CHALLENGER, "1")
+    assert registry.register_outcome("m", "3") == (registry.CHALLENGER, "1")  # the newest is the challenger
+    aliases = model.get_registered_model("m").aliases
+    assert (str(aliases[registry.CHAMPION]), str(aliases[registry.CHALLENGER])) == ("1", "3")
+    registry.promote("m", 3)  # the challenger wins: champion, and no longer a challenger
+    assert {a: str(v) for a, v in model.get_registered_model("m").aliases.items()} == {registry.CHAMPION: "3"}

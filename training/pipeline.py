@@ -58,6 +58,7 @@ class TrainResult:
     registered_name: str | None
     version: str | None
     became_champion: bool
+    champion_version: str | None = None  # the registered model's champion after this run
     metrics: dict[str, dict[str, float]]
     validation_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     shipped_variant: str = ""
@@ -239,20 +240,20 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=_shipped_encoder(
                 fitted.choice.shipped, encoder_dir, Path(tmp) / "pretrained_encoder", config))
             info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list())
-            became_champion = False
+            became_champion, champion_version = False, None
             if register_name:
                 version = str(info.registered_model_version)
                 tracking.tag_version(register_name, version, results, validation, config, dataset, fitted.digest,
                                      fitted.choice)
-                if registry.current_champion(register_name) is None:
-                    registry.promote(register_name, version)
-                    became_champion = True
+                alias, champion_version = registry.register_outcome(register_name, version)
+                became_champion = alias == registry.CHAMPION
         mlflow.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
         mlflow.log_metric("memory/peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
-                           became_champion=became_champion, metrics=results, validation_metrics=validation,
+                           became_champion=became_champion, champion_version=champion_version,
+                           metrics=results, validation_metrics=validation,
                            shipped_variant=fitted.choice.shipped, shipped_reason=fitted.choice.reason(),
                            best_baseline=fitted.validation.best_baseline,
                            timings=dict(timings), ranker_trees=shipped.best_iteration,

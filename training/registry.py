@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from recsys.errors import RecsysError
 
 CHAMPION = "champion"
+# A registered version that did not become champion: the one to compare and maybe promote next.
+CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 METRIC_TAG = "validation.metric"
 VALUE_TAG = "validation.value"
@@ -43,6 +45,24 @@ class AliasMove:
     to_version: str
     reason: str
     kind: str = PROMOTE
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def register_outcome(name: str, version: str) -> tuple[str, str | None]:
+    """After registering ``version``: the first version becomes champion (gated promotion with
+    nothing to beat); any later one gets the ``challenger`` alias. Returns (alias, champion version)."""
+    client = MlflowClient()
+    if current_champion(name, client) is None:
+        promote(name, version)
+        return CHAMPION, version
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return CHALLENGER, current_champion(name, client)
 
 
 def current_champion(name: str, client: MlflowClient | None = None) -> str | None:
@@ -94,6 +114,8 @@ def _history(client: MlflowClient, name: str) -> list[dict]:
 def _move(client: MlflowClient, name: str, to_version: str, reason: str, kind: str) -> AliasMove:
     from_version = current_champion(name, client)
     client.set_registered_model_alias(name, CHAMPION, to_version)
+    if _alias_version(client, name, CHALLENGER) == to_version:  # the challenger won: it is not one any more
+        client.delete_registered_model_alias(name, CHALLENGER)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     entry = {"time": now, "kind": kind, "from": from_version, "to": to_version, "reason": reason}
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(_history(client, name) + [entry]))

@@ -33,19 +33,33 @@ def runs_table(experiment: str | None, *, limit: int = 10, k: int = 10, color: b
         warning = (f"warning: no run here was evaluated at k={k} (they used k = {', '.join(map(str, used))}), so "
                    f"the @{k} columns are empty; pass --k {used[0]}\n")
     columns = [f"ndcg_at_{k}", f"recall_at_{k}", f"precision_at_{k}", "mrr", f"baseline/popularity_7d/ndcg_at_{k}"]
-    headers = ["run", "experiment", "split", "seed", *[c.replace("baseline/", "") for c in columns]]
+    headers = ["run", "experiment", "split", "seed", "model version", *[c.replace("baseline/", "") for c in columns]]
     rows = []
     for run in runs:
         params, values = run.data.params, run.data.metrics
         rows.append([run.info.run_name or run.info.run_id[:8], names.get(run.info.experiment_id, "?"),
-                     params.get("split", "-"), params.get("seed", "-"), *[values.get(c) for c in columns]])
-    best = {i: max((r[i] for r in rows if r[i] is not None), default=None) for i in range(4, len(headers))}
-    cells = [[_cell(v, best.get(i), color) if i >= 4 else str(v) for i, v in enumerate(r)] for r in rows]
+                     params.get("split", "-"), params.get("seed", "-"), _registered(client, run.info.run_id),
+                     *[values.get(c) for c in columns]])
+    first_metric = 5
+    best = {i: max((r[i] for r in rows if r[i] is not None), default=None) for i in range(first_metric, len(headers))}
+    cells = [[_cell(v, best.get(i), color) if i >= first_metric else str(v) for i, v in enumerate(r)] for r in rows]
     widths = [max(len(_plain(x)) for x in [h] + [c[i] for c in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     for row in cells:
         lines.append("  ".join(c + " " * (w - len(_plain(c))) for c, w in zip(row, widths, strict=True)))
     return warning + "\n".join(lines) + "\n(* best in column)"
+
+
+def _registered(client: MlflowClient, run_id: str) -> str:
+    """``NAME/VERSION`` (and its aliases, e.g. ``@champion``) of the model version the run registered; "-" if none."""
+    versions = client.search_model_versions(f"run_id='{run_id}'")
+    if not versions:
+        return "-"
+    version = max(versions, key=lambda v: int(v.version))
+    # search results carry no aliases: they live on the registered model (alias -> version)
+    named = client.get_registered_model(version.name).aliases or {}
+    aliases = "".join(f" @{a}" for a, v in sorted(named.items()) if str(v) == str(version.version))
+    return f"{version.name}/{version.version}{aliases}"
 
 
 def _cell(value, best, color: bool) -> str:
