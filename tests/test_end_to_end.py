@@ -98,6 +98,17 @@ def test_the_registry_keeps_validation_and_test_apart(trained):
     assert len(tags[registry.DIGEST_TAG]) == 64
     card = client.get_model_version("e2e", "1").description
     assert f"**Shipped: `ranker` = `{document['shipped_variant']}`.**" in card
+    # The promotion gate's input: the shipped ranker's nDCG per validation user, whose mean is the
+    # validation nDCG above (the paired interval is computed on these rows).
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    try:
+        per_user = pl.read_parquet(mlflow.artifacts.download_artifacts(artifact_uri=tags[registry.PER_USER_TAG]))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert per_user.columns == ["user_id", "ndcg"] and per_user["user_id"].n_unique() == per_user.height > 0
+    assert per_user["ndcg"].mean() == pytest.approx(validation[f"ndcg@{K}"], abs=1e-9)
 
 
 def test_the_shipped_encoder_is_the_one_its_item_vectors_came_from(trained):

@@ -3,11 +3,32 @@
 import json
 
 import mlflow
+import numpy as np
+import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys.errors import RecsysError
 from training import registry
+
+BASE = np.random.default_rng(0).uniform(0.0, 0.6, size=300)  # per-user nDCG of version 1 (mean 0.30)
+
+
+def add_version(client, folder, value: float, digest: str, per_user: np.ndarray | None) -> str:
+    """A registered version of 'm' as training leaves it: validation tags and, unless None, a run
+    artifact with its per-user validation nDCG (users u0..u299) named by the validation.per_user tag."""
+    with mlflow.start_run() as run:
+        if per_user is not None:
+            path = folder / f"per_user_{run.info.run_id}.parquet"
+            pl.DataFrame({"user_id": [f"u{i}" for i in range(len(per_user))], "ndcg": per_user}).write_parquet(path)
+            mlflow.log_artifact(str(path), "validation")
+    version = client.create_model_version("m", source=str(folder / "artifacts"), run_id=run.info.run_id).version
+    tags = {registry.METRIC_TAG: "ndcg_at_10", registry.VALUE_TAG: str(value), registry.DIGEST_TAG: digest}
+    if per_user is not None:
+        tags[registry.PER_USER_TAG] = f"runs:/{run.info.run_id}/validation/per_user_{run.info.run_id}.parquet"
+    for key, tag in tags.items():
+        client.set_model_version_tag("m", version, key, tag)
+    return str(version)
 
 
 @pytest.fixture
@@ -19,19 +40,19 @@ def model(tmp_path, monkeypatch):
     client = MlflowClient()
     client.create_registered_model("m")
     (tmp_path / "artifacts").mkdir()
-    for value, digest in ((0.30, "d1"), (0.25, "d1"), (0.35, "d1"), (0.50, "other")):
-        version = client.create_model_version("m", source=str(tmp_path / "artifacts")).version
-        for key, tag in ((registry.METRIC_TAG, "ndcg_at_10"), (registry.VALUE_TAG, str(value)),
-                         (registry.DIGEST_TAG, digest)):
-            client.set_model_version_tag("m", version, key, tag)
+    mlflow.set_experiment("registry-test")
+    for shift, digest in ((0.0, "d1"), (-0.05, "d1"), (0.05, "d1"), (0.20, "other")):
+        add_version(client, tmp_path, 0.30 + shift, digest, BASE + shift)
+    client.tmp_path = tmp_path
     yield client
     mlflow.set_tracking_uri(None)
 
 
 def test_promotion_refuses_a_worse_model_and_accepts_a_better_one(model):
     assert registry.promote("m", 1).to_version == "1"  # first champion
-    with pytest.raises(RecsysError, match=r"refused: m version 2 has ndcg_at_10 0.2500, not better than champion "
-                                          r"version 1 with 0.3000"):
+    with pytest.raises(RecsysError, match=r"refused: m version 2 vs champion version 1: ndcg_at_10 0.2500 vs 0.3000, "
+                                          r"paired lift -0.0500 \(95% CI -0.0500 to -0.0500\) on the same 300 "
+                                          r"validation users; the interval does not clear zero"):
         registry.promote("m", 2)
     assert registry.current_champion("m") == "1"
     move = registry.promote("m", 3)
@@ -122,9 +143,7 @@ def test_history_records_the_kind_of_each_move(model):
 
 
 def test_a_promotion_whose_reason_says_rollback_is_not_replayed_as_one(model):
-    weakest = str(model.create_model_version("m", source=model.get_model_version("m", "1").source).version)
-    for key, tag in ((registry.METRIC_TAG, "ndcg_at_10"), (registry.VALUE_TAG, "0.20"), (registry.DIGEST_TAG, "d1")):
-        model.set_model_version_tag("m", weakest, key, tag)
+    weakest = add_version(model, model.tmp_path, 0.20, "d1", BASE - 0.10)
     registry.promote("m", weakest)
     registry.promote("m", 2, reason="rollback to be safe")  # a gated promotion: 0.25 beats 0.20
     registry.promote("m", 3)
@@ -151,3 +170,23 @@ def test_the_first_version_becomes_champion_and_later_ones_challenger(model):
     assert (str(aliases[registry.CHAMPION]), str(aliases[registry.CHALLENGER])) == ("1", "3")
     registry.promote("m", 3)  # the challenger wins: champion, and no longer a challenger
     assert {a: str(v) for a, v in model.get_registered_model("m").aliases.items()} == {registry.CHAMPION: "3"}
+
+
+def test_a_gap_within_the_noise_is_refused_and_a_clear_one_promoted(model):
+    """The gate is the paired 95% interval on the validation users, not the point estimates."""
+    registry.promote("m", 1)
+    noise = np.random.default_rng(1).normal(0.0, 0.1, size=300)
+    noisy = add_version(model, model.tmp_path, 0.3020, "d1", BASE + 0.002 + noise - noise.mean())
+    with pytest.raises(RecsysError, match=r"paired lift \+0\.0020 \(95% CI -0\.0\d+ to \+0\.0\d+\) on the same 300 "
+                                          r"validation users; the interval does not clear zero"):
+        registry.promote("m", noisy)
+    move = registry.promote("m", 3)
+    assert move.to_version == "3" and "paired lift +0.0500 (95% CI +0.0500 to +0.0500)" in move.reason
+
+
+def test_a_version_without_per_user_scores_cannot_pass_the_gate(model):
+    registry.promote("m", 1)
+    old = add_version(model, model.tmp_path, 0.40, "d1", None)
+    with pytest.raises(RecsysError, match=f"m version {old} has no per-user validation scores .* use --force"):
+        registry.promote("m", old)
+    assert registry.promote("m", old, force=True).to_version == old

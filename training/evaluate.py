@@ -149,6 +149,12 @@ class Evaluation:
     n_users_total: int = 0  # test users before ``eval_max_users`` sampling
 
 
+def per_user_ndcg(evaluation: Evaluation, name: str, k: int) -> np.ndarray:
+    """float64 (n_users,) nDCG@k of model ``name`` for each evaluated user (``evaluation.user_idx`` order)."""
+    n_rel = np.array([len(r) for r in evaluation.relevant])
+    return metrics.ndcg_at_k(metrics.hits_matrix(evaluation.ranked[name][:, :k], evaluation.relevant), n_rel)
+
+
 def paired_lift(per_user: np.ndarray, baseline_per_user: np.ndarray, *, seed: int,
                 n_boot: int = 1000, level: float = 0.95) -> tuple[float, float, float]:
     """Mean per-user difference and its paired percentile bootstrap interval (same users resampled)."""

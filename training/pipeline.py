@@ -27,6 +27,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import polars as pl
+from mlflow.tracking import MlflowClient
 
 from features.bundle import RankingBundle
 from features.state import fit_feature_state, with_indices, with_text_vectors
@@ -58,7 +59,6 @@ class TrainResult:
     registered_name: str | None
     version: str | None
     became_champion: bool
-    champion_version: str | None = None  # the registered model's champion after this run
     metrics: dict[str, dict[str, float]]
     validation_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     shipped_variant: str = ""
@@ -68,6 +68,7 @@ class TrainResult:
     # The shipped ranker: trees kept by early stopping and the prior's weights (source -> weight).
     ranker_trees: int = 0
     prior_weights: dict[str, float] = field(default_factory=dict)
+    champion_version: str | None = None  # the registered model's champion after this run
 
     def metrics_document(self) -> dict:
         """What ``--metrics-out`` writes: a pure function of (data, config, seed)."""
@@ -240,11 +241,13 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=_shipped_encoder(
                 fitted.choice.shipped, encoder_dir, Path(tmp) / "pretrained_encoder", config))
             info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list())
+            per_user_uri = _log_per_user_validation(fitted, w, config, Path(tmp), run.info.run_id)
             became_champion, champion_version = False, None
             if register_name:
                 version = str(info.registered_model_version)
                 tracking.tag_version(register_name, version, results, validation, config, dataset, fitted.digest,
                                      fitted.choice)
+                MlflowClient().set_model_version_tag(register_name, version, registry.PER_USER_TAG, per_user_uri)
                 alias, champion_version = registry.register_outcome(register_name, version)
                 became_champion = alias == registry.CHAMPION
         mlflow.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
@@ -258,6 +261,19 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                            best_baseline=fitted.validation.best_baseline,
                            timings=dict(timings), ranker_trees=shipped.best_iteration,
                            prior_weights=dict(shipped.prior_weights))
+
+
+def _log_per_user_validation(fitted: Fitted, w: Windows, config: PipelineConfig, tmp: Path, run_id: str) -> str:
+    """The shipped variant's nDCG@k per held-out validation user, as the run artifact
+    ``validation/per_user.parquet`` (user_id, ndcg); the promotion gate pairs two versions on it."""
+    from training.evaluate import per_user_ndcg
+
+    table = pl.DataFrame({"user_id": w.users.to_ids(fitted.validation.user_idx),
+                          "ndcg": per_user_ndcg(fitted.validation, fitted.choice.shipped, config.k)})
+    path = tmp / "per_user.parquet"
+    table.write_parquet(path)
+    mlflow.log_artifact(str(path), "validation")
+    return f"runs:/{run_id}/validation/per_user.parquet"
 
 
 def _shipped_encoder(shipped: str, finetuned_dir: Path, pretrained_dir: Path, config: PipelineConfig) -> Path:

@@ -1,7 +1,9 @@
 """Model registry: gated promotion of the ``champion`` alias, rollback, and its history.
 
 A version may become champion only if it beats the current champion on the same validation
-data (same ``validation.digest`` tag) and the same metric, unless forced. The validation data
+data (same ``validation.digest`` tag) and the same metric, by a paired 95% bootstrap interval of
+the per-user difference that lies above zero (the two versions' per-user scores are run
+artifacts named by the ``validation.per_user`` tag), unless forced. The validation data
 is cut from the training window (the held-out label users; see ``training/variants.py``); test
 metrics are stored as ``test.*`` tags for reading and never compared here. Every move is
 recorded: on the version (``promoted_at``, ``promoted_from``, ``promotion_reason``,
@@ -28,6 +30,10 @@ HISTORY_TAG = "champion_history"
 METRIC_TAG = "validation.metric"
 VALUE_TAG = "validation.value"
 DIGEST_TAG = "validation.digest"
+# Where the version's per-user validation scores are (a runs:/ artifact URI: user_id, ndcg). The gate
+# pairs the two versions' scores user by user; add-items versions inherit their parent's.
+PER_USER_TAG = "validation.per_user"
+GATE_LEVEL = 0.95
 
 # The kinds of champion move recorded in the history's ``kind`` field (and the ``promotion_kind``
 # version tag). Every kind but ``rollback`` makes its version the new champion on top of the stack.
@@ -164,12 +170,45 @@ def promote(name: str, version: str | int, *, force: bool = False, reason: str =
             f"{champion} ({metric} on {digest[:12]} vs {champ_metric} on {champ_digest[:12]}); they cannot be "
             "compared. Retrain on the same data, or use --force"
         )
-    if value <= champ_value:
-        raise RecsysError(
-            f"refused: {name} version {version} has {metric} {value:.4f}, not better than champion version "
-            f"{champion} with {champ_value:.4f} on the same validation data (use --force to override)"
-        )
-    return _move(client, name, version, reason or f"{metric} {champ_value:.4f} -> {value:.4f}", PROMOTE)
+    lift, low, high, n_users = _paired_lift(client, name, version, champion)
+    verdict = (f"{name} version {version} vs champion version {champion}: {metric} {value:.4f} vs {champ_value:.4f}, "
+               f"paired lift {lift:+.4f} (95% CI {low:+.4f} to {high:+.4f}) on the same {n_users} validation users")
+    if low <= 0:
+        raise RecsysError(f"refused: {verdict}; the interval does not clear zero, so the gap may be noise "
+                          "(use --force to override)")
+    return _move(client, name, version, reason or verdict, PROMOTE)
+
+
+def _per_user(client: MlflowClient, name: str, version: str):
+    """The version's per-user validation scores (polars DataFrame user_id, ndcg); RecsysError if absent."""
+    import mlflow
+    import polars as pl
+
+    uri = client.get_model_version(name, version).tags.get(PER_USER_TAG)
+    if not uri:
+        raise RecsysError(f"{name} version {version} has no per-user validation scores (tag {PER_USER_TAG}; it was "
+                          "registered before the paired gate existed), so no paired interval can be computed; "
+                          "compare the versions yourself and use --force")
+    try:
+        return pl.read_parquet(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as exc:
+        raise RecsysError(f"{name} version {version}: cannot read its per-user validation scores at {uri}: "
+                          f"{str(exc)[:200]}; use --force to promote without the paired gate") from None
+
+
+def _paired_lift(client: MlflowClient, name: str, version: str, champion: str) -> tuple[float, float, float, int]:
+    """Mean per-user nDCG difference (version - champion) over the shared validation users and its
+    paired bootstrap 95% interval (seed 0: the same verdict every time it is asked)."""
+    from training.evaluate import paired_lift
+
+    new, old = _per_user(client, name, version), _per_user(client, name, champion)
+    paired = new.join(old, on="user_id", how="inner", suffix="_champion")
+    if paired.height != new.height or paired.height != old.height or paired.height == 0:
+        raise RecsysError(f"{name} versions {version} and {champion} were validated on different users "
+                          f"({new.height} and {old.height}, {paired.height} shared); use --force")
+    lift, low, high = paired_lift(paired["ndcg"].to_numpy(), paired["ndcg_champion"].to_numpy(), seed=0,
+                                  level=GATE_LEVEL)
+    return lift, low, high, paired.height
 
 
 def champion_stack(history: list[dict]) -> list[str]:
