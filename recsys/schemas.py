@@ -32,12 +32,14 @@ IMPRESSIONS = {
 }
 IMPRESSIONS_REQUIRED = tuple(IMPRESSIONS)
 
-# Output of batch ranking and of the serving endpoint: one row per (user, rank).
+# Output of batch ranking: one row per (user, rank). ``path`` is how the user was served, as in
+# the endpoint's answer: "personalized" (a user the model knows) or "cold-start".
 RANKING_OUTPUT = {
     "user_id": pl.String,
     "rank": pl.Int32,
     "item_id": pl.String,
     "score": pl.Float32,
+    "path": pl.String,
 }
 
 # Candidate rows inside the pipeline: one ranked list per query (a user or an impression),

@@ -31,9 +31,10 @@ def candidate_budget(bundle: RankingBundle) -> int:
 
 
 def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:
-    """Long table (user_id, rank, item_id, score): up to k rows per user, users in input order.
+    """Long table (user_id, rank, item_id, score, path): up to k rows per user, users in input order.
 
-    The batch path: no per-request lists. Unknown users get the cold-start ranking.
+    The batch path: no per-request lists. Unknown users get the cold-start ranking (``path``
+    "cold-start"; known users "personalized", as in the endpoint's answer).
     """
     if not user_ids:
         return pl.DataFrame(schema=schemas.RANKING_OUTPUT)
@@ -45,6 +46,7 @@ def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.Da
         pl.col("rank"),
         bundle.state.items.to_ids(top["item_idx"].to_numpy()).alias("item_id"),
         pl.col("score").cast(pl.Float32),
+        pl.when(pl.col("user_idx") >= 0).then(pl.lit(PERSONALIZED)).otherwise(pl.lit(COLD_START)).alias("path"),
     )
 
 

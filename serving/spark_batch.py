@@ -22,7 +22,7 @@ from pathlib import Path
 from recsys.errors import DataValidationError, RecsysError
 from serving.batch import BatchReport
 
-OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
+OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float, path string"
 _loaded: dict[str, object] = {}  # per executor Python worker: model folder -> RankingBundle
 
 

@@ -12,7 +12,7 @@ from serving.model_uri import ResolvedModel
 def test_empty_user_list_writes_an_empty_file_with_the_schema(small_bundle, tmp_path):
     report = rank_users(small_bundle, [], tmp_path / "empty.parquet", k=5, progress=False)
     out = pl.read_parquet(tmp_path / "empty.parquet")
-    assert out.height == 0 and out.columns == ["user_id", "rank", "item_id", "score"]
+    assert out.height == 0 and out.columns == ["user_id", "rank", "item_id", "score", "path"]
     assert report.n_users == 0
 
 

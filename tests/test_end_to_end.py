@@ -133,7 +133,8 @@ def test_the_shipped_encoder_is_the_one_its_item_vectors_came_from(trained):
 
 def test_batch_output_has_k_distinct_items_per_known_user(trained):
     _, ranked = trained
-    assert ranked.columns == ["user_id", "rank", "item_id", "score"]
+    assert ranked.columns == ["user_id", "rank", "item_id", "score", "path"]
+    assert ranked["path"].unique().to_list() == ["personalized"]  # every user ranked here is known
     per_user = ranked.group_by("user_id").agg(pl.len(), pl.col("item_id").n_unique().alias("distinct"),
                                               pl.col("rank").min().alias("first"))
     assert per_user["len"].to_list() == [K] * per_user.height
@@ -196,6 +197,8 @@ def test_users_file_with_duplicates_and_unknown_users(trained, tmp_path, capsys)
                      r"removed\)", capsys.readouterr().out)
     out = pl.read_parquet(tmp_path / "some.parquet")
     assert out["user_id"].unique(maintain_order=True).to_list() == [known[0], known[1], "stranger"]
+    paths = dict(out.select("user_id", "path").unique().iter_rows())
+    assert paths == {known[0]: "personalized", known[1]: "personalized", "stranger": "cold-start"}
     assert out.filter(pl.col("user_id") == known[0])["item_id"].to_list() == \
         ranked.filter(pl.col("user_id") == known[0]).sort("rank")["item_id"].to_list()
     assert not (tmp_path / "some.parquet.partial").exists()
