@@ -116,3 +116,22 @@ def small_pyfunc(small_bundle, tmp_path_factory):
     mlflow.pyfunc.save_model(str(model_dir), python_model=importlib.util.find_spec("serving.pyfunc_model").origin,
                              artifacts={"bundle": str(work / "bundle")}, signature=_signature())
     return mlflow.pyfunc.load_model(str(model_dir)), model_dir
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, created (schema migrations: seconds) once per session."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}", registry_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def fresh_store(_empty_store, tmp_path) -> str:
+    """The tracking URI of a new, empty SQLite store ``tmp_path/mlflow.db`` (a copy of the template)."""
+    import shutil
+
+    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

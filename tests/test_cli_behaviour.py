@@ -92,8 +92,9 @@ def test_reading_commands_outside_a_project_do_not_start_an_empty_store(empty_fo
     assert not (empty_folder / "mlflow.db").exists()
 
 
-def test_the_store_is_found_from_a_subfolder_and_runs_warns_about_an_unused_k(empty_folder, monkeypatch, capsys):
-    uri = f"sqlite:///{empty_folder / 'mlflow.db'}"
+def test_the_store_is_found_from_a_subfolder_and_runs_warns_about_an_unused_k(empty_folder, monkeypatch, capsys,
+                                                                             fresh_store):
+    uri = fresh_store
     mlflow.set_tracking_uri(uri)
     experiment = MlflowClient().create_experiment("e")
     with mlflow.start_run(experiment_id=experiment, run_name="r1"):
@@ -111,8 +112,8 @@ def test_the_store_is_found_from_a_subfolder_and_runs_warns_about_an_unused_k(em
     assert not (empty_folder / "deeper" / "down" / "mlflow.db").exists()
 
 
-def test_runs_shows_the_version_each_run_registered_and_its_aliases(empty_folder, capsys):
-    uri = f"sqlite:///{empty_folder / 'mlflow.db'}"
+def test_runs_shows_the_version_each_run_registered_and_its_aliases(empty_folder, capsys, fresh_store):
+    uri = fresh_store
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # an earlier test may have left another registry set
     client = MlflowClient()

@@ -32,8 +32,8 @@ def add_version(client, folder, value: float, digest: str, per_user: np.ndarray 
 
 
 @pytest.fixture
-def model(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def model(tmp_path, monkeypatch, fresh_store):
+    uri = fresh_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
