@@ -117,9 +117,12 @@ def cmd_train(args: argparse.Namespace) -> dict:
         result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet)
     print(format_metrics_table(result.metrics, config.k, shipped=result.shipped_variant,
                                validation=result.validation_metrics, reason=result.shipped_reason))
-    print(f"\nMLflow run {result.run_id} in experiment {experiment!r}; model: {result.model_uri}")
+    import mlflow
+
+    print(f"\nMLflow run {result.run_id} in experiment {experiment!r} (store {mlflow.get_tracking_uri()}); "
+          f"model: {result.model_uri}")
     if result.registered_name and result.became_champion:
-        print(f"version {result.version} is the champion of {result.registered_name} (the first version)")
+        print(f"version {result.version} is now the champion of {result.registered_name} (it had none)")
     elif result.registered_name:
         print(f"version {result.version} is the challenger; the champion stays version {result.champion_version}. "
               f"To promote it (only if it beats the champion on the same validation data):\n"

@@ -33,6 +33,7 @@ def add_version(client, folder, value: float, digest: str, per_user: np.ndarray 
 
 @pytest.fixture
 def model(tmp_path, monkeypatch, fresh_store):
+    monkeypatch.chdir(tmp_path)  # run artifacts (./mlruns) stay in the test's folder
     uri = fresh_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
@@ -190,3 +191,11 @@ def test_a_version_without_per_user_scores_cannot_pass_the_gate(model):
     with pytest.raises(RecsysError, match=f"m version {old} has no per-user validation scores .* use --force"):
         registry.promote("m", old)
     assert registry.promote("m", old, force=True).to_version == old
+
+
+def test_versions_validated_on_different_users_are_not_paired(model):
+    registry.promote("m", 1)
+    fewer = add_version(model, model.tmp_path, 0.40, "d1", (BASE + 0.1)[:299])  # one validation user short
+    with pytest.raises(RecsysError, match=rf"m versions {fewer} and 1 were validated on different users \(299 and "
+                                          r"300, 299 shared\); use --force"):
+        registry.promote("m", fewer)

@@ -65,8 +65,11 @@ def register_outcome(name: str, version: str) -> tuple[str, str | None]:
     nothing to beat); any later one gets the ``challenger`` alias. Returns (alias, champion version)."""
     client = MlflowClient()
     if current_champion(name, client) is None:
-        promote(name, version)
-        return CHAMPION, version
+        try:
+            promote(name, version)
+            return CHAMPION, version
+        except RecsysError:  # another run made a champion meanwhile and this one does not beat it
+            pass
     client.set_registered_model_alias(name, CHALLENGER, version)
     return CHALLENGER, current_champion(name, client)
 
