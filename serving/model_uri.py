@@ -30,10 +30,6 @@ class ResolvedModel:
             return self.pinned_uri
         return f"{self.name} version {self.version} (run {self.run_id})"
 
-    def as_dict(self) -> dict:
-        return {"uri": self.uri, "pinned_uri": self.pinned_uri, "name": self.name, "version": self.version,
-                "run_id": self.run_id}
-
 
 def resolve_model(uri: str) -> ResolvedModel:
     """Pin ``uri`` to one model; RecsysError saying what exists when it names nothing.

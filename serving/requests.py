@@ -156,9 +156,10 @@ def predict_frame(bundle, model_input: pd.DataFrame, deadline: float | None = No
     """
     from serving.recommend import candidate_budget, recommend_requests
 
-    requests = parse_requests(model_input, bundle.config.k, candidate_budget(bundle))
+    budget = candidate_budget(bundle)
+    requests = parse_requests(model_input, bundle.config.k, budget)
     rows: list[dict] = []
-    for chunk in _chunks(requests, candidate_budget(bundle)):
+    for chunk in _chunks(requests, budget):
         if deadline is not None and time.monotonic() > deadline:
             raise RequestDeadlineError(f"request stopped after its deadline, {len(rows)} of {len(requests)} users "
                                        "ranked; send fewer users per request")

@@ -75,11 +75,7 @@ def register_outcome(name: str, version: str) -> tuple[str, str | None]:
 
 
 def current_champion(name: str, client: MlflowClient | None = None) -> str | None:
-    client = client or MlflowClient()
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
+    return _alias_version(client or MlflowClient(), name, CHAMPION)
 
 
 def _registered_model(client: MlflowClient, name: str):
