@@ -29,6 +29,7 @@ import os
 import re
 import sys
 
+import pandas as pd
 import pyarrow.compute as pc
 from anyio import to_thread
 
@@ -79,26 +80,28 @@ def build_app(model):
     """MLflow's scoring app for ``model`` (a loaded PyFuncModel) behind the RequestGuard."""
     from mlflow.pyfunc import scoring_server
 
-    return RequestGuard(scoring_server.init(model), candidate_budget=_candidate_budget(model))
+    budget, default_k = _request_limits(model)
+    return RequestGuard(scoring_server.init(model), candidate_budget=budget, default_k=default_k)
 
 
-def _candidate_budget(model) -> int | None:
-    """Candidates per user of a recsys model (for the work bound); None for any other pyfunc."""
+def _request_limits(model) -> tuple[int | None, int | None]:
+    """(candidates per user, default k) of a recsys model; (None, None) for any other pyfunc."""
     from serving.recommend import candidate_budget
 
     try:
         bundle = model.unwrap_python_model().bundle
-    except Exception:  # not one of ours (a benchmark's echo model): no work bound to apply
-        return None
-    return candidate_budget(bundle)
+    except Exception:  # not one of ours (a benchmark's echo model): no request rules to apply
+        return None, None
+    return candidate_budget(bundle), bundle.config.k
 
 
 class RequestGuard:
     """ASGI middleware for POST /invocations; every other path passes through untouched."""
 
-    def __init__(self, app, *, candidate_budget: int | None):
+    def __init__(self, app, *, candidate_budget: int | None, default_k: int | None = None):
         self.app = app
         self.candidate_budget = candidate_budget
+        self.default_k = default_k
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
@@ -133,21 +136,28 @@ class RequestGuard:
             raise RequestRefused(415, "UNSUPPORTED_MEDIA_TYPE", f"missing Content-Type header; send {ACCEPTED} "
                                  "(for example -H 'Content-Type: application/json')")
         if mime in JSON_TYPES:
-            columns, counts = _json_shape(body)
+            columns, rows = _json_rows(body)
         elif mime in CSV_TYPES:
             raise RequestRefused(415, "UNSUPPORTED_MEDIA_TYPE", "CSV cannot carry this endpoint's list fields "
                                  "(candidates, history, exclude) and MLflow cannot parse it against the model's "
                                  f"signature; send {ACCEPTED}")
         elif mime in PARQUET_TYPES:
-            columns, counts = _parquet_shape(body)
+            columns, rows = _parquet_rows(body)
             mime = PARQUET_TYPES[0]  # the name MLflow's server knows
         else:
             raise RequestRefused(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {raw_type[:60]!r} is not supported; "
                                  f"send {ACCEPTED}")
         try:
             request_rules.check_fields(columns)
-            if self.candidate_budget is not None and counts is not None:
-                request_rules.check_size(len(counts), counts, self.candidate_budget)
+            request_rules.check_size(len(rows), [], 0)
+            if self.default_k is not None:
+                # One of ours: every row is validated here (the same rules as the model's), and MLflow
+                # gets the canonical form its typed signature takes as it is (k filled in, null
+                # lists), so no row is coerced (5.5 -> 5) or refused for a field another row left out.
+                requests = request_rules.parse_requests(pd.DataFrame(rows, columns=columns), self.default_k,
+                                                        self.candidate_budget)
+                body = json.dumps(request_rules.canonical_split(requests)).encode()
+                mime, parameters = JSON_TYPES[0], ""
         except request_rules.RequestTooLargeError as exc:
             raise RequestRefused(413, "REQUEST_TOO_LARGE", str(exc)) from None
         except DataValidationError as exc:
@@ -187,8 +197,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _json_shape(body: bytes) -> tuple[list[str], list[int | None] | None]:
-    """(field names, per-user explicit-candidate counts) of a JSON body, or RequestRefused."""
+def _json_rows(body: bytes) -> tuple[list[str], list[dict]]:
+    """(field names, request rows) of a JSON body, or RequestRefused."""
     try:
         document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
@@ -206,8 +216,7 @@ def _json_shape(body: bytes) -> tuple[list[str], list[int | None] | None]:
         raise RequestRefused(400, "INVALID_PARAMETER_VALUE", f"request JSON needs exactly one of {list(JSON_KEYS)}"
                              + (f"; unknown key(s) {request_rules.show(extra)}" if extra
                                 else f"; got {request_rules.show(sorted(document))}"))
-    columns, rows = _rows(keys[0], document[keys[0]])
-    return columns, [_explicit_count(row.get("candidates")) for row in rows]
+    return _rows(keys[0], document[keys[0]])
 
 
 def _rows(key: str, data) -> tuple[list, list[dict]]:
@@ -231,18 +240,18 @@ def _rows(key: str, data) -> tuple[list, list[dict]]:
     return list(dict.fromkeys(c for row in data for c in row)), data
 
 
-def _explicit_count(candidates) -> int | None:
-    return len(candidates) if isinstance(candidates, list) else None
-
-
-def _parquet_shape(body: bytes) -> tuple[list[str], list[int | None] | None]:
+def _parquet_rows(body: bytes) -> tuple[list[str], list[dict]]:
+    """(field names, request rows) of a Parquet body, or RequestRefused. A file with more rows than
+    one request may hold is refused unread."""
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(io.BytesIO(body))
         columns = parquet.schema_arrow.names
-        if parquet.metadata.num_rows > request_rules.MAX_USERS_PER_REQUEST:
-            return columns, [None] * parquet.metadata.num_rows  # refused by the user bound, rows unread
+        try:
+            request_rules.check_size(parquet.metadata.num_rows, [], 0)
+        except request_rules.RequestTooLargeError as exc:
+            raise RequestRefused(413, "REQUEST_TOO_LARGE", str(exc)) from None
         # A small file can decode to gigabytes (a long string repeated through its dictionary): read
         # every column dictionary-encoded (no expansion) and bound the decoded size first.
         paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
@@ -251,16 +260,13 @@ def _parquet_shape(body: bytes) -> tuple[list[str], list[int | None] | None]:
         if expanded > MAX_PARQUET_BYTES:
             raise RequestRefused(413, "REQUEST_TOO_LARGE", f"Parquet body expands to {expanded:,} bytes; at most "
                                  f"{MAX_PARQUET_BYTES:,} (send fewer users per request, or use `recsys rank`)")
-        counts = [None] * table.num_rows
-        if "candidates" in columns and table.schema.field("candidates").type.num_fields == 1:  # a list column
-            lengths = pc.list_value_length(table.column("candidates")).to_pylist()
-            counts = [None if n is None else int(n) for n in lengths]
+        rows = table.to_pylist()
     except RequestRefused:
         raise
     except Exception as exc:  # pyarrow raises several types for a body that is not Parquet
         raise RequestRefused(400, "INVALID_PARAMETER_VALUE", f"body is not a Parquet file: {str(exc)[:200]}") \
             from None
-    return columns, counts
+    return columns, rows
 
 
 def _decoded_bytes(column) -> int:

@@ -130,7 +130,7 @@ def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: 
         raise DataValidationError("request has no rows; send at least one user_id")
     check_size(len(model_input), [], 0)
     records = model_input.to_dict("records")
-    requests, seen = [], set()
+    requests, seen, sent_counts = [], set(), []
     for row, rec in enumerate(records):
         user = rec["user_id"]
         if _is_missing(user) or not isinstance(user, str) or not user.strip():
@@ -140,12 +140,22 @@ def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: 
                                       "request")
         seen.add(user)
         lists = {f: _id_list(rec.get(f), row, f) for f in LIST_FIELDS}
+        sent_counts.append(None if lists["candidates"] is None else len(rec["candidates"]))  # as sent, repeats too
         requests.append(RecommendRequest(user_id=user, k=_k(rec.get("k"), row, default_k),
                                          candidates=lists["candidates"], history=lists["history"] or (),
                                          exclude=lists["exclude"] or ()))
-    check_size(len(requests), [None if r.candidates is None else len(r.candidates) for r in requests],
-               candidate_budget)
+    check_size(len(requests), sent_counts, candidate_budget)
     return requests
+
+
+def canonical_split(requests: list[RecommendRequest]) -> dict:
+    """Validated requests as one ``dataframe_split`` JSON payload that the model's typed signature
+    takes as it is: every row has an integer ``k`` (the default filled in), ``candidates`` is a
+    list or null (null: the model's own candidates), ``history`` and ``exclude`` are lists."""
+    return {"dataframe_split": {
+        "columns": list(FIELDS),
+        "data": [[r.user_id, r.k, None if r.candidates is None else list(r.candidates), list(r.history),
+                  list(r.exclude)] for r in requests]}}
 
 
 def predict_frame(bundle, model_input: pd.DataFrame, deadline: float | None = None) -> pd.DataFrame:

@@ -104,17 +104,15 @@ def small_bundle():
 def small_pyfunc(small_bundle, tmp_path_factory):
     """``small_bundle`` saved and loaded back as the real MLflow pyfunc model (signature included),
     as `recsys serve` loads a registered version: (loaded PyFuncModel, model folder)."""
-    import importlib.util
-
     import mlflow
 
-    from training.tracking import _signature
+    from training.tracking import save_pyfunc_model
 
     work = tmp_path_factory.mktemp("pyfunc")
     small_bundle.save(work / "bundle")
     model_dir = work / "model"
-    mlflow.pyfunc.save_model(str(model_dir), python_model=importlib.util.find_spec("serving.pyfunc_model").origin,
-                             artifacts={"bundle": str(work / "bundle")}, signature=_signature())
+    save_pyfunc_model(model_dir, work / "bundle", small_bundle.state.users.ids.head(2).to_list(),
+                      small_bundle.state.items.ids.head(5).to_list(), small_bundle.config.k)
     return mlflow.pyfunc.load_model(str(model_dir)), model_dir
 
 

@@ -70,7 +70,8 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
         mlflow.log_params({"parent_model": f"{name}/{parent}", "items_added": new_items.height,
                            "n_items": updated.state.n_items})
         bundle_dir = updated.save(Path(tmp) / "bundle")
-        info = tracking.log_pyfunc_model(bundle_dir, name, updated.state.users.ids.head(2).to_list())
+        info = tracking.log_pyfunc_model(bundle_dir, name, updated.state.users.ids.head(2).to_list(),
+                                         new_items["item_id"].head(5).to_list(), updated.config.k)
     version = str(info.registered_model_version)
     for key, value in parent_info.tags.items():
         if key.startswith(("test.", "validation.", "shipped_variant")):

@@ -114,9 +114,30 @@ def candidate_recall(candidates: pl.DataFrame, user_idx: np.ndarray, relevant: l
 
 def bootstrap_ci(values: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over users."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, 1 - (1 - level) / 2))
+    low, high = bootstrap_cis(np.asarray(values, dtype=np.float64)[:, None], seed=seed, n_boot=n_boot, level=level)
+    return float(low[0]), float(high[0])
+
+
+def bootstrap_cis(columns: np.ndarray, *, seed: int, n_boot: int = 1000,
+                  level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap intervals of the mean over users of each column of ``columns``
+    (n_users, n_columns), every column resampled with the same seeded draws of users (one
+    (n_boot, n_users) index matrix, as ``bootstrap_ci`` draws for one column).
+
+    The resampled means are one matrix product: how often each user is drawn in each resample
+    (n_boot, n_users) times the columns, so many models cost about as much as one.
+    """
+    columns = np.asarray(columns, dtype=np.float64)
+    n = columns.shape[0]
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    draws += n * np.arange(n_boot)[:, None]  # in place: one flat index per (resample, draw)
+    counts = np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    del draws
+    block = 100  # resamples per product: peak memory about two (n_boot, n) int64 arrays, as before
+    means = np.concatenate([counts[i:i + block].astype(np.float64) @ columns for i in range(0, n_boot, block)]) / n
+    q = ((1 - level) / 2, 1 - (1 - level) / 2)
+    low, high = np.quantile(means, q, axis=0)
+    return low, high
 
 
 def coverage(ranked: np.ndarray, n_items: int) -> float:
@@ -174,10 +195,11 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     variant leads). ``pretrained_state`` adds
     the ``text_pretrained`` baseline (text interest from the encoder before fine-tuning).
     Above ``config.eval_max_users`` test users, a seeded uniform sample of them is evaluated.
-    Every ranker (a name starting with ``ranker``) gets bootstrap intervals of nDCG@k and of its
-    paired lift over the best baseline: ``versus`` when given (chosen on validation data), else
-    the best baseline of this table. ``keep_scores``: the bundle whose labelled candidate scores
-    are kept for the score-distribution plot ("" = none).
+    Every model gets a bootstrap interval of nDCG@k (``ndcg@k_ci_low/high``); every ranker (a name
+    starting with ``ranker``) also gets its paired lift over the best baseline with its interval:
+    ``versus`` when given (chosen on validation data), else the best baseline of this table.
+    ``keep_scores``: the bundle whose labelled candidate scores are kept for the
+    score-distribution plot ("" = none).
     """
     state = baseline_state or next(iter(bundles.values())).state
     k = config.k
@@ -262,23 +284,40 @@ def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rel
 
 def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],
                    best: str, config: PipelineConfig) -> None:
-    """Bootstrap intervals of nDCG@k for every ranker and ``best`` (the baseline to beat), and each
-    ranker's paired nDCG lift over ``best`` with its interval (same users resampled)."""
+    """Bootstrap intervals of nDCG@k for every model of ``results`` with ranked lists in ``ranked``
+    (rankers and baselines alike, so every bar of the comparison plot has its whiskers), and each
+    ranker's paired nDCG lift over ``best`` (the baseline to beat) with its interval (same users
+    resampled)."""
     k = config.k
     n_rel = np.array([len(r) for r in relevant])
+    hits = _hits_function(relevant)
+    per_user = {name: metrics.ndcg_at_k(hits(ranked[name][:, :k]), n_rel) for name in results if name in ranked}
+    rankers = [name for name in per_user if name.startswith("ranker")]
+    # One bootstrap for every column: each model's nDCG and each ranker's difference to ``best``.
+    columns = [per_user[name] for name in per_user] + [per_user[name] - per_user[best] for name in rankers]
+    low, high = bootstrap_cis(np.column_stack(columns), seed=config.seed)
+    for i, name in enumerate(per_user):
+        results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = float(low[i]), float(high[i])
+    for j, name in enumerate(rankers, start=len(per_user)):
+        results[name].update({f"lift_vs_best_baseline/ndcg@{k}": float(columns[j].mean()),
+                              f"lift_vs_best_baseline/ndcg@{k}_ci_low": float(low[j]),
+                              f"lift_vs_best_baseline/ndcg@{k}_ci_high": float(high[j])})
 
-    def per_user(name: str) -> np.ndarray:
-        return metrics.ndcg_at_k(metrics.hits_matrix(ranked[name][:, :k], relevant), n_rel)
 
-    best_per_user = per_user(best)
-    for name in [n for n in results if n.startswith("ranker")] + [best]:
-        low, high = bootstrap_ci(per_user(name), seed=config.seed)
-        results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = low, high
-    for name in [n for n in results if n.startswith("ranker")]:
-        lift, low, high = paired_lift(per_user(name), best_per_user, seed=config.seed)
-        results[name].update({f"lift_vs_best_baseline/ndcg@{k}": lift,
-                              f"lift_vs_best_baseline/ndcg@{k}_ci_low": low,
-                              f"lift_vs_best_baseline/ndcg@{k}_ci_high": high})
+def _hits_function(relevant: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``metrics.hits_matrix`` for many models over one set of users, vectorised: the relevant
+    (user, item) pairs become one sorted key array once, and each model's hits are one ``isin``
+    (``hits_matrix`` loops over users in Python, the bulk of the cost over a dozen models)."""
+    n_rel = np.array([len(r) for r in relevant], dtype=np.int64)
+    items = np.concatenate(relevant).astype(np.int64) if relevant else np.zeros(0, dtype=np.int64)
+    width = np.int64(1 << 32)  # above any item index
+    keys = np.unique(np.repeat(np.arange(len(relevant), dtype=np.int64), n_rel) * width + items)
+
+    def hits(ranked: np.ndarray) -> np.ndarray:
+        rows = np.arange(len(ranked), dtype=np.int64)[:, None] * width
+        return np.isin(rows + ranked.astype(np.int64), keys) & (ranked >= 0)
+
+    return hits
 
 
 def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

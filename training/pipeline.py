@@ -240,7 +240,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             tracking.log_child_runs(results, config, validation)
             bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=_shipped_encoder(
                 fitted.choice.shipped, encoder_dir, Path(tmp) / "pretrained_encoder", config))
-            info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list())
+            info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list(),
+                                             w.catalog["item_id"].head(5).to_list(), config.k)
             per_user_uri = _log_per_user_validation(fitted, w, config, Path(tmp), run.info.run_id)
             became_champion, champion_version = False, None
             if register_name:

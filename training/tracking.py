@@ -98,45 +98,90 @@ def mlflow_key(name: str) -> str:
 
 
 def _signature():
-    """Request: user_id plus optional k and id lists; answer: one row per user.
+    """Request: ``user_id`` (string), optional ``k`` (long) and id lists (arrays of strings);
+    answer: one row per user.
 
-    ``k`` and the lists are declared AnyType because MLflow fills fields that some rows leave
-    out with NaN (which a long column refuses, and a double column refuses Python ints);
-    ``serving/requests.py`` does the exact checks (integer k in range, lists of str).
+    MLflow refuses a row that leaves out a typed field another row has (pandas fills it with
+    NaN), so ``recsys serve`` passes on each request in canonical form (k filled in, null lists:
+    ``serving.requests.canonical_split``). Pandas and Spark callers send the columns they use.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
-    from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+    from mlflow.types.schema import Array, ColSpec, Schema
 
-    inputs = Schema([ColSpec("string", "user_id"), ColSpec(AnyType(), "k", required=False),
-                     ColSpec(AnyType(), "candidates", required=False), ColSpec(AnyType(), "history", required=False),
-                     ColSpec(AnyType(), "exclude", required=False)])
-    outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array(DataType.string), "item_ids"),
-                      ColSpec(Array(DataType.float), "scores"), ColSpec("string", "path"),
-                      ColSpec(Array(DataType.string), "unknown_ids")])
+    ids = Array(DataType.string)
+    inputs = Schema([ColSpec(DataType.string, "user_id"), ColSpec(DataType.long, "k", required=False),
+                     ColSpec(ids, "candidates", required=False), ColSpec(ids, "history", required=False),
+                     ColSpec(ids, "exclude", required=False)])
+    outputs = Schema([ColSpec(DataType.string, "user_id"), ColSpec(ids, "item_ids"),
+                      ColSpec(Array(DataType.float), "scores"), ColSpec(DataType.string, "path"),
+                      ColSpec(ids, "unknown_ids")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def log_pyfunc_model(bundle_dir: Path, register_name: str | None, example_users: list[str]):
-    """Log the bundle as one pyfunc model (models-from-code: no pickle of our objects).
-
-    The wrapper lives in ``serving/pyfunc_model.py``; it is referenced by file path only, so
-    training does not import serving.
-    """
-    import importlib.util
-
+def input_example(users: list[str], items: list[str], k: int):
+    """Two requests that show every field: a known user with ``k``, a recent ``history`` and an
+    ``exclude`` list, and a user ranking an explicit ``candidates`` list."""
     import pandas as pd
 
-    code = importlib.util.find_spec("serving.pyfunc_model").origin
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=code,
-        artifacts={"bundle": str(bundle_dir)},
-        signature=_signature(),
-        input_example=pd.DataFrame({"user_id": example_users}),
-        registered_model_name=register_name,
-        pip_requirements=_pip_requirements(),
-    )
+    items = list(items) + ["(no items)"] * 5
+    return pd.DataFrame({"user_id": users[:2], "k": [k, min(k, 3)], "candidates": [None, items[:4]],
+                         "history": [items[:2], []], "exclude": [items[2:3], []]})
+
+
+# The packages the model's code imports: logged with it (code_paths), so it loads where the
+# project is not installed (mlflow models serve, build-docker, spark_udf executors).
+MODEL_CODE_PACKAGES = ("serving", "features", "recsys")
+
+
+def _model_code(folder: Path) -> list[str]:
+    """Copies of MODEL_CODE_PACKAGES in ``folder`` without caches; their paths."""
+    import importlib.util
+    import shutil
+
+    paths = []
+    for package in MODEL_CODE_PACKAGES:
+        source = Path(importlib.util.find_spec(package).origin).parent
+        target = folder / package
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        paths.append(str(target))
+    return paths
+
+
+def log_pyfunc_model(bundle_dir: Path, register_name: str | None, example_users: list[str],
+                     example_items: list[str] | None = None, k: int = 10):
+    """Log the bundle as one pyfunc model in the active run (and register it when
+    ``register_name`` is given); see ``_pyfunc_arguments`` for what the model holds."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="recsys-code-") as staging:
+        return mlflow.pyfunc.log_model(name="model", registered_model_name=register_name,
+                                       **_pyfunc_arguments(bundle_dir, Path(staging), example_users,
+                                                           example_items or [], k))
+
+
+def save_pyfunc_model(path: Path, bundle_dir: Path, example_users: list[str], example_items: list[str],
+                      k: int) -> None:
+    """The same model as ``log_pyfunc_model``, written to a local folder (no run, no registry)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="recsys-code-") as staging:
+        mlflow.pyfunc.save_model(str(path), **_pyfunc_arguments(bundle_dir, Path(staging), example_users,
+                                                                 example_items, k))
+
+
+def _pyfunc_arguments(bundle_dir: Path, staging: Path, example_users: list[str], example_items: list[str],
+                      k: int) -> dict:
+    """Models-from-code (no pickle of our objects): the wrapper ``serving/pyfunc_model.py``, the
+    bundle as an artifact, the code it imports (``MODEL_CODE_PACKAGES`` as ``code_paths``), the
+    typed signature, an input example with every field and the pinned requirements. The wrapper is
+    referenced by file path only, so training does not import serving."""
+    import importlib.util
+
+    return {"python_model": importlib.util.find_spec("serving.pyfunc_model").origin,
+            "artifacts": {"bundle": str(bundle_dir)}, "code_paths": _model_code(staging),
+            "signature": _signature(), "input_example": input_example(example_users, example_items, k),
+            "pip_requirements": _pip_requirements()}
 
 
 def _pip_requirements() -> list[str]:
