@@ -60,12 +60,11 @@ def ensure_data(folder: Path, scale: float, env: dict[str, str]) -> dict:
 
 
 def run_metrics(run_id: str) -> dict[str, float]:
-    import mlflow
-
     from training.tracking import configure_tracking
+    from training.tracking import run_metrics as merged_metrics
 
     configure_tracking(ROOT)
-    return mlflow.get_run(run_id).data.metrics
+    return merged_metrics(run_id)  # the parent's headline keys and its diagnostics child's
 
 
 def exponent(sizes: list[float], seconds: list[float]) -> float:
@@ -108,8 +107,8 @@ def main() -> None:
             "runs": len(runs),
             "ranker_rows": metrics.get("data/ranker_rows", float("nan")),
             "ndcg_at_10": metrics.get("ndcg_at_10", float("nan")),
-            "ndcg_at_10_ci": [metrics.get("ndcg_at_10_ci_low", float("nan")),
-                              metrics.get("ndcg_at_10_ci_high", float("nan"))],
+            "ndcg_at_10_ci": [metrics.get("test/ndcg_at_10_ci_low", float("nan")),
+                              metrics.get("test/ndcg_at_10_ci_high", float("nan"))],
             "label_users": [metrics.get("data/label_users_used", float("nan")),
                             metrics.get("data/label_users", float("nan"))],
             "test_users": [metrics.get("data/test_users_evaluated", float("nan")),

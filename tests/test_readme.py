@@ -143,6 +143,7 @@ def test_runnable_readme_blocks_exit_0(tmp_path):
             pytest.fail(f"README.md block at line {line}: {status}\n--- block ---\n{code}--- output (tail) ---\n"
                         f"{output}\n--- blocks so far ---\n" + "\n".join(timings), pytrace=False)
     print("\n".join(timings))
+    shutil.rmtree(work, ignore_errors=True)  # the models (~100 MB each) go; the logs stay for a look
 
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")

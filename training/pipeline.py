@@ -113,6 +113,7 @@ class Fitted:
     validation: Evaluation
     choice: variants.Choice
     digest: str
+    validation_rows: pl.DataFrame  # the held-out label-window rows of the validation users
 
 
 def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted:
@@ -126,14 +127,13 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     counts: dict[str, int] = {}
     users = variants.label_users(state, w.nested.test, config, counts=counts)
     held_out = variants.validation_users(users[0], config.seed + windows.VALIDATION_SEED)
-    metric_log("data/label_users", float(counts["label_users"]), 0)
-    metric_log("data/label_users_used", float(counts["label_users_used"]), 0)
-    metric_log("data/validation_users", float(len(held_out)), 0)
+    metric_log.log_many({"data/label_users": counts["label_users"], "data/label_users_used": counts["label_users_used"],
+                         "data/validation_users": len(held_out)})
     frames = {name: variants.labelled_frame(states[name], users, w.nested.impressions_test,
                                             variants.variant_config(name, config), w.feature_cold)
               for name in variants.VARIANTS}
-    mlflow.log_metrics({"data/ranker_rows": frames[variants.FINETUNED].height,
-                        "data/ranker_queries": frames[variants.FINETUNED]["query_idx"].n_unique()})
+    metric_log.log_many({"data/ranker_rows": frames[variants.FINETUNED].height,
+                         "data/ranker_queries": frames[variants.FINETUNED]["query_idx"].n_unique()})
     with stage("ranker"):
         rankers = variants.fit_rankers(frames, held_out, config, metric_log)
     del frames
@@ -149,7 +149,7 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
                                   keep_scores="", baseline_state=state)
     choice = variants.choose_variant(validation.metrics, config.k)
     log.info("%s", choice.reason())
-    return Fitted(rankers=rankers, validation=validation, choice=choice,
+    return Fitted(rankers=rankers, validation=validation, choice=choice, validation_rows=validation_split.test,
                   digest=variants.validation_digest(w.nested.test, held_out_ids, w.nested.train, config))
 
 
@@ -206,20 +206,23 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
     tracking.configure_tracking(workdir)
     tracking.ensure_experiment(experiment)
     with collect() as timings, \
-            mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags()) as run, \
+            mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags(),
+                             log_system_metrics=True) as run, \
+            tracking.child_run(run.info.run_id, tracking.DIAGNOSTICS_RUN, role=tracking.DIAGNOSTICS_RUN) as diag, \
             tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
         timings["data_checks"] = timings.get("data_checks", 0.0) + check_s  # before the run: no empty run on refusal
-        metric_log = tracking.MetricBuffer(run.info.run_id)
+        # The parent run gets the headline figures only (at the end); everything else goes here.
+        metric_log = tracking.MetricBuffer(diag)
         mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
                            "data.source": dataset.source})
         with stage("split"):
             w = split_windows(dataset, config)
-        tracking.log_datasets(dataset, w.split)
-        mlflow.log_metrics({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
+        logged_data = tracking.log_datasets(dataset, w.split)
+        metric_log.log_many({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
                             "data/feature_window_rows": w.nested.train.height,
                             "data/label_window_rows": w.nested.test.height,
                             "data/test_impressions_dropped": w.split.impressions_dropped,
-                            "data/label_impressions_dropped": w.nested.impressions_dropped})
+                             "data/label_impressions_dropped": w.nested.impressions_dropped})
         with stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
             shown = (None if w.nested.impressions_train is None
@@ -231,13 +234,14 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         validation = renamed(fitted.validation.metrics, fitted.choice.shipped)
         evaluation, bundles = evaluate_on_test(w, fitted, text, config)
         results = evaluation.metrics
-        mlflow.log_metrics({"data/test_users": evaluation.n_users_total,
-                            "data/test_users_evaluated": len(evaluation.user_idx)})
+        metric_log.log_many({"data/test_users": evaluation.n_users_total,
+                             "data/test_users_evaluated": len(evaluation.user_idx)})
         shipped = fitted.rankers[fitted.choice.shipped]
         with stage("logging"):
             mlflow.set_tags({"shipped_variant": fitted.choice.shipped, "shipped_reason": fitted.choice.reason()})
             _log_results(evaluation, validation, shipped, text, metric_log, config, fitted.choice.shipped)
             tracking.log_child_runs(results, config, validation)
+            tracking.log_lightgbm_booster(shipped.booster, shipped.feature_names)
             bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=_shipped_encoder(
                 fitted.choice.shipped, encoder_dir, Path(tmp) / "pretrained_encoder", config))
             info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list(),
@@ -247,12 +251,23 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             if register_name:
                 version = str(info.registered_model_version)
                 tracking.tag_version(register_name, version, results, validation, config, dataset, fitted.digest,
-                                     fitted.choice)
+                                     fitted.choice, fitted.validation.best_baseline, w.users.ids.head(1).to_list())
                 MlflowClient().set_model_version_tag(register_name, version, registry.PER_USER_TAG, per_user_uri)
                 alias, champion_version = registry.register_outcome(register_name, version)
                 became_champion = alias == registry.CHAMPION
-        mlflow.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
-        mlflow.log_metric("memory/peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        metric_log.log_many({**{f"time/{k}_s": v for k, v in timings.items()},
+                             "memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        metric_log.flush()
+        validation_data = tracking.log_dataset(dataset.source, "validation", fitted.validation_rows, "validation",
+                                               w.split.kind)
+        tracking.log_headline(results["ranker"], validation.get("ranker", {}), config.k, test_data=logged_data["test"],
+                              validation_data=validation_data,
+                              sizes={"size/train_rows": w.split.train.height,
+                                     "size/test_users": len(evaluation.user_idx),
+                                     "size/validation_users": len(fitted.validation.user_idx),
+                                     "time/total_s": time.perf_counter() - started}, model_id=info.model_id)
+        mlflow.set_tag("mlflow.note.content", tracking.run_description(results, validation, config, dataset,
+                                                                       fitted.choice, fitted.validation.best_baseline))
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
@@ -292,11 +307,11 @@ def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: 
     encoder = TextEncoder(max_length=config.text.max_length)
     examples = next_item_examples(feature_events.filter(pl.col("user_idx") >= 0), config.text.history_len,
                                   impressions=impressions)
-    mlflow.log_metric("text/examples_with_hard_negatives", float((examples["negatives"].list.len() > 0).sum()))
+    metric_log.log_many({"text/examples_with_hard_negatives": float((examples["negatives"].list.len() > 0).sum())})
     result = finetune(encoder, item_texts(catalog), examples, config.text, seed=config.seed,
                       progress=progress, log_metric=metric_log)
     encoder.save(encoder_dir)
-    mlflow.log_metrics({"text/best_step": result.best_step, "text/best_val_loss": min(result.val_losses),
+    metric_log.log_many({"text/best_step": result.best_step, "text/best_val_loss": min(result.val_losses),
                         "text/pretrained_val_loss": result.val_losses[0],
                         "text/pooling_slope": result.pooling.slope,
                         "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
@@ -305,28 +320,19 @@ def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: 
 
 def _log_results(evaluation: Evaluation, validation: dict[str, dict[str, float]], ranker: LambdaRanker, text,
                  metric_log, config: PipelineConfig, shipped: str) -> None:
-    """Test metrics (shipped ranker plain, ``baseline/<name>/...``, ``ablation/<variant>/...``), the
-    same on validation under ``validation/``, and plots."""
+    """The shipped ranker's full metric set (``tracking.model_metric_keys``: test, validation and
+    slices), its trees and prior weights to the diagnostics run; plots and tables to the parent run."""
     results = evaluation.metrics
-    metric_log.flush()
-
-    def flat(table: dict[str, dict[str, float]], root: str) -> dict[str, float]:
-        out = {}
-        for name, values in table.items():
-            prefix = root + ("" if name == "ranker" else f"ablation/{name.removeprefix('ranker_')}/"
-                             if name.startswith("ranker_") else f"baseline/{name}/")
-            out.update({prefix + tracking.mlflow_key(k): v for k, v in values.items() if np.isfinite(v)})
-        return out
-
-    mlflow.log_metrics({**flat(results, ""), **flat(validation, "validation/")})
-    mlflow.log_metric("ranker/best_iteration", ranker.best_iteration)
-    mlflow.log_metrics({f"ranker/prior_weight/{source}": w for source, w in ranker.prior_weights.items()})
+    metric_log.log_many({**tracking.model_metric_keys(results["ranker"], validation.get("ranker", {}), config.k),
+                         "ranker/best_iteration": ranker.best_iteration,
+                         **{f"ranker/prior_weight/{source}": w for source, w in ranker.prior_weights.items()}})
     if evaluation.best_baseline:
         mlflow.set_tag("best_baseline", evaluation.best_baseline)
     metric = f"ndcg@{config.k}"
     mlflow.log_figure(plots.feature_importance_figure(ranker.feature_importance()), "plots/feature_importance.png")
     mlflow.log_figure(plots.model_comparison_figure(results, metric, shipped), "plots/model_comparison.png")
-    mlflow.log_figure(plots.loss_curve_figure(text.train_losses, text.val_losses, text.val_steps),
+    mlflow.log_figure(plots.loss_curve_figure(text.train_losses, text.val_losses, text.val_steps,
+                                              best_step=text.best_step),
                       "plots/text_loss_curve.png")
     mlflow.log_figure(plots.slice_figure(results, config.k), "plots/metric_by_slice.png")
     mlflow.log_figure(plots.score_distribution_figure(evaluation.ranker_scores, evaluation.ranker_labels),

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recsys.errors import RecsysError
+from training import model_card
 
 CHAMPION = "champion"
 # A registered version that did not become champion: the one to compare and maybe promote next.
@@ -71,6 +72,7 @@ def register_outcome(name: str, version: str) -> tuple[str, str | None]:
         except RecsysError:  # another run made a champion meanwhile and this one does not beat it
             pass
     client.set_registered_model_alias(name, CHALLENGER, version)
+    model_card.refresh(client, name, [version])
     return CHALLENGER, current_champion(name, client)
 
 
@@ -111,7 +113,8 @@ def _existing_version(client: MlflowClient, name: str, version: str | int) -> st
     return str(int(text))
 
 
-def _history(client: MlflowClient, name: str) -> list[dict]:
+def history(client: MlflowClient, name: str) -> list[dict]:
+    """The registered model's champion moves, oldest first (the ``champion_history`` tag)."""
     tags = client.get_registered_model(name).tags
     return json.loads(tags.get(HISTORY_TAG, "[]"))
 
@@ -123,10 +126,11 @@ def _move(client: MlflowClient, name: str, to_version: str, reason: str, kind: s
         client.delete_registered_model_alias(name, CHALLENGER)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     entry = {"time": now, "kind": kind, "from": from_version, "to": to_version, "reason": reason}
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(_history(client, name) + [entry]))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history(client, name) + [entry]))
     for key, value in (("promoted_at", now), ("promoted_from", str(from_version)), ("promotion_reason", reason),
                        ("promotion_kind", kind)):
         client.set_model_version_tag(name, to_version, key, value)
+    model_card.refresh(client, name, [to_version, from_version])
     return AliasMove(name=name, from_version=from_version, to_version=to_version, reason=reason, kind=kind)
 
 
@@ -233,7 +237,7 @@ def rollback(name: str) -> AliasMove:
     """Put ``champion`` back on the previous champion (repeatable: each call goes one further back)."""
     client = MlflowClient()
     _registered_model(client, name)
-    stack = champion_stack(_history(client, name))
+    stack = champion_stack(history(client, name))
     if len(stack) < 2:
         raise RecsysError(f"{name} has no previous champion to roll back to")
     return _move(client, name, stack[-2], f"rollback from version {stack[-1]}", ROLLBACK)

@@ -32,8 +32,10 @@ def runs_table(experiment: str | None, *, limit: int = 10, k: int = 10, color: b
     if used and k not in used:
         warning = (f"warning: no run here was evaluated at k={k} (they used k = {', '.join(map(str, used))}), so "
                    f"the @{k} columns are empty; pass --k {used[0]}\n")
-    columns = [f"ndcg_at_{k}", f"recall_at_{k}", f"precision_at_{k}", "mrr", f"baseline/popularity_7d/ndcg_at_{k}"]
-    headers = ["run", "experiment", "split", "seed", "model version", *[c.replace("baseline/", "") for c in columns]]
+    columns = [f"ndcg_at_{k}", f"test/recall_at_{k}", "test/mrr", f"test/lift_vs_best_baseline/ndcg_at_{k}",
+               f"validation/ndcg_at_{k}"]
+    headers = ["run", "experiment", "split", "seed", "model version", f"ndcg_at_{k}", f"recall_at_{k}", "mrr",
+               "lift_vs_best", f"val_ndcg_at_{k}"]
     rows = []
     for run in runs:
         params, values = run.data.params, run.data.metrics

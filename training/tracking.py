@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -74,7 +75,8 @@ def ensure_experiment(name: str) -> str:
 
 
 class MetricBuffer:
-    """Collects step metrics and writes them in batches (one SQLite write per 1000)."""
+    """Collects metrics for one run (the training run's ``diagnostics`` child) and writes them in
+    batches (one SQLite write per 1000)."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
@@ -85,6 +87,12 @@ class MetricBuffer:
         self.pending.append(Metric(key=key, value=float(value), timestamp=int(time.time() * 1000), step=int(step)))
         if len(self.pending) >= 1000:
             self.flush()
+
+    def log_many(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Every finite value of ``metrics`` at ``step``."""
+        for key, value in metrics.items():
+            if np.isfinite(value):
+                self(key, value, step)
 
     def flush(self) -> None:
         for start in range(0, len(self.pending), 1000):
@@ -196,14 +204,15 @@ HEADLINE_KEYS = ("ndcg@{k}", "recall@{k}", "precision@{k}", "map@{k}", "mrr", "n
 
 
 def tag_version(name: str, version: str | int, results: dict[str, dict[str, float]],
-                validation: dict[str, dict[str, float]], config, dataset, validation_digest: str, choice) -> None:
+                validation: dict[str, dict[str, float]], config, dataset, validation_digest: str, choice,
+                best_baseline: str = "", example_users: list[str] | None = None) -> None:
     """The shipped ranker's headline metrics as version tags (``validation.<key>`` on the held-out
     label users, ``test.<key>`` on the test split: names that say which), the validation metric,
-    value and data digest that promotion compares on, and a model card as the description.
+    value and data digest that promotion compares on, and the model card as the description.
 
     choice: ``training.variants.Choice`` (which variant shipped and why).
     """
-    from training import registry
+    from training import model_card, registry
 
     client = MlflowClient()
     k = config.k
@@ -218,27 +227,17 @@ def tag_version(name: str, version: str | int, results: dict[str, dict[str, floa
     client.set_model_version_tag(name, str(version), registry.VALUE_TAG, repr(validation["ranker"][metric]))
     client.set_model_version_tag(name, str(version), registry.DIGEST_TAG, validation_digest)
     client.set_model_version_tag(name, str(version), "shipped_variant", choice.shipped)
-    client.update_model_version(name, str(version), description=model_card(results, validation, config, dataset,
-                                                                             choice))
+    summary = model_card.run_summary(results, validation, config, dataset, choice, best_baseline)
+    client.update_model_version(name, str(version), description=model_card.version_card(
+        name, str(version), summary, example_users or [], k, registry.history(client, name)))
 
 
-def model_card(results: dict[str, dict[str, float]], validation: dict[str, dict[str, float]], config, dataset,
-               choice) -> str:
-    """Markdown: what the model is, which variant shipped and why, and the validation and test
-    nDCG/recall of every model (the shipped row marked)."""
-    k = config.k
-    summary = dataset.summary()
-    lines = [f"Text-aware LambdaRank recommender trained on `{dataset.source}` "
-             f"({summary['n_interactions']} interactions, {summary['n_items']} items), "
-             f"split `{config.split}`, seed {config.seed}.", "",
-             f"**Shipped: `ranker` = `{choice.shipped}`.** {choice.reason()}. Test metrics are reported only.", "",
-             f"| model | validation ndcg@{k} | test ndcg@{k} | test recall@{k} |", "|---|---|---|---|"]
-    for model, values in sorted(results.items(), key=lambda kv: -kv[1].get(f"ndcg@{k}", 0.0)):
-        label = f"**ranker ({choice.shipped}, shipped)**" if model == "ranker" else model
-        val = validation.get(model, {}).get(f"ndcg@{k}", float("nan"))
-        lines.append(f"| {label} | {val:.4f} | {values.get(f'ndcg@{k}', float('nan')):.4f} | "
-                     f"{values.get(f'recall@{k}', float('nan')):.4f} |")
-    return "\n".join(lines)
+def run_description(results: dict[str, dict[str, float]], validation: dict[str, dict[str, float]], config, dataset,
+                    choice, best_baseline: str) -> str:
+    """The run's description in the UI (``mlflow.note.content``): ``model_card.run_summary``."""
+    from training import model_card
+
+    return model_card.run_summary(results, validation, config, dataset, choice, best_baseline)
 
 
 def run_name(config) -> str:
@@ -270,24 +269,111 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def log_datasets(dataset, split) -> None:
-    """Log the input tables with ``mlflow.log_input`` (name, digest, rows, split role)."""
+def log_dataset(source: str, name: str, table, context: str, split_kind: str):
+    """Log one polars table as a run input (``mlflow.log_input``: name, digest, rows, role);
+    returns the MLflow dataset, which metrics computed on it can name (``log_headline``)."""
     import mlflow.data
 
+    logged = mlflow.data.from_polars(table, name=f"{source}-{name}")
+    mlflow.log_input(logged, context=context, tags={"rows": str(table.height), "split": split_kind})
+    return logged
+
+
+def log_datasets(dataset, split) -> dict:
+    """Log the input tables (catalog, training window, test, impressions); returns name -> MLflow dataset."""
     tables = [("items", dataset.items, "catalog"), ("train", split.train, "training"), ("test", split.test, "testing")]
     if split.impressions_train is not None:
         tables += [("impressions-train", split.impressions_train, "training"),
                    ("impressions-test", split.impressions_test, "testing")]
-    for name, table, context in tables:
-        logged = mlflow.data.from_polars(table, name=f"{dataset.source}-{name}")
-        mlflow.log_input(logged, context=context, tags={"rows": str(table.height), "split": split.kind})
+    return {name: log_dataset(dataset.source, name, table, context, split.kind) for name, table, context in tables}
+
+
+def log_headline(test: dict[str, float], validation: dict[str, float], k: int, *, test_data, validation_data,
+                 sizes: dict[str, float], model_id: str | None = None) -> None:
+    """The parent run's metrics: the shipped ranker's headline figures (``headline_metrics``),
+    test ones linked to the test dataset and validation ones to the validation dataset (on the
+    logged model ``model_id``, where MLflow keeps that link), plus ``sizes`` (counts, total time)."""
+    keys = headline_metrics(test, validation, k)
+    mlflow.log_metrics({key: v for key, v in keys.items() if not key.startswith("validation/")}, dataset=test_data,
+                       model_id=model_id)
+    mlflow.log_metrics({key: v for key, v in keys.items() if key.startswith("validation/")}, dataset=validation_data,
+                       model_id=model_id)
+    mlflow.log_metrics({key: float(v) for key, v in sizes.items()})
+
+
+@contextlib.contextmanager
+def child_run(parent_run_id: str, name: str, role: str):
+    """``start_child_run`` as a context manager: the child ends FINISHED, or FAILED on an error."""
+    run_id = start_child_run(parent_run_id, name, role)
+    try:
+        yield run_id
+    except BaseException:
+        end_child_run(run_id, failed=True)
+        raise
+    end_child_run(run_id)
+
+
+# The parent run's metrics: the shipped ranker's headline figures only. MLflow's UI lists metric
+# keys alphabetically, so the test nDCG@k is the plain key ``ndcg_at_<k>`` (first), the rest of the
+# test figures sit under ``test/`` and the validation ones under ``validation/``.
+PARENT_TEST_KEYS = ("ndcg@{k}_ci_low", "ndcg@{k}_ci_high", "recall@{k}", "mrr", "lift_vs_best_baseline/ndcg@{k}",
+                    "lift_vs_best_baseline/ndcg@{k}_ci_low", "lift_vs_best_baseline/ndcg@{k}_ci_high",
+                    "candidate_recall", "coverage")
+PARENT_VALIDATION_KEYS = ("ndcg@{k}", "ndcg@{k}_ci_low", "ndcg@{k}_ci_high", "recall@{k}", "mrr")
+DIAGNOSTICS_RUN = "diagnostics"
+
+
+def model_metric_keys(test: dict[str, float], validation: dict[str, float], k: int) -> dict[str, float]:
+    """One model's metrics under the run's key scheme: test ``ndcg@k`` as ``ndcg_at_<k>``, the other
+    test metrics under ``test/``, validation metrics under ``validation/`` (non-finite values left out)."""
+    headline = f"ndcg@{k}"
+    keys = {(mlflow_key(key) if key == headline else f"test/{mlflow_key(key)}"): v for key, v in test.items()}
+    keys.update({f"validation/{mlflow_key(key)}": v for key, v in validation.items()})
+    return {key: float(v) for key, v in keys.items() if np.isfinite(v)}
+
+
+def headline_metrics(test: dict[str, float], validation: dict[str, float], k: int) -> dict[str, float]:
+    """The subset of ``model_metric_keys`` the parent run holds (about 15 keys)."""
+    chosen_test = {key.format(k=k) for key in (f"ndcg@{k}", *PARENT_TEST_KEYS)}
+    chosen_validation = {key.format(k=k) for key in PARENT_VALIDATION_KEYS}
+    return model_metric_keys({key: v for key, v in test.items() if key in chosen_test},
+                             {key: v for key, v in validation.items() if key in chosen_validation}, k)
+
+
+def start_child_run(parent_run_id: str, name: str, role: str) -> str:
+    """A nested run under ``parent_run_id`` that is not made the active run (so the parent stays
+    active while both are written); returns its id. End it with ``end_child_run``."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return client.create_run(experiment_id, run_name=name,
+                             tags={MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, "role": role}
+                             ).info.run_id
+
+
+def end_child_run(run_id: str, failed: bool = False) -> None:
+    MlflowClient().set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """A training run's metrics: the parent's headline keys plus its ``diagnostics`` child's
+    (stage times, data counts, curves' last values, the shipped ranker's full metric set)."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}' and tags.role = "
+                                                f"'{DIAGNOSTICS_RUN}'")
+    merged = {}
+    for child in children:
+        merged.update(child.data.metrics)
+    return {**merged, **run.data.metrics}
 
 
 def log_child_runs(results: dict[str, dict[str, float]], config,
                    validation: dict[str, dict[str, float]] | None = None) -> None:
-    """One nested run per baseline and ablation, with the ranker's metric keys (test metrics
-    plain, validation metrics under ``validation/``), so the UI's compare view lines them up with
-    the parent run."""
+    """One nested run per baseline and ablation, with the parent's key scheme
+    (``model_metric_keys``), so the UI's compare view lines them up with the parent run."""
     validation = validation or {}
     for name, values in results.items():
         if name == "ranker":
@@ -296,7 +382,19 @@ def log_child_runs(results: dict[str, dict[str, float]], config,
         with mlflow.start_run(run_name=f"{role}-{name}", nested=True,
                               tags={"role": role, "model": name, "split": config.split}):
             mlflow.log_params({"model": name, "split": config.split, "seed": config.seed, "k": config.k})
-            logged = {mlflow_key(k): v for k, v in values.items() if np.isfinite(v)}
-            logged.update({f"validation/{mlflow_key(k)}": v for k, v in validation.get(name, {}).items()
-                           if np.isfinite(v)})
-            mlflow.log_metrics(logged)
+            mlflow.log_metrics(model_metric_keys(values, validation.get(name, {}), config.k))
+
+
+def log_lightgbm_booster(booster, feature_names: list[str]) -> None:
+    """The shipped ranker's booster as an ``mlflow.lightgbm`` model (``ranker-booster``) of the
+    active run, so LightGBM tooling can load it; the pyfunc model stays what serving uses."""
+    from importlib.metadata import version
+
+    import mlflow.lightgbm
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    signature = ModelSignature(inputs=Schema([ColSpec("double", name) for name in feature_names]),
+                               outputs=Schema([ColSpec("double", "score")]))
+    mlflow.lightgbm.log_model(booster, name="ranker-booster", signature=signature,
+                              pip_requirements=[f"lightgbm=={version('lightgbm')}"])
