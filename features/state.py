@@ -24,6 +24,7 @@ from features.text_popularity import fit_text_popularity, predict_text_popularit
 from features.user_items import build_session_items, build_user_items
 from recsys.config import PipelineConfig
 from recsys.idmap import IdMap
+from recsys.progress import progress as progress_bar
 from recsys.stage_timer import stage
 
 
@@ -201,12 +202,14 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     user_items = build_user_items(interactions.filter(pl.col("user_id").is_in(users.ids.implode())),
                                   users, items)
     n_users, n_items = len(users), len(items)
+    bar = progress_bar(total=4, desc="fit features", unit="part")  # ALS+BPR, item-item, text, behaviour
     with stage("cf"):
         als = fit_cf("als", user_items if config.cf_use_weights else binary(user_items), n_users=n_users,
                      n_items=n_items, factors=config.als_factors, iterations=config.als_iterations,
                      regularization=config.als_regularization, alpha=config.als_alpha, seed=config.seed)
         bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                      iterations=config.bpr_iterations, seed=config.seed)
+    bar.update(1)
     with stage("item_item"):
         sessions = None
         if config.item_item_session_gap_seconds > 0:
@@ -215,8 +218,10 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                                   neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
                                   dropout=config.item_item_dropout, sessions=sessions,
                                   session_weight=config.item_item_session_weight)
+    bar.update(1)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
+    bar.update(1)
     categories = IdMap(kind="category").fit(catalog["category"])
     item_category = categories.to_index(catalog["category"])
     imp = None
@@ -227,6 +232,8 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     lazy = events.lazy()
     item_table = behaviour.item_features(lazy, imp, n_items=n_items, ref_time=ref_after,
                                          ctr_prior_strength=config.ctr_prior_strength)
+    bar.update(1)
+    bar.close()
     return FeatureState(
         users=users, items=items, categories=categories, item_category=item_category,
         als=als, bpr=bpr, item_item=item_item, item_vectors=item_vectors,

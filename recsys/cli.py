@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+from recsys import logs
 from recsys.config import SPLITS, PipelineConfig
 from recsys.errors import RecsysError
 
@@ -211,7 +212,8 @@ def serve_command(port: int, workers: int = 1, host: str = "127.0.0.1") -> list[
     """uvicorn with the guarded MLflow scoring app (serving/http_app.py); the model comes from
     ``RECSYS_SERVE_MODEL`` in the environment (``serve_env``)."""
     return [sys.executable, "-m", "uvicorn", "--factory", "serving.http_app:create_app", "--host", host,
-            "--port", str(port), "--workers", str(workers), "--timeout-graceful-shutdown", "10"]
+            "--port", str(port), "--workers", str(workers), "--timeout-graceful-shutdown", "10",
+            "--log-config", logs.uvicorn_log_config()]
 
 
 def serve_env(tracking_uri: str, model_uri: str) -> dict[str, str]:
@@ -498,10 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(args.quiet)
     try:
         if getattr(args, "k", 10) is not None and not 1 <= getattr(args, "k", 10) <= 100:
             raise RecsysError(f"--k must be between 1 and 100, got {args.k}")

@@ -23,6 +23,7 @@ from tests.conftest import tiny_config_dict
 
 pytestmark = pytest.mark.slow
 K = 5
+MODEL = "ui-test-model"
 
 
 def _require_chromium() -> None:
@@ -58,7 +59,7 @@ def store(tmp_path_factory):
     try:
         for seed in (1, 2):
             config = PipelineConfig.from_dict({**tiny_config_dict(), "seed": seed, "k": K})
-            train(data, config, experiment="ui-test", register_name=None, workdir=work, progress=False)
+            train(data, config, experiment="ui-test", register_name=MODEL, workdir=work, progress=False)
     finally:
         mlflow.set_tracking_uri(None)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -133,7 +134,10 @@ def _screenshot(driver, name: str, tmp_path: Path) -> None:
         driver.save_screenshot(str(Path(target) / name))
 
 
-def test_two_runs_side_by_side_with_metrics_and_a_plot(browser, server, tmp_path):  # browser first: skips early
+def test_two_runs_side_by_side_headline_first_with_a_model_card_and_plots(browser, server, tmp_path):
+    """The experiment's runs, the compare view of the two training runs (the headline test nDCG
+    is the first metric row; the parent runs hold the headline keys only), the run's description,
+    the registered version's model card, and the comparison plot rendered as an image."""
     from selenium.webdriver.common.by import By
 
     experiment = _api(server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-test")["experiment"]
@@ -143,6 +147,9 @@ def test_two_runs_side_by_side_with_metrics_and_a_plot(browser, server, tmp_path
     names = [r["info"]["run_name"] for r in runs]
     ids = [r["info"]["run_id"] for r in runs]
     exp_id = experiment["experiment_id"]
+    parent_keys = {m["key"] for m in runs[0]["data"]["metrics"] if not m["key"].startswith("system/")}
+    assert 15 <= len(parent_keys) <= 20, sorted(parent_keys)
+    assert not any(key.startswith(("baseline/", "ablation/", "users_")) for key in parent_keys)
 
     browser.get(f"{server}/#/experiments/{exp_id}/runs")
     _wait_for_text(browser, names)
@@ -151,19 +158,28 @@ def test_two_runs_side_by_side_with_metrics_and_a_plot(browser, server, tmp_path
     browser.get(f"{server}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp_id])}")
     _wait_for_text(browser, ["Comparing 2 Runs", *names, "Metrics"])
     _screenshot(browser, "mlflow-compare.png", tmp_path)
-    metric_rows = _virtualized_text(browser).splitlines()
-    for key in (f"ndcg_at_{K}", f"recall_at_{K}", f"baseline/popularity/ndcg_at_{K}", f"validation/ndcg_at_{K}",
-                f"users_short/ndcg_at_{K}"):
-        assert key in metric_rows, f"metric {key} not shown on the compare page"
+    lines = _virtualized_text(browser).splitlines()
+    shown = [line for line in lines if line in parent_keys]
+    assert shown and shown[0] == f"ndcg_at_{K}", f"the first metric row is {shown[:3]}, not the headline"
+    for key in (f"test/recall_at_{K}", f"validation/ndcg_at_{K}", f"test/lift_vs_best_baseline/ndcg_at_{K}"):
+        assert key in shown, f"metric {key} not shown on the compare page"
 
-    browser.get(f"{server}/#/experiments/{exp_id}/runs/{ids[0]}/artifacts/plots/feature_importance.png")
-    _wait_for_text(browser, ["feature_importance.png", "metric_by_slice.png", "score_distribution.png"])
+    browser.get(f"{server}/#/experiments/{exp_id}/runs/{ids[0]}")
+    _wait_for_text(browser, ["shipped ranker", "Lift over the best baseline"])  # the run's description
+
+    browser.get(f"{server}/#/models/{MODEL}/versions/2")
+    _wait_for_text(browser, ["Inputs and outputs", "Known limitations", "Promotion history", "curl -s -X POST"])
+    _screenshot(browser, "mlflow-model-card.png", tmp_path)
+
+    browser.get(f"{server}/#/experiments/{exp_id}/runs/{ids[0]}/artifacts/plots/model_comparison.png")
+    _wait_for_text(browser, ["model_comparison.png", "metric_by_slice.png", "text_loss_curve.png"])
     deadline = time.time() + 60
     while time.time() < deadline:
-        shown = [img for img in browser.find_elements(By.TAG_NAME, "img")
-                 if (img.get_attribute("src") or "").startswith("blob:") and img.get_property("naturalWidth") > 300]
-        if shown:
+        shown_images = [img for img in browser.find_elements(By.TAG_NAME, "img")
+                        if (img.get_attribute("src") or "").startswith("blob:")
+                        and img.get_property("naturalWidth") > 300]
+        if shown_images:
             break
         time.sleep(1)
-    assert shown, "the logged plot never rendered as an image"
+    assert shown_images, "the logged plot never rendered as an image"
     _screenshot(browser, "mlflow-plot.png", tmp_path)

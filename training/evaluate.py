@@ -21,6 +21,7 @@ from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from recsys import metrics, windows
 from recsys.config import PipelineConfig
+from recsys.progress import progress as progress_bar
 from recsys.split import Split
 
 EVAL_CHUNK_USERS = 8_192  # users per ranking-frame chunk in evaluation: ~2.2M candidate rows
@@ -264,6 +265,7 @@ def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rel
     recall_sum = 0.0
     kept_scores, kept_labels, n_kept = [], [], 0
     first_bundle = next(iter(bundles.values()))
+    bar = progress_bar(total=len(user_idx), desc="evaluate " + ", ".join(bundles), unit="user")
     for first in range(0, len(user_idx), chunk_size):
         chunk, chunk_relevant = user_idx[first:first + chunk_size], relevant[first:first + chunk_size]
         candidates, arrays = first_bundle.candidate_features(chunk)
@@ -276,6 +278,8 @@ def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rel
                 kept_scores.append(chunk_scores)
                 kept_labels.append(chunk_labels)
                 n_kept += len(chunk_scores)
+        bar.update(len(chunk))
+    bar.close()
     recall = recall_sum / len(user_idx) if len(user_idx) else float("nan")
     scores = np.concatenate(kept_scores)[:max_scores] if kept_scores else np.zeros(0)
     labels = np.concatenate(kept_labels)[:max_scores] if kept_labels else np.zeros(0)

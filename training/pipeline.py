@@ -37,6 +37,7 @@ from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
+from recsys.progress import quiet_progress
 from recsys.split import Split
 from recsys.stage_timer import collect, stage
 from training import plots, registry, tracking, variants
@@ -205,7 +206,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
     workdir = Path(workdir or Path.cwd())
     tracking.configure_tracking(workdir)
     tracking.ensure_experiment(experiment)
-    with collect() as timings, \
+    with collect() as timings, quiet_progress(not progress), \
             mlflow.start_run(run_name=tracking.run_name(config), tags=tracking.environment_tags(),
                              log_system_metrics=True) as run, \
             tracking.child_run(run.info.run_id, tracking.DIAGNOSTICS_RUN, role=tracking.DIAGNOSTICS_RUN) as diag, \

@@ -18,6 +18,7 @@ import numpy as np
 from features.ranking_frame import prior_scores
 from recsys.config import RankerConfig
 from recsys.errors import DataValidationError, NotFittedError
+from recsys.progress import progress as progress_bar
 from training.prior_blend import fit_prior_weights
 
 MAX_LABEL = 30  # LambdaRank label_gain has 31 entries by default: labels stay small integers.
@@ -91,7 +92,8 @@ class LambdaRanker:
                           X=X, y=y, groups=groups, X_val=X_val)
 
     def fit_dataset(self, data: RankerData, *, unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
-                    log_metric: Callable[[str, float, int], None] | None = None) -> LambdaRanker:
+                    log_metric: Callable[[str, float, int], None] | None = None,
+                    progress_name: str = "") -> LambdaRanker:
         """Train on prepared sets (see ``dataset``); ``unused_features`` get zero split gain
         (LightGBM ``feature_contri``), so the model never splits on them: an ablation without
         those features that reuses the sets' bins instead of building new ones. Returns self."""
@@ -118,12 +120,14 @@ class LambdaRanker:
         self.evals = {}
         start = time.perf_counter()
         self._set_prior(data, eval_at[0])
-        self.booster = lgb.train(
-            params, data.train, num_boost_round=c.num_boost_round, valid_sets=[data.train, data.valid],
-            valid_names=["train", "valid"],
-            callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False, min_delta=c.early_stopping_min_delta),
-                       lgb.record_evaluation(self.evals)],
-        )
+        with progress_bar(total=c.num_boost_round, desc=f"ranker {progress_name}".rstrip(), unit="round") as bar:
+            self.booster = lgb.train(
+                params, data.train, num_boost_round=c.num_boost_round, valid_sets=[data.train, data.valid],
+                valid_names=["train", "valid"],
+                callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False,
+                                              min_delta=c.early_stopping_min_delta),
+                           lgb.record_evaluation(self.evals), lambda env: bar.update(1)],
+            )
         self.fit_seconds = time.perf_counter() - start
         if log_metric:
             for split, metrics in self.evals.items():

@@ -48,6 +48,10 @@ def configure_tracking(workdir: str | Path | None = None, *, create: bool = True
         uri = f"sqlite:///{db}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if uri.startswith(("sqlite:", "file:", "/")):
+        # A local store copies artifacts on disk in milliseconds: MLflow's "Downloading artifacts"
+        # bars would only be noise (set the variable yourself to keep them).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
 
 

@@ -25,6 +25,7 @@ from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from recsys import windows
 from recsys.config import PipelineConfig
+from recsys.progress import progress as progress_bar
 from training.evaluate import sample_users, test_relevance
 from training.ranker import LambdaRanker
 
@@ -96,7 +97,9 @@ def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray
     dropped: LambdaRank learns nothing from them.
     """
     user_idx, relevant = users
-    candidates = generate_candidates(state, user_idx, config.candidates, seed=config.seed)
+    with progress_bar(total=len(user_idx), desc="candidates", unit="user") as bar:
+        candidates = generate_candidates(state, user_idx, config.candidates, seed=config.seed)
+        bar.update(len(user_idx))
     positives = pl.DataFrame({
         "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
         "item_idx": (np.concatenate(relevant) if relevant else np.zeros(0)).astype(np.int32),
@@ -152,7 +155,7 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
             (lambda key, value, step, short=short: log_metric(key.replace("ranker/", f"ranker/{short}/", 1),
                                                               value, step))
         rankers[name] = ranker.fit_dataset(sets, unused_features=TEXT_FEATURES if name == NO_TEXT else (),
-                                           eval_at=(config.k,), log_metric=curves)
+                                           eval_at=(config.k,), log_metric=curves, progress_name=short)
         if log_metric:
             log_metric(f"ranker/{short}/train_rows", float(sets.n_rows), 0)
             log_metric(f"ranker/{short}/validation_rows", float(val.height), 0)
