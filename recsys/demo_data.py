@@ -148,7 +148,7 @@ def generate_demo(spec: DemoSpec | None = None) -> Dataset:
     day_sessions = [np.flatnonzero(session_day == day) for day in range(int(np.ceil(spec.days)))]
     for day, all_sessions in enumerate(day_sessions):
         eligible = np.flatnonzero((item_published <= day) & (item_published >= day - 14))
-        if all_sessions.size == 0 or eligible.size < spec.shown_per_session:
+        if all_sessions.size == 0 or eligible.size <= spec.shown_per_session:
             continue
         # Sessions x eligible items are dense: blocks of sessions keep memory flat at large scales
         # (the demo's days fit in one block, so its random stream is unchanged).

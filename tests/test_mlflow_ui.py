@@ -165,7 +165,7 @@ def test_two_runs_side_by_side_headline_first_with_a_model_card_and_plots(browse
         assert key in shown, f"metric {key} not shown on the compare page"
 
     browser.get(f"{server}/#/experiments/{exp_id}/runs/{ids[0]}")
-    _wait_for_text(browser, ["shipped ranker", "Lift over the best baseline"])  # the run's description
+    _wait_for_text(browser, ["Description", "shipped ranker", "Text-aware LambdaRank"])  # the run's description
 
     browser.get(f"{server}/#/models/{MODEL}/versions/2")
     _wait_for_text(browser, ["Inputs and outputs", "Known limitations", "Promotion history", "curl -s -X POST"])

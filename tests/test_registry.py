@@ -199,3 +199,26 @@ def test_versions_validated_on_different_users_are_not_paired(model):
     with pytest.raises(RecsysError, match=rf"m versions {fewer} and 1 were validated on different users \(299 and "
                                           r"300, 299 shared\); use --force"):
         registry.promote("m", fewer)
+
+
+def test_model_cards_show_champion_challenger_and_the_promotion_history(model):
+    """Every alias move re-renders the registered model's card (aliases, figures, the whole
+    history) and the history section of the versions it touched, keeping the rest of their card."""
+    model.update_model_version("m", "3", description="# m version 3\n\nthe run summary")
+    model.set_model_version_tag("m", "3", "validation.ndcg_at_10", "0.3500")
+    registry.promote("m", 1)
+    assert registry.register_outcome("m", "3") == (registry.CHALLENGER, "1")
+    card = model.get_registered_model("m").description
+    assert "| champion | 1 |" in card and "| challenger | 3 | 0.3500 |" in card
+    assert "| promote | - | 1 | first champion (ndcg_at_10 0.3000) |" in card
+    assert "Not promoted yet: `recsys promote --name NAME --version 3`" in model.get_model_version("m", "3").description
+    registry.promote("m", 3)
+    card = model.get_registered_model("m").description
+    assert "| challenger |" not in card and "| champion | 3 | 0.3500 |" in card
+    history_rows = [line for line in card.splitlines() if line.startswith("| 20")]
+    assert [row.split(" | ")[2:4] for row in history_rows] == [["1", "3"], ["-", "1"]]  # newest first
+    version_card = model.get_model_version("m", "3").description
+    assert version_card.startswith("# m version 3\n\nthe run summary\n\n## Promotion history")
+    assert version_card.count("## Promotion history") == 1
+    assert "| promote | 1 | 3 | m version 3 vs champion" in version_card
+    assert "| 1 | 3 |" in model.get_model_version("m", "1").description  # the old champion's card shows its move

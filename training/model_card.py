@@ -94,7 +94,8 @@ def version_card(name: str, version: str, summary: str, example_users: list[str]
              "## Inputs and outputs",
              "One request row per user: `user_id` (string), optional `k` (long, 1-100, default "
              f"{k}), optional `candidates`, `history`, `exclude` (arrays of item-id strings). One answer row per "
-             "user: `user_id`, `item_ids` (best first), `scores`, `path` (`personalized` or `cold-start`), "
+             "user: `user_id`, `item_ids` (best first), `scores`, `path` (`personalized`, `history-only` or "
+             "`cold-start`), "
              "`unknown_ids` (ids in the request the model does not know).", "",
              "```bash",
              f"curl -s -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\\n"
