@@ -40,7 +40,11 @@ def uvicorn_log_config() -> str:
                           for name in ("uvicorn", "uvicorn.access", "recsys")},
               "root": {"handlers": ["stderr"], "level": "WARNING"}}
     text = json.dumps(config, indent=1, sort_keys=True)
-    path = Path(tempfile.gettempdir()) / f"recsys-uvicorn-log-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    folder = Path(tempfile.gettempdir()) / f"recsys-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():  # someone else's folder: not a config to trust
+        folder = Path(tempfile.mkdtemp(prefix="recsys-"))
+    path = folder / f"recsys-uvicorn-log-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
     if not path.exists() or path.read_text() != text:
         partial = path.with_suffix(".partial")
         partial.write_text(text)

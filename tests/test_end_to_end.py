@@ -99,7 +99,12 @@ def test_the_registry_keeps_validation_and_test_apart(trained):
     assert tags["shipped_variant"] == document["shipped_variant"]
     assert len(tags[registry.DIGEST_TAG]) == 64
     card = client.get_model_version("e2e", "1").description
-    assert f"**Shipped: `ranker` = `{document['shipped_variant']}`.**" in card
+    assert card.startswith("# e2e version 1\n\nText-aware LambdaRank recommender trained on `data`")
+    assert f"**Shipped variant: `{document['shipped_variant']}`.**" in card
+    assert f"| validation | {validation[f'ndcg@{K}']:.4f} [" in card and f"| test | {test[f'ndcg@{K}']:.4f} [" in card
+    for section in ("## Inputs and outputs", "## Known limitations", "## Promotion history"):
+        assert card.count(section) == 1, section
+    assert "| promote | - | 1 | first champion" in card
     # The promotion gate's input: the shipped ranker's nDCG per validation user, whose mean is the
     # validation nDCG above (the paired interval is computed on these rows).
     import mlflow
@@ -286,7 +291,7 @@ def test_the_registered_model_is_self_contained(trained, tmp_path):
     script.write_text(
         "import json, sys\nimport mlflow, pandas as pd\n"
         "model = mlflow.pyfunc.load_model('models:/e2e@champion')\n"
-        "local = mlflow.artifacts.download_artifacts('models:/e2e@champion')\n"
+        f"local = mlflow.artifacts.download_artifacts('models:/e2e@champion', dst_path={str(tmp_path / 'model')!r})\n"
         f"out = model.predict(pd.DataFrame({{'user_id': {users!r}}}))\n"
         "print(json.dumps({'local': local, 'rows': {r.user_id: list(r.item_ids) for r in out.itertuples()}}))\n")
     done = subprocess.run([sys.executable, str(WITHOUT_PROJECT), str(script)], cwd=tmp_path, env=env,

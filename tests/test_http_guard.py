@@ -188,3 +188,43 @@ def test_client_input_is_never_echoed_back_at_length(client, ids):
     assert reply.status_code == 400 and len(reply.text) < 500
     reply = _post(client, b'{"dataframe_records": [{"user_id": "U1", "k": 1' + b"0" * 400 + b"}]}")
     assert reply.status_code == 400 and "k must be an integer between 1 and 100" in _clean(reply)
+
+
+def test_k_must_be_a_whole_number_and_is_never_rounded(client, ids):
+    users, _ = ids
+    for k in (5.5, "5", True):
+        reply = _post(client, {"dataframe_records": [{"user_id": users[0], "k": k}]})
+        assert reply.status_code == 400, k
+        assert "k must be an integer between 1 and 100" in _clean(reply)
+    assert len(_post(client, {"dataframe_records": [{"user_id": users[0], "k": 3.0}]}).json()["predictions"][0]
+               ["item_ids"]) == 3
+
+
+def test_rows_may_leave_out_fields_that_other_rows_send(client, ids):
+    """The typed signature refuses a column with holes; the guard fills them (default k, no lists)
+    so a mixed request is answered as its rows would be one by one."""
+    users, items = ids
+    rows = [{"user_id": users[0], "k": 2, "history": items[:2]}, {"user_id": users[1]},
+            {"user_id": "someone-new", "candidates": items[:3], "exclude": items[:1]}]
+    reply = _post(client, {"dataframe_records": rows})
+    assert reply.status_code == 200, reply.text
+    answer = {row["user_id"]: row for row in reply.json()["predictions"]}
+    for row in rows:
+        alone = _post(client, {"dataframe_records": [row]}).json()["predictions"][0]
+        assert answer[row["user_id"]]["item_ids"] == alone["item_ids"]
+    assert len(answer[users[0]]["item_ids"]) == 2 and len(answer[users[1]]["item_ids"]) == 10
+    assert sorted(answer["someone-new"]["item_ids"]) == sorted(items[1:3])
+
+
+def test_a_parquet_body_with_missing_k_values_is_answered(client, ids):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    users, _ = ids
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"user_id": users[:2], "k": pa.array([4.0, None])}), buffer)
+    reply = _post(client, buffer.getvalue(), "application/vnd.apache.parquet")
+    assert reply.status_code == 200, reply.text
+    assert [len(row["item_ids"]) for row in reply.json()["predictions"]] == [4, 10]

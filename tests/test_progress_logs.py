@@ -65,7 +65,8 @@ def test_the_model_server_logs_in_the_cli_format():
 def test_a_local_store_has_no_download_bars(monkeypatch, uri, quiet):
     from training.tracking import configure_tracking
 
-    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")  # recorded, so restored afterwards
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     try:
         configure_tracking()

@@ -211,7 +211,7 @@ def test_model_cards_show_champion_challenger_and_the_promotion_history(model):
     card = model.get_registered_model("m").description
     assert "| champion | 1 |" in card and "| challenger | 3 | 0.3500 |" in card
     assert "| promote | - | 1 | first champion (ndcg_at_10 0.3000) |" in card
-    assert "Not promoted yet: `recsys promote --name NAME --version 3`" in model.get_model_version("m", "3").description
+    assert "Not promoted yet: `recsys promote --name m --version 3`" in model.get_model_version("m", "3").description
     registry.promote("m", 3)
     card = model.get_registered_model("m").description
     assert "| challenger |" not in card and "| champion | 3 | 0.3500 |" in card

@@ -21,7 +21,7 @@ from features.catalog_update import add_items
 from features.text_encoder import TextEncoder, item_texts
 from recsys.dataset import read_items_file
 from recsys.errors import RecsysError
-from training import registry, tracking
+from training import model_card, registry, tracking
 
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
@@ -80,9 +80,13 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
     # The validation and test tags above were measured on the parent, not on this version.
     client.set_model_version_tag(name, version, "metrics_inherited_from_version", parent)
     client.set_model_version_tag(name, version, "catalog_update.items_added", str(new_items.height))
-    client.update_model_version(name, version, description=(
-        f"Version {parent} with {new_items.height} new item(s) added by `recsys add-items` (ranker unchanged; "
-        f"new items scored from their text).\n\n{parent_info.description or ''}"))
+    parent_card = (parent_info.description or "").split(model_card.HISTORY_HEADING, 1)[0]
+    parent_card = parent_card.removeprefix(f"# {name} version {parent}").strip()
+    card = (f"# {name} version {version}\n\nVersion {parent} with {new_items.height} new item(s) added by `recsys "
+            f"add-items` (ranker unchanged; new items scored from their text). The figures below were measured on "
+            f"version {parent}.\n\n{parent_card}")
+    client.update_model_version(name, version, description=model_card.with_history(
+        card, registry.history(client, name), version, name))
     if promote:
         registry.promote(name, version, force=True, kind=registry.CATALOG_UPDATE,
                          reason=f"catalog update: +{new_items.height} items on version {parent}")

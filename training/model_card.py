@@ -102,15 +102,15 @@ def version_card(name: str, version: str, summary: str, example_users: list[str]
              f"  -d '{request}'",
              "```", "",
              "## Known limitations", *[f"- {text}" for text in LIMITATIONS], "",
-             history_section(history, version)]
+             history_section(history, version, name)]
     return "\n".join(lines)
 
 
-def history_section(history: list[dict], version: str | None = None) -> str:
+def history_section(history: list[dict], version: str | None = None, name: str = "NAME") -> str:
     """``## Promotion history`` as a table, newest first; only the moves to or from ``version`` when given."""
     moves = [m for m in history if version is None or str(version) in (str(m.get("to")), str(m.get("from")))]
     if not moves:
-        hint = (f": `recsys promote --name NAME --version {version}` moves the champion here when it beats the "
+        hint = (f": `recsys promote --name {name} --version {version}` moves the champion here when it beats the "
                 "champion." if version else ".")
         return f"{HISTORY_HEADING}\n\nNot promoted yet{hint}"
     lines = [HISTORY_HEADING, "", "| time | kind | from | to | reason |", "|---|---|---|---|---|"]
@@ -142,10 +142,10 @@ def registered_model_card(name: str, aliases: dict[str, str], version_tags: dict
     return "\n".join(lines)
 
 
-def with_history(card: str, history: list[dict], version: str) -> str:
+def with_history(card: str, history: list[dict], version: str, name: str = "NAME") -> str:
     """``card`` with its promotion-history section re-rendered (appended when it has none)."""
     head = card.split(HISTORY_HEADING, 1)[0].rstrip()
-    return f"{head}\n\n{history_section(history, version)}".lstrip()
+    return f"{head}\n\n{history_section(history, version, name)}".lstrip()
 
 
 def refresh(client, name: str, versions: list[str]) -> None:
@@ -160,4 +160,4 @@ def refresh(client, name: str, versions: list[str]) -> None:
     client.update_registered_model(name, description=registered_model_card(name, aliases, tags, history))
     for version in {str(v) for v in versions if v is not None}:
         current = client.get_model_version(name, version).description or ""
-        client.update_model_version(name, version, description=with_history(current, history, version))
+        client.update_model_version(name, version, description=with_history(current, history, version, name))

@@ -252,7 +252,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             if register_name:
                 version = str(info.registered_model_version)
                 tracking.tag_version(register_name, version, results, validation, config, dataset, fitted.digest,
-                                     fitted.choice, fitted.validation.best_baseline, w.users.ids.head(1).to_list())
+                                     fitted.choice, evaluation.best_baseline, w.users.ids.head(1).to_list())
                 MlflowClient().set_model_version_tag(register_name, version, registry.PER_USER_TAG, per_user_uri)
                 alias, champion_version = registry.register_outcome(register_name, version)
                 became_champion = alias == registry.CHAMPION
@@ -268,7 +268,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                                      "size/validation_users": len(fitted.validation.user_idx),
                                      "time/total_s": time.perf_counter() - started}, model_id=info.model_id)
         mlflow.set_tag("mlflow.note.content", tracking.run_description(results, validation, config, dataset,
-                                                                       fitted.choice, fitted.validation.best_baseline))
+                                                                       fitted.choice, evaluation.best_baseline))
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
