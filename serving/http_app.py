@@ -156,7 +156,7 @@ class RequestGuard:
                 # lists), so no row is coerced (5.5 -> 5) or refused for a field another row left out.
                 requests = request_rules.parse_requests(pd.DataFrame(rows, columns=columns), self.default_k,
                                                         self.candidate_budget)
-                body = json.dumps(request_rules.canonical_split(requests)).encode()
+                body = json.dumps(request_rules.canonical_split(requests, self.default_k)).encode()
                 mime, parameters = JSON_TYPES[0], ""
         except request_rules.RequestTooLargeError as exc:
             raise RequestRefused(413, "REQUEST_TOO_LARGE", str(exc)) from None

@@ -148,14 +148,24 @@ def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: 
     return requests
 
 
-def canonical_split(requests: list[RecommendRequest]) -> dict:
-    """Validated requests as one ``dataframe_split`` JSON payload that the model's typed signature
-    takes as it is: every row has an integer ``k`` (the default filled in), ``candidates`` is a
-    list or null (null: the model's own candidates), ``history`` and ``exclude`` are lists."""
-    return {"dataframe_split": {
-        "columns": list(FIELDS),
-        "data": [[r.user_id, r.k, None if r.candidates is None else list(r.candidates), list(r.history),
-                  list(r.exclude)] for r in requests]}}
+def canonical_split(requests: list[RecommendRequest], default_k: int) -> dict:
+    """Validated requests as one ``dataframe_split`` payload that the model's typed signature takes
+    as it is, with the columns that carry something: ``k`` when a row asks for other than
+    ``default_k`` (then every row has an integer), ``candidates`` when a row sends a list (null for
+    the others: the model's own candidates), ``history``/``exclude`` when a row has ids (``[]`` for
+    the others). Columns left out mean the same as their defaults, and cost no schema work."""
+    columns = ["user_id"]
+    if any(r.k != default_k for r in requests):
+        columns.append("k")
+    if any(r.candidates is not None for r in requests):
+        columns.append("candidates")
+    columns += [field for field in ("history", "exclude") if any(getattr(r, field) for r in requests)]
+
+    def value(request: RecommendRequest, column: str):
+        got = getattr(request, column)
+        return list(got) if isinstance(got, tuple) else got
+
+    return {"dataframe_split": {"columns": columns, "data": [[value(r, c) for c in columns] for r in requests]}}
 
 
 def predict_frame(bundle, model_input: pd.DataFrame, deadline: float | None = None) -> pd.DataFrame:
