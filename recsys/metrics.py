@@ -8,16 +8,24 @@ recall); every function returns one float64 value per user.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
 def hits_matrix(ranked: np.ndarray, relevant: list) -> np.ndarray:
-    """Boolean (n_users, k): is the item at each rank relevant."""
-    hits = np.zeros(ranked.shape, dtype=bool)
-    for u, rel in enumerate(relevant):
-        if len(rel):
-            hits[u] = np.isin(ranked[u], np.fromiter(rel, dtype=np.int64, count=len(rel)))
-    return hits & (ranked >= 0)
+    """Boolean (n_users, k): is the item at each rank relevant.
+
+    ranked: (n_users, k) item indices, -1 = padding; relevant: per user, a collection of item
+    indices. Vectorised: every (user, item) pair becomes one int64 key (user * 2^32 + item), and
+    the whole matrix is one ``isin`` against the relevant keys.
+    """
+    width = np.int64(1 << 32)  # above any item index
+    n_rel = np.fromiter((len(r) for r in relevant), dtype=np.int64, count=len(relevant))
+    items = np.fromiter(itertools.chain.from_iterable(relevant), dtype=np.int64, count=int(n_rel.sum()))
+    keys = np.repeat(np.arange(len(relevant), dtype=np.int64), n_rel) * width + items
+    rows = np.arange(len(ranked), dtype=np.int64)[:, None] * width
+    return np.isin(rows + np.asarray(ranked, dtype=np.int64), keys) & (ranked >= 0)
 
 
 def _discounts(k: int) -> np.ndarray:

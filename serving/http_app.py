@@ -149,7 +149,6 @@ class RequestGuard:
                                  f"send {ACCEPTED}")
         try:
             request_rules.check_fields(columns)
-            request_rules.check_size(len(rows), [], 0)
             if self.default_k is not None:
                 # One of ours: every row is validated here (the same rules as the model's), and MLflow
                 # gets the canonical form its typed signature takes as it is (k filled in, null

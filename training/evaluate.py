@@ -294,8 +294,8 @@ def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.nd
     resampled)."""
     k = config.k
     n_rel = np.array([len(r) for r in relevant])
-    hits = _hits_function(relevant)
-    per_user = {name: metrics.ndcg_at_k(hits(ranked[name][:, :k]), n_rel) for name in results if name in ranked}
+    per_user = {name: metrics.ndcg_at_k(metrics.hits_matrix(ranked[name][:, :k], relevant), n_rel)
+                for name in results if name in ranked}
     rankers = [name for name in per_user if name.startswith("ranker")]
     # One bootstrap for every column: each model's nDCG and each ranker's difference to ``best``.
     columns = [per_user[name] for name in per_user] + [per_user[name] - per_user[best] for name in rankers]
@@ -306,22 +306,6 @@ def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.nd
         results[name].update({f"lift_vs_best_baseline/ndcg@{k}": float(columns[j].mean()),
                               f"lift_vs_best_baseline/ndcg@{k}_ci_low": float(low[j]),
                               f"lift_vs_best_baseline/ndcg@{k}_ci_high": float(high[j])})
-
-
-def _hits_function(relevant: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """``metrics.hits_matrix`` for many models over one set of users, vectorised: the relevant
-    (user, item) pairs become one sorted key array once, and each model's hits are one ``isin``
-    (``hits_matrix`` loops over users in Python, the bulk of the cost over a dozen models)."""
-    n_rel = np.array([len(r) for r in relevant], dtype=np.int64)
-    items = np.concatenate(relevant).astype(np.int64) if relevant else np.zeros(0, dtype=np.int64)
-    width = np.int64(1 << 32)  # above any item index
-    keys = np.unique(np.repeat(np.arange(len(relevant), dtype=np.int64), n_rel) * width + items)
-
-    def hits(ranked: np.ndarray) -> np.ndarray:
-        rows = np.arange(len(ranked), dtype=np.int64)[:, None] * width
-        return np.isin(rows + ranked.astype(np.int64), keys) & (ranked >= 0)
-
-    return hits
 
 
 def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ from recsys.idmap import IdMap
 from recsys.progress import quiet_progress
 from recsys.split import Split
 from recsys.stage_timer import collect, stage
-from training import plots, registry, tracking, variants
+from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import Evaluation, evaluate_all
 from training.ranker import LambdaRanker
@@ -267,8 +267,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                                      "size/test_users": len(evaluation.user_idx),
                                      "size/validation_users": len(fitted.validation.user_idx),
                                      "time/total_s": time.perf_counter() - started}, model_id=info.model_id)
-        mlflow.set_tag("mlflow.note.content", tracking.run_description(results, validation, config, dataset,
-                                                                       fitted.choice, evaluation.best_baseline))
+        mlflow.set_tag("mlflow.note.content", model_card.run_summary(results, validation, config, dataset,
+                                                                     fitted.choice, evaluation.best_baseline))
         version = str(info.registered_model_version) if register_name else None
         uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
         return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,

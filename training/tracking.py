@@ -236,14 +236,6 @@ def tag_version(name: str, version: str | int, results: dict[str, dict[str, floa
         name, str(version), summary, example_users or [], k, registry.history(client, name)))
 
 
-def run_description(results: dict[str, dict[str, float]], validation: dict[str, dict[str, float]], config, dataset,
-                    choice, best_baseline: str) -> str:
-    """The run's description in the UI (``mlflow.note.content``): ``model_card.run_summary``."""
-    from training import model_card
-
-    return model_card.run_summary(results, validation, config, dataset, choice, best_baseline)
-
-
 def run_name(config) -> str:
     """Readable and unique: model, split, seed and start time."""
     return f"ranker-{config.split}-seed{config.seed}-{time.strftime('%m%d-%H%M%S')}"
@@ -307,14 +299,20 @@ def log_headline(test: dict[str, float], validation: dict[str, float], k: int, *
 
 @contextlib.contextmanager
 def child_run(parent_run_id: str, name: str, role: str):
-    """``start_child_run`` as a context manager: the child ends FINISHED, or FAILED on an error."""
-    run_id = start_child_run(parent_run_id, name, role)
+    """A nested run under ``parent_run_id`` that is not made the active run (so the parent stays
+    active while both are written); yields its id, and ends it FINISHED, or FAILED on an error."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run_id = client.create_run(experiment_id, run_name=name, tags={MLFLOW_PARENT_RUN_ID: parent_run_id,
+                                                                  MLFLOW_RUN_NAME: name, "role": role}).info.run_id
     try:
         yield run_id
     except BaseException:
-        end_child_run(run_id, failed=True)
+        client.set_terminated(run_id, "FAILED")
         raise
-    end_child_run(run_id)
+    client.set_terminated(run_id, "FINISHED")
 
 
 # The parent run's metrics: the shipped ranker's headline figures only. MLflow's UI lists metric
@@ -342,22 +340,6 @@ def headline_metrics(test: dict[str, float], validation: dict[str, float], k: in
     chosen_validation = {key.format(k=k) for key in PARENT_VALIDATION_KEYS}
     return model_metric_keys({key: v for key, v in test.items() if key in chosen_test},
                              {key: v for key, v in validation.items() if key in chosen_validation}, k)
-
-
-def start_child_run(parent_run_id: str, name: str, role: str) -> str:
-    """A nested run under ``parent_run_id`` that is not made the active run (so the parent stays
-    active while both are written); returns its id. End it with ``end_child_run``."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
-    client = MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    return client.create_run(experiment_id, run_name=name,
-                             tags={MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, "role": role}
-                             ).info.run_id
-
-
-def end_child_run(run_id: str, failed: bool = False) -> None:
-    MlflowClient().set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
 def run_metrics(run_id: str) -> dict[str, float]:
