@@ -1,4 +1,4 @@
-"""Collaborative filtering with ``implicit``: ALS and BPR, reduced to their factors.
+"""Collaborative filtering: ALS (``implicit``) and BPR (``features.bpr``), reduced to their factors.
 
 After fitting only the factor matrices are kept (saved as npz), so scoring at serving time is
 numpy arithmetic and does not depend on implicit's own persistence format.
@@ -18,10 +18,6 @@ from features.user_items import check_user_items
 from recsys.errors import ConfigError
 
 ALGORITHMS = ("als", "bpr")
-# BPR's SGD is Hogwild: with more than one thread, threads race on shared item factors and the
-# result depends on scheduling. One thread makes a fit a function of (matrix, seed) and of nothing
-# about the machine (implicit also draws one sampling seed per thread).
-BPR_THREADS = 1
 # ALS solves each user (then each item) independently from the other side's fixed factors, so
 # its threads do not race: 0 = all cores, same factors (tests/test_determinism.py checks this).
 ALS_THREADS = 0
@@ -51,32 +47,47 @@ class CFFactors:
             return cls(name=name, user_factors=data["user_factors"], item_factors=data["item_factors"])
 
 
+def bpr_epochs(iterations: int, max_samples: int, n_interactions: int) -> int:
+    """BPR's epochs for ``n_interactions`` training pairs: ``iterations``, or fewer (at least 5)
+    when ``iterations x n_interactions`` exceeds ``max_samples``."""
+    if n_interactions <= 0 or iterations * n_interactions <= max_samples:
+        return iterations
+    return max(5, min(iterations, max_samples // n_interactions))
+
+
 def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,
-           iterations: int, regularization: float = 0.05, alpha: float = 1.0, seed: int = 0) -> CFFactors:
+           iterations: int, regularization: float = 0.05, alpha: float = 1.0, learning_rate: float = 0.05,
+           seed: int = 0, after_epochs=None) -> CFFactors:
     """Fit ALS or BPR on ``user_items`` (users x items) and return its factors.
 
     alpha: ALS's confidence scale (confidence = 1 + alpha x value); BPR uses only the pattern.
-    Same matrix and ``seed``, same factors: see ``BPR_THREADS`` and ``ALS_THREADS``.
+    learning_rate: BPR's SGD step (ALS has none). regularization: L2 weight of either.
+    Same matrix and ``seed``, same factors (``ALS_THREADS``; BPR runs on one thread).
+    after_epochs: BPR only, see ``features.bpr.fit_bpr_factors``.
     """
     from implicit.cpu.als import AlternatingLeastSquares
-    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    from features.bpr import fit_bpr_factors
 
     user_items = check_user_items(user_items, n_users, n_items)
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown CF algorithm {name!r}; use one of {ALGORITHMS}")
-    # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores
-    # (implicit checks this when the model is built, so the limit covers construction too).
-    with threadpool_limits(limits=1, user_api="blas"):
-        if name == "als":
+    if name == "bpr":
+        pattern = user_items.copy()
+        pattern.data[:] = 1.0
+        user_factors, item_factors = fit_bpr_factors(pattern, factors=factors, iterations=iterations,
+                                                     learning_rate=learning_rate, regularization=regularization,
+                                                     seed=seed, after_epochs=after_epochs)
+    else:
+        # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores
+        # (implicit checks this when the model is built, so the limit covers construction too).
+        with threadpool_limits(limits=1, user_api="blas"):
             model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
                                             iterations=iterations, random_state=seed, num_threads=ALS_THREADS)
-        else:
-            model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,
-                                                regularization=0.01, random_state=seed, num_threads=BPR_THREADS)
-        model.fit(user_items, show_progress=False)
-    item_factors = np.array(model.item_factors, dtype=np.float32)
+            model.fit(user_items, show_progress=False)
+        user_factors, item_factors = model.user_factors, np.array(model.item_factors, dtype=np.float32)
     # An item nobody interacted with keeps its random initial factors in BPR: noise, not a score.
     # Zero rows (ALS's own answer for such items, and what add-items gives new items) say "unknown".
     item_factors[np.diff(user_items.tocsc().indptr) == 0] = 0.0
-    return CFFactors(name=name, user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
+    return CFFactors(name=name, user_factors=np.ascontiguousarray(user_factors, dtype=np.float32),
                      item_factors=item_factors)

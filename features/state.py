@@ -17,7 +17,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from features import behaviour
-from features.cf import CFFactors, fit_cf
+from features.cf import CFFactors, bpr_epochs, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item
 from features.text_interest import HistoryPooling, history_weights, user_vectors
 from features.text_popularity import fit_text_popularity, predict_text_popularity
@@ -208,7 +208,8 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                      n_items=n_items, factors=config.als_factors, iterations=config.als_iterations,
                      regularization=config.als_regularization, alpha=config.als_alpha, seed=config.seed)
         bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
-                     iterations=config.bpr_iterations, seed=config.seed)
+                     iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, user_items.nnz),
+                     learning_rate=config.bpr_learning_rate, regularization=config.bpr_regularization, seed=config.seed)
     bar.update(1)
     with stage("item_item"):
         sessions = None

@@ -133,6 +133,32 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return {"result": result, "experiment": experiment}
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from training.tune_space import STAGE_NAMES
+    from training.tuning import summary_json, tune
+
+    overrides = {key: value for key, value in (("split", args.split), ("k", args.k), ("seed", args.seed),
+                                               ("test_fraction", args.test_fraction)) if value is not None}
+    config = load_config(args.config, **overrides)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else STAGE_NAMES
+    dataset = load_data(args.data)
+    for reason, count in dataset.skipped.items():
+        if count:
+            print(f"skipped {count} row(s): {reason.replace('_', ' ')}")
+    experiment = args.experiment or f"recsys-tune-{dataset.source}"
+    out = Path(args.out)
+    result = tune(dataset, config, experiment=experiment, out=out, stages=stages, budget_minutes=args.budget_minutes,
+                  max_trials=args.trials, progress=not args.quiet)
+    import mlflow
+
+    print(result.summary())
+    print(f"\nbest config: {out} ({result.seconds / 60:.1f} min); MLflow run {result.run_id} in experiment "
+          f"{experiment!r} (store {mlflow.get_tracking_uri()}), one nested run per trial.\n"
+          f"Next: {_recsys_command()} train --data {args.data} --config {out}")
+    if args.summary_out:
+        Path(args.summary_out).write_text(json.dumps(summary_json(result), indent=2, sort_keys=True))
+
+
 def _recsys_command() -> str:
     """The `recsys` executable as a path that works from any folder."""
     return str(Path(sys.executable).parent / "recsys")
@@ -418,6 +444,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cold-items protocol: remove this seeded share of items from training entirely")
     tr.add_argument("--config", default=None, metavar="FILE", help="JSON with PipelineConfig fields to override")
     tr.set_defaults(handler=cmd_train)
+
+    tn = command("tune", help="search the settings on validation data and write best_config.json",
+                 description="Search the pipeline's settings with Optuna (seeded TPE, pruning), stage by stage: "
+                             "ALS, BPR, EASE, the text model, the candidate counts, the ranker. Every trial is "
+                             "scored on validation data cut from the training window (the test split is never "
+                             "read) and is a nested MLflow run. Writes a complete config that "
+                             "`recsys train --config` takes as it is.")
+    tn.add_argument("--data", required=True, help="a canonical data folder, or 'demo'")
+    tn.add_argument("--split", choices=SPLITS, default=None,
+                    help="evaluation protocol (default: the --config file's, else temporal)")
+    tn.add_argument("--k", type=int, default=None, help="list length K (default: the --config file's, else 10)")
+    tn.add_argument("--seed", type=int, default=None, help="default: the --config file's, else 42")
+    tn.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                    help="as for train: the share set aside (and never read) as test")
+    tn.add_argument("--config", default=None, metavar="FILE", help="settings to start from (default: the defaults)")
+    tn.add_argument("--budget-minutes", type=float, default=30.0, metavar="M",
+                    help="wall-clock budget, shared out among the stages")
+    tn.add_argument("--trials", type=_positive_int, default=30, metavar="N", help="at most N trials per stage")
+    tn.add_argument("--stages", default=None, metavar="LIST",
+                    help="comma-separated subset of als,bpr,item_item,text,candidates,ranker (default: all)")
+    tn.add_argument("--out", default="best_config.json", metavar="FILE", help="where the best config goes")
+    tn.add_argument("--experiment", default=None, help="MLflow experiment (default: recsys-tune-<data name>)")
+    tn.add_argument("--summary-out", default=None, metavar="FILE", help="write each stage's result as JSON")
+    tn.set_defaults(handler=cmd_tune)
 
     rk = command("rank", help="offline batch ranking into Parquet")
     rk.add_argument("--model", required=True, metavar="MODEL_URI", help="e.g. models:/recsys-demo@champion")

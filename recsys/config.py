@@ -102,8 +102,14 @@ class PipelineConfig:
     # how much a user liked an item; 0/1 says only that they took it, which is what a protocol
     # where every test interaction counts (MovieLens ratings of any value) asks for.
     cf_use_weights: bool = True
-    bpr_factors: int = 64  # BPR latent factors
-    bpr_iterations: int = 60  # BPR epochs
+    bpr_factors: int = 128  # BPR latent factors
+    bpr_iterations: int = 100  # BPR epochs (each draws as many samples as there are interactions)
+    bpr_learning_rate: float = 0.05  # BPR's SGD step at the first epoch; it decays linearly to a tenth
+    bpr_regularization: float = 0.01  # BPR's L2 weight on the factors and item biases
+    # Above this many samples per fit (epochs x interactions), BPR runs fewer epochs (at least
+    # 5; logged as data_choice.bpr_epochs): its cost grows with both, and on large data a few
+    # epochs already see every interaction many times over.
+    bpr_max_samples: int = 30_000_000
     # EASE item-to-item model (features/item_item.py): lambda, weights kept per item, and the
     # catalog size above which the dense inverse is replaced by cosine co-occurrence. EASE costs
     # n_items^3 time and one dense n_items^2 matrix (benchmarks/item_item_scale.py), which would

@@ -15,7 +15,7 @@ from recsys.errors import ConfigError
 from recsys.split import split_interactions
 from tests.conftest import tiny_config_dict
 from training import evaluate
-from training.evaluate import _rank_in_chunks, evaluate_all, sample_users, topk_array
+from training.evaluate import evaluate_all, rank_in_chunks, sample_users, topk_array
 from training.variants import label_users, labelled_frame
 
 
@@ -84,7 +84,7 @@ def test_rankers_sharing_a_state_rank_one_candidate_set_as_each_would_alone(smal
     bundles = {"ranker": small_bundle, "other": other}
     users, relevant = evaluate.test_relevance(small_bundle.state, split.test)
     k = 5
-    together = _rank_in_chunks(bundles, users, relevant, k, keep_scores="ranker", seed=small_bundle.config.seed,
+    together = rank_in_chunks(bundles, users, relevant, k, keep_scores="ranker", seed=small_bundle.config.seed,
                                chunk_size=7)
     alone = {name: topk_array(head_k(bundle.score_candidates(users), k, seed=bundle.config.seed), len(users), k)
              for name, bundle in bundles.items()}

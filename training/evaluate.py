@@ -212,7 +212,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     ranked_by_model: dict[str, np.ndarray] = {}
     scores = labels = np.zeros(0)
     for group in bundles_by_state(bundles):
-        outcome = _rank_in_chunks(group, user_idx, relevant, k, keep_scores=keep_scores, seed=config.seed)
+        outcome = rank_in_chunks(group, user_idx, relevant, k, keep_scores=keep_scores, seed=config.seed)
         for name, (ranked, recall, scores_labels) in outcome.items():
             ranked_by_model[name] = ranked
             results[name] = metrics.topk_metrics(ranked, relevant, k)
@@ -251,7 +251,7 @@ def bundles_by_state(bundles: dict[str, RankingBundle]) -> list[dict[str, Rankin
     return list(groups.values())
 
 
-def _rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, relevant: list[np.ndarray], k: int, *,
+def rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, relevant: list[np.ndarray], k: int, *,
                     keep_scores: str, seed: int, chunk_size: int = EVAL_CHUNK_USERS,
                     max_scores: int = MAX_KEPT_SCORES):
     """Per bundle: its top-k (n_users, k), candidate recall, and (scores, 0/1 labels) of candidates.

@@ -30,6 +30,7 @@ import polars as pl
 from mlflow.tracking import MlflowClient
 
 from features.bundle import RankingBundle
+from features.cf import bpr_epochs
 from features.state import fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
 from recsys import windows
@@ -104,6 +105,22 @@ def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
     return Windows(catalog=catalog, split=split, nested=nested, cold_items=cold_items, feature_cold=feature_cold,
                    users=IdMap(kind="user").fit(split.train["user_id"].unique().sort()),
                    items=IdMap(kind="item").fit(catalog["item_id"]))
+
+
+def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
+    """The settings the pipeline derives from the data, not from the config alone (logged as
+    ``data_choice.*`` params): the item-to-item model by catalog size, BPR's epochs by the number
+    of training pairs."""
+    n_items = len(w.items)
+    pairs = w.split.train.select("user_id", "item_id").n_unique()
+    kind = "ease" if n_items <= config.item_item_max_items else "cosine"
+    log.info("item-to-item model: %s (%d items; EASE up to item_item_max_items=%d)", kind, n_items,
+             config.item_item_max_items)
+    epochs = bpr_epochs(config.bpr_iterations, config.bpr_max_samples, pairs)
+    if epochs < config.bpr_iterations:
+        log.info("BPR: %d epochs instead of %d (%d training pairs; bpr_max_samples=%d)", epochs,
+                 config.bpr_iterations, pairs, config.bpr_max_samples)
+    return {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs}
 
 
 @dataclass
@@ -219,6 +236,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         with stage("split"):
             w = split_windows(dataset, config)
         logged_data = tracking.log_datasets(dataset, w.split)
+        mlflow.log_params(data_choices(w, config))
         metric_log.log_many({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
                             "data/feature_window_rows": w.nested.train.height,
                             "data/label_window_rows": w.nested.test.height,

@@ -1,0 +1,176 @@
+"""What ``recsys tune`` measures a setting on: validation data cut from the training window only.
+
+The run's own cuts (``training.pipeline.split_windows``): the test split is set aside untouched,
+the training window is split again into a feature window (what models fit on) and a label
+window (what they are scored on). A stage-1 model is scored alone, by full ranking of every
+catalog item the user has not interacted with in the feature window, on the label-window users
+with feature-window history (a seeded sample above ``eval_max_users``). The candidate and ranker
+stages are scored as the pipeline chooses its variant: the ranker learns on the label window's
+users, early-stops on the held-out 15% of them, and is scored by full ranking on those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from features.bundle import RankingBundle
+from features.candidates import top_n
+from features.cf import bpr_epochs, fit_cf
+from features.item_item import binary, fit_item_item
+from features.state import FeatureState, fit_feature_state, with_indices
+from features.text_interest import history_weights, user_vectors
+from features.user_items import build_session_items, build_user_items
+from recsys import metrics, windows
+from recsys.config import PipelineConfig
+from recsys.dataset import Dataset
+from training import variants
+from training.evaluate import rank_in_chunks, sample_users
+from training.pipeline import Windows, split_windows
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_items) float32
+CHUNK_USERS = 1_024  # users per dense scoring chunk
+
+
+@dataclass
+class ValidationData:
+    """The feature window as a matrix and the label window as relevance.
+
+    user_items: (n_users, n_items) float32 CSR of feature-window weights; user_idx: (n,) int
+    label-window users with feature-window history, sorted; relevant: per user, the int item
+    indices of their label-window items they had not interacted with in the feature window.
+    """
+
+    windows: Windows
+    user_items: sp.csr_matrix
+    events: pl.DataFrame  # feature-window interactions with user_idx/item_idx
+    user_idx: np.ndarray
+    relevant: list[np.ndarray]
+
+    @property
+    def n_items(self) -> int:
+        return self.user_items.shape[1]
+
+
+def validation_data(dataset: Dataset, config: PipelineConfig) -> ValidationData:
+    """Cut the data as ``recsys train`` does and keep the training window's two parts only."""
+    w = split_windows(dataset, config)
+    feature = w.nested.train.filter(pl.col("user_id").is_in(w.users.ids.implode()))
+    user_items = build_user_items(feature, w.users, w.items)
+    label = with_indices(w.nested.test, w.users, w.items).filter(pl.col("user_idx") >= 0)
+    with_history = np.flatnonzero(np.diff(user_items.indptr) > 0).astype(np.int32)
+    label = label.filter(pl.col("user_idx").is_in(pl.Series(with_history).implode()))
+    seen = user_items.tocoo()
+    seen_pairs = pl.DataFrame({"user_idx": seen.row.astype(np.int32), "item_idx": seen.col.astype(np.int32)})
+    fresh = (label.select(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32)).unique()
+             .join(seen_pairs, on=["user_idx", "item_idx"], how="anti")
+             .group_by("user_idx").agg(pl.col("item_idx").sort()).sort("user_idx"))
+    user_idx = fresh["user_idx"].to_numpy()
+    relevant = [np.asarray(v) for v in fresh["item_idx"].to_list()]
+    user_idx, relevant = sample_users(user_idx, relevant, config.eval_max_users,
+                                      config.seed + windows.EVAL_SAMPLE_SEED)
+    events = with_indices(w.nested.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
+    return ValidationData(windows=w, user_items=user_items, events=events, user_idx=user_idx, relevant=relevant)
+
+
+def ndcg_of_scores(data: ValidationData, score_fn: ScoreFn, k: int, seed: int) -> float:
+    """Mean nDCG@k over the validation users of a dense scorer (feature-window items excluded,
+    NaN never picked, ties by the seeded tie rule)."""
+    if not len(data.user_idx):
+        return float("nan")
+    ranked = []
+    for start in range(0, len(data.user_idx), CHUNK_USERS):
+        chunk = data.user_idx[start:start + CHUNK_USERS]
+        scores = np.array(score_fn(chunk), dtype=np.float32)
+        scores[np.nan_to_num(scores, nan=-np.inf) == -np.inf] = -np.inf
+        rows = data.user_items[chunk]
+        scores[np.repeat(np.arange(len(chunk)), np.diff(rows.indptr)), rows.indices] = -np.inf
+        ranked.append(top_n(scores, k, seed=seed, query=chunk))
+    return metrics.topk_metrics(np.concatenate(ranked), data.relevant, k)[f"ndcg@{k}"]
+
+
+def cf_scorer(data: ValidationData, name: str, config: PipelineConfig, after_epochs=None) -> ScoreFn:
+    """ALS or BPR fitted on the feature window with ``config``'s settings, as the pipeline fits them."""
+    matrix = data.user_items if (name == "bpr" or config.cf_use_weights) else binary(data.user_items)
+    n_users, n_items = data.user_items.shape
+    if name == "als":
+        factors = fit_cf("als", matrix, n_users=n_users, n_items=n_items, factors=config.als_factors,
+                         iterations=config.als_iterations, regularization=config.als_regularization,
+                         alpha=config.als_alpha, seed=config.seed)
+    else:
+        factors = fit_cf("bpr", matrix, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
+                         iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, matrix.nnz),
+                         learning_rate=config.bpr_learning_rate, regularization=config.bpr_regularization,
+                         seed=config.seed, after_epochs=after_epochs)
+    return lambda u: factors.user_factors[u] @ factors.item_factors.T
+
+
+def item_item_scorer(data: ValidationData, config: PipelineConfig) -> ScoreFn:
+    """EASE (or cosine co-occurrence above ``item_item_max_items``) as the pipeline fits it."""
+    sessions = None
+    if config.item_item_session_gap_seconds > 0:
+        sessions = build_session_items(data.events, data.windows.items, config.item_item_session_gap_seconds)
+    model = fit_item_item(data.user_items, kind="ease", regularization=config.item_item_regularization,
+                          neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
+                          dropout=config.item_item_dropout, sessions=sessions,
+                          session_weight=config.item_item_session_weight)
+    history = binary(data.user_items)
+    return lambda u: np.where((s := model.user_scores(history[u])) == 0, np.float32(np.nan), s)
+
+
+def text_scorer(data: ValidationData, item_vectors: np.ndarray, config: PipelineConfig, pooling=None) -> ScoreFn:
+    """The text interest score: the user's (pooled, recency-weighted) history vector . item vector."""
+    n_users, n_items = data.user_items.shape
+    weights = history_weights(data.events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
+                              half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
+    users = user_vectors(weights, item_vectors)
+    return lambda u: users[u] @ item_vectors.T
+
+
+def feature_state(data: ValidationData, item_vectors: np.ndarray, config: PipelineConfig,
+                  pooling=None) -> FeatureState:
+    """The stage-1 state on the feature window (what the ranker's features and candidates read)."""
+    w = data.windows
+    return fit_feature_state(catalog=w.catalog, interactions=w.nested.train, impressions=w.nested.impressions_train,
+                             item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
+
+
+@dataclass
+class LabelUsers:
+    """The ranker's label users (``variants.label_users``) and the held-out ones that validate it."""
+
+    users: tuple[np.ndarray, list[np.ndarray]]
+    held_out: np.ndarray
+    held_out_relevant: list[np.ndarray]
+
+
+def label_users(data: ValidationData, state: FeatureState, config: PipelineConfig) -> LabelUsers:
+    users = variants.label_users(state, data.windows.nested.test, config)
+    held_out = variants.validation_users(users[0], config.seed + windows.VALIDATION_SEED)
+    position = {int(u): i for i, u in enumerate(users[0])}
+    return LabelUsers(users=users, held_out=held_out,
+                      held_out_relevant=[users[1][position[int(u)]] for u in held_out])
+
+
+def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, config: PipelineConfig,
+                frame: pl.DataFrame | None = None) -> tuple[float, pl.DataFrame]:
+    """Validation nDCG@k of the ranker (text features on) learnt with ``config``: fitted on the
+    label users' queries, early-stopped on the held-out users' queries and scored by full ranking
+    on the held-out users. ``frame``: the labelled frame when the candidates did not change.
+    Returns (nDCG@k, the labelled frame)."""
+    if frame is None:
+        frame = variants.labelled_frame(state, who.users, data.windows.nested.impressions_test, config,
+                                        data.windows.feature_cold)
+    if not len(who.held_out):
+        return float("nan"), frame
+    ranker = variants.fit_rankers({variants.FINETUNED: frame}, who.held_out, config)[variants.FINETUNED]
+    bundle = RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
+                           prior_weights=ranker.prior_weights)
+    outcome = rank_in_chunks({"ranker": bundle}, who.held_out, who.held_out_relevant, config.k, keep_scores="",
+                              seed=config.seed)
+    ranked = outcome["ranker"][0]
+    return metrics.topk_metrics(ranked, who.held_out_relevant, config.k)[f"ndcg@{config.k}"], frame

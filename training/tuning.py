@@ -1,0 +1,320 @@
+"""``recsys tune``: Optuna searches of the pipeline's settings on validation data, stage by stage.
+
+Stages run cheapest first (``training.tune_space.STAGES``): ALS, BPR and EASE each on its own
+validation nDCG@k, the text model on its text score alone, then the candidate counts and the
+ranker on the ranker's validation nDCG@k. Each stage starts from the best settings of the stages
+before it, enqueues the current settings as its first trial (so it never ends below them), then
+lets a seeded TPE sampler propose the rest; BPR trials are pruned (median rule) on their nDCG
+after a share of their epochs. Every measurement is on data cut from the training window
+(``training.tune_validation``): the test split is never read.
+
+One MLflow parent run holds the search: each trial is a nested run (its settings and validation
+nDCG@k), the parent logs each stage's best and starting values, the search's plots (history,
+parameter importance) and ``best_config.json``, a complete config ``recsys train --config`` takes.
+
+Same data, seed and trial counts give the same best config; a ``--budget-minutes`` that ends a
+stage early makes the trial count, and so the result, depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+
+from features.text_encoder import TextEncoder, item_texts
+from recsys.config import PipelineConfig
+from recsys.data_checks import check_trainable
+from recsys.dataset import Dataset
+from recsys.errors import ConfigError
+from recsys.progress import progress as progress_bar
+from recsys.progress import quiet_progress
+from training import tracking, tune_validation
+from training.tune_space import STAGE_NAMES, STAGES, Stage, base_values, with_overrides
+
+log = logging.getLogger(__name__)
+
+BPR_REPORT_EVERY = 10  # epochs between the pruner's looks at a BPR trial
+MIN_STAGE_SECONDS = 20.0  # a stage whose share of the budget is below this still gets its first trial
+
+
+@dataclass
+class StageResult:
+    """One stage's search: its best overrides and value, and the value of the settings it started from."""
+
+    name: str
+    best: dict[str, object]
+    best_value: float
+    base_value: float
+    trials: int
+    pruned: int
+    seconds: float
+    study: optuna.Study | None = field(default=None, repr=False)
+
+
+@dataclass
+class TuneResult:
+    run_id: str
+    config: PipelineConfig
+    stages: list[StageResult]
+    seconds: float
+
+    def summary(self) -> str:
+        lines = [f"{'stage':<11} {'trials':>6} {'pruned':>6} {'start':>7} {'best':>7} {'time':>7}"]
+        for s in self.stages:
+            lines.append(f"{s.name:<11} {s.trials:>6} {s.pruned:>6} {s.base_value:>7.4f} {s.best_value:>7.4f} "
+                         f"{s.seconds:>6.0f}s")
+        return "\n".join(lines)
+
+
+class _Tuner:
+    """The state a search carries from stage to stage: the validation data, the config so far and
+    the text vectors the later stages read."""
+
+    def __init__(self, dataset: Dataset, config: PipelineConfig, progress: bool) -> None:
+        self.dataset = dataset
+        self.config = config
+        self.progress = progress
+        self.data = tune_validation.validation_data(dataset, config)
+        self.vectors: np.ndarray | None = None  # the text model's item vectors (pretrained until the text stage)
+        self.pooling = None
+        self.state = self.who = self.frame = None
+
+    def objective(self, stage: Stage, config: PipelineConfig, trial: optuna.Trial) -> float:
+        data, k, seed = self.data, config.k, config.seed
+        if stage.name in ("als", "bpr"):
+            report = None
+            if stage.name == "bpr":
+                def report(epochs, users, items):
+                    trial.report(tune_validation.ndcg_of_scores(data, lambda u: users[u] @ items.T, k, seed), epochs)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+            return tune_validation.ndcg_of_scores(data, tune_validation.cf_scorer(data, stage.name, config, report),
+                                                  k, seed)
+        if stage.name == "item_item":
+            return tune_validation.ndcg_of_scores(data, tune_validation.item_item_scorer(data, config), k, seed)
+        if stage.name == "text":
+            vectors, pooling = self._finetuned(config)
+            self._text_trials[trial.number] = (vectors, pooling)
+            return tune_validation.ndcg_of_scores(data, tune_validation.text_scorer(data, vectors, config, pooling),
+                                                  k, seed)
+        if stage.name == "candidates":
+            state = self._state(config)
+            value, _ = tune_validation.ranker_ndcg(data, state, self._who(state, config), config)
+            return value
+        state = self._state(config)
+        who = self._who(state, config)
+        value, self.frame = tune_validation.ranker_ndcg(data, state, who, config, frame=self.frame)
+        return value
+
+    def _finetuned(self, config: PipelineConfig):
+        from features.state import with_indices
+        from training.text_finetune import finetune, next_item_examples
+
+        w = self.data.windows
+        shown = None if w.nested.impressions_train is None else with_indices(w.nested.impressions_train, w.users,
+                                                                               w.items)
+        examples = next_item_examples(self.data.events, config.text.history_len, impressions=shown)
+        result = finetune(TextEncoder(max_length=config.text.max_length), item_texts(w.catalog), examples,
+                          config.text, seed=config.seed, progress=False)
+        return result.finetuned_vectors, result.pooling
+
+    def pretrained_vectors(self) -> np.ndarray:
+        if self.vectors is None:
+            encoder = TextEncoder(max_length=self.config.text.max_length)
+            self.vectors = encoder.encode(item_texts(self.data.windows.catalog), progress=False)
+        return self.vectors
+
+    def _state(self, config: PipelineConfig):
+        """The feature-window state for the ranker stages: fitted once (stage-1 settings are fixed by then)."""
+        if self.state is None:
+            self.state = tune_validation.feature_state(self.data, self.pretrained_vectors(), config, self.pooling)
+        return self.state
+
+    def _who(self, state, config: PipelineConfig):
+        if self.who is None:
+            self.who = tune_validation.label_users(self.data, state, config)
+        return self.who
+
+    def run_stage(self, stage: Stage, index: int, *, max_trials: int, seconds: float, parent_id: str) -> StageResult:
+        """Search ``stage`` for at most ``max_trials`` trials or ``seconds`` (its first trial always
+        runs), each a nested MLflow run; ``self.config`` takes the best settings."""
+        started = time.perf_counter()
+        base = self.config
+        self._text_trials: dict[int, tuple] = {}
+        if stage.name == "ranker":
+            self.frame = None  # candidates may have changed
+        sampler = optuna.samplers.TPESampler(seed=base.seed * 100 + index, n_startup_trials=min(8, max_trials))
+        study = optuna.create_study(direction="maximize", sampler=sampler, study_name=stage.name,
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
+        study.enqueue_trial(base_values(stage, base))
+        deadline = started + max(seconds, MIN_STAGE_SECONDS)
+        bar = progress_bar(total=max_trials, desc=f"tune {stage.name}", unit="trial", enabled=self.progress)
+
+        def objective(trial: optuna.Trial) -> float:
+            overrides = stage.suggest(trial)
+            config = with_overrides(base, overrides)
+            with mlflow.start_run(run_name=f"{stage.name}-{trial.number:03d}", nested=True,
+                                  parent_run_id=parent_id, tags={"tune.stage": stage.name}):
+                mlflow.log_params({key: _param(value) for key, value in overrides.items()})
+                trial_started = time.perf_counter()
+                try:
+                    with quiet_progress(True):  # the stage's bar is the one to watch
+                        value = self.objective(stage, config, trial)
+                except optuna.TrialPruned:
+                    mlflow.set_tag("tune.state", "pruned")
+                    raise
+                mlflow.log_metrics({f"validation/ndcg_at_{base.k}": _finite(value),
+                                    "time/trial_s": time.perf_counter() - trial_started})
+                mlflow.set_tag("tune.state", "complete")
+            return _finite(value)
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            bar.update(1)
+            completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            best = f"{study.best_value:.4f}" if completed else "-"
+            bar.set_postfix(best=best, left=f"{max(0.0, deadline - time.perf_counter()):.0f}s")
+            if completed and stage.name == "text":  # keep the best trial's vectors only
+                for number in [n for n in self._text_trials if n != study.best_trial.number]:
+                    del self._text_trials[number]
+            if time.perf_counter() >= deadline:
+                study.stop()
+
+        with bar:
+            study.optimize(objective, n_trials=max_trials, callbacks=[after_trial], catch=(ConfigError,))
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not completed:
+            raise ConfigError(f"tune: no {stage.name} trial completed; see the log for the errors")
+        best_trial = study.best_trial
+        best = {key: value for key, value in _overrides_of(stage, best_trial.params).items()}
+        self.config = with_overrides(base, best)
+        if stage.name == "text":
+            self.vectors, self.pooling = self._text_trials[best_trial.number]
+        self._text_trials = {}
+        if stage.name in ("als", "bpr", "item_item", "text"):
+            self.state = self.who = None  # the ranker stages refit the state with these settings
+        return StageResult(name=stage.name, best=best, best_value=study.best_value,
+                           base_value=study.trials[0].value if study.trials[0].value is not None else math.nan,
+                           trials=len(study.trials),
+                           pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+                           seconds=time.perf_counter() - started, study=study)
+
+
+def _overrides_of(stage: Stage, params: dict[str, object]) -> dict[str, object]:
+    """The flat config overrides a finished trial's parameters stand for."""
+    return stage.suggest(optuna.trial.FixedTrial(params))
+
+
+def _param(value: object) -> object:
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path, stages: tuple[str, ...] = STAGE_NAMES,
+         budget_minutes: float = 30.0, max_trials: int = 30, workdir: Path | None = None,
+         progress: bool = True) -> TuneResult:
+    """Search ``stages`` on validation data within ``budget_minutes``, write the best config to
+    ``out`` (whole, atomically) and log the search as one MLflow run with nested trial runs."""
+    unknown = sorted(set(stages) - set(STAGE_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown tune stage(s) {unknown}; use some of {list(STAGE_NAMES)}")
+    if budget_minutes <= 0 or max_trials < 1:
+        raise ConfigError("--budget-minutes must be positive and --trials at least 1")
+    started = time.perf_counter()
+    check_trainable(dataset, config)
+    tracking.configure_tracking(Path(workdir or Path.cwd()))
+    tracking.ensure_experiment(experiment)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    chosen = [s for s in STAGES if s.name in stages]
+    budget = budget_minutes * 60.0
+    with quiet_progress(not progress), mlflow.start_run(run_name=f"tune-{config.split}-seed{config.seed}",
+                                                        tags={**tracking.environment_tags(), "tune": "parent"}) as run:
+        mlflow.log_params({"tune.stages": ",".join(s.name for s in chosen), "tune.budget_minutes": budget_minutes,
+                           "tune.max_trials": max_trials, "split": config.split, "seed": config.seed,
+                           "k": config.k, "data.source": dataset.source,
+                           **{f"data.{key}": value for key, value in dataset.summary().items()}})
+        tuner = _Tuner(dataset, config, progress)
+        results = []
+        for index, stage in enumerate(chosen):
+            left = budget - (time.perf_counter() - started)
+            share = stage.share / sum(s.share for s in chosen[index:])
+            result = tuner.run_stage(stage, index, max_trials=max_trials, seconds=left * share,
+                                     parent_id=run.info.run_id)
+            results.append(result)
+            log.info("tune %s: validation nDCG@%d %.4f -> %.4f in %d trials (%.0f s)", stage.name, config.k,
+                     result.base_value, result.best_value, result.trials, result.seconds)
+            mlflow.log_metrics({f"tune/{stage.name}/best_ndcg_at_{config.k}": result.best_value,
+                                f"tune/{stage.name}/start_ndcg_at_{config.k}": _finite(result.base_value),
+                                f"tune/{stage.name}/trials": result.trials,
+                                f"tune/{stage.name}/pruned": result.pruned,
+                                f"tune/{stage.name}/time_s": result.seconds})
+            mlflow.log_params({f"best.{key}": _param(value) for key, value in result.best.items()})
+            _log_plots(result)
+        best = tuner.config
+        seconds = time.perf_counter() - started
+        mlflow.log_metric("time/total_s", seconds)
+        with tempfile.TemporaryDirectory(prefix="recsys-tune-") as tmp:
+            path = Path(tmp) / "best_config.json"
+            best.save(path)
+            mlflow.log_artifact(str(path))
+        _write_atomically(out, best)
+        mlflow.set_tag("mlflow.note.content", _note(results, config, out))
+        return TuneResult(run_id=run.info.run_id, config=best, stages=results, seconds=seconds)
+
+
+def _write_atomically(out: Path, config: PipelineConfig) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    config.save(part)
+    os.replace(part, out)
+
+
+def _log_plots(result: StageResult) -> None:
+    """The stage's optimisation history and (with two or more finished trials) parameter importances."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    completed = [t for t in result.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ax = optuna_plots.plot_optimization_history(result.study)
+    ax.set_title(f"{result.name}: validation nDCG by trial")
+    mlflow.log_figure(ax.figure, f"plots/{result.name}_history.png")
+    if len(completed) >= 2 and len({t.value for t in completed}) > 1:
+        try:
+            ax = optuna_plots.plot_param_importances(result.study)
+            ax.set_title(f"{result.name}: parameter importance")
+            mlflow.log_figure(ax.figure, f"plots/{result.name}_importance.png")
+        except (RuntimeError, ValueError) as err:  # too few distinct trials for fANOVA
+            log.info("no importance plot for %s: %s", result.name, err)
+    plt.close("all")
+
+
+def _note(results: list[StageResult], config: PipelineConfig, out: Path) -> str:
+    rows = "\n".join(f"| {r.name} | {r.trials} | {r.pruned} | {r.base_value:.4f} | {r.best_value:.4f} | "
+                     f"{r.seconds:.0f} s |" for r in results)
+    return (f"Validation-only search (split {config.split}, seed {config.seed}, k {config.k}); the test split "
+            f"is never read.\n\n| stage | trials | pruned | start nDCG@{config.k} | best nDCG@{config.k} | time |\n"
+            f"|---|---|---|---|---|---|\n{rows}\n\nBest settings: `best_config.json` (also written to {out}); "
+            f"train with `recsys train --config best_config.json`.")
+
+
+def summary_json(result: TuneResult) -> dict:
+    return {"run_id": result.run_id, "seconds": result.seconds,
+            "stages": [{"name": s.name, "trials": s.trials, "pruned": s.pruned, "start": s.base_value,
+                        "best": s.best_value, "seconds": s.seconds, "best_settings": {k: _param(v) for k, v in
+                                                                                      s.best.items()}}
+                       for s in result.stages]}
+
