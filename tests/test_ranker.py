@@ -19,9 +19,14 @@ def test_predict_before_fit_is_an_error():
         LambdaRanker(feature_names=("a", "b")).predict(np.zeros((1, 2), dtype=np.float32))
 
 
+# The ranker without the defaults' prior and slow learning: these tests' features are synthetic.
+PLAIN = {"prior_sources": (), "learning_rate": 0.1, "num_leaves": 15, "early_stopping_rounds": 20,
+         "early_stopping_min_delta": 0.0}
+
+
 def test_bad_labels_and_groups_are_rejected_with_observed_values():
     X, y, g = _data()
-    ranker = LambdaRanker(feature_names=("signal", "noise"))
+    ranker = LambdaRanker(feature_names=("signal", "noise"), config=RankerConfig(**PLAIN))
     with pytest.raises(DataValidationError, match=r"labels must be integers in 0..30, got range \[-1"):
         ranker.fit(X, y - 1, g, X_val=X, y_val=y, groups_val=g)
     with pytest.raises(DataValidationError, match="group sizes sum to 599 but there are 600 rows"):
@@ -33,8 +38,8 @@ def test_bad_labels_and_groups_are_rejected_with_observed_values():
 def test_learns_the_signal_feature_and_round_trips(tmp_path):
     X, y, g = _data()
     Xv, yv, gv = _data(seed=1)
-    ranker = LambdaRanker(feature_names=("signal", "noise"), config=RankerConfig(num_boost_round=40,
-                                                                                min_data_in_leaf=5)).fit(
+    ranker = LambdaRanker(feature_names=("signal", "noise"), config=RankerConfig(**{**PLAIN, "num_boost_round": 40,
+                                                                                   "min_data_in_leaf": 5})).fit(
         X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
     scores = ranker.predict(Xv)
     groups = np.repeat(np.arange(len(gv)), gv)
@@ -50,7 +55,7 @@ def test_learns_the_signal_feature_and_round_trips(tmp_path):
 def test_unused_features_are_never_split_on_and_the_sets_are_binned_once():
     X, y, g = _data()
     Xv, yv, gv = _data(seed=1)
-    config = RankerConfig(num_boost_round=20, early_stopping_rounds=20, min_data_in_leaf=5)
+    config = RankerConfig(**{**PLAIN, "num_boost_round": 20, "min_data_in_leaf": 5})
     full = LambdaRanker(feature_names=("signal", "noise"), config=config)
     data = full.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
     full.fit_dataset(data)

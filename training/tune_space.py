@@ -39,7 +39,7 @@ def _item_item(t: optuna.Trial) -> dict[str, object]:
     gap = t.suggest_categorical("item_item_session_gap_seconds", [0.0, 60.0, 600.0, 3600.0, 86400.0])
     return {"item_item_regularization": t.suggest_float("item_item_regularization", 10.0, 3000.0, log=True),
             "item_item_dropout": t.suggest_float("item_item_dropout", 0.0, 0.8),
-            "item_item_neighbours": t.suggest_categorical("item_item_neighbours", [50, 100, 200, 400]),
+            "item_item_neighbours": t.suggest_int("item_item_neighbours", 50, 400, step=50),
             "item_item_session_gap_seconds": gap,
             "item_item_session_weight": t.suggest_float("item_item_session_weight", 0.25, 4.0, log=True)}
 
@@ -53,11 +53,11 @@ def _text(t: optuna.Trial) -> dict[str, object]:
 
 
 def _candidates(t: optuna.Trial) -> dict[str, object]:
-    return {"candidates.n_cf": t.suggest_categorical("candidates.n_cf", [0, 50, 100, 200]),
-            "candidates.n_item_item": t.suggest_categorical("candidates.n_item_item", [50, 100, 200]),
-            "candidates.n_text": t.suggest_categorical("candidates.n_text", [0, 50, 100]),
-            "candidates.n_popular": t.suggest_categorical("candidates.n_popular", [0, 25, 50, 100]),
-            "candidates.n_recent": t.suggest_categorical("candidates.n_recent", [0, 50])}
+    return {"candidates.n_cf": t.suggest_int("candidates.n_cf", 0, 200, step=25),
+            "candidates.n_item_item": t.suggest_int("candidates.n_item_item", 50, 200, step=25),
+            "candidates.n_text": t.suggest_int("candidates.n_text", 0, 100, step=25),
+            "candidates.n_popular": t.suggest_int("candidates.n_popular", 0, 100, step=25),
+            "candidates.n_recent": t.suggest_int("candidates.n_recent", 0, 50, step=25)}
 
 
 def _ranker(t: optuna.Trial) -> dict[str, object]:
@@ -95,8 +95,9 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 def base_values(stage: Stage, config: PipelineConfig) -> dict[str, object]:
     """The trial parameters that reproduce ``config`` in ``stage``'s space (enqueued first, so a
-    search never ends below the settings it started from). A value outside the space is clipped
-    to it (a number) or left to the sampler (a choice)."""
+    search never ends below the settings it started from). A number outside the space is kept
+    as it is (Optuna runs it and warns); a choice that is not one of the space's is left to the
+    sampler."""
     flat = config.flat()
     recorder = _Recorder()
     stage.suggest(recorder)
@@ -106,12 +107,8 @@ def base_values(stage: Stage, config: PipelineConfig) -> dict[str, object]:
             value = next((k for k, v in PRIORS.items() if tuple(v) == tuple(flat["ranker.prior_sources"])), None)
         else:
             value = flat[name]
-        if isinstance(space, list):
-            if value in space:
-                values[name] = value
-        else:
-            low, high = space
-            values[name] = type(low)(min(max(value, low), high))
+        if not isinstance(space, list) or value in space:
+            values[name] = value
     return values
 
 

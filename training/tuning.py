@@ -44,7 +44,6 @@ from training.tune_space import STAGE_NAMES, STAGES, Stage, base_values, with_ov
 log = logging.getLogger(__name__)
 
 BPR_REPORT_EVERY = 10  # epochs between the pruner's looks at a BPR trial
-MIN_STAGE_SECONDS = 20.0  # a stage whose share of the budget is below this still gets its first trial
 
 
 @dataclass
@@ -157,7 +156,7 @@ class _Tuner:
         study = optuna.create_study(direction="maximize", sampler=sampler, study_name=stage.name,
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
         study.enqueue_trial(base_values(stage, base))
-        deadline = started + max(seconds, MIN_STAGE_SECONDS)
+        deadline = started + seconds  # checked after each trial: the first (starting) one always runs
         bar = progress_bar(total=max_trials, desc=f"tune {stage.name}", unit="trial", enabled=self.progress)
 
         def objective(trial: optuna.Trial) -> float:
@@ -238,6 +237,8 @@ def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path
     tracking.ensure_experiment(experiment)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # The starting settings may lie outside a stage's search space; Optuna runs them as they are.
+    warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
     chosen = [s for s in STAGES if s.name in stages]
     budget = budget_minutes * 60.0
     with quiet_progress(not progress), mlflow.start_run(run_name=f"tune-{config.split}-seed{config.seed}",
