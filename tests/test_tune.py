@@ -118,12 +118,13 @@ def test_unknown_stage_and_bad_budget_are_refused(clicks, tmp_path):
 
 
 def test_base_values_reproduce_the_config():
-    config = PipelineConfig(als_factors=8, cf_use_weights=False)
+    config = with_overrides(PipelineConfig(als_factors=8, cf_use_weights=False), {"ranker.prior_sources": ()})
     als = base_values(STAGES[0], config)
     assert als["als_factors"] == 8  # below the space's 16..256: run as it is
     assert als["cf_use_weights"] is False
     ranker = next(s for s in STAGES if s.name == "ranker")
     assert base_values(ranker, config)["ranker.prior"] == "none"
+    assert base_values(ranker, PipelineConfig())["ranker.prior"] == "stage1"
     with_prior = with_overrides(config, {"ranker.prior_sources": ("als_score",)})
     assert "ranker.prior" not in base_values(ranker, with_prior)  # not a choice of the space: left to the sampler
 

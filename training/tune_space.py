@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import optuna
 
-from recsys.config import SCORE_SOURCES, PipelineConfig
+from recsys.config import PipelineConfig, RankerConfig
 
 Suggest = Callable[[optuna.Trial], dict[str, object]]
-PRIORS = {"none": (), "stage1": SCORE_SOURCES}  # ranker.prior_sources, by name (Optuna wants plain values)
+# ranker.prior_sources, by name (Optuna wants plain values): off, or the defaults' blend.
+PRIORS = {"none": (), "stage1": RankerConfig().prior_sources}
 
 
 def _als(t: optuna.Trial) -> dict[str, object]:
