@@ -1,17 +1,16 @@
 """MovieLens 100K quality against the published numbers: the issue's protocol, several seeds.
 
     .venv/bin/python benchmarks/movielens_quality.py [--seeds 0 1 2] [--cold-items 0.2]
-        [--src ../shared/data/movielens-100k]
+        [--config best_config.json] [--src ../shared/data/movielens-100k]
 
 Imports ML-100K with the IMDb plot outlines (`recsys import movielens`), then trains once per
-seed with `configs/movielens-100k.json` (stratified 75/25 per user, k=10, full ranking over
-items the user has not rated in train), and once per seed on the cold-items protocol.
-Equivalent CLI, per seed S:
+seed (stratified 75/25 per user, k=10, full ranking over items the user has not rated in train)
+with the defaults, or with `--config` (for example the `best_config.json` of `recsys tune`),
+and once per seed on the cold-items protocol. Equivalent CLI, per seed S:
 
     recsys import movielens SRC/ml-100k data/ml100k --descriptions SRC/movielens100k_imdb_details.csv
-    recsys train --data data/ml100k --config configs/movielens-100k.json --split stratified --seed S
-    recsys train --data data/ml100k --config configs/movielens-100k.json --split stratified --seed S \
-        --cold-items 0.2
+    recsys train --data data/ml100k [--config FILE] --split stratified --seed S
+    recsys train --data data/ml100k [--config FILE] --split stratified --seed S --cold-items 0.2
 
 Prints per model the mean over seeds of nDCG@10 / P@10 / Recall@10 / MAP@10 (and each seed),
 the ranker's bootstrap interval and paired lift over the best baseline, the cold-item Recall@10
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cold-items", type=float, default=0.2, help="0 skips the cold-items runs")
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "movielens-100k")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "movielens-100k.json")
+    parser.add_argument("--config", type=Path, default=None, help="a config file (default: the defaults)")
     parser.add_argument("--json-out", type=Path, default=None, help="write every run's metrics here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -66,7 +65,7 @@ def main() -> None:
                 overrides = {"seed": seed, "split": "stratified"}
                 if protocol == "cold":
                     overrides["cold_item_fraction"] = args.cold_items
-                config = load_config(str(args.config), **overrides)
+                config = load_config(str(args.config) if args.config else None, **overrides)
                 start = time.perf_counter()
                 result = train(dataset, config, experiment=f"ml100k-{protocol}", register_name=None,
                                workdir=Path(tmp), progress=False)

@@ -53,3 +53,46 @@ def test_pair_scores_are_nan_for_unknown_users():
     out = model.pair_scores(np.array([0, -1]), np.array([1, 1]))
     assert out.dtype == np.float32
     assert np.isfinite(out[0]) and np.isnan(out[1])
+
+
+def test_bpr_reports_every_ten_epochs_and_a_raising_callback_stops_it():
+    user_items, _ = checkerboard()
+    seen = []
+
+    def record(epochs, users, items):
+        seen.append((epochs, users.shape, items.shape))
+
+    fit_cf("bpr", user_items, n_users=40, n_items=10, factors=4, iterations=25, seed=0, after_epochs=record)
+    # Every 10 epochs before the last; users carry a column of ones, items their bias.
+    assert seen == [(10, (40, 5), (10, 5)), (20, (40, 5), (10, 5))]
+
+    def stop(epochs, users, items):
+        raise RuntimeError(f"stopped after {epochs}")
+
+    with pytest.raises(RuntimeError, match="stopped after 10"):
+        fit_cf("bpr", user_items, n_users=40, n_items=10, factors=4, iterations=25, seed=0, after_epochs=stop)
+
+
+def test_bpr_uses_only_the_pattern_and_learns_faster_with_a_higher_rate():
+    user_items, withheld = checkerboard()
+    weighted = user_items.copy()
+    weighted.data[:] = np.arange(1, weighted.nnz + 1, dtype=np.float32)
+    same = [fit_cf("bpr", m, n_users=40, n_items=10, factors=4, iterations=20, seed=1) for m in (user_items, weighted)]
+    np.testing.assert_array_equal(same[0].item_factors, same[1].item_factors)
+
+    def hit_rate(learning_rate):
+        model = fit_cf("bpr", user_items, n_users=40, n_items=10, factors=4, iterations=20,
+                       learning_rate=learning_rate, regularization=0.0, seed=0)
+        scores = model.user_factors @ model.item_factors.T
+        scores[user_items.toarray() > 0] = -np.inf
+        return (scores.argmax(axis=1) == withheld).mean()
+
+    assert hit_rate(1e-5) < 0.7 <= hit_rate(0.1)
+
+
+@pytest.mark.parametrize(("iterations", "max_samples", "pairs", "epochs"),
+                         [(100, 1_000_000, 5_000, 100), (100, 1_000_000, 50_000, 20), (100, 1_000, 50_000, 5)])
+def test_bpr_epochs_shrink_to_the_sample_budget_but_not_below_five(iterations, max_samples, pairs, epochs):
+    from features.cf import bpr_epochs
+
+    assert bpr_epochs(iterations, max_samples, pairs) == epochs

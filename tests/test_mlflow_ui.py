@@ -45,10 +45,11 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Two small real training runs (different seeds) in a SQLite store."""
+    """Two small real training runs (different seeds) and a small tuning search in a SQLite store."""
     import mlflow
 
     from training.pipeline import train
+    from training.tuning import tune
 
     work = tmp_path_factory.mktemp("ui")
     data = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21))
@@ -60,6 +61,8 @@ def store(tmp_path_factory):
         for seed in (1, 2):
             config = PipelineConfig.from_dict({**tiny_config_dict(), "seed": seed, "k": K})
             train(data, config, experiment="ui-test", register_name=MODEL, workdir=work, progress=False)
+        tune(data, PipelineConfig.from_dict({**tiny_config_dict(), "seed": 1, "k": K}), experiment="ui-tune",
+             out=work / "best_config.json", stages=("als", "item_item"), max_trials=3, workdir=work, progress=False)
     finally:
         mlflow.set_tracking_uri(None)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -185,3 +188,29 @@ def test_two_runs_side_by_side_headline_first_with_a_model_card_and_plots(browse
         time.sleep(1)
     assert shown_images, "the logged plot never rendered as an image"
     _screenshot(browser, "mlflow-plot.png", tmp_path)
+
+
+def test_tuning_trials_are_nested_under_their_search(browser, server, tmp_path):
+    """The tuning experiment lists one search run; expanded, its six trials (three per stage) sit
+    under it."""
+    from selenium.webdriver.common.by import By
+
+    experiment = _api(server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-tune")["experiment"]
+    runs = _api(server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    parents = [r for r in runs if not any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))]
+    assert [r["info"]["run_name"] for r in parents] == ["tune-temporal-seed1"]
+    trials = sorted(r["info"]["run_name"] for r in runs if r not in parents)
+    assert trials == [f"{stage}-{n:03d}" for stage in ("als", "item_item") for n in range(3)]
+
+    browser.get(f"{server}/#/experiments/{experiment['experiment_id']}/runs")
+    _wait_for_text(browser, ["tune-temporal-seed1"])
+    deadline = time.time() + 30
+    while time.time() < deadline and "als-000" not in browser.find_element(By.TAG_NAME, "body").text:
+        for button in browser.find_elements(By.CSS_SELECTOR, "[aria-label*='xpand'], [data-testid*='expand']"):
+            try:
+                button.click()
+            except Exception:  # noqa: BLE001 - a button hidden by the grid's virtual scrolling
+                continue
+        time.sleep(1)
+    _wait_for_text(browser, ["tune-temporal-seed1", "als-000", "item_item-002"])
+    _screenshot(browser, "mlflow-tune.png", tmp_path)

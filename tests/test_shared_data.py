@@ -49,25 +49,23 @@ def by_variant(result) -> dict[str, dict[str, float]]:
 
 @pytest.fixture(scope="module")
 def movielens_runs(movielens, tmp_path_factory):
-    """Seed 0 with the documented config: a stratified run, the same run again on a catalog whose
+    """Seed 0 with the defaults (no config): a stratified run, the same run again on a catalog whose
     rows are shuffled (registered as models 'a' and 'b'), and a cold-items run. Values are
     ``TrainResult``s; ``runs["rankings"]`` holds each registered model's batch ranking of every user."""
     import os
     from dataclasses import replace
-    from pathlib import Path
 
     from recsys.cli import load_config
     from training.pipeline import train
 
     work = tmp_path_factory.mktemp("ml100k")
-    config_file = str(Path(__file__).resolve().parents[1] / "configs" / "movielens-100k.json")
     shuffled = replace(movielens, items=movielens.items.sample(fraction=1.0, shuffle=True, seed=5))
     previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
         runs = {}
         for name, data, extra, register in (("plain", movielens, {}, "a"), ("shuffled", shuffled, {}, "b"),
                                             ("cold", movielens, {"cold_item_fraction": 0.2}, None)):
-            config = load_config(config_file, seed=0, **extra)
+            config = load_config(None, split="stratified", seed=0, **extra)
             runs[name] = train(data, config, experiment=f"ml100k-{name}", register_name=register, workdir=work,
                                progress=False)
         runs["rankings"] = {name: _rank_everyone(runs[name].model_uri, work / f"{name}.parquet")
