@@ -55,7 +55,7 @@ def main() -> None:
         user_idx = np.flatnonzero(np.diff(test.indptr) > 0)
         relevant = [test.indices[test.indptr[u]:test.indptr[u + 1]] for u in user_idx]
 
-        def ndcg(user_f: np.ndarray, item_f: np.ndarray) -> float:
+        def ndcg(user_f: np.ndarray, item_f: np.ndarray, train=train, user_idx=user_idx, relevant=relevant) -> float:
             scores = user_f[user_idx] @ item_f.T
             scores[train[user_idx].toarray() > 0] = -np.inf
             top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
