@@ -441,3 +441,16 @@ def test_resume_after_the_champion_moved_refuses_to_mix_versions(trained, tmp_pa
         os.chdir(old_cwd)
     # every user once, all from version 1: the same rows as the fixture's uninterrupted v1 run
     assert pl.read_parquet(out).sort("user_id", "rank").equals(ranked.sort("user_id", "rank"))
+
+
+def test_the_run_logs_the_choices_it_made_from_the_data(trained):
+    from mlflow.tracking import MlflowClient
+
+    work, _ = trained
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    run = client.get_run(client.get_model_version("e2e", "1").run_id)
+    # 150 items: EASE (cosine co-occurrence only above item_item_max_items); the tiny config's 10
+    # BPR epochs stay 10 (far below bpr_max_samples).
+    assert run.data.params["data_choice.item_item"] == "ease"
+    assert run.data.params["data_choice.bpr_epochs"] == "10"

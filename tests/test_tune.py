@@ -133,3 +133,18 @@ def test_with_overrides_reaches_the_sections():
     config = with_overrides(PipelineConfig(), {"text.steps": 50, "ranker.num_leaves": 7, "als_factors": 20})
     assert (config.text.steps, config.ranker.num_leaves, config.als_factors) == (50, 7, 20)
     assert config.candidates == PipelineConfig().candidates
+
+
+def test_the_pipeline_chooses_the_item_item_model_and_bpr_epochs_from_the_data():
+    from types import SimpleNamespace
+
+    from recsys.idmap import IdMap
+    from training.pipeline import data_choices
+
+    train = pl.DataFrame({"user_id": [f"u{i % 50}" for i in range(2_000)], "item_id": [f"i{i}" for i in range(2_000)]})
+    windows = SimpleNamespace(items=IdMap(kind="item").fit(pl.Series([f"i{i}" for i in range(6_000)])),
+                              split=SimpleNamespace(train=train))
+    small = PipelineConfig(bpr_iterations=100, bpr_max_samples=50_000)
+    assert data_choices(windows, small) == {"data_choice.item_item": "cosine", "data_choice.bpr_epochs": 25}
+    roomy = PipelineConfig(item_item_max_items=10_000)
+    assert data_choices(windows, roomy) == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100}
