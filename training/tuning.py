@@ -185,7 +185,10 @@ class _Tuner:
             if completed and stage.name == "text":  # keep the best trial's vectors only
                 for number in [n for n in self._text_trials if n != study.best_trial.number]:
                     del self._text_trials[number]
-            if time.perf_counter() >= deadline:
+            # Stop when the next trial would not fit: trials of a stage can differ several-fold in
+            # cost (text steps x layers), so the longest one so far is the estimate.
+            longest = max((t.duration.total_seconds() for t in study.trials if t.duration is not None), default=0.0)
+            if time.perf_counter() + longest >= deadline:
                 study.stop()
 
         with bar:
