@@ -69,9 +69,9 @@ class RankerConfig:
     """
 
     # Prediction cost grows with the number of trees kept; early stopping keeps few of these.
-    num_boost_round: int = 300
-    early_stopping_rounds: int = 50  # trees without a validation gain before boosting stops
-    learning_rate: float = 0.02  # LightGBM shrinkage
+    num_boost_round: int = 150
+    early_stopping_rounds: int = 30  # trees without a validation gain before boosting stops
+    learning_rate: float = 0.05  # LightGBM shrinkage
     num_leaves: int = 7  # leaves per tree
     min_data_in_leaf: int = 200  # rows per leaf at least
     feature_fraction: float = 0.9  # share of features each tree sees
