@@ -1,18 +1,18 @@
 """Bayesian Personalised Ranking (Rendle et al. 2009), written here with torch tensors.
 
-Why not ``implicit``'s BPR: on MovieLens 100K (stratified 75/25, k = 10) its nDCG@10 peaks
-near 0.38 and then falls as epochs go on, whatever the learning rate and regularisation;
-the same algorithm with the textbook update below climbs to the published strength.
-``benchmarks/bpr_check.py`` measures both on the same split.
+Why not ``implicit``'s BPR: on MovieLens 100K it stays well below the published BPR and falls
+as epochs go on; ``benchmarks/bpr_check.py`` measures both on the same splits (figures in
+docs/results.md).
 
 The model: score(u, i) = p_u . q_i + b_i. Each epoch draws as many (user, positive item)
 pairs as there are interactions (uniformly over the interactions) and one uniform negative
-item per pair; a negative the user interacted with is skipped. Every sample takes one SGD
-step on ln sigmoid(x_ui - x_uj) with L2 regularisation ``regularization``; the steps of a
-mini-batch of ``BATCH`` samples are applied together (summed, as Hogwild threads would), which
-changes the result by no more than the order of samples does. The learning rate decays
-linearly to ``final_lr_share`` of its start over the epochs, so the last epochs refine
-instead of oscillating around the optimum.
+item per pair; a negative the user interacted with is skipped (not redrawn, as in Cornac).
+Every sample takes one SGD step on ln sigmoid(x_ui - x_uj) with L2 regularisation
+``regularization``; the steps of a batch of ``BATCH`` samples are computed from the same
+factors and summed (as Hogwild threads would), so an item drawn m times in a batch moves by m
+steps at once: keep ``learning_rate x m`` small (the tuner searches rates up to 0.1). The
+learning rate decays linearly to ``FINAL_LR_SHARE`` of its start over the epochs, so the last
+epochs refine instead of oscillating around the optimum.
 
 One thread and seeded draws: the same matrix and seed give the same factors.
 """

@@ -57,7 +57,7 @@ def bpr_epochs(iterations: int, max_samples: int, n_interactions: int) -> int:
 
 def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,
            iterations: int, regularization: float = 0.05, alpha: float = 1.0, learning_rate: float = 0.05,
-           seed: int = 0, after_epochs=None) -> CFFactors:
+           seed: int = 0, after_epochs=None, every: int = 10) -> CFFactors:
     """Fit ALS or BPR on ``user_items`` (users x items) and return its factors.
 
     alpha: ALS's confidence scale (confidence = 1 + alpha x value); BPR uses only the pattern.
@@ -77,7 +77,7 @@ def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, 
         pattern.data[:] = 1.0
         user_factors, item_factors = fit_bpr_factors(pattern, factors=factors, iterations=iterations,
                                                      learning_rate=learning_rate, regularization=regularization,
-                                                     seed=seed, after_epochs=after_epochs)
+                                                     seed=seed, after_epochs=after_epochs, every=every)
     else:
         # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores
         # (implicit checks this when the model is built, so the limit covers construction too).

@@ -25,24 +25,61 @@ def clicks() -> Dataset:
     return Dataset.from_frames(items=demo.items, interactions=demo.interactions, source="tune-test")
 
 
+@pytest.fixture(scope="module")
+def shown() -> Dataset:
+    """The same kind of catalog with its impressions (what the text and ranker stages read)."""
+    demo = generate_demo(DemoSpec(n_users=150, n_items=120, days=20, seed=6))
+    return Dataset.from_frames(items=demo.items, interactions=demo.interactions, impressions=demo.impressions,
+                               source="tune-test")
+
+
 def _config(**overrides) -> PipelineConfig:
     return PipelineConfig.from_dict({**tiny_config_dict(), "seed": 3, **overrides})
 
 
 def _with_garbage_test_rows(dataset: Dataset, config: PipelineConfig) -> tuple[Dataset, int]:
-    """The same data with every test-split row's item and weight replaced by random values.
-    The temporal split cuts on time alone, so the training window stays exactly the same."""
-    ts = dataset.interactions["timestamp"]
-    cutoff = ts.min() + (ts.max() - ts.min()) * (1.0 - config.test_fraction)
-    is_test = (ts >= cutoff).to_numpy()
+    """The same data with every test-split row's item and weight replaced by random values (and,
+    for the temporal split, its user and the test period's impressions' items too). The split
+    finds the same test rows: temporal cuts on time alone, stratified on each user's row order."""
+    from recsys.split import _stratified_mask
+
+    rows = dataset.interactions
+    if config.split == "temporal":
+        ts = rows["timestamp"]
+        cutoff = ts.min() + (ts.max() - ts.min()) * (1.0 - config.test_fraction)
+        is_test = (ts >= cutoff).to_numpy()
+    else:
+        is_test = _stratified_mask(rows, config.test_fraction, config.seed).to_numpy()
     rng = np.random.default_rng(0)
     catalog = dataset.items["item_id"].to_numpy()
-    items = dataset.interactions["item_id"].to_numpy().copy()
-    items[is_test] = rng.choice(catalog, size=int(is_test.sum()))
-    weights = dataset.interactions["weight"].to_numpy().copy()
-    weights[is_test] = rng.uniform(1.0, 50.0, size=int(is_test.sum()))
-    garbled = dataset.interactions.with_columns(pl.Series("item_id", items), pl.Series("weight", weights))
-    return Dataset.from_frames(items=dataset.items, interactions=garbled, source=dataset.source), int(is_test.sum())
+    n = int(is_test.sum())
+
+    def garbled(column: str, values) -> pl.Series:
+        out = rows[column].to_numpy().copy()
+        out[is_test] = values
+        return pl.Series(column, out)
+
+    items = rng.choice(catalog, size=n)
+    # A garbage row must not duplicate a training row exactly (user, item, time): that is leakage,
+    # which the split refuses. Redraw those.
+    train_keys = set(zip(*(rows.filter(~pl.Series(is_test))[c].to_list() for c in ("user_id", "item_id", "timestamp")),
+                         strict=True))
+    test_rows = rows.filter(pl.Series(is_test))
+    for i, (user, ts) in enumerate(zip(test_rows["user_id"].to_list(), test_rows["timestamp"].to_list(), strict=True)):
+        while (user, items[i], ts) in train_keys:
+            items[i] = rng.choice(catalog)
+    columns = [garbled("item_id", items), garbled("weight", rng.uniform(1.0, 50.0, size=n))]
+    impressions = dataset.impressions
+    if config.split == "temporal":
+        columns.append(garbled("user_id", rng.choice(rows["user_id"].unique().to_numpy(), size=n)))
+        if impressions is not None:
+            late = (impressions["timestamp"] >= cutoff).to_numpy()
+            items = impressions["item_id"].to_numpy().copy()
+            items[late] = rng.choice(catalog, size=int(late.sum()))
+            impressions = impressions.with_columns(pl.Series("item_id", items))
+    data = Dataset.from_frames(items=dataset.items, interactions=rows.with_columns(columns),
+                               impressions=impressions, source=dataset.source)
+    return data, n
 
 
 def _trial_values(run_id: str) -> list[tuple[str, float]]:
@@ -51,54 +88,59 @@ def _trial_values(run_id: str) -> list[tuple[str, float]]:
     return sorted(zip(runs["tags.mlflow.runName"], runs["metrics.validation/ndcg_at_10"], strict=True))
 
 
-@pytest.mark.slow
-def test_the_test_split_is_never_read(clicks, tmp_path, fresh_store):
-    """Garbage in every test row changes nothing: same trials, same values, same best config."""
-    config = _config(split="temporal")
-    garbled, n_garbage = _with_garbage_test_rows(clicks, config)
+def _tune_both(clean: Dataset, config: PipelineConfig, tmp_path, **options):
+    garbled, n_garbage = _with_garbage_test_rows(clean, config)
     assert n_garbage > 100
-    results = []
-    for name, data in (("clean", clicks), ("garbage", garbled)):
-        result = tune(data, config, experiment=f"tune-{name}", out=tmp_path / f"{name}.json",
-                      stages=("als", "item_item"), max_trials=4, budget_minutes=30, workdir=tmp_path,
-                      progress=False)
-        results.append((result, _trial_values(result.run_id)))
-    (clean, clean_trials), (garbage, garbage_trials) = results
-    assert len(clean_trials) == 8
-    assert clean_trials == garbage_trials
-    assert (tmp_path / "clean.json").read_text() == (tmp_path / "garbage.json").read_text()
-    # The test rows themselves are really different (the check above is not vacuous).
-    assert not clicks.interactions.equals(garbled.interactions)
+    assert not clean.interactions.equals(garbled.interactions)  # the comparison below is not vacuous
+    out = []
+    for name, data in (("clean", clean), ("garbage", garbled)):
+        result = tune(data, config, experiment=f"tune-{name}", out=tmp_path / f"{name}.json", workdir=tmp_path,
+                      progress=False, budget_minutes=30, **options)
+        out.append((result, _trial_values(result.run_id)))
+    return out
 
 
 @pytest.mark.slow
-def test_every_stage_logs_nested_trials_and_a_config_train_takes(clicks, tmp_path, fresh_store):
+def test_no_stage_reads_the_test_split_and_each_trial_is_a_nested_run(shown, tmp_path, fresh_store):
+    """Garbage in every test row changes nothing in any stage (stratified split, data with
+    impressions): the same trial values and the same best config, byte for byte. The search is
+    one MLflow run with a nested run per trial, its plots and best_config.json, and the written
+    file is the whole config as `recsys train --config` reads it."""
     from recsys.cli import load_config
 
     config = _config(split="stratified")
-    out = tmp_path / "best_config.json"
-    # One trial per stage (the starting settings, tiny ones): the text stage's sampled trials would
-    # fine-tune for 50+ steps.
-    result = tune(clicks, config, experiment="tune-all", out=out, max_trials=1, budget_minutes=30,
-                  workdir=tmp_path, progress=False)
-    assert [s.name for s in result.stages] == ["als", "bpr", "item_item", "text", "candidates", "ranker"]
-    # Each stage's first trial is the settings it started from.
-    assert result.config == config
-    trials = _trial_values(result.run_id)
-    assert len(trials) == sum(s.trials for s in result.stages) == 6
-    assert {name.rsplit("-", 1)[0] for name, _ in trials} == {s.name for s in STAGES}
+    # One trial per stage (the starting settings, tiny ones): sampled text trials fine-tune for 50+ steps.
+    (clean, clean_trials), (_, garbage_trials) = _tune_both(shown, config, tmp_path, max_trials=1)
+    assert [s.name for s in clean.stages] == ["als", "bpr", "item_item", "text", "candidates", "ranker"]
+    assert len(clean_trials) == 6 and all(value > 0 for _, value in clean_trials)
+    assert clean_trials == garbage_trials
+    assert (tmp_path / "clean.json").read_text() == (tmp_path / "garbage.json").read_text()
+    assert {name.rsplit("-", 1)[0] for name, _ in clean_trials} == {s.name for s in STAGES}
     client = mlflow.MlflowClient()
-    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-    assert "best_config.json" in artifacts
-    assert "plots/als_history.png" in plots
-    parent = client.get_run(result.run_id)
+    assert "best_config.json" in {a.path for a in client.list_artifacts(clean.run_id)}
+    assert "plots/als_history.png" in {a.path for a in client.list_artifacts(clean.run_id, "plots")}
+    parent = client.get_run(clean.run_id)
     assert parent.data.metrics["tune/ranker/trials"] == 1
-    assert parent.data.metrics["tune/als/best_ndcg_at_10"] == pytest.approx(result.stages[0].best_value)
-    # The written file is the whole config, as `recsys train --config` reads it.
-    assert load_config(str(out)) == result.config
-    assert json.loads(out.read_text())["split"] == "stratified"
+    assert parent.data.metrics["tune/als/best_ndcg_at_10"] == pytest.approx(clean.stages[0].best_value)
+    assert load_config(str(tmp_path / "clean.json")) == clean.config == config
+    assert json.loads((tmp_path / "clean.json").read_text())["split"] == "stratified"
     assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.slow
+def test_sampled_trials_repeat_and_each_stage_keeps_its_best(clicks, tmp_path, fresh_store):
+    (clean, clean_trials), (_, garbage_trials) = _tune_both(clicks, _config(split="temporal"), tmp_path,
+                                                            stages=("als", "item_item"), max_trials=4)
+    assert len(clean_trials) == 8
+    assert clean_trials == garbage_trials
+    for stage in clean.stages:
+        values = [value for name, value in clean_trials if name.startswith(stage.name + "-")]
+        assert stage.best_value == pytest.approx(max(values))
+        best = stage.study.best_trial
+        assert best.value == pytest.approx(max(values))
+        for key, value in stage.best.items():  # the config carries the winning trial's settings
+            assert clean.config.flat()[key] == value
+    assert len({value for _, value in clean_trials}) > 2  # the sampler did try other settings
 
 
 @pytest.mark.slow

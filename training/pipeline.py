@@ -110,7 +110,8 @@ def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
 def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     """The settings the pipeline derives from the data, not from the config alone (logged as
     ``data_choice.*`` params): the item-to-item model by catalog size, BPR's epochs by the number
-    of training pairs."""
+    of training-window pairs (the refit's; the feature-window fit has fewer pairs, so at most as
+    many cuts)."""
     n_items = len(w.items)
     pairs = w.split.train.select("user_id", "item_id").n_unique()
     kind = "ease" if n_items <= config.item_item_max_items else "cosine"

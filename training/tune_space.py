@@ -32,7 +32,8 @@ def _als(t: optuna.Trial) -> dict[str, object]:
 def _bpr(t: optuna.Trial) -> dict[str, object]:
     return {"bpr_factors": t.suggest_int("bpr_factors", 32, 256, log=True),
             "bpr_iterations": t.suggest_int("bpr_iterations", 20, 200, step=10),
-            "bpr_learning_rate": t.suggest_float("bpr_learning_rate", 0.005, 0.2, log=True),
+            # Up to 0.1: a batch applies a popular item's steps together (features/bpr.py).
+            "bpr_learning_rate": t.suggest_float("bpr_learning_rate", 0.005, 0.1, log=True),
             "bpr_regularization": t.suggest_float("bpr_regularization", 1e-4, 0.1, log=True)}
 
 

@@ -93,7 +93,8 @@ def ndcg_of_scores(data: ValidationData, score_fn: ScoreFn, k: int, seed: int) -
     return metrics.topk_metrics(np.concatenate(ranked), data.relevant, k)[f"ndcg@{k}"]
 
 
-def cf_scorer(data: ValidationData, name: str, config: PipelineConfig, after_epochs=None) -> ScoreFn:
+def cf_scorer(data: ValidationData, name: str, config: PipelineConfig, after_epochs=None,
+              report_every: int = 10) -> ScoreFn:
     """ALS or BPR fitted on the feature window with ``config``'s settings, as the pipeline fits them."""
     matrix = data.user_items if (name == "bpr" or config.cf_use_weights) else binary(data.user_items)
     n_users, n_items = data.user_items.shape
@@ -105,7 +106,7 @@ def cf_scorer(data: ValidationData, name: str, config: PipelineConfig, after_epo
         factors = fit_cf("bpr", matrix, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                          iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, matrix.nnz),
                          learning_rate=config.bpr_learning_rate, regularization=config.bpr_regularization,
-                         seed=config.seed, after_epochs=after_epochs)
+                         seed=config.seed, after_epochs=after_epochs, every=report_every)
     return lambda u: factors.user_factors[u] @ factors.item_factors.T
 
 

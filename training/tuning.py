@@ -44,6 +44,7 @@ from training.tune_space import STAGE_NAMES, STAGES, Stage, base_values, with_ov
 log = logging.getLogger(__name__)
 
 BPR_REPORT_EVERY = 10  # epochs between the pruner's looks at a BPR trial
+BPR_PRUNE_AFTER = 40  # epochs before the pruner may stop a BPR trial
 
 
 @dataclass
@@ -97,8 +98,8 @@ class _Tuner:
                     trial.report(tune_validation.ndcg_of_scores(data, lambda u: users[u] @ items.T, k, seed), epochs)
                     if trial.should_prune():
                         raise optuna.TrialPruned()
-            return tune_validation.ndcg_of_scores(data, tune_validation.cf_scorer(data, stage.name, config, report),
-                                                  k, seed)
+            scorer = tune_validation.cf_scorer(data, stage.name, config, report, report_every=BPR_REPORT_EVERY)
+            return tune_validation.ndcg_of_scores(data, scorer, k, seed)
         if stage.name == "item_item":
             return tune_validation.ndcg_of_scores(data, tune_validation.item_item_scorer(data, config), k, seed)
         if stage.name == "text":
@@ -144,7 +145,7 @@ class _Tuner:
             self.who = tune_validation.label_users(self.data, state, config)
         return self.who
 
-    def run_stage(self, stage: Stage, index: int, *, max_trials: int, seconds: float, parent_id: str) -> StageResult:
+    def run_stage(self, stage: Stage, *, max_trials: int, seconds: float, parent_id: str) -> StageResult:
         """Search ``stage`` for at most ``max_trials`` trials or ``seconds`` (its first trial always
         runs), each a nested MLflow run; ``self.config`` takes the best settings."""
         started = time.perf_counter()
@@ -152,9 +153,14 @@ class _Tuner:
         self._text_trials: dict[int, tuple] = {}
         if stage.name == "ranker":
             self.frame = None  # candidates may have changed
-        sampler = optuna.samplers.TPESampler(seed=base.seed * 100 + index, n_startup_trials=min(8, max_trials))
+        # The stage's own seed (not its position among the stages run): --stages changes no stage's draws.
+        sampler = optuna.samplers.TPESampler(seed=base.seed * 100 + STAGE_NAMES.index(stage.name),
+                                             n_startup_trials=min(8, max_trials))
+        # BPR's learning rate decays over each trial's own epochs, so early reports favour short
+        # schedules: the pruner compares trials only from epoch BPR_PRUNE_AFTER on.
         study = optuna.create_study(direction="maximize", sampler=sampler, study_name=stage.name,
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4,
+                                                                       n_warmup_steps=BPR_PRUNE_AFTER))
         study.enqueue_trial(base_values(stage, base))
         deadline = started + seconds  # checked after each trial: the first (starting) one always runs
         bar = progress_bar(total=max_trials, desc=f"tune {stage.name}", unit="trial", enabled=self.progress)
@@ -255,7 +261,7 @@ def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path
         for index, stage in enumerate(chosen):
             left = budget - (time.perf_counter() - started)
             share = stage.share / sum(s.share for s in chosen[index:])
-            result = tuner.run_stage(stage, index, max_trials=max_trials, seconds=left * share,
+            result = tuner.run_stage(stage, max_trials=max_trials, seconds=left * share,
                                      parent_id=run.info.run_id)
             results.append(result)
             log.info("tune %s: validation nDCG@%d %.4f -> %.4f in %d trials (%.0f s)", stage.name, config.k,
