@@ -206,7 +206,8 @@ def test_tuning_trials_are_nested_under_their_search(browser, server, tmp_path):
     _wait_for_text(browser, ["tune-temporal-seed1"])
     deadline = time.time() + 30
     while time.time() < deadline and "als-000" not in browser.find_element(By.TAG_NAME, "body").text:
-        for button in browser.find_elements(By.CSS_SELECTOR, "[aria-label*='xpand'], [data-testid*='expand']"):
+        # The "+" beside a parent run's name (MLflow's run-name cell renderer) shows its children.
+        for button in browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"):
             try:
                 button.click()
             except Exception:  # noqa: BLE001 - a button hidden by the grid's virtual scrolling
