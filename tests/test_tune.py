@@ -166,7 +166,9 @@ def test_base_values_reproduce_the_config():
     assert als["cf_use_weights"] is False
     ranker = next(s for s in STAGES if s.name == "ranker")
     assert base_values(ranker, config)["ranker.prior"] == "none"
-    assert base_values(ranker, PipelineConfig())["ranker.prior"] == "stage1"
+    assert base_values(ranker, PipelineConfig())["ranker.prior"] == "none"
+    blend = ("item_item_score", "als_score", "bpr_score", "text_score")
+    assert base_values(ranker, with_overrides(config, {"ranker.prior_sources": blend}))["ranker.prior"] == "stage1"
     with_prior = with_overrides(config, {"ranker.prior_sources": ("als_score",)})
     assert "ranker.prior" not in base_values(ranker, with_prior)  # not a choice of the space: left to the sampler
 

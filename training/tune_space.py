@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import optuna
 
-from recsys.config import PipelineConfig, RankerConfig
+from recsys.config import PipelineConfig
 
 Suggest = Callable[[optuna.Trial], dict[str, object]]
-# ranker.prior_sources, by name (Optuna wants plain values): off, or the defaults' blend.
-PRIORS = {"none": (), "stage1": RankerConfig().prior_sources}
+# ranker.prior_sources, by name (Optuna wants plain values): off, or the blend of every stage-1 score.
+PRIORS = {"none": (), "stage1": ("item_item_score", "als_score", "bpr_score", "text_score")}
 
 
 def _als(t: optuna.Trial) -> dict[str, object]:
