@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--metrics-out", default=None, metavar="FILE", help="write every model's metrics as JSON")
     tr.add_argument("--seed", type=int, default=None, help="default: the --config file's, else 42")
     tr.add_argument("--test-fraction", type=float, default=None, metavar="F",
-                    help="temporal: share of the time span; stratified: share of each user's rows (default 0.2; 0.25 for stratified)")
+                    help="temporal: share of the time span; stratified: share of each user's rows "
+                         "(default 0.2; 0.25 for stratified)")
     tr.add_argument("--cold-items", type=float, default=None, metavar="FRACTION",
                     help="cold-items protocol: remove this seeded share of items from training entirely")
     tr.add_argument("--config", default=None, metavar="FILE", help="JSON with PipelineConfig fields to override")
