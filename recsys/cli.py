@@ -342,10 +342,18 @@ def cmd_import(args: argparse.Namespace) -> None:
 
         tables, report = import_movielens(Path(args.src), descriptions=[Path(p) for p in args.descriptions],
                                           encoding=args.encoding, text_column=args.text_column)
-    else:
+    elif args.format == "mind":
         from recsys.importers.mind import import_mind
 
         tables, report = import_mind(Path(args.src), encoding=args.encoding or "utf-8")
+    elif args.format == "recbole":
+        from recsys.importers.recbole import import_recbole
+
+        tables, report = import_recbole(Path(args.src))
+    else:
+        from recsys.importers.sequences import import_sequences
+
+        tables, report = import_sequences(Path(args.src))
     report["command"] = " ".join(["recsys", *sys.argv[1:]]) if sys.argv else ""
     write_canonical_folder(Path(args.dst), tables, report, overwrite=args.overwrite)
     counts = ", ".join(f"{t.height:,} {name}" for name, t in tables.items())
@@ -355,6 +363,11 @@ def cmd_import(args: argparse.Namespace) -> None:
             print(f"  {value:,} {key.replace('_', ' ')} (kept; loading skips and counts them)")
     for path, matched in report.get("descriptions", {}).items():
         print(f"  {path}: text for {matched['items_matched']:,} items, {matched['items_without_text']:,} without")
+    if report.get("items_without_text_row"):
+        print(f"  {report['items_without_text_row']:,} interacted item(s) have no text row (kept with empty text)")
+    if report.get("order_only"):
+        print("  only the order is known: timestamps are synthetic (one day per step); evaluate with "
+              "--split leave-last-out")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -512,8 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     ad.set_defaults(handler=cmd_add_items)
 
     im = command("import", help="convert a public dataset layout into a canonical data folder")
-    im.add_argument("format", choices=("movielens", "mind"))
-    im.add_argument("src", help="MovieLens folder (u.data/u.item or ratings.csv/movies.csv) or MIND folder")
+    im.add_argument("format", choices=("movielens", "mind", "recbole", "sequences"))
+    im.add_argument("src", help="MovieLens folder (u.data/u.item or ratings.csv/movies.csv), MIND folder, RecBole "
+                                "atomic files (X.inter + X.item, or X.{train,valid,test}.inter + X.text/X.item) or "
+                                "JSON sequences (X.inter.json + X.item.json)")
     im.add_argument("dst", help="canonical folder to create (items/interactions[/impressions].parquet)")
     im.add_argument("--descriptions", action="append", default=[], metavar="FILE",
                     help="movielens: CSV with an id or title column and a text column (repeatable)")
