@@ -55,6 +55,26 @@ def bpr_epochs(iterations: int, max_samples: int, n_interactions: int) -> int:
     return max(5, min(iterations, max_samples // n_interactions))
 
 
+def als_alpha(alpha: float, user_confidence: float, values: sp.csr_matrix) -> float:
+    """ALS's confidence scale for ``values`` (users x items, the matrix ALS is fitted on).
+
+    ``alpha`` > 0 is used as it is. 0 = from the data: ``user_confidence`` divided by the mean
+    over users with history of the sum of their values, so a user's positives weigh about the
+    same against the L2 penalty on sparse logs (a handful of items per user) as on dense ones
+    (hundreds of ratings). Rounded to 3 significant digits, so the logged value is the one used.
+    """
+    return als_alpha_of_sums(alpha, user_confidence, np.asarray(values.sum(axis=1)).ravel())
+
+
+def als_alpha_of_sums(alpha: float, user_confidence: float, user_sums: np.ndarray) -> float:
+    """``als_alpha`` from each user's sum of values (float (n_users,); users without history are 0)."""
+    if alpha > 0:
+        return float(alpha)
+    sums = np.asarray(user_sums, dtype=np.float64)
+    mean = float(sums[sums > 0].mean()) if np.any(sums > 0) else 1.0
+    return float(f"{user_confidence / mean:.3g}")
+
+
 def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,
            iterations: int, regularization: float = 0.05, alpha: float = 1.0, learning_rate: float = 0.05,
            seed: int = 0, after_epochs=None, every: int = 10) -> CFFactors:

@@ -104,12 +104,16 @@ class PipelineConfig:
     # Cold-items protocol: this seeded share of the catalog's interacted items is removed from
     # training entirely (found only through their text); 0 = off.
     cold_item_fraction: float = 0.0
-    # ALS: few factors and a strong L2 weight hold up on sparse data (recsys tune's ALS stage on
-    # MovieLens 100K and the demo, validation data).
-    als_factors: int = 32  # ALS latent factors
+    # ALS: a strong L2 weight, and a confidence scale set from how much each user did, hold up
+    # from dense ratings to sparse purchase sequences (ALS validation on MovieLens 100K, Amazon
+    # Office and Games: benchmarks/als_defaults.py).
+    als_factors: int = 128  # ALS latent factors
     als_iterations: int = 20  # ALS sweeps
     als_regularization: float = 30.0  # ALS L2 regularisation (implicit's, not scaled by the counts)
-    als_alpha: float = 1.0  # ALS confidence = 1 + alpha x value
+    # ALS confidence = 1 + alpha x value. 0 = from the data (logged as data_choice.als_alpha):
+    # als_user_confidence / the mean per-user sum of values in the window ALS is fitted on.
+    als_alpha: float = 0.0
+    als_user_confidence: float = 225.0  # with als_alpha 0: each user's total confidence on average
     # ALS's values: the interaction weights (True) or 1 per (user, item) pair (False). Weights say
     # how much a user liked an item; 0/1 says only that they took it, which is what a protocol
     # where every test interaction counts (MovieLens ratings of any value) asks for.
@@ -162,6 +166,9 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be strictly between 0 and 1, got {value}")
         if not 0.0 <= self.cold_item_fraction < 1.0:
             raise ConfigError(f"cold_item_fraction must be in [0, 1), got {self.cold_item_fraction}")
+        if self.als_alpha < 0 or self.als_user_confidence <= 0:
+            raise ConfigError(f"als_alpha must be 0 (from the data) or positive and als_user_confidence positive, "
+                              f"got {self.als_alpha} and {self.als_user_confidence}")
         if not 0.0 <= self.item_item_dropout < 1.0:
             raise ConfigError(f"item_item_dropout must be in [0, 1), got {self.item_item_dropout}")
         for name in ("item_item_session_gap_seconds", "item_item_session_weight"):

@@ -96,3 +96,22 @@ def test_bpr_epochs_shrink_to_the_sample_budget_but_not_below_five(iterations, m
     from features.cf import bpr_epochs
 
     assert bpr_epochs(iterations, max_samples, pairs) == epochs
+
+
+def test_als_confidence_from_the_data_evens_out_dense_and_sparse_users():
+    from features.cf import als_alpha
+
+    dense = sp.csr_matrix(np.array([[5.0, 4.0, 1.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32))
+    # users with history sum to 10 and 2 (mean 6); the user without any is not counted
+    assert als_alpha(0.0, 225.0, dense) == 37.5
+    assert als_alpha(0.0, 225.0, dense * 10) == 3.75  # ten times the values per user: a tenth of the scale
+    assert als_alpha(4.0, 225.0, dense) == 4.0  # a set scale is used as it is
+    assert als_alpha(0.0, 100.0, sp.csr_matrix((2, 3), dtype=np.float32)) == 100.0  # no history at all
+
+
+def test_config_refuses_a_negative_als_confidence():
+    from recsys.config import PipelineConfig
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="als_alpha must be 0 .from the data. or positive"):
+        PipelineConfig(als_alpha=-1.0)

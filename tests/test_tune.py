@@ -179,16 +179,21 @@ def test_with_overrides_reaches_the_sections():
     assert config.candidates == PipelineConfig().candidates
 
 
-def test_the_pipeline_chooses_the_item_item_model_and_bpr_epochs_from_the_data():
+def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_from_the_data():
     from types import SimpleNamespace
 
     from recsys.idmap import IdMap
     from training.pipeline import data_choices
 
-    train = pl.DataFrame({"user_id": [f"u{i % 50}" for i in range(2_000)], "item_id": [f"i{i}" for i in range(2_000)]})
+    # 50 users with 40 items each, every interaction of weight 1.5 (60 per user)
+    train = pl.DataFrame({"user_id": [f"u{i % 50}" for i in range(2_000)], "item_id": [f"i{i}" for i in range(2_000)],
+                          "weight": [1.5] * 2_000})
     windows = SimpleNamespace(items=IdMap(kind="item").fit(pl.Series([f"i{i}" for i in range(6_000)])),
                               split=SimpleNamespace(train=train))
     small = PipelineConfig(bpr_iterations=100, bpr_max_samples=50_000)
-    assert data_choices(windows, small) == {"data_choice.item_item": "cosine", "data_choice.bpr_epochs": 25}
-    roomy = PipelineConfig(item_item_max_items=10_000)
-    assert data_choices(windows, roomy) == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100}
+    assert data_choices(windows, small) == {"data_choice.item_item": "cosine", "data_choice.bpr_epochs": 25,
+                                            "data_choice.als_alpha": 3.75}  # 225 / 60
+    roomy = PipelineConfig(item_item_max_items=10_000, cf_use_weights=False, als_user_confidence=200.0)
+    assert data_choices(windows, roomy) == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100,
+                                            "data_choice.als_alpha": 5.0}  # 200 / 40 pairs
+    assert data_choices(windows, PipelineConfig(als_alpha=2.0))["data_choice.als_alpha"] == 2.0

@@ -30,7 +30,7 @@ import polars as pl
 from mlflow.tracking import MlflowClient
 
 from features.bundle import RankingBundle
-from features.cf import bpr_epochs
+from features.cf import als_alpha_of_sums, bpr_epochs
 from features.state import fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
 from recsys import windows
@@ -110,8 +110,9 @@ def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
 def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     """The settings the pipeline derives from the data, not from the config alone (logged as
     ``data_choice.*`` params): the item-to-item model by catalog size, BPR's epochs by the number
-    of training-window pairs (the refit's; the feature-window fit has fewer pairs, so at most as
-    many cuts)."""
+    of training-window pairs, and ALS's confidence scale by the values per user (``als_alpha`` 0).
+    Both are the refit's, on the training window; the feature-window fit derives its own from
+    its smaller window by the same rule."""
     n_items = len(w.items)
     pairs = w.split.train.select("user_id", "item_id").n_unique()
     kind = "ease" if n_items <= config.item_item_max_items else "cosine"
@@ -121,7 +122,14 @@ def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     if epochs < config.bpr_iterations:
         log.info("BPR: %d epochs instead of %d (%d training pairs; bpr_max_samples=%d)", epochs,
                  config.bpr_iterations, pairs, config.bpr_max_samples)
-    return {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs}
+    values = (pl.col("weight").sum() if config.cf_use_weights else pl.lit(1.0)).alias("value")
+    user_sums = (w.split.train.group_by("user_id", "item_id").agg(values)
+                 .group_by("user_id").agg(pl.col("value").sum()))["value"].to_numpy()
+    alpha = als_alpha_of_sums(config.als_alpha, config.als_user_confidence, user_sums)
+    if config.als_alpha <= 0:
+        log.info("ALS: confidence scale alpha %.3g (als_user_confidence=%g over a mean of %.1f per user)", alpha,
+                 config.als_user_confidence, float(user_sums.mean()))
+    return {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs, "data_choice.als_alpha": alpha}
 
 
 @dataclass

@@ -24,7 +24,10 @@ PRIORS = {"none": (), "stage1": ("item_item_score", "als_score", "bpr_score", "t
 def _als(t: optuna.Trial) -> dict[str, object]:
     return {"als_factors": t.suggest_int("als_factors", 16, 256, log=True),
             "als_regularization": t.suggest_float("als_regularization", 0.01, 100.0, log=True),
-            "als_alpha": t.suggest_float("als_alpha", 0.1, 50.0, log=True),
+            # The confidence scale follows each window's values per user (als_alpha 0): the search
+            # moves the per-user total, so the tuned setting carries over to the longer refit window.
+            "als_alpha": 0.0,
+            "als_user_confidence": t.suggest_float("als_user_confidence", 5.0, 5000.0, log=True),
             "als_iterations": t.suggest_int("als_iterations", 5, 30),
             "cf_use_weights": t.suggest_categorical("cf_use_weights", [True, False])}
 

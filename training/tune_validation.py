@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from features.bundle import RankingBundle
 from features.candidates import top_n
-from features.cf import bpr_epochs, fit_cf
+from features.cf import als_alpha, bpr_epochs, fit_cf
 from features.item_item import binary, fit_item_item
 from features.state import FeatureState, fit_feature_state, with_indices
 from features.text_interest import history_weights, user_vectors
@@ -101,7 +101,7 @@ def cf_scorer(data: ValidationData, name: str, config: PipelineConfig, after_epo
     if name == "als":
         factors = fit_cf("als", matrix, n_users=n_users, n_items=n_items, factors=config.als_factors,
                          iterations=config.als_iterations, regularization=config.als_regularization,
-                         alpha=config.als_alpha, seed=config.seed)
+                         alpha=als_alpha(config.als_alpha, config.als_user_confidence, matrix), seed=config.seed)
     else:
         factors = fit_cf("bpr", matrix, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                          iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, matrix.nnz),

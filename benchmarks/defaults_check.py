@@ -1,0 +1,119 @@
+"""The defaults (no config at all) on every shared data set, judged on validation.
+
+    .venv/bin/python benchmarks/defaults_check.py [--sets demo movielens office games] [--seed 0]
+        [--config FILE] [--shared ../shared/data] [--json-out FILE]
+
+Each data set is imported as a user would (`recsys import ...`) and trained once with its
+protocol: demo temporal; MovieLens 100K stratified 75/25 per user; Amazon Office 2014 and
+Amazon Games 2018 leave-last-out (each user's last item is the test target, full ranking).
+Equivalent CLI, per set:
+
+    recsys train --data demo --split temporal --seed S
+    recsys import movielens SHARED/movielens-100k/ml-100k data/ml100k \\
+        --descriptions SHARED/movielens-100k/movielens100k_imdb_details.csv
+    recsys train --data data/ml100k --split stratified --seed S
+    recsys import sequences SHARED/amazon-office-2014 data/office
+    recsys train --data data/office --split leave-last-out --seed S
+    recsys import recbole SHARED/amazon-games-2018 data/games
+    recsys train --data data/games --split leave-last-out --seed S
+
+Prints, per set, the validation nDCG@10 (held-out label users, feature-window models: what the
+defaults are judged on) of the shipped ranker and of the best single baseline, their ratio, the
+choices the pipeline made from the data, the test nDCG@10 of both (reported, never used to
+choose), and the run's wall time. MLflow writes to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = {"demo": "temporal", "movielens": "stratified", "office": "leave-last-out", "games": "leave-last-out"}
+
+
+def load_set(name: str, shared: Path, folder: Path):
+    """The data set as a validated ``Dataset``, imported into ``folder`` first when it is a shared one."""
+    from recsys.dataset import load_folder
+    from recsys.demo_data import generate_demo
+    from recsys.importers.delimited import write_canonical_folder
+
+    if name == "demo":
+        return generate_demo()
+    if name == "movielens":
+        from recsys.importers.movielens import import_movielens
+
+        src = shared / "movielens-100k"
+        tables, report = import_movielens(src / "ml-100k", descriptions=[src / "movielens100k_imdb_details.csv"])
+    elif name == "office":
+        from recsys.importers.sequences import import_sequences
+
+        tables, report = import_sequences(shared / "amazon-office-2014")
+    else:
+        from recsys.importers.recbole import import_recbole
+
+        tables, report = import_recbole(shared / "amazon-games-2018")
+    write_canonical_folder(folder / name, tables, report, overwrite=True)
+    return load_folder(folder / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", type=Path, default=None, help="a config file (default: the defaults)")
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from recsys.cli import load_config
+    from training.pipeline import train
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="defaults-check-") as tmp:
+        for name in args.sets:
+            dataset = load_set(name, args.shared, Path(tmp))
+            config = load_config(str(args.config) if args.config else None, seed=args.seed, split=SPLITS[name])
+            start = time.perf_counter()
+            result = train(dataset, config, experiment=f"defaults-{name}", register_name=None, workdir=Path(tmp),
+                           progress=False)
+            wall = time.perf_counter() - start
+            results[name] = summarise(result, wall)
+            print(line_of(name, results[name]), flush=True)
+    print(f"\nDefaults on validation, seed {args.seed}:")
+    for name, row in results.items():
+        print(line_of(name, row))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2, default=float))
+
+
+def summarise(result, wall: float) -> dict:
+    key = "ndcg@10"
+    baselines = {m: v for m, v in result.validation_metrics.items() if not m.startswith("ranker") and key in v}
+    best = max(baselines, key=lambda m: baselines[m][key])
+    return {"shipped": result.shipped_variant,
+            "validation_ranker": result.validation_metrics["ranker"][key],
+            "validation_best_baseline": best, "validation_best_baseline_ndcg": baselines[best][key],
+            "test_ranker": result.metrics["ranker"][key], "test_best_baseline": result.metrics[best][key],
+            "validation": {m: v[key] for m, v in result.validation_metrics.items() if key in v},
+            "test": {m: v[key] for m, v in result.metrics.items() if key in v},
+            "wall_s": wall}
+
+
+def line_of(name: str, row: dict) -> str:
+    ratio = row["validation_ranker"] / max(row["validation_best_baseline_ndcg"], 1e-12)
+    return (f"{name:10s} validation nDCG@10: ranker ({row['shipped']}) {row['validation_ranker']:.4f} vs best "
+            f"baseline {row['validation_best_baseline']} {row['validation_best_baseline_ndcg']:.4f} "
+            f"({ratio:.2f}x) | test: ranker {row['test_ranker']:.4f}, {row['validation_best_baseline']} "
+            f"{row['test_best_baseline']:.4f} | {row['wall_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
