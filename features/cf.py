@@ -70,9 +70,13 @@ def als_alpha_of_sums(alpha: float, user_confidence: float, user_sums: np.ndarra
     """``als_alpha`` from each user's sum of values (float (n_users,); users without history are 0)."""
     if alpha > 0:
         return float(alpha)
+    return float(f"{user_confidence / mean_user_sum(user_sums):.3g}")
+
+
+def mean_user_sum(user_sums: np.ndarray) -> float:
+    """The mean of the positive per-user sums of values (users without history left out); 1.0 if none."""
     sums = np.asarray(user_sums, dtype=np.float64)
-    mean = float(sums[sums > 0].mean()) if np.any(sums > 0) else 1.0
-    return float(f"{user_confidence / mean:.3g}")
+    return float(sums[sums > 0].mean()) if np.any(sums > 0) else 1.0
 
 
 def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,

@@ -95,6 +95,22 @@ def load_config(path: str | None, **overrides) -> PipelineConfig:
         raise RecsysError(f"--config {path}: {exc}; see recsys/config.py for the fields") from exc
 
 
+def warn_if_order_only(data: str, split: str) -> bool:
+    """Print a warning when ``data`` was imported from an order-only layout (synthetic times) and
+    ``split`` is not leave-last-out; True when it warned."""
+    report = Path(data) / "import.json"
+    try:
+        order_only = report.is_file() and json.loads(report.read_text()).get("order_only") is True
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    if order_only and split != "leave-last-out":
+        print(f"warning: {data} was imported from a layout that gives only the order of each user's items "
+              f"(import.json: order_only); its times are synthetic, so the {split} split cuts them arbitrarily. "
+              "Use --split leave-last-out.", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     from recsys.stage_timer import collect, stage
     from training.pipeline import train
@@ -107,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if args.test_fraction is not None:
         overrides["test_fraction"] = args.test_fraction
     config = load_config(args.config, **overrides)
+    warn_if_order_only(args.data, config.split)
     with collect():  # the load joins the run's stage times (time/load_s)
         with stage("load"):
             dataset = load_data(args.data)
@@ -140,6 +157,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     overrides = {key: value for key, value in (("split", args.split), ("k", args.k), ("seed", args.seed),
                                                ("test_fraction", args.test_fraction)) if value is not None}
     config = load_config(args.config, **overrides)
+    warn_if_order_only(args.data, config.split)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else STAGE_NAMES
     dataset = load_data(args.data)
     for reason, count in dataset.skipped.items():

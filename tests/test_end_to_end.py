@@ -454,4 +454,3 @@ def test_the_run_logs_the_choices_it_made_from_the_data(trained):
     # BPR epochs stay 10 (far below bpr_max_samples).
     assert run.data.params["data_choice.item_item"] == "ease"
     assert run.data.params["data_choice.bpr_epochs"] == "10"
-    assert float(run.data.params["data_choice.als_alpha"]) > 0  # set from the data (als_alpha 0) or as configured

@@ -208,3 +208,56 @@ def test_real_office_sequences_import_whole(shared_data, tmp_path):
     phone = tables["items"].filter(pl.col("item_id") == "1").row(0, named=True)
     assert phone["title"].startswith("Northwestern Bell Big-Button") and phone["description"].startswith(
         "Brand: Northwestern Bell. VISUAL RING INDICATOR")
+
+
+def test_a_user_without_a_test_row_is_refused_not_tested_on_another_item(tmp_path):
+    src = write_unisrec(tmp_path / "g", valid="u1\ta b\tc\nu2\tx\ty\n", test="u1\ta b c\td\n")
+    with pytest.raises(DataValidationError, match=r"G\.test\.inter: 1 user\(s\) of the other split files have no row "
+                                                  r"here \(e\.g\. user 'u2'\)"):
+        import_recbole(src)
+
+
+def test_a_second_row_without_history_is_refused(tmp_path):
+    src = write_unisrec(tmp_path / "g", train="u1\t\ta\nu1\t\tb\n", valid="u1\ta\tb\n", test="u1\ta b\tc\n")
+    with pytest.raises(DataValidationError, match=r"G\.train\.inter:3: user 'u1' has a second row with an empty "
+                                                  r"history"):
+        import_recbole(src)
+
+
+def test_a_repeated_test_target_is_counted(tmp_path):
+    _, report = import_recbole(write_unisrec(tmp_path / "g", valid="u1\ta b\tc\n", test="u1\ta b c\ta\n"))
+    assert report["test_targets_seen_before"] == 1
+
+
+@pytest.mark.parametrize("rating", ["nan", "-3"])
+def test_a_rating_that_is_not_a_finite_non_negative_number_names_the_line(tmp_path, rating):
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "s.inter").write_text(f"user_id:token\titem_id:token\trating:float\nu1\ta\t1\nu1\tb\t{rating}\n")
+    with pytest.raises(DataValidationError, match=rf"s\.inter:3: column 'rating': cannot parse '{rating}' \(a rating "
+                                                  r"must be a finite number >= 0\)"):
+        import_recbole(src)
+
+
+def test_duplicate_json_keys_are_refused_not_overwritten(tmp_path):
+    src = write_json_sequences(tmp_path / "o")
+    (src / "O.inter.json").write_text('{"0": [0, 1], "0": [2]}')
+    with pytest.raises(DataValidationError, match=r"O\.inter\.json: the key '0' appears twice"):
+        import_sequences(src)
+
+
+def test_only_complete_html_entities_are_decoded():
+    from recsys.importers.ordered import clean_text
+
+    assert clean_text("Toner &amp; ink &#39;XL&#x27;  Black &notebook") == "Toner & ink 'XL' Black &notebook"
+
+
+def test_training_an_order_only_folder_with_another_split_warns(tmp_path, capsys):
+    from recsys.cli import warn_if_order_only
+
+    dst = tmp_path / "canonical"
+    assert main(["-q", "import", "recbole", str(write_unisrec(tmp_path / "g")), str(dst)]) == 0
+    capsys.readouterr()
+    assert warn_if_order_only(str(dst), "temporal")
+    assert "its times are synthetic, so the temporal split cuts them arbitrarily" in capsys.readouterr().err
+    assert not warn_if_order_only(str(dst), "leave-last-out")

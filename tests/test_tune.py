@@ -197,3 +197,18 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
     assert data_choices(windows, roomy) == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100,
                                             "data_choice.als_alpha": 5.0}  # 200 / 40 pairs
     assert data_choices(windows, PipelineConfig(als_alpha=2.0))["data_choice.als_alpha"] == 2.0
+
+
+def test_a_fixed_als_alpha_starts_the_search_as_the_same_alpha_from_the_data(clicks):
+    from features.cf import als_alpha
+    from training import tune_validation
+    from training.tuning import _confidence_from_the_data
+
+    fixed = _config(split="temporal", als_alpha=7.0)
+    data = tune_validation.validation_data(clicks, fixed)
+    restated = _confidence_from_the_data(fixed, data)
+    assert restated.als_alpha == 0.0 and restated.als_user_confidence != fixed.als_user_confidence
+    # the ALS stage's first trial (alpha from the data) fits the feature window with alpha 7 again
+    assert als_alpha(0.0, restated.als_user_confidence, data.user_items) == 7.0
+    from_data = _config(split="temporal")
+    assert _confidence_from_the_data(from_data, data) is from_data

@@ -18,6 +18,7 @@ stage early makes the trial count, and so the result, depend on the machine's sp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -31,6 +32,8 @@ import mlflow
 import numpy as np
 import optuna
 
+from features.cf import mean_user_sum
+from features.item_item import binary
 from features.text_encoder import TextEncoder, item_texts
 from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
@@ -85,6 +88,7 @@ class _Tuner:
         self.config = config
         self.progress = progress
         self.data = tune_validation.validation_data(dataset, config)
+        self.config = config = _confidence_from_the_data(config, self.data)
         self.vectors: np.ndarray | None = None  # the text model's item vectors (pretrained until the text stage)
         self.pooling = None
         self.state = self.who = self.frame = None
@@ -228,6 +232,19 @@ def _param(value: object) -> object:
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else 0.0
+
+
+def _confidence_from_the_data(config: PipelineConfig, data: tune_validation.ValidationData) -> PipelineConfig:
+    """``config`` with a fixed ``als_alpha`` restated as the ``als_user_confidence`` that gives the same
+    alpha on the feature window (the ALS stage searches the latter, with alpha from the data), so
+    the search's first trial is the starting settings."""
+    if config.als_alpha <= 0:
+        return config
+    values = data.user_items if config.cf_use_weights else binary(data.user_items)
+    confidence = config.als_alpha * mean_user_sum(np.asarray(values.sum(axis=1)).ravel())
+    log.info("tune: als_alpha %g is als_user_confidence %.4g on this data (alpha from the data from here on)",
+             config.als_alpha, confidence)
+    return dataclasses.replace(config, als_alpha=0.0, als_user_confidence=confidence)
 
 
 def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path, stages: tuple[str, ...] = STAGE_NAMES,

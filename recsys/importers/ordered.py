@@ -12,6 +12,8 @@ says so in ``import.json``.
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import datetime
 
 import polars as pl
@@ -28,6 +30,18 @@ ORDER_ONLY_NOTE = (
     "Evaluate with --split leave-last-out (each user's last item is the test target, their "
     "second-to-last the validation target); a temporal split on these times is meaningless."
 )
+
+
+_ENTITY = re.compile(r"&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+
+
+def clean_text(value: str) -> str:
+    """``value`` with HTML entities (``&amp;``, ``&#39;``) decoded and runs of whitespace made one space.
+
+    Only complete entities (ending in ``;``) are decoded: ``html.unescape`` alone would also turn
+    "&notebook" into "¬ebook".
+    """
+    return " ".join(_ENTITY.sub(lambda m: html.unescape(m.group(0)), value).split())
 
 
 def ordered_interactions(users: list[str], sequences: list[list[str]], source: str) -> pl.DataFrame:

@@ -21,14 +21,14 @@ used in interactions but missing from the item file are kept with empty text and
 
 from __future__ import annotations
 
-import html
+import math
 from pathlib import Path
 
 import polars as pl
 
 from recsys.errors import DataValidationError
 from recsys.importers.delimited import parse_field, read_lines, require_rows, split_fields, unix_seconds
-from recsys.importers.ordered import ORDER_ONLY_NOTE, items_with_placeholders, ordered_interactions
+from recsys.importers.ordered import ORDER_ONLY_NOTE, clean_text, items_with_placeholders, ordered_interactions
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 SPLIT_PARTS = ("train", "valid", "test")
@@ -57,7 +57,8 @@ def read_atomic(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[
         names.append(name)
     missing = [r for r in required if r not in names]
     if missing:
-        raise DataValidationError(f"{path}:1: the header lacks {missing}; found {names}")
+        raise DataValidationError(f"{path}:1: the header lacks {missing}; found {names}. Name the columns as "
+                                  f"RecBole does ({', '.join(f'{r}:token' for r in required)}).")
     rows = [(number, split_fields(path, number, line, "\t", len(names))) for number, line in lines]
     require_rows(path, len(rows), "data", "A RecBole atomic file has a typed header and one tab-separated line "
                  "per row", header=True)
@@ -104,6 +105,9 @@ def _detect(src: Path) -> tuple[str, list[str]]:
             stems.setdefault(base, [])
     if len(stems) != 1:
         found = ", ".join(inter) or "no .inter file"
+        if not inter and list(src.glob("*.inter.json")):
+            raise DataValidationError(f"{src}: holds X.inter.json, not RecBole atomic files; use recsys import "
+                                      "sequences")
         raise DataValidationError(
             f"{src}: expected the files of one RecBole data set (X.inter, or X.train/valid/test.inter), found "
             f"{found}. Put each data set in its own folder.")
@@ -124,7 +128,7 @@ def _merge_split_files(src: Path, stem: str, parts: list[str]) -> tuple[list[str
         for number, values in lines:
             user, item = values[at["user_id"]].strip(), values[at["item_id"]].strip()
             if not user or not item:
-                raise DataValidationError(f"{path}:{number}: empty user or item id")
+                raise DataValidationError(f"{path}:{number}: empty user or item id; every row needs both")
             rows.setdefault(user, []).append((values[at["item_id_list"]].split() + [item], path, number))
             if part != "train":
                 if user in targets[part]:
@@ -139,12 +143,24 @@ def _merge_split_files(src: Path, stem: str, parts: list[str]) -> tuple[list[str
     last_part = "test" if "test" in parts else ("valid" if "valid" in parts else None)
     if last_part:
         by_user = dict(zip(users, sequences, strict=True))
+        last_file = src / f"{stem}.{last_part}.inter"
+        missing = [u for u in users if u not in targets[last_part]]
+        if missing:
+            raise DataValidationError(
+                f"{last_file}: {len(missing)} user(s) of the other split files have no row here (e.g. user "
+                f"{missing[0]!r}), so their last item would be tested in place of a {last_part} target. Use the "
+                f"files of one release, where every user has a {last_part} row.")
         wrong = [u for u, item in targets[last_part].items() if by_user[u][-1] != item]
+        if last_part == "test" and "valid" in parts:
+            wrong += [u for u, item in targets["valid"].items() if len(by_user[u]) < 2 or by_user[u][-2] != item]
         if wrong:
             raise DataValidationError(
-                f"{src / f'{stem}.{last_part}.inter'}: the {last_part} target of {len(wrong)} user(s) is not their "
-                f"last item once all rows are merged (e.g. user {wrong[0]!r}); the files disagree on the order")
-        checks["last_item_is_target_of"] = f"{stem}.{last_part}.inter"
+                f"{last_file}: once all rows are merged, {len(wrong)} user(s) do not end in their valid then "
+                f"{last_part} target (e.g. user {wrong[0]!r}); the files disagree on the order. Use the files of "
+                "one release.")
+        checks["last_item_is_target_of"] = last_file.name
+        # A target the user already took earlier is excluded from their ranking as seen: it can never be hit.
+        checks["test_targets_seen_before"] = sum(by_user[u][-1] in by_user[u][:-1] for u in targets[last_part])
     return users, sequences, checks
 
 
@@ -160,6 +176,9 @@ def _merged(user: str, user_rows: list[tuple[list[str], Path, int]]) -> list[str
     merged = list(ordered[0][0])
     for seq, path, number in ordered[1:]:
         history = seq[:-1]
+        if not history:  # a row without history starts the sequence: a second one cannot be placed
+            raise DataValidationError(f"{path}:{number}: user {user!r} has a second row with an empty history; "
+                                      "only their first item has none. Drop the duplicate row.")
         if _is_tail(history, merged):
             merged.append(seq[-1])
         elif _is_tail(merged, history):
@@ -167,7 +186,8 @@ def _merged(user: str, user_rows: list[tuple[list[str], Path, int]]) -> list[str
         elif not _is_tail(seq, merged):
             raise DataValidationError(
                 f"{path}:{number}: user {user!r}: this row's history does not continue the sequence of their "
-                f"earlier rows ({' '.join(merged[-5:])} ...); the files disagree on the order")
+                f"earlier rows (... {' '.join(merged[-5:])}); the files disagree on the order. Use the files of one "
+                "release, or drop this row.")
     return merged
 
 
@@ -186,9 +206,9 @@ def _read_plain_inter(path: Path) -> tuple[pl.DataFrame, bool]:
         users.append(values[user_at].strip())
         items.append(values[item_at].strip())
         if not users[-1] or not items[-1]:
-            raise DataValidationError(f"{path}:{number}: empty user or item id")
+            raise DataValidationError(f"{path}:{number}: empty user or item id; every row needs both")
         if rating_at is not None:
-            weights.append(parse_field(path, number, "rating", values[rating_at], float))
+            weights.append(parse_field(path, number, "rating", values[rating_at], _weight))
         if time_at is not None:
             seconds.append(parse_field(path, number, "timestamp", values[time_at],
                                        lambda v: unix_seconds(str(int(float(v))))))
@@ -213,7 +233,14 @@ def _read_plain_inter(path: Path) -> tuple[pl.DataFrame, bool]:
 
 
 def _text(values: list[str], at: int | None) -> str:
-    return " ".join(html.unescape(values[at]).split()) if at is not None else ""
+    return clean_text(values[at]) if at is not None else ""
+
+
+def _weight(value: str) -> float:
+    weight = float(value)
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError("a rating must be a finite number >= 0")
+    return weight
 
 
 def _read_items(src: Path, stem: str) -> tuple[pl.DataFrame, str | None]:

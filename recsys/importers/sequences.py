@@ -12,14 +12,13 @@ text and counted; an id that is not a string or integer is refused, naming the u
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
 import polars as pl
 
 from recsys.errors import DataValidationError
-from recsys.importers.ordered import ORDER_ONLY_NOTE, items_with_placeholders, ordered_interactions
+from recsys.importers.ordered import ORDER_ONLY_NOTE, clean_text, items_with_placeholders, ordered_interactions
 
 
 def import_sequences(src: Path) -> tuple[dict[str, pl.DataFrame], dict]:
@@ -61,11 +60,27 @@ def _is_id(value: object) -> bool:
     return isinstance(value, str | int) and not isinstance(value, bool)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_refuse_duplicate_keys)
     except UnicodeDecodeError as exc:
         raise DataValidationError(f"{path}: not UTF-8 text ({exc})") from exc
+    except _DuplicateKey as exc:
+        raise DataValidationError(f"{path}: the key {exc.args[0]!r} appears twice in one object; a later one "
+                                  "would silently replace the earlier. Merge them.") from exc
     except json.JSONDecodeError as exc:
         raise DataValidationError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from exc
     if not isinstance(data, dict):
@@ -97,4 +112,4 @@ def _text(path: Path, item_id: str, key: str, value: object) -> str:
         value = ", ".join(v.strip() for v in value if v.strip())
     if not isinstance(value, str):
         raise DataValidationError(f"{path}: item {item_id!r}: {key!r} must be text, found {str(value)[:80]}")
-    return " ".join(html.unescape(value).split())
+    return clean_text(value)
