@@ -19,8 +19,8 @@ Equivalent CLI, per set:
 
 Prints, per set, the validation nDCG@10 (held-out label users, feature-window models: what the
 defaults are judged on) of the shipped ranker and of the best single baseline, their ratio, the
-choices the pipeline made from the data, the test nDCG@10 of both (reported, never used to
-choose), and the run's wall time. MLflow writes to a temporary folder.
+test nDCG@10 of both (reported, never used to choose), and the run's wall time. MLflow writes to
+a temporary folder.
 """
 
 from __future__ import annotations

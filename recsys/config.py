@@ -113,7 +113,9 @@ class PipelineConfig:
     # ALS confidence = 1 + alpha x value. 0 = from the data (logged as data_choice.als_alpha):
     # als_user_confidence / the mean per-user sum of values in the window ALS is fitted on.
     als_alpha: float = 0.0
-    als_user_confidence: float = 225.0  # with als_alpha 0: each user's total confidence on average
+    # With als_alpha 0: each user's total confidence on average. 225 keeps MovieLens 100K's alpha
+    # at about 1, where its ALS search ended (validation); recsys tune searches it per data set.
+    als_user_confidence: float = 225.0
     # ALS's values: the interaction weights (True) or 1 per (user, item) pair (False). Weights say
     # how much a user liked an item; 0/1 says only that they took it, which is what a protocol
     # where every test interaction counts (MovieLens ratings of any value) asks for.

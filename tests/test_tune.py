@@ -208,7 +208,46 @@ def test_a_fixed_als_alpha_starts_the_search_as_the_same_alpha_from_the_data(cli
     data = tune_validation.validation_data(clicks, fixed)
     restated = _confidence_from_the_data(fixed, data)
     assert restated.als_alpha == 0.0 and restated.als_user_confidence != fixed.als_user_confidence
-    # the ALS stage's first trial (alpha from the data) fits the feature window with alpha 7 again
+    # the ALS stage's first trial (alpha from the data) fits the feature window with alpha 7 again,
+    # so it scores what the fixed-alpha start scores
     assert als_alpha(0.0, restated.als_user_confidence, data.user_items) == 7.0
-    from_data = _config(split="temporal")
+
+    def als_ndcg(config):
+        return tune_validation.ndcg_of_scores(data, tune_validation.cf_scorer(data, "als", config), 10, 3)
+
+    assert als_ndcg(restated) == als_ndcg(fixed) != als_ndcg(from_data := _config(split="temporal"))
     assert _confidence_from_the_data(from_data, data) is from_data
+
+
+@pytest.mark.parametrize("use_weights", [True, False])
+def test_the_logged_als_alpha_is_the_one_als_is_fitted_with(clicks, monkeypatch, use_weights):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import features.state as state_module
+    from recsys.idmap import IdMap
+    from training.pipeline import data_choices
+
+    fitted = {}
+    real_fit = state_module.fit_cf
+
+    def spy(name, matrix, **kwargs):
+        if name == "als":
+            fitted["alpha"] = kwargs["alpha"]
+        return real_fit(name, matrix, **kwargs)
+
+    monkeypatch.setattr(state_module, "fit_cf", spy)
+    events = clicks.interactions.with_columns((pl.int_range(pl.len()) % 5 + 1).cast(pl.Float32).alias("weight"))
+    users = IdMap(kind="user").fit(events["user_id"])
+    items = IdMap(kind="item").fit(clicks.items["item_id"])
+    catalog = pl.DataFrame({"item_id": items.ids}).join(clicks.items, on="item_id", how="left", maintain_order="left")
+    config = PipelineConfig(cf_use_weights=use_weights, als_factors=8, als_iterations=2, bpr_factors=8,
+                            bpr_iterations=2)
+    state_module.fit_feature_state(catalog=catalog, interactions=events, impressions=None,
+                                   item_vectors=np.zeros((len(items), 384), dtype=np.float32), users=users,
+                                   items=items, config=config)
+    logged = data_choices(SimpleNamespace(items=items, split=SimpleNamespace(train=events)), config)
+    per_user = (events.group_by("user_id", "item_id").agg(pl.col("weight").sum() if use_weights else pl.lit(1.0))
+                .group_by("user_id").agg(pl.col("weight" if use_weights else "literal").sum()))[:, 1].mean()
+    assert fitted["alpha"] == logged["data_choice.als_alpha"] == float(f"{225.0 / per_user:.3g}")
