@@ -43,8 +43,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from features.cf import als_alpha
-    from features.item_item import binary
+    from features.cf import als_input
     from recsys.config import PipelineConfig
     from training.tune_validation import cf_scorer, ndcg_of_scores, validation_data
 
@@ -53,8 +52,7 @@ def main() -> None:
             dataset = load_set(name, args.shared, Path(tmp))
             base = PipelineConfig(split=SPLITS[name], seed=args.seed)
             data = validation_data(dataset, base)
-            values = data.user_items if base.cf_use_weights else binary(data.user_items)
-            alpha = als_alpha(0.0, base.als_user_confidence, values)
+            _, alpha = als_input(data.user_items, replace(base, als_alpha=0.0))
             print(f"\n{name} ({SPLITS[name]}, seed {args.seed}): alpha from the data = {alpha:g}")
             for label, overrides in SETTINGS.items():
                 start = time.perf_counter()

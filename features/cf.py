@@ -13,8 +13,10 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from features.item_item import binary
 from features.pair_scores import pair_dot
 from features.user_items import check_user_items
+from recsys.config import PipelineConfig
 from recsys.errors import ConfigError
 
 ALGORITHMS = ("als", "bpr")
@@ -63,19 +65,21 @@ def als_alpha(alpha: float, user_confidence: float, values: sp.csr_matrix) -> fl
     same against the L2 penalty on sparse logs (a handful of items per user) as on dense ones
     (hundreds of ratings). Rounded to 3 significant digits, so the logged value is the one used.
     """
-    return als_alpha_of_sums(alpha, user_confidence, np.asarray(values.sum(axis=1)).ravel())
-
-
-def als_alpha_of_sums(alpha: float, user_confidence: float, user_sums: np.ndarray) -> float:
-    """``als_alpha`` from each user's sum of values (float (n_users,); users without history are 0)."""
     if alpha > 0:
         return float(alpha)
-    return float(f"{user_confidence / mean_user_sum(user_sums):.3g}")
+    return float(f"{user_confidence / mean_user_sum(values):.3g}")
 
 
-def mean_user_sum(user_sums: np.ndarray) -> float:
-    """The mean of the positive per-user sums of values (users without history left out); 1.0 if none."""
-    sums = np.asarray(user_sums, dtype=np.float64)
+def als_input(user_items: sp.csr_matrix, config: PipelineConfig) -> tuple[sp.csr_matrix, float]:
+    """What ALS is fitted on under ``config``: the values (the weights, or 0/1 without
+    ``cf_use_weights``; users x items CSR) and the confidence scale alpha for them."""
+    values = user_items if config.cf_use_weights else binary(user_items)
+    return values, als_alpha(config.als_alpha, config.als_user_confidence, values)
+
+
+def mean_user_sum(values: sp.csr_matrix) -> float:
+    """The mean over users with history of their sum of values (users x items); 1.0 if none has any."""
+    sums = np.asarray(values.sum(axis=1), dtype=np.float64).ravel()
     return float(sums[sums > 0].mean()) if np.any(sums > 0) else 1.0
 
 

@@ -17,7 +17,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from features import behaviour
-from features.cf import CFFactors, als_alpha, bpr_epochs, fit_cf
+from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item
 from features.text_interest import HistoryPooling, history_weights, user_vectors
 from features.text_popularity import fit_text_popularity, predict_text_popularity
@@ -204,10 +204,10 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     n_users, n_items = len(users), len(items)
     bar = progress_bar(total=4, desc="fit features", unit="part")  # ALS+BPR, item-item, text, behaviour
     with stage("cf"):
-        als_values = user_items if config.cf_use_weights else binary(user_items)
+        als_values, alpha = als_input(user_items, config)
         als = fit_cf("als", als_values, n_users=n_users, n_items=n_items, factors=config.als_factors,
-                     iterations=config.als_iterations, regularization=config.als_regularization,
-                     alpha=als_alpha(config.als_alpha, config.als_user_confidence, als_values), seed=config.seed)
+                     iterations=config.als_iterations, regularization=config.als_regularization, alpha=alpha,
+                     seed=config.seed)
         bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                      iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, user_items.nnz),
                      learning_rate=config.bpr_learning_rate, regularization=config.bpr_regularization, seed=config.seed)

@@ -189,6 +189,7 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
     train = pl.DataFrame({"user_id": [f"u{i % 50}" for i in range(2_000)], "item_id": [f"i{i}" for i in range(2_000)],
                           "weight": [1.5] * 2_000})
     windows = SimpleNamespace(items=IdMap(kind="item").fit(pl.Series([f"i{i}" for i in range(6_000)])),
+                              users=IdMap(kind="user").fit(train["user_id"].unique().sort()),
                               split=SimpleNamespace(train=train))
     small = PipelineConfig(bpr_iterations=100, bpr_max_samples=50_000)
     assert data_choices(windows, small) == {"data_choice.item_item": "cosine", "data_choice.bpr_epochs": 25,
@@ -247,7 +248,7 @@ def test_the_logged_als_alpha_is_the_one_als_is_fitted_with(clicks, monkeypatch,
     state_module.fit_feature_state(catalog=catalog, interactions=events, impressions=None,
                                    item_vectors=np.zeros((len(items), 384), dtype=np.float32), users=users,
                                    items=items, config=config)
-    logged = data_choices(SimpleNamespace(items=items, split=SimpleNamespace(train=events)), config)
+    logged = data_choices(SimpleNamespace(items=items, users=users, split=SimpleNamespace(train=events)), config)
     per_user = (events.group_by("user_id", "item_id").agg(pl.col("weight").sum() if use_weights else pl.lit(1.0))
                 .group_by("user_id").agg(pl.col("weight" if use_weights else "literal").sum()))[:, 1].mean()
     assert fitted["alpha"] == logged["data_choice.als_alpha"] == float(f"{225.0 / per_user:.3g}")

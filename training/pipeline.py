@@ -30,9 +30,10 @@ import polars as pl
 from mlflow.tracking import MlflowClient
 
 from features.bundle import RankingBundle
-from features.cf import als_alpha_of_sums, bpr_epochs
+from features.cf import als_input, bpr_epochs, mean_user_sum
 from features.state import fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
+from features.user_items import build_user_items
 from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
@@ -114,7 +115,8 @@ def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     Both are the refit's, on the training window; the feature-window fit derives its own from
     its smaller window by the same rule."""
     n_items = len(w.items)
-    pairs = w.split.train.select("user_id", "item_id").n_unique()
+    user_items = build_user_items(w.split.train, w.users, w.items)
+    pairs = user_items.nnz
     kind = "ease" if n_items <= config.item_item_max_items else "cosine"
     log.info("item-to-item model: %s (%d items; EASE up to item_item_max_items=%d)", kind, n_items,
              config.item_item_max_items)
@@ -122,13 +124,10 @@ def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     if epochs < config.bpr_iterations:
         log.info("BPR: %d epochs instead of %d (%d training pairs; bpr_max_samples=%d)", epochs,
                  config.bpr_iterations, pairs, config.bpr_max_samples)
-    values = (pl.col("weight").sum() if config.cf_use_weights else pl.lit(1.0)).alias("value")
-    user_sums = (w.split.train.group_by("user_id", "item_id").agg(values)
-                 .group_by("user_id").agg(pl.col("value").sum()))["value"].to_numpy()
-    alpha = als_alpha_of_sums(config.als_alpha, config.als_user_confidence, user_sums)
+    values, alpha = als_input(user_items, config)
     if config.als_alpha <= 0:
         log.info("ALS: confidence scale alpha %.3g (als_user_confidence=%g over a mean of %.1f per user)", alpha,
-                 config.als_user_confidence, float(user_sums.mean()))
+                 config.als_user_confidence, mean_user_sum(values))
     return {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs, "data_choice.als_alpha": alpha}
 
 

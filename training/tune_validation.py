@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from features.bundle import RankingBundle
 from features.candidates import top_n
-from features.cf import als_alpha, bpr_epochs, fit_cf
+from features.cf import als_input, bpr_epochs, fit_cf
 from features.item_item import binary, fit_item_item
 from features.state import FeatureState, fit_feature_state, with_indices
 from features.text_interest import history_weights, user_vectors
@@ -96,12 +96,13 @@ def ndcg_of_scores(data: ValidationData, score_fn: ScoreFn, k: int, seed: int) -
 def cf_scorer(data: ValidationData, name: str, config: PipelineConfig, after_epochs=None,
               report_every: int = 10) -> ScoreFn:
     """ALS or BPR fitted on the feature window with ``config``'s settings, as the pipeline fits them."""
-    matrix = data.user_items if (name == "bpr" or config.cf_use_weights) else binary(data.user_items)
+    matrix = data.user_items
     n_users, n_items = data.user_items.shape
     if name == "als":
+        matrix, alpha = als_input(data.user_items, config)
         factors = fit_cf("als", matrix, n_users=n_users, n_items=n_items, factors=config.als_factors,
                          iterations=config.als_iterations, regularization=config.als_regularization,
-                         alpha=als_alpha(config.als_alpha, config.als_user_confidence, matrix), seed=config.seed)
+                         alpha=alpha, seed=config.seed)
     else:
         factors = fit_cf("bpr", matrix, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                          iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, matrix.nnz),

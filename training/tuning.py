@@ -32,8 +32,7 @@ import mlflow
 import numpy as np
 import optuna
 
-from features.cf import mean_user_sum
-from features.item_item import binary
+from features.cf import als_input, mean_user_sum
 from features.text_encoder import TextEncoder, item_texts
 from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
@@ -240,8 +239,8 @@ def _confidence_from_the_data(config: PipelineConfig, data: tune_validation.Vali
     the search's first trial is the starting settings."""
     if config.als_alpha <= 0:
         return config
-    values = data.user_items if config.cf_use_weights else binary(data.user_items)
-    confidence = config.als_alpha * mean_user_sum(np.asarray(values.sum(axis=1)).ravel())
+    values, _ = als_input(data.user_items, config)
+    confidence = config.als_alpha * mean_user_sum(values)
     log.info("tune: als_alpha %g is als_user_confidence %.4g on this data (alpha from the data from here on)",
              config.als_alpha, confidence)
     return dataclasses.replace(config, als_alpha=0.0, als_user_confidence=confidence)

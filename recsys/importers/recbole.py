@@ -213,16 +213,15 @@ def _read_plain_inter(path: Path) -> tuple[pl.DataFrame, bool]:
             seconds.append(parse_field(path, number, "timestamp", values[time_at],
                                        lambda v: unix_seconds(str(int(float(v))))))
     if time_at is None:
-        order: dict[str, list[str]] = {}
-        for user, item in zip(users, items, strict=True):
-            order.setdefault(user, []).append(item)
-        interactions = ordered_interactions(list(order), list(order.values()), str(path))
-        if rating_at is not None:  # ordered_interactions groups rows by user: carry weights the same way
-            grouped: dict[str, list[float]] = {}
-            for user, weight in zip(users, weights, strict=True):
-                grouped.setdefault(user, []).append(weight)
+        # ordered_interactions writes rows user by user: group the rows (and their weights) the same way
+        by_user: dict[str, list[int]] = {}
+        for row, user in enumerate(users):
+            by_user.setdefault(user, []).append(row)
+        interactions = ordered_interactions(list(by_user), [[items[r] for r in rows] for rows in by_user.values()],
+                                            str(path))
+        if rating_at is not None:
             interactions = interactions.with_columns(
-                pl.Series("weight", [w for ws in grouped.values() for w in ws], dtype=pl.Float32))
+                pl.Series("weight", [weights[r] for rows in by_user.values() for r in rows], dtype=pl.Float32))
         return interactions, True
     frame = pl.DataFrame({
         "user_id": pl.Series(users, dtype=pl.String), "item_id": pl.Series(items, dtype=pl.String),
@@ -254,13 +253,14 @@ def _read_items(src: Path, stem: str) -> tuple[pl.DataFrame, str | None]:
     category_at = next((names.index(f) for f in CATEGORY_FIELDS if f in names), None)
     description_at = names.index("description") if "description" in names else None
     brand_at = names.index("brand") if "brand" in names else None
+    id_at = names.index("item_id")
     rows = []
     for _, values in lines:
         title, description, brand, category = (_text(values, at) for at in (title_at, description_at, brand_at,
                                                                             category_at))
         if brand:
             description = f"Brand: {brand}. {description}".strip()
-        rows.append((values[names.index("item_id")].strip(), title, description, category or "unknown"))
+        rows.append((values[id_at].strip(), title, description, category or "unknown"))
     items = pl.DataFrame(rows, schema={"item_id": pl.String, "title": pl.String, "description": pl.String,
                                        "category": pl.String}, orient="row")
     dupes = items.filter(pl.col("item_id").is_duplicated())

@@ -44,7 +44,7 @@ def import_sequences(src: Path) -> tuple[dict[str, pl.DataFrame], dict]:
         raise DataValidationError(f"{inter_path}: no user has an item; the file holds no interactions")
     interactions = ordered_interactions(users, sequences, str(inter_path))
     item_path = src / f"{stem}.item.json"
-    items = _read_items(item_path) if item_path.exists() else _read_items(None)
+    items = _read_items(item_path if item_path.exists() else None)
     items, placeholders = items_with_placeholders(items, interactions)
     report = {
         "layout": "sequences-json", "source": str(src), "dataset": stem, "order_only": True,
