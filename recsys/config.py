@@ -14,6 +14,7 @@ SPLITS = ("temporal", "leave-last-out", "stratified")
 SCORE_SOURCES = ("als_score", "bpr_score", "item_item_score", "text_score")
 DEFAULT_TEST_FRACTION = 0.2
 STRATIFIED_TEST_FRACTION = 0.25
+MAX_LABEL_CUTS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +102,10 @@ class PipelineConfig:
     # stratified (the published 75/25-per-user protocol), else 0.2.
     test_fraction: float | None = None
     label_fraction: float = 0.2  # share of the training window that labels the ranker
+    # Label windows the ranker learns from: 1 = one feature | label cut of the training window;
+    # n > 1 adds n - 1 earlier cuts, each cutting the previous feature window again, so a data set
+    # with few users gives the ranker several queries per user (``recsys.windows.extra_label_cuts``).
+    label_cuts: int = 1
     # Cold-items protocol: this seeded share of the catalog's interacted items is removed from
     # training entirely (found only through their text); 0 = off.
     cold_item_fraction: float = 0.0
@@ -166,6 +171,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"{name} must be strictly between 0 and 1, got {value}")
+        if not 1 <= self.label_cuts <= MAX_LABEL_CUTS:
+            raise ConfigError(f"label_cuts must be 1..{MAX_LABEL_CUTS}, got {self.label_cuts}")
         if not 0.0 <= self.cold_item_fraction < 1.0:
             raise ConfigError(f"cold_item_fraction must be in [0, 1), got {self.cold_item_fraction}")
         if self.als_alpha < 0 or self.als_user_confidence <= 0:

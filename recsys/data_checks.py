@@ -56,7 +56,8 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> None:
     nested, feature_cold = windows.label_cut(
         split, config, name=f"{src} (training window of {config.split} split, {train.height} interactions)")
     feature = nested.train
-    _check_text_examples(src, protocol, feature)
+    extra = windows.extra_label_cuts(nested, config, name=src)
+    _check_text_examples(src, protocol, extra[-1].train if extra else feature)
     _check_label_users(src, protocol, config, feature, nested.test, nested.impressions_test, feature_cold,
                        n_items, train["user_id"])
 

@@ -8,6 +8,9 @@ too small to train) both cut the data this way, so the check cannot drift from t
 2. ``label_cut``: the training window split again into a feature window and a label window
    (``LABEL_SPLIT_SEED``); with the cold-items protocol the feature window loses a second seeded
    share of items (``FEATURE_COLD_SEED``), so the ranker learns on items without behaviour.
+   With ``label_cuts`` n > 1, ``extra_label_cuts`` cuts the feature window again, n - 1 times
+   (``LABEL_SPLIT_SEED + EXTRA_CUT_SEED_STEP * c``): each later cut's label window lies inside
+   the previous feature window, so no cut's feature window holds the first cut's label window.
 3. Label users are capped by ``sample_positions`` (``RANKER_SAMPLE_SEED``), and a
    ``VALIDATION_USER_SHARE`` of them is held out by ``held_out_positions`` (``VALIDATION_SEED``).
 
@@ -32,6 +35,7 @@ VALIDATION_SEED = 4
 COLD_ITEMS_SEED = 7
 FEATURE_COLD_SEED = 8
 VALIDATION_USER_SHARE = 0.15
+EXTRA_CUT_SEED_STEP = 10
 
 
 def test_cut(interactions: pl.DataFrame, impressions: pl.DataFrame | None, config: PipelineConfig,
@@ -73,3 +77,19 @@ def held_out_positions(n_users: int, seed: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     size = max(1, int(round(n_users * VALIDATION_USER_SHARE)))
     return np.sort(np.random.default_rng(seed).choice(n_users, size=size, replace=False))
+
+
+def extra_label_cuts(nested: Split, config: PipelineConfig, name: str | None = None) -> list[Split]:
+    """The ``config.label_cuts - 1`` cuts after ``label_cut``'s: cut c (1-based) splits cut c-1's
+    feature window by ``label_fraction`` again (earlier in time for temporal, each user's
+    second-to-last item for leave-last-out, a random share for stratified). Returns them in that
+    order; the last one's feature window is the smallest, the one the text model learns on."""
+    cuts: list[Split] = []
+    previous = nested
+    for c in range(1, config.label_cuts):
+        previous = split_interactions(previous.train, kind=config.split, test_fraction=config.label_fraction,
+                                      seed=config.seed + LABEL_SPLIT_SEED + EXTRA_CUT_SEED_STEP * c,
+                                      impressions=previous.impressions_train,
+                                      **({"name": f"{name} (label cut {c + 1})"} if name else {}))
+        cuts.append(previous)
+    return cuts

@@ -37,7 +37,8 @@ def trained(tmp_path_factory):
     data.items.write_parquet(work / "data" / "items.parquet")
     data.interactions.write_parquet(work / "data" / "interactions.parquet")
     data.impressions.write_parquet(work / "data" / "impressions.parquet")
-    (work / "tiny.json").write_text(json.dumps(tiny_config_dict()))
+    # Two label cuts: the ranker also learns on the label window before the first (test below).
+    (work / "tiny.json").write_text(json.dumps({**tiny_config_dict(), "label_cuts": 2}))
     old_cwd = os.getcwd()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(work)
@@ -454,3 +455,20 @@ def test_the_run_logs_the_choices_it_made_from_the_data(trained):
     # BPR epochs stay 10 (far below bpr_max_samples).
     assert run.data.params["data_choice.item_item"] == "ease"
     assert run.data.params["data_choice.bpr_epochs"] == "10"
+
+
+def test_a_second_label_cut_adds_ranker_queries_and_shrinks_the_text_window(trained):
+    from mlflow.tracking import MlflowClient
+
+    work, _ = trained
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    run_id = client.get_model_version("e2e", "1").run_id
+    diagnostics = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                     filter_string=f"tags.mlflow.parentRunId = '{run_id}' and tags.role = "
+                                                   "'diagnostics'")[0].data.metrics
+    assert client.get_run(run_id).data.params["label_cuts"] == "2"
+    assert diagnostics["data/label_users_cut2"] > 0
+    # The text model learns on the second cut's feature window: inside the first's, without its labels.
+    assert 0 < diagnostics["data/text_window_rows"] < diagnostics["data/feature_window_rows"]
+    assert diagnostics["data/ranker_queries"] > diagnostics["data/ranker_queries_cut1"] > 0

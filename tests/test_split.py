@@ -148,3 +148,46 @@ def test_min_rows_for_stratified_test_is_the_exact_threshold(fraction):
     if need > 1:
         with pytest.raises(DataValidationError, match=f"needs at least 1 user with {need}\\+ interactions"):
             split_interactions(_events(1, need - 1), kind="stratified", test_fraction=fraction)
+
+
+def _sequences(n_users: int = 6, length: int = 12) -> pl.DataFrame:
+    return pl.DataFrame({
+        "user_id": [f"u{u}" for u in range(n_users) for _ in range(length)],
+        "item_id": [f"i{(u * 5 + t) % 40}" for u in range(n_users) for t in range(length)],
+        "timestamp": [day(u * 0.01 + t) for u in range(n_users) for t in range(length)],
+        "weight": [1.0] * (n_users * length),
+    })
+
+
+@pytest.mark.parametrize("kind", ["temporal", "leave-last-out", "stratified"])
+def test_extra_label_cuts_cut_each_feature_window_again(kind):
+    from recsys.config import PipelineConfig
+    from recsys.windows import extra_label_cuts, label_cut, test_cut
+
+    config = PipelineConfig(split=kind, seed=3, label_cuts=3)
+    split, _ = test_cut(_sequences(), None, config)
+    nested, _ = label_cut(split, config)
+    cuts = extra_label_cuts(nested, config)
+    assert len(cuts) == 2
+    pairs = lambda df: set(zip(df["user_id"], df["item_id"], df["timestamp"], strict=True))  # noqa: E731
+    previous = nested
+    for cut in cuts:
+        # Each cut splits the previous feature window, whole: nothing lost, nothing added.
+        assert pairs(cut.train) | pairs(cut.test) == pairs(previous.train)
+        assert not pairs(cut.train) & pairs(cut.test) and cut.test.height > 0
+        # No later feature window holds the first cut's labels (the validation users' items).
+        assert not pairs(cut.train) & pairs(nested.test)
+        previous = cut
+    if kind == "leave-last-out":  # each user's second-to-last item labels the second cut
+        assert cuts[0].test.height == nested.test.height == 6
+    again = extra_label_cuts(nested, config)
+    assert all(a.test.equals(b.test) for a, b in zip(cuts, again, strict=True))
+    assert extra_label_cuts(nested, PipelineConfig(split=kind, seed=3)) == []
+
+
+@pytest.mark.parametrize("cuts", [0, 6])
+def test_label_cuts_out_of_range_are_refused(cuts):
+    from recsys.config import PipelineConfig
+
+    with pytest.raises(ConfigError, match=rf"label_cuts must be 1\.\.5, got {cuts}"):
+        PipelineConfig(label_cuts=cuts)

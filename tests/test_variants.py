@@ -106,3 +106,18 @@ def test_validation_digest_names_the_validation_data():
     assert digest != variants.validation_digest(events, pl.Series(["b"]), events.head(2), config)
     assert digest != variants.validation_digest(events, pl.Series(["b"]), events, PipelineConfig(label_fraction=0.3))
     assert len(digest) == 64
+
+
+def test_stacked_frames_keep_every_query_distinct_and_every_row():
+    first = pl.DataFrame({"query_idx": [0, 0, 1, 1], "user_idx": [5, 5, 6, 6], "item_idx": [1, 2, 1, 3],
+                          "label": [1, 0, 0, 1]}).cast(pl.Int32)
+    second = pl.DataFrame({"query_idx": [0, 0, 2, 2], "user_idx": [6, 6, 5, 5], "item_idx": [4, 1, 2, 9],
+                           "label": [0, 1, 1, 0]}).cast(pl.Int32)
+    stacked = variants.stacked_frames([first, second])
+    assert stacked["query_idx"].to_list() == [0, 0, 1, 1, 2, 2, 4, 4]
+    assert stacked["query_idx"].dtype == pl.Int32
+    assert stacked.drop("query_idx").equals(pl.concat([first, second]).drop("query_idx"))
+    # A held-out user's queries of every cut validate; nothing of theirs trains.
+    train, val = variants.split_by_users(stacked, np.array([5]))
+    assert val["query_idx"].unique().sort().to_list() == [0, 4]
+    assert train["query_idx"].unique().sort().to_list() == [1, 2]

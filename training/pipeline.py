@@ -1,6 +1,7 @@
 """The whole training run, inside one MLflow run.
 
-split -> nested split of the training window (feature window | label window)
+split -> nested split of the training window (feature window | label window; with
+   ``label_cuts`` > 1 the feature window is cut again, and every cut adds ranker queries)
 -> fine-tune the text model on the feature window
 -> stage-1 state on the feature window -> labelled ranking frames on the label window
 -> three ranker variants (fine-tuned text, pretrained text, no text), early-stopped on held-out
@@ -8,7 +9,7 @@ split -> nested split of the training window (feature window | label window)
 -> stage-1 state refitted on the whole training window -> evaluation on test (reported only)
 -> MLflow: params, metrics, curves, plots, the pyfunc model, a registry version.
 
-The text model is fine-tuned once, on the feature window only, so the label window stays
+The text model is fine-tuned once, on the (last cut's) feature window only, so the label windows stay
 unseen by every stage-1 model; the refit on the whole window is CF and behaviour features.
 Item indices follow the sorted item ids and every tie follows the seeded tie rule
 (``features.ties``), so the run is a function of (data, config, seed), not of row order.
@@ -92,6 +93,13 @@ class Windows:
     feature_cold: pl.Series | None
     users: IdMap
     items: IdMap
+    extra_cuts: list[Split] = field(default_factory=list)  # label cuts 2..label_cuts (``windows.extra_label_cuts``)
+
+    @property
+    def text_window(self) -> Split:
+        """The cut whose feature window the text model learns on: the last (smallest), which
+        holds none of the label windows, so no label is seen by the text model either."""
+        return self.extra_cuts[-1] if self.extra_cuts else self.nested
 
 
 def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
@@ -105,7 +113,8 @@ def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
     catalog = dataset.items.sort("item_id")
     return Windows(catalog=catalog, split=split, nested=nested, cold_items=cold_items, feature_cold=feature_cold,
                    users=IdMap(kind="user").fit(split.train["user_id"].unique().sort()),
-                   items=IdMap(kind="item").fit(catalog["item_id"]))
+                   items=IdMap(kind="item").fit(catalog["item_id"]),
+                   extra_cuts=windows.extra_label_cuts(nested, config))
 
 
 def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
@@ -158,6 +167,9 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     frames = {name: variants.labelled_frame(states[name], users, w.nested.impressions_test,
                                             variants.variant_config(name, config), w.feature_cold)
               for name in variants.VARIANTS}
+    if w.extra_cuts:
+        metric_log.log_many({"data/ranker_queries_cut1": frames[variants.FINETUNED]["query_idx"].n_unique()})
+        frames = _with_extra_cuts(frames, w, text, config, metric_log)
     metric_log.log_many({"data/ranker_rows": frames[variants.FINETUNED].height,
                          "data/ranker_queries": frames[variants.FINETUNED]["query_idx"].n_unique()})
     with stage("ranker"):
@@ -177,6 +189,26 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     log.info("%s", choice.reason())
     return Fitted(rankers=rankers, validation=validation, choice=choice, validation_rows=validation_split.test,
                   digest=variants.validation_digest(w.nested.test, held_out_ids, w.nested.train, config))
+
+
+def _with_extra_cuts(frames: dict[str, pl.DataFrame], w: Windows, text, config: PipelineConfig,
+                     metric_log) -> dict[str, pl.DataFrame]:
+    """Each variant's frame with the queries of the extra label cuts appended (their own
+    feature-window state, label users and query numbers after the first cut's). The held-out
+    users' queries of every cut validate, the others train (``variants.fit_rankers``)."""
+    parts = {name: [frame] for name, frame in frames.items()}
+    for c, cut in enumerate(w.extra_cuts, start=2):
+        state = fit_feature_state(catalog=w.catalog, interactions=cut.train, impressions=cut.impressions_train,
+                                  item_vectors=text.finetuned_vectors, users=w.users, items=w.items, config=config,
+                                  pooling=text.pooling)
+        states = variants.states_by_variant(state, with_text_vectors(state, cut.train, text.pretrained_vectors))
+        counts: dict[str, int] = {}
+        users = variants.label_users(state, cut.test, config, counts=counts)
+        metric_log.log_many({f"data/label_users_cut{c}": counts["label_users_used"]})
+        for name in variants.VARIANTS:
+            parts[name].append(variants.labelled_frame(states[name], users, cut.impressions_test,
+                                                       variants.variant_config(name, config), w.feature_cold))
+    return {name: variants.stacked_frames(frames) for name, frames in parts.items()}
 
 
 def _bundles(rankers: dict[str, LambdaRanker], states: dict, config: PipelineConfig) -> dict[str, RankingBundle]:
@@ -224,7 +256,10 @@ def renamed(metrics: dict[str, dict[str, float]], shipped: str) -> dict[str, dic
 
 def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register_name: str | None,
           workdir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Run the pipeline in one MLflow run; register the model when ``register_name`` is given."""
+    """Run the pipeline in one MLflow run; register the model when ``register_name`` is given.
+
+    Stages: data checks (before any run), split, text model, variants on the feature window,
+    test evaluation after the refit, model logging and registration, the run's headline."""
     started = time.perf_counter()
     check_trainable(dataset, config)  # too little data for the split and protocol: a clear error, no run
     check_s = time.perf_counter() - started
@@ -239,71 +274,107 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         timings["data_checks"] = timings.get("data_checks", 0.0) + check_s  # before the run: no empty run on refusal
         # The parent run gets the headline figures only (at the end); everything else goes here.
         metric_log = tracking.MetricBuffer(diag)
-        mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
-                           "data.source": dataset.source})
-        with stage("split"):
-            w = split_windows(dataset, config)
-        logged_data = tracking.log_datasets(dataset, w.split)
-        mlflow.log_params(data_choices(w, config))
-        metric_log.log_many({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
-                            "data/feature_window_rows": w.nested.train.height,
-                            "data/label_window_rows": w.nested.test.height,
-                            "data/test_impressions_dropped": w.split.impressions_dropped,
-                             "data/label_impressions_dropped": w.nested.impressions_dropped})
+        w, logged_data = _split_stage(dataset, config, metric_log)
         with stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
-            shown = (None if w.nested.impressions_train is None
-                     else with_indices(w.nested.impressions_train, w.users, w.items))
-            text = _fit_text(w.catalog, with_indices(w.nested.train, w.users, w.items), shown, config, encoder_dir,
-                             metric_log, progress)
+            text = _fit_text(w, config, encoder_dir, metric_log, progress)
         with stage("features"):
             fitted = fit_variants(w, text, config, metric_log)
         validation = renamed(fitted.validation.metrics, fitted.choice.shipped)
         evaluation, bundles = evaluate_on_test(w, fitted, text, config)
-        results = evaluation.metrics
         metric_log.log_many({"data/test_users": evaluation.n_users_total,
                              "data/test_users_evaluated": len(evaluation.user_idx)})
-        shipped = fitted.rankers[fitted.choice.shipped]
         with stage("logging"):
-            mlflow.set_tags({"shipped_variant": fitted.choice.shipped, "shipped_reason": fitted.choice.reason()})
-            _log_results(evaluation, validation, shipped, text, metric_log, config, fitted.choice.shipped)
-            tracking.log_child_runs(results, config, validation)
-            tracking.log_lightgbm_booster(shipped.booster, shipped.feature_names)
-            bundle_dir = bundles["ranker"].save(Path(tmp) / "bundle", encoder_dir=_shipped_encoder(
-                fitted.choice.shipped, encoder_dir, Path(tmp) / "pretrained_encoder", config))
-            info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list(),
-                                             w.catalog["item_id"].head(5).to_list(), config.k)
-            per_user_uri = _log_per_user_validation(fitted, w, config, Path(tmp), run.info.run_id)
-            became_champion, champion_version = False, None
-            if register_name:
-                version = str(info.registered_model_version)
-                tracking.tag_version(register_name, version, results, validation, config, dataset, fitted.digest,
-                                     fitted.choice, evaluation.best_baseline, w.users.ids.head(1).to_list())
-                MlflowClient().set_model_version_tag(register_name, version, registry.PER_USER_TAG, per_user_uri)
-                alias, champion_version = registry.register_outcome(register_name, version)
-                became_champion = alias == registry.CHAMPION
+            logged = _log_model(w, fitted, evaluation, validation, bundles, text, config, dataset, metric_log,
+                                Path(tmp), encoder_dir, register_name, run.info.run_id)
         metric_log.log_many({**{f"time/{k}_s": v for k, v in timings.items()},
                              "memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         metric_log.flush()
-        validation_data = tracking.log_dataset(dataset.source, "validation", fitted.validation_rows, "validation",
-                                               w.split.kind)
-        tracking.log_headline(results["ranker"], validation.get("ranker", {}), config.k, test_data=logged_data["test"],
-                              validation_data=validation_data,
-                              sizes={"size/train_rows": w.split.train.height,
-                                     "size/test_users": len(evaluation.user_idx),
-                                     "size/validation_users": len(fitted.validation.user_idx),
-                                     "time/total_s": time.perf_counter() - started}, model_id=info.model_id)
-        mlflow.set_tag("mlflow.note.content", model_card.run_summary(results, validation, config, dataset,
-                                                                     fitted.choice, evaluation.best_baseline))
-        version = str(info.registered_model_version) if register_name else None
-        uri = f"models:/{register_name}/{version}" if register_name else info.model_uri
-        return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name, version=version,
-                           became_champion=became_champion, champion_version=champion_version,
-                           metrics=results, validation_metrics=validation,
-                           shipped_variant=fitted.choice.shipped, shipped_reason=fitted.choice.reason(),
-                           best_baseline=fitted.validation.best_baseline,
+        _log_headline(w, fitted, evaluation, validation, config, dataset, logged_data, logged.model_id,
+                      time.perf_counter() - started)
+        shipped = fitted.rankers[fitted.choice.shipped]
+        uri = f"models:/{register_name}/{logged.version}" if register_name else logged.model_uri
+        return TrainResult(run_id=run.info.run_id, model_uri=uri, registered_name=register_name,
+                           version=logged.version, became_champion=logged.became_champion,
+                           champion_version=logged.champion_version, metrics=evaluation.metrics,
+                           validation_metrics=validation, shipped_variant=fitted.choice.shipped,
+                           shipped_reason=fitted.choice.reason(), best_baseline=fitted.validation.best_baseline,
                            timings=dict(timings), ranker_trees=shipped.best_iteration,
                            prior_weights=dict(shipped.prior_weights))
+
+
+def _split_stage(dataset: Dataset, config: PipelineConfig, metric_log) -> tuple[Windows, dict]:
+    """Params, the windows, the logged data sets and the data choices; returns (windows, the
+    logged MLflow data sets by role)."""
+    mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
+                       "data.source": dataset.source})
+    with stage("split"):
+        w = split_windows(dataset, config)
+    logged_data = tracking.log_datasets(dataset, w.split)
+    mlflow.log_params(data_choices(w, config))
+    metric_log.log_many({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
+                         "data/feature_window_rows": w.nested.train.height,
+                         "data/label_window_rows": w.nested.test.height,
+                         "data/text_window_rows": w.text_window.train.height,
+                         "data/test_impressions_dropped": w.split.impressions_dropped,
+                         "data/label_impressions_dropped": w.nested.impressions_dropped})
+    return w, logged_data
+
+
+@dataclass
+class _Logged:
+    """What logging the shipped model gave: its model id and URI, the registry version (None
+    without registration) and whether it became the champion."""
+
+    model_id: str
+    model_uri: str
+    version: str | None = None
+    became_champion: bool = False
+    champion_version: str | None = None
+
+
+def _log_model(w: Windows, fitted: Fitted, evaluation: Evaluation, validation: dict, bundles: dict, text,
+               config: PipelineConfig, dataset: Dataset, metric_log, tmp: Path, encoder_dir: Path,
+               register_name: str | None, run_id: str) -> _Logged:
+    """Results, plots and the LightGBM model; the shipped bundle as the pyfunc model; the per-user
+    validation artifact; with ``register_name``, the registry version, its tags and the outcome."""
+    results = evaluation.metrics
+    shipped = fitted.rankers[fitted.choice.shipped]
+    mlflow.set_tags({"shipped_variant": fitted.choice.shipped, "shipped_reason": fitted.choice.reason()})
+    _log_results(evaluation, validation, shipped, text, metric_log, config, fitted.choice.shipped)
+    tracking.log_child_runs(results, config, validation)
+    tracking.log_lightgbm_booster(shipped.booster, shipped.feature_names)
+    bundle_dir = bundles["ranker"].save(tmp / "bundle", encoder_dir=_shipped_encoder(
+        fitted.choice.shipped, encoder_dir, tmp / "pretrained_encoder", config))
+    info = tracking.log_pyfunc_model(bundle_dir, register_name, w.users.ids.head(2).to_list(),
+                                     w.catalog["item_id"].head(5).to_list(), config.k)
+    per_user_uri = _log_per_user_validation(fitted, w, config, tmp, run_id)
+    logged = _Logged(model_id=info.model_id, model_uri=info.model_uri)
+    if register_name:
+        version = logged.version = str(info.registered_model_version)
+        tracking.tag_version(register_name, version, results, validation, config, dataset, fitted.digest,
+                             fitted.choice, evaluation.best_baseline, w.users.ids.head(1).to_list())
+        MlflowClient().set_model_version_tag(register_name, version, registry.PER_USER_TAG, per_user_uri)
+        alias, logged.champion_version = registry.register_outcome(register_name, version)
+        logged.became_champion = alias == registry.CHAMPION
+    return logged
+
+
+def _log_headline(w: Windows, fitted: Fitted, evaluation: Evaluation, validation: dict, config: PipelineConfig,
+                  dataset: Dataset, logged_data: dict, model_id: str, total_s: float) -> None:
+    """The parent run's headline figures (linked to the test and validation data sets) and its
+    model-card note."""
+    results = evaluation.metrics
+    validation_data = tracking.log_dataset(dataset.source, "validation", fitted.validation_rows, "validation",
+                                           w.split.kind)
+    tracking.log_headline(results["ranker"], validation.get("ranker", {}), config.k, test_data=logged_data["test"],
+                          validation_data=validation_data,
+                          sizes={"size/train_rows": w.split.train.height,
+                                 "size/test_users": len(evaluation.user_idx),
+                                 "size/validation_users": len(fitted.validation.user_idx),
+                                 "time/total_s": total_s}, model_id=model_id)
+    mlflow.set_tag("mlflow.note.content", model_card.run_summary(results, validation, config, dataset,
+                                                                 fitted.choice, evaluation.best_baseline))
 
 
 def _log_per_user_validation(fitted: Fitted, w: Windows, config: PipelineConfig, tmp: Path, run_id: str) -> str:
@@ -329,13 +400,17 @@ def _shipped_encoder(shipped: str, finetuned_dir: Path, pretrained_dir: Path, co
     return pretrained_dir
 
 
-def _fit_text(catalog: pl.DataFrame, feature_events: pl.DataFrame, impressions: pl.DataFrame | None,
-              config: PipelineConfig, encoder_dir: Path, metric_log, progress: bool):
+def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log, progress: bool):
+    """Fine-tune the text model on the text window's next-item examples (its impressions give the
+    hard negatives); save the encoder to ``encoder_dir``. Returns the ``FinetuneResult``."""
+    window = w.text_window
+    shown = None if window.impressions_train is None else with_indices(window.impressions_train, w.users, w.items)
+    events = with_indices(window.train, w.users, w.items)
     encoder = TextEncoder(max_length=config.text.max_length)
-    examples = next_item_examples(feature_events.filter(pl.col("user_idx") >= 0), config.text.history_len,
-                                  impressions=impressions)
+    examples = next_item_examples(events.filter(pl.col("user_idx") >= 0), config.text.history_len,
+                                  impressions=shown)
     metric_log.log_many({"text/examples_with_hard_negatives": float((examples["negatives"].list.len() > 0).sum())})
-    result = finetune(encoder, item_texts(catalog), examples, config.text, seed=config.seed,
+    result = finetune(encoder, item_texts(w.catalog), examples, config.text, seed=config.seed,
                       progress=progress, log_metric=metric_log)
     encoder.save(encoder_dir)
     metric_log.log_many({"text/best_step": result.best_step, "text/best_val_loss": min(result.val_losses),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -55,7 +55,7 @@ class _CachedTower:
 
     def __init__(self, encoder: TextEncoder, texts: list[str], trainable_layers: int, batch_size: int,
                  progress: bool) -> None:
-        model = encoder.model
+        model = self.model = encoder.model
         n_layers = model.config.num_hidden_layers
         self.split_at = n_layers - trainable_layers
         self.upper = model.encoder.layer[self.split_at:]
@@ -196,10 +196,37 @@ def finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, con
 def _finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, config: TextModelConfig, *,
               seed: int, eval_every: int, patience: int, progress: bool,
               log_metric: Callable[[str, float, int], None] | None) -> FinetuneResult:
+    """The stages: trainable tower and optimizer, the example split, the training loop with
+    early stopping on the held-out examples, the best step's weights back in place."""
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = encoder.model
-    for p in model.parameters():
+    tower, pooling, optimizer = _trainable_tower(encoder, texts, config, progress)
+    data = _TrainingExamples.split(examples, tower, config, rng)
+    table = tower.table(config.encode_batch_size)
+    pretrained = table.numpy().copy()
+    curves = _Curves(val_losses=[_val_loss(table, data.val_hist, data.val_targets, config, pooling)])
+    best = (curves.val_losses[0], 0, *_snapshot(tower, pooling))
+    if log_metric:
+        log_metric("text/val_loss", curves.val_losses[0], 0)
+    best = _train_loop(tower, pooling, optimizer, table, data, config, curves, best, generator=generator, rng=rng,
+                       eval_every=eval_every, patience=patience, progress=progress, log_metric=log_metric)
+    for layer, state in zip(tower.upper, best[2], strict=True):
+        layer.load_state_dict(state)
+    pooling.load_state_dict(best[3])
+    encoder.model.eval()
+    for p in encoder.model.parameters():
+        p.requires_grad_(False)
+    final = tower.table(config.encode_batch_size).numpy()
+    return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
+                          train_losses=curves.train_losses, val_losses=curves.val_losses, val_steps=curves.val_steps,
+                          best_step=best[1], pooling=pooling.export())
+
+
+def _trainable_tower(encoder: TextEncoder, texts: list[str], config: TextModelConfig,
+                     progress: bool) -> tuple[_CachedTower, _Pooling, torch.optim.Optimizer]:
+    """The cached tower with only its top ``trainable_layers`` trainable, the history pooling,
+    and AdamW over both."""
+    for p in encoder.model.parameters():
         p.requires_grad_(False)
     tower = _CachedTower(encoder, texts, config.trainable_layers, config.encode_batch_size, progress)
     params = [p for layer in tower.upper for p in layer.parameters()]
@@ -210,71 +237,90 @@ def _finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, co
     # far larger step than the transformer to move within 100 steps.
     optimizer = torch.optim.AdamW([{"params": params}, {"params": pooling.parameters(), "lr": 1e-3}],
                                   lr=config.learning_rate, weight_decay=0.01)
+    return tower, pooling, optimizer
 
-    perm = rng.permutation(examples.height)
-    n_val = min(max(64, examples.height // 10), 512, examples.height // 2)
-    val = examples[perm[:n_val]]
-    train = examples[perm[n_val:]]
-    histories = [np.asarray(h, dtype=np.int64) for h in train["history"].to_list()]
-    targets = train["target"].to_numpy().astype(np.int64)
-    negatives = ([np.asarray(n, dtype=np.int64) for n in train["negatives"].to_list()]
-                 if "negatives" in train.columns and config.hard_negatives > 0 else None)
-    buckets = _length_buckets(tower.lengths.numpy()[targets], config.length_buckets)
-    val_hist = [np.asarray(h, dtype=np.int64) for h in val["history"].to_list()]
-    val_targets = torch.from_numpy(val["target"].to_numpy().astype(np.int64))
 
-    table = tower.table(config.encode_batch_size)
-    pretrained = table.numpy().copy()
-    train_losses: list[float] = []
-    val_losses = [_val_loss(table, val_hist, val_targets, config, pooling)]
-    val_steps = [0]
-    best = (val_losses[0], 0, *_snapshot(tower, pooling))
-    if log_metric:
-        log_metric("text/val_loss", val_losses[0], 0)
+@dataclass
+class _TrainingExamples:
+    """Next-item examples split into training and held-out: histories (int64 item indices per
+    example), targets (int64), optional hard negatives, and the training targets' length bands."""
+
+    histories: list[np.ndarray]
+    targets: np.ndarray
+    negatives: list[np.ndarray] | None
+    buckets: list[np.ndarray]
+    val_hist: list[np.ndarray]
+    val_targets: torch.Tensor
+
+    @classmethod
+    def split(cls, examples: pl.DataFrame, tower: _CachedTower, config: TextModelConfig,
+              rng: np.random.Generator) -> _TrainingExamples:
+        perm = rng.permutation(examples.height)
+        n_val = min(max(64, examples.height // 10), 512, examples.height // 2)
+        val = examples[perm[:n_val]]
+        train = examples[perm[n_val:]]
+        targets = train["target"].to_numpy().astype(np.int64)
+        negatives = ([np.asarray(n, dtype=np.int64) for n in train["negatives"].to_list()]
+                     if "negatives" in train.columns and config.hard_negatives > 0 else None)
+        return cls(histories=[np.asarray(h, dtype=np.int64) for h in train["history"].to_list()], targets=targets,
+                   negatives=negatives, buckets=_length_buckets(tower.lengths.numpy()[targets], config.length_buckets),
+                   val_hist=[np.asarray(h, dtype=np.int64) for h in val["history"].to_list()],
+                   val_targets=torch.from_numpy(val["target"].to_numpy().astype(np.int64)))
+
+
+@dataclass
+class _Curves:
+    """Training loss per step; held-out loss at step 0 and at each evaluation."""
+
+    val_losses: list[float]
+    train_losses: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=lambda: [0])
+
+
+def _train_loop(tower: _CachedTower, pooling: _Pooling, optimizer: torch.optim.Optimizer, table: torch.Tensor,
+                data: _TrainingExamples, config: TextModelConfig, curves: _Curves, best: tuple, *,
+                generator: torch.Generator, rng: np.random.Generator, eval_every: int, patience: int,
+                progress: bool, log_metric) -> tuple:
+    """``config.steps`` steps (a batch from one length band each), the held-out loss every
+    ``eval_every`` steps, a stop after ``patience`` evaluations without a new best. Appends to
+    ``curves``; returns the best (loss, step, layer weights, pooling weights)."""
+    model = tower.model
     bad_evals = 0
+    shares = [len(b) / len(data.targets) for b in data.buckets]
     model.train()
     with progress_bar(total=config.steps, desc="fine-tune text", unit="step", enabled=progress) as bar:
         for step in range(1, config.steps + 1):
-            bucket = buckets[rng.choice(len(buckets), p=[len(b) / len(targets) for b in buckets])]
+            bucket = data.buckets[rng.choice(len(data.buckets), p=shares)]
             pick = bucket[torch.randint(len(bucket), (config.batch_size,), generator=generator).numpy()]
-            hard = (None if negatives is None
-                    else _sample_negatives([negatives[i] for i in pick], config.hard_negatives, rng))
-            loss = _batch_loss(tower, pooling, table, [histories[i] for i in pick], torch.from_numpy(targets[pick]),
-                               hard, config.temperature)
+            hard = (None if data.negatives is None
+                    else _sample_negatives([data.negatives[i] for i in pick], config.hard_negatives, rng))
+            loss = _batch_loss(tower, pooling, table, [data.histories[i] for i in pick],
+                               torch.from_numpy(data.targets[pick]), hard, config.temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            train_losses.append(loss.item())
+            curves.train_losses.append(loss.item())
             if log_metric:
-                log_metric("text/train_loss", train_losses[-1], step)
-            bar.set_postfix(loss=f"{train_losses[-1]:.3f}", refresh=False)
+                log_metric("text/train_loss", curves.train_losses[-1], step)
+            bar.set_postfix(loss=f"{curves.train_losses[-1]:.3f}", refresh=False)
             bar.update(1)
             if step % eval_every == 0 or step == config.steps:
                 model.eval()
                 table = tower.table(config.encode_batch_size)
                 model.train()
-                val_losses.append(_val_loss(table, val_hist, val_targets, config, pooling))
-                val_steps.append(step)
+                curves.val_losses.append(_val_loss(table, data.val_hist, data.val_targets, config, pooling))
+                curves.val_steps.append(step)
                 if log_metric:
-                    log_metric("text/val_loss", val_losses[-1], step)
-                if val_losses[-1] < best[0]:
-                    best = (val_losses[-1], step, *_snapshot(tower, pooling))
+                    log_metric("text/val_loss", curves.val_losses[-1], step)
+                if curves.val_losses[-1] < best[0]:
+                    best = (curves.val_losses[-1], step, *_snapshot(tower, pooling))
                     bad_evals = 0
                 else:
                     bad_evals += 1
                     if bad_evals >= patience:
                         log.info("early stop at step %d (best %d)", step, best[1])
                         break
-    for layer, state in zip(tower.upper, best[2], strict=True):
-        layer.load_state_dict(state)
-    pooling.load_state_dict(best[3])
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    final = tower.table(config.encode_batch_size).numpy()
-    return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
-                          train_losses=train_losses, val_losses=val_losses, val_steps=val_steps,
-                          best_step=best[1], pooling=pooling.export())
+    return best
 
 
 def _snapshot(tower: _CachedTower, pooling: _Pooling) -> tuple[list[dict], dict]:

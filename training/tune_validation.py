@@ -28,6 +28,7 @@ from features.user_items import build_session_items, build_user_items
 from recsys import metrics, windows
 from recsys.config import PipelineConfig
 from recsys.dataset import Dataset
+from recsys.split import Split
 from training import variants
 from training.evaluate import rank_in_chunks, sample_users
 from training.pipeline import Windows, split_windows
@@ -158,18 +159,32 @@ def label_users(data: ValidationData, state: FeatureState, config: PipelineConfi
                       held_out_relevant=[users[1][position[int(u)]] for u in held_out])
 
 
+def extra_cut_frame(data: ValidationData, cut: Split, item_vectors: np.ndarray, config: PipelineConfig,
+                    pooling=None) -> pl.DataFrame:
+    """The labelled frame of one extra label cut (``windows.extra_label_cuts``), as the pipeline
+    builds it: a state fitted on the cut's feature window, the cut's label users."""
+    w = data.windows
+    state = fit_feature_state(catalog=w.catalog, interactions=cut.train, impressions=cut.impressions_train,
+                              item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
+    users = variants.label_users(state, cut.test, config)
+    return variants.labelled_frame(state, users, cut.impressions_test, config, w.feature_cold)
+
+
 def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, config: PipelineConfig,
-                frame: pl.DataFrame | None = None) -> tuple[float, pl.DataFrame]:
+                frame: pl.DataFrame | None = None,
+                extra_frames: list[pl.DataFrame] = ()) -> tuple[float, pl.DataFrame]:
     """Validation nDCG@k of the ranker (text features on) learnt with ``config``: fitted on the
     label users' queries, early-stopped on the held-out users' queries and scored by full ranking
-    on the held-out users. ``frame``: the labelled frame when the candidates did not change.
-    Returns (nDCG@k, the labelled frame)."""
+    on the held-out users. ``frame``: the labelled frame when the candidates did not change;
+    ``extra_frames``: those of the extra label cuts (``extra_cut_frame``; ``config.label_cuts`` - 1
+    of them). Returns (nDCG@k, the first cut's labelled frame)."""
     if frame is None:
         frame = variants.labelled_frame(state, who.users, data.windows.nested.impressions_test, config,
                                         data.windows.feature_cold)
     if not len(who.held_out):
         return float("nan"), frame
-    ranker = variants.fit_rankers({variants.FINETUNED: frame}, who.held_out, config)[variants.FINETUNED]
+    stacked = variants.stacked_frames([frame, *extra_frames]) if extra_frames else frame
+    ranker = variants.fit_rankers({variants.FINETUNED: stacked}, who.held_out, config)[variants.FINETUNED]
     bundle = RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
                            prior_weights=ranker.prior_weights)
     outcome = rank_in_chunks({"ranker": bundle}, who.held_out, who.held_out_relevant, config.k, keep_scores="",

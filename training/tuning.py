@@ -34,6 +34,7 @@ import optuna
 
 from features.cf import als_input, mean_user_sum
 from features.text_encoder import TextEncoder, item_texts
+from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
@@ -91,6 +92,7 @@ class _Tuner:
         self.vectors: np.ndarray | None = None  # the text model's item vectors (pretrained until the text stage)
         self.pooling = None
         self.state = self.who = self.frame = None
+        self._extra_key, self._extra = None, []  # extra label cuts' frames and the candidates they follow
 
     def objective(self, stage: Stage, config: PipelineConfig, trial: optuna.Trial) -> float:
         data, k, seed = self.data, config.k, config.seed
@@ -112,12 +114,26 @@ class _Tuner:
                                                   k, seed)
         if stage.name == "candidates":
             state = self._state(config)
-            value, _ = tune_validation.ranker_ndcg(data, state, self._who(state, config), config)
+            value, _ = tune_validation.ranker_ndcg(data, state, self._who(state, config), config,
+                                                   extra_frames=self._extra_frames(config))
             return value
         state = self._state(config)
         who = self._who(state, config)
-        value, self.frame = tune_validation.ranker_ndcg(data, state, who, config, frame=self.frame)
+        value, self.frame = tune_validation.ranker_ndcg(data, state, who, config, frame=self.frame,
+                                                        extra_frames=self._extra_frames(config))
         return value
+
+    def _extra_frames(self, config: PipelineConfig) -> list:
+        """The labelled frames of label cuts 2..``config.label_cuts``; kept per cut for the ranker
+        stage (its candidates are fixed), rebuilt for every candidates trial."""
+        cuts = windows.extra_label_cuts(self.data.windows.nested, config)
+        key = config.candidates
+        if key != self._extra_key:
+            self._extra_key, self._extra = key, []
+        while len(self._extra) < len(cuts):
+            self._extra.append(tune_validation.extra_cut_frame(self.data, cuts[len(self._extra)],
+                                                               self.pretrained_vectors(), config, self.pooling))
+        return self._extra[:len(cuts)]
 
     def _finetuned(self, config: PipelineConfig):
         from features.state import with_indices

@@ -1,10 +1,11 @@
 """The ranker variants a run fits, their validation users, and the choice of the one it ships.
 
-Three variants learn from the same label window: text features from the fine-tuned encoder,
-from the pretrained encoder, and no text at all (no text features and no text candidates).
-A seeded 15% of the label USERS (all of a user's queries on one side) validates them: early
-stopping (with ``early_stopping_min_delta``, the least gain a tree must bring) watches those
-users' queries, and a full-ranking evaluation of the
+Three variants learn from the same label window (windows, with ``label_cuts`` > 1: their frames
+are stacked by ``stacked_frames``): text features from the fine-tuned encoder, from the
+pretrained encoder, and no text at all (no text features and no text candidates).
+A seeded 15% of the first cut's label USERS (all of a user's queries, of every cut, on one side)
+validates them: early stopping (with ``early_stopping_min_delta``, the least gain a tree must
+bring) watches those users' queries, and a full-ranking evaluation of the first cut's
 feature-window models on those users' label-window items decides which variant ships. The
 test split takes no part in any of it.
 """
@@ -163,6 +164,17 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
             log_metric(f"ranker/{short}/rows_per_s",
                        sets.n_rows * ranker.best_iteration / max(ranker.fit_seconds, 1e-9), 0)
     return rankers
+
+
+def stacked_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Labelled frames of several label cuts as one: each frame's ``query_idx`` shifted past the
+    previous frames', so queries stay distinct; rows and their order kept."""
+    out, offset = [], 0
+    for frame in frames:
+        out.append(frame.with_columns(pl.col("query_idx") + offset))
+        if frame.height:
+            offset += int(frame["query_idx"].max()) + 1
+    return pl.concat(out)
 
 
 def split_by_users(frame: pl.DataFrame, held_out_users: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
