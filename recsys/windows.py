@@ -34,6 +34,7 @@ EVAL_SAMPLE_SEED = 3
 VALIDATION_SEED = 4
 COLD_ITEMS_SEED = 7
 FEATURE_COLD_SEED = 8
+VARIANT_CHOICE_SEED = 9  # the bootstrap of the text variants' paired lift (training.variants.choose_variant)
 VALIDATION_USER_SHARE = 0.15
 EXTRA_CUT_SEED_STEP = 10
 

@@ -41,6 +41,25 @@ def test_the_best_variant_on_validation_ships_and_ties_go_to_the_simpler():
     assert variants.shipped_names(val, variants.PRETRAINED)[variants.PRETRAINED] == "ranker"
 
 
+def test_a_text_variant_ships_only_when_its_paired_lift_over_no_text_excludes_zero():
+    rng = np.random.default_rng(0)
+    no_text = rng.uniform(0.0, 0.6, size=400)
+    val = lambda per_user: {name: {"ndcg@10": float(v.mean())} for name, v in per_user.items()}  # noqa: E731
+    # Pretrained text: a small lift drowned in per-user noise; fine-tuned: a clear lift on most users.
+    noisy = {variants.NO_TEXT: no_text, variants.PRETRAINED: no_text + rng.normal(0.004, 0.2, size=400),
+             variants.FINETUNED: no_text - 0.01}
+    choice = variants.choose_variant(val(noisy), 10, noisy, seed=1)
+    assert choice.best == variants.PRETRAINED and choice.shipped == variants.NO_TEXT
+    assert choice.lift[1] <= 0 < choice.lift[2]
+    assert "does not earn its place" in choice.reason() and "an interval that does not exclude 0" in choice.reason()
+    clear = {**noisy, variants.FINETUNED: no_text + rng.uniform(0.0, 0.04, size=400)}
+    choice = variants.choose_variant(val(clear), 10, clear, seed=1)
+    assert choice.shipped == choice.best == variants.FINETUNED and choice.lift[1] > 0
+    assert "its text earns its place" in choice.reason()
+    # Without per-user values the best mean ships, as before.
+    assert variants.choose_variant(val(noisy), 10).shipped == variants.PRETRAINED
+
+
 def test_the_no_text_variant_proposes_no_text_candidates(small_bundle):
     config = variants.variant_config(variants.NO_TEXT, small_bundle.config)
     assert config.candidates.n_text == 0

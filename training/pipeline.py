@@ -45,7 +45,7 @@ from recsys.split import Split
 from recsys.stage_timer import collect, stage
 from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
-from training.evaluate import Evaluation, evaluate_all
+from training.evaluate import Evaluation, evaluate_all, per_user_ndcg
 from training.ranker import LambdaRanker
 from training.slices import slice_metrics
 from training.text_finetune import finetune, next_item_examples
@@ -76,7 +76,8 @@ class TrainResult:
 
     def metrics_document(self) -> dict:
         """What ``--metrics-out`` writes: a pure function of (data, config, seed)."""
-        return {"shipped_variant": self.shipped_variant, "best_baseline": self.best_baseline,
+        return {"shipped_variant": self.shipped_variant, "shipped_reason": self.shipped_reason,
+                "best_baseline": self.best_baseline,
                 "validation": self.validation_metrics, "test": self.metrics}
 
 
@@ -185,7 +186,10 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     with stage("evaluation"):
         validation = evaluate_all(bundles, validation_split, config, pretrained_state=state_pretrained,
                                   keep_scores="", baseline_state=state)
-    choice = variants.choose_variant(validation.metrics, config.k)
+    per_user = {name: per_user_ndcg(validation, name, config.k) for name in variants.VARIANTS
+                if name in validation.ranked}
+    choice = variants.choose_variant(validation.metrics, config.k, per_user,
+                                     seed=config.seed + windows.VARIANT_CHOICE_SEED)
     log.info("%s", choice.reason())
     return Fitted(rankers=rankers, validation=validation, choice=choice, validation_rows=validation_split.test,
                   digest=variants.validation_digest(w.nested.test, held_out_ids, w.nested.train, config))
@@ -380,8 +384,6 @@ def _log_headline(w: Windows, fitted: Fitted, evaluation: Evaluation, validation
 def _log_per_user_validation(fitted: Fitted, w: Windows, config: PipelineConfig, tmp: Path, run_id: str) -> str:
     """The shipped variant's nDCG@k per held-out validation user, as the run artifact
     ``validation/per_user.parquet`` (user_id, ndcg); the promotion gate pairs two versions on it."""
-    from training.evaluate import per_user_ndcg
-
     table = pl.DataFrame({"user_id": w.users.to_ids(fitted.validation.user_idx),
                           "ndcg": per_user_ndcg(fitted.validation, fitted.choice.shipped, config.k)})
     path = tmp / "per_user.parquet"

@@ -6,8 +6,9 @@ pretrained encoder, and no text at all (no text features and no text candidates)
 A seeded 15% of the first cut's label USERS (all of a user's queries, of every cut, on one side)
 validates them: early stopping (with ``early_stopping_min_delta``, the least gain a tree must
 bring) watches those users' queries, and a full-ranking evaluation of the first cut's
-feature-window models on those users' label-window items decides which variant ships. The
-test split takes no part in any of it.
+feature-window models on those users' label-window items decides which variant ships (a text
+variant only when its paired lift over no text excludes zero: ``choose_variant``). The test
+split takes no part in any of it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from features.ties import tie_keys
 from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.progress import progress as progress_bar
-from training.evaluate import sample_users, test_relevance
+from training.evaluate import paired_lift, sample_users, test_relevance
 from training.ranker import LambdaRanker
 
 log = logging.getLogger(__name__)
@@ -186,25 +187,46 @@ def split_by_users(frame: pl.DataFrame, held_out_users: np.ndarray) -> tuple[pl.
 
 @dataclass(frozen=True)
 class Choice:
-    """The shipped variant and why: its validation metric against the others'."""
+    """The shipped variant and why: its validation metric against the others'. ``best``: the
+    variant with the highest mean; ``lift``: its paired lift over ``ranker_no_text`` (mean, 95%
+    interval low, high) when the choice tested it."""
 
     shipped: str
     metric: str
     values: dict[str, float]
+    best: str = ""
+    lift: tuple[float, float, float] | None = None
 
     def reason(self) -> str:
         ranked = ", ".join(f"{name} {value:.4f}" for name, value in
                            sorted(self.values.items(), key=lambda kv: (-kv[1], VARIANTS.index(kv[0]))))
-        return (f"{self.shipped} is shipped: the best validation {self.metric} of the variants "
-                f"({ranked}; held-out label users, feature-window models)")
+        where = "held-out label users, feature-window models"
+        if self.lift is None:
+            return f"{self.shipped} is shipped: the best validation {self.metric} of the variants ({ranked}; {where})"
+        mean, low, high = self.lift
+        interval = f"paired lift over {NO_TEXT} {mean:+.4f}, 95% CI {low:+.4f} to {high:+.4f}"
+        if self.shipped == self.best:
+            return (f"{self.shipped} is shipped: the best validation {self.metric} of the variants ({ranked}; "
+                    f"{where}), and its text earns its place ({interval})")
+        return (f"{self.shipped} is shipped: {self.best} has the best validation {self.metric} ({ranked}; {where}) "
+                f"but its text does not earn its place ({interval}, an interval that does not exclude 0)")
 
 
-def choose_variant(validation: dict[str, dict[str, float]], k: int) -> Choice:
-    """The variant with the highest validation nDCG@k; ties go to the simpler (``VARIANTS`` order)."""
+def choose_variant(validation: dict[str, dict[str, float]], k: int,
+                   per_user: dict[str, np.ndarray] | None = None, seed: int = 0) -> Choice:
+    """The variant with the highest validation nDCG@k (ties go to the simpler, ``VARIANTS``
+    order), provided its text earns its place: with ``per_user`` (variant -> float (n_users,)
+    validation nDCG@k per user, same users and order for every variant), a text variant ships
+    only when its paired lift over ``ranker_no_text`` has a 95% bootstrap interval above zero;
+    otherwise ``ranker_no_text`` ships. A text variant adds an encoder and features to serve,
+    and a validation margin smaller than its noise chooses between them by luck."""
     metric = f"ndcg@{k}"
     values = {name: validation[name][metric] for name in VARIANTS if name in validation}
-    shipped = max(values, key=lambda name: (values[name], -VARIANTS.index(name)))
-    return Choice(shipped=shipped, metric=metric, values=values)
+    best = max(values, key=lambda name: (values[name], -VARIANTS.index(name)))
+    if per_user is None or best == NO_TEXT or NO_TEXT not in per_user or best not in per_user:
+        return Choice(shipped=best, metric=metric, values=values, best=best)
+    lift = paired_lift(per_user[best], per_user[NO_TEXT], seed=seed)
+    return Choice(shipped=best if lift[1] > 0 else NO_TEXT, metric=metric, values=values, best=best, lift=lift)
 
 
 def shipped_names(names, shipped: str) -> dict[str, str]:
