@@ -8,7 +8,9 @@ Layout::
     state/               FeatureState (Parquet, npz/npy, JSON)
     encoder/             fine-tuned MiniLM (save_pretrained), for new item text
 
-Training writes it; batch ranking, serving and evaluation read it through ``score``.
+Training writes it; batch ranking, serving and evaluation read it through ``score``, which
+predicts with the trees compiled to native code where lleaves is installed
+(``features.compiled_trees``; LightGBM's ``predict`` otherwise).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from features.candidates import SOURCE_FEATURES, generate_candidates
+from features.compiled_trees import CompiledTrees, compile_trees
 from features.ranking_frame import feature_arrays, feature_matrix, position_in_group, prior_scores
 from features.state import FeatureState
 from features.ties import order_by_score
@@ -41,6 +44,18 @@ class RankingBundle:
     # The ranker's prior (RankerConfig.prior_sources): source -> weight of its within-query z-score,
     # added to the booster's output. Empty: the booster alone.
     prior_weights: dict[str, float] = field(default_factory=dict)
+    # False: LightGBM's predict even where the compiled trees are available (benchmarks compare).
+    use_compiled_trees: bool = True
+    _compiled: CompiledTrees | None = field(default=None, repr=False, compare=False)
+    _compile_tried: bool = field(default=False, repr=False, compare=False)
+
+    def compiled_trees(self) -> CompiledTrees | None:
+        """The booster compiled to native code (``features.compiled_trees``), built or loaded from
+        the cache on the first call; None where unavailable (LightGBM predicts)."""
+        if not self._compile_tried:
+            self._compiled = compile_trees(self.booster)
+            self._compile_tried = True
+        return self._compiled
 
     def score(self, frame: pl.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
         """float32 (rows,) ranker scores of a ranking frame (or of its feature arrays)."""
@@ -50,7 +65,9 @@ class RankingBundle:
         # Small frames (one request) score faster on one thread: OpenMP's fork/join across the
         # cores costs more than the work, and other thread pools (polars) spin on them too.
         threads = 1 if matrix.shape[0] < 20_000 else 0
-        scores = self.booster.predict(matrix, num_threads=threads)
+        trees = self.compiled_trees() if self.use_compiled_trees else None
+        scores = trees.predict(matrix, threads) if trees is not None else self.booster.predict(matrix,
+                                                                                               num_threads=threads)
         if self.prior_weights:
             scores = scores + prior_scores(matrix, self.prior_weights, self.feature_columns)
         return scores.astype(np.float32)

@@ -38,6 +38,7 @@ class RecommenderModel(PythonModel):
 
         self.bundle = RankingBundle.load(context.artifacts["bundle"])
         self.bundle.state.dense_tables()  # build the lookup tables now, not on the first request
+        self.bundle.compiled_trees()  # compile (or load the cached) trees now, once per process
         # The server runs requests in a thread pool; letting several rank at once only makes
         # them fight over the cores and the GIL, so they take turns (measured: more req/s).
         self._lock = threading.Lock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Compiled ranker trees go to a cache of this test session, not the user's home.
+os.environ.setdefault("RECSYS_CACHE_DIR", tempfile.mkdtemp(prefix="recsys-test-cache-"))
 
 # Property tests (Hypothesis) explore new examples locally; under CI they replay a fixed sequence,
 # so a CI run fails only on a change, never on the luck of the draw.

@@ -51,11 +51,18 @@ def test_a_text_variant_ships_only_when_its_paired_lift_over_no_text_excludes_ze
     choice = variants.choose_variant(val(noisy), 10, noisy, seed=1)
     assert choice.best == variants.PRETRAINED and choice.shipped == variants.NO_TEXT
     assert choice.lift[1] <= 0 < choice.lift[2]
-    assert "does not earn its place" in choice.reason() and "an interval that does not exclude 0" in choice.reason()
+    assert "no text variant earns its place" in choice.reason()
+    assert "an interval that does not exclude 0" in choice.reason()
     clear = {**noisy, variants.FINETUNED: no_text + rng.uniform(0.0, 0.04, size=400)}
     choice = variants.choose_variant(val(clear), 10, clear, seed=1)
     assert choice.shipped == choice.best == variants.FINETUNED and choice.lift[1] > 0
     assert "its text earns its place" in choice.reason()
+    # The best mean is noise, the runner-up a clear lift: the runner-up ships.
+    runner_up = {variants.NO_TEXT: no_text, variants.FINETUNED: no_text + 0.02 + np.tile([0.5, -0.5], 200),
+                 variants.PRETRAINED: no_text + rng.uniform(0.0, 0.02, size=400)}
+    choice = variants.choose_variant(val(runner_up), 10, runner_up, seed=1)
+    assert choice.best == variants.FINETUNED and choice.shipped == variants.PRETRAINED
+    assert f"after {variants.FINETUNED}, whose text did not earn its place" in choice.reason()
     # Without per-user values the best mean ships, as before.
     assert variants.choose_variant(val(noisy), 10).shipped == variants.PRETRAINED
 

@@ -210,8 +210,9 @@ def _with_extra_cuts(frames: dict[str, pl.DataFrame], w: Windows, text, config: 
         users = variants.label_users(state, cut.test, config, counts=counts)
         metric_log.log_many({f"data/label_users_cut{c}": counts["label_users_used"]})
         for name in variants.VARIANTS:
+            # No cold-item queries: the feature window's cold items are in no later cut's labels.
             parts[name].append(variants.labelled_frame(states[name], users, cut.impressions_test,
-                                                       variants.variant_config(name, config), w.feature_cold))
+                                                       variants.variant_config(name, config)))
     return {name: variants.stacked_frames(frames) for name, frames in parts.items()}
 
 

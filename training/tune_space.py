@@ -73,10 +73,7 @@ def _ranker(t: optuna.Trial) -> dict[str, object]:
             "ranker.feature_fraction": t.suggest_float("ranker.feature_fraction", 0.5, 1.0),
             "ranker.early_stopping_min_delta": t.suggest_categorical("ranker.early_stopping_min_delta",
                                                                      [0.0, 0.001, 0.005]),
-            "ranker.prior_sources": PRIORS[prior],
-            # More label cuts: more queries per user for a data set with few users, at the cost of
-            # a stage-1 fit per cut and a smaller window for the text model.
-            "label_cuts": t.suggest_int("label_cuts", 1, 3)}
+            "ranker.prior_sources": PRIORS[prior]}
 
 
 @dataclass(frozen=True)

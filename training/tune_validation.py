@@ -167,7 +167,7 @@ def extra_cut_frame(data: ValidationData, cut: Split, item_vectors: np.ndarray, 
     state = fit_feature_state(catalog=w.catalog, interactions=cut.train, impressions=cut.impressions_train,
                               item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
     users = variants.label_users(state, cut.test, config)
-    return variants.labelled_frame(state, users, cut.impressions_test, config, w.feature_cold)
+    return variants.labelled_frame(state, users, cut.impressions_test, config)  # no cold items in its labels
 
 
 def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, config: PipelineConfig,

@@ -31,6 +31,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import optuna
+import polars as pl
 
 from features.cf import als_input, mean_user_sum
 from features.text_encoder import TextEncoder, item_texts
@@ -124,10 +125,11 @@ class _Tuner:
         return value
 
     def _extra_frames(self, config: PipelineConfig) -> list:
-        """The labelled frames of label cuts 2..``config.label_cuts``; kept per cut for the ranker
-        stage (its candidates are fixed), rebuilt for every candidates trial."""
+        """The labelled frames of label cuts 2..``config.label_cuts`` (the starting config's: no
+        stage searches it); kept for the ranker stage (its candidates and state are fixed),
+        rebuilt for every candidates trial."""
         cuts = windows.extra_label_cuts(self.data.windows.nested, config)
-        key = config.candidates
+        key = (config.candidates, id(self.state))
         if key != self._extra_key:
             self._extra_key, self._extra = key, []
         while len(self._extra) < len(cuts):
@@ -139,10 +141,16 @@ class _Tuner:
         from features.state import with_indices
         from training.text_finetune import finetune, next_item_examples
 
+        # As recsys train: with extra label cuts the text model learns on the last cut's feature
+        # window, which holds none of the label windows (the extra cuts' frames read its vectors).
         w = self.data.windows
-        shown = None if w.nested.impressions_train is None else with_indices(w.nested.impressions_train, w.users,
-                                                                               w.items)
-        examples = next_item_examples(self.data.events, config.text.history_len, impressions=shown)
+        cuts = windows.extra_label_cuts(w.nested, config)
+        window = cuts[-1] if cuts else w.nested
+        events = self.data.events if not cuts else \
+            with_indices(window.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
+        shown = None if window.impressions_train is None else with_indices(window.impressions_train, w.users,
+                                                                            w.items)
+        examples = next_item_examples(events, config.text.history_len, impressions=shown)
         result = finetune(TextEncoder(max_length=config.text.max_length), item_texts(w.catalog), examples,
                           config.text, seed=config.seed, progress=False)
         return result.finetuned_vectors, result.pooling

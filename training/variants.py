@@ -204,29 +204,41 @@ class Choice:
         if self.lift is None:
             return f"{self.shipped} is shipped: the best validation {self.metric} of the variants ({ranked}; {where})"
         mean, low, high = self.lift
-        interval = f"paired lift over {NO_TEXT} {mean:+.4f}, 95% CI {low:+.4f} to {high:+.4f}"
-        if self.shipped == self.best:
-            return (f"{self.shipped} is shipped: the best validation {self.metric} of the variants ({ranked}; "
+        if self.shipped != NO_TEXT:
+            interval = f"paired lift over {NO_TEXT} {mean:+.4f}, 95% CI {low:+.4f} to {high:+.4f}"
+            lead = "the best" if self.shipped == self.best else f"after {self.best}, whose text did not earn its place,"
+            return (f"{self.shipped} is shipped: {lead} validation {self.metric} of the variants ({ranked}; "
                     f"{where}), and its text earns its place ({interval})")
+        interval = f"{self.best}'s paired lift over {NO_TEXT} {mean:+.4f}, 95% CI {low:+.4f} to {high:+.4f}"
         return (f"{self.shipped} is shipped: {self.best} has the best validation {self.metric} ({ranked}; {where}) "
-                f"but its text does not earn its place ({interval}, an interval that does not exclude 0)")
+                f"but no text variant earns its place ({interval}, an interval that does not exclude 0)")
 
 
 def choose_variant(validation: dict[str, dict[str, float]], k: int,
                    per_user: dict[str, np.ndarray] | None = None, seed: int = 0) -> Choice:
     """The variant with the highest validation nDCG@k (ties go to the simpler, ``VARIANTS``
-    order), provided its text earns its place: with ``per_user`` (variant -> float (n_users,)
-    validation nDCG@k per user, same users and order for every variant), a text variant ships
-    only when its paired lift over ``ranker_no_text`` has a 95% bootstrap interval above zero;
-    otherwise ``ranker_no_text`` ships. A text variant adds an encoder and features to serve,
-    and a validation margin smaller than its noise chooses between them by luck."""
+    order), provided its text earns its place. With ``per_user`` (variant -> float (n_users,)
+    validation nDCG@k per user, same users and order for every variant), the text variants are
+    tried best mean first and the first whose paired lift over ``ranker_no_text`` has a 95%
+    bootstrap interval above zero ships; when none has, ``ranker_no_text`` ships. A text variant
+    adds an encoder and features to serve, and a validation margin smaller than its noise would
+    choose between them by luck."""
     metric = f"ndcg@{k}"
     values = {name: validation[name][metric] for name in VARIANTS if name in validation}
-    best = max(values, key=lambda name: (values[name], -VARIANTS.index(name)))
-    if per_user is None or best == NO_TEXT or NO_TEXT not in per_user or best not in per_user:
+    order = sorted(values, key=lambda name: (-values[name], VARIANTS.index(name)))
+    best = order[0]
+    if (per_user is None or best == NO_TEXT or NO_TEXT not in per_user
+            or not len(per_user[NO_TEXT]) or any(name not in per_user for name in order)):
         return Choice(shipped=best, metric=metric, values=values, best=best)
-    lift = paired_lift(per_user[best], per_user[NO_TEXT], seed=seed)
-    return Choice(shipped=best if lift[1] > 0 else NO_TEXT, metric=metric, values=values, best=best, lift=lift)
+    first_lift = None
+    for name in order:
+        if name == NO_TEXT:
+            continue
+        lift = paired_lift(per_user[name], per_user[NO_TEXT], seed=seed)
+        first_lift = first_lift or lift
+        if lift[1] > 0:
+            return Choice(shipped=name, metric=metric, values=values, best=best, lift=lift)
+    return Choice(shipped=NO_TEXT, metric=metric, values=values, best=best, lift=first_lift)
 
 
 def shipped_names(names, shipped: str) -> dict[str, str]:
