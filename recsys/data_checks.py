@@ -48,8 +48,9 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> None:
     src = dataset.source
     inter = dataset.interactions
     n_items = dataset.items.height
+    cuts = f", label_cuts={config.label_cuts} (fewer cuts need less history)" if config.label_cuts > 1 else ""
     protocol = f"the {config.split} split (test_fraction={config.test_fraction:g}, " \
-               f"label_fraction={config.label_fraction:g})"
+               f"label_fraction={config.label_fraction:g}{cuts})"
     split, _ = windows.test_cut(inter, dataset.impressions, config, name=src)
     train = split.train
     _check_test_users(src, protocol, train, split.test, n_items)

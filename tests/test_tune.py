@@ -252,3 +252,39 @@ def test_the_logged_als_alpha_is_the_one_als_is_fitted_with(clicks, monkeypatch,
     per_user = (events.group_by("user_id", "item_id").agg(pl.col("weight").sum() if use_weights else pl.lit(1.0))
                 .group_by("user_id").agg(pl.col("weight" if use_weights else "literal").sum()))[:, 1].mean()
     assert fitted["alpha"] == logged["data_choice.als_alpha"] == float(f"{225.0 / per_user:.3g}")
+
+
+@pytest.mark.slow
+def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, tmp_path, fresh_store, monkeypatch):
+    """label_cuts > 1 in the starting config: the ranker stage learns on the extra cuts' frames
+    too (as recsys train does), keeps label_cuts as it was, and its text model learns on the last
+    cut's feature window."""
+    from recsys.windows import extra_label_cuts
+    from training import tune_validation, tuning
+    from training.text_finetune import next_item_examples as real_examples
+
+    built, example_rows = [], []
+
+    def counting(*args, **kwargs):
+        built.append(args[1])
+        return real_extra(*args, **kwargs)
+
+    def recording(events, *args, **kwargs):
+        example_rows.append(events.height)
+        return real_examples(events, *args, **kwargs)
+
+    real_extra = tune_validation.extra_cut_frame
+    monkeypatch.setattr(tune_validation, "extra_cut_frame", counting)
+    monkeypatch.setattr("training.text_finetune.next_item_examples", recording)
+    config = _config(label_cuts=2)
+    result = tune(shown, config, experiment="tune-cuts", out=tmp_path / "cuts.json", stages=("text", "ranker"),
+                  max_trials=2, workdir=tmp_path, progress=False)
+    assert result.config.label_cuts == 2 and json.loads((tmp_path / "cuts.json").read_text())["label_cuts"] == 2
+    assert len(built) == 1  # one extra cut, built once and reused by every ranker trial
+    data = tuning._Tuner(shown, config, progress=False).data
+    cut = extra_label_cuts(data.windows.nested, config)[0]
+    assert built[0].test.equals(cut.test)
+    # The text trials learned on the second cut's window, smaller than the first's.
+    assert example_rows and set(example_rows) == {cut.train.filter(pl.col("user_id").is_in(
+        data.windows.users.ids.implode())).height}
+    assert cut.train.height < data.windows.nested.train.height

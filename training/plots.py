@@ -42,10 +42,10 @@ def model_comparison_figure(results: dict[str, dict[str, float]], metric: str, s
     on top), each labelled with its value (4 decimals).
 
     Colours: the shipped ranker (``ranker``, labelled "ranker (<variant>, shipped)"; the variant is
-    the one best on validation), the other ranker variants (``ranker_*``: ablations) and the
-    baselines. Whiskers: the 95% percentile bootstrap interval of the mean over test users, for
-    every model whose results carry ``<metric>_ci_low`` / ``<metric>_ci_high``. Models without
-    a finite value of ``metric`` are left out.
+    chosen on validation: ``training.variants.choose_variant``), the other ranker variants
+    (``ranker_*``: ablations) and the baselines. Whiskers: the 95% percentile bootstrap interval
+    of the mean over test users, for every model whose results carry ``<metric>_ci_low`` /
+    ``<metric>_ci_high``. Models without a finite value of ``metric`` are left out.
     """
     names = sorted((n for n in results if _finite(results[n].get(metric))), key=lambda n: results[n][metric])
     values = np.array([results[n][metric] for n in names], dtype=float)
@@ -91,8 +91,8 @@ def model_comparison_figure(results: dict[str, dict[str, float]], metric: str, s
         handles.append(Line2D([], [], color="#222222", marker="|", markersize=8, linewidth=1.1,
                               label="whiskers: " + INTERVAL_LABEL))
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    ax.set_title(f"Test {metric} by model" + ("\n(shipped = the ranker variant best on validation)" if shipped else ""),
-                 fontsize=11)
+    subtitle = "\n(shipped = the ranker variant chosen on validation)" if shipped else ""
+    ax.set_title(f"Test {metric} by model" + subtitle, fontsize=11)
     return fig
 
 
