@@ -72,7 +72,8 @@ def main() -> None:
                 wall = time.perf_counter() - start
                 runs[protocol][seed] = {"metrics": by_variant(result.metrics, result.shipped_variant),
                                         "validation": by_variant(result.validation_metrics, result.shipped_variant),
-                                        "shipped_variant": result.shipped_variant, "wall_s": wall,
+                                        "shipped_variant": result.shipped_variant,
+                                        "shipped_reason": result.shipped_reason, "wall_s": wall,
                                         "timings": result.timings, "ranker_trees": result.ranker_trees,
                                         "prior_weights": result.prior_weights}
                 print(f"seed {seed} {protocol}: ranker ({result.shipped_variant}, chosen on validation) nDCG@10 "
