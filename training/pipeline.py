@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from features.bundle import RankingBundle
 from features.cf import als_input, bpr_epochs, mean_user_sum
-from features.state import fit_feature_state, with_indices, with_text_vectors
+from features.state import FeatureState, fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
 from features.user_items import build_user_items
 from recsys import windows
@@ -103,6 +103,14 @@ class Windows:
         return self.extra_cuts[-1] if self.extra_cuts else self.nested
 
 
+def window_state(w: Windows, window: Split, item_vectors: np.ndarray, config: PipelineConfig,
+                 pooling=None) -> FeatureState:
+    """The stage-1 state fitted on ``window.train`` (and its training impressions), with the run's
+    catalog and id maps: every feature window, and the training window of the refit."""
+    return fit_feature_state(catalog=w.catalog, interactions=window.train, impressions=window.impressions_train,
+                             item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
+
+
 def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
     """Test split, then the nested feature/label split of the training window.
 
@@ -155,9 +163,7 @@ class Fitted:
 def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted:
     """Feature-window state, one labelled frame and ranker per variant, and the validation
     evaluation (full ranking on the held-out label users) that chooses the shipped one."""
-    state = fit_feature_state(catalog=w.catalog, interactions=w.nested.train, impressions=w.nested.impressions_train,
-                              item_vectors=text.finetuned_vectors, users=w.users, items=w.items, config=config,
-                              pooling=text.pooling)
+    state = window_state(w, w.nested, text.finetuned_vectors, config, text.pooling)
     state_pretrained = with_text_vectors(state, w.nested.train, text.pretrained_vectors)
     states = variants.states_by_variant(state, state_pretrained)
     counts: dict[str, int] = {}
@@ -202,9 +208,7 @@ def _with_extra_cuts(frames: dict[str, pl.DataFrame], w: Windows, text, config: 
     users' queries of every cut validate, the others train (``variants.fit_rankers``)."""
     parts = {name: [frame] for name, frame in frames.items()}
     for c, cut in enumerate(w.extra_cuts, start=2):
-        state = fit_feature_state(catalog=w.catalog, interactions=cut.train, impressions=cut.impressions_train,
-                                  item_vectors=text.finetuned_vectors, users=w.users, items=w.items, config=config,
-                                  pooling=text.pooling)
+        state = window_state(w, cut, text.finetuned_vectors, config, text.pooling)
         states = variants.states_by_variant(state, with_text_vectors(state, cut.train, text.pretrained_vectors))
         counts: dict[str, int] = {}
         users = variants.label_users(state, cut.test, config, counts=counts)
@@ -226,9 +230,7 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
     """Refit the stage-1 state on the whole training window and evaluate every variant (the
     shipped one named ``ranker``) and baseline on test. Returns the evaluation and the bundles."""
     with stage("features"):
-        state = fit_feature_state(catalog=w.catalog, interactions=w.split.train,
-                                  impressions=w.split.impressions_train, item_vectors=text.finetuned_vectors,
-                                  users=w.users, items=w.items, config=config, pooling=text.pooling)
+        state = window_state(w, w.split, text.finetuned_vectors, config, text.pooling)
         state_pretrained = with_text_vectors(state, w.split.train, text.pretrained_vectors)
     names = variants.shipped_names(fitted.rankers, fitted.choice.shipped)
     states = variants.states_by_variant(state, state_pretrained)

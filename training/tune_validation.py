@@ -22,7 +22,7 @@ from features.bundle import RankingBundle
 from features.candidates import top_n
 from features.cf import als_input, bpr_epochs, fit_cf
 from features.item_item import binary, fit_item_item
-from features.state import FeatureState, fit_feature_state, with_indices
+from features.state import FeatureState, with_indices
 from features.text_interest import history_weights, user_vectors
 from features.user_items import build_session_items, build_user_items
 from recsys import metrics, windows
@@ -31,7 +31,7 @@ from recsys.dataset import Dataset
 from recsys.split import Split
 from training import variants
 from training.evaluate import rank_in_chunks, sample_users
-from training.pipeline import Windows, split_windows
+from training.pipeline import Windows, split_windows, window_state
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_items) float32
 CHUNK_USERS = 1_024  # users per dense scoring chunk
@@ -138,8 +138,7 @@ def feature_state(data: ValidationData, item_vectors: np.ndarray, config: Pipeli
                   pooling=None) -> FeatureState:
     """The stage-1 state on the feature window (what the ranker's features and candidates read)."""
     w = data.windows
-    return fit_feature_state(catalog=w.catalog, interactions=w.nested.train, impressions=w.nested.impressions_train,
-                             item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
+    return window_state(w, w.nested, item_vectors, config, pooling)
 
 
 @dataclass
@@ -164,8 +163,7 @@ def extra_cut_frame(data: ValidationData, cut: Split, item_vectors: np.ndarray, 
     """The labelled frame of one extra label cut (``windows.extra_label_cuts``), as the pipeline
     builds it: a state fitted on the cut's feature window, the cut's label users."""
     w = data.windows
-    state = fit_feature_state(catalog=w.catalog, interactions=cut.train, impressions=cut.impressions_train,
-                              item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
+    state = window_state(w, cut, item_vectors, config, pooling)
     users = variants.label_users(state, cut.test, config)
     return variants.labelled_frame(state, users, cut.impressions_test, config)  # no cold items in its labels
 

@@ -35,7 +35,6 @@ import polars as pl
 
 from features.cf import als_input, mean_user_sum
 from features.text_encoder import TextEncoder, item_texts
-from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
@@ -125,17 +124,14 @@ class _Tuner:
         return value
 
     def _extra_frames(self, config: PipelineConfig) -> list:
-        """The labelled frames of label cuts 2..``config.label_cuts`` (the starting config's: no
-        stage searches it); kept for the ranker stage (its candidates and state are fixed),
-        rebuilt for every candidates trial."""
-        cuts = windows.extra_label_cuts(self.data.windows.nested, config)
+        """The labelled frames of label cuts 2..``label_cuts`` (the starting config's: no stage
+        searches it); built once per candidate settings and state, so the ranker stage reuses them."""
         key = (config.candidates, id(self.state))
         if key != self._extra_key:
-            self._extra_key, self._extra = key, []
-        while len(self._extra) < len(cuts):
-            self._extra.append(tune_validation.extra_cut_frame(self.data, cuts[len(self._extra)],
-                                                               self.pretrained_vectors(), config, self.pooling))
-        return self._extra[:len(cuts)]
+            self._extra_key = key
+            self._extra = [tune_validation.extra_cut_frame(self.data, cut, self.pretrained_vectors(), config,
+                                                           self.pooling) for cut in self.data.windows.extra_cuts]
+        return self._extra
 
     def _finetuned(self, config: PipelineConfig):
         from features.state import with_indices
@@ -144,9 +140,8 @@ class _Tuner:
         # As recsys train: with extra label cuts the text model learns on the last cut's feature
         # window, which holds none of the label windows (the extra cuts' frames read its vectors).
         w = self.data.windows
-        cuts = windows.extra_label_cuts(w.nested, config)
-        window = cuts[-1] if cuts else w.nested
-        events = self.data.events if not cuts else \
+        window = w.text_window
+        events = self.data.events if window is w.nested else \
             with_indices(window.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
         shown = None if window.impressions_train is None else with_indices(window.impressions_train, w.users,
                                                                             w.items)
