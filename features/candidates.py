@@ -24,6 +24,11 @@ from recsys.stage_timer import stage
 # The ranking-frame feature each personal source's score is (see ``with_scores``).
 SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
 
+# Item-to-item scores of a user chunk storing more than this share of the chunk x catalog entries
+# are picked from a dense copy: selecting from a dense row (block maxima) beats sorting every stored
+# entry. Large catalogs, where a user's neighbours reach a small share of the items, stay sparse.
+DENSE_ITEM_ITEM_SHARE = 0.05
+
 
 def top_n(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -> np.ndarray:
     """Indices of the n highest finite scores per row, best first: (rows, cols) -> (rows, min(n, cols))
@@ -89,8 +94,9 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
     raise ValueError(f"unknown dense personal source {source!r}; use 'cf' or 'text'")
 
 
-def item_item_scores(state: FeatureState, user_idx: np.ndarray) -> sp.csr_matrix:
-    """Sparse item-to-item scores (len(user_idx), n_items) float32 CSR, column indices sorted.
+def item_item_scores(state: FeatureState, user_idx: np.ndarray, *, sort_indices: bool = True) -> sp.csr_matrix:
+    """Sparse item-to-item scores (len(user_idx), n_items) float32 CSR, column indices sorted
+    unless ``sort_indices`` is False (sorting costs as much as the product when rows are dense).
 
     Only items some history item votes for are stored; rows of unknown users are empty. The
     cost is history entries x neighbours per item, not users x catalog.
@@ -102,7 +108,8 @@ def item_item_scores(state: FeatureState, user_idx: np.ndarray) -> sp.csr_matrix
         select = sp.csr_matrix((np.ones(known.size, dtype=np.float32), (known, user_idx[known])),
                                shape=(len(user_idx), state.n_users))
         rows = state.item_item.user_scores_sparse(select @ history)
-    rows.sort_indices()
+    if sort_indices:
+        rows.sort_indices()
     return rows
 
 
@@ -177,14 +184,24 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         seen = seen_mask(state, chunk)
         picked = np.zeros_like(seen)
         dense: dict[str, np.ndarray] = {}
-        sparse: dict[str, sp.csr_matrix] = {}
+        item_item_values: dict[str, sp.csr_matrix | np.ndarray] = {}
         for source, n in personal.items():
             if n <= 0 and not with_scores:
                 continue
-            if source == "item_item":  # sparse: no user x catalog work
-                scores = item_item_scores(state, chunk)
+            if source == "item_item":  # sparse: no user x catalog work unless most items get votes
+                scores = item_item_scores(state, chunk, sort_indices=False)
+                if scores.nnz > DENSE_ITEM_ITEM_SHARE * scores.shape[0] * scores.shape[1]:
+                    dense_item_item = scores.toarray()
+                    if with_scores:
+                        item_item_values[source] = dense_item_item
+                    if n > 0:
+                        votes = np.where(dense_item_item > 0, dense_item_item, np.float32(-np.inf))
+                        votes[seen] = -np.inf
+                        picked[top_n_entries(votes, n, seed=seed, query=chunk)] = True
+                    continue
+                scores.sort_indices()
                 if with_scores:
-                    sparse[source] = scores
+                    item_item_values[source] = scores
                 if n > 0:
                     picked[sparse_top_n_entries(scores, seen, n, seed=seed, query=chunk)] = True
                 continue
@@ -208,7 +225,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         for source, scores in dense.items():
             values = scores[rows, cols]
             columns[SOURCE_FEATURES[source]] = np.where(np.isinf(values), np.nan, values).astype(np.float32)
-        for source, scores in sparse.items():
+        for source, scores in item_item_values.items():
             values = np.asarray(scores[rows, cols], dtype=np.float32).ravel()
             columns[SOURCE_FEATURES[source]] = np.where(chunk[rows] < 0, np.nan, values).astype(np.float32)
         frames.append(pl.DataFrame(columns))

@@ -92,17 +92,20 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     q = query_idx[ok]
     # One int64 sort on (query, value as float32 descending): ties need no order here, they share a rank.
     key = (q.astype(np.int64) << 32) | descending_float_key(values[ok])
-    order = np.argsort(key, kind="stable")
-    q_sorted, v_sorted = q[order], key[order]
-    position = position_in_group(q_sorted).astype(np.float64)
-    # Runs of equal (query, value): every row of a run gets the run's mean position.
-    new_run = np.r_[True, (q_sorted[1:] != q_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])]
-    run = np.cumsum(new_run) - 1
-    mean_position = np.bincount(run, weights=position) / np.bincount(run)
-    new_query = np.r_[True, q_sorted[1:] != q_sorted[:-1]]
-    query_run = np.cumsum(new_query) - 1
-    size = np.bincount(query_run)[query_run]
-    out[ok[order]] = (mean_position[run] + 0.5) / size
+    order = np.argsort(key)
+    key = key[order]
+    n = len(key)
+    # Runs of equal (query, value) share the mean of their 0-based positions within the query:
+    # first + (length - 1) / 2.
+    run_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    run_length = np.diff(np.r_[run_start, n])
+    query = key >> 32
+    new_query = np.r_[True, query[1:] != query[:-1]]
+    query_start = np.flatnonzero(new_query)
+    query_size = np.diff(np.r_[query_start, n])
+    query_of_run = np.cumsum(new_query)[run_start] - 1
+    mean_position = run_start - query_start[query_of_run] + (run_length - 1) / 2
+    out[ok[order]] = np.repeat((mean_position + 0.5) / query_size[query_of_run], run_length)
     return out
 
 

@@ -15,6 +15,7 @@ SCORE_SOURCES = ("als_score", "bpr_score", "item_item_score", "text_score")
 DEFAULT_TEST_FRACTION = 0.2
 STRATIFIED_TEST_FRACTION = 0.25
 MAX_LABEL_CUTS = 5
+MAX_RANKER_FOLDS = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +87,12 @@ class RankerConfig:
     # fitted on the training label queries (training/prior_blend.py). The trees then learn
     # corrections, and early stopping keeps the blend when they find none. Empty = off.
     prior_sources: tuple[str, ...] = ()
+    # Members of the ranker: 1 = one LightGBM model early-stopped on the held-out validation users.
+    # n > 1 = the training users split into n folds; member k learns on the other folds and stops
+    # early on fold k, and the shipped ranker averages the members' scores (one merged model,
+    # ``training.ranker_folds``). Averaging tames the early-stopping noise of few users, and the
+    # held-out validation users then judge models they took no part in. Costs n fits.
+    folds: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prior_sources", tuple(self.prior_sources))  # JSON gives a list
@@ -189,6 +196,9 @@ class PipelineConfig:
         unknown = sorted(set(self.ranker.prior_sources) - set(SCORE_SOURCES))
         if unknown:
             raise ConfigError(f"ranker.prior_sources {unknown} are not stage-1 scores; use some of {SCORE_SOURCES}")
+        if not 1 <= self.ranker.folds <= MAX_RANKER_FOLDS:
+            raise ConfigError(f"ranker.folds must be 1..{MAX_RANKER_FOLDS} (1 = one early-stopped model), "
+                              f"got {self.ranker.folds}")
         if not 1 <= self.text.trainable_layers <= 6:
             raise ConfigError(f"text.trainable_layers must be 1..6, got {self.text.trainable_layers}")
 

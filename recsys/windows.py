@@ -13,6 +13,7 @@ too small to train) both cut the data this way, so the check cannot drift from t
    the previous feature window, so no cut's feature window holds the first cut's label window.
 3. Label users are capped by ``sample_positions`` (``RANKER_SAMPLE_SEED``), and a
    ``VALIDATION_USER_SHARE`` of them is held out by ``held_out_positions`` (``VALIDATION_SEED``).
+   With ``ranker.folds`` n > 1 the other label users are dealt into n folds (``RANKER_FOLD_SEED``).
 
 Seeds are offsets added to the run's seed; each draw has its own stream.
 """
@@ -35,6 +36,7 @@ VALIDATION_SEED = 4
 COLD_ITEMS_SEED = 7
 FEATURE_COLD_SEED = 8
 VARIANT_CHOICE_SEED = 9  # the bootstrap of the text variants' paired lift (training.variants.choose_variant)
+RANKER_FOLD_SEED = 5  # which fold each training user of a fold ensemble is in (training.ranker_folds)
 VALIDATION_USER_SHARE = 0.15
 EXTRA_CUT_SEED_STEP = 10
 

@@ -224,3 +224,16 @@ def test_head_k_orders_by_score_with_ties_by_the_tie_rule(shuffle):
                 .group_by("query_idx", maintain_order=True).head(4))
     assert top.select("query_idx", "item_idx").equals(expected.select("query_idx", "item_idx"))
     assert top["rank"].to_list() == [1, 2, 3, 4] * 50
+
+
+def test_dense_and_sparse_item_item_picks_give_the_same_candidates_and_scores(state, monkeypatch):
+    import features.candidates as candidates
+
+    users = np.array([0, 3, 5, -1, 7, 11], dtype=np.int32)
+    config = CandidateConfig(n_cf=5, n_item_item=7, n_text=4, n_popular=3, n_recent=2)
+    frames = {}
+    for share in (0.0, 2.0):  # every chunk dense, every chunk sparse
+        monkeypatch.setattr(candidates, "DENSE_ITEM_ITEM_SHARE", share)
+        frames[share] = generate_candidates(state, users, config, seed=4, with_scores=True)
+    assert frames[0.0].height > 0
+    assert frames[0.0].equals(frames[2.0])

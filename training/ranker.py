@@ -170,7 +170,10 @@ class LambdaRanker:
 
     @property
     def best_iteration(self) -> int:
-        return int(self._require().best_iteration)
+        """Trees the model predicts with: the early-stopped iteration, or every tree of a model
+        without one (loaded, or a fold ensemble's merged model)."""
+        booster = self._require()
+        return int(booster.best_iteration if booster.best_iteration > 0 else booster.num_trees())
 
     def save(self, path: str | Path) -> None:
         """LightGBM's text model at ``path``, and the prior's weights beside it (``.prior.json``)."""

@@ -5,7 +5,8 @@ are stacked by ``stacked_frames``): text features from the fine-tuned encoder, f
 pretrained encoder, and no text at all (no text features and no text candidates).
 A seeded 15% of the first cut's label USERS (all of a user's queries, of every cut, on one side)
 validates them: early stopping (with ``early_stopping_min_delta``, the least gain a tree must
-bring) watches those users' queries, and a full-ranking evaluation of the first cut's
+bring) watches those users' queries (with ``ranker.folds`` > 1 it watches folds of the other
+users instead: ``training.ranker_folds``), and a full-ranking evaluation of the first cut's
 feature-window models on those users' label-window items decides which variant ships (a text
 variant only when its paired lift over no text excludes zero: ``choose_variant``). The test
 split takes no part in any of it.
@@ -30,6 +31,7 @@ from recsys.config import PipelineConfig
 from recsys.progress import progress as progress_bar
 from training.evaluate import paired_lift, sample_users, test_relevance
 from training.ranker import LambdaRanker
+from training.ranker_folds import fit_fold_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,9 @@ def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray
 
 def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, config: PipelineConfig,
                 log_metric=None) -> dict[str, LambdaRanker]:
-    """One LambdaRanker per variant frame, early-stopped on the queries of ``held_out_users``.
+    """One LambdaRanker per variant frame, early-stopped on the queries of ``held_out_users``
+    (with ``ranker.folds`` > 1: a fold ensemble of the other users, ``training.ranker_folds``,
+    which the held-out users take no part in).
 
     frames: variant name (``VARIANTS``) -> labelled frame; every query of a held-out user (its
     candidate, cold-item and impression queries alike) is validation, the rest training.
@@ -149,15 +153,28 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     rankers = {}
     for name, frame in frames.items():
         train, val = split_by_users(frame, held_out_users)
+        short = name.removeprefix("ranker_")
+        unused = TEXT_FEATURES if name == NO_TEXT else ()
+        if config.ranker.folds > 1:
+            rankers[name], members = fit_fold_ensemble(train, config, seed=config.seed + windows.RANKER_FOLD_SEED,
+                                                       unused_features=unused, eval_at=(config.k,),
+                                                       progress_name=short)
+            if log_metric:
+                for k, member in enumerate(members, start=1):
+                    log_metric(f"ranker/{short}/fold{k}_trees", float(member.best_iteration), 0)
+                    log_metric(f"ranker/{short}/fold{k}_valid_ndcg_at_{config.k}",
+                               member.evals["valid"][f"ndcg@{config.k}"][member.best_iteration - 1], 0)
+                log_metric(f"ranker/{short}/trees", float(rankers[name].best_iteration), 0)
+                log_metric(f"ranker/{short}/fit_seconds", rankers[name].fit_seconds, 0)
+            continue
         ranker = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
         sets = ranker.dataset(feature_matrix(train), train["label"].to_numpy(), group_sizes(train),
                               X_val=feature_matrix(val), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
-        short = name.removeprefix("ranker_")
         curves = None if log_metric is None else \
             (lambda key, value, step, short=short: log_metric(key.replace("ranker/", f"ranker/{short}/", 1),
                                                               value, step))
-        rankers[name] = ranker.fit_dataset(sets, unused_features=TEXT_FEATURES if name == NO_TEXT else (),
-                                           eval_at=(config.k,), log_metric=curves, progress_name=short)
+        rankers[name] = ranker.fit_dataset(sets, unused_features=unused, eval_at=(config.k,), log_metric=curves,
+                                           progress_name=short)
         if log_metric:
             log_metric(f"ranker/{short}/train_rows", float(sets.n_rows), 0)
             log_metric(f"ranker/{short}/validation_rows", float(val.height), 0)

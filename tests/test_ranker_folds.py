@@ -1,0 +1,92 @@
+"""The fold ensemble of rankers (ranker.folds > 1): its folds, its averaged model, its config."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.ranking_frame import FEATURE_COLUMNS
+from recsys.config import PipelineConfig
+from recsys.errors import ConfigError, DataValidationError
+from tests.conftest import tiny_config_dict
+from training.ranker import LambdaRanker
+from training.ranker_folds import averaged_booster, fit_fold_ensemble, fold_frames, user_folds
+
+
+def _frame(n_users=40, per_query=12, seed=0) -> pl.DataFrame:
+    """One query per user (user i = query i); als_score carries the label, the rest is noise."""
+    rng = np.random.default_rng(seed)
+    label = (rng.random(n_users * per_query) < 0.25).astype(np.int8)
+    label[::per_query] = 1
+    label[1::per_query] = 0
+    columns = {name: rng.normal(size=label.size).astype(np.float32) for name in FEATURE_COLUMNS}
+    columns["als_score"] = (label + rng.normal(0, 0.7, size=label.size)).astype(np.float32)
+    query = np.repeat(np.arange(n_users, dtype=np.int32), per_query)
+    return pl.DataFrame({"query_idx": query, "user_idx": query * 3 + 1, "item_idx": np.arange(label.size) % 97,
+                         "label": label, **columns})
+
+
+def _config(folds: int) -> PipelineConfig:
+    config = tiny_config_dict()
+    config["ranker"] = {**config.get("ranker", {}), "folds": folds, "num_boost_round": 30, "learning_rate": 0.2,
+                        "num_leaves": 4, "min_data_in_leaf": 5, "early_stopping_rounds": 5, "prior_sources": []}
+    return PipelineConfig.from_dict(config)
+
+
+def test_users_are_dealt_into_balanced_seeded_folds_whatever_their_order():
+    users = np.arange(10, 113)
+    folds = user_folds(users, 5, seed=3)
+    assert sorted(np.bincount(folds).tolist()) == [20, 20, 21, 21, 21]
+    shuffled = np.random.default_rng(0).permutation(users)
+    again = user_folds(shuffled, 5, seed=3)
+    assert dict(zip(shuffled.tolist(), again.tolist(), strict=True)) == dict(zip(users.tolist(), folds.tolist(),
+                                                                                    strict=True))
+    assert not np.array_equal(user_folds(users, 5, seed=4), folds)
+
+
+def test_each_fold_stops_early_on_its_own_users_and_fits_on_all_the_others():
+    frame = _frame()
+    parts = fold_frames(frame, 4, seed=0)
+    stop_users = [set(stop["user_idx"].to_list()) for _, stop in parts]
+    assert set().union(*stop_users) == set(frame["user_idx"].to_list())
+    assert sum(len(u) for u in stop_users) == frame["user_idx"].n_unique()  # disjoint
+    for (fit, stop), users in zip(parts, stop_users, strict=True):
+        assert set(fit["user_idx"].to_list()).isdisjoint(users)
+        assert fit.height + stop.height == frame.height
+        assert fit["query_idx"].is_sorted() and stop["query_idx"].is_sorted()  # queries stay contiguous
+    with pytest.raises(DataValidationError, match="ranker.folds=5 needs at least 5 training label users, got 3"):
+        fold_frames(frame.filter(pl.col("query_idx") < 3), 5, seed=0)
+
+
+def test_the_averaged_model_scores_the_mean_of_its_members():
+    frame = _frame()
+    ranker, members = fit_fold_ensemble(frame, _config(3), seed=0, eval_at=(5,))
+    X = frame.select(FEATURE_COLUMNS).to_numpy().astype(np.float32)
+    X[::7, 0] = np.nan
+    mean = np.mean([m.booster.predict(X, num_iteration=m.best_iteration) for m in members], axis=0)
+    np.testing.assert_allclose(ranker.booster.predict(X), mean, atol=1e-9)
+    assert ranker.best_iteration == sum(m.best_iteration for m in members)
+    assert len({m.best_iteration for m in members} | {tuple(m.booster.predict(X[:50])) for m in members}) > 1
+
+
+def test_a_saved_averaged_model_loads_and_scores_the_same(tmp_path):
+    frame = _frame(seed=1)
+    ranker, _ = fit_fold_ensemble(frame, _config(2), seed=0, eval_at=(5,))
+    ranker.save(tmp_path / "ranker.txt")
+    X = frame.select(FEATURE_COLUMNS).to_numpy().astype(np.float32)
+    np.testing.assert_allclose(LambdaRanker.load(tmp_path / "ranker.txt").predict(X), ranker.predict(X), rtol=1e-6)
+
+
+def test_averaging_one_booster_is_that_booster_and_none_is_an_error():
+    frame = _frame(seed=2)
+    ranker, members = fit_fold_ensemble(frame, _config(2), seed=0, eval_at=(5,))
+    X = frame.select(FEATURE_COLUMNS).to_numpy().astype(np.float32)
+    np.testing.assert_allclose(averaged_booster([members[0].booster]).predict(X), members[0].booster.predict(X),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="at least one booster"):
+        averaged_booster([])
+
+
+@pytest.mark.parametrize("folds", [0, 11])
+def test_folds_outside_one_to_ten_are_refused(folds):
+    with pytest.raises(ConfigError, match=rf"ranker.folds must be 1..10 \(1 = one early-stopped model\), got {folds}"):
+        _config(folds)

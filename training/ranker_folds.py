@@ -1,0 +1,108 @@
+"""A fold ensemble of LambdaRank models, shipped as one LightGBM model (``ranker.folds`` > 1).
+
+The training users are dealt into n folds (seeded); member k learns on the queries of the other
+folds and stops early on fold k's. The shipped ranker is the mean of the members' scores,
+written as one LightGBM text model whose trees are every member's with leaf values divided by n
+(``averaged_booster``), so scoring, compiled trees, saving and serving see an ordinary booster.
+
+Why: with a few hundred label users, where early stopping stops depends on which users it
+watches (kept tree counts swing several-fold across seeds), and averaging models stopped on
+different users removes most of that swing. The held-out validation users stay out of every
+member's training and early stopping, so the variant choice judges models they took no part in.
+"""
+
+from __future__ import annotations
+
+import re
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from features.ranking_frame import FEATURE_COLUMNS, feature_matrix, group_sizes
+from recsys.config import PipelineConfig
+from recsys.errors import DataValidationError
+from training.ranker import LambdaRanker
+
+_TREE_START = re.compile(r"\n(?=Tree=\d+\n)")
+
+
+def user_folds(users: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """int (len(users),) fold 0..n_folds-1 of each user: a seeded deal, fold sizes differing by at
+    most one. users: the distinct user indices, in any order (the fold of a user does not
+    depend on it: users are dealt in sorted order)."""
+    users = np.asarray(users)
+    order = np.argsort(users, kind="stable")
+    folds = np.empty(len(users), dtype=np.int64)
+    folds[order] = np.random.default_rng(seed).permutation(len(users)) % n_folds
+    return folds
+
+
+def averaged_booster(boosters: list[lgb.Booster]) -> lgb.Booster:
+    """One booster whose raw score is the mean of ``boosters``' raw scores (each at its best
+    iteration): all their trees, leaf values divided by their number. The boosters must share
+    features and objective (the first one's header and parameters are kept)."""
+    if not boosters:
+        raise ValueError("averaged_booster needs at least one booster")
+    scale = 1.0 / len(boosters)
+    trees: list[str] = []
+    for booster in boosters:
+        text = booster.model_to_string()
+        body = text[text.index("Tree=0\n"):text.index("end of trees")]
+        trees += [block.strip("\n") for block in _TREE_START.split(body) if block.strip()]
+    blocks = []
+    for i, tree in enumerate(trees):
+        lines = tree.split("\n")
+        lines[0] = f"Tree={i}"
+        for j, line in enumerate(lines):
+            key, _, values = line.partition("=")
+            if key in ("leaf_value", "internal_value"):
+                lines[j] = f"{key}=" + " ".join(repr(float(v) * scale) for v in values.split())
+        blocks.append("\n".join(lines))
+    first = boosters[0].model_to_string()
+    # tree_sizes lists each tree's bytes; without it LightGBM reads the trees one after another.
+    header = "\n".join(line for line in first[:first.index("Tree=0\n")].split("\n")
+                       if not line.startswith("tree_sizes="))
+    return lgb.Booster(model_str=header.rstrip("\n") + "\n\n" + "\n\n\n".join(blocks) + "\n\n\n"
+                       + first[first.index("end of trees"):])
+
+
+def fold_frames(train: pl.DataFrame, n_folds: int, seed: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
+    """[(fit rows, early-stopping rows)] per fold of a labelled frame (with ``user_idx``): fold k's
+    users' rows (every query of theirs) stop early, the other folds' rows fit; row order kept."""
+    users = np.unique(train["user_idx"].to_numpy())
+    if len(users) < n_folds:
+        raise DataValidationError(f"ranker.folds={n_folds} needs at least {n_folds} training label users, "
+                                  f"got {len(users)}; lower ranker.folds")
+    row_fold = user_folds(users, n_folds, seed)[np.searchsorted(users, train["user_idx"].to_numpy())]
+    return [(train.filter(pl.Series(row_fold != k)), train.filter(pl.Series(row_fold == k)))
+            for k in range(n_folds)]
+
+
+def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
+                      unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
+                      progress_name: str = "") -> tuple[LambdaRanker, list[LambdaRanker]]:
+    """(the averaged ranker, its members) of ``config.ranker.folds`` members over the labelled
+    frame ``train`` (query_idx, user_idx, label and FEATURE_COLUMNS; rows of a query contiguous).
+
+    Every query of a user is on the same side of every fold. seed: the fold deal's seed; the
+    members' LightGBM seed is ``config.seed``. The averaged ranker's ``prior_weights`` are the
+    members' means (the prior is linear in them), its ``fit_seconds`` their sum.
+    """
+    n_folds = config.ranker.folds
+    members = []
+    for k, (fit, stop) in enumerate(fold_frames(train, n_folds, seed)):
+        member = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
+        sets = member.dataset(feature_matrix(fit), fit["label"].to_numpy(), group_sizes(fit),
+                              X_val=feature_matrix(stop), y_val=stop["label"].to_numpy(),
+                              groups_val=group_sizes(stop))
+        members.append(member.fit_dataset(sets, unused_features=unused_features, eval_at=eval_at,
+                                          progress_name=f"{progress_name} fold {k + 1}/{n_folds}".strip()))
+    ranker = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
+    ranker.booster = averaged_booster([m.booster for m in members])
+    ranker.unused_features = tuple(unused_features)
+    names = sorted({name for m in members for name in m.prior_weights})
+    ranker.prior_weights = {name: float(np.mean([m.prior_weights.get(name, 0.0) for m in members]))
+                            for name in names}
+    ranker.fit_seconds = sum(m.fit_seconds for m in members)
+    return ranker, members
