@@ -16,6 +16,7 @@ DEFAULT_TEST_FRACTION = 0.2
 STRATIFIED_TEST_FRACTION = 0.25
 MAX_LABEL_CUTS = 5
 MAX_RANKER_FOLDS = 10
+RANKER_OBJECTIVES = ("lambdarank", "rank_xendcg")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +80,9 @@ class RankerConfig:
     min_data_in_leaf: int = 30  # rows per leaf at least
     feature_fraction: float = 0.65  # share of features each tree sees
     lambdarank_truncation_level: int = 20  # positions of each list LambdaRank optimises
+    # LightGBM's ranking objective: "lambdarank" (pairwise, nDCG-weighted) or "rank_xendcg"
+    # (listwise cross-entropy surrogate of nDCG; no truncation level, less sensitive to few queries).
+    objective: str = "lambdarank"
     # A tree counts as better on the validation queries only when nDCG rises by more than this.
     # With a prior, trees whose gain is within the validation noise are then not kept.
     early_stopping_min_delta: float = 0.0
@@ -200,6 +204,8 @@ class PipelineConfig:
         for name in ("ranker_max_users", "eval_max_users"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (every user) or a positive count, got {getattr(self, name)}")
+        if self.ranker.objective not in RANKER_OBJECTIVES:
+            raise ConfigError(f"ranker.objective must be one of {RANKER_OBJECTIVES}, got {self.ranker.objective!r}")
         for name in ("prior_sources", "tie_break_sources"):
             unknown = sorted(set(getattr(self.ranker, name)) - set(SCORE_SOURCES))
             if unknown:

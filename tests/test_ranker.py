@@ -201,3 +201,18 @@ def test_the_tie_break_orders_equal_tree_scores_by_the_stage_one_blend_and_nothi
                                                                                       groups_val=groups)
     assert plain.prior_weights == {}
     np.testing.assert_allclose(plain.predict(X), trees.astype(np.float32))
+
+
+def test_the_listwise_objective_learns_the_signal_and_an_unknown_objective_is_refused():
+    from recsys.config import PipelineConfig
+    from recsys.errors import ConfigError
+
+    X, y, g = _data()
+    Xv, yv, gv = _data(seed=1)
+    config = RankerConfig(**{**PLAIN, "num_boost_round": 40, "min_data_in_leaf": 5, "objective": "rank_xendcg"})
+    ranker = LambdaRanker(feature_names=("signal", "noise"), config=config).fit(X, y, g, X_val=Xv, y_val=yv,
+                                                                                groups_val=gv)
+    assert "objective=rank_xendcg" in ranker.booster.model_to_string()
+    assert auc_per_group(ranker.predict(Xv), yv, np.repeat(np.arange(len(gv)), gv)) > 0.9
+    with pytest.raises(ConfigError, match=r"ranker.objective must be one of \('lambdarank', 'rank_xendcg'\), got 'ndcg'"):
+        PipelineConfig.from_dict({"ranker": {"objective": "ndcg"}})

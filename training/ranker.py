@@ -113,7 +113,7 @@ class LambdaRanker:
             raise DataValidationError(f"unused_features {sorted(unknown)} are not features of this ranker")
         c = self.config
         params = {
-            "objective": "lambdarank", "metric": "ndcg", "eval_at": list(eval_at),
+            "objective": c.objective, "metric": "ndcg", "eval_at": list(eval_at),
             "learning_rate": c.learning_rate, "num_leaves": c.num_leaves,
             "min_data_in_leaf": c.min_data_in_leaf, "feature_fraction": c.feature_fraction,
             "lambdarank_truncation_level": c.lambdarank_truncation_level,
