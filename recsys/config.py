@@ -91,12 +91,6 @@ class RankerConfig:
     # fitted on the training label queries (training/prior_blend.py). The trees then learn
     # corrections, and early stopping keeps the blend when they find none. Empty = off.
     prior_sources: tuple[str, ...] = ()
-    # Stage-1 scores whose blend orders items the trees score equally. A few shallow trees give
-    # many candidates the same score (a step function of the features); without this the seeded
-    # tie rule orders them at random. The blend's weights are fitted like the prior's
-    # (training/prior_blend.py) and scaled by ``training.ranker.TIE_BREAK_SCALE``, so it only
-    # separates scores the trees leave (nearly) equal. Unused with a prior. Empty = off.
-    tie_break_sources: tuple[str, ...] = ("item_item_score", "als_score", "bpr_score", "text_score")
     # Members of the ranker: 1 = one LightGBM model early-stopped on the held-out validation users.
     # n > 1 = the training users split into n folds; member k learns on the other folds and stops
     # early on fold k, and the shipped ranker averages the members' scores (one merged model,
@@ -106,7 +100,6 @@ class RankerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prior_sources", tuple(self.prior_sources))  # JSON gives a list
-        object.__setattr__(self, "tie_break_sources", tuple(self.tie_break_sources))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,10 +199,9 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be 0 (every user) or a positive count, got {getattr(self, name)}")
         if self.ranker.objective not in RANKER_OBJECTIVES:
             raise ConfigError(f"ranker.objective must be one of {RANKER_OBJECTIVES}, got {self.ranker.objective!r}")
-        for name in ("prior_sources", "tie_break_sources"):
-            unknown = sorted(set(getattr(self.ranker, name)) - set(SCORE_SOURCES))
-            if unknown:
-                raise ConfigError(f"ranker.{name} {unknown} are not stage-1 scores; use some of {SCORE_SOURCES}")
+        unknown = sorted(set(self.ranker.prior_sources) - set(SCORE_SOURCES))
+        if unknown:
+            raise ConfigError(f"ranker.prior_sources {unknown} are not stage-1 scores; use some of {SCORE_SOURCES}")
         if not 1 <= self.ranker.folds <= MAX_RANKER_FOLDS:
             raise ConfigError(f"ranker.folds must be 1..{MAX_RANKER_FOLDS} (1 = one early-stopped model), "
                               f"got {self.ranker.folds}")

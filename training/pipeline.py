@@ -46,7 +46,7 @@ from recsys.stage_timer import collect, stage
 from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import Evaluation, evaluate_all, per_user_ndcg
-from training.ranker import TIE_BREAK_SCALE, LambdaRanker
+from training.ranker import LambdaRanker
 from training.slices import slice_metrics
 from training.text_finetune import finetune, next_item_examples
 
@@ -69,8 +69,7 @@ class TrainResult:
     shipped_reason: str = ""
     best_baseline: str = ""  # the baseline the lifts are measured against, chosen on validation
     timings: dict[str, float] = field(default_factory=dict)
-    # The shipped ranker: trees kept by early stopping and the weights of the z-score blend added
-    # to their score (source -> weight: the prior's, or the tie-break's times TIE_BREAK_SCALE).
+    # The shipped ranker: trees kept by early stopping and the prior's weights (source -> weight).
     ranker_trees: int = 0
     prior_weights: dict[str, float] = field(default_factory=dict)
     champion_version: str | None = None  # the registered model's champion after this run
@@ -426,14 +425,6 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
     return result
 
 
-def _blend_metrics(ranker: LambdaRanker, config: PipelineConfig) -> dict[str, float]:
-    """The z-score blend added to the trees' score: ``ranker/prior_weight/*`` with a prior, else
-    the tie-break's weights before ``TIE_BREAK_SCALE`` (``ranker/tie_break_weight/*``)."""
-    if config.ranker.prior_sources:
-        return {f"ranker/prior_weight/{source}": w for source, w in ranker.prior_weights.items()}
-    return {f"ranker/tie_break_weight/{source}": w / TIE_BREAK_SCALE for source, w in ranker.prior_weights.items()}
-
-
 def _log_results(evaluation: Evaluation, validation: dict[str, dict[str, float]], ranker: LambdaRanker, text,
                  metric_log, config: PipelineConfig, shipped: str) -> None:
     """The shipped ranker's full metric set (``tracking.model_metric_keys``: test, validation and
@@ -441,7 +432,7 @@ def _log_results(evaluation: Evaluation, validation: dict[str, dict[str, float]]
     results = evaluation.metrics
     metric_log.log_many({**tracking.model_metric_keys(results["ranker"], validation.get("ranker", {}), config.k),
                          "ranker/best_iteration": ranker.best_iteration,
-                         **_blend_metrics(ranker, config)})
+                         **{f"ranker/prior_weight/{source}": w for source, w in ranker.prior_weights.items()}})
     if evaluation.best_baseline:
         mlflow.set_tag("best_baseline", evaluation.best_baseline)
     metric = f"ndcg@{config.k}"

@@ -22,14 +22,6 @@ from recsys.progress import progress as progress_bar
 from training.prior_blend import fit_prior_weights
 
 MAX_LABEL = 30  # LambdaRank label_gain has 31 entries by default: labels stay small integers.
-# The tie-break blend's weight against the trees' score (RankerConfig.tie_break_sources): a
-# within-query z-score blend spans about +-10, so it moves a score by about 1e-4 at most, below
-# the gaps between the distinct scores of a few shrunken trees, and far above float32's
-# resolution at the scores' scale.
-TIE_BREAK_SCALE = 1e-5
-# The tie-break weights are fitted on at most this many training queries (seeded): three
-# weights need few queries, and the fit sorts the rows of every query once per grid point.
-TIE_BREAK_MAX_QUERIES = 3000
 
 
 @dataclass(frozen=True)
@@ -136,7 +128,6 @@ class LambdaRanker:
                                               min_delta=c.early_stopping_min_delta),
                            lgb.record_evaluation(self.evals), lambda env: bar.update(1)],
             )
-        self._set_tie_break(data, eval_at[0])
         self.fit_seconds = time.perf_counter() - start
         if log_metric:
             for split, metrics in self.evals.items():
@@ -159,32 +150,11 @@ class LambdaRanker:
             scores = scores + prior_scores(X, self.prior_weights, self.feature_names)
         return scores.astype(np.float32)
 
-    def _usable(self, sources: tuple[str, ...]) -> tuple[str, ...]:
-        """``sources`` less the unused features."""
-        unused = set(self.unused_features)
-        return tuple(s for s in sources if s not in unused and f"{s}_query_z" not in unused)
-
-    def _set_tie_break(self, data: RankerData, k: int) -> None:
-        """Without a prior: ``TIE_BREAK_SCALE`` x the stage-1 blend (``tie_break_sources``, weights
-        fitted on up to ``TIE_BREAK_MAX_QUERIES`` training queries) becomes ``prior_weights``, so
-        candidates the trees score equally are ordered by the blend, not by the tie rule."""
-        # A default: rankers over other features (no stage-1 z-scores) simply go without it.
-        sources = tuple(s for s in self._usable(self.config.tie_break_sources) if f"{s}_query_z" in self.feature_names)
-        if self.prior_weights or not sources:
-            return
-        X, y, groups = data.X, data.y, data.groups
-        if len(groups) > TIE_BREAK_MAX_QUERIES:
-            keep = np.zeros(len(groups), dtype=bool)
-            keep[np.random.default_rng(self.seed).choice(len(groups), TIE_BREAK_MAX_QUERIES, replace=False)] = True
-            rows = np.repeat(keep, groups)
-            X, y, groups = X[rows], y[rows], groups[keep]
-        weights = fit_prior_weights(X, y, groups, sources, self.feature_names, k)
-        self.prior_weights = {s: TIE_BREAK_SCALE * w for s, w in weights.items() if w}
-
     def _set_prior(self, data: RankerData, k: int) -> None:
         """Fit the prior's weights on the training queries and make it both sets' start scores
         (``RankerConfig.prior_sources`` less the unused features; none: start from zero)."""
-        sources = self._usable(self.config.prior_sources)
+        sources = tuple(s for s in self.config.prior_sources
+                        if s not in self.unused_features and f"{s}_query_z" not in self.unused_features)
         missing = [f"{s}_query_z" for s in sources if f"{s}_query_z" not in self.feature_names]
         if missing:
             raise DataValidationError(f"prior_sources need the features {missing}")
