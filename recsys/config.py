@@ -81,7 +81,7 @@ class RankerConfig:
     feature_fraction: float = 0.65  # share of features each tree sees
     lambdarank_truncation_level: int = 20  # positions of each list LambdaRank optimises
     # LightGBM's ranking objective: "lambdarank" (pairwise, nDCG-weighted) or "rank_xendcg"
-    # (listwise cross-entropy surrogate of nDCG; no truncation level, less sensitive to few queries).
+    # (listwise cross-entropy surrogate of nDCG; the truncation level does not apply).
     objective: str = "lambdarank"
     # A tree counts as better on the validation queries only when nDCG rises by more than this.
     # With a prior, trees whose gain is within the validation noise are then not kept.
