@@ -94,8 +94,8 @@ class RankerConfig:
     # Members of the ranker: 1 = one LightGBM model early-stopped on the held-out validation users.
     # n > 1 = the training users split into n folds; member k learns on the other folds and stops
     # early on fold k, and the shipped ranker averages the members' scores (one merged model,
-    # ``training.ranker_folds``). Averaging tames the early-stopping noise of few users, and the
-    # held-out validation users then judge models they took no part in. Costs n fits.
+    # ``training.ranker_folds``). The held-out validation users then judge models they took no
+    # part in. Costs n fits, and the shipped model holds about n times the trees.
     folds: int = 1
 
     def __post_init__(self) -> None:

@@ -69,7 +69,8 @@ class TrainResult:
     shipped_reason: str = ""
     best_baseline: str = ""  # the baseline the lifts are measured against, chosen on validation
     timings: dict[str, float] = field(default_factory=dict)
-    # The shipped ranker: trees kept by early stopping and the prior's weights (source -> weight).
+    # The shipped ranker: trees it scores with (kept by early stopping; with ranker.folds > 1 every
+    # member's, so the count can exceed num_boost_round) and the prior's weights (source -> weight).
     ranker_trees: int = 0
     prior_weights: dict[str, float] = field(default_factory=dict)
     champion_version: str | None = None  # the registered model's champion after this run

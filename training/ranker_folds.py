@@ -6,9 +6,11 @@ written as one LightGBM text model whose trees are every member's with leaf valu
 (``averaged_booster``), so scoring, compiled trees, saving and serving see an ordinary booster.
 
 Why: with a few hundred label users, where early stopping stops depends on which users it
-watches (kept tree counts swing several-fold across seeds), and averaging models stopped on
-different users removes most of that swing. The held-out validation users stay out of every
-member's training and early stopping, so the variant choice judges models they took no part in.
+watches (each member logs its kept trees as ``ranker/<variant>/fold<k>_trees``), and the
+average does not hang on one such draw. The held-out validation users stay out of every
+member's training and early stopping, so the variant choice judges models they took no part in
+(with one model they also stop its trees). The shipped model holds every member's trees: about
+n times the trees to score. Measured on MovieLens 100K in docs/results.md.
 """
 
 from __future__ import annotations
@@ -20,28 +22,27 @@ import numpy as np
 import polars as pl
 
 from features.ranking_frame import FEATURE_COLUMNS, feature_matrix, group_sizes
+from features.ties import tie_keys
 from recsys.config import PipelineConfig
 from recsys.errors import DataValidationError
 from training.ranker import LambdaRanker
 
 _TREE_START = re.compile(r"\n(?=Tree=\d+\n)")
+FOLD_KEY = -2  # the tie-rule hash's query slot for the fold deal (no query has this number)
 
 
 def user_folds(users: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """int (len(users),) fold 0..n_folds-1 of each user: a seeded deal, fold sizes differing by at
-    most one. users: the distinct user indices, in any order (the fold of a user does not
-    depend on it: users are dealt in sorted order)."""
-    users = np.asarray(users)
-    order = np.argsort(users, kind="stable")
-    folds = np.empty(len(users), dtype=np.int64)
-    folds[order] = np.random.default_rng(seed).permutation(len(users)) % n_folds
-    return folds
+    """int (len(users),) fold 0..n_folds-1 of each user index: a seeded hash of the user alone,
+    so a user's fold does not depend on which other users a frame holds (the variants' frames
+    and tune's trials drop different users, and keep the same deal for the rest)."""
+    return (tie_keys(seed, FOLD_KEY, np.asarray(users)) % np.uint64(n_folds)).astype(np.int64)
 
 
 def averaged_booster(boosters: list[lgb.Booster]) -> lgb.Booster:
     """One booster whose raw score is the mean of ``boosters``' raw scores (each at its best
     iteration): all their trees, leaf values divided by their number. The boosters must share
-    features and objective (the first one's header and parameters are kept)."""
+    features and objective (the first one's header and parameters are kept) and have constant
+    leaves (no ``linear_tree``: its leaf coefficients are not scaled)."""
     if not boosters:
         raise ValueError("averaged_booster needs at least one booster")
     scale = 1.0 / len(boosters)
@@ -71,10 +72,12 @@ def fold_frames(train: pl.DataFrame, n_folds: int, seed: int) -> list[tuple[pl.D
     """[(fit rows, early-stopping rows)] per fold of a labelled frame (with ``user_idx``): fold k's
     users' rows (every query of theirs) stop early, the other folds' rows fit; row order kept."""
     users = np.unique(train["user_idx"].to_numpy())
-    if len(users) < n_folds:
-        raise DataValidationError(f"ranker.folds={n_folds} needs at least {n_folds} training label users, "
-                                  f"got {len(users)}; lower ranker.folds")
-    row_fold = user_folds(users, n_folds, seed)[np.searchsorted(users, train["user_idx"].to_numpy())]
+    fold_of_user = user_folds(users, n_folds, seed)
+    sizes = np.bincount(fold_of_user, minlength=n_folds)
+    if sizes.min() == 0:
+        raise DataValidationError(f"ranker.folds={n_folds}: the {len(users)} training label users leave a fold "
+                                  f"empty (users per fold: {sizes.tolist()}); lower ranker.folds")
+    row_fold = fold_of_user[np.searchsorted(users, train["user_idx"].to_numpy())]
     return [(train.filter(pl.Series(row_fold != k)), train.filter(pl.Series(row_fold == k)))
             for k in range(n_folds)]
 

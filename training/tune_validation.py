@@ -172,8 +172,9 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
                 frame: pl.DataFrame | None = None,
                 extra_frames: list[pl.DataFrame] = ()) -> tuple[float, pl.DataFrame]:
     """Validation nDCG@k of the ranker (text features on) learnt with ``config``: fitted on the
-    label users' queries, early-stopped on the held-out users' queries and scored by full ranking
-    on the held-out users. ``frame``: the labelled frame when the candidates did not change;
+    label users' queries, early-stopped on the held-out users' queries (with ``ranker.folds`` > 1
+    on folds of the others) and scored by full ranking on the held-out users. ``frame``: the
+    labelled frame when the candidates did not change;
     ``extra_frames``: those of the extra label cuts (``extra_cut_frame``; ``config.label_cuts`` - 1
     of them). Returns (nDCG@k, the first cut's labelled frame)."""
     if frame is None:

@@ -146,9 +146,10 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
 
     frames: variant name (``VARIANTS``) -> labelled frame; every query of a held-out user (its
     candidate, cold-item and impression queries alike) is validation, the rest training.
-    ``ranker_no_text`` never splits on the text features. Logs each variant's learning curves,
-    training and validation rows, fit seconds and row-iterations per second under
-    ``ranker/<variant>/``.
+    ``ranker_no_text`` never splits on the text features. Logs under ``ranker/<variant>/`` each
+    variant's learning curves, training and validation rows, fit seconds and row-iterations per
+    second; with folds, each member's kept trees and early-stopping nDCG (``fold<k>_*``), the
+    merged model's trees and the members' total fit seconds.
     """
     rankers = {}
     for name, frame in frames.items():
