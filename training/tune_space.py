@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from recsys.config import RANKER_OBJECTIVES, PipelineConfig
+from recsys.config import PipelineConfig
 
 Suggest = Callable[[optuna.Trial], dict[str, object]]
 # ranker.prior_sources, by name (Optuna wants plain values): off, or the blend of every stage-1 score.
@@ -73,7 +73,6 @@ def _ranker(t: optuna.Trial) -> dict[str, object]:
             "ranker.feature_fraction": t.suggest_float("ranker.feature_fraction", 0.5, 1.0),
             "ranker.early_stopping_min_delta": t.suggest_categorical("ranker.early_stopping_min_delta",
                                                                      [0.0, 0.001, 0.005]),
-            "ranker.objective": t.suggest_categorical("ranker.objective", list(RANKER_OBJECTIVES)),
             "ranker.prior_sources": PRIORS[prior]}
 
 
