@@ -9,7 +9,7 @@ from recsys.config import PipelineConfig
 from recsys.errors import ConfigError, DataValidationError
 from tests.conftest import tiny_config_dict
 from training.ranker import LambdaRanker
-from training.ranker_folds import averaged_booster, fit_fold_ensemble, fold_frames, user_folds
+from training.ranker_folds import averaged_booster, fit_fold_ensemble, fold_frames, folds_from_data, user_folds
 
 
 def _frame(n_users=40, per_query=12, seed=0) -> pl.DataFrame:
@@ -88,10 +88,31 @@ def test_averaging_one_booster_is_that_booster_and_none_is_an_error():
         averaged_booster([])
 
 
-@pytest.mark.parametrize("folds", [0, 11])
-def test_folds_outside_one_to_ten_are_refused(folds):
-    with pytest.raises(ConfigError, match=rf"ranker.folds must be 1..10 \(1 = one early-stopped model\), got {folds}"):
+@pytest.mark.parametrize("folds", [-1, 11])
+def test_folds_outside_zero_to_ten_are_refused(folds):
+    with pytest.raises(ConfigError, match=rf"ranker.folds must be 0..10 \(0 = from the data, 1 = one early-stopped "
+                                          rf"model\), got {folds}"):
         _config(folds)
+
+
+def test_folds_from_the_data_go_by_the_users_the_ranker_learns_from():
+    assert [folds_from_data(0, n) for n in (0, 199, 200, 802, 1499, 1500, 50_000)] == [1, 1, 5, 5, 5, 1, 1]
+    assert [folds_from_data(3, n) for n in (10, 802, 50_000)] == [3, 3, 3]  # a set value is kept
+    assert PipelineConfig().ranker.folds == 0
+
+
+@pytest.mark.parametrize(("n_users", "held", "members"), [(230, 30, 5), (230, 31, 1), (200, 1, 1)])
+def test_fit_rankers_takes_the_folds_from_the_users_outside_the_held_out_ones(n_users, held, members):
+    import training.variants as variants
+
+    frame = _frame(n_users=n_users, per_query=4)
+    held_out = (np.arange(held, dtype=np.int32) * 3 + 1)  # the first `held` users
+    logged = {}
+    rankers = variants.fit_rankers({variants.NO_TEXT: frame, variants.PRETRAINED: frame}, held_out, _config(0),
+                                   log_metric=lambda key, value, step: logged.setdefault(key, value))
+    assert logged["ranker/folds"] == members
+    assert {r.members for r in rankers.values()} == {members}
+    assert ("ranker/no_text/fold1_trees" in logged) == (members > 1)
 
 
 def test_the_pipeline_fits_fold_members_without_the_held_out_validation_users(monkeypatch):

@@ -52,6 +52,7 @@ class LambdaRanker:
         self.unused_features: tuple[str, ...] = ()
         self.prior_weights: dict[str, float] = {}  # source -> weight of its within-query z-score
         self.fit_seconds = 0.0
+        self.members = 1  # LightGBM models averaged into ``booster`` (a fold ensemble's folds)
 
     def _check(self, X: np.ndarray, y: np.ndarray | None = None, groups: np.ndarray | None = None) -> None:
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):

@@ -29,6 +29,21 @@ from training.ranker import LambdaRanker
 
 _TREE_START = re.compile(r"\n(?=Tree=\d+\n)")
 FOLD_KEY = -2  # the tie-rule hash's query slot for the fold deal (no query has this number)
+# ranker.folds 0 (from the data): AUTO_FOLDS members when the ranker learns from
+# AUTO_FOLDS_MIN_USERS .. AUTO_FOLDS_BELOW_USERS - 1 users. Fewer than the minimum leave each fold
+# too few users to stop on; from the upper bound on, one model's early stopping watches enough
+# users and the members' extra fits and trees do not pay (docs/results.md#the-ranker-on-few-users).
+AUTO_FOLDS = 5
+AUTO_FOLDS_MIN_USERS = 200
+AUTO_FOLDS_BELOW_USERS = 1500
+
+
+def folds_from_data(folds: int, n_training_users: int) -> int:
+    """The members a fold ensemble gets: ``folds`` (``ranker.folds``) when set, else (0) the data's
+    choice by the number of users the ranker learns from, the held-out validation users not counted."""
+    if folds > 0:
+        return folds
+    return AUTO_FOLDS if AUTO_FOLDS_MIN_USERS <= n_training_users < AUTO_FOLDS_BELOW_USERS else 1
 
 
 def user_folds(users: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -85,7 +100,7 @@ def fold_frames(train: pl.DataFrame, n_folds: int, seed: int) -> list[tuple[pl.D
 def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
                       unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
                       progress_name: str = "") -> tuple[LambdaRanker, list[LambdaRanker]]:
-    """(the averaged ranker, its members) of ``config.ranker.folds`` members over the labelled
+    """(the averaged ranker, its members) of ``config.ranker.folds`` (> 1) members over the labelled
     frame ``train`` (query_idx, user_idx, label and FEATURE_COLUMNS; rows of a query contiguous).
 
     Every query of a user is on the same side of every fold. seed: the fold deal's seed; the
@@ -108,4 +123,5 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
     ranker.prior_weights = {name: float(np.mean([m.prior_weights.get(name, 0.0) for m in members]))
                             for name in names}
     ranker.fit_seconds = sum(m.fit_seconds for m in members)
+    ranker.members = n_folds
     return ranker, members

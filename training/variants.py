@@ -31,7 +31,7 @@ from recsys.config import PipelineConfig
 from recsys.progress import progress as progress_bar
 from training.evaluate import paired_lift, sample_users, test_relevance
 from training.ranker import LambdaRanker
-from training.ranker_folds import fit_fold_ensemble
+from training.ranker_folds import fit_fold_ensemble, folds_from_data
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +149,27 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     ``ranker_no_text`` never splits on the text features. Logs under ``ranker/<variant>/`` each
     variant's learning curves, training and validation rows, fit seconds and row-iterations per
     second; with folds, each member's kept trees and early-stopping nDCG (``fold<k>_*``), the
-    merged model's trees and the members' total fit seconds.
+    merged model's trees and the members' total fit seconds. ``ranker.folds`` 0 takes the number
+    of folds from the data (``ranker_folds.folds_from_data``: the users of every frame outside
+    ``held_out_users``, so every variant gets the same) and logs it as ``ranker/folds``; each
+    ranker's ``members`` says what it got.
     """
+    training_users = pl.concat([frame.select("user_idx") for frame in frames.values()])["user_idx"].unique()
+    held_out = pl.Series(held_out_users, dtype=training_users.dtype).implode()
+    n_training_users = int((~training_users.is_in(held_out)).sum())
+    n_folds = folds_from_data(config.ranker.folds, n_training_users)
+    if config.ranker.folds == 0:
+        log.info("ranker: %d fold(s) from the data (%d training label users; ranker.folds 0)", n_folds,
+                 n_training_users)
+    config = replace(config, ranker=replace(config.ranker, folds=n_folds))
+    if log_metric:
+        log_metric("ranker/folds", float(n_folds), 0)
     rankers = {}
     for name, frame in frames.items():
         train, val = split_by_users(frame, held_out_users)
         short = name.removeprefix("ranker_")
         unused = TEXT_FEATURES if name == NO_TEXT else ()
-        if config.ranker.folds > 1:
+        if n_folds > 1:
             rankers[name], members = fit_fold_ensemble(train, config, seed=config.seed + windows.RANKER_FOLD_SEED,
                                                        unused_features=unused, eval_at=(config.k,),
                                                        progress_name=short)
