@@ -106,7 +106,8 @@ def small_bundle():
                               item_vectors=vectors, users=users, items=items, config=config)
     label = label_users(state, split.test, config)
     frame = labelled_frame(state, label, split.impressions_test, config)
-    ranker = fit_rankers({FINETUNED: frame}, validation_users(label[0], seed=0), config)[FINETUNED]
+    ranker = fit_rankers({FINETUNED: frame}, validation_users(label[0], seed=0), config,
+                         label_users=label[0])[FINETUNED]
     return RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
                          prior_weights=ranker.prior_weights)
 

@@ -461,9 +461,11 @@ def test_the_run_logs_the_choices_it_made_from_the_data(trained):
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     run = client.get_run(client.get_model_version("e2e", "1").run_id)
     # 150 items: EASE (cosine co-occurrence only above item_item_max_items); the tiny config's 10
-    # BPR epochs stay 10 (far below bpr_max_samples).
+    # BPR epochs stay 10 (far below bpr_max_samples); well under 200 training label users: one ranker.
     assert run.data.params["data_choice.item_item"] == "ease"
     assert run.data.params["data_choice.bpr_epochs"] == "10"
+    assert run.data.params["data_choice.ranker_folds"] == "1"
+    assert run.data.metrics["data/label_users_used"] - run.data.metrics["data/validation_users"] < 200
 
 
 def test_a_second_label_cut_adds_ranker_queries_and_shrinks_the_text_window(trained):

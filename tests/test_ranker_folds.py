@@ -101,17 +101,22 @@ def test_folds_from_the_data_go_by_the_users_the_ranker_learns_from():
     assert PipelineConfig().ranker.folds == 0
 
 
-@pytest.mark.parametrize(("n_users", "held", "members"), [(230, 30, 5), (230, 31, 1), (200, 1, 1)])
-def test_fit_rankers_takes_the_folds_from_the_users_outside_the_held_out_ones(n_users, held, members):
+@pytest.mark.parametrize(("n_label_users", "held", "members"), [(230, 30, 5), (230, 31, 1), (200, 1, 1)])
+def test_fit_rankers_takes_the_folds_from_the_label_users_outside_the_held_out_ones(n_label_users, held, members):
+    """The count goes by the label users, not by the frames: these hold fewer users, and not the
+    same ones (a variant's or a tune trial's candidates drop different queries)."""
     import training.variants as variants
 
-    frame = _frame(n_users=n_users, per_query=4)
-    held_out = (np.arange(held, dtype=np.int32) * 3 + 1)  # the first `held` users
+    label_users = np.arange(n_label_users, dtype=np.int32) * 3 + 1  # _frame's user_idx of queries 0..n-1
+    held_out = label_users[:held]
     logged = {}
-    rankers = variants.fit_rankers({variants.NO_TEXT: frame, variants.PRETRAINED: frame}, held_out, _config(0),
+    rankers = variants.fit_rankers({variants.NO_TEXT: _frame(n_users=150, per_query=4),
+                                    variants.PRETRAINED: _frame(n_users=120, per_query=4, seed=1)},
+                                   held_out, _config(0), label_users=label_users,
                                    log_metric=lambda key, value, step: logged.setdefault(key, value))
     assert logged["ranker/folds"] == members
-    assert {r.members for r in rankers.values()} == {members}
+    assert {name: r.members for name, r in rankers.items()} == {variants.NO_TEXT: members,
+                                                               variants.PRETRAINED: members}
     assert ("ranker/no_text/fold1_trees" in logged) == (members > 1)
 
 
@@ -129,7 +134,8 @@ def test_the_pipeline_fits_fold_members_without_the_held_out_validation_users(mo
     monkeypatch.setattr(variants, "fit_fold_ensemble", record)
     logged = {}
     rankers = variants.fit_rankers({variants.NO_TEXT: frame}, held_out, _config(3),
-                                   log_metric=lambda key, value, step: logged.setdefault(key, value))
+                                   log_metric=lambda key, value, step: logged.setdefault(key, value),
+                                   label_users=np.unique(frame["user_idx"].to_numpy()))
     assert seen["users"] == set(frame["user_idx"].to_list()) - set(held_out.tolist())
     trees = rankers[variants.NO_TEXT].booster.num_trees()
     assert rankers[variants.NO_TEXT].best_iteration == trees

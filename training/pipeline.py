@@ -181,7 +181,7 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     metric_log.log_many({"data/ranker_rows": frames[variants.FINETUNED].height,
                          "data/ranker_queries": frames[variants.FINETUNED]["query_idx"].n_unique()})
     with stage("ranker"):
-        rankers = variants.fit_rankers(frames, held_out, config, metric_log)
+        rankers = variants.fit_rankers(frames, held_out, config, metric_log, label_users=users[0])
     mlflow.log_param("data_choice.ranker_folds", rankers[variants.FINETUNED].members)
     del frames
     held_out_ids = w.users.to_ids(held_out)

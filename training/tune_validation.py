@@ -183,7 +183,8 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
     if not len(who.held_out):
         return float("nan"), frame
     stacked = variants.stacked_frames([frame, *extra_frames]) if extra_frames else frame
-    ranker = variants.fit_rankers({variants.FINETUNED: stacked}, who.held_out, config)[variants.FINETUNED]
+    ranker = variants.fit_rankers({variants.FINETUNED: stacked}, who.held_out, config,
+                                  label_users=who.users[0])[variants.FINETUNED]
     bundle = RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
                            prior_weights=ranker.prior_weights)
     outcome = rank_in_chunks({"ranker": bundle}, who.held_out, who.held_out_relevant, config.k, keep_scores="",

@@ -139,7 +139,7 @@ def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray
 
 
 def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, config: PipelineConfig,
-                log_metric=None) -> dict[str, LambdaRanker]:
+                log_metric=None, *, label_users: np.ndarray) -> dict[str, LambdaRanker]:
     """One LambdaRanker per variant frame, early-stopped on the queries of ``held_out_users``
     (with ``ranker.folds`` > 1: a fold ensemble of the other users, ``training.ranker_folds``,
     which the held-out users take no part in).
@@ -150,13 +150,13 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     variant's learning curves, training and validation rows, fit seconds and row-iterations per
     second; with folds, each member's kept trees and early-stopping nDCG (``fold<k>_*``), the
     merged model's trees and the members' total fit seconds. ``ranker.folds`` 0 takes the number
-    of folds from the data (``ranker_folds.folds_from_data``: the users of every frame outside
-    ``held_out_users``, so every variant gets the same) and logs it as ``ranker/folds``; each
-    ranker's ``members`` says what it got.
+    of folds from the data (``ranker_folds.folds_from_data``) and logs it as ``ranker/folds``; each
+    ranker's ``members`` says what it got. label_users: int (n,) the first label cut's users
+    (``label_users``), held-out ones included; the count goes by those outside ``held_out_users``,
+    not by the frames, so every variant, every tune trial (whatever its candidates) and the
+    pipeline get the same number of folds on the same data.
     """
-    training_users = pl.concat([frame.select("user_idx") for frame in frames.values()])["user_idx"].unique()
-    held_out = pl.Series(held_out_users, dtype=training_users.dtype).implode()
-    n_training_users = int((~training_users.is_in(held_out)).sum())
+    n_training_users = int(np.setdiff1d(label_users, held_out_users).size)
     n_folds = folds_from_data(config.ranker.folds, n_training_users)
     if config.ranker.folds == 0:
         log.info("ranker: %d fold(s) from the data (%d training label users; ranker.folds 0)", n_folds,
