@@ -28,14 +28,6 @@ except ImportError:  # hypothesis is a dev dependency; the property tests import
     pass
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-LONGEST_MODULE = "tests/test_shared_data.py"  # three MovieLens training runs
-
-
-def pytest_collection_modifyitems(config, items):
-    """The longest module first (order otherwise kept): `make test` runs the modules on two
-    pytest-xdist workers, a module per worker at a time in this order, so the MovieLens runs start
-    at once and the other worker takes every other module meanwhile."""
-    items.sort(key=lambda item: item.nodeid.split("::")[0] != LONGEST_MODULE)
 T0 = datetime(2026, 1, 1)
 
 
