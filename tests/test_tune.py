@@ -288,3 +288,41 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
     assert example_rows and set(example_rows) == {cut.train.filter(pl.col("user_id").is_in(
         data.windows.users.ids.implode())).height}
     assert cut.train.height < data.windows.nested.train.height
+
+
+@pytest.mark.parametrize("folds", [1, 3])
+def test_a_fold_ensemble_trial_is_scored_on_every_label_user_each_by_the_member_that_did_not_learn_from_them(
+        shown, monkeypatch, folds):
+    """ranker_ndcg with ranker.folds 3: the held-out users by the ensemble, every other label user
+    by the member whose fold holds them (the fold deal of training.ranker_folds); the value is the
+    mean over all of them. With one model: the held-out users only."""
+    from training import tune_validation, tuning
+    from training.ranker_folds import user_folds
+
+    config = _config(ranker={**tiny_config_dict()["ranker"], "folds": folds})
+    tuner = tuning._Tuner(shown, config, progress=False)
+    state = tuner._state(tuner.config)
+    who = tuner._who(state, tuner.config)
+    calls = []
+    real = tune_validation._ranked_ndcg
+
+    def spy(state, config, ranker, user_idx, relevant):
+        values = real(state, config, ranker, user_idx, relevant)
+        calls.append((ranker, np.asarray(user_idx), values))
+        return values
+
+    monkeypatch.setattr(tune_validation, "_ranked_ndcg", spy)
+    value, _ = tune_validation.ranker_ndcg(tuner.data, state, who, tuner.config)
+    ensemble = calls[0][0]
+    assert np.array_equal(calls[0][1], who.held_out)
+    assert value == pytest.approx(float(np.concatenate([c[2] for c in calls]).mean()))
+    if folds == 1:
+        assert len(calls) == 1 and ensemble.fold_members == []
+        return
+    others = np.setdiff1d(who.users[0], who.held_out)
+    deal = user_folds(others, folds, ensemble.fold_seed)
+    assert len(calls) == 1 + folds and ensemble.members == folds
+    for k, (member, users, values) in enumerate(calls[1:]):
+        assert member is ensemble.fold_members[k]
+        assert np.array_equal(np.sort(users), others[deal == k]) and len(values) == len(users)
+    assert sum(len(c[1]) for c in calls) == len(who.users[0])  # every label user scored once
