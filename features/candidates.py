@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from features.ranking_frame import position_in_group
 from features.state import FeatureState
-from features.ties import order_by_score, tie_keys
+from features.ties import order_by_score
 from recsys import schemas
 from recsys.config import CandidateConfig
 from recsys.stage_timer import stage
@@ -149,10 +149,8 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
     The order is global (ties by the tie rule with one shared query key), so it is sorted once
     and each user walks down it past their seen items.
     """
-    pop = state.item_features[column].to_numpy()
     max_seen = int(seen.sum(axis=1).max()) if len(chunk) else 0
-    items = np.arange(len(pop))
-    order = np.lexsort((tie_keys(seed, 0, items), -pop))[: n + max_seen]
+    order = state.popular_order(column, seed)[: n + max_seen]
     keep = ~seen[:, order]
     keep &= np.cumsum(keep, axis=1) <= n
     rows, pos = np.nonzero(keep)

@@ -21,6 +21,7 @@ from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item
 from features.text_interest import HistoryPooling, history_weights, user_vectors
 from features.text_popularity import fit_text_popularity, predict_text_popularity
+from features.ties import tie_keys
 from features.user_items import build_session_items, build_user_items
 from recsys.config import PipelineConfig
 from recsys.idmap import IdMap
@@ -59,6 +60,7 @@ class FeatureState:
     _history: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
     _text_popularity: np.ndarray | None = field(default=None, repr=False, compare=False)
     _item_has_history: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _popular_orders: dict | None = field(default=None, repr=False, compare=False)
 
     def text_popularity(self) -> np.ndarray:
         """float32 (n_items,) log1p(relative popularity) predicted from each item's text, built once."""
@@ -75,6 +77,20 @@ class FeatureState:
         if self._item_has_history is None or len(self._item_has_history) != self.n_items:
             self._item_has_history = np.bincount(self.seen.indices, minlength=self.n_items) > 0
         return self._item_has_history
+
+    def popular_order(self, column: str, seed: int) -> np.ndarray:
+        """int (n_items,) item indices by ``item_features[column]`` descending, ties by the seeded
+        tie rule with one shared query key (``features.ties``); sorted once per column, seed and
+        values (a catalog update that changes the values sorts again)."""
+        values = self.item_features[column].to_numpy()
+        key = (column, seed, values.shape[0], hash(values.tobytes()))
+        if self._popular_orders is None:
+            self._popular_orders = {}
+        if key not in self._popular_orders:
+            items = np.arange(len(values))
+            self._popular_orders = {k: v for k, v in self._popular_orders.items() if k[0] != column}
+            self._popular_orders[key] = np.lexsort((tie_keys(seed, 0, items), -values))
+        return self._popular_orders[key]
 
     def has_profile(self, user_idx: np.ndarray) -> np.ndarray:
         """bool (n,): the user is known (not -1) and has history in the window."""

@@ -129,7 +129,10 @@ def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: 
     if len(model_input) == 0:
         raise DataValidationError("request has no rows; send at least one user_id")
     check_size(len(model_input), [], 0)
-    records = model_input.to_dict("records")
+    # Column lists, zipped: a third of ``to_dict("records")``'s cost on a one-row request, same values.
+    names = list(model_input.columns)
+    records = [dict(zip(names, values, strict=True))
+               for values in zip(*(model_input[name].tolist() for name in names), strict=True)]
     requests, seen, sent_counts = [], set(), []
     for row, rec in enumerate(records):
         user = rec["user_id"]

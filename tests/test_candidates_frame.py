@@ -237,3 +237,22 @@ def test_dense_and_sparse_item_item_picks_give_the_same_candidates_and_scores(st
         frames[share] = generate_candidates(state, users, config, seed=4, with_scores=True)
     assert frames[0.0].height > 0
     assert frames[0.0].equals(frames[2.0])
+
+
+def test_popular_order_is_sorted_once_and_again_when_the_popularity_changes(state):
+    """The popularity sources walk a global order: the items by popularity descending, ties by the
+    tie rule with one shared key; it is cached per column and seed, and values that change (a
+    catalog update) sort again."""
+    from dataclasses import replace
+
+    from features.ties import tie_keys
+
+    pop = state.item_features["item_pop_all"].to_numpy()
+    order = state.popular_order("item_pop_all", 7)
+    items = np.arange(len(pop))
+    assert np.array_equal(order, np.lexsort((tie_keys(7, 0, items), -pop)))
+    assert np.all(np.diff(pop[order]) <= 0)
+    assert state.popular_order("item_pop_all", 7) is order  # cached
+    assert not np.array_equal(state.popular_order("item_pop_all", 8), order)  # another seed, other ties
+    flipped = replace(state, item_features=state.item_features.with_columns(pl.col("item_pop_all") * -1))
+    assert np.array_equal(flipped.popular_order("item_pop_all", 7), np.lexsort((tie_keys(7, 0, items), pop)))
