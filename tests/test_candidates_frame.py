@@ -85,6 +85,23 @@ def test_top_n_entries_is_the_sorted_top_n_with_ties_by_the_tie_rule(integer_sco
         assert len(rows) == len(expected)
 
 
+def test_one_row_top_n_gives_the_general_paths_entries_in_its_order():
+    """A request's single row takes a shorter path; it must pick and order exactly as the
+    multi-row path does (ties, NaN, -inf, fewer finite entries than n)."""
+    rng = np.random.default_rng(4)
+    for trial in range(80):
+        n_rows, n_cols, n = int(rng.integers(2, 6)), int(rng.integers(1, 700)), int(rng.integers(1, 120))
+        scores = rng.integers(0, 6, size=(n_rows, n_cols)).astype(np.float32) * np.float32(0.5)
+        scores[rng.random(scores.shape) < 0.3] = -np.inf
+        scores[rng.random(scores.shape) < 0.05] = np.nan
+        query = rng.integers(-1, 50, size=n_rows)
+        rows, cols = top_n_entries(scores, n, seed=trial, query=query)
+        for r in range(n_rows):
+            one_rows, one_cols = top_n_entries(scores[r:r + 1], n, seed=trial, query=query[r:r + 1])
+            assert one_cols.tolist() == cols[rows == r].tolist(), (trial, r)
+            assert set(one_rows.tolist()) <= {0}
+
+
 def test_candidates_exclude_seen_items_and_are_unique(state):
     config = CandidateConfig(n_cf=10, n_item_item=10, n_text=10, n_popular=5, n_recent=5)
     cands = generate_candidates(state, np.arange(10, dtype=np.int32), config, seed=0)
@@ -256,3 +273,16 @@ def test_popular_order_is_sorted_once_and_again_when_the_popularity_changes(stat
     assert not np.array_equal(state.popular_order("item_pop_all", 8), order)  # another seed, other ties
     flipped = replace(state, item_features=state.item_features.with_columns(pl.col("item_pop_all") * -1))
     assert np.array_equal(flipped.popular_order("item_pop_all", 7), np.lexsort((tie_keys(7, 0, items), pop)))
+
+
+def test_csr_row_entries_are_the_rows_entries_with_minus_one_as_an_empty_row():
+    from features.candidates import csr_row_entries
+
+    matrix = sp.random(30, 40, density=0.2, format="csr", random_state=2)
+    rows = np.array([5, -1, 5, 0, 29, -1])
+    positions, cols = csr_row_entries(matrix, rows)
+    for i, row in enumerate(rows):
+        expected = [] if row < 0 else matrix[row].indices.tolist()
+        assert cols[positions == i].tolist() == expected, i
+    assert np.all(np.diff(positions) >= 0)
+    assert csr_row_entries(matrix, np.zeros(0, dtype=np.int64))[1].size == 0
