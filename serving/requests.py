@@ -171,23 +171,34 @@ def canonical_split(requests: list[RecommendRequest], default_k: int) -> dict:
     return {"dataframe_split": {"columns": columns, "data": [[value(r, c) for c in columns] for r in requests]}}
 
 
+OUTPUT_COLUMNS = ["user_id", "item_ids", "scores", "path", "unknown_ids"]
+
+
 def predict_frame(bundle, model_input: pd.DataFrame, deadline: float | None = None) -> pd.DataFrame:
-    """Parse, validate and answer a request frame (the pyfunc's ``predict``).
+    """Parse, validate and answer a request frame (the pyfunc's ``predict`` without batching).
 
     deadline: ``time.monotonic()`` value after which the work stops with RequestDeadlineError
         (checked between chunks of users, so an abandoned request does not keep the server busy).
     """
+    from serving.recommend import candidate_budget
+
+    requests = parse_requests(model_input, bundle.config.k, candidate_budget(bundle))
+    return pd.DataFrame(rank_requests(bundle, requests, deadline), columns=OUTPUT_COLUMNS)
+
+
+def rank_requests(bundle, requests: list[RecommendRequest], deadline: float | None = None) -> list[dict]:
+    """One row dict per validated request (``recommend.recommend_requests``), in chunks of about
+    CHUNK_PAIRS pairs, the deadline checked between chunks."""
     from serving.recommend import candidate_budget, recommend_requests
 
     budget = candidate_budget(bundle)
-    requests = parse_requests(model_input, bundle.config.k, budget)
     rows: list[dict] = []
     for chunk in _chunks(requests, budget):
         if deadline is not None and time.monotonic() > deadline:
             raise RequestDeadlineError(f"request stopped after its deadline, {len(rows)} of {len(requests)} users "
                                        "ranked; send fewer users per request")
         rows += recommend_requests(bundle, chunk)
-    return pd.DataFrame(rows, columns=["user_id", "item_ids", "scores", "path", "unknown_ids"])
+    return rows
 
 
 CHUNK_PAIRS = 50_000

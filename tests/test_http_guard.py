@@ -152,12 +152,13 @@ def test_an_unexpected_error_is_a_500_with_an_error_id_and_no_trace(client, smal
 
 def test_a_request_that_waits_past_its_deadline_gets_503_and_is_not_worked_on(client, small_pyfunc, ids):
     model = small_pyfunc[0].unwrap_python_model()
-    model._lock.acquire()  # another request holds the model
+    model._batcher._busy = True  # another batch is being ranked
     old, model.deadline_s = model.deadline_s, 0.2
     try:
         reply = _post(client, {"dataframe_records": [{"user_id": ids[0][0]}]})
+        assert model._batcher._queue == []  # it left the queue: no work will be done on it
     finally:
-        model._lock.release()
+        model._batcher._busy = False
         model.deadline_s = old
     assert reply.status_code == 503
     assert "server busy: the request waited 0.2 s for its turn" in _clean(reply)

@@ -1,0 +1,123 @@
+"""serving/batcher.py: requests that arrive together are ranked together, each gets its own answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from recsys.errors import DataValidationError
+from serving.batcher import RequestBatcher, RequestWaitedTooLongError
+from serving.requests import RecommendRequest
+
+
+def _request(user: str, k: int = 3) -> RecommendRequest:
+    return RecommendRequest(user_id=user, k=k, candidates=None, history=(), exclude=())
+
+
+class SlowRanker:
+    """A stand-in for the model: rows name the user; the first call blocks until released, so the
+    callers that come meanwhile queue up; a user named 'bad' fails the whole call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.first_started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, requests, deadline):
+        users = [r.user_id for r in requests]
+        self.calls.append(users)
+        if len(self.calls) == 1:
+            self.first_started.set()
+            assert self.release.wait(5)
+        if "bad" in users:
+            raise DataValidationError(f"cannot rank {users}")
+        return [{"user_id": r.user_id, "item_ids": [f"{r.user_id}-{i}" for i in range(r.k)]} for r in requests]
+
+
+def _submit_while_busy(batcher, ranker, groups, deadline=None):
+    """Start one caller that holds the model, then one caller per group; release; return
+    {group index: rows or the exception}."""
+    results: dict[int, object] = {}
+
+    def call(index, requests):
+        try:
+            results[index] = batcher.rank(requests, deadline)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[index] = exc
+
+    first = threading.Thread(target=call, args=(-1, [_request("first")]))
+    first.start()
+    assert ranker.first_started.wait(5)
+    threads = [threading.Thread(target=call, args=(i, group)) for i, group in enumerate(groups)]
+    for thread in threads:
+        thread.start()
+    while len(batcher._queue) < len(groups):  # every caller queued behind the first batch
+        time.sleep(0.005)
+    ranker.release.set()
+    for thread in [first, *threads]:
+        thread.join(5)
+    return results
+
+
+def test_requests_queued_behind_a_batch_are_ranked_together_and_each_gets_its_own_rows():
+    ranker = SlowRanker()
+    batcher = RequestBatcher(ranker)
+    groups = [[_request("a", 2)], [_request("b", 1), _request("c", 3)], [_request("d")]]
+    results = _submit_while_busy(batcher, ranker, groups)
+    assert ranker.calls == [["first"], ["a", "b", "c", "d"]]  # one batch for the four users
+    assert [row["user_id"] for row in results[1]] == ["b", "c"]
+    assert results[0] == [{"user_id": "a", "item_ids": ["a-0", "a-1"]}]
+    assert results[1][1]["item_ids"] == ["c-0", "c-1", "c-2"] and results[2][0]["user_id"] == "d"
+    assert batcher.batches == 2 and batcher.largest_batch == 3
+
+
+def test_a_batch_takes_queued_requests_oldest_first_while_their_users_fit():
+    ranker = SlowRanker()
+    batcher = RequestBatcher(ranker, max_batch_users=3)
+    groups = [[_request("a"), _request("b")], [_request("c")], [_request("d"), _request("e")]]
+    results = _submit_while_busy(batcher, ranker, groups)
+    assert ranker.calls == [["first"], ["a", "b", "c"], ["d", "e"]]
+    assert [row["user_id"] for row in results[2]] == ["d", "e"]
+
+
+def test_when_a_shared_batch_fails_each_request_is_ranked_alone_and_gets_only_its_own_error():
+    ranker = SlowRanker()
+    batcher = RequestBatcher(ranker)
+    results = _submit_while_busy(batcher, ranker, [[_request("a")], [_request("bad")], [_request("b")]])
+    assert ranker.calls[1] == ["a", "bad", "b"] and sorted(map(tuple, ranker.calls[2:])) == [("a",), ("b",), ("bad",)]
+    assert results[0][0]["user_id"] == "a" and results[2][0]["user_id"] == "b"
+    assert isinstance(results[1], DataValidationError) and "['bad']" in str(results[1])
+
+
+def test_a_request_still_queued_at_its_deadline_leaves_the_queue_unranked():
+    ranker = SlowRanker()
+    batcher = RequestBatcher(ranker)
+    holder = threading.Thread(target=batcher.rank, args=([_request("first")],))
+    holder.start()
+    assert ranker.first_started.wait(5)
+    with pytest.raises(RequestWaitedTooLongError, match=r"server busy: the request waited 0.1 s for its turn"):
+        batcher.rank([_request("late")], time.monotonic() + 0.1, wait_s=0.1)
+    assert batcher._queue == []
+    ranker.release.set()
+    holder.join(5)
+    assert ranker.calls == [["first"]]  # the late request was never ranked
+
+
+def test_batched_answers_equal_one_by_one_answers_on_a_real_model(small_bundle):
+    """The model ranks a user the same whatever else is in the batch (the tie rule keys on the
+    user): requests with their own k, history, candidates and exclusions, one batch vs one by one."""
+    from serving.requests import parse_requests, rank_requests
+
+    users, items = small_bundle.state.users.ids.to_list(), small_bundle.state.items.ids.to_list()
+    rows = [{"user_id": users[0], "k": 5}, {"user_id": users[1], "k": 2, "exclude": [items[0]]},
+            {"user_id": "someone-new", "k": 4, "history": [items[1], items[2]]},
+            {"user_id": users[2], "k": 3, "candidates": [items[3], items[4], items[5], "NOPE"]},
+            {"user_id": users[3]}]
+    requests = parse_requests(pd.DataFrame(rows), small_bundle.config.k, 0)
+    together = rank_requests(small_bundle, requests)
+    alone = [rank_requests(small_bundle, [r])[0] for r in requests]
+    assert together == alone
+    assert [len(r["item_ids"]) for r in together][:2] == [5, 2]
