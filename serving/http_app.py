@@ -65,6 +65,7 @@ def create_app():
     """
     import mlflow
 
+    _object_strings()
     uri = os.environ.get(MODEL_ENV)
     try:
         if not uri:
@@ -74,6 +75,25 @@ def create_app():
         print(f"recsys serve: error: cannot load model {uri!r}: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
         sys.exit(3)
     return build_app(model)
+
+
+def _object_strings() -> None:
+    """In the server process only: pandas keeps strings as Python objects, as before pandas 3.
+
+    Every request's frames are tiny (MLflow parses the body into one, enforces the signature on
+    it, the model answers with one), and pandas 3's Arrow-backed string columns cost far more to
+    build and read at that size than object columns: a profile of the server under load put a
+    quarter of its time in their conversions (docs/results.md). The values are the same str
+    objects. Where pandas no longer has the option (it is deprecated), nothing changes.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            pd.set_option("future.infer_string", False)
+        except (KeyError, ValueError, pd.errors.OptionError):
+            log.info("pandas has no future.infer_string option: string columns stay as pandas makes them")
 
 
 def build_app(model):
