@@ -53,10 +53,6 @@ class LambdaRanker:
         self.prior_weights: dict[str, float] = {}  # source -> weight of its within-query z-score
         self.fit_seconds = 0.0
         self.members = 1  # LightGBM models averaged into ``booster`` (a fold ensemble's folds)
-        # A fold ensemble's members, member k not having learnt from fold k (ranker_folds.user_folds,
-        # seed ``fold_seed``): what ``recsys tune`` scores out of fold. Empty for one model.
-        self.fold_members: list[LambdaRanker] = []
-        self.fold_seed = 0
 
     def _check(self, X: np.ndarray, y: np.ndarray | None = None, groups: np.ndarray | None = None) -> None:
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):

@@ -124,5 +124,4 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
                             for name in names}
     ranker.fit_seconds = sum(m.fit_seconds for m in members)
     ranker.members = n_folds
-    ranker.fold_members, ranker.fold_seed = members, seed
     return ranker, members

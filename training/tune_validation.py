@@ -6,9 +6,7 @@ window (what they are scored on). A stage-1 model is scored alone, by full ranki
 catalog item the user has not interacted with in the feature window, on the label-window users
 with feature-window history (a seeded sample above ``eval_max_users``). The candidate and ranker
 stages are scored as the pipeline chooses its variant: the ranker learns on the label window's
-users, early-stops on the held-out 15% of them, and is scored by full ranking on those; a fold
-ensemble (few label users) is scored on the others too, each user by the member that did not
-learn from them (``out_of_fold_ndcg``).
+users, early-stops on the held-out 15% of them, and is scored by full ranking on those.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from recsys.split import Split
 from training import variants
 from training.evaluate import rank_in_chunks, sample_users
 from training.pipeline import Windows, split_windows, window_state
-from training.ranker_folds import user_folds
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_items) float32
 CHUNK_USERS = 1_024  # users per dense scoring chunk
@@ -175,15 +172,11 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
                 frame: pl.DataFrame | None = None,
                 extra_frames: list[pl.DataFrame] = ()) -> tuple[float, pl.DataFrame]:
     """Validation nDCG@k of the ranker (text features on) learnt with ``config``: fitted on the
-    label users' queries, early-stopped on the held-out users' queries and scored by full ranking
-    on the held-out users. ``frame``: the labelled frame when the candidates did not change;
+    label users' queries, early-stopped on the held-out users' queries (with ``ranker.folds`` > 1
+    on folds of the others) and scored by full ranking on the held-out users. ``frame``: the
+    labelled frame when the candidates did not change;
     ``extra_frames``: those of the extra label cuts (``extra_cut_frame``; ``config.label_cuts`` - 1
-    of them). Returns (nDCG@k, the first cut's labelled frame).
-
-    With a fold ensemble (``ranker.folds`` > 1, or 0 and the data's choice) the other label users
-    are scored too, out of fold: each by the member that did not learn from their fold (see
-    ``out_of_fold_ndcg``), so a trial is judged on every label user, not on the held-out share alone.
-    """
+    of them). Returns (nDCG@k, the first cut's labelled frame)."""
     if frame is None:
         frame = variants.labelled_frame(state, who.users, data.windows.nested.impressions_test, config,
                                         data.windows.feature_cold)
@@ -192,37 +185,9 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
     stacked = variants.stacked_frames([frame, *extra_frames]) if extra_frames else frame
     ranker = variants.fit_rankers({variants.FINETUNED: stacked}, who.held_out, config,
                                   label_users=who.users[0])[variants.FINETUNED]
-    per_user = _ranked_ndcg(state, config, ranker, who.held_out, who.held_out_relevant)
-    if ranker.fold_members:
-        per_user = np.concatenate([per_user, out_of_fold_ndcg(state, config, ranker, who)])
-    return float(per_user.mean()), frame
-
-
-def out_of_fold_ndcg(state: FeatureState, config: PipelineConfig, ranker, who: LabelUsers) -> np.ndarray:
-    """float (n,) nDCG@k of each label user outside the held-out ones, ranked (full ranking) by the
-    fold-ensemble member that did not learn from the user's fold.
-
-    That member stopped early on the user's fold's candidate queries: one number (its tree count)
-    was chosen on these users, which favours every trial alike a little; the held-out users took
-    no part in any fit. Per-user values, so the caller averages over every scored user."""
-    users, relevant = who.users
-    outside = ~np.isin(users, who.held_out)
-    users, relevant = users[outside], [r for r, keep in zip(relevant, outside, strict=True) if keep]
-    fold = user_folds(users, len(ranker.fold_members), ranker.fold_seed)
-    scores = []
-    for k, member in enumerate(ranker.fold_members):
-        mine = np.flatnonzero(fold == k)
-        if mine.size:
-            scores.append(_ranked_ndcg(state, config, member, users[mine], [relevant[i] for i in mine]))
-    return np.concatenate(scores) if scores else np.zeros(0)
-
-
-def _ranked_ndcg(state: FeatureState, config: PipelineConfig, ranker, user_idx: np.ndarray,
-                 relevant: list[np.ndarray]) -> np.ndarray:
-    """float (len(user_idx),) per-user nDCG@k of ``ranker``'s full ranking (the pipeline's serving path)."""
     bundle = RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
                            prior_weights=ranker.prior_weights)
-    ranked = rank_in_chunks({"ranker": bundle}, user_idx, relevant, config.k, keep_scores="",
-                            seed=config.seed)["ranker"][0]
-    n_relevant = np.array([len(r) for r in relevant])
-    return metrics.ndcg_at_k(metrics.hits_matrix(ranked[:, :config.k], relevant), n_relevant)
+    outcome = rank_in_chunks({"ranker": bundle}, who.held_out, who.held_out_relevant, config.k, keep_scores="",
+                              seed=config.seed)
+    ranked = outcome["ranker"][0]
+    return metrics.topk_metrics(ranked, who.held_out_relevant, config.k)[f"ndcg@{config.k}"], frame
