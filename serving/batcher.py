@@ -11,8 +11,10 @@ answer is the same either way: the tie rule keys on the user, never on the batch
 No thread runs a scheduler: the first waiting thread that finds the model free ranks the batch
 (its own request and those queued before and after it), hands each request its rows and wakes
 the others. A request that is still queued at its deadline leaves the queue with
-``RequestWaitedTooLongError``. If a batch of several requests fails, each of them is ranked
-again alone, so a request only ever gets its own error.
+``RequestWaitedTooLongError`` and is not ranked. A request that brings its own candidates is
+ranked alone (a shared call would compute its neighbours' source scores another way). If a
+batch of several requests fails, each of them is ranked again alone, so a request only ever
+gets its own error.
 """
 
 from __future__ import annotations
@@ -36,10 +38,22 @@ class RequestWaitedTooLongError(RequestDeadlineError):
 class _Job:
     requests: list[RecommendRequest]
     deadline: float | None
+    wait_s: float | None = None  # the wait a RequestWaitedTooLongError names (default: the time waited)
+    queued_at: float = field(default_factory=time.monotonic)
     rows: list[dict] | None = None
     error: BaseException | None = None
     done: bool = False
-    waited_s: float = field(default=0.0)
+
+    @property
+    def explicit(self) -> bool:
+        """A request of the job brings its own candidates (see ``RequestBatcher._take``)."""
+        return any(r.candidates is not None for r in self.requests)
+
+    def give_up(self) -> None:
+        waited = self.wait_s if self.wait_s is not None else time.monotonic() - self.queued_at
+        self.error = RequestWaitedTooLongError(f"server busy: the request waited {waited:g} s for its turn; "
+                                               "retry later or send fewer users per request")
+        self.done = True
 
 
 class RequestBatcher:
@@ -65,48 +79,67 @@ class RequestBatcher:
         """Rows for ``requests`` (one dict each), ranked in a batch with whatever else is queued.
 
         deadline: ``time.monotonic()`` value after which the work stops (RequestDeadlineError)
-            and a request still queued gives up (RequestWaitedTooLongError); wait_s: the wait
-            the message names (default: the time left at entry).
+            and a request still queued then gives up (RequestWaitedTooLongError, no work done
+            on it); wait_s: the wait that error names (default: the time waited).
         """
-        job = _Job(requests=requests, deadline=deadline)
-        started = time.monotonic()
+        job = _Job(requests=requests, deadline=deadline, wait_s=wait_s)
         with self._changed:
             self._queue.append(job)
-            while not job.done:
-                if not self._busy:
-                    batch = self._take()
-                    self._busy = True
-                    self._changed.release()
-                    try:
-                        self._run(batch)
-                    finally:
-                        for other in batch:  # interrupted (KeyboardInterrupt...): nobody waits forever
-                            if not other.done:
-                                other.error, other.done = RuntimeError("the batch was interrupted"), True
-                        self._changed.acquire()
-                        self._busy = False
-                        self._changed.notify_all()
-                    continue
-                if deadline is None or job not in self._queue:
-                    self._changed.wait()  # being ranked (the work checks the deadline) or no deadline
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
+            try:
+                self._wait_for(job)
+            except BaseException:  # interrupted while ranking others' batch: leave nothing behind
+                if job in self._queue:
                     self._queue.remove(job)
-                    waited = wait_s if wait_s is not None else time.monotonic() - started
-                    raise RequestWaitedTooLongError(f"server busy: the request waited {waited:g} s for its turn; "
-                                                    "retry later or send fewer users per request")
-                self._changed.wait(timeout=left)
+                raise
         if job.error is not None:
             raise job.error
         return job.rows
 
+    def _wait_for(self, job: _Job) -> None:
+        """Until ``job`` is done: rank batches while the model is free, else wait (the lock held)."""
+        deadline = job.deadline
+        while not job.done:
+            if not self._busy:
+                batch = self._take()  # may end this job: its deadline passed while it queued
+                if not batch:
+                    continue
+                self._busy = True
+                self._changed.release()
+                try:
+                    self._run(batch)
+                finally:
+                    for other in batch:  # interrupted (KeyboardInterrupt...): nobody waits forever
+                        if not other.done:
+                            other.error, other.done = RuntimeError("the batch was interrupted"), True
+                    self._changed.acquire()
+                    self._busy = False
+                    self._changed.notify_all()
+                continue
+            if deadline is None or job not in self._queue:
+                self._changed.wait()  # being ranked (the work checks the deadline) or no deadline
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._queue.remove(job)
+                job.give_up()
+                break
+            self._changed.wait(timeout=left)
+
     def _take(self) -> list[_Job]:
-        """The oldest queued jobs whose users fit in one batch (at least one job)."""
+        """The next batch, oldest jobs first: queued jobs whose deadline has passed leave the queue
+        unranked; a job that brings its own candidates goes alone (scores of generated and explicit
+        candidates are computed differently when they share a call, so another caller's list
+        must not change this caller's answer); the others join while their users fit."""
+        now = time.monotonic()
+        for expired in [j for j in self._queue if j.deadline is not None and j.deadline <= now]:
+            self._queue.remove(expired)
+            expired.give_up()
         batch, users = [], 0
-        while self._queue and (not batch or users + len(self._queue[0].requests) <= self._max_batch_users):
-            job = self._queue.pop(0)
-            batch.append(job)
+        while self._queue:
+            job = self._queue[0]
+            if batch and (job.explicit or batch[0].explicit or users + len(job.requests) > self._max_batch_users):
+                break
+            batch.append(self._queue.pop(0))
             users += len(job.requests)
         return batch
 

@@ -89,7 +89,7 @@ def _object_strings() -> None:
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore")  # its deprecation warning (a Pandas4Warning in pandas 3.1)
         try:
             pd.set_option("future.infer_string", False)
         except (KeyError, ValueError, pd.errors.OptionError):

@@ -13,8 +13,8 @@ from serving.batcher import RequestBatcher, RequestWaitedTooLongError
 from serving.requests import RecommendRequest
 
 
-def _request(user: str, k: int = 3) -> RecommendRequest:
-    return RecommendRequest(user_id=user, k=k, candidates=None, history=(), exclude=())
+def _request(user: str, k: int = 3, candidates=None) -> RecommendRequest:
+    return RecommendRequest(user_id=user, k=k, candidates=candidates, history=(), exclude=())
 
 
 class SlowRanker:
@@ -48,10 +48,11 @@ def _submit_while_busy(batcher, ranker, groups, deadline=None):
         except Exception as exc:  # noqa: BLE001 - the test inspects it
             results[index] = exc
 
-    first = threading.Thread(target=call, args=(-1, [_request("first")]))
+    # Daemon threads: a deadlock fails the joins' check below instead of hanging pytest.
+    first = threading.Thread(target=call, args=(-1, [_request("first")]), daemon=True)
     first.start()
     assert ranker.first_started.wait(5)
-    threads = [threading.Thread(target=call, args=(i, group)) for i, group in enumerate(groups)]
+    threads = [threading.Thread(target=call, args=(i, group), daemon=True) for i, group in enumerate(groups)]
     for thread in threads:
         thread.start()
     while len(batcher._queue) < len(groups):  # every caller queued behind the first batch
@@ -59,6 +60,7 @@ def _submit_while_busy(batcher, ranker, groups, deadline=None):
     ranker.release.set()
     for thread in [first, *threads]:
         thread.join(5)
+        assert not thread.is_alive(), "a caller never got its answer"
     return results
 
 
@@ -95,7 +97,7 @@ def test_when_a_shared_batch_fails_each_request_is_ranked_alone_and_gets_only_it
 def test_a_request_still_queued_at_its_deadline_leaves_the_queue_unranked():
     ranker = SlowRanker()
     batcher = RequestBatcher(ranker)
-    holder = threading.Thread(target=batcher.rank, args=([_request("first")],))
+    holder = threading.Thread(target=batcher.rank, args=([_request("first")],), daemon=True)
     holder.start()
     assert ranker.first_started.wait(5)
     with pytest.raises(RequestWaitedTooLongError, match=r"server busy: the request waited 0.1 s for its turn"):
@@ -106,16 +108,37 @@ def test_a_request_still_queued_at_its_deadline_leaves_the_queue_unranked():
     assert ranker.calls == [["first"]]  # the late request was never ranked
 
 
+def test_a_request_past_its_deadline_is_not_ranked_even_when_it_finds_the_model_free():
+    ranker = SlowRanker()
+    ranker.release.set()
+    batcher = RequestBatcher(ranker)
+    with pytest.raises(RequestWaitedTooLongError, match=r"waited 2 s for its turn"):
+        batcher.rank([_request("late")], time.monotonic() - 1, wait_s=2)
+    assert ranker.calls == [] and batcher._queue == []
+    assert batcher.rank([_request("next")], time.monotonic() + 5)[0]["user_id"] == "next"
+
+
+def test_a_request_with_its_own_candidates_is_ranked_alone():
+    """Generated and explicit candidates get their source scores computed differently when they
+    share a call, so a caller's list must not share a call with another caller's users."""
+    ranker = SlowRanker()
+    batcher = RequestBatcher(ranker)
+    groups = [[_request("a")], [_request("b", candidates=("x", "y"))], [_request("c")], [_request("d")]]
+    results = _submit_while_busy(batcher, ranker, groups)
+    assert ranker.calls == [["first"], ["a"], ["b"], ["c", "d"]]
+    assert results[1][0]["user_id"] == "b"
+
+
 def test_batched_answers_equal_one_by_one_answers_on_a_real_model(small_bundle):
     """The model ranks a user the same whatever else is in the batch (the tie rule keys on the
-    user): requests with their own k, history, candidates and exclusions, one batch vs one by one."""
+    user): requests with their own k, history and exclusions and an unknown user, one batch vs
+    one by one (a request with its own candidates is never batched with others)."""
     from serving.requests import parse_requests, rank_requests
 
     users, items = small_bundle.state.users.ids.to_list(), small_bundle.state.items.ids.to_list()
     rows = [{"user_id": users[0], "k": 5}, {"user_id": users[1], "k": 2, "exclude": [items[0]]},
             {"user_id": "someone-new", "k": 4, "history": [items[1], items[2]]},
-            {"user_id": users[2], "k": 3, "candidates": [items[3], items[4], items[5], "NOPE"]},
-            {"user_id": users[3]}]
+            {"user_id": users[2], "k": 3, "exclude": [items[3], "NOPE"]}, {"user_id": users[3]}]
     requests = parse_requests(pd.DataFrame(rows), small_bundle.config.k, 0)
     together = rank_requests(small_bundle, requests)
     alone = [rank_requests(small_bundle, [r])[0] for r in requests]

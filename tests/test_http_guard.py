@@ -229,3 +229,17 @@ def test_a_parquet_body_with_missing_k_values_is_answered(client, ids):
     reply = _post(client, buffer.getvalue(), "application/vnd.apache.parquet")
     assert reply.status_code == 200, reply.text
     assert [len(row["item_ids"]) for row in reply.json()["predictions"]] == [4, 10]
+
+
+def test_the_server_process_keeps_pandas_strings_as_objects():
+    """create_app (the uvicorn factory, the server process only) turns off pandas 3's Arrow-backed
+    strings, whose conversions dominated the server's profile; loading the model elsewhere does not."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error'); import pandas as pd; "
+            "before = str(pd.DataFrame({'a': ['x']})['a'].dtype); "
+            "from serving.http_app import _object_strings; _object_strings(); "
+            "print(before, pd.DataFrame({'a': ['x']})['a'].dtype)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["str", "object"]
