@@ -96,32 +96,52 @@ def _object_strings() -> None:
             log.info("pandas has no future.infer_string option: string columns stay as pandas makes them")
 
 
-def build_app(model):
-    """MLflow's scoring app for ``model`` (a loaded PyFuncModel) behind the RequestGuard."""
+def build_app(model, *, direct: bool = True):
+    """MLflow's scoring app for ``model`` (a loaded PyFuncModel) behind the RequestGuard.
+
+    direct: for a recsys model, the guard answers ``/invocations`` itself (the model's ``answer``
+    on the requests it has already parsed) instead of handing the body to MLflow's server to
+    parse, check against the signature and convert again; the reply is the same
+    ``{"predictions": [...]}``. False sends every request through MLflow's server (the tests
+    compare the two)."""
     from mlflow.pyfunc import scoring_server
 
     budget, default_k = _request_limits(model)
-    return RequestGuard(scoring_server.init(model), candidate_budget=budget, default_k=default_k)
+    answer = getattr(_python_model(model), "answer", None) if direct else None
+    return RequestGuard(scoring_server.init(model), candidate_budget=budget, default_k=default_k,
+                        answer=answer if callable(answer) and default_k is not None else None)
+
+
+def _python_model(model):
+    try:
+        return model.unwrap_python_model()
+    except Exception:  # not a python-function model of ours
+        return None
 
 
 def _request_limits(model) -> tuple[int | None, int | None]:
     """(candidates per user, default k) of a recsys model; (None, None) for any other pyfunc."""
     from serving.recommend import candidate_budget
 
-    try:
-        bundle = model.unwrap_python_model().bundle
-    except Exception:  # not one of ours (a benchmark's echo model): no request rules to apply
+    bundle = getattr(_python_model(model), "bundle", None)
+    if bundle is None:  # not one of ours (a benchmark's echo model): no request rules to apply
         return None, None
     return candidate_budget(bundle), bundle.config.k
 
 
 class RequestGuard:
-    """ASGI middleware for POST /invocations; every other path passes through untouched."""
+    """ASGI middleware for POST /invocations; every other path passes through untouched.
 
-    def __init__(self, app, *, candidate_budget: int | None, default_k: int | None = None):
+    answer: the model's ``answer`` (validated requests -> one row dict per request), which the
+    guard calls itself for the requests it has parsed; None passes every checked request on to
+    MLflow's server (any pyfunc that is not a recsys model, or one saved before ``answer``).
+    """
+
+    def __init__(self, app, *, candidate_budget: int | None, default_k: int | None = None, answer=None):
         self.app = app
         self.candidate_budget = candidate_budget
         self.default_k = default_k
+        self.answer = answer
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
@@ -129,11 +149,13 @@ class RequestGuard:
         try:
             body = await _read_body(scope, receive)
             if len(body) > 256 * 1024:  # parsing a large body off the event loop keeps /ping and others live
-                scope, body = await to_thread.run_sync(self.check, scope, body)
+                scope, body, requests = await to_thread.run_sync(self.check, scope, body)
             else:
-                scope, body = self.check(scope, body)
+                scope, body, requests = self.check(scope, body)
         except RequestRefused as refused:
             return await _send_error(send, refused.status, refused.code, refused.message)
+        if self.answer is not None:
+            return await self._answer(requests, send)
 
         delivered = False
 
@@ -146,8 +168,23 @@ class RequestGuard:
 
         await self.app(scope, replay, _clean_errors(send))
 
-    def check(self, scope, body: bytes) -> tuple[dict, bytes]:
-        """(the request's scope with a normalised Content-Type, the body to pass on), or RequestRefused."""
+    async def _answer(self, requests, send) -> None:
+        """Rank the parsed requests (in a worker thread: ranking holds the GIL in long stretches,
+        and the batcher gathers the threads that wait together) and send MLflow's answer format."""
+        from serving.pyfunc_model import error_reply
+
+        try:
+            rows = await to_thread.run_sync(self.answer, requests)
+        except Exception as exc:
+            return await _send_error(send, *error_reply(exc))
+        body = json.dumps({"predictions": rows}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def check(self, scope, body: bytes) -> tuple[dict, bytes, list | None]:
+        """(the request's scope with a normalised Content-Type, the body to pass on, the parsed
+        requests or None for a model that is not ours), or RequestRefused."""
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
         raw_type = next((v for k, v in scope["headers"] if k.lower() == b"content-type"), b"").decode("latin-1")
         mime, _, parameters = raw_type.partition(";")
@@ -167,22 +204,43 @@ class RequestGuard:
         else:
             raise RequestRefused(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {raw_type[:60]!r} is not supported; "
                                  f"send {ACCEPTED}")
+        requests = None
         try:
             request_rules.check_fields(columns)
             if self.default_k is not None:
-                # One of ours: every row is validated here (the same rules as the model's), and MLflow
-                # gets the canonical form its typed signature takes as it is (k filled in, null
-                # lists), so no row is coerced (5.5 -> 5) or refused for a field another row left out.
-                requests = request_rules.parse_requests(pd.DataFrame(rows, columns=columns), self.default_k,
-                                                        self.candidate_budget)
-                body = json.dumps(request_rules.canonical_split(requests, self.default_k)).encode()
-                mime, parameters = JSON_TYPES[0], ""
+                # One of ours: every row is validated here, by the model's own rules, and answered
+                # from the parsed requests (``_answer``); a model saved before ``answer`` existed
+                # gets them from MLflow's server in a form its typed signature takes as it is.
+                requests = request_rules.parse_request_rows(columns, rows, self.default_k, self.candidate_budget)
+                if self.answer is None:
+                    body = json.dumps(_canonical_split(requests, self.default_k)).encode()
+                    mime, parameters = JSON_TYPES[0], ""
         except request_rules.RequestTooLargeError as exc:
             raise RequestRefused(413, "REQUEST_TOO_LARGE", str(exc)) from None
         except DataValidationError as exc:
             raise RequestRefused(400, "INVALID_PARAMETER_VALUE", str(exc)) from None
         content_type = mime + (";" + parameters if parameters else "")
-        return {**scope, "headers": [*headers, (b"content-type", content_type.encode("latin-1"))]}, body
+        return {**scope, "headers": [*headers, (b"content-type", content_type.encode("latin-1"))]}, body, requests
+
+
+def _canonical_split(requests: list, default_k: int) -> dict:
+    """Validated requests as one ``dataframe_split`` payload that the model's typed signature takes
+    as it is, so no row is coerced (5.5 -> 5) or refused for a field another row left out: ``k``
+    when a row asks for other than ``default_k`` (then every row has an integer), ``candidates``
+    when a row sends a list (null for the others: the model's own candidates), ``history``/
+    ``exclude`` when a row has ids (``[]`` for the others)."""
+    columns = ["user_id"]
+    if any(r.k != default_k for r in requests):
+        columns.append("k")
+    if any(r.candidates is not None for r in requests):
+        columns.append("candidates")
+    columns += [field for field in ("history", "exclude") if any(getattr(r, field) for r in requests)]
+
+    def value(request, column: str):
+        got = getattr(request, column)
+        return list(got) if isinstance(got, tuple) else got
+
+    return {"dataframe_split": {"columns": columns, "data": [[value(r, c) for c in columns] for r in requests]}}
 
 
 async def _read_body(scope, receive) -> bytes:

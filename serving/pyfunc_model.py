@@ -1,15 +1,18 @@
 """MLflow pyfunc wrapper (models-from-code): the file MLflow stores with every model version.
 
-Heavy state loads once in ``load_context``; ``predict`` parses the request in its own thread
-and ranks it in a batch with the requests that arrive together (``serving/batcher.py``), under
-``torch.inference_mode()``. Input: a DataFrame with one row per user (``user_id``; optional
+Heavy state loads once in ``load_context``; ``predict`` parses the request and ``answer`` ranks
+it in a batch with the requests that arrive together (``serving/batcher.py``), under
+``torch.inference_mode()``. ``recsys serve`` calls ``answer`` directly with the requests its guard
+has already parsed (``serving/http_app.py``); ``predict`` is the way in for MLflow's own server,
+``mlflow.pyfunc.load_model`` and Spark. Input: a DataFrame with one row per user (``user_id``; optional
 ``k``, ``candidates``, ``history``, ``exclude``; see ``serving/requests.py``). Output: one row
 per user with ``user_id, item_ids, scores, path, unknown_ids``.
 
-Errors reach the client as MlflowExceptions whose code MLflow maps to the HTTP status: a bad
-request 400, a request over the work bounds 400 (``recsys serve`` answers 413 before it gets
-here), a request that waited or ran past its deadline 503. Anything unexpected is logged here
-with its traceback under an error id and reported as a 500 that carries only that id.
+Errors map to an HTTP status in one place, ``error_reply``: a bad request 400, a request over the
+work bounds 400 (``recsys serve`` answers 413 before it gets here), a request that waited or ran
+past its deadline 503. Anything unexpected is logged with its traceback under an error id and
+reported as a 500 that carries only that id. ``predict`` raises them as MlflowExceptions, whose
+code MLflow's server maps to the same status.
 """
 
 from __future__ import annotations
@@ -52,27 +55,45 @@ class RecommenderModel(PythonModel):
         with torch.inference_mode():
             return rank_requests(self.bundle, requests, deadline)
 
+    def answer(self, requests) -> list[dict]:
+        """Rank validated requests (``serving/requests.py``) in a batch with the requests that
+        arrive together: one row dict per request (``OUTPUT_COLUMNS``). Raises RequestDeadlineError
+        when the request waits or runs past its deadline. ``recsys serve`` calls this directly,
+        after its guard has parsed and checked the body."""
+        return self._answer(requests)
+
+    def _answer(self, requests) -> list[dict]:
+        deadline = time.monotonic() + self.deadline_s
+        return self._batcher.rank(requests, deadline, wait_s=self.deadline_s)
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+        from mlflow.protos import databricks_pb2
 
-        from recsys.errors import RecsysError, RequestDeadlineError
         from serving.recommend import candidate_budget
 
-        deadline = time.monotonic() + self.deadline_s
         try:
             requests = parse_requests(model_input, self.bundle.config.k, candidate_budget(self.bundle))
-            rows = self._batcher.rank(requests, deadline, wait_s=self.deadline_s)
-            return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
-        except RequestDeadlineError as exc:
-            raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
-        except RecsysError as exc:  # the server answers 400 with this message, not a 500
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        except Exception:
-            error_id = uuid.uuid4().hex[:12]
-            log.exception("request failed (error id %s)", error_id)
-            raise MlflowException(f"internal error while ranking (error id {error_id}); the server log has the "
-                                  "details", error_code=INTERNAL_ERROR) from None
+            return pd.DataFrame(self._answer(requests), columns=OUTPUT_COLUMNS)
+        except Exception as exc:
+            _, code, message = error_reply(exc)
+            raise MlflowException(message, error_code=getattr(databricks_pb2, code)) from None
+
+
+def error_reply(exc: Exception) -> tuple[int, str, str]:
+    """(HTTP status, MLflow error code, message) for an error raised while answering: a request
+    that waited or ran past its deadline 503, a bad request 400 (``recsys serve`` answers 413 for
+    one over the work bounds before it gets here), anything else 500 with only an error id, the
+    traceback logged under it. Call it inside the ``except`` block."""
+    from recsys.errors import RecsysError, RequestDeadlineError
+
+    if isinstance(exc, RequestDeadlineError):
+        return 503, "TEMPORARILY_UNAVAILABLE", str(exc)
+    if isinstance(exc, RecsysError):
+        return 400, "INVALID_PARAMETER_VALUE", str(exc)
+    error_id = uuid.uuid4().hex[:12]
+    log.error("request failed (error id %s)", error_id, exc_info=exc)
+    return 500, "INTERNAL_ERROR", f"internal error while ranking (error id {error_id}); the server log has the details"
 
 
 mlflow.models.set_model(RecommenderModel())

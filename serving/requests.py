@@ -116,26 +116,35 @@ def check_size(n_users: int, candidate_counts, candidate_budget: int) -> None:
 
 
 def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: int = 0) -> list[RecommendRequest]:
+    """Validated requests, one per row of a request frame (the pyfunc's input); see
+    :func:`parse_request_rows`."""
+    if not isinstance(model_input, pd.DataFrame):
+        model_input = pd.DataFrame(model_input)
+    names = list(model_input.columns)
+    # Column lists, zipped: a third of ``to_dict("records")``'s cost on a one-row request, same values.
+    rows = [dict(zip(names, values, strict=True))
+            for values in zip(*(model_input[name].tolist() for name in names), strict=True)]
+    return parse_request_rows(names, rows, default_k, candidate_budget)
+
+
+def parse_request_rows(columns: list, rows: list[dict], default_k: int,
+                       candidate_budget: int = 0) -> list[RecommendRequest]:
     """Validated requests, one per row; raises DataValidationError on anything malformed and
     RequestTooLargeError (a DataValidationError) when the work is over the bounds.
 
+    columns: every field the request names (a field no row fills is still checked);
+    rows: field -> value per user, a field a row leaves out meaning its default (as None or NaN do);
     candidate_budget: candidates the model generates for a user without an explicit list.
     """
-    if not isinstance(model_input, pd.DataFrame):
-        model_input = pd.DataFrame(model_input)
-    if "user_id" not in model_input.columns:
-        raise DataValidationError(f"request needs a 'user_id' column; got columns {show(list(model_input.columns))}")
-    check_fields(model_input.columns)
-    if len(model_input) == 0:
+    if "user_id" not in columns:
+        raise DataValidationError(f"request needs a 'user_id' column; got columns {show(list(columns))}")
+    check_fields(columns)
+    if len(rows) == 0:
         raise DataValidationError("request has no rows; send at least one user_id")
-    check_size(len(model_input), [], 0)
-    # Column lists, zipped: a third of ``to_dict("records")``'s cost on a one-row request, same values.
-    names = list(model_input.columns)
-    records = [dict(zip(names, values, strict=True))
-               for values in zip(*(model_input[name].tolist() for name in names), strict=True)]
+    check_size(len(rows), [], 0)
     requests, seen, sent_counts = [], set(), []
-    for row, rec in enumerate(records):
-        user = rec["user_id"]
+    for row, rec in enumerate(rows):
+        user = rec.get("user_id")
         if _is_missing(user) or not isinstance(user, str) or not user.strip():
             raise DataValidationError(f"row {row}: user_id must be a non-empty string, got {show(user)}")
         if user in seen:
@@ -149,26 +158,6 @@ def parse_requests(model_input: pd.DataFrame, default_k: int, candidate_budget: 
                                          exclude=lists["exclude"] or ()))
     check_size(len(requests), sent_counts, candidate_budget)
     return requests
-
-
-def canonical_split(requests: list[RecommendRequest], default_k: int) -> dict:
-    """Validated requests as one ``dataframe_split`` payload that the model's typed signature takes
-    as it is, with the columns that carry something: ``k`` when a row asks for other than
-    ``default_k`` (then every row has an integer), ``candidates`` when a row sends a list (null for
-    the others: the model's own candidates), ``history``/``exclude`` when a row has ids (``[]`` for
-    the others). Columns left out mean the same as their defaults, and cost no schema work."""
-    columns = ["user_id"]
-    if any(r.k != default_k for r in requests):
-        columns.append("k")
-    if any(r.candidates is not None for r in requests):
-        columns.append("candidates")
-    columns += [field for field in ("history", "exclude") if any(getattr(r, field) for r in requests)]
-
-    def value(request: RecommendRequest, column: str):
-        got = getattr(request, column)
-        return list(got) if isinstance(got, tuple) else got
-
-    return {"dataframe_split": {"columns": columns, "data": [[value(r, c) for c in columns] for r in requests]}}
 
 
 OUTPUT_COLUMNS = ["user_id", "item_ids", "scores", "path", "unknown_ids"]

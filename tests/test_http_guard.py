@@ -243,3 +243,38 @@ def test_the_server_process_keeps_pandas_strings_as_objects():
             "print(before, pd.DataFrame({'a': ['x']})['a'].dtype)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["str", "object"]
+
+
+def test_the_guard_answers_as_mlflows_server_would(small_pyfunc, ids, monkeypatch):
+    """recsys serve answers its model's requests itself, from the rows it has parsed; the reply is
+    byte for byte what MLflow's server gives for the same requests, and MLflow's predict is not
+    called on the way."""
+    users, items = ids
+    rows = [{"user_id": users[0], "k": 2, "history": items[:2]}, {"user_id": users[1], "exclude": ["NOPE"]},
+            {"user_id": "someone-new", "candidates": [*items[:3], "GONE"], "exclude": items[:1]},
+            {"user_id": "someone-else", "k": 4.0}]
+    payload = {"dataframe_records": rows}
+    through_mlflow = _post(TestClient(build_app(small_pyfunc[0], direct=False)), payload)
+    assert through_mlflow.status_code == 200, through_mlflow.text
+    monkeypatch.setattr(type(small_pyfunc[0].unwrap_python_model()), "predict",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("MLflow's path was taken")))
+    direct = _post(TestClient(build_app(small_pyfunc[0])), payload)
+    assert direct.status_code == 200, direct.text
+    assert direct.headers["content-type"] == "application/json"
+    assert direct.json() == through_mlflow.json()
+    answer = {row["user_id"]: row for row in direct.json()["predictions"]}
+    assert [len(answer[u]["item_ids"]) for u in (users[0], users[1], "someone-new", "someone-else")] == [2, 10, 2, 4]
+    assert answer["someone-new"]["unknown_ids"] == ["GONE"] and answer[users[1]]["unknown_ids"] == ["NOPE"]
+
+
+def test_a_model_without_answer_is_served_through_mlflow(small_pyfunc, ids, monkeypatch):
+    """A model version saved before ``answer`` existed still works: its requests go through MLflow's
+    server, in the canonical form its typed signature takes (a row may leave out what another sends)."""
+    users, items = ids
+    monkeypatch.setattr(small_pyfunc[0].unwrap_python_model(), "answer", None)
+    guard = build_app(small_pyfunc[0])
+    assert guard.answer is None
+    reply = _post(TestClient(guard), {"dataframe_records": [{"user_id": users[0], "k": 3},
+                                                            {"user_id": users[1], "candidates": items[:2]}]})
+    assert reply.status_code == 200, reply.text
+    assert [len(row["item_ids"]) for row in reply.json()["predictions"]] == [3, 2]

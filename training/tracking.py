@@ -114,8 +114,9 @@ def _signature():
     answer: one row per user.
 
     MLflow refuses a row that leaves out a typed field another row has (pandas fills it with
-    NaN), so ``recsys serve`` passes on each request in canonical form (k filled in, null lists:
-    ``serving.requests.canonical_split``). Pandas and Spark callers send the columns they use.
+    NaN). ``recsys serve`` answers its requests itself (a model saved before that gets them in
+    canonical form: ``serving.http_app._canonical_split``). Pandas and Spark callers send the
+    columns they use.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
