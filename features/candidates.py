@@ -66,11 +66,20 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         # Strided slices, one per offset in the block: a max over a short inner axis is 10x slower.
         block_max = np.maximum.reduce([scores[:, j:n_blocks * width:width] for j in range(width)])
         bound = np.partition(np.nan_to_num(block_max, nan=-np.inf), n_blocks - n, axis=1)[:, n_blocks - n]
-    rows, cols = np.nonzero((scores >= bound[:, None]) & (scores > -np.inf))
+    # At or above the bound, and finite: one comparison, with -inf bounds raised to the lowest float.
+    rows, cols = nonzero_2d(scores >= np.maximum(bound, np.finfo(scores.dtype).min)[:, None])
     values = scores[rows, cols]
     order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
+
+
+def nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-d bool array, (rows, cols) int64 in row-major order: three times
+    faster, from the flat positions (numpy's 2-d nonzero unravels every hit on its own)."""
+    flat = np.flatnonzero(mask)
+    rows = flat // mask.shape[1]
+    return rows, flat - rows * mask.shape[1]
 
 
 def _one_row_top_n(row: np.ndarray, n: int, *, seed: int, query: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +106,11 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
     known = user_idx >= 0
     if source == "cf":
         known = state.has_profile(user_idx)
-        out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
-        out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
+        if known.all():  # the batch job's case: no masked copy
+            out = state.als.user_factors[user_idx] @ state.als.item_factors.T
+        else:
+            out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
+            out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
         out[:, ~state.item_has_history()] = -np.inf
         return out
     if source == "text":
@@ -178,7 +190,7 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
     order = state.popular_order(column, seed)[: n + max_seen]
     keep = ~seen[:, order]
     keep &= np.cumsum(keep, axis=1) <= n
-    rows, pos = np.nonzero(keep)
+    rows, pos = nonzero_2d(keep)
     return rows, order[pos]
 
 
@@ -239,7 +251,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
             if n > 0:
                 rows, cols = _global_top(state, chunk, seen, column, n, seed)
                 picked[rows, cols] = True
-        rows, cols = np.nonzero(picked)
+        rows, cols = nonzero_2d(picked)
         columns = {
             "query_idx": (rows + start).astype(np.int32),
             "user_idx": chunk[rows].astype(np.int32),

@@ -90,6 +90,10 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     if ok.size == 0:
         return out
     q = query_idx[ok]
+    grouped = _grouped_ranks(q, values[ok])
+    if grouped is not None:
+        out[ok] = grouped
+        return out
     # One int64 sort on (query, value as float32 descending): ties need no order here, they share a rank.
     key = (q.astype(np.int64) << 32) | descending_float_key(values[ok])
     order = np.argsort(key)
@@ -107,6 +111,50 @@ def rank_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     mean_position = run_start - query_start[query_of_run] + (run_length - 1) / 2
     out[ok[order]] = np.repeat((mean_position + 0.5) / query_size[query_of_run], run_length)
     return out
+
+
+def _grouped_ranks(query: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """``rank_within_query``'s values for rows whose queries are contiguous (the ranking frame's
+    layout), or None when they are not or the queries' sizes differ too much.
+
+    The queries become the rows of a padded (queries, longest query) grid of the negated float32
+    values (+inf padding sorts last; a -inf value, which would tie with it, takes the one sort),
+    sorted along its rows: many short SIMD sorts, several times faster than one sort of every
+    row. float32 equality is the tie rule's (0.0 equals -0.0), so the result is the same.
+    query: int (n,); values: float (n,) without NaN.
+    """
+    n = len(query)
+    new_query = np.r_[True, query[1:] != query[:-1]]
+    starts = np.flatnonzero(new_query)
+    if n == 0 or len(np.unique(query[starts])) < len(starts):  # a query in two places: not contiguous
+        return None
+    sizes = np.diff(np.r_[starts, n])
+    width = int(sizes.max())
+    if width * len(starts) > 2 * n or np.isneginf(values).any():  # mostly padding, or values tied with it
+        return None
+    row = np.repeat(np.arange(len(starts)), sizes)
+    col = np.arange(n) - np.repeat(starts, sizes)
+    grid = np.full((len(starts), width), np.inf, dtype=np.float32)
+    grid[row, col] = -np.asarray(values, dtype=np.float32)
+    order = np.argsort(grid, axis=1)
+    ordered = np.take_along_axis(grid, order, axis=1)
+    # 0-based position in the sorted row; a run of tied values shares first + (length - 1) / 2.
+    position = np.tile(np.arange(width, dtype=np.float64), (len(starts), 1))
+    same = ordered[:, 1:] == ordered[:, :-1]
+    same &= np.arange(1, width) < sizes[:, None]  # padding (+inf, sorted last) ties with nothing
+    if same.any():
+        follows = np.zeros(grid.shape, dtype=bool)
+        follows[:, 1:] = same
+        tied = follows.copy()
+        tied[:, :-1] |= same
+        members = np.flatnonzero(tied)
+        new_run = ~follows.ravel()[members]
+        run = np.cumsum(new_run) - 1
+        length = np.bincount(run)
+        position.ravel()[members] = (members[new_run] % width + (length - 1) / 2)[run]
+    ranked = np.empty_like(position)
+    np.put_along_axis(ranked, order, (position + 0.5) / sizes[:, None], axis=1)
+    return ranked[row, col]
 
 
 def zscore_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -286,3 +286,15 @@ def test_csr_row_entries_are_the_rows_entries_with_minus_one_as_an_empty_row():
         assert cols[positions == i].tolist() == expected, i
     assert np.all(np.diff(positions) >= 0)
     assert csr_row_entries(matrix, np.zeros(0, dtype=np.int64))[1].size == 0
+
+
+def test_nonzero_2d_is_numpys_nonzero():
+    from features.candidates import nonzero_2d
+
+    rng = np.random.default_rng(3)
+    for shape in [(0, 5), (5, 0), (1, 1), (7, 1), (1, 9), (64, 300)]:
+        mask = rng.random(shape) < 0.3
+        rows, cols = nonzero_2d(mask)
+        expected = np.nonzero(mask)
+        np.testing.assert_array_equal(rows, expected[0])
+        np.testing.assert_array_equal(cols, expected[1])
