@@ -10,7 +10,8 @@ the same model on the same machine, back to back:
     .venv/bin/python benchmarks/batch_rank_speed.py --bundle $B
 
 Prints users/s (every user of the model, top-k, 2,048-user chunks, best of ``--repeat`` passes)
-and which code ran (the folder ``features`` was imported from), so the two lines compare.
+and which code ran (the folder ``features`` was imported from), so the two lines compare;
+``--out`` writes the rankings, so the two codes' answers can be compared too.
 With ``RECSYS_COMPILED_TREES=0`` today's code predicts with LightGBM instead of compiled trees.
 """
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=3, help="passes over all users; the best is reported")
+    parser.add_argument("--out", help="also write the rankings here (Parquet), to compare two codes' answers")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import features
@@ -45,6 +47,10 @@ def main() -> None:
         start = time.perf_counter()
         rows = sum(recommend_users(bundle, chunk, args.k).height for chunk in chunks)
         best = min(best, time.perf_counter() - start)
+    if args.out:
+        import polars as pl
+
+        pl.concat([recommend_users(bundle, chunk, args.k) for chunk in chunks]).write_parquet(args.out)
     trees = "compiled" if getattr(bundle, "_compiled", None) is not None else "LightGBM predict"
     print(f"code {os.path.dirname(os.path.dirname(features.__file__))}: {len(users) / best:,.0f} users/s "
           f"({len(users)} users, {rows} rows, top-{args.k}, best of {args.repeat}; trees: {trees})")
