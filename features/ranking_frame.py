@@ -118,7 +118,8 @@ def _grouped_ranks(query: np.ndarray, values: np.ndarray) -> np.ndarray | None:
     layout), or None when they are not or the queries' sizes differ too much.
 
     The queries become the rows of a padded (queries, longest query) grid of the negated float32
-    values (+inf padding sorts last; a -inf value, which would tie with it, takes the one sort),
+    values (+inf padding sorts last; a value that is -inf as float32, which would tie with it, takes the
+    one sort),
     sorted along its rows: many short SIMD sorts, several times faster than one sort of every
     row. float32 equality is the tie rule's (0.0 equals -0.0), so the result is the same.
     query: int (n,); values: float (n,) without NaN.
@@ -130,12 +131,13 @@ def _grouped_ranks(query: np.ndarray, values: np.ndarray) -> np.ndarray | None:
         return None
     sizes = np.diff(np.r_[starts, n])
     width = int(sizes.max())
-    if width * len(starts) > 2 * n or np.isneginf(values).any():  # mostly padding, or values tied with it
+    negated = -np.asarray(values, dtype=np.float32)
+    if width * len(starts) > 2 * n or np.isposinf(negated).any():  # mostly padding, or values tied with it
         return None
     row = np.repeat(np.arange(len(starts)), sizes)
     col = np.arange(n) - np.repeat(starts, sizes)
     grid = np.full((len(starts), width), np.inf, dtype=np.float32)
-    grid[row, col] = -np.asarray(values, dtype=np.float32)
+    grid[row, col] = negated
     order = np.argsort(grid, axis=1)
     ordered = np.take_along_axis(grid, order, axis=1)
     # 0-based position in the sorted row; a run of tied values shares first + (length - 1) / 2.
