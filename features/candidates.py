@@ -63,8 +63,7 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
     if n_blocks <= n:
         bound = np.full(n_rows, -np.inf, dtype=scores.dtype)
     else:
-        # Strided slices, one per offset in the block: a max over a short inner axis is 10x slower.
-        block_max = np.maximum.reduce([scores[:, j:n_blocks * width:width] for j in range(width)])
+        block_max = _block_max(scores, n_blocks, width)
         bound = np.partition(np.nan_to_num(block_max, nan=-np.inf), n_blocks - n, axis=1)[:, n_blocks - n]
     # At or above the bound, and finite: one comparison, with -inf bounds raised to the lowest float.
     rows, cols = nonzero_2d(scores >= np.maximum(bound, np.finfo(scores.dtype).min)[:, None])
@@ -72,6 +71,14 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
     order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]
     return rows[keep], cols[keep]
+
+
+def _block_max(scores: np.ndarray, n_blocks: int, width: int) -> np.ndarray:
+    """(rows, n_blocks) maxima of the consecutive ``width``-column blocks of ``scores``."""
+    if width >= 20:  # wide blocks (large catalogs): a reduction per block, 3-8x faster there
+        return np.maximum.reduceat(scores[:, :n_blocks * width], np.arange(0, n_blocks * width, width), axis=1)
+    # Narrow blocks: strided slices, one per offset in the block (a max over a short inner axis is 10x slower).
+    return np.maximum.reduce([scores[:, j:n_blocks * width:width] for j in range(width)])
 
 
 def nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +193,8 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
     The order is global (ties by the tie rule with one shared query key), so it is sorted once
     and each user walks down it past their seen items.
     """
-    max_seen = int(seen.sum(axis=1).max()) if len(chunk) else 0
+    known = chunk[chunk >= 0]  # the seen counts from the CSR row lengths, not a pass over the mask
+    max_seen = int(np.diff(state.seen.indptr)[known].max()) if known.size else 0
     order = state.popular_order(column, seed)[: n + max_seen]
     keep = ~seen[:, order]
     keep &= np.cumsum(keep, axis=1) <= n

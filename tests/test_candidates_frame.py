@@ -298,3 +298,13 @@ def test_nonzero_2d_is_numpys_nonzero():
         expected = np.nonzero(mask)
         np.testing.assert_array_equal(rows, expected[0])
         np.testing.assert_array_equal(cols, expected[1])
+
+
+@pytest.mark.parametrize("width", [1, 7, 19, 20, 66])
+def test_block_maxima_of_narrow_and_wide_blocks(width):
+    from features.candidates import _block_max
+
+    scores = np.random.default_rng(width).random((5, 3 * width + 2)).astype(np.float32)
+    scores[1, :width] = -np.inf
+    expected = scores[:, :3 * width].reshape(5, 3, width).max(axis=2)
+    np.testing.assert_array_equal(_block_max(scores, 3, width), expected)
