@@ -1,9 +1,12 @@
-"""The HTTP endpoint ``recsys serve`` runs: MLflow's scoring server behind a request guard.
+"""The HTTP endpoint ``recsys serve`` runs: MLflow's scoring protocol, answered by a request guard.
 
-MLflow's server (``mlflow.pyfunc.scoring_server``) does the protocol (``/invocations`` with
-``dataframe_records``, ``dataframe_split``, ``inputs`` or ``instances`` JSON, CSV or Parquet;
-``/ping``; ``/version``). In front of it, ``RequestGuard`` (pure ASGI) makes the promises of
-the README hold, which MLflow alone does not:
+The protocol is MLflow's (``mlflow.pyfunc.scoring_server``): ``/invocations`` with
+``dataframe_records``, ``dataframe_split``, ``inputs`` or ``instances`` JSON (or Parquet), the
+answer ``{"predictions": [...]}``; ``/ping``, ``/health`` and ``/version``, which MLflow's app
+serves. ``RequestGuard`` (pure ASGI, in front of that app) parses and checks every
+``/invocations`` request and, for a recsys model, answers it itself through the model's
+``answer`` (a model saved before ``answer`` existed, or any other pyfunc, is passed on to
+MLflow's app). It makes the promises of the README hold, which MLflow alone does not:
 
 - an unknown field is a 400 naming it (MLflow's schema enforcement would drop it silently),
   for JSON and Parquet bodies;
@@ -28,6 +31,7 @@ import logging
 import os
 import re
 import sys
+import time
 
 import pandas as pd
 import pyarrow.compute as pc
@@ -138,6 +142,8 @@ class RequestGuard:
     """
 
     def __init__(self, app, *, candidate_budget: int | None, default_k: int | None = None, answer=None):
+        if answer is not None and default_k is None:
+            raise ValueError("answer needs the model's request rules (default_k, candidate_budget)")
         self.app = app
         self.candidate_budget = candidate_budget
         self.default_k = default_k
@@ -169,15 +175,18 @@ class RequestGuard:
         await self.app(scope, replay, _clean_errors(send))
 
     async def _answer(self, requests, send) -> None:
-        """Rank the parsed requests (in a worker thread: ranking holds the GIL in long stretches,
-        and the batcher gathers the threads that wait together) and send MLflow's answer format."""
-        from serving.pyfunc_model import error_reply
+        """Rank the parsed requests and write MLflow's answer format, in a worker thread (ranking
+        and a large answer's JSON hold the GIL in long stretches, and the batcher gathers the
+        threads that wait together); the request's deadline counts from its arrival here."""
+        received = time.monotonic()
+
+        def reply() -> bytes:
+            return json.dumps({"predictions": self.answer(requests, received)}).encode()
 
         try:
-            rows = await to_thread.run_sync(self.answer, requests)
+            body = await to_thread.run_sync(reply)
         except Exception as exc:
-            return await _send_error(send, *error_reply(exc))
-        body = json.dumps({"predictions": rows}).encode()
+            return await _send_error(send, *request_rules.error_reply(exc))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -306,7 +315,11 @@ def _rows(key: str, data) -> tuple[list, list[dict]]:
         if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
                 or not isinstance(data.get("data"), list) or not all(isinstance(r, list) for r in data["data"]):
             raise shape_error
-        return data["columns"], [dict(zip(data["columns"], r, strict=False)) for r in data["data"]]
+        columns = data["columns"]
+        if not all(isinstance(c, str) for c in columns) or len(set(columns)) < len(columns):
+            raise RequestRefused(400, "INVALID_PARAMETER_VALUE", "'dataframe_split' columns must be distinct field "
+                                 f"names (strings), got {request_rules.show(columns)}")
+        return columns, [dict(zip(columns, r, strict=False)) for r in data["data"]]
     if key in ("inputs", "instances") and isinstance(data, dict):  # columnar: field -> list of values
         if not all(isinstance(v, list) for v in data.values()):
             raise shape_error

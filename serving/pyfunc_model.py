@@ -20,18 +20,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from serving.batcher import RequestBatcher
-from serving.requests import OUTPUT_COLUMNS, parse_requests, rank_requests
+from serving.requests import OUTPUT_COLUMNS, error_reply, parse_requests, rank_requests
 
 log = logging.getLogger("recsys.serving")
-# Seconds one request may wait for its turn plus work; below MLflow's own 60 s timeout, so the
-# client gets this model's 503 (and the work stops) rather than a 504 while work goes on.
+# Seconds one request may wait for a thread and its turn, plus work. Through MLflow's server it is
+# below MLflow's own 60 s timeout, so the client gets this model's 503 (and the work stops) rather
+# than a 504 while work goes on; `recsys serve` counts it from the request's arrival.
 DEADLINE_ENV = "RECSYS_REQUEST_DEADLINE_S"
 DEFAULT_DEADLINE_S = 20.0
 
@@ -55,16 +55,17 @@ class RecommenderModel(PythonModel):
         with torch.inference_mode():
             return rank_requests(self.bundle, requests, deadline)
 
-    def answer(self, requests) -> list[dict]:
+    def answer(self, requests, received: float | None = None) -> list[dict]:
         """Rank validated requests (``serving/requests.py``) in a batch with the requests that
         arrive together: one row dict per request (``OUTPUT_COLUMNS``). Raises RequestDeadlineError
-        when the request waits or runs past its deadline. ``recsys serve`` calls this directly,
-        after its guard has parsed and checked the body."""
-        return self._answer(requests)
+        when the request waits or runs past its deadline, ``deadline_s`` after ``received`` (a
+        ``time.monotonic()`` value; default now). ``recsys serve`` calls this directly, after its
+        guard has parsed and checked the body."""
+        return self._answer(requests, received)
 
-    def _answer(self, requests) -> list[dict]:
-        deadline = time.monotonic() + self.deadline_s
-        return self._batcher.rank(requests, deadline, wait_s=self.deadline_s)
+    def _answer(self, requests, received: float | None = None) -> list[dict]:
+        deadline = (time.monotonic() if received is None else received) + self.deadline_s
+        return self._batcher.rank(requests, deadline, wait_s=self.deadline_s)  # waited all of it by then
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -78,22 +79,6 @@ class RecommenderModel(PythonModel):
         except Exception as exc:
             _, code, message = error_reply(exc)
             raise MlflowException(message, error_code=getattr(databricks_pb2, code)) from None
-
-
-def error_reply(exc: Exception) -> tuple[int, str, str]:
-    """(HTTP status, MLflow error code, message) for an error raised while answering: a request
-    that waited or ran past its deadline 503, a bad request 400 (``recsys serve`` answers 413 for
-    one over the work bounds before it gets here), anything else 500 with only an error id, the
-    traceback logged under it. Call it inside the ``except`` block."""
-    from recsys.errors import RecsysError, RequestDeadlineError
-
-    if isinstance(exc, RequestDeadlineError):
-        return 503, "TEMPORARILY_UNAVAILABLE", str(exc)
-    if isinstance(exc, RecsysError):
-        return 400, "INVALID_PARAMETER_VALUE", str(exc)
-    error_id = uuid.uuid4().hex[:12]
-    log.error("request failed (error id %s)", error_id, exc_info=exc)
-    return 500, "INTERNAL_ERROR", f"internal error while ranking (error id {error_id}); the server log has the details"
 
 
 mlflow.models.set_model(RecommenderModel())

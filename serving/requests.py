@@ -13,15 +13,19 @@ candidate budget (``candidate_budget``). Larger requests are refused before any 
 
 from __future__ import annotations
 
+import logging
 import math
 import reprlib
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from recsys.errors import DataValidationError, RequestDeadlineError, RequestTooLargeError
+from recsys.errors import DataValidationError, RecsysError, RequestDeadlineError, RequestTooLargeError
+
+log = logging.getLogger("recsys.serving")
 
 MAX_K = 100
 MAX_USERS_PER_REQUEST = 1000
@@ -161,6 +165,20 @@ def parse_request_rows(columns: list, rows: list[dict], default_k: int,
 
 
 OUTPUT_COLUMNS = ["user_id", "item_ids", "scores", "path", "unknown_ids"]
+
+
+def error_reply(exc: Exception) -> tuple[int, str, str]:
+    """(HTTP status, MLflow error code, message) for an error raised while answering: a request
+    that waited or ran past its deadline 503, a bad request 400 (``recsys serve`` answers 413 for
+    one over the work bounds before it gets here), anything else 500 with only an error id, the
+    traceback logged under it. Call it inside the ``except`` block."""
+    if isinstance(exc, RequestDeadlineError):
+        return 503, "TEMPORARILY_UNAVAILABLE", str(exc)
+    if isinstance(exc, RecsysError):
+        return 400, "INVALID_PARAMETER_VALUE", str(exc)
+    error_id = uuid.uuid4().hex[:12]
+    log.error("request failed (error id %s)", error_id, exc_info=exc)
+    return 500, "INTERNAL_ERROR", f"internal error while ranking (error id {error_id}); the server log has the details"
 
 
 def predict_frame(bundle, model_input: pd.DataFrame, deadline: float | None = None) -> pd.DataFrame:

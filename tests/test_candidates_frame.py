@@ -292,8 +292,10 @@ def test_nonzero_2d_is_numpys_nonzero():
     from features.candidates import nonzero_2d
 
     rng = np.random.default_rng(3)
-    for shape in [(0, 5), (5, 0), (1, 1), (7, 1), (1, 9), (64, 300)]:
+    for shape in [(0, 5), (5, 0), (1, 1), (7, 1), (1, 9), (64, 300), (300, 64)]:
         mask = rng.random(shape) < 0.3
+        if shape == (300, 64):
+            mask = mask.T  # a Fortran-ordered view
         rows, cols = nonzero_2d(mask)
         expected = np.nonzero(mask)
         np.testing.assert_array_equal(rows, expected[0])
@@ -306,5 +308,6 @@ def test_block_maxima_of_narrow_and_wide_blocks(width):
 
     scores = np.random.default_rng(width).random((5, 3 * width + 2)).astype(np.float32)
     scores[1, :width] = -np.inf
+    scores[2, width] = np.nan  # NaN propagates into its block's maximum, as before
     expected = scores[:, :3 * width].reshape(5, 3, width).max(axis=2)
     np.testing.assert_array_equal(_block_max(scores, 3, width), expected)

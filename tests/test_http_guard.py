@@ -13,9 +13,11 @@ from starlette.testclient import TestClient
 from serving.http_app import MAX_BODY_BYTES, build_app
 
 
-@pytest.fixture(scope="module")
-def client(small_pyfunc):
-    return TestClient(build_app(small_pyfunc[0]))
+@pytest.fixture(scope="module", params=[True, False], ids=["direct", "through-mlflow"])
+def client(small_pyfunc, request):
+    """The guard answering the model's requests itself (as `recsys serve` does), and passing them
+    on to MLflow's app (as for a model saved before ``answer``): every promise holds both ways."""
+    return TestClient(build_app(small_pyfunc[0], direct=request.param))
 
 
 @pytest.fixture(scope="module")
@@ -247,8 +249,8 @@ def test_the_server_process_keeps_pandas_strings_as_objects():
 
 def test_the_guard_answers_as_mlflows_server_would(small_pyfunc, ids, monkeypatch):
     """recsys serve answers its model's requests itself, from the rows it has parsed; the reply is
-    byte for byte what MLflow's server gives for the same requests, and MLflow's predict is not
-    called on the way."""
+    the JSON MLflow's server gives for the same requests (JSON and Parquet bodies), and MLflow's
+    predict is not called on the way."""
     users, items = ids
     rows = [{"user_id": users[0], "k": 2, "history": items[:2]}, {"user_id": users[1], "exclude": ["NOPE"]},
             {"user_id": "someone-new", "candidates": [*items[:3], "GONE"], "exclude": items[:1]},
@@ -265,6 +267,21 @@ def test_the_guard_answers_as_mlflows_server_would(small_pyfunc, ids, monkeypatc
     answer = {row["user_id"]: row for row in direct.json()["predictions"]}
     assert [len(answer[u]["item_ids"]) for u in (users[0], users[1], "someone-new", "someone-else")] == [2, 10, 2, 4]
     assert answer["someone-new"]["unknown_ids"] == ["GONE"] and answer[users[1]]["unknown_ids"] == ["NOPE"]
+    buffer = io.BytesIO()
+    pd.DataFrame({"user_id": users[:2], "k": [3, 5], "exclude": [items[:1], []]}).to_parquet(buffer)
+    parquet = _post(TestClient(build_app(small_pyfunc[0])), buffer.getvalue(), "application/vnd.apache.parquet")
+    monkeypatch.undo()
+    expected = _post(TestClient(build_app(small_pyfunc[0], direct=False)), buffer.getvalue(),
+                     "application/vnd.apache.parquet")
+    assert parquet.status_code == 200 and parquet.json() == expected.json()
+    assert [len(row["item_ids"]) for row in parquet.json()["predictions"]] == [3, 5]
+
+
+def test_dataframe_split_columns_must_be_distinct_names(client, ids):
+    for columns in (["user_id", ["k"]], ["user_id", "user_id"]):
+        reply = _post(client, {"dataframe_split": {"columns": columns, "data": [[ids[0][0], 1]]}})
+        assert reply.status_code == 400
+        assert "'dataframe_split' columns must be distinct field names" in _clean(reply)
 
 
 def test_a_model_without_answer_is_served_through_mlflow(small_pyfunc, ids, monkeypatch):
