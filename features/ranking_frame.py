@@ -118,10 +118,10 @@ def _grouped_ranks(query: np.ndarray, values: np.ndarray) -> np.ndarray | None:
     layout), or None when they are not or the queries' sizes differ too much.
 
     The queries become the rows of a padded (queries, longest query) grid of the negated float32
-    values (+inf padding sorts last; a value that is -inf as float32, which would tie with it, takes the
-    one sort),
-    sorted along its rows: many short SIMD sorts, several times faster than one sort of every
-    row. float32 equality is the tie rule's (0.0 equals -0.0), so the result is the same.
+    values, sorted along its rows: many short SIMD sorts, several times faster than one sort of
+    every row. The +inf padding sorts last; a value that is -inf as float32 would tie with it, so
+    such input takes the one sort. float32 equality is the tie rule's (0.0 equals -0.0), so the
+    result is the same.
     query: int (n,); values: float (n,) without NaN.
     """
     n = len(query)

@@ -110,10 +110,15 @@ def build_app(model, *, direct: bool = True):
     compare the two)."""
     from mlflow.pyfunc import scoring_server
 
-    budget, default_k = _request_limits(model)
-    answer = getattr(_python_model(model), "answer", None) if direct else None
-    return RequestGuard(scoring_server.init(model), candidate_budget=budget, default_k=default_k,
-                        answer=answer if callable(answer) and default_k is not None else None)
+    from serving.recommend import candidate_budget
+
+    python_model = _python_model(model)
+    bundle = getattr(python_model, "bundle", None)
+    if bundle is None:  # not one of ours (a benchmark's echo model): no request rules to apply
+        return RequestGuard(scoring_server.init(model), candidate_budget=None)
+    answer = getattr(python_model, "answer", None) if direct else None
+    return RequestGuard(scoring_server.init(model), candidate_budget=candidate_budget(bundle),
+                        default_k=bundle.config.k, answer=answer if callable(answer) else None)
 
 
 def _python_model(model):
@@ -121,16 +126,6 @@ def _python_model(model):
         return model.unwrap_python_model()
     except Exception:  # not a python-function model of ours
         return None
-
-
-def _request_limits(model) -> tuple[int | None, int | None]:
-    """(candidates per user, default k) of a recsys model; (None, None) for any other pyfunc."""
-    from serving.recommend import candidate_budget
-
-    bundle = getattr(_python_model(model), "bundle", None)
-    if bundle is None:  # not one of ours (a benchmark's echo model): no request rules to apply
-        return None, None
-    return candidate_budget(bundle), bundle.config.k
 
 
 class RequestGuard:

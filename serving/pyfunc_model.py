@@ -61,9 +61,6 @@ class RecommenderModel(PythonModel):
         when the request waits or runs past its deadline, ``deadline_s`` after ``received`` (a
         ``time.monotonic()`` value; default now). ``recsys serve`` calls this directly, after its
         guard has parsed and checked the body."""
-        return self._answer(requests, received)
-
-    def _answer(self, requests, received: float | None = None) -> list[dict]:
         deadline = (time.monotonic() if received is None else received) + self.deadline_s
         return self._batcher.rank(requests, deadline, wait_s=self.deadline_s)  # waited all of it by then
 
@@ -75,7 +72,7 @@ class RecommenderModel(PythonModel):
 
         try:
             requests = parse_requests(model_input, self.bundle.config.k, candidate_budget(self.bundle))
-            return pd.DataFrame(self._answer(requests), columns=OUTPUT_COLUMNS)
+            return pd.DataFrame(self.answer(requests), columns=OUTPUT_COLUMNS)
         except Exception as exc:
             _, code, message = error_reply(exc)
             raise MlflowException(message, error_code=getattr(databricks_pb2, code)) from None

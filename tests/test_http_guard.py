@@ -287,8 +287,13 @@ def test_dataframe_split_columns_must_be_distinct_names(client, ids):
 def test_a_model_without_answer_is_served_through_mlflow(small_pyfunc, ids, monkeypatch):
     """A model version saved before ``answer`` existed still works: its requests go through MLflow's
     server, in the canonical form its typed signature takes (a row may leave out what another sends)."""
+    from types import SimpleNamespace
+
+    from serving import http_app
+
     users, items = ids
-    monkeypatch.setattr(small_pyfunc[0].unwrap_python_model(), "answer", None)
+    old_model = SimpleNamespace(bundle=small_pyfunc[0].unwrap_python_model().bundle)  # no answer()
+    monkeypatch.setattr(http_app, "_python_model", lambda model: old_model)
     guard = build_app(small_pyfunc[0])
     assert guard.answer is None
     reply = _post(TestClient(guard), {"dataframe_records": [{"user_id": users[0], "k": 3},
