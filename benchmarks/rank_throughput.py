@@ -4,13 +4,17 @@ Run from a folder that holds the MLflow store with the model (after `make demo`)
 
     .venv/bin/python benchmarks/rank_throughput.py [--model models:/recsys-demo@champion] [--k 10]
 
+A registered model runs the code stored with it; ``--bundle FOLDER`` (a model's
+``artifacts/bundle`` folder) ranks it with this checkout's code instead.
+
 Prints, for LightGBM's own predict and for the compiled trees (lleaves, when installed), in one
 run on one model: users/s of the whole batch path (`serving.recommend.recommend_users`, 2,048-user
-chunks), the time share of each stage (candidates, features, trees, top-k), the in-process time
-of one serving request (one user, no HTTP); and the ratio of the two, the mean number of
-candidates per user and peak RSS. As the
-same-run baseline it also times a popularity-only top-K over the same users (no candidates,
-features or model): the ratio says how much the ranking pipeline costs over the floor.
+chunks, each split across the cores as `recsys rank` does; `RECSYS_RANK_WORKERS=1` for one
+thread), the time share of each stage (candidates, features, trees, top-k; first chunk, in the
+main thread), the in-process time of one serving request (one user, no HTTP); and the ratio of
+the two, the mean number of candidates per user and peak RSS. As the same-run baseline it also
+times a popularity-only top-K over the same users (no candidates, features or model): the ratio
+says how much the ranking pipeline costs over the floor.
 """
 
 from __future__ import annotations
@@ -31,17 +35,25 @@ import polars as pl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models:/recsys-demo@champion")
+    parser.add_argument("--bundle", help="rank with this model bundle folder and this checkout's code, instead of "
+                        "--model (a registered model runs the code stored with it)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=2, help="passes over all users; the best is reported")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    import mlflow
+    if args.bundle:
+        from features.bundle import RankingBundle
 
-    from training.tracking import configure_tracking
+        bundle = RankingBundle.load(args.bundle)
+        args.model = args.bundle
+    else:
+        import mlflow
 
-    configure_tracking()
-    bundle = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle
+        from training.tracking import configure_tracking
+
+        configure_tracking()
+        bundle = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle
     users = bundle.state.users.ids.to_list()
     chunks = [users[i:i + args.chunk_size] for i in range(0, len(users), args.chunk_size)]
 
@@ -80,7 +92,8 @@ def main() -> None:
     print(f"baseline popularity top-{args.k}: {len(users) / floor:,.0f} users/s; "
           f"ranking costs {len(users) / floor / best:.1f}x the floor")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-    print(f"rerun: .venv/bin/python benchmarks/rank_throughput.py --model {args.model} --k {args.k}")
+    source = "--bundle" if args.bundle else "--model"
+    print(f"rerun: .venv/bin/python benchmarks/rank_throughput.py {source} {args.model} --k {args.k}")
 
 
 def _measure(bundle, users: list, chunks: list, args) -> dict:

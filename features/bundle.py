@@ -26,6 +26,7 @@ import polars as pl
 
 from features.candidates import SOURCE_FEATURES, generate_candidates
 from features.compiled_trees import CompiledTrees, compile_trees
+from features.rank_workers import in_worker
 from features.ranking_frame import feature_arrays, feature_matrix, position_in_group, prior_scores
 from features.state import FeatureState
 from features.ties import order_by_score
@@ -63,8 +64,9 @@ class RankingBundle:
         if matrix.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         # Small frames (one request) score faster on one thread: OpenMP's fork/join across the
-        # cores costs more than the work, and other thread pools (polars) spin on them too.
-        threads = 1 if matrix.shape[0] < 20_000 else 0
+        # cores costs more than the work, and other thread pools (polars) spin on them too. A
+        # batch-ranking worker (features.rank_workers) has a core of its own.
+        threads = 1 if matrix.shape[0] < 20_000 or in_worker() else 0
         trees = self.compiled_trees() if self.use_compiled_trees else None
         scores = trees.predict(matrix, threads) if trees is not None else self.booster.predict(matrix,
                                                                                                num_threads=threads)

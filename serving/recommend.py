@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from features.bundle import RankingBundle, head_k
+from features.rank_workers import map_parts
 from features.text_interest import vector_from_history
 from recsys import schemas
 from serving.requests import RecommendRequest
@@ -30,14 +31,23 @@ def candidate_budget(bundle: RankingBundle) -> int:
     return c.n_cf + c.n_item_item + c.n_text + c.n_popular + c.n_recent
 
 
-def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:
+def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int, *, workers: int | None = None) -> pl.DataFrame:
     """Long table (user_id, rank, item_id, score, path): up to k rows per user, users in input order.
 
     The batch path: no per-request lists. Unknown users get the cold-start ranking (``path``
-    "cold-start"; known users "personalized", as in the endpoint's answer).
+    "cold-start"; known users "personalized", as in the endpoint's answer). A batch of at least
+    twice ``features.rank_workers.MIN_PART_USERS`` users is split across ``workers`` threads
+    (default ``RECSYS_RANK_WORKERS``, else every core); the table is the same for any split.
     """
     if not user_ids:
         return pl.DataFrame(schema=schemas.RANKING_OUTPUT)
+    if bundle.use_compiled_trees:
+        bundle.compiled_trees()  # compiled (or loaded) once, before any worker needs it
+    parts = map_parts(lambda part: _recommend_part(bundle, user_ids[part], k), len(user_ids), workers=workers)
+    return parts[0] if len(parts) == 1 else pl.concat(parts)
+
+
+def _recommend_part(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:
     user_idx = bundle.state.users.to_index(user_ids, unknown="null")
     top = head_k(bundle.score_candidates(user_idx), k, seed=bundle.config.seed)
     ids = pl.Series("user_id", user_ids, dtype=pl.String)

@@ -1,0 +1,82 @@
+"""Batch ranking on every core: a large batch of users is split into parts that worker threads
+rank at the same time.
+
+Ranking a chunk of users is a chain of numpy, polars and compiled-tree calls that each release
+the GIL, but most of them (selection, sorting, gathers, the trees) run on one core. Two parts
+ranked by two threads keep both cores busy; each worker then runs its BLAS products and its
+trees on one thread, so the workers do not fight over the cores. The result does not depend on
+the split: a user's candidates, features and ties never depend on the other users of the batch.
+
+``RECSYS_RANK_WORKERS`` sets the number of workers (default: the cores this process may run on);
+1 ranks in the caller's thread, as Spark's executors do (they already run one worker per core).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import TypeVar
+
+from threadpoolctl import threadpool_limits
+
+from recsys.errors import RecsysError
+
+WORKERS_ENV = "RECSYS_RANK_WORKERS"
+# A part smaller than this costs more in per-call overhead than a second core wins; the server's
+# batches (at most 64 users) are always ranked in the caller's thread.
+MIN_PART_USERS = 256
+
+_in_worker: ContextVar[bool] = ContextVar("recsys_rank_worker", default=False)
+T = TypeVar("T")
+
+
+def rank_workers() -> int:
+    """Worker threads for batch ranking: ``RECSYS_RANK_WORKERS``, else the usable cores."""
+    value = os.environ.get(WORKERS_ENV, "").strip()
+    if not value:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise RecsysError(f"{WORKERS_ENV}={value!r} is not a worker count; set a whole number of at least 1 "
+                          f"(1 = rank in one thread) or unset it to use every core")
+    return workers
+
+
+def in_worker() -> bool:
+    """True inside a ranking worker thread: compute on this one thread (trees, BLAS)."""
+    return _in_worker.get()
+
+
+def part_slices(n_users: int, workers: int, min_part: int = MIN_PART_USERS) -> list[slice]:
+    """Contiguous, near-equal slices covering range(n_users): at most ``workers`` of them, none
+    under ``min_part`` users unless there is one slice."""
+    n_parts = max(1, min(workers, n_users // max(1, min_part)))
+    bounds = [round(i * n_users / n_parts) for i in range(n_parts + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(n_parts)]
+
+
+def map_parts(rank: Callable[[slice], T], n_users: int, *, workers: int | None = None,
+              min_part: int | None = None) -> list[T]:
+    """``rank(part)`` for each slice of ``part_slices(n_users, ...)``, in slice order (defaults:
+    ``rank_workers()`` workers, parts of at least ``MIN_PART_USERS``).
+
+    With more than one slice the calls run on worker threads, BLAS held to one thread each
+    (threadpoolctl, process-wide for the duration); an error in any part is raised here.
+    """
+    slices = part_slices(n_users, rank_workers() if workers is None else workers,
+                         MIN_PART_USERS if min_part is None else min_part)
+    if len(slices) == 1:
+        return [rank(slices[0])]
+
+    def run(part: slice) -> T:
+        _in_worker.set(True)  # each pool thread has its own context: this flag stays in the worker
+        return rank(part)
+
+    with threadpool_limits(limits=1, user_api="blas"), \
+            ThreadPoolExecutor(len(slices), thread_name_prefix="recsys-rank") as pool:
+        return list(pool.map(run, slices))

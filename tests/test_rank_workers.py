@@ -1,0 +1,83 @@
+"""Batch ranking split across worker threads: the split, the workers' flag, and the same answers."""
+
+import threading
+
+import pytest
+
+import features.rank_workers as rank_workers
+import serving.recommend as recommend
+from features.rank_workers import in_worker, map_parts, part_slices
+from recsys.errors import RecsysError
+
+
+@pytest.mark.parametrize("n_users, workers, min_part, sizes", [
+    (1000, 2, 256, [500, 500]),
+    (1024, 4, 256, [256, 256, 256, 256]),
+    (1001, 4, 256, [334, 333, 334]),    # four parts would be under min_part
+    (700, 4, 256, [350, 350]),       # a third part would be under min_part
+    (300, 2, 256, [300]),            # too small to split
+    (5000, 1, 256, [5000]),
+    (0, 2, 256, [0]),
+])
+def test_parts_are_contiguous_near_equal_and_cover_every_user(n_users, workers, min_part, sizes):
+    slices = part_slices(n_users, workers, min_part)
+    assert [s.stop - s.start for s in slices] == sizes
+    assert slices[0].start == 0 and slices[-1].stop == n_users
+    assert all(a.stop == b.start for a, b in zip(slices, slices[1:], strict=False))
+
+
+def test_parts_run_on_worker_threads_in_order_and_know_they_are_workers():
+    seen = []
+
+    def rank(part):
+        seen.append((threading.current_thread().name, in_worker()))
+        return list(range(part.start, part.stop))
+
+    out = map_parts(rank, 1000, workers=2, min_part=100)
+    assert out == [list(range(0, 500)), list(range(500, 1000))]
+    assert {flag for _, flag in seen} == {True}
+    assert all(name.startswith("recsys-rank") for name, _ in seen)
+    assert not in_worker()  # the caller's thread is not a worker
+
+
+def test_one_part_runs_in_the_callers_thread():
+    out = map_parts(lambda part: (threading.current_thread().name, in_worker()), 1000, workers=1)
+    assert out == [(threading.current_thread().name, False)]
+
+
+def test_an_error_in_a_worker_reaches_the_caller():
+    def rank(part):
+        if part.start > 0:
+            raise ValueError(f"part at {part.start} failed")
+        return part
+
+    with pytest.raises(ValueError, match="part at 500 failed"):
+        map_parts(rank, 1000, workers=2, min_part=100)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_worker_count_is_refused_with_what_to_set(monkeypatch, value):
+    monkeypatch.setenv("RECSYS_RANK_WORKERS", value)
+    with pytest.raises(RecsysError, match="RECSYS_RANK_WORKERS=.* is not a worker count; set a whole number"):
+        rank_workers.rank_workers()
+
+
+def test_the_worker_count_comes_from_the_environment_or_the_cores(monkeypatch):
+    monkeypatch.setenv("RECSYS_RANK_WORKERS", "3")
+    assert rank_workers.rank_workers() == 3
+    monkeypatch.delenv("RECSYS_RANK_WORKERS")
+    assert rank_workers.rank_workers() >= 1
+
+
+def test_a_split_batch_ranks_exactly_as_one_thread(small_bundle, monkeypatch):
+    users = [*small_bundle.state.users.ids.to_list(), "nobody-1", "nobody-2"]
+    one_thread = recommend.recommend_users(small_bundle, users, 7, workers=1)
+    calls = []
+    real = recommend._recommend_part
+    monkeypatch.setattr(rank_workers, "MIN_PART_USERS", 8)
+    monkeypatch.setattr(recommend, "_recommend_part",
+                        lambda bundle, ids, k: calls.append(len(ids)) or real(bundle, ids, k))
+    split = recommend.recommend_users(small_bundle, users, 7, workers=3)
+    assert len(calls) == 3 and sum(calls) == len(users)
+    assert split.equals(one_thread)
+    assert split["user_id"].unique(maintain_order=True).to_list() == users  # users in input order
