@@ -96,31 +96,6 @@ def test_rankers_sharing_a_state_rank_one_candidate_set_as_each_would_alone(smal
     assert pl.Series(together["ranker"][2][1]).is_in([0, 1]).all()
 
 
-def test_evaluation_split_across_workers_equals_one_thread(small_bundle, split, monkeypatch):
-    import features.rank_workers as rank_workers
-
-    users, relevant = evaluate.test_relevance(small_bundle.state, split.test)
-    scorers = evaluate.baseline_scorers(small_bundle.state, small_bundle.config.seed)
-    monkeypatch.setenv("RECSYS_RANK_WORKERS", "1")
-    one = rank_in_chunks({"ranker": small_bundle}, users, relevant, 5, keep_scores="ranker",
-                         seed=small_bundle.config.seed, chunk_size=40)
-    one_dense = evaluate.topk_dense(small_bundle.state, users, scorers["als"], 5, seed=1, chunk_size=7)
-    monkeypatch.setenv("RECSYS_RANK_WORKERS", "3")
-    monkeypatch.setattr(rank_workers, "MIN_PART_USERS", 6)
-    parts = []
-    real = rank_workers.part_slices
-    monkeypatch.setattr(rank_workers, "part_slices", lambda *a: parts.append(real(*a)) or parts[-1])
-    many = rank_in_chunks({"ranker": small_bundle}, users, relevant, 5, keep_scores="ranker",
-                          seed=small_bundle.config.seed, chunk_size=40)
-    many_dense = evaluate.topk_dense(small_bundle.state, users, scorers["als"], 5, seed=1, chunk_size=7)
-    assert max(len(p) for p in parts) == 3  # the work really was split
-    assert np.array_equal(one["ranker"][0], many["ranker"][0])
-    assert one["ranker"][1] == many["ranker"][1]  # candidate recall, to the last bit
-    assert np.array_equal(one["ranker"][2][0], many["ranker"][2][0])
-    assert np.array_equal(one["ranker"][2][1], many["ranker"][2][1])
-    assert np.array_equal(one_dense, many_dense)
-
-
 def _reference_percentile(sorted_values: list[float], q: float) -> float:
     """Linear interpolation between the two nearest order statistics (numpy's default quantile)."""
     position = q * (len(sorted_values) - 1)

@@ -7,7 +7,6 @@ the candidate set rank below every candidate, so candidate recall is reported to
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +16,6 @@ import polars as pl
 from features.bundle import RankingBundle, head_k
 from features.candidates import seen_mask, top_n
 from features.item_item import fit_item_item
-from features.rank_workers import map_parts
 from features.ranking_frame import build_ranking_frame
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
@@ -59,22 +57,15 @@ def sample_users(user_idx: np.ndarray, relevant: list[np.ndarray], max_users: in
 
 
 def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: int, *, seed: int,
-               chunk_size: int = 512, workers: int | None = None) -> np.ndarray:
+               chunk_size: int = 512) -> np.ndarray:
     """(n_users, k) full-catalog top-k of a dense scorer, the user's training items excluded;
-    ties by the seeded tie rule, NaN scores never picked (-1 pads a short list).
-
-    Runs of ``chunk_size`` users are ranked on ``workers`` threads (``features.rank_workers``;
-    1 for a scorer whose answer depends on call order, such as a random generator)."""
-    def rank(part: slice) -> list[np.ndarray]:
-        out = []
-        for start in range(part.start, part.stop, chunk_size):
-            chunk = user_idx[start:min(start + chunk_size, part.stop)]
-            scores = np.asarray(score_fn(chunk), dtype=np.float32).copy()
-            scores[seen_mask(state, chunk)] = -np.inf
-            out.append(top_n(scores, k, seed=seed, query=chunk))
-        return out
-
-    out = [top for part in map_parts(rank, len(user_idx), workers=workers, min_part=chunk_size) for top in part]
+    ties by the seeded tie rule, NaN scores never picked (-1 pads a short list)."""
+    out = []
+    for start in range(0, len(user_idx), chunk_size):
+        chunk = user_idx[start:start + chunk_size]
+        scores = np.asarray(score_fn(chunk), dtype=np.float32).copy()
+        scores[seen_mask(state, chunk)] = -np.inf
+        out.append(top_n(scores, k, seed=seed, query=chunk))
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
@@ -113,13 +104,13 @@ def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
     }
 
 
-def candidate_recall(candidates: pl.DataFrame, user_idx: np.ndarray, relevant: list[np.ndarray]) -> np.ndarray:
-    """float64 (n_users,): per user, the share of their relevant items that made it into the candidates."""
+def candidate_recall(candidates: pl.DataFrame, user_idx: np.ndarray, relevant: list[np.ndarray]) -> float:
+    """Mean over users of the share of their relevant items that made it into the candidates."""
     rel = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]),
                         "item_idx": np.concatenate(relevant) if relevant else np.zeros(0)}).cast(pl.Int32)
     found = rel.join(candidates.select("query_idx", "item_idx"), on=["query_idx", "item_idx"], how="semi")
     per_user = np.bincount(found["query_idx"].to_numpy(), minlength=len(user_idx))
-    return per_user / np.array([len(r) for r in relevant])
+    return float(np.mean(per_user / np.array([len(r) for r in relevant])))
 
 
 def bootstrap_ci(values: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
@@ -233,8 +224,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     if pretrained_state is not None:
         scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
     for name, score_fn in scorers.items():
-        # The random baseline draws from one generator in chunk order: one thread keeps it seeded.
-        ranked = topk_dense(state, user_idx, score_fn, k, seed=config.seed, workers=1 if name == "random" else None)
+        ranked = topk_dense(state, user_idx, score_fn, k, seed=config.seed)
         ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
         results[name]["coverage"] = coverage(ranked, state.n_items)
@@ -272,38 +262,25 @@ def rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rele
     the bundle named ``keep_scores`` only, for the first ``max_scores`` rows.
     """
     ranked = {name: np.full((len(user_idx), k), -1, dtype=np.int64) for name in bundles}
-    recall_per_user = np.zeros(len(user_idx))
+    recall_sum = 0.0
     kept_scores, kept_labels, n_kept = [], [], 0
     first_bundle = next(iter(bundles.values()))
-
-    def rank(part: slice, first: int) -> tuple[slice, np.ndarray, dict[str, tuple]]:
-        """Users ``first + part``: their slice, candidate recall and, per bundle, top-k and scored candidates."""
-        users = slice(first + part.start, first + part.stop)
-        chunk, chunk_relevant = user_idx[users], relevant[users]
-        candidates, arrays = first_bundle.candidate_features(chunk)
-        outcome = {}
-        for name, bundle in bundles.items():
-            scored = bundle.score_features(candidates, arrays)
-            outcome[name] = (topk_array(head_k(scored, k, seed=seed), len(chunk), k),
-                             scored if name == keep_scores else None)
-        return part, candidate_recall(candidates, chunk, chunk_relevant), outcome
-
     bar = progress_bar(total=len(user_idx), desc="evaluate " + ", ".join(bundles), unit="user")
     for first in range(0, len(user_idx), chunk_size):
         chunk, chunk_relevant = user_idx[first:first + chunk_size], relevant[first:first + chunk_size]
-        # Each chunk is split across the cores; a user's ranking never depends on the split.
-        for part, part_recall, outcome in map_parts(functools.partial(rank, first=first), len(chunk)):
-            recall_per_user[first + part.start:first + part.stop] = part_recall
-            for name, (top, scored) in outcome.items():
-                ranked[name][first + part.start:first + part.stop] = top
-                if scored is not None and n_kept < max_scores:
-                    chunk_scores, chunk_labels = _labelled_scores(scored, chunk_relevant[part])
-                    kept_scores.append(chunk_scores)
-                    kept_labels.append(chunk_labels)
-                    n_kept += len(chunk_scores)
+        candidates, arrays = first_bundle.candidate_features(chunk)
+        recall_sum += candidate_recall(candidates, chunk, chunk_relevant) * len(chunk)
+        for name, bundle in bundles.items():
+            scored = bundle.score_features(candidates, arrays)
+            ranked[name][first:first + len(chunk)] = topk_array(head_k(scored, k, seed=seed), len(chunk), k)
+            if name == keep_scores and n_kept < max_scores:
+                chunk_scores, chunk_labels = _labelled_scores(scored, chunk_relevant)
+                kept_scores.append(chunk_scores)
+                kept_labels.append(chunk_labels)
+                n_kept += len(chunk_scores)
         bar.update(len(chunk))
     bar.close()
-    recall = float(recall_per_user.mean()) if len(user_idx) else float("nan")
+    recall = recall_sum / len(user_idx) if len(user_idx) else float("nan")
     scores = np.concatenate(kept_scores)[:max_scores] if kept_scores else np.zeros(0)
     labels = np.concatenate(kept_labels)[:max_scores] if kept_labels else np.zeros(0)
     return {name: (ranked[name], recall, (scores, labels) if name == keep_scores else None) for name in bundles}
