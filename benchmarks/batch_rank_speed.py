@@ -11,8 +11,8 @@ the same model on the same machine, back to back:
 
 A bundle trained by newer code may hold settings an older code's config does not know;
 ``--drop-unknown-config`` ranks a copy whose ``config.json`` keeps only the fields the imported
-code knows (it lists what it dropped; use it only for training-time settings, which ranking
-never reads).
+code knows. It lists what it dropped and refuses to drop what ranking reads (candidate
+settings, seed, k); compare the two codes' ``--out`` files to confirm the rankings agree.
 
 Prints users/s (every user of the model, top-k, 2,048-user chunks, best of ``--repeat`` passes)
 and which code ran (the folder ``features`` was imported from), so the two lines compare;
@@ -95,6 +95,10 @@ def _known_config_copy(folder: str) -> str:
             dropped += [f"{name}.{key}" for key in value if key not in fields]
             value = {key: v for key, v in value.items() if key in fields}
         config[name] = value
+    ranking_reads = [name for name in dropped if name.startswith("candidates.") or name in ("seed", "k")]
+    if ranking_reads:
+        raise SystemExit(f"refusing --drop-unknown-config: ranking reads {', '.join(ranking_reads)}, which this "
+                         f"code does not know; its rankings would not be the bundle's")
     (copy / "config.json").write_text(json.dumps(config))
     print(f"config fields this code does not know, dropped: {', '.join(dropped) or 'none'}")
     return str(copy)

@@ -14,6 +14,7 @@ the split: a user's candidates, features and ties never depend on the other user
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -29,6 +30,7 @@ WORKERS_ENV = "RECSYS_RANK_WORKERS"
 MIN_PART_USERS = 256
 
 _in_worker: ContextVar[bool] = ContextVar("recsys_rank_worker", default=False)
+_split_lock = threading.Lock()
 T = TypeVar("T")
 
 
@@ -37,10 +39,7 @@ def rank_workers() -> int:
     value = os.environ.get(WORKERS_ENV, "").strip()
     if not value:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        workers = int(value)
-    except ValueError:
-        workers = 0
+    workers = int(value) if value.isascii() and value.isdigit() else 0
     if workers < 1:
         raise RecsysError(f"{WORKERS_ENV}={value!r} is not a worker count; set a whole number of at least 1 "
                           f"(1 = rank in one thread) or unset it to use every core")
@@ -68,6 +67,8 @@ def map_parts(rank: Callable[[slice], T], n_users: int, *, workers: int | None =
     With more than one slice the calls run on worker threads, BLAS held to one thread each
     (threadpoolctl, process-wide for the duration); an error in any part is raised here.
     """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     slices = part_slices(n_users, rank_workers() if workers is None else workers,
                          MIN_PART_USERS if min_part is None else min_part)
     if len(slices) == 1:
@@ -77,6 +78,8 @@ def map_parts(rank: Callable[[slice], T], n_users: int, *, workers: int | None =
         _in_worker.set(True)  # each pool thread has its own context: this flag stays in the worker
         return rank(part)
 
-    with threadpool_limits(limits=1, user_api="blas"), \
+    # threadpoolctl's limit is process-wide and restores what it found: callers that overlapped
+    # could leave BLAS on one thread for good, so split batches take turns.
+    with _split_lock, threadpool_limits(limits=1, user_api="blas"), \
             ThreadPoolExecutor(len(slices), thread_name_prefix="recsys-rank") as pool:
         return list(pool.map(run, slices))

@@ -84,13 +84,13 @@ class FeatureState:
         values (a catalog update that changes the values sorts again)."""
         values = self.item_features[column].to_numpy()
         key = (column, seed, values.shape[0], hash(values.tobytes()))
-        if self._popular_orders is None:
-            self._popular_orders = {}
-        if key not in self._popular_orders:
-            items = np.arange(len(values))
-            self._popular_orders = {k: v for k, v in self._popular_orders.items() if k[0] != column}
-            self._popular_orders[key] = np.lexsort((tie_keys(seed, 0, items), -values))
-        return self._popular_orders[key]
+        cached = self._popular_orders or {}
+        if key in cached:
+            return cached[key]
+        order = np.lexsort((tie_keys(seed, 0, np.arange(len(values))), -values))
+        # One assignment of a new dict: ranking worker threads may read and fill it at once.
+        self._popular_orders = {**{k: v for k, v in cached.items() if k[0] != column}, key: order}
+        return order
 
     def has_profile(self, user_idx: np.ndarray) -> np.ndarray:
         """bool (n,): the user is known (not -1) and has history in the window."""

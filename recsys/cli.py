@@ -213,9 +213,11 @@ def cmd_rank(args: argparse.Namespace) -> None:
     # OpenMP threads on a small machine cost more than they give (benchmarks/rank_throughput.py).
     # Effective when polars is not imported yet (a plain `recsys rank`).
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
+    from features.rank_workers import rank_workers
     from serving.batch import rank_users, read_users_file
 
     _check_rank_output(Path(args.out), overwrite=args.overwrite)
+    rank_workers()  # a bad RECSYS_RANK_WORKERS is refused before the model loads
     users = read_users_file(args.users) if args.users else None
     bundle, resolved = _load_bundle(args.model)
     if users is None:

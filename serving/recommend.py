@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from features import rank_workers
 from features.bundle import RankingBundle, head_k
-from features.rank_workers import map_parts
 from features.text_interest import vector_from_history
 from recsys import schemas
 from serving.requests import RecommendRequest
@@ -41,10 +41,23 @@ def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int, *, worke
     """
     if not user_ids:
         return pl.DataFrame(schema=schemas.RANKING_OUTPUT)
-    if bundle.use_compiled_trees:
-        bundle.compiled_trees()  # compiled (or loaded) once, before any worker needs it
-    parts = map_parts(lambda part: _recommend_part(bundle, user_ids[part], k), len(user_ids), workers=workers)
+    if len(user_ids) >= 2 * rank_workers.MIN_PART_USERS:
+        _warm(bundle)
+    parts = rank_workers.map_parts(lambda part: _recommend_part(bundle, user_ids[part], k), len(user_ids),
+                                   workers=workers)
     return parts[0] if len(parts) == 1 else pl.concat(parts)
+
+
+def _warm(bundle: RankingBundle) -> None:
+    """Build the bundle's lazy tables once, before worker threads read them (a race would only
+    build one twice, but the first chunk would pay for it on every worker)."""
+    state = bundle.state
+    if bundle.use_compiled_trees:
+        bundle.compiled_trees()
+    for build in (state.dense_tables, state.history, state.text_popularity, state.item_has_history):
+        build()
+    for column in ("item_pop_all", "item_pop_1d"):
+        state.popular_order(column, bundle.config.seed)
 
 
 def _recommend_part(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:

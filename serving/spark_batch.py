@@ -77,6 +77,9 @@ def spark_session(master: str, app_name: str = "recsys-rank", *, progress: bool 
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", str(progress).lower())
                .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
                .config("spark.sql.shuffle.partitions", "8")
+               # One ranking thread per Python worker on executors of any master (local mode
+               # workers also inherit the environment set above).
+               .config("spark.executorEnv.RECSYS_RANK_WORKERS", "1")
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     return session

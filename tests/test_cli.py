@@ -56,3 +56,10 @@ def test_metrics_table_sorted_by_ndcg():
     table = format_metrics_table({"a": {"ndcg@10": 0.1}, "b": {"ndcg@10": 0.3}}, 10)
     lines = table.splitlines()
     assert lines[1].startswith("b") and lines[2].startswith("a")
+
+
+def test_a_bad_rank_worker_count_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RECSYS_RANK_WORKERS", "lots")
+    assert main(["-q", "rank", "--model", "models:/no-such-model/1", "--out", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "RECSYS_RANK_WORKERS='lots' is not a worker count" in err and "no-such-model" not in err

@@ -1,8 +1,10 @@
 """Batch ranking split across worker threads: the split, the workers' flag, and the same answers."""
 
+import os
 import threading
 
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import features.rank_workers as rank_workers
 import serving.recommend as recommend
@@ -55,7 +57,7 @@ def test_an_error_in_a_worker_reaches_the_caller():
         map_parts(rank, 1000, workers=2, min_part=100)
 
 
-@pytest.mark.parametrize("value", ["0", "two", "-1"])
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1_000", "2.0"])
 def test_a_bad_worker_count_is_refused_with_what_to_set(monkeypatch, value):
     monkeypatch.setenv("RECSYS_RANK_WORKERS", value)
     with pytest.raises(RecsysError, match="RECSYS_RANK_WORKERS=.* is not a worker count; set a whole number"):
@@ -66,7 +68,53 @@ def test_the_worker_count_comes_from_the_environment_or_the_cores(monkeypatch):
     monkeypatch.setenv("RECSYS_RANK_WORKERS", "3")
     assert rank_workers.rank_workers() == 3
     monkeypatch.delenv("RECSYS_RANK_WORKERS")
-    assert rank_workers.rank_workers() >= 1
+    assert rank_workers.rank_workers() == len(os.sched_getaffinity(0))
+
+
+def test_a_worker_count_below_one_is_refused():
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        map_parts(lambda part: part, 1000, workers=0)
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_workers_run_blas_on_one_thread_and_the_limit_is_lifted_after_an_error():
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        inside = []
+
+        def rank(part):
+            inside.append(_blas_threads())
+            if part.start > 0:
+                raise RuntimeError("boom")
+            return part
+
+        with pytest.raises(RuntimeError, match="boom"):
+            map_parts(rank, 1000, workers=2, min_part=100)
+        assert inside == [{1}, {1}]
+        assert _blas_threads() == before == {2}
+
+
+def test_trees_run_on_one_thread_inside_a_worker(small_bundle):
+    """Frames of 20,000+ rows use every core in the caller's thread, one core in a worker."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    calls = []
+
+    class RecordingTrees:
+        def predict(self, matrix, threads=0):
+            calls.append(threads)
+            return np.zeros(matrix.shape[0])
+
+    bundle = replace(small_bundle, _compiled=RecordingTrees(), _compile_tried=True, prior_weights={})
+    arrays = {name: np.zeros(20_000, dtype=np.float32) for name in bundle.feature_columns}
+    bundle.score(arrays)
+    map_parts(lambda part: bundle.score(arrays), 1000, workers=2, min_part=100)
+    assert calls == [0, 1, 1]
 
 
 def test_a_split_batch_ranks_exactly_as_one_thread(small_bundle, monkeypatch):
