@@ -61,8 +61,12 @@ def main() -> None:
 
         pl.concat(ranked).write_parquet(args.out)  # the last timed pass's rankings
     trees = "compiled" if getattr(bundle, "_compiled", None) is not None else "LightGBM predict"
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"code {os.path.dirname(os.path.dirname(features.__file__))}: {len(users) / best:,.0f} users/s "
-          f"({len(users)} users, {rows} rows, top-{args.k}, best of {args.repeat}; trees: {trees})")
+          f"({len(users)} users, {rows} rows, top-{args.k}, best of {args.repeat}; trees: {trees}; "
+          f"peak RSS {peak_mb:,.0f} MB)")
 
 
 def _known_config_copy(folder: str) -> str:
