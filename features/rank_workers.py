@@ -69,6 +69,8 @@ def map_parts(rank: Callable[[slice], T], n_users: int, *, workers: int | None =
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if in_worker():  # a split inside a worker would wait on the lock its own caller holds
+        workers = 1
     slices = part_slices(n_users, rank_workers() if workers is None else workers,
                          MIN_PART_USERS if min_part is None else min_part)
     if len(slices) == 1:

@@ -47,6 +47,15 @@ def test_one_part_runs_in_the_callers_thread():
     assert out == [(threading.current_thread().name, False)]
 
 
+def test_a_split_inside_a_worker_runs_in_that_worker():
+    def rank(part):
+        return map_parts(lambda inner: threading.current_thread().name, 1000, workers=2, min_part=100)
+
+    outer = map_parts(rank, 1000, workers=2, min_part=100)  # would deadlock on the lock if it split again
+    assert [len(names) for names in outer] == [1, 1]
+    assert all(names[0].startswith("recsys-rank") for names in outer)
+
+
 def test_an_error_in_a_worker_reaches_the_caller():
     def rank(part):
         if part.start > 0:
