@@ -24,7 +24,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from features.candidates import SOURCE_FEATURES, generate_candidates
+from features.candidates import POPULAR_COLUMNS, SOURCE_FEATURES, generate_candidates
 from features.compiled_trees import CompiledTrees, compile_trees
 from features.rank_workers import in_worker
 from features.ranking_frame import feature_arrays, feature_matrix, position_in_group, prior_scores
@@ -57,6 +57,17 @@ class RankingBundle:
             self._compiled = compile_trees(self.booster)
             self._compile_tried = True
         return self._compiled
+
+    def warm(self) -> None:
+        """Build every lazy table ranking reads (compiled trees, state caches) now, once, before
+        worker threads read them (``features.rank_workers``)."""
+        if self.use_compiled_trees:
+            self.compiled_trees()
+        state = self.state
+        for build in (state.dense_tables, state.history, state.text_popularity, state.item_has_history):
+            build()
+        for column in POPULAR_COLUMNS:
+            state.popular_order(column, self.config.seed)
 
     def score(self, frame: pl.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
         """float32 (rows,) ranker scores of a ranking frame (or of its feature arrays)."""

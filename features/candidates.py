@@ -23,6 +23,8 @@ from recsys.stage_timer import stage
 
 # The ranking-frame feature each personal source's score is (see ``with_scores``).
 SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
+# The item-feature columns of the two popularity sources (all-time, last day), in config order.
+POPULAR_COLUMNS = ("item_pop_all", "item_pop_1d")
 
 # Item-to-item scores of a user chunk storing more than this share of the chunk x catalog entries
 # are picked from a dense copy: selecting from a dense row (block maxima) beats sorting every stored
@@ -218,7 +220,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     scoring does not compute the same dense products twice.
     """
     personal = {"cf": config.n_cf, "item_item": config.n_item_item, "text": config.n_text}
-    popular = {"item_pop_all": config.n_popular, "item_pop_1d": config.n_recent}
+    popular = dict(zip(POPULAR_COLUMNS, (config.n_popular, config.n_recent), strict=True))
     user_idx = np.asarray(user_idx, dtype=np.int32)
     frames = []
     for start in range(0, len(user_idx), chunk_size):

@@ -42,22 +42,10 @@ def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int, *, worke
     if not user_ids:
         return pl.DataFrame(schema=schemas.RANKING_OUTPUT)
     if len(user_ids) >= 2 * rank_workers.MIN_PART_USERS:
-        _warm(bundle)
+        bundle.warm()  # lazy tables built once, before the workers read them
     parts = rank_workers.map_parts(lambda part: _recommend_part(bundle, user_ids[part], k), len(user_ids),
                                    workers=workers)
     return parts[0] if len(parts) == 1 else pl.concat(parts)
-
-
-def _warm(bundle: RankingBundle) -> None:
-    """Build the bundle's lazy tables once, before worker threads read them (a race would only
-    build one twice, but the first chunk would pay for it on every worker)."""
-    state = bundle.state
-    if bundle.use_compiled_trees:
-        bundle.compiled_trees()
-    for build in (state.dense_tables, state.history, state.text_popularity, state.item_has_history):
-        build()
-    for column in ("item_pop_all", "item_pop_1d"):
-        state.popular_order(column, bundle.config.seed)
 
 
 def _recommend_part(bundle: RankingBundle, user_ids: list[str], k: int) -> pl.DataFrame:
