@@ -66,6 +66,10 @@ GENERIC = (
 ).split()
 EPOCH = datetime(2026, 1, 1)
 _BLOCK_CELLS = 16_000_000  # sessions x eligible items per generated block (float64: 128 MB per array)
+# Fresh items a block of sessions is shown from. Scale 1 has at most ~3,800 fresh items a day, so
+# scales up to 1 (and the demo) never reach it; past that each block draws a uniform sample of
+# this many, which keeps generation linear in sessions instead of sessions x items.
+_SHOWN_POOL = 4096
 
 
 @dataclass(frozen=True)
@@ -152,9 +156,11 @@ def generate_demo(spec: DemoSpec | None = None) -> Dataset:
             continue
         # Sessions x eligible items are dense: blocks of sessions keep memory flat at large scales
         # (the demo's days fit in one block, so its random stream is unchanged).
-        block = max(1, _BLOCK_CELLS // eligible.size)
+        block = max(1, _BLOCK_CELLS // min(eligible.size, _SHOWN_POOL))
         for first in range(0, all_sessions.size, block):
-            _show_sessions(spec, rng, all_sessions[first:first + block], eligible, day, session_user, session_time,
+            pool = (eligible if eligible.size <= _SHOWN_POOL
+                    else np.sort(rng.choice(eligible, size=_SHOWN_POOL, replace=False)))
+            _show_sessions(spec, rng, all_sessions[first:first + block], pool, day, session_user, session_time,
                            item_published, item_quality, item_topic, interest, shown)
     shown_user, shown_item, shown_time, shown_session, shown_clicked = shown
     return _to_dataset(
@@ -196,7 +202,8 @@ def _to_dataset(spec, titles, descriptions, categories, user, item, time_days, s
     epoch_us = int((EPOCH - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
     timestamps = pl.Series(seconds * 1_000_000 + epoch_us).cast(pl.Datetime("us"))
     impressions = pl.DataFrame({
-        "impression_id": pl.Series([f"S{s:06d}" for s in session]),
+        "impression_id": pl.Series([f"S{s:06d}" for s in range(int(session.max()) + 1 if session.size else 0)],
+                                   dtype=pl.String).gather(session),
         "user_id": user_ids.gather(user),
         "timestamp": timestamps,
         "item_id": item_ids.gather(item),
