@@ -146,3 +146,60 @@ def test_hard_negatives_from_impressions_join_the_softmax_and_training_still_lea
     result = finetune(TextEncoder(max_length=32), item_texts(data.items), examples, config, seed=0, eval_every=10,
                       progress=False)
     assert min(result.val_losses[1:]) < 0.9 * result.val_losses[0]
+
+
+def test_pretrained_vectors_from_the_catalog_pass_equal_the_plain_encoder(finetuned):
+    """The catalog pass runs the lower layers once and the pretrained copy of the upper layers:
+    its pretrained vectors are the unmodified MiniLM's."""
+    texts = item_texts(finetuned.data.items)[:20]
+    plain = TextEncoder(max_length=32).encode(texts, progress=False)
+    np.testing.assert_allclose(finetuned.result.pretrained_vectors[:20], plain, atol=1e-4)
+    assert finetuned.result.catalog_dtype == "float32"  # 150 items: below bf16_min_items
+
+
+def test_snapshot_table_computes_only_rows_read_and_takes_new_weights_on_refresh():
+    import torch
+
+    from training.text_finetune import _LazyTower, _SnapshotTable
+
+    texts = item_texts(generate_demo(DemoSpec(n_users=20, n_items=60, days=5, seed=4)).items)
+    tower = _LazyTower(TextEncoder(max_length=32), texts, trainable_layers=2, batch_size=16)
+    table = _SnapshotTable(tower)
+    idx = torch.tensor([3, 7, 7, 41])
+    first = table[idx].clone()
+    assert table.rows_computed == 3 and tower.rows_kept == 3 and int(table.ready.sum()) == 3
+    np.testing.assert_allclose(first.numpy(), tower.encode(idx).detach().numpy(), atol=1e-5)
+    table[idx]  # read again: nothing recomputed
+    assert table.rows_computed == 3
+    with torch.no_grad():
+        tower.upper[-1].output.dense.weight.mul_(1.5)
+    assert torch.equal(table[idx], first)  # the snapshot keeps the old weights until refreshed
+    table.refresh()
+    after = table[idx]
+    assert table.rows_computed == 6 and tower.rows_kept == 3  # the lower layers were not run again
+    assert not torch.allclose(after, first, atol=1e-3)
+    np.testing.assert_allclose(after.numpy(), tower.encode(idx).detach().numpy(), atol=1e-5)
+
+
+def test_bfloat16_catalog_pass_only_for_large_catalogs_on_native_cpus(monkeypatch):
+    from training import text_finetune
+
+    config = TextModelConfig(bf16_min_items=1000)
+    monkeypatch.setattr(text_finetune, "native_bf16", lambda: True)
+    assert [text_finetune.catalog_bf16(n, config) for n in (999, 1000)] == [False, True]
+    assert not text_finetune.catalog_bf16(10**6, TextModelConfig(bf16_min_items=0))
+    monkeypatch.setattr(text_finetune, "native_bf16", lambda: False)
+    assert not text_finetune.catalog_bf16(10**6, config)
+
+
+@pytest.mark.skipif("not __import__('training.text_finetune').text_finetune.native_bf16()",
+                    reason="the CPU has no native bfloat16 products")
+def test_bfloat16_catalog_vectors_stay_within_cosine_0_999_of_float32():
+    from training.text_finetune import _LazyTower
+
+    texts = item_texts(generate_demo(DemoSpec(n_users=20, n_items=80, days=5, seed=4)).items)
+    tower = _LazyTower(TextEncoder(max_length=48), texts, trainable_layers=2, batch_size=32)
+    (full,) = tower.encode_catalog([tower.upper], bf16=False, progress=False)
+    (half,) = tower.encode_catalog([tower.upper], bf16=True, progress=False)
+    cosines = np.sum(full * half, axis=1)
+    assert cosines.min() > 0.999 and not np.array_equal(full, half)

@@ -420,10 +420,12 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
     result = finetune(encoder, item_texts(w.catalog), examples, config.text, seed=config.seed,
                       progress=progress, log_metric=metric_log)
     encoder.save(encoder_dir)
-    metric_log.log_many({"text/best_step": result.best_step, "text/best_val_loss": min(result.val_losses),
-                        "text/pretrained_val_loss": result.val_losses[0],
-                        "text/pooling_slope": result.pooling.slope,
-                        "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
+    mlflow.log_param("data_choice.text_catalog_dtype", result.catalog_dtype)
+    metric_log.log_many({**{f"text/rows_{k}": v for k, v in result.rows_encoded.items()},
+                         "text/best_step": result.best_step, "text/best_val_loss": min(result.val_losses),
+                         "text/pretrained_val_loss": result.val_losses[0],
+                         "text/pooling_slope": result.pooling.slope,
+                         "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
     return result
 
 

@@ -1,13 +1,17 @@
 """Fine-tune the MiniLM item tower on next-interaction prediction.
 
-Cost control on CPU: the lower ``6 - trainable_layers`` transformer layers stay frozen and
-their outputs are computed once per catalog and cached, so a step runs only the upper
-layers, and only for the (deduplicated) target items of the batch.
+Cost control on CPU: the lower ``6 - trainable_layers`` transformer layers stay frozen; their
+output is computed for an item the first time training reads it and kept, so a step runs only
+the upper layers, and only for the (deduplicated) target items of the batch. Training reads
+only the items its batches and held-out examples touch, so its cost does not grow with the
+catalog; the catalog is encoded once at the end, through the lower layers once and the upper
+layers twice (pretrained and fine-tuned vectors).
 
 Objective: for an example (history, next item), the user vector is the attention-pooled mean
 of the history's item vectors (features/text_interest.py: a learned query over item vectors
 plus a learned recency slope, starting as the plain recency-weighted mean) taken from a
-snapshot of the item table (refreshed every ``eval_every`` steps, no gradient to the items;
+snapshot of the item table (the upper weights as of the last refresh, every ``eval_every``
+steps; rows computed when first read; no gradient to the items;
 the pooling parameters learn through it); the target items of the batch are encoded with gradient,
 and an in-batch softmax (InfoNCE, cosine / temperature) pushes each user's next item above
 the other targets. Items that are the positive of several examples are not counted as
@@ -48,53 +52,145 @@ class FinetuneResult:
     val_steps: list[int]
     best_step: int
     pooling: HistoryPooling | None = None
+    rows_encoded: dict[str, int] = field(default_factory=dict)  # snapshot rows read, lower-layer rows kept
+    catalog_dtype: str = "float32"  # the catalog pass's matrix products: float32 or bfloat16
 
 
-class _CachedTower:
-    """Frozen lower layers cached once; trainable upper layers run on demand."""
+class _LazyTower:
+    """The encoder split at ``n_layers - trainable_layers``: the frozen lower layers' output is
+    computed for an item the first time it is needed and kept, the upper layers run on demand.
 
-    def __init__(self, encoder: TextEncoder, texts: list[str], trainable_layers: int, batch_size: int,
-                 progress: bool) -> None:
+    Nothing here is per catalog up front, so fine-tuning's cost does not grow with the catalog:
+    only the items a step or a held-out loss reads go through the lower layers (the catalog pass
+    happens once, at the end, in :meth:`encode_catalog`). Kept rows are ragged (tokens, 384)
+    float32, so memory is the touched items' tokens, not items x max_length.
+    """
+
+    def __init__(self, encoder: TextEncoder, texts: list[str], trainable_layers: int, batch_size: int) -> None:
         model = self.model = encoder.model
-        n_layers = model.config.num_hidden_layers
-        self.split_at = n_layers - trainable_layers
+        self.split_at = model.config.num_hidden_layers - trainable_layers
         self.upper = model.encoder.layer[self.split_at:]
+        self.batch_size = batch_size
         batch = encoder.tokenize(texts)
-        self.mask = batch["attention_mask"]
-        self.lengths = self.mask.sum(1)
-        self.hidden = torch.zeros((len(texts), self.mask.shape[1], model.config.hidden_size))
-        order = torch.argsort(self.lengths, descending=True, stable=True)
-        with torch.inference_mode(), progress_bar(total=len(texts), desc="cache frozen layers", unit="item",
-                                                  enabled=progress) as bar:
-            for start in range(0, len(texts), batch_size):
-                idx = order[start:start + batch_size]
-                width = int(self.lengths[idx].max())
-                ids = batch["input_ids"][idx, :width]
-                mask = self.mask[idx, :width]
-                h = model.embeddings(input_ids=ids)
-                for layer in model.encoder.layer[: self.split_at]:
-                    h = _run_layer(layer, h, mask)
-                self.hidden[idx, :width] = h
-                bar.update(len(idx))
+        self.ids = batch["input_ids"]
+        self.lengths = batch["attention_mask"].sum(1)
+        self.hidden_size = model.config.hidden_size
+        self._lower: list[torch.Tensor | None] = [None] * len(texts)
 
-    def encode(self, idx: torch.Tensor) -> torch.Tensor:
-        """Unit vectors (len(idx), 384) for item rows ``idx`` through the upper layers."""
+    @property
+    def n_items(self) -> int:
+        return len(self._lower)
+
+    @property
+    def rows_kept(self) -> int:
+        """Items whose lower-layer output is held."""
+        return sum(row is not None for row in self._lower)
+
+    def _run_lower(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower-layer output (len(idx), width, 384) and mask for rows ``idx``, no gradient."""
         width = int(self.lengths[idx].max())
-        h = self.hidden[idx, :width]
-        mask = self.mask[idx, :width]
-        for layer in self.upper:
-            h = _run_layer(layer, h, mask)
-        return mean_pool(h, mask)
+        ids = self.ids[idx, :width]
+        mask = (torch.arange(width)[None, :] < self.lengths[idx, None]).long()
+        self.model.embeddings.eval()  # frozen: no dropout, also while the upper layers train
+        for layer in self.model.encoder.layer[: self.split_at]:
+            layer.eval()
+        with torch.no_grad():
+            h = self.model.embeddings(input_ids=ids)
+            for layer in self.model.encoder.layer[: self.split_at]:
+                h = _run_layer(layer, h, mask)
+        return h, mask
 
-    def table(self, batch_size: int) -> torch.Tensor:
-        """All item vectors with the current weights, no gradient: (n_items, 384)."""
-        out = torch.zeros((self.hidden.shape[0], self.hidden.shape[2]))
+    def _keep_lower(self, idx: torch.Tensor) -> None:
+        missing = torch.tensor([i for i in idx.tolist() if self._lower[i] is None], dtype=torch.long)
+        if len(missing) == 0:
+            return
+        missing = torch.unique(missing)
+        missing = missing[torch.argsort(self.lengths[missing], descending=True, stable=True)]
+        for start in range(0, len(missing), self.batch_size):
+            part = missing[start:start + self.batch_size]
+            h, _ = self._run_lower(part)
+            for row, n, hidden in zip(part.tolist(), self.lengths[part].tolist(), h, strict=True):
+                self._lower[row] = hidden[:n].clone()
+
+    def lower(self, idx: torch.Tensor, *, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower-layer output padded to the longest of ``idx``: (len(idx), width, 384), mask (len(idx), width).
+        ``keep=False`` computes rows not yet held without keeping them (the catalog pass)."""
+        if keep:
+            self._keep_lower(idx)
+        elif any(self._lower[i] is None for i in idx.tolist()):
+            return self._run_lower(idx)
+        rows = [self._lower[i] for i in idx.tolist()]
+        h = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        mask = (torch.arange(h.shape[1])[None, :] < self.lengths[idx, None]).long()
+        return h, mask
+
+    def encode(self, idx: torch.Tensor, layers: torch.nn.ModuleList | None = None) -> torch.Tensor:
+        """Unit vectors (len(idx), 384) for item rows ``idx`` through the upper layers (or ``layers``)."""
+        h, mask = self.lower(idx)
+        return _upper(h, mask, self.upper if layers is None else layers)
+
+    def encode_catalog(self, upper_stacks: list[torch.nn.ModuleList], *, bf16: bool,
+                       progress: bool) -> list[np.ndarray]:
+        """Every item through the lower layers once and then through each stack of upper layers:
+        one float32 (n_items, 384) unit-vector table per stack, in length-sorted batches.
+        ``bf16``: matrix products in bfloat16 (CPU autocast; rows held from fine-tuning are
+        float32 and are reused as they are)."""
+        tables = [np.zeros((self.n_items, self.hidden_size), dtype=np.float32) for _ in upper_stacks]
         order = torch.argsort(self.lengths, descending=True, stable=True)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                out[idx] = self.encode(idx)
-        return out
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), \
+                progress_bar(total=self.n_items, desc="encode items", unit="item", enabled=progress) as bar:
+            for start in range(0, self.n_items, self.batch_size):
+                idx = order[start:start + self.batch_size]
+                h, mask = self.lower(idx, keep=False)
+                for table, layers in zip(tables, upper_stacks, strict=True):
+                    table[idx.numpy()] = _upper(h, mask, layers).float().numpy()
+                bar.update(len(idx))
+        return tables
+
+
+class _SnapshotTable:
+    """Item vectors under the upper layers' weights as of the last :meth:`refresh` (no gradient),
+    each row computed the first time it is read: ``table[idx]`` -> (len(idx), 384) float32.
+
+    Training reads history vectors from it, so a snapshot costs the rows the next steps read,
+    not a pass over the catalog."""
+
+    def __init__(self, tower: _LazyTower) -> None:
+        self.tower = tower
+        self.layers = copy.deepcopy(tower.upper)
+        for p in self.layers.parameters():
+            p.requires_grad_(False)
+        self.layers.eval()
+        self.rows = torch.zeros((tower.n_items, tower.hidden_size))
+        self.ready = torch.zeros(tower.n_items, dtype=torch.bool)
+        self.rows_computed = 0
+
+    def refresh(self) -> None:
+        """Take the tower's current upper weights; every row is computed again when next read."""
+        self.layers.load_state_dict(self.tower.upper.state_dict())
+        self.ready[:] = False
+
+    def ensure(self, idx: torch.Tensor) -> None:
+        missing = torch.unique(idx[~self.ready[idx]])
+        if len(missing) == 0:
+            return
+        missing = missing[torch.argsort(self.tower.lengths[missing], descending=True, stable=True)]
+        with torch.no_grad():  # not inference_mode: lower rows kept here are read again under autograd
+            for start in range(0, len(missing), self.tower.batch_size):
+                part = missing[start:start + self.tower.batch_size]
+                self.rows[part] = self.tower.encode(part, self.layers)
+        self.ready[missing] = True
+        self.rows_computed += len(missing)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        self.ensure(idx)
+        return self.rows[idx]
+
+
+def _upper(h: torch.Tensor, mask: torch.Tensor, layers: torch.nn.ModuleList) -> torch.Tensor:
+    for layer in layers:
+        h = _run_layer(layer, h, mask)
+    return mean_pool(h, mask)
 
 
 def _run_layer(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -154,7 +250,8 @@ class _Pooling(torch.nn.Module):
         self.query = torch.nn.Parameter(torch.zeros(dim))
         self.slope = torch.nn.Parameter(torch.tensor(float(start.slope)))
 
-    def forward(self, table: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+    def forward(self, table: _SnapshotTable, histories: list[np.ndarray]) -> torch.Tensor:
+        table.ensure(torch.from_numpy(np.concatenate(histories).astype(np.int64)))  # missing rows in one pass
         rows = []
         for hist in histories:
             vecs = table[torch.from_numpy(hist.astype(np.int64))].clone()  # a normal tensor: grads reach the pooling
@@ -200,10 +297,10 @@ def _finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, co
     early stopping on the held-out examples, the best step's weights back in place."""
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    tower, pooling, optimizer = _trainable_tower(encoder, texts, config, progress)
+    tower, pooling, optimizer = _trainable_tower(encoder, texts, config)
+    pretrained_layers = copy.deepcopy(tower.upper)
     data = _TrainingExamples.split(examples, tower, config, rng)
-    table = tower.table(config.encode_batch_size)
-    pretrained = table.numpy().copy()
+    table = _SnapshotTable(tower)
     curves = _Curves(val_losses=[_val_loss(table, data.val_hist, data.val_targets, config, pooling)])
     best = (curves.val_losses[0], 0, *_snapshot(tower, pooling))
     if log_metric:
@@ -216,23 +313,41 @@ def _finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, co
     encoder.model.eval()
     for p in encoder.model.parameters():
         p.requires_grad_(False)
-    final = tower.table(config.encode_batch_size).numpy()
+    log.info("text fine-tuning read %d snapshot rows and kept %d lower-layer rows of %d items",
+             table.rows_computed, tower.rows_kept, tower.n_items)
+    bf16 = catalog_bf16(len(texts), config)
+    pretrained, final = tower.encode_catalog([pretrained_layers, tower.upper], bf16=bf16, progress=progress)
     return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
                           train_losses=curves.train_losses, val_losses=curves.val_losses, val_steps=curves.val_steps,
-                          best_step=best[1], pooling=pooling.export())
+                          best_step=best[1], pooling=pooling.export(),
+                          rows_encoded={"snapshot": table.rows_computed, "lower_kept": tower.rows_kept},
+                          catalog_dtype="bfloat16" if bf16 else "float32")
 
 
-def _trainable_tower(encoder: TextEncoder, texts: list[str], config: TextModelConfig,
-                     progress: bool) -> tuple[_CachedTower, _Pooling, torch.optim.Optimizer]:
-    """The cached tower with only its top ``trainable_layers`` trainable, the history pooling,
+def catalog_bf16(n_items: int, config: TextModelConfig) -> bool:
+    """Whether the catalog pass of ``n_items`` items runs its matrix products in bfloat16: a
+    catalog of at least ``config.bf16_min_items`` items on a CPU with native bfloat16 products."""
+    return 0 < config.bf16_min_items <= n_items and native_bf16()
+
+
+def native_bf16() -> bool:
+    """The CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere autocast would be slower."""
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)())
+               for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def _trainable_tower(encoder: TextEncoder, texts: list[str],
+                     config: TextModelConfig) -> tuple[_LazyTower, _Pooling, torch.optim.Optimizer]:
+    """The lazy tower with only its top ``trainable_layers`` trainable, the history pooling,
     and AdamW over both."""
     for p in encoder.model.parameters():
         p.requires_grad_(False)
-    tower = _CachedTower(encoder, texts, config.trainable_layers, config.encode_batch_size, progress)
+    tower = _LazyTower(encoder, texts, config.trainable_layers, config.encode_batch_size)
     params = [p for layer in tower.upper for p in layer.parameters()]
     for p in params:
         p.requires_grad_(True)
-    pooling = _Pooling(tower.hidden.shape[2], config.recency_half_life)
+    pooling = _Pooling(tower.hidden_size, config.recency_half_life)
     # The pooling has a few hundred parameters starting from the plain recency mean: it needs a
     # far larger step than the transformer to move within 100 steps.
     optimizer = torch.optim.AdamW([{"params": params}, {"params": pooling.parameters(), "lr": 1e-3}],
@@ -253,7 +368,7 @@ class _TrainingExamples:
     val_targets: torch.Tensor
 
     @classmethod
-    def split(cls, examples: pl.DataFrame, tower: _CachedTower, config: TextModelConfig,
+    def split(cls, examples: pl.DataFrame, tower: _LazyTower, config: TextModelConfig,
               rng: np.random.Generator) -> _TrainingExamples:
         perm = rng.permutation(examples.height)
         n_val = min(max(64, examples.height // 10), 512, examples.height // 2)
@@ -277,7 +392,7 @@ class _Curves:
     val_steps: list[int] = field(default_factory=lambda: [0])
 
 
-def _train_loop(tower: _CachedTower, pooling: _Pooling, optimizer: torch.optim.Optimizer, table: torch.Tensor,
+def _train_loop(tower: _LazyTower, pooling: _Pooling, optimizer: torch.optim.Optimizer, table: _SnapshotTable,
                 data: _TrainingExamples, config: TextModelConfig, curves: _Curves, best: tuple, *,
                 generator: torch.Generator, rng: np.random.Generator, eval_every: int, patience: int,
                 progress: bool, log_metric) -> tuple:
@@ -305,9 +420,7 @@ def _train_loop(tower: _CachedTower, pooling: _Pooling, optimizer: torch.optim.O
             bar.set_postfix(loss=f"{curves.train_losses[-1]:.3f}", refresh=False)
             bar.update(1)
             if step % eval_every == 0 or step == config.steps:
-                model.eval()
-                table = tower.table(config.encode_batch_size)
-                model.train()
+                table.refresh()
                 curves.val_losses.append(_val_loss(table, data.val_hist, data.val_targets, config, pooling))
                 curves.val_steps.append(step)
                 if log_metric:
@@ -323,12 +436,12 @@ def _train_loop(tower: _CachedTower, pooling: _Pooling, optimizer: torch.optim.O
     return best
 
 
-def _snapshot(tower: _CachedTower, pooling: _Pooling) -> tuple[list[dict], dict]:
+def _snapshot(tower: _LazyTower, pooling: _Pooling) -> tuple[list[dict], dict]:
     """Copies of the upper layers' and the pooling's weights (to restore the best step)."""
     return copy.deepcopy([layer.state_dict() for layer in tower.upper]), copy.deepcopy(pooling.state_dict())
 
 
-def _batch_loss(tower: _CachedTower, pooling: _Pooling, table: torch.Tensor, histories: list[np.ndarray],
+def _batch_loss(tower: _LazyTower, pooling: _Pooling, table: _SnapshotTable, histories: list[np.ndarray],
                 targets: torch.Tensor, hard: torch.Tensor | None, temperature: float) -> torch.Tensor:
     """Scalar InfoNCE loss of one batch: histories (B arrays of item rows), targets int64 (B,),
     hard: int64 (n,) extra negatives shared by the batch, or None for in-batch negatives only."""
@@ -358,7 +471,7 @@ def _sample_negatives(per_example: list[np.ndarray], k: int, rng: np.random.Gene
     return torch.from_numpy(np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64))
 
 
-def _val_loss(table: torch.Tensor, histories: list[np.ndarray], targets: torch.Tensor,
+def _val_loss(table: _SnapshotTable, histories: list[np.ndarray], targets: torch.Tensor,
               config: TextModelConfig, pooling: _Pooling) -> float:
     """In-batch InfoNCE on held-out examples with the current item table (no gradient)."""
     with torch.inference_mode():
