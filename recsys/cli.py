@@ -395,7 +395,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from recsys.importers.delimited import write_canonical_folder
 
     spec = DemoSpec.scaled(args.scale, seed=args.seed)
-    data = generate_demo(spec)
+    data = generate_demo(spec, progress=True)
     tables = {"items": data.items, "interactions": data.interactions, "impressions": data.impressions}
     report = {"generator": "demo", "scale": args.scale, "seed": args.seed, "n_users": spec.n_users,
               "n_items": spec.n_items, **{f"n_{name}": t.height for name, t in tables.items()}}

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from recsys.dataset import Dataset
+from recsys.progress import progress as progress_bar
 
 SECTIONS: dict[str, dict[str, list[str]]] = {
     "sports": {
@@ -126,8 +127,8 @@ def _item_texts(rng: np.random.Generator, item_topic: np.ndarray, vocab: list[li
     return titles, descriptions
 
 
-def generate_demo(spec: DemoSpec | None = None) -> Dataset:
-    """Generate the demo dataset.
+def generate_demo(spec: DemoSpec | None = None, *, progress: bool = False) -> Dataset:
+    """Generate the demo dataset (``progress``: a bar over the sessions shown).
 
     Returns a validated :class:`Dataset` with items, interactions (the clicks, weight 1.0) and
     impressions (what was shown, ``clicked`` 0/1). Same spec, same tables, bit for bit.
@@ -150,9 +151,11 @@ def generate_demo(spec: DemoSpec | None = None) -> Dataset:
     shown = ([], [], [], [], [])
     session_day = np.floor(session_time).astype(int)
     day_sessions = [np.flatnonzero(session_day == day) for day in range(int(np.ceil(spec.days)))]
+    bar = progress_bar(total=session_user.size, desc="generate sessions", unit="session", enabled=progress)
     for day, all_sessions in enumerate(day_sessions):
         eligible = np.flatnonzero((item_published <= day) & (item_published >= day - 14))
         if all_sessions.size == 0 or eligible.size <= spec.shown_per_session:
+            bar.update(all_sessions.size)  # nothing to show that day
             continue
         # Sessions x eligible items are dense: blocks of sessions keep memory flat at large scales
         # (the demo's days fit in one block, so its random stream is unchanged).
@@ -162,6 +165,8 @@ def generate_demo(spec: DemoSpec | None = None) -> Dataset:
                     else np.sort(rng.choice(eligible, size=_SHOWN_POOL, replace=False)))
             _show_sessions(spec, rng, all_sessions[first:first + block], pool, day, session_user, session_time,
                            item_published, item_quality, item_topic, interest, shown)
+            bar.update(min(block, all_sessions.size - first))
+    bar.close()
     shown_user, shown_item, shown_time, shown_session, shown_clicked = shown
     return _to_dataset(
         spec, titles, descriptions, [sections[t] for t in item_topic],
