@@ -1,6 +1,11 @@
 """Batch ranking on Spark (`local[N]`) against the single-machine job, per core, same model, same run.
 
     .venv/bin/python benchmarks/spark_vs_local.py --model models:/NAME/V [--master local[2]]
+    .venv/bin/python benchmarks/spark_vs_local.py --model URI --sample-users 40000 --data data/scale-10
+
+``--sample-users N --data DIR`` ranks a seeded uniform sample of N of the users in DIR's
+interactions instead of every user the model knows (at scale 10 all 1,000,000 users would take
+hours per job; a user the model does not know takes the fallback path in both engines).
 
 Runs `recsys -q rank` with each engine in child processes, on the first half of the model's
 users and on all of them, each job ``--repeat`` times (the fastest counts: the machine is
@@ -41,7 +46,11 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a model URI, e.g. models:/recsys-scale1/1")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each job; the fastest counts")
+    parser.add_argument("--sample-users", type=int, default=0, help="rank a seeded sample of this many users")
+    parser.add_argument("--data", default=None, help="the data folder the sample is drawn from")
     args = parser.parse_args()
+    if args.sample_users and not args.data:
+        parser.error("--sample-users needs --data (the folder whose interactions name the users)")
     spark_cores = int(re.fullmatch(r"local\[(\d+)\]", args.master).group(1))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import polars as pl
@@ -51,7 +60,17 @@ def main() -> None:
     local_cores = rank_workers()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run_job(["--model", args.model, "--out", str(tmp / "all.parquet")])  # warm: caches, compiled trees
+        warm = ["--model", args.model, "--out", str(tmp / "all.parquet")]
+        if args.sample_users:
+            import numpy as np
+
+            known = pl.read_parquet(Path(args.data) / "interactions.parquet", columns=["user_id"])["user_id"]
+            known = known.unique().sort()
+            pick = np.sort(np.random.default_rng(0).choice(len(known), min(args.sample_users, len(known)),
+                                                           replace=False))
+            pl.DataFrame({"user_id": known.gather(pick)}).write_parquet(tmp / "sample.parquet")
+            warm += ["--users", str(tmp / "sample.parquet")]
+        run_job(warm)  # warm: caches, compiled trees
         users = pl.read_parquet(tmp / "all.parquet")["user_id"].unique(maintain_order=True)
         pl.DataFrame({"user_id": users[: len(users) // 2]}).write_parquet(tmp / "half.parquet")
         pl.DataFrame({"user_id": users}).write_parquet(tmp / "users.parquet")
@@ -80,7 +99,9 @@ def main() -> None:
               f"({per_core[engine]:,.0f} per core), fixed cost {fixed:.1f} s")
     print(f"Spark per core / local per core: {per_core['spark'] / per_core['local']:.2f}; "
           f"same rows from both engines: {same}")
-    print(f"rerun: .venv/bin/python benchmarks/spark_vs_local.py --model {args.model} --master {args.master}")
+    sample = f" --sample-users {args.sample_users} --data {args.data}" if args.sample_users else ""
+    print(f"rerun: .venv/bin/python benchmarks/spark_vs_local.py --model {args.model} --master {args.master}"
+          f" --repeat {args.repeat}{sample}")
 
 
 if __name__ == "__main__":
