@@ -164,3 +164,30 @@ def test_text_timestamps_without_any_known_format_are_a_validation_error(items, 
     with pytest.raises(DataValidationError, match=r"2 value\(s\) that are not a date-time, e\.g\. 'soon' in data "
                                                   r"row 1"):
         Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, text))
+
+
+def test_exact_duplicates_are_dropped_keeping_the_first_and_the_order():
+    import numpy as np
+
+    from recsys.dataset import _drop_exact_duplicates
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    df = pl.DataFrame({"user_id": [f"u{u}" for u in rng.integers(0, 30, n)],
+                       "item_id": [f"i{i}" for i in rng.integers(0, 20, n)],
+                       "timestamp": rng.integers(0, 5, n), "weight": rng.integers(0, 2, n).astype(np.float32)})
+    df = df.with_columns(pl.when(pl.int_range(pl.len()) % 97 == 0).then(None).otherwise(pl.col("weight"))
+                         .alias("weight"))  # nulls compare equal, as in unique()
+    out = _drop_exact_duplicates(df)
+    assert 0 < out.height < df.height
+    assert out.equals(df.unique(maintain_order=True))
+    distinct = df.unique(maintain_order=True)
+    assert _drop_exact_duplicates(distinct) is distinct  # nothing to drop: the same frame, no copy
+
+
+def test_loading_counts_exact_duplicate_events_and_keeps_time_order(items, interactions):
+    doubled = pl.concat([interactions, interactions.head(2)])
+    data = Dataset.from_frames(items=items, interactions=doubled)
+    assert data.skipped["interactions_exact_duplicates"] == 2
+    assert data.interactions.height == interactions.unique().height
+    assert data.interactions["timestamp"].is_sorted()
