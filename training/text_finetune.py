@@ -112,13 +112,10 @@ class _LazyTower:
             for row, n, hidden in zip(part.tolist(), self.lengths[part].tolist(), h, strict=True):
                 self._lower[row] = hidden[:n].clone()
 
-    def lower(self, idx: torch.Tensor, *, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lower-layer output padded to the longest of ``idx``: (len(idx), width, 384), mask (len(idx), width).
-        ``keep=False`` computes rows not yet held without keeping them (the catalog pass)."""
-        if keep:
-            self._keep_lower(idx)
-        elif any(self._lower[i] is None for i in idx.tolist()):
-            return self._run_lower(idx)
+    def lower(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower-layer output padded to the longest of ``idx``: (len(idx), width, 384), mask (len(idx), width);
+        rows not yet held are computed and kept."""
+        self._keep_lower(idx)
         rows = [self._lower[i] for i in idx.tolist()]
         h = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
         mask = (torch.arange(h.shape[1])[None, :] < self.lengths[idx, None]).long()
@@ -133,15 +130,16 @@ class _LazyTower:
                        progress: bool) -> list[np.ndarray]:
         """Every item through the lower layers once and then through each stack of upper layers:
         one float32 (n_items, 384) unit-vector table per stack, in length-sorted batches.
-        ``bf16``: matrix products in bfloat16 (CPU autocast; rows held from fine-tuning are
-        float32 and are reused as they are)."""
+        ``bf16``: matrix products in bfloat16 (CPU autocast). The rows kept for fine-tuning are
+        released first (gigabytes on a large catalog), so every item takes the same path."""
+        self._lower = [None] * self.n_items
         tables = [np.zeros((self.n_items, self.hidden_size), dtype=np.float32) for _ in upper_stacks]
         order = torch.argsort(self.lengths, descending=True, stable=True)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), \
                 progress_bar(total=self.n_items, desc="encode items", unit="item", enabled=progress) as bar:
             for start in range(0, self.n_items, self.batch_size):
                 idx = order[start:start + self.batch_size]
-                h, mask = self.lower(idx, keep=False)
+                h, mask = self._run_lower(idx)
                 for table, layers in zip(tables, upper_stacks, strict=True):
                     table[idx.numpy()] = _upper(h, mask, layers).float().numpy()
                 bar.update(len(idx))
@@ -298,7 +296,7 @@ def _finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, co
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     tower, pooling, optimizer = _trainable_tower(encoder, texts, config)
-    pretrained_layers = copy.deepcopy(tower.upper)
+    pretrained_layers = copy.deepcopy(tower.upper).eval()
     data = _TrainingExamples.split(examples, tower, config, rng)
     table = _SnapshotTable(tower)
     curves = _Curves(val_losses=[_val_loss(table, data.val_hist, data.val_targets, config, pooling)])
@@ -315,12 +313,14 @@ def _finetune(encoder: TextEncoder, texts: list[str], examples: pl.DataFrame, co
         p.requires_grad_(False)
     log.info("text fine-tuning read %d snapshot rows and kept %d lower-layer rows of %d items",
              table.rows_computed, tower.rows_kept, tower.n_items)
+    rows_encoded = {"snapshot": table.rows_computed, "lower_kept": tower.rows_kept}
+    del table  # its (n_items, 384) rows are not needed for the catalog pass
     bf16 = catalog_bf16(len(texts), config)
     pretrained, final = tower.encode_catalog([pretrained_layers, tower.upper], bf16=bf16, progress=progress)
     return FinetuneResult(pretrained_vectors=pretrained, finetuned_vectors=final,
                           train_losses=curves.train_losses, val_losses=curves.val_losses, val_steps=curves.val_steps,
                           best_step=best[1], pooling=pooling.export(),
-                          rows_encoded={"snapshot": table.rows_computed, "lower_kept": tower.rows_kept},
+                          rows_encoded=rows_encoded,
                           catalog_dtype="bfloat16" if bf16 else "float32")
 
 
@@ -474,7 +474,7 @@ def _sample_negatives(per_example: list[np.ndarray], k: int, rng: np.random.Gene
 def _val_loss(table: _SnapshotTable, histories: list[np.ndarray], targets: torch.Tensor,
               config: TextModelConfig, pooling: _Pooling) -> float:
     """In-batch InfoNCE on held-out examples with the current item table (no gradient)."""
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: lower-layer rows kept here are read again under autograd
         users = pooling(table, histories)
         losses = []
         for start in range(0, len(targets), config.batch_size):
