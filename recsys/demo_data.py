@@ -67,10 +67,10 @@ GENERIC = (
 ).split()
 EPOCH = datetime(2026, 1, 1)
 _BLOCK_CELLS = 16_000_000  # sessions x eligible items per generated block (float64: 128 MB per array)
-# Fresh items a block of sessions is shown from. Scale 1 has at most ~3,800 fresh items a day, so
-# scales up to 1 (and the demo) never reach it; past that each block draws a uniform sample of
-# this many, which keeps generation linear in sessions instead of sessions x items.
-_SHOWN_POOL = 4096
+# Past scale 1 (``DemoSpec.scaled``), each block of sessions is shown from a uniform sample of this
+# many fresh items, which keeps generation linear in sessions instead of sessions x items (scale 1
+# has at most ~3,800 fresh items a day, so it would not change it there either).
+SCALED_SHOWN_POOL = 4096
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,23 @@ class DemoSpec:
     sessions_per_user: float = 12.0
     shown_per_session: int = 10
     seed: int = 7
+    # 0: every session is shown from all fresh items. n > 0: each block of sessions from a
+    # uniform sample of n of them when more are fresh (set by ``scaled`` past scale 1).
+    shown_pool: int = 0
 
     @classmethod
     def scaled(cls, factor: float, *, seed: int = 7) -> DemoSpec:
         """The scaling workload: 100,000 x factor users, 20,000 x factor items and about
         2,000,000 x factor clicks (20 per user: fewer sessions than the demo), with the
-        demo's behaviour. ``factor`` 1.0 is the full-size benchmark, 0.01 and 0.1 the smaller
-        sizes 10x apart."""
+        demo's behaviour up to factor 1. ``factor`` 1.0 is the full-size benchmark, 0.01 and 0.1
+        the smaller sizes 10x apart. Past 1, each block of sessions is shown from a uniform sample
+        of ``SCALED_SHOWN_POOL`` fresh items: the shown lists are less concentrated on the
+        freshest and best items than a full pick would make them (the cost of generating scale
+        10 in minutes instead of hours)."""
         if not 0 < factor <= 10:
             raise ValueError(f"scale factor must be in (0, 10], got {factor}")
         return cls(n_users=max(10, round(100_000 * factor)), n_items=max(50, round(20_000 * factor)),
-                   sessions_per_user=5.2, seed=seed)
+                   sessions_per_user=5.2, seed=seed, shown_pool=SCALED_SHOWN_POOL if factor > 1 else 0)
 
 
 def _topic_tables() -> tuple[list[str], list[str], list[list[str]]]:
@@ -159,10 +165,10 @@ def generate_demo(spec: DemoSpec | None = None, *, progress: bool = False) -> Da
             continue
         # Sessions x eligible items are dense: blocks of sessions keep memory flat at large scales
         # (the demo's days fit in one block, so its random stream is unchanged).
-        block = max(1, _BLOCK_CELLS // min(eligible.size, _SHOWN_POOL))
+        sampled = 0 < spec.shown_pool < eligible.size
+        block = max(1, _BLOCK_CELLS // (spec.shown_pool if sampled else eligible.size))
         for first in range(0, all_sessions.size, block):
-            pool = (eligible if eligible.size <= _SHOWN_POOL
-                    else np.sort(rng.choice(eligible, size=_SHOWN_POOL, replace=False)))
+            pool = np.sort(rng.choice(eligible, size=spec.shown_pool, replace=False)) if sampled else eligible
             _show_sessions(spec, rng, all_sessions[first:first + block], pool, day, session_user, session_time,
                            item_published, item_quality, item_topic, interest, shown)
             bar.update(min(block, all_sessions.size - first))

@@ -191,3 +191,19 @@ def test_loading_counts_exact_duplicate_events_and_keeps_time_order(items, inter
     assert data.skipped["interactions_exact_duplicates"] == 2
     assert data.interactions.height == interactions.unique().height
     assert data.interactions["timestamp"].is_sorted()
+
+
+def test_only_scales_past_one_sample_the_fresh_items_shown():
+    from recsys.demo_data import SCALED_SHOWN_POOL
+
+    assert DemoSpec().shown_pool == 0 and DemoSpec.scaled(1.0).shown_pool == 0
+    assert DemoSpec.scaled(10).shown_pool == SCALED_SHOWN_POOL
+    full = generate_demo(DemoSpec(n_users=300, n_items=400, days=20, seed=5))
+    pooled = generate_demo(DemoSpec(n_users=300, n_items=400, days=20, seed=5, shown_pool=20))
+    assert pooled.items.equals(full.items)
+    # A day's sessions (one block at this size) are shown from 20 sampled fresh items, not all of them.
+    def most_items_in_a_day(data):
+        per_day = data.impressions.group_by(pl.col("timestamp").dt.date()).agg(pl.col("item_id").n_unique())
+        return per_day["item_id"].max()
+
+    assert most_items_in_a_day(pooled) <= 20 < most_items_in_a_day(full)
