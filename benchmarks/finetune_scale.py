@@ -6,7 +6,8 @@
 
 Generates a demo-style catalog of ``--items`` items (and its click log), then runs exactly the
 production fine-tuning (`TextModelConfig()` defaults: top 2 of 6 layers trained, lower 4
-cached once per catalog, 100 steps) on the feature window of a temporal split, and prints
+frozen and computed for the items training reads, 100 steps, then one pass over the
+catalog) on the feature window of a temporal split, and prints
 the time of each part (catalog generation excluded) and the peak resident memory of the
 process (`ru_maxrss`), next to the issue's budgets (30 minutes, 6 GB). With ``--data`` it
 fine-tunes on a canonical data folder instead (e.g. MovieLens 100K from `recsys import`), on the

@@ -42,7 +42,7 @@ RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, o
 def run_measured(command: list[str], env: dict[str, str], log_path: Path | None = None) -> tuple[str, float, float]:
     """Run ``command``; return its stdout, wall seconds and peak RSS (MB) of that child alone.
     With ``log_path`` its output is also written there line by line as it comes (``tail -f`` to
-    follow a long run: its stage lines and progress)."""
+    follow a long run: its stage lines and progress; one file per run)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -104,10 +104,10 @@ def main() -> None:
         print(f"training at scale {scale:g}: {info['n_users']:,} users, {info['n_items']:,} items, "
               f"{info['n_interactions']:,} interactions ...", flush=True)
         runs = []
-        log_path = ROOT / args.data_dir / "bench" / f"train-scale-{scale:g}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"  its output: {log_path}", flush=True)
-        for _ in range(1 if scale == max(args.scales) else max(1, args.repeats)):
+        for repeat in range(1 if scale == max(args.scales) else max(1, args.repeats)):
+            log_path = ROOT / args.data_dir / "bench" / f"train-scale-{scale:g}-run{repeat + 1}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            print(f"  its output: {log_path}", flush=True)
             output, wall, peak_mb = run_measured(command, env, log_path)
             match = re.search(r"MLflow run (\w+) .*; model: (\S+)", output)
             runs.append((wall, peak_mb, match.group(1), match.group(2), run_metrics(match.group(1))))
