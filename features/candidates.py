@@ -76,11 +76,16 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
 
 
 def _block_max(scores: np.ndarray, n_blocks: int, width: int) -> np.ndarray:
-    """(rows, n_blocks) maxima of the consecutive ``width``-column blocks of ``scores``."""
+    """(rows, n_blocks) maxima of the consecutive ``width``-column blocks of ``scores``, NaN
+    skipped (NaN only where a whole block is NaN).
+
+    fmax, not maximum: one NaN (an item a model says nothing about) would make its block's
+    maximum NaN, and on a large catalog nearly every block holds one, so the bound fell to -inf
+    and every finite score of the row went to the sort (minutes per baseline at 200,000 items)."""
     if width >= 20:  # wide blocks (large catalogs): a reduction per block, 3-8x faster there
-        return np.maximum.reduceat(scores[:, :n_blocks * width], np.arange(0, n_blocks * width, width), axis=1)
+        return np.fmax.reduceat(scores[:, :n_blocks * width], np.arange(0, n_blocks * width, width), axis=1)
     # Narrow blocks: strided slices, one per offset in the block (a max over a short inner axis is 10x slower).
-    return np.maximum.reduce([scores[:, j:n_blocks * width:width] for j in range(width)])
+    return np.fmax.reduce([scores[:, j:n_blocks * width:width] for j in range(width)])
 
 
 def nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -308,6 +308,30 @@ def test_block_maxima_of_narrow_and_wide_blocks(width):
 
     scores = np.random.default_rng(width).random((5, 3 * width + 2)).astype(np.float32)
     scores[1, :width] = -np.inf
-    scores[2, width] = np.nan  # NaN propagates into its block's maximum, as before
-    expected = scores[:, :3 * width].reshape(5, 3, width).max(axis=2)
+    scores[2, width] = np.nan  # skipped: its block's maximum is of the other scores
+    scores[3, 2 * width:3 * width] = np.nan  # a block of NaN only: NaN
+    expected = np.fmax.reduce(scores[:, :3 * width].reshape(5, 3, width), axis=2)
     np.testing.assert_array_equal(_block_max(scores, 3, width), expected)
+    assert np.isnan(expected[2, 1]) == (width == 1) and np.isnan(expected[3, 2])  # NaN only for all-NaN blocks
+
+
+def test_top_n_sorts_only_the_scores_near_the_top_when_nan_is_in_every_block(monkeypatch):
+    """A model silent on some items (NaN) in every block must not turn the bound into -inf,
+    which would send every finite score of the row to the sort (the same answer, far slower)."""
+    from features import candidates
+
+    rng = np.random.default_rng(5)
+    scores = rng.random((4, 4_000)).astype(np.float32)
+    scores[:, ::37] = np.nan  # 40 blocks of 100 columns for n = 10: each holds a NaN
+    sorted_sizes = []
+    order_by_score = candidates.order_by_score
+
+    def counting(rows, values, **kwargs):
+        sorted_sizes.append(len(rows))
+        return order_by_score(rows, values, **kwargs)
+
+    monkeypatch.setattr(candidates, "order_by_score", counting)
+    top = candidates.top_n(scores, 10, seed=0, query=np.arange(4))
+    reference = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :10]
+    assert top.tolist() == reference.tolist()  # random floats: no ties
+    assert sorted_sizes[0] < 0.1 * np.isfinite(scores).sum()
