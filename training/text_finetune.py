@@ -86,11 +86,15 @@ class _LazyTower:
         """Items whose lower-layer output is held."""
         return sum(row is not None for row in self._lower)
 
+    def _mask(self, idx: torch.Tensor, width: int) -> torch.Tensor:
+        """Attention mask (len(idx), width) int64: 1 on each row's tokens, 0 on padding (right-padded)."""
+        return (torch.arange(width)[None, :] < self.lengths[idx, None]).long()
+
     def _run_lower(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower-layer output (len(idx), width, 384) and mask for rows ``idx``, no gradient."""
         width = int(self.lengths[idx].max())
         ids = self.ids[idx, :width]
-        mask = (torch.arange(width)[None, :] < self.lengths[idx, None]).long()
+        mask = self._mask(idx, width)
         self.model.embeddings.eval()  # frozen: no dropout, also while the upper layers train
         for layer in self.model.encoder.layer[: self.split_at]:
             layer.eval()
@@ -118,7 +122,7 @@ class _LazyTower:
         self._keep_lower(idx)
         rows = [self._lower[i] for i in idx.tolist()]
         h = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        mask = (torch.arange(h.shape[1])[None, :] < self.lengths[idx, None]).long()
+        mask = self._mask(idx, h.shape[1])
         return h, mask
 
     def encode(self, idx: torch.Tensor, layers: torch.nn.ModuleList | None = None) -> torch.Tensor:
