@@ -10,6 +10,8 @@ adds up. Outside ``collect`` the markers cost nothing and record nothing.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -60,5 +62,23 @@ def stage(name: str) -> Iterator[None]:
         collector.seconds[name] += elapsed - inner
         if collector.nested:
             collector.nested[-1] += elapsed
-        else:  # a top-level stage of the run: say so, as a progress line
-            log.info("stage %s done in %.1fs", name, elapsed)
+        else:  # a top-level stage of the run: say so, as a progress line, with the memory it left
+            now, peak = memory_gb()
+            log.info("stage %s done in %.1fs (resident %.1f GB, peak so far %.1f GB)", name, elapsed, now, peak)
+
+
+def memory_gb() -> tuple[float, float]:
+    """(resident set now, the process's peak resident set so far), in GB (1e9 bytes); NaN for
+    what this platform does not report (the current value is read from /proc on Linux)."""
+    try:
+        import resource
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        peak = peak_kb * 1024 / 1e9 if sys.platform != "darwin" else peak_kb / 1e9  # bytes on macOS
+    except ImportError:  # Windows
+        peak = float("nan")
+    try:
+        with open("/proc/self/statm") as statm:
+            now = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except OSError:
+        now = float("nan")
+    return now, peak

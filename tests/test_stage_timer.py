@@ -55,3 +55,17 @@ def test_a_failing_stage_is_still_charged_and_the_error_propagates():
         with pytest.raises(ValueError, match="bad input"), stage("load"):
             raise ValueError("bad input")
     assert "load" in times
+
+
+def test_a_top_level_stage_logs_its_time_and_the_memory_it_leaves(clock, caplog):
+    caplog.set_level("INFO", logger="recsys.stage_timer")
+    with collect():
+        with stage("load"):
+            clock.sleep(2.5)
+            with stage("inner"):  # a nested stage is not a progress line
+                clock.sleep(0.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("stage load done in 3.0s (resident ")
+    now, peak = stage_timer.memory_gb()
+    assert 0.01 < now <= peak  # this test process holds tens of MB at least, and the peak is a maximum
