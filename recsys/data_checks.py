@@ -42,16 +42,17 @@ if TYPE_CHECKING:
 _PAIR = ["user_id", "item_id"]
 
 
-def check_trainable(dataset: Dataset, config: PipelineConfig) -> None:
+def check_trainable(dataset: Dataset, config: PipelineConfig) -> windows.Cuts:
     """Raise :class:`DataValidationError` when ``dataset`` lacks what ``config``'s split and
-    protocol need for a training run (``training.pipeline.train`` calls it first); else None."""
+    protocol need for a training run (``training.pipeline.train`` calls it first); else return
+    the cuts it checked, equal to ``windows.cut_all``'s (the run reuses them)."""
     src = dataset.source
     inter = dataset.interactions
     n_items = dataset.items.height
     cuts = f", label_cuts={config.label_cuts} (fewer cuts need less history)" if config.label_cuts > 1 else ""
     protocol = f"the {config.split} split (test_fraction={config.test_fraction:g}, " \
                f"label_fraction={config.label_fraction:g}{cuts})"
-    split, _ = windows.test_cut(inter, dataset.impressions, config, name=src)
+    split, cold_items = windows.test_cut(inter, dataset.impressions, config, name=src)
     train = split.train
     _check_test_users(src, protocol, train, split.test, n_items)
     nested, feature_cold = windows.label_cut(
@@ -61,6 +62,7 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> None:
     _check_text_examples(src, protocol, extra[-1].train if extra else feature)
     _check_label_users(src, protocol, config, feature, nested.test, nested.impressions_test, feature_cold,
                        n_items, train["user_id"])
+    return windows.Cuts(split=split, cold_items=cold_items, nested=nested, feature_cold=feature_cold, extra=extra)
 
 
 def _check_test_users(src: str, protocol: str, train: pl.DataFrame, test: pl.DataFrame, n_items: int) -> None:

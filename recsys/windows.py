@@ -20,7 +20,7 @@ Seeds are offsets added to the run's seed; each draw has its own stream.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -39,6 +39,29 @@ VARIANT_CHOICE_SEED = 9  # the bootstrap of the text variants' paired lift (trai
 RANKER_FOLD_SEED = 5  # which fold each training user of a fold ensemble is in (training.ranker_folds)
 VALIDATION_USER_SHARE = 0.15
 EXTRA_CUT_SEED_STEP = 10
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """Every cut of one run, as ``test_cut``, ``label_cut`` and ``extra_label_cuts`` make them.
+
+    ``recsys.data_checks.check_trainable`` returns the cuts it checked, so a training run splits
+    its data once (at scale each cut is joins over tens of millions of impression rows).
+    """
+
+    split: Split
+    cold_items: pl.Series | None
+    nested: Split
+    feature_cold: pl.Series | None
+    extra: list[Split]
+
+
+def cut_all(interactions: pl.DataFrame, impressions: pl.DataFrame | None, config: PipelineConfig) -> Cuts:
+    """The test cut, the label cut of its training window and the extra label cuts."""
+    split, cold_items = test_cut(interactions, impressions, config)
+    nested, feature_cold = label_cut(split, config)
+    return Cuts(split=split, cold_items=cold_items, nested=nested, feature_cold=feature_cold,
+                extra=extra_label_cuts(nested, config))
 
 
 def test_cut(interactions: pl.DataFrame, impressions: pl.DataFrame | None, config: PipelineConfig,

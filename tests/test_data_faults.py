@@ -147,3 +147,22 @@ def test_the_smallest_data_that_passes_the_check_trains(tmp_path, monkeypatch):
     assert main(["-q", "train", "--data", str(folder), "--config", "tiny.json", "--split", "temporal",
                  "--no-register", "--metrics-out", "metrics.json"]) == 0
     assert "ranker" in json.loads((tmp_path / "metrics.json").read_text())["test"]
+
+
+@pytest.mark.parametrize("config", [
+    PipelineConfig(split="temporal", label_cuts=2, cold_item_fraction=0.1, seed=3),
+    PipelineConfig(split="stratified", seed=5),
+])
+def test_the_checked_cuts_are_the_cuts_a_run_makes(config):
+    from recsys.windows import cut_all
+    data = generate_demo(DemoSpec(n_users=120, n_items=60, seed=4))
+    checked = check_trainable(data, config)
+    made = cut_all(data.interactions, data.impressions, config)
+    pairs = [(checked.split, made.split), (checked.nested, made.nested), *zip(checked.extra, made.extra, strict=True)]
+    assert len(checked.extra) == config.label_cuts - 1
+    for a, b in pairs:
+        for table in ("train", "test", "impressions_train", "impressions_test"):
+            assert getattr(a, table).equals(getattr(b, table)), table
+    for a, b in ((checked.cold_items, made.cold_items), (checked.feature_cold, made.feature_cold)):
+        assert (a is None and b is None) or a.equals(b)
+    assert checked.cold_items is not None if config.cold_item_fraction > 0 else checked.cold_items is None

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from recsys import schemas
@@ -171,7 +171,10 @@ def test_load_folder_returns_a_valid_dataset_or_a_validation_error(tables, suffi
             if suffix == "parquet":
                 frame.write_parquet(folder / f"{name}.parquet")
             else:  # CSV has no time zones or nested types: write what text would hold
-                frame.with_columns(pl.col(pl.Datetime).dt.replace_time_zone(None)).write_csv(folder / f"{name}.csv")
+                try:
+                    frame.with_columns(pl.col(pl.Datetime).dt.replace_time_zone(None)).write_csv(folder / f"{name}.csv")
+                except pl.exceptions.PanicException:  # polars cannot print a date past its calendar: no such file
+                    assume(False)
         try:
             data = load_folder(folder)
         except DataValidationError:

@@ -189,3 +189,22 @@ def test_label_cuts_out_of_range_are_refused(cuts):
 
     with pytest.raises(ConfigError, match=rf"label_cuts must be 1\.\.5, got {cuts}"):
         PipelineConfig(label_cuts=cuts)
+
+
+def test_a_temporal_split_sharing_a_row_is_refused_by_its_times():
+    events = _events().sort("timestamp")
+    train, test = events.head(30), events.tail(events.height - 29)  # row 29 is on both sides
+    bad = Split(kind="temporal", train=train, test=test, impressions_train=None, impressions_test=None)
+    with pytest.raises(LeakageError, match="test must start after train ends"):
+        check_no_leakage(bad)
+
+
+def test_split_drops_test_impressions_of_training_pairs_once_each_whatever_the_repeats():
+    train = _clicks([("u1", "a", 0), ("u1", "a", 1), ("u1", "b", 2), ("u2", "c", 3)])
+    test = _clicks([("u1", "c", 5), ("u2", "a", 6)])
+    shown = _impressions([("i1", "u1", 5, "c", 1), ("i1", "u1", 5, "a", 0), ("i1", "u1", 5, "d", 0),
+                          ("i2", "u2", 6, "a", 1), ("i2", "u2", 6, "c", 0)])
+    split = split_interactions(pl.concat([train, test]), kind="temporal", test_fraction=0.3, impressions=shown)
+    # u1 clicked "a" twice in train: its test impression goes once; u2's "c" goes too.
+    assert split.impressions_dropped == 2
+    assert split.impressions_test.select("user_id", "item_id").rows() == [("u1", "c"), ("u1", "d"), ("u2", "a")]

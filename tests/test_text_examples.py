@@ -2,7 +2,9 @@
 
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
+import pytest
 
 from training.text_finetune import next_item_examples
 
@@ -61,3 +63,58 @@ def test_attention_pooling_starts_as_the_recency_mean_and_attends_to_matching_it
     focused = vector_from_history(history, vectors, half_life=5.0,
                                   pooling=HistoryPooling(query=10 * vectors[0], slope=-0.1386))
     assert focused @ vectors[0] > plain @ vectors[0] + 0.1
+
+
+def _exploded_lists_examples(events: pl.DataFrame, history_len: int,
+                       impressions: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The first implementation (whole per-user lists exploded), kept as the reference."""
+    examples = (
+        events.sort("timestamp", maintain_order=True)
+        .group_by("user_idx", maintain_order=True)
+        .agg(pl.col("item_idx"), pl.col("timestamp"))
+        .with_columns(pl.col("item_idx").list.len().alias("_n"))
+        .filter(pl.col("_n") >= 2)
+        .with_columns(pl.int_ranges(1, pl.col("_n")).alias("_pos"))
+        .explode("_pos")
+        .select(
+            pl.col("item_idx").list.slice(pl.max_horizontal(pl.col("_pos") - history_len, 0),
+                                          pl.min_horizontal(pl.col("_pos"), history_len)).alias("history"),
+            pl.col("item_idx").list.get(pl.col("_pos")).alias("target"),
+            pl.col("timestamp").list.get(pl.col("_pos")).alias("_time"),
+            pl.col("user_idx").alias("_user"),
+        )
+    )
+    empty = pl.lit([], dtype=pl.List(pl.Int32)).alias("negatives")
+    if impressions is None or impressions.height == 0:
+        return examples.with_columns(empty).drop("_time", "_user")
+    shown = impressions.filter(pl.col("user_idx").is_not_null() & (pl.col("user_idx") >= 0))
+    clicks = shown.filter(pl.col("clicked") == 1).select(
+        "impression_id", pl.col("user_idx").alias("_user"), pl.col("item_idx").alias("target"),
+        pl.col("timestamp").alias("_time")).unique(["_user", "target", "_time"], keep="first", maintain_order=True)
+    unclicked = shown.filter(pl.col("clicked") == 0).group_by("impression_id", maintain_order=True).agg(
+        pl.col("item_idx").cast(pl.Int32).alias("negatives"))
+    return (examples.join(clicks, on=["_user", "target", "_time"], how="left", maintain_order="left")
+            .join(unclicked, on="impression_id", how="left", maintain_order="left")
+            .with_columns(pl.col("negatives").fill_null(pl.lit([], dtype=pl.List(pl.Int32))))
+            .drop("_time", "_user", "impression_id"))
+
+
+@pytest.mark.parametrize("history_len", [0, 1, 3, 20])
+def test_examples_equal_the_exploded_lists_reference_with_ties_and_many_users(history_len):
+    rng = np.random.default_rng(history_len)
+    n = 400
+    events = pl.DataFrame({"user_idx": rng.integers(0, 30, n).astype(np.int32),
+                           "item_idx": rng.integers(0, 50, n).astype(np.int32),
+                           "timestamp": [T0 + timedelta(hours=int(h)) for h in rng.integers(0, 40, n)]})  # many ties
+    shown = events.sample(fraction=1.0, seed=1).with_columns(
+        pl.format("s{}", pl.col("user_idx") * 100 + pl.col("timestamp").dt.hour()).alias("impression_id"),
+        pl.lit(1, dtype=pl.Int8).alias("clicked"))
+    extra = shown.with_columns(((pl.col("item_idx") + 7) % 50).alias("item_idx"), pl.lit(0, dtype=pl.Int8).alias("clicked"))
+    impressions = pl.concat([shown, extra]).select("impression_id", "user_idx", "item_idx", "timestamp", "clicked")
+    for imp in (None, impressions):
+        got = next_item_examples(events, history_len, impressions=imp)
+        want = _exploded_lists_examples(events, history_len, impressions=imp)
+        assert got.schema == want.schema
+        assert got.equals(want)
+    assert got.height == n - events["user_idx"].n_unique()
+    assert got["negatives"].list.len().sum() > 0  # the impression join is exercised

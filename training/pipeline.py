@@ -112,19 +112,19 @@ def window_state(w: Windows, window: Split, item_vectors: np.ndarray, config: Pi
                              item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
 
 
-def split_windows(dataset: Dataset, config: PipelineConfig) -> Windows:
-    """Test split, then the nested feature/label split of the training window.
+def split_windows(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts | None = None) -> Windows:
+    """Test split, then the nested feature/label split of the training window (``cuts``: the
+    ones ``check_trainable`` already made from this dataset and config, else cut here).
 
     Item and user indices follow the sorted ids, so the order of rows in the input files
     changes nothing downstream.
     """
-    split, cold_items = windows.test_cut(dataset.interactions, dataset.impressions, config)
-    nested, feature_cold = windows.label_cut(split, config)
+    cuts = cuts or windows.cut_all(dataset.interactions, dataset.impressions, config)
     catalog = dataset.items.sort("item_id")
-    return Windows(catalog=catalog, split=split, nested=nested, cold_items=cold_items, feature_cold=feature_cold,
-                   users=IdMap(kind="user").fit(split.train["user_id"].unique().sort()),
-                   items=IdMap(kind="item").fit(catalog["item_id"]),
-                   extra_cuts=windows.extra_label_cuts(nested, config))
+    return Windows(catalog=catalog, split=cuts.split, nested=cuts.nested, cold_items=cuts.cold_items,
+                   feature_cold=cuts.feature_cold,
+                   users=IdMap(kind="user").fit(cuts.split.train["user_id"].unique().sort()),
+                   items=IdMap(kind="item").fit(catalog["item_id"]), extra_cuts=cuts.extra)
 
 
 def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
@@ -270,7 +270,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
     Stages: data checks (before any run), split, text model, variants on the feature window,
     test evaluation after the refit, model logging and registration, the run's headline."""
     started = time.perf_counter()
-    check_trainable(dataset, config)  # too little data for the split and protocol: a clear error, no run
+    cuts = check_trainable(dataset, config)  # too little data for the split and protocol: a clear error, no run
     check_s = time.perf_counter() - started
     workdir = Path(workdir or Path.cwd())
     tracking.configure_tracking(workdir)
@@ -283,7 +283,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         timings["data_checks"] = timings.get("data_checks", 0.0) + check_s  # before the run: no empty run on refusal
         # The parent run gets the headline figures only (at the end); everything else goes here.
         metric_log = tracking.MetricBuffer(diag)
-        w, logged_data = _split_stage(dataset, config, metric_log)
+        w, logged_data = _split_stage(dataset, config, metric_log, cuts)
         with stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
             text = _fit_text(w, config, encoder_dir, metric_log, progress)
@@ -312,13 +312,14 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                            prior_weights=dict(shipped.prior_weights))
 
 
-def _split_stage(dataset: Dataset, config: PipelineConfig, metric_log) -> tuple[Windows, dict]:
-    """Params, the windows, the logged data sets and the data choices; returns (windows, the
-    logged MLflow data sets by role)."""
+def _split_stage(dataset: Dataset, config: PipelineConfig, metric_log,
+                 cuts: windows.Cuts) -> tuple[Windows, dict]:
+    """Params, the windows (from the data check's ``cuts``), the logged data sets and the data
+    choices; returns (windows, the logged MLflow data sets by role)."""
     mlflow.log_params({**config.flat(), **{f"data.{k}": v for k, v in dataset.summary().items()},
                        "data.source": dataset.source})
     with stage("split"):
-        w = split_windows(dataset, config)
+        w = split_windows(dataset, config, cuts)
     logged_data = tracking.log_datasets(dataset, w.split)
     mlflow.log_params(data_choices(w, config))
     metric_log.log_many({"data/train_rows": w.split.train.height, "data/test_rows": w.split.test.height,
@@ -416,6 +417,7 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
     encoder = TextEncoder(max_length=config.text.max_length)
     examples = next_item_examples(events.filter(pl.col("user_idx") >= 0), config.text.history_len,
                                   impressions=shown)
+    del shown, events  # gigabytes at scale; fine-tuning reads the examples only
     metric_log.log_many({"text/examples_with_hard_negatives": float((examples["negatives"].list.len() > 0).sum())})
     result = finetune(encoder, item_texts(w.catalog), examples, config.text, seed=config.seed,
                       progress=progress, log_metric=metric_log)

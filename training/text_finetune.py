@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import torch
 
 from features.text_encoder import TextEncoder, mean_pool
@@ -211,27 +212,35 @@ def next_item_examples(events: pl.DataFrame, history_len: int,
     (``impressions``: impression_id, user_idx, item_idx, timestamp, clicked); empty without one.
     Rows come user by user (in order of first appearance after sorting), each user's examples in
     time order; events at the same time keep their input order (a stable sort).
+
+    Built from flat arrays: each history is a slice of the user's time-ordered items, gathered
+    once into one list column (memory ~ examples x ``history_len``, not users x their items^2,
+    which exploding whole per-user lists would copy).
     """
-    examples = (
-        events.sort("timestamp", maintain_order=True)
-        .group_by("user_idx", maintain_order=True)
-        .agg(pl.col("item_idx"), pl.col("timestamp"))
-        .with_columns(pl.col("item_idx").list.len().alias("_n"))
-        .filter(pl.col("_n") >= 2)
-        .with_columns(pl.int_ranges(1, pl.col("_n")).alias("_pos"))
-        .explode("_pos")
-        .select(
-            pl.col("item_idx").list.slice(pl.max_horizontal(pl.col("_pos") - history_len, 0),
-                                          pl.min_horizontal(pl.col("_pos"), history_len)).alias("history"),
-            pl.col("item_idx").list.get(pl.col("_pos")).alias("target"),
-            pl.col("timestamp").list.get(pl.col("_pos")).alias("_time"),
-            pl.col("user_idx").alias("_user"),
-        )
-    )
+    ordered = events.select("user_idx", "item_idx", "timestamp").sort("timestamp", maintain_order=True)
+    by_user = ordered.with_row_index("_row").group_by("user_idx", maintain_order=True).agg("_row")["_row"]
+    ordered = ordered[by_user.explode().to_numpy()]  # user by user, each user's rows in time order
+    users = ordered["user_idx"].to_numpy()
+    n = len(users)
+    row = np.arange(n, dtype=np.int64)
+    first = np.maximum.accumulate(np.where(np.r_[True, users[1:] != users[:-1]], row, 0)) if n else row
+    at = np.flatnonzero(row - first >= 1)  # every row after its user's first is an example's target
+    history_start = np.maximum(first[at], at - max(history_len, 0))
+    lengths = at - history_start
+    offsets = np.zeros(len(at) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    items = ordered["item_idx"]
+    gather = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - history_start, lengths)
+    values = pa.array(items.to_numpy()[gather])
+    history = pl.Series("history", pa.LargeListArray.from_arrays(pa.array(offsets), values))
+    examples = pl.DataFrame([history, items.gather(at).alias("target"),
+                             ordered["timestamp"].gather(at).alias("_time"),
+                             ordered["user_idx"].gather(at).alias("_user")])
     empty = pl.lit([], dtype=pl.List(pl.Int32)).alias("negatives")
     if impressions is None or impressions.height == 0:
         return examples.with_columns(empty).drop("_time", "_user")
-    shown = impressions.filter(pl.col("user_idx").is_not_null() & (pl.col("user_idx") >= 0))
+    shown = (impressions.select("impression_id", "user_idx", "item_idx", "timestamp", "clicked")
+             .filter(pl.col("user_idx").is_not_null() & (pl.col("user_idx") >= 0)))
     clicks = shown.filter(pl.col("clicked") == 1).select(
         "impression_id", pl.col("user_idx").alias("_user"), pl.col("item_idx").alias("target"),
         pl.col("timestamp").alias("_time")).unique(["_user", "target", "_time"], keep="first", maintain_order=True)
