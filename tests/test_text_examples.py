@@ -109,7 +109,8 @@ def test_examples_equal_the_exploded_lists_reference_with_ties_and_many_users(hi
     shown = events.sample(fraction=1.0, seed=1).with_columns(
         pl.format("s{}", pl.col("user_idx") * 100 + pl.col("timestamp").dt.hour()).alias("impression_id"),
         pl.lit(1, dtype=pl.Int8).alias("clicked"))
-    extra = shown.with_columns(((pl.col("item_idx") + 7) % 50).alias("item_idx"), pl.lit(0, dtype=pl.Int8).alias("clicked"))
+    extra = shown.with_columns(((pl.col("item_idx") + 7) % 50).alias("item_idx"),
+                               pl.lit(0, dtype=pl.Int8).alias("clicked"))
     impressions = pl.concat([shown, extra]).select("impression_id", "user_idx", "item_idx", "timestamp", "clicked")
     for imp in (None, impressions):
         got = next_item_examples(events, history_len, impressions=imp)
