@@ -34,6 +34,7 @@ from recsys.errors import ConfigError
 log = logging.getLogger(__name__)
 KINDS = ("ease", "cosine")
 _BLOCK_ENTRIES = 8_000_000  # sparse score entries per block of users in pair_scores
+_COSINE_BLOCK_ENTRIES = 30_000_000  # partial co-occurrence products per block of item rows in the cosine fit
 
 
 @dataclass(frozen=True)
@@ -130,20 +131,14 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
         log.warning("EASE needs a dense %d x %d inverse; using cosine co-occurrence above %d items",
                     n_items, n_items, max_items)
         kind = "cosine"
-    counts = (x.T @ x).tocsr()
-    if sessions is not None and session_weight > 0:
-        s = binary(sessions)
-        counts = (counts + session_weight * (s.T @ s)).tocsr()
+    s = binary(sessions) if sessions is not None and session_weight > 0 else None
     if kind == "ease":
+        counts = (x.T @ x).tocsr()
+        if s is not None:
+            counts = (counts + session_weight * (s.T @ s)).tocsr()
         weights = _ease_weights(counts, regularization, neighbours, dropout)
     else:
-        diag = np.sqrt(counts.diagonal()).astype(np.float32)
-        diag[diag == 0] = 1.0
-        cos = sp.diags(1.0 / diag) @ counts @ sp.diags(1.0 / diag)
-        cos = cos.tocsr().astype(np.float32)
-        cos.setdiag(0.0)
-        cos.eliminate_zeros()
-        weights = _prune_rows(cos, neighbours)
+        weights = _cosine_weights(x, s, session_weight, neighbours)
     return ItemItem(kind=kind, weights=weights)
 
 
@@ -224,15 +219,56 @@ def _strongest(rows: np.ndarray, keep: int, first_row: int) -> np.ndarray:
     return np.argpartition(keys, keep - 1, axis=1)[:, :keep]
 
 
-def _prune_rows(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """Keep the ``keep`` largest-magnitude entries of each row (a history item's strongest votes)."""
+def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: float, neighbours: int,
+                    block_entries: int = _COSINE_BLOCK_ENTRIES) -> sp.csr_matrix:
+    """Cosine of the co-occurrence counts ``G = X'X (+ session_weight S'S)``, pruned to
+    ``neighbours`` per row, computed in blocks of item rows.
+
+    x, s: binary float32 CSR (users or sessions x items). A block holds the items whose
+    products add up to about ``block_entries`` partial entries, so the peak is one block's counts
+    plus the pruned result, not all of G (160M entries at 200,000 items, several copies of it
+    for the scaling). Every entry goes through the same float32 operations as on the whole
+    matrix, so the weights do not depend on the block size.
+    """
+    n_items = x.shape[1]
+    xt = x.T.tocsr()
+    st = None if s is None else s.T.tocsr()
+    # G's diagonal: users (sessions) per item, exact as float32 counts.
+    diag = np.diff(xt.indptr).astype(np.float32)
+    row_cost = xt @ np.diff(x.indptr).astype(np.int64)  # partial products per item row of X'X
+    if st is not None:
+        diag = diag + session_weight * np.diff(st.indptr).astype(np.float32)
+        row_cost = row_cost + st @ np.diff(s.indptr).astype(np.int64)
+    diag = np.sqrt(diag).astype(np.float32)
+    diag[diag == 0] = 1.0
+    inverse = sp.diags(1.0 / diag)
+    block_of_row = np.cumsum(row_cost) // max(1, block_entries)
+    starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
+    blocks = []
+    for first, last in zip(starts, np.r_[starts[1:], n_items], strict=True):
+        counts = xt[first:last] @ x
+        if st is not None:
+            counts = counts + session_weight * (st[first:last] @ s)
+        cos = (sp.diags(1.0 / diag[first:last]) @ counts @ inverse).tocsr().astype(np.float32)
+        del counts
+        cos.setdiag(0.0, k=int(first))  # an item's own entry
+        cos.eliminate_zeros()
+        blocks.append(_prune_rows(cos, neighbours, first_row=int(first)))
+    if not blocks:
+        return sp.csr_matrix((0, n_items), dtype=np.float32)
+    return sp.vstack(blocks, format="csr", dtype=np.float32)
+
+
+def _prune_rows(matrix: sp.csr_matrix, keep: int, first_row: int = 0) -> sp.csr_matrix:
+    """Keep the ``keep`` largest-magnitude entries of each row (a history item's strongest votes).
+    first_row: the item index of the matrix's row 0 (a block of rows), for the tie rule."""
     matrix = matrix.tocsr()
     indptr, indices, data = [0], [], []
     for row in range(matrix.shape[0]):
         start, stop = matrix.indptr[row], matrix.indptr[row + 1]
         values, cols = matrix.data[start:stop], matrix.indices[start:stop]
         if len(values) > keep:  # ties in magnitude by the seeded tie rule, not the column index
-            top = np.lexsort((tie_keys(0, row, cols), -np.abs(values)))[:keep]
+            top = np.lexsort((tie_keys(0, first_row + row, cols), -np.abs(values)))[:keep]
             values, cols = values[top], cols[top]
         indices.append(cols)
         data.append(values)

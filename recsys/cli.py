@@ -132,7 +132,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
                 print(f"skipped {count} row(s): {reason.replace('_', ' ')}")
         experiment = args.experiment or f"recsys-{dataset.source}"
         register = None if args.no_register else (args.register or f"recsys-{dataset.source}")
-        result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet)
+        result = train(dataset, config, experiment=experiment, register_name=register, progress=not args.quiet,
+                       release_events=True)  # nothing here reads the tables again: free them after the split
     print(format_metrics_table(result.metrics, config.k, shipped=result.shipped_variant,
                                validation=result.validation_metrics, reason=result.shipped_reason))
     import mlflow

@@ -82,7 +82,24 @@ class Dataset:
         return cls(items=items, interactions=interactions, impressions=impressions,
                    source=source, skipped=skipped)
 
+    def release_events(self) -> None:
+        """Replace the interaction and impression tables by empty ones of the same schema, keeping
+        ``summary()``'s counts: for a caller that has cut its windows and holds nothing else of
+        the tables (``recsys train`` after the split; gigabytes at scale). The dataclass stays
+        frozen to every other writer."""
+        counts = self.summary()
+        object.__setattr__(self, "_counts", counts)
+        object.__setattr__(self, "interactions", self.interactions.clear())
+        if self.impressions is not None:
+            object.__setattr__(self, "impressions", self.impressions.clear())
+
+    @property
+    def events_released(self) -> bool:
+        return hasattr(self, "_counts")
+
     def summary(self) -> dict[str, int]:
+        if self.events_released:
+            return dict(self._counts)
         out = {
             "n_items": self.items.height,
             "n_users": self.interactions["user_id"].n_unique(),

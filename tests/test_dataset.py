@@ -207,3 +207,18 @@ def test_only_scales_past_one_sample_the_fresh_items_shown():
         return per_day["item_id"].max()
 
     assert most_items_in_a_day(pooled) <= 20 < most_items_in_a_day(full)
+
+
+def test_released_events_leave_empty_tables_of_the_same_schema_and_the_counts():
+    from recsys.demo_data import DemoSpec, generate_demo
+
+    data = generate_demo(DemoSpec(n_users=60, n_items=60, days=10, seed=4))
+    before = data.summary()
+    schemas_before = (data.interactions.schema, data.impressions.schema)
+    assert not data.events_released
+    data.release_events()
+    assert data.events_released
+    assert data.interactions.height == 0 and data.impressions.height == 0
+    assert (data.interactions.schema, data.impressions.schema) == schemas_before
+    assert data.summary() == before and before["n_interactions"] > 0 and before["n_impression_rows"] > 0
+    assert data.items.height == 60  # the catalog stays

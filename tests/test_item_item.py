@@ -172,3 +172,27 @@ def test_item_to_item_settings_are_validated(key, value, message):
 
     with pytest.raises(ConfigError, match=message):
         PipelineConfig.from_dict({key: value})
+
+
+@pytest.mark.parametrize("block_entries", [1, 40, 10**9])  # a row per block, a few rows, one block
+def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(block_entries):
+    from features.item_item import _cosine_weights, binary
+
+    ui = sp.random(300, 120, density=0.08, random_state=1, format="csr", dtype=np.float32)
+    sessions = sp.random(500, 120, density=0.05, random_state=2, format="csr", dtype=np.float32)
+    x, s = binary(ui), binary(sessions)
+    counts = (x.T @ x + 0.7 * (s.T @ s)).toarray().astype(np.float64)
+    norm = np.sqrt(np.diag(counts))
+    norm[norm == 0] = 1.0
+    cosine = counts / norm[:, None] / norm[None, :]
+    np.fill_diagonal(cosine, 0.0)
+    got = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=block_entries)
+    assert got.shape == (120, 120) and got.dtype == np.float32
+    assert got.diagonal().tolist() == [0.0] * 120
+    one_block = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=10**9)
+    assert (got != one_block).nnz == 0 and (got.indices == one_block.indices).all()  # bit for bit, same order
+    for item in range(120):  # each row keeps its 8 largest cosines (values to float32 rounding)
+        row = got.getrow(item)
+        strongest = np.sort(cosine[item])[::-1][:8]
+        assert row.nnz == min(8, np.count_nonzero(cosine[item]))
+        np.testing.assert_allclose(np.sort(row.data)[::-1], strongest[:row.nnz], rtol=1e-5)

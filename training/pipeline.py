@@ -264,11 +264,13 @@ def renamed(metrics: dict[str, dict[str, float]], shipped: str) -> dict[str, dic
 
 
 def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register_name: str | None,
-          workdir: Path | None = None, progress: bool = True) -> TrainResult:
+          workdir: Path | None = None, progress: bool = True, release_events: bool = False) -> TrainResult:
     """Run the pipeline in one MLflow run; register the model when ``register_name`` is given.
 
     Stages: data checks (before any run), split, text model, variants on the feature window,
-    test evaluation after the refit, model logging and registration, the run's headline."""
+    test evaluation after the refit, model logging and registration, the run's headline.
+    release_events: empty ``dataset``'s event tables once the windows are cut
+    (``Dataset.release_events``), for a caller done with them; the windows hold copies."""
     started = time.perf_counter()
     cuts = check_trainable(dataset, config)  # too little data for the split and protocol: a clear error, no run
     check_s = time.perf_counter() - started
@@ -284,6 +286,9 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
         # The parent run gets the headline figures only (at the end); everything else goes here.
         metric_log = tracking.MetricBuffer(diag)
         w, logged_data = _split_stage(dataset, config, metric_log, cuts)
+        del cuts
+        if release_events:
+            dataset.release_events()
         with stage("text_model"):
             encoder_dir = Path(tmp) / "encoder"
             text = _fit_text(w, config, encoder_dir, metric_log, progress)
