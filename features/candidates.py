@@ -30,6 +30,8 @@ POPULAR_COLUMNS = ("item_pop_all", "item_pop_1d")
 # are picked from a dense copy: selecting from a dense row (block maxima) beats sorting every stored
 # entry. Large catalogs, where a user's neighbours reach a small share of the items, stay sparse.
 DENSE_ITEM_ITEM_SHARE = 0.05
+# A row whose block bound lets through more than this many times n entries gets an exact bound.
+_LOOSE_BOUND_FACTOR = 32
 
 
 def top_n(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -> np.ndarray:
@@ -68,7 +70,17 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         block_max = _block_max(scores, n_blocks, width)
         bound = np.partition(np.nan_to_num(block_max, nan=-np.inf), n_blocks - n, axis=1)[:, n_blocks - n]
     # At or above the bound, and finite: one comparison, with -inf bounds raised to the lowest float.
-    rows, cols = nonzero_2d(scores >= np.maximum(bound, np.finfo(scores.dtype).min)[:, None])
+    lowest = np.finfo(scores.dtype).min
+    picked = scores >= np.maximum(bound, lowest)[:, None]
+    loose = np.flatnonzero(picked.sum(axis=1) > _LOOSE_BOUND_FACTOR * n)
+    if loose.size:
+        # Scores that grow along the columns (item indices in time order, a "newest" ranking) put
+        # the n best blocks' whole contents above the bound. Those rows take their exact n-th
+        # largest finite score instead (a partition): the same entries at or above it, far fewer sorted.
+        finite = np.where(np.isnan(scores[loose]), -np.inf, scores[loose])
+        exact = np.partition(finite, n_cols - n, axis=1)[:, n_cols - n]
+        picked[loose] = finite >= np.maximum(exact, lowest)[:, None]
+    rows, cols = nonzero_2d(picked)
     values = scores[rows, cols]
     order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]

@@ -335,3 +335,32 @@ def test_top_n_sorts_only_the_scores_near_the_top_when_nan_is_in_every_block(mon
     reference = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :10]
     assert top.tolist() == reference.tolist()  # random floats: no ties
     assert sorted_sizes[0] < 0.1 * np.isfinite(scores).sum()
+
+
+def test_top_n_sorts_only_the_scores_near_the_top_when_scores_grow_along_the_columns(monkeypatch):
+    """Scores in column order (items indexed by publication, ranked newest first) put whole
+    blocks above the block bound; those rows take an exact bound: same answer, few entries sorted."""
+    from features import candidates
+
+    rng = np.random.default_rng(6)
+    scores = np.tile(np.arange(20_000, dtype=np.float32) // 3, (5, 1))  # ties in threes
+    scores[:, rng.choice(20_000, 500, replace=False)] = np.nan
+    scores[1, -40:] = -np.inf  # this user has seen the newest items
+    sorted_sizes = []
+    order_by_score = candidates.order_by_score
+
+    def counting(rows, values, **kwargs):
+        sorted_sizes.append(len(rows))
+        return order_by_score(rows, values, **kwargs)
+
+    monkeypatch.setattr(candidates, "order_by_score", counting)
+    rows, cols = candidates.top_n_entries(scores, 10, seed=3, query=np.arange(5))
+    monkeypatch.setattr(candidates, "_LOOSE_BOUND_FACTOR", 10**9)  # the block bound alone
+    rows_block, cols_block = candidates.top_n_entries(scores, 10, seed=3, query=np.arange(5))
+    assert rows.tolist() == rows_block.tolist() and cols.tolist() == cols_block.tolist()
+    assert sorted_sizes[0] <= 5 * 12 < sorted_sizes[1] / 100  # each row's 10 and its ties, not whole blocks
+    finite = np.where(np.isnan(scores), -np.inf, scores)
+    for r in range(5):
+        mine = cols[rows == r]
+        assert len(mine) == 10 and np.isfinite(finite[r, mine]).all()
+        assert finite[r, mine].min() >= np.sort(finite[r])[-10]  # the 10 best values
