@@ -77,9 +77,11 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         # Scores that grow along the columns (item indices in time order, a "newest" ranking) put
         # the n best blocks' whole contents above the bound. Those rows take their exact n-th
         # largest finite score instead (a partition): the same entries at or above it, far fewer sorted.
-        finite = np.where(np.isnan(scores[loose]), -np.inf, scores[loose])
+        # In float32, as order_by_score compares: every entry tied with the n-th there stays in.
+        finite = scores[loose].astype(np.float32)
+        finite[np.isnan(finite)] = -np.inf
         exact = np.partition(finite, n_cols - n, axis=1)[:, n_cols - n]
-        picked[loose] = finite >= np.maximum(exact, lowest)[:, None]
+        picked[loose] = finite >= np.maximum(exact, np.finfo(np.float32).min)[:, None]
     rows, cols = nonzero_2d(picked)
     values = scores[rows, cols]
     order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)

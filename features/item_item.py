@@ -103,6 +103,7 @@ class ItemItem:
 def binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
     """The 0/1 pattern of a user x item matrix, float32 CSR."""
     out = user_items.tocsr().astype(np.float32, copy=True)
+    out.sum_duplicates()  # one entry per (row, item): the cosine's diagonal counts entries
     out.eliminate_zeros()
     out.data[:] = 1.0
     return out
@@ -228,7 +229,8 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     products add up to about ``block_entries`` partial entries, so the peak is one block's counts
     plus the pruned result, not all of G (160M entries at 200,000 items, several copies of it
     for the scaling). Every entry goes through the same float32 operations as on the whole
-    matrix, so the weights do not depend on the block size.
+    matrix, so the kept weights (values and columns) do not depend on the block size; only the
+    order of a row's stored entries may differ, which no product with the weights sees.
     """
     n_items = x.shape[1]
     xt = x.T.tocsr()

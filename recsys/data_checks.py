@@ -16,7 +16,7 @@ needs something of those windows:
   the user took in neither window (or, with impressions, a label-window impression with a
   click and a non-click; with cold items, a cold item taken and one not).
 
-``check_trainable`` repeats those cuts (cheap polars work) and raises
+``check_trainable`` makes those cuts (``training.pipeline.train`` then reuses them) and raises
 :class:`DataValidationError` naming the count that is short and what the protocol needs, so a
 run on too little data stops in a second with exit code 2 instead of failing minutes later.
 The conditions are necessary ones: data that fails one cannot train. They follow the pipeline
@@ -46,6 +46,9 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> windows.Cuts:
     """Raise :class:`DataValidationError` when ``dataset`` lacks what ``config``'s split and
     protocol need for a training run (``training.pipeline.train`` calls it first); else return
     the cuts it checked, equal to ``windows.cut_all``'s (the run reuses them)."""
+    if dataset.events_released:
+        raise ValueError("this dataset's event tables were released after an earlier run "
+                         "(Dataset.release_events); load the data again to train on it")
     src = dataset.source
     inter = dataset.interactions
     n_items = dataset.items.height

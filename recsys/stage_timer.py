@@ -70,15 +70,15 @@ def stage(name: str) -> Iterator[None]:
 def memory_gb() -> tuple[float, float]:
     """(resident set now, the process's peak resident set so far), in GB (1e9 bytes); NaN for
     what this platform does not report (the current value is read from /proc on Linux)."""
+    try:  # the current value first: read after it, the peak is never below it
+        with open("/proc/self/statm") as statm:
+            now = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except OSError:
+        now = float("nan")
     try:
         import resource
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         peak = peak_kb * 1024 / 1e9 if sys.platform != "darwin" else peak_kb / 1e9  # bytes on macOS
     except ImportError:  # Windows
         peak = float("nan")
-    try:
-        with open("/proc/self/statm") as statm:
-            now = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
-    except OSError:
-        now = float("nan")
     return now, peak

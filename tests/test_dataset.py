@@ -222,3 +222,12 @@ def test_released_events_leave_empty_tables_of_the_same_schema_and_the_counts():
     assert (data.interactions.schema, data.impressions.schema) == schemas_before
     assert data.summary() == before and before["n_interactions"] > 0 and before["n_impression_rows"] > 0
     assert data.items.height == 60  # the catalog stays
+
+    from recsys.config import PipelineConfig
+    from recsys.data_checks import check_trainable
+    from training.pipeline import split_windows
+
+    with pytest.raises(ValueError, match="event tables were released"):
+        check_trainable(data, PipelineConfig())
+    with pytest.raises(ValueError, match="event tables were released"):
+        split_windows(data, PipelineConfig())

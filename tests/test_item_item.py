@@ -176,11 +176,25 @@ def test_item_to_item_settings_are_validated(key, value, message):
 
 @pytest.mark.parametrize("block_entries", [1, 40, 10**9])  # a row per block, a few rows, one block
 def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(block_entries):
-    from features.item_item import _cosine_weights, binary
+    from features.item_item import _cosine_weights, _prune_rows, binary
 
     ui = sp.random(300, 120, density=0.08, random_state=1, format="csr", dtype=np.float32)
     sessions = sp.random(500, 120, density=0.05, random_state=2, format="csr", dtype=np.float32)
+    ui, sessions = ui.tolil(), sessions.tolil()
+    ui[:, 17] = 0  # a cold item: no users or sessions, an all-zero row and column
+    sessions[:, 17] = 0
+    ui, sessions = ui.tocsr(), sessions.tocsr()
     x, s = binary(ui), binary(sessions)
+    # The whole-matrix computation this replaces, as it was: the same kept values and columns.
+    whole = (x.T @ x).tocsr()
+    whole = (whole + 0.7 * (s.T @ s)).tocsr()
+    norm32 = np.sqrt(whole.diagonal()).astype(np.float32)
+    norm32[norm32 == 0] = 1.0
+    whole = (sp.diags(1.0 / norm32) @ whole @ sp.diags(1.0 / norm32)).tocsr().astype(np.float32)
+    whole.setdiag(0.0)
+    whole.eliminate_zeros()
+    reference = _prune_rows(whole, 8)
+    reference.sort_indices()
     counts = (x.T @ x + 0.7 * (s.T @ s)).toarray().astype(np.float64)
     norm = np.sqrt(np.diag(counts))
     norm[norm == 0] = 1.0
@@ -191,6 +205,11 @@ def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(blo
     assert got.diagonal().tolist() == [0.0] * 120
     one_block = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=10**9)
     assert (got != one_block).nnz == 0 and (got.indices == one_block.indices).all()  # bit for bit, same order
+    ordered = got.copy()
+    ordered.sort_indices()
+    for name in ("indptr", "indices", "data"):
+        assert np.array_equal(getattr(ordered, name), getattr(reference, name)), name
+    assert got.getrow(17).nnz == 0 and got.getcol(17).nnz == 0
     for item in range(120):  # each row keeps its 8 largest cosines (values to float32 rounding)
         row = got.getrow(item)
         strongest = np.sort(cosine[item])[::-1][:8]

@@ -118,4 +118,6 @@ def test_examples_equal_the_exploded_lists_reference_with_ties_and_many_users(hi
         assert got.schema == want.schema
         assert got.equals(want)
     assert got.height == n - events["user_idx"].n_unique()
+    empty = events.clear()
+    assert next_item_examples(empty, history_len).equals(_exploded_lists_examples(empty, history_len))
     assert got["negatives"].list.len().sum() > 0  # the impression join is exercised

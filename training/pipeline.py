@@ -42,7 +42,7 @@ from recsys.dataset import Dataset
 from recsys.idmap import IdMap
 from recsys.progress import quiet_progress
 from recsys.split import Split
-from recsys.stage_timer import collect, stage
+from recsys.stage_timer import collect, memory_gb, stage
 from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import Evaluation, evaluate_all, per_user_ndcg
@@ -119,6 +119,8 @@ def split_windows(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts |
     Item and user indices follow the sorted ids, so the order of rows in the input files
     changes nothing downstream.
     """
+    if cuts is None and dataset.events_released:
+        raise ValueError("this dataset's event tables were released (Dataset.release_events); load it again")
     cuts = cuts or windows.cut_all(dataset.interactions, dataset.impressions, config)
     catalog = dataset.items.sort("item_id")
     return Windows(catalog=catalog, split=cuts.split, nested=cuts.nested, cold_items=cuts.cold_items,
@@ -274,6 +276,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
     started = time.perf_counter()
     cuts = check_trainable(dataset, config)  # too little data for the split and protocol: a clear error, no run
     check_s = time.perf_counter() - started
+    now_gb, peak_gb = memory_gb()  # the checks make the run's cuts: a progress line like the stages'
+    log.info("stage data_checks done in %.1fs (resident %.1f GB, peak so far %.1f GB)", check_s, now_gb, peak_gb)
     workdir = Path(workdir or Path.cwd())
     tracking.configure_tracking(workdir)
     tracking.ensure_experiment(experiment)
