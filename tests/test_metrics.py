@@ -111,3 +111,83 @@ def test_impression_metrics_hand_computed():
     assert out["imp_auc"] == pytest.approx(0.5)
     assert out["imp_mrr"] == pytest.approx(0.5)
     assert out["imp_ndcg@5"] == pytest.approx(1 / math.log2(3))
+
+
+
+# The loop-per-impression implementation the vectorised one replaced, kept as the reference.
+def _loop_auc_per_group(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over groups (impressions) of the ROC AUC; groups with one class are skipped.
+
+    Ties count one half (Mann-Whitney U with mid-ranks).
+    """
+    order = np.lexsort((scores, groups))
+    scores, labels, groups = scores[order], labels[order], groups[order]
+    boundaries = np.flatnonzero(np.diff(groups)) + 1
+    aucs = []
+    for s, y in zip(np.split(scores, boundaries), np.split(labels, boundaries), strict=True):
+        n_pos = int(y.sum())
+        n_neg = y.size - n_pos
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = _loop_midranks(s)
+        aucs.append((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _loop_midranks(sorted_scores: np.ndarray) -> np.ndarray:
+    """1-based ranks of an ascending array, ties sharing their mean rank."""
+    n = sorted_scores.size
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for s, c in zip(start, counts, strict=True):
+        if c > 1:
+            ranks[s:s + c] = ranks[s:s + c].mean()
+    return ranks
+
+
+def _loop_impression_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                       tiebreak: np.ndarray | None = None) -> dict[str, float]:
+    """MIND-style per-impression AUC, MRR, nDCG@5 and nDCG@10 (mean over impressions with a click).
+
+    scores: float (n,), labels: 0/1 (n,), groups: int impression index (n,); tiebreak: optional
+    (n,) keys ordering tied scores (the caller's tie rule; without it ties keep row order).
+    """
+    auc = _loop_auc_per_group(scores, labels, groups)
+    order = np.lexsort((-scores, groups)) if tiebreak is None else np.lexsort((tiebreak, -scores, groups))
+    s_labels, s_groups = labels[order], groups[order]
+    boundaries = np.flatnonzero(np.diff(s_groups)) + 1
+    out = {"mrr": [], "ndcg@5": [], "ndcg@10": []}
+    for y in np.split(s_labels, boundaries):
+        if y.sum() == 0:
+            continue
+        pos = np.flatnonzero(y)
+        out["mrr"].append(float(np.mean(1.0 / (pos + 1))))  # MIND's MRR: mean over clicks
+        for k in (5, 10):
+            hits = y[None, :k].astype(bool)
+            out[f"ndcg@{k}"].append(float(metrics.ndcg_at_k(np.pad(hits, ((0, 0), (0, k - hits.shape[1]))),
+                                                    np.array([y.sum()]))[0]))
+    result = {f"imp_{key}": float(np.mean(v)) if v else float("nan") for key, v in out.items()}
+    result["imp_auc"] = auc
+    return result
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_impression_metrics_equal_the_per_impression_loop(seed):
+    rng = np.random.default_rng(seed)
+    n = 3_000
+    groups = np.sort(rng.integers(0, 400, n))
+    labels = (rng.random(n) < 0.2).astype(np.int8)
+    scores = rng.integers(0, 6, n).astype(np.float64)  # many ties inside an impression
+    scores[rng.random(n) < 0.05] = -1e9
+    tiebreak = rng.integers(0, 2**40, n).astype(np.uint64)
+    perm = rng.permutation(n)  # rows need not come grouped
+    scores, labels, groups, tiebreak = scores[perm], labels[perm], groups[perm], tiebreak[perm]
+    for keys in (None, tiebreak):
+        got = metrics.impression_metrics(scores, labels, groups, tiebreak=keys)
+        want = _loop_impression_metrics(scores, labels, groups, tiebreak=keys)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-15), key
+    assert metrics.auc_per_group(scores, labels, groups) == _loop_auc_per_group(scores, labels, groups)
+    none_clicked = metrics.impression_metrics(scores, np.zeros(n, dtype=np.int8), groups)
+    assert np.isnan(none_clicked["imp_mrr"]) and np.isnan(none_clicked["imp_auc"])
