@@ -315,6 +315,21 @@ def test_block_maxima_of_narrow_and_wide_blocks(width):
     assert np.isnan(expected[2, 1]) == (width == 1) and np.isnan(expected[3, 2])  # NaN only for all-NaN blocks
 
 
+def _count_sorted_entries(monkeypatch) -> list[int]:
+    """Record how many entries each call of top_n's sort receives (the list fills as it runs)."""
+    from features import candidates
+
+    sizes = []
+    order_by_score = candidates.order_by_score
+
+    def counting(rows, values, **kwargs):
+        sizes.append(len(rows))
+        return order_by_score(rows, values, **kwargs)
+
+    monkeypatch.setattr(candidates, "order_by_score", counting)
+    return sizes
+
+
 def test_top_n_sorts_only_the_scores_near_the_top_when_nan_is_in_every_block(monkeypatch):
     """A model silent on some items (NaN) in every block must not turn the bound into -inf,
     which would send every finite score of the row to the sort (the same answer, far slower)."""
@@ -323,14 +338,7 @@ def test_top_n_sorts_only_the_scores_near_the_top_when_nan_is_in_every_block(mon
     rng = np.random.default_rng(5)
     scores = rng.random((4, 4_000)).astype(np.float32)
     scores[:, ::37] = np.nan  # 40 blocks of 100 columns for n = 10: each holds a NaN
-    sorted_sizes = []
-    order_by_score = candidates.order_by_score
-
-    def counting(rows, values, **kwargs):
-        sorted_sizes.append(len(rows))
-        return order_by_score(rows, values, **kwargs)
-
-    monkeypatch.setattr(candidates, "order_by_score", counting)
+    sorted_sizes = _count_sorted_entries(monkeypatch)
     top = candidates.top_n(scores, 10, seed=0, query=np.arange(4))
     reference = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :10]
     assert top.tolist() == reference.tolist()  # random floats: no ties
@@ -346,14 +354,7 @@ def test_top_n_sorts_only_the_scores_near_the_top_when_scores_grow_along_the_col
     scores = np.tile(np.arange(20_000, dtype=np.float32) // 3, (5, 1))  # ties in threes
     scores[:, rng.choice(20_000, 500, replace=False)] = np.nan
     scores[1, -40:] = -np.inf  # this user has seen the newest items
-    sorted_sizes = []
-    order_by_score = candidates.order_by_score
-
-    def counting(rows, values, **kwargs):
-        sorted_sizes.append(len(rows))
-        return order_by_score(rows, values, **kwargs)
-
-    monkeypatch.setattr(candidates, "order_by_score", counting)
+    sorted_sizes = _count_sorted_entries(monkeypatch)
     rows, cols = candidates.top_n_entries(scores, 10, seed=3, query=np.arange(5))
     monkeypatch.setattr(candidates, "_LOOSE_BOUND_FACTOR", 10**9)  # the block bound alone
     rows_block, cols_block = candidates.top_n_entries(scores, 10, seed=3, query=np.arange(5))
