@@ -119,6 +119,12 @@ def impression_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarra
     (n,) keys ordering tied scores (the caller's tie rule; without it ties keep row order).
     Vectorised over impressions: per-group sums by ``np.bincount`` over each row's position.
     """
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("impression labels must be 0 (not clicked) or 1 (clicked)")
+    if labels.size == 0:
+        return {"imp_mrr": float("nan"), "imp_ndcg@5": float("nan"), "imp_ndcg@10": float("nan"),
+                "imp_auc": float("nan")}
     auc = auc_per_group(scores, labels, groups)
     order = np.lexsort((-scores, groups)) if tiebreak is None else np.lexsort((tiebreak, -scores, groups))
     clicked = (labels[order] == 1).astype(np.float64)

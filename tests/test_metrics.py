@@ -191,3 +191,25 @@ def test_vectorised_impression_metrics_equal_the_per_impression_loop(seed):
     assert metrics.auc_per_group(scores, labels, groups) == _loop_auc_per_group(scores, labels, groups)
     none_clicked = metrics.impression_metrics(scores, np.zeros(n, dtype=np.int8), groups)
     assert np.isnan(none_clicked["imp_mrr"]) and np.isnan(none_clicked["imp_auc"])
+
+
+@pytest.mark.parametrize(("scores", "labels", "groups"), [
+    ([1.0, 2.0, 2.0, 3.0], [0, 1, 1, 0], [0, 0, 1, 1]),  # equal scores across a group boundary
+    ([np.nan, np.nan, 1.0, 0.5, 2.0], [1, 0, 0, 1, 1], [0, 0, 0, 0, 1]),  # a run of NaN; a one-row group
+    ([0.3, 0.1, 0.2], [1, 1, 1], [4, 4, 4]),  # every row clicked: no AUC, MRR and nDCG still count
+    ([0.1, 0.9, 0.5, 0.5, 0.5, 0.2, 0.7, 0.6, 0.4, 0.3, 0.8, 0.05], [0] * 11 + [1], [0] * 12),  # click past 10
+])
+def test_impression_metrics_equal_the_loop_on_edge_cases(scores, labels, groups):
+    scores, labels, groups = np.array(scores), np.array(labels, dtype=np.int8), np.array(groups)
+    got = metrics.impression_metrics(scores, labels, groups)
+    want = _loop_impression_metrics(scores, labels, groups)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-12, nan_ok=True), key
+
+
+def test_impression_metrics_of_nothing_are_nan_and_labels_must_be_clicks():
+    empty = metrics.impression_metrics(np.zeros(0), np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int64))
+    assert all(np.isnan(v) for v in empty.values()) and len(empty) == 4
+    with pytest.raises(ValueError, match="must be 0 .* or 1"):
+        metrics.impression_metrics(np.array([0.5, 0.2]), np.array([2, 0]), np.array([0, 0]))
