@@ -72,7 +72,9 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
     # At or above the bound, and finite: one comparison, with -inf bounds raised to the lowest float.
     lowest = np.finfo(scores.dtype).min
     picked = scores >= np.maximum(bound, lowest)[:, None]
-    loose = np.flatnonzero(picked.sum(axis=1) > _LOOSE_BOUND_FACTOR * n)
+    rows, cols = nonzero_2d(picked)
+    # Rows counted from the hits (no second pass over the matrix)
+    loose = np.flatnonzero(np.bincount(rows, minlength=n_rows) > _LOOSE_BOUND_FACTOR * n)
     if loose.size:
         # Scores that grow along the columns (item indices in time order, a "newest" ranking) put
         # the n best blocks' whole contents above the bound. Those rows take their exact n-th
@@ -82,7 +84,7 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         finite[np.isnan(finite)] = -np.inf
         exact = np.partition(finite, n_cols - n, axis=1)[:, n_cols - n]
         picked[loose] = finite >= np.maximum(exact, np.finfo(np.float32).min)[:, None]
-    rows, cols = nonzero_2d(picked)
+        rows, cols = nonzero_2d(picked)
     values = scores[rows, cols]
     order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]

@@ -243,7 +243,8 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
         row_cost = row_cost + st @ np.diff(s.indptr).astype(np.int64)
     diag = np.sqrt(diag).astype(np.float32)
     diag[diag == 0] = 1.0
-    inverse = sp.diags(1.0 / diag)
+    inverse = 1.0 / diag
+    scale_columns = sp.diags(inverse)
     block_of_row = np.cumsum(row_cost) // max(1, block_entries)
     starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
     blocks = []
@@ -251,7 +252,7 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
         counts = xt[first:last] @ x
         if st is not None:
             counts = counts + session_weight * (st[first:last] @ s)
-        cos = (sp.diags(1.0 / diag[first:last]) @ counts @ inverse).tocsr().astype(np.float32)
+        cos = (sp.diags(inverse[first:last]) @ counts @ scale_columns).tocsr().astype(np.float32)
         del counts
         cos.setdiag(0.0, k=int(first))  # an item's own entry
         cos.eliminate_zeros()

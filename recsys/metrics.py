@@ -91,7 +91,7 @@ def auc_per_group(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) ->
         return float("nan")
     group_id, group_start = _group_ids(g)
     same = (s[1:] == s[:-1]) | (np.isnan(s[1:]) & np.isnan(s[:-1]))
-    new_run = np.r_[True, ~same] | np.r_[True, g[1:] != g[:-1]]
+    new_run = np.r_[True, ~same | (group_id[1:] != group_id[:-1])]  # a run of ties ends with its group
     run_start = np.flatnonzero(new_run)
     run_id = np.cumsum(new_run) - 1
     run_len = np.diff(np.r_[run_start, s.size])

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from training.text_finetune import next_item_examples
+from training.text_finetune import next_item_examples, with_hard_negatives
 
 T0 = datetime(2026, 1, 1)
 
@@ -66,8 +66,9 @@ def test_attention_pooling_starts_as_the_recency_mean_and_attends_to_matching_it
 
 
 def _exploded_lists_examples(events: pl.DataFrame, history_len: int,
-                       impressions: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The first implementation (whole per-user lists exploded), kept as the reference."""
+                             impressions: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The first implementation of the histories (whole per-user lists exploded), kept as the
+    reference; the hard negatives are added by the shared ``with_hard_negatives``."""
     examples = (
         events.sort("timestamp", maintain_order=True)
         .group_by("user_idx", maintain_order=True)
@@ -84,19 +85,7 @@ def _exploded_lists_examples(events: pl.DataFrame, history_len: int,
             pl.col("user_idx").alias("_user"),
         )
     )
-    empty = pl.lit([], dtype=pl.List(pl.Int32)).alias("negatives")
-    if impressions is None or impressions.height == 0:
-        return examples.with_columns(empty).drop("_time", "_user")
-    shown = impressions.filter(pl.col("user_idx").is_not_null() & (pl.col("user_idx") >= 0))
-    clicks = shown.filter(pl.col("clicked") == 1).select(
-        "impression_id", pl.col("user_idx").alias("_user"), pl.col("item_idx").alias("target"),
-        pl.col("timestamp").alias("_time")).unique(["_user", "target", "_time"], keep="first", maintain_order=True)
-    unclicked = shown.filter(pl.col("clicked") == 0).group_by("impression_id", maintain_order=True).agg(
-        pl.col("item_idx").cast(pl.Int32).alias("negatives"))
-    return (examples.join(clicks, on=["_user", "target", "_time"], how="left", maintain_order="left")
-            .join(unclicked, on="impression_id", how="left", maintain_order="left")
-            .with_columns(pl.col("negatives").fill_null(pl.lit([], dtype=pl.List(pl.Int32))))
-            .drop("_time", "_user", "impression_id"))
+    return with_hard_negatives(examples, impressions)  # the negatives' join is shared, not re-implemented
 
 
 @pytest.mark.parametrize("history_len", [0, 1, 3, 20])

@@ -236,6 +236,12 @@ def next_item_examples(events: pl.DataFrame, history_len: int,
     examples = pl.DataFrame([history, items.gather(at).alias("target"),
                              ordered["timestamp"].gather(at).alias("_time"),
                              ordered["user_idx"].gather(at).alias("_user")])
+    return with_hard_negatives(examples, impressions)
+
+
+def with_hard_negatives(examples: pl.DataFrame, impressions: pl.DataFrame | None) -> pl.DataFrame:
+    """``examples`` (history, target, _time, _user) with ``negatives``: the items left unclicked in
+    the impression where the target was clicked (empty without one); _time and _user dropped."""
     empty = pl.lit([], dtype=pl.List(pl.Int32)).alias("negatives")
     if impressions is None or impressions.height == 0:
         return examples.with_columns(empty).drop("_time", "_user")
