@@ -56,9 +56,17 @@ def prior_scores(frame: pl.DataFrame | dict[str, np.ndarray] | np.ndarray, weigh
 
 def pair_text_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, user_rows: np.ndarray,
                      item_idx: np.ndarray) -> np.ndarray:
-    """Cosine scores float32 (n,); NaN where the user row is -1 or the user vector is all zero."""
-    return pair_dot(user_vectors, item_vectors, user_rows, item_idx,
-                    valid_left=np.any(user_vectors != 0, axis=1))
+    """Cosine scores float32 (n,); NaN where the user row is -1 or the user vector is all zero.
+
+    user_vectors: (n_users, d) float32, an array or ``UserVectors``; only the rows the pairs
+    name are read, each once."""
+    user_rows = np.asarray(user_rows, dtype=np.int64)
+    known = (user_rows >= 0) & (user_rows < len(user_vectors))
+    users, inverse = np.unique(user_rows[known], return_inverse=True)
+    table = np.asarray(user_vectors[users], dtype=np.float32)
+    rows = np.full(len(user_rows), -1, dtype=np.int64)
+    rows[known] = inverse
+    return pair_dot(table, item_vectors, rows, item_idx, valid_left=np.any(table != 0, axis=1))
 
 
 def _gather_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:

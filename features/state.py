@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from features import behaviour
 from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item
-from features.text_interest import HistoryPooling, history_weights, user_vectors
+from features.text_interest import HistoryPooling, UserVectors, history_weights
 from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.ties import tie_keys
 from features.user_items import build_session_items, build_user_items
@@ -33,7 +33,9 @@ from recsys.stage_timer import stage
 class FeatureState:
     """Fitted stage-1 models and point-in-time feature tables.
 
-    Shapes: ``item_vectors`` (n_items, 384) float32; ``user_text`` (n_users, 384) float32;
+    Shapes: ``item_vectors`` (n_items, 384) float32; ``user_text`` (n_users, 384) float32, read
+    by rows (``UserVectors``: computed from the pooling weights when read; a saved state from
+    before them holds the array);
     ``seen`` CSR (n_users, n_items) float32 (the user's training interactions);
     ``item_category`` (n_items,) int32; feature tables keyed by contiguous indices.
     """
@@ -46,7 +48,7 @@ class FeatureState:
     bpr: CFFactors
     item_item: ItemItem
     item_vectors: np.ndarray
-    user_text: np.ndarray
+    user_text: UserVectors | np.ndarray
     text_popularity_weights: np.ndarray
     seen: sp.csr_matrix
     item_features: pl.DataFrame
@@ -142,7 +144,10 @@ class FeatureState:
         self.bpr.save(folder / "bpr.npz")
         self.item_item.save(folder / "item_item.npz")
         np.save(folder / "item_vectors.npy", self.item_vectors)
-        np.save(folder / "user_text.npy", self.user_text)
+        if isinstance(self.user_text, UserVectors):
+            sp.save_npz(folder / "user_text_weights.npz", self.user_text.weights)
+        else:
+            np.save(folder / "user_text.npy", self.user_text)
         np.save(folder / "text_popularity_weights.npy", self.text_popularity_weights)
         sp.save_npz(folder / "seen.npz", self.seen)
         self.item_features.write_parquet(folder / "item_features.parquet")
@@ -159,6 +164,12 @@ class FeatureState:
     def load(cls, folder: Path) -> FeatureState:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
+        item_vectors = np.load(folder / "item_vectors.npy")
+        if (folder / "user_text_weights.npz").exists():
+            weights = sp.load_npz(folder / "user_text_weights.npz").tocsr()
+            user_text = UserVectors(weights, item_vectors[:weights.shape[1]])
+        else:
+            user_text = np.load(folder / "user_text.npy")
         return cls(
             users=IdMap.load(folder / "users.parquet", kind="user"),
             items=IdMap.load(folder / "items.parquet", kind="item"),
@@ -167,8 +178,8 @@ class FeatureState:
             als=CFFactors.load(folder / "als.npz", "als"),
             bpr=CFFactors.load(folder / "bpr.npz", "bpr"),
             item_item=ItemItem.load(folder / "item_item.npz"),
-            item_vectors=np.load(folder / "item_vectors.npy"),
-            user_text=np.load(folder / "user_text.npy"),
+            item_vectors=item_vectors,
+            user_text=user_text,
             text_popularity_weights=np.load(folder / "text_popularity_weights.npy"),
             seen=sp.load_npz(folder / "seen.npz").tocsr(),
             item_features=pl.read_parquet(folder / "item_features.parquet"),
@@ -192,7 +203,7 @@ def with_text_vectors(state: FeatureState, interactions: pl.DataFrame, item_vect
     weights = history_weights(events, n_users=state.n_users, n_items=state.n_items,
                               history_len=state.history_len, half_life=state.half_life)
     counts = state.item_features.sort("item_idx")["item_pop_all_rel"].to_numpy()
-    return replace(state, item_vectors=item_vectors, user_text=user_vectors(weights, item_vectors), pooling=None,
+    return replace(state, item_vectors=item_vectors, user_text=UserVectors(weights, item_vectors), pooling=None,
                    text_popularity_weights=fit_text_popularity(item_vectors, counts), _text_popularity=None)
 
 
@@ -255,7 +266,7 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     return FeatureState(
         users=users, items=items, categories=categories, item_category=item_category,
         als=als, bpr=bpr, item_item=item_item, item_vectors=item_vectors,
-        user_text=user_vectors(weights, item_vectors),
+        user_text=UserVectors(weights, item_vectors),
         text_popularity_weights=fit_text_popularity(item_vectors,
                                                     item_table.sort("item_idx")["item_pop_all_rel"].to_numpy()),
         seen=user_items,

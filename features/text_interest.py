@@ -71,6 +71,49 @@ def user_vectors(weights: sp.csr_matrix, item_vectors: np.ndarray) -> np.ndarray
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
+class UserVectors:
+    """Interest vectors (n_users, d) float32, computed from the pooling weights when read.
+
+    ``vectors[rows]`` equals ``user_vectors(weights, item_vectors)[rows]`` exactly (a CSR row
+    product and a row norm do not depend on the other rows), without holding n_users x d floats
+    (1.5 GB per state at 1M users and d = 384). Rows: an int array (n,), a slice or one int.
+    weights: CSR (n_users, n_items_at_fit) float32; item_vectors: (n_items_at_fit, d) float32,
+    the vectors the weights pool (a catalog update appends items; these rows stay as they are).
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, weights: sp.csr_matrix, item_vectors: np.ndarray) -> None:
+        if weights.shape[1] != item_vectors.shape[0]:
+            raise ValueError(f"pooling weights cover {weights.shape[1]} items but {item_vectors.shape[0]} "
+                             "item vectors were given; pass the vectors the weights were fitted with")
+        self.weights = weights.tocsr()
+        self.item_vectors = item_vectors
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weights.shape[0], self.item_vectors.shape[1]
+
+    def __len__(self) -> int:
+        return self.weights.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, slice):
+            return user_vectors(self.weights[rows], self.item_vectors)
+        rows = np.asarray(rows)
+        if rows.ndim == 0:
+            return self[rows.reshape(1)][0]
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"user rows must be in 0..{len(self) - 1}; mask unknown users (-1) first")
+        return user_vectors(self.weights[rows], self.item_vectors)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = user_vectors(self.weights, self.item_vectors)
+        return out if dtype is None else out.astype(dtype)
+
+
 def vector_from_history(item_idx: np.ndarray, item_vectors: np.ndarray, *, half_life: float,
                         pooling: HistoryPooling | None = None) -> np.ndarray:
     """One interest vector (d,) from item indices ordered oldest -> newest (request-time history)."""

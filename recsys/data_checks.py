@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from recsys.dataset import Dataset
 
 _PAIR = ["user_id", "item_id"]
+_FIRST_LOOK_ROWS = 10_000  # test rows tried first for a fresh (user, item) pair
 
 
 def check_trainable(dataset: Dataset, config: PipelineConfig) -> windows.Cuts:
@@ -62,20 +63,25 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> windows.Cuts:
         split, config, name=f"{src} (training window of {config.split} split, {train.height} interactions)")
     feature = nested.train
     extra = windows.extra_label_cuts(nested, config, name=src)
-    _check_text_examples(src, protocol, extra[-1].train if extra else feature)
-    _check_label_users(src, protocol, config, feature, nested.test, nested.impressions_test, feature_cold,
-                       n_items, train["user_id"])
+    feature_rows = feature.group_by("user_id").len("n_rows")  # the text and the label-user checks read it
+    _check_text_examples(src, protocol,
+                         extra[-1].train.group_by("user_id").len("n_rows") if extra else feature_rows)
+    _check_label_users(src, protocol, config, feature, feature_rows, nested.test, nested.impressions_test,
+                       feature_cold, n_items, train["user_id"])
     return windows.Cuts(split=split, cold_items=cold_items, nested=nested, feature_cold=feature_cold, extra=extra)
 
 
 def _check_test_users(src: str, protocol: str, train: pl.DataFrame, test: pl.DataFrame, n_items: int) -> None:
     """The test evaluation (``training.evaluate.test_relevance``) needs a user known from the
     training window with a test item they did not take there."""
-    known = test.filter(pl.col("user_id").is_in(train["user_id"].unique().implode()))
-    # Only whether one fresh pair exists matters: no unique() passes (an anti join keeps or drops
-    # each row whatever the repeats on either side).
-    fresh = known.select(_PAIR).join(train.select(_PAIR), on=_PAIR, how="anti")
+    # Only whether one fresh pair exists matters. At scale, the first rows of the test split all
+    # but always hold one: look there first, against only those users' training rows.
+    head = test.head(_FIRST_LOOK_ROWS).select(_PAIR)
+    if _fresh_known_pairs(head, train.filter(pl.col("user_id").is_in(head["user_id"].implode()))).height:
+        return
+    fresh = _fresh_known_pairs(test.select(_PAIR), train)
     if fresh.height == 0:
+        known = test.filter(pl.col("user_id").is_in(train["user_id"].unique().implode()))
         test_users = test["user_id"].n_unique()
         raise DataValidationError(
             f"{src}: the evaluation needs at least 1 test user (a user with interactions in the training window "
@@ -85,54 +91,85 @@ def _check_test_users(src: str, protocol: str, train: pl.DataFrame, test: pl.Dat
         )
 
 
-def _check_text_examples(src: str, protocol: str, feature: pl.DataFrame) -> None:
-    per_user = feature.group_by("user_id").len()["len"]
-    examples = int((per_user - 1).clip(lower_bound=0).sum())
+def _fresh_known_pairs(pairs: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``pairs`` (user_id, item_id) whose user has rows in ``train`` and whose pair is
+    not among them. An anti or semi join keeps or drops each row whatever the repeats on either
+    side, so neither side needs a unique() pass."""
+    return (pairs.join(train.select(_PAIR), on=_PAIR, how="anti")
+            .join(train.select("user_id"), on="user_id", how="semi"))
+
+
+def _check_text_examples(src: str, protocol: str, per_user: pl.DataFrame) -> None:
+    """per_user: ``user_id, n_rows`` of the text window's feature window (rows per user, each >= 1)."""
+    examples = int(per_user["n_rows"].sum()) - per_user.height  # every interaction after a user's first
     if examples < 2:
         raise DataValidationError(
             f"{src}: fine-tuning the text model needs at least 2 next-item examples (interactions after a user's "
-            f"first) in the feature window; {protocol} leaves {examples} ({int((per_user >= 2).sum())} of "
-            f"{per_user.len()} feature-window user(s) have 2+ interactions). Add users with more interactions."
+            f"first) in the feature window; {protocol} leaves {examples} ({int((per_user['n_rows'] >= 2).sum())} "
+            f"of {per_user.height} feature-window user(s) have 2+ interactions). Add users with more interactions."
         )
 
 
-def _check_label_users(src: str, protocol: str, config: PipelineConfig, feature: pl.DataFrame,
-                       label: pl.DataFrame, label_impressions: pl.DataFrame | None, feature_cold: pl.Series | None,
-                       n_items: int, train_users: pl.Series) -> None:
-    seen = feature.select(_PAIR).unique()
-    fresh = label.select(_PAIR).unique().join(seen, on=_PAIR, how="anti")
-    profiled = seen["user_id"].unique()
-    users = (fresh.filter(pl.col("user_id").is_in(profiled.implode()))
-             .group_by("user_id").agg(pl.len().alias("n_fresh"), pl.col("item_id"))
-             .join(seen.group_by("user_id").len("n_seen"), on="user_id", how="left")
+def label_users(feature: pl.DataFrame, feature_rows: pl.DataFrame, label: pl.DataFrame, n_items: int,
+                feature_cold: pl.Series | None, label_impressions: pl.DataFrame | None) -> tuple[pl.Series, np.ndarray]:
+    """The label users, sorted by id (users with feature-window rows and a label-window item they
+    did not take there), and bool (n,) whether each has a negative for a ranker query: an unseen
+    catalog item they did not take in the label window, a cold item taken and one not (cold-items
+    protocol), or a shown-with-a-click label impression.
+
+    feature_rows: ``user_id, n_rows`` per feature-window user. Distinct-item counts are needed
+    only where the row counts leave the catalog test open (rows of both windows >= catalog size).
+    """
+    fresh = label.select(_PAIR).join(feature.select(_PAIR), on=_PAIR, how="anti")  # repeats kept
+    users = (fresh.group_by("user_id").len("n_fresh_rows")
+             .join(feature_rows, on="user_id", how="inner")
              .sort("user_id"))
-    n_label = users.height
-    if n_label < 2:
-        label_users = label["user_id"].unique()
-        with_history = label_users.is_in(profiled.implode()).sum()
-        raise DataValidationError(
-            f"{src}: the ranker needs at least 2 label users (users with interactions in the feature window and "
-            f"an item in the label window they did not take before; at least 1 is held out for validation); "
-            f"{protocol} leaves {n_label}: of the {label_users.len()} user(s) in the label window, {with_history} "
-            f"have feature-window history (training window: {train_users.n_unique()} users; catalog: {n_items} "
-            f"items). Add users with interactions over a longer time, or more items."
-        )
-    # A query with a positive and a negative: an unseen catalog item the user did not take in the label window...
-    usable = users["n_seen"] + users["n_fresh"] < n_items
-    if feature_cold is not None and feature_cold.len():  # ...a cold-item query with a cold item taken and one not
-        cold_taken = users["item_id"].list.eval(pl.element().is_in(feature_cold.implode()).sum()).list.first()
-        usable = usable | ((cold_taken >= 1) & (cold_taken < feature_cold.len()))
-    if label_impressions is not None and label_impressions.height:  # ...or a shown-with-a-click impression
+    usable = (users["n_rows"] + users["n_fresh_rows"] < n_items).to_numpy()
+    tight = users.filter(pl.col("n_rows") + pl.col("n_fresh_rows") >= n_items)["user_id"]
+    if tight.len():
+        distinct = (users.select("user_id")
+                    .join(_distinct_items(feature, tight, "n_seen"), on="user_id", how="left")
+                    .join(_distinct_items(fresh, tight, "n_fresh"), on="user_id", how="left")
+                    .sort("user_id"))
+        usable |= ((distinct["n_seen"] + distinct["n_fresh"]) < n_items).fill_null(False).to_numpy()
+    if feature_cold is not None and feature_cold.len():
+        cold = (fresh.filter(pl.col("item_id").is_in(feature_cold.implode())).unique()
+                .group_by("user_id").len("cold_taken"))
+        taken = users.select("user_id").join(cold, on="user_id", how="left").sort("user_id")["cold_taken"].fill_null(0)
+        usable |= ((taken >= 1) & (taken < feature_cold.len())).to_numpy()
+    if label_impressions is not None and label_impressions.height:
         mixed = (label_impressions.group_by("impression_id", "user_id")
                  .agg(pl.col("clicked").max().alias("hi"), pl.col("clicked").min().alias("lo"))
                  .filter((pl.col("hi") == 1) & (pl.col("lo") == 0))["user_id"].unique())
-        usable = usable | users["user_id"].is_in(mixed.implode())
+        usable |= users["user_id"].is_in(mixed.implode()).to_numpy()
+    return users["user_id"], usable
+
+
+def _distinct_items(events: pl.DataFrame, users: pl.Series, name: str) -> pl.DataFrame:
+    return (events.filter(pl.col("user_id").is_in(users.implode()))
+            .group_by("user_id").agg(pl.col("item_id").n_unique().alias(name)))
+
+
+def _check_label_users(src: str, protocol: str, config: PipelineConfig, feature: pl.DataFrame,
+                       feature_rows: pl.DataFrame, label: pl.DataFrame, label_impressions: pl.DataFrame | None,
+                       feature_cold: pl.Series | None, n_items: int, train_users: pl.Series) -> None:
+    users, usable = label_users(feature, feature_rows, label, n_items, feature_cold, label_impressions)
+    n_label = users.len()
+    if n_label < 2:
+        label_window_users = label["user_id"].unique()
+        with_history = label_window_users.is_in(feature_rows["user_id"].implode()).sum()
+        raise DataValidationError(
+            f"{src}: the ranker needs at least 2 label users (users with interactions in the feature window and "
+            f"an item in the label window they did not take before; at least 1 is held out for validation); "
+            f"{protocol} leaves {n_label}: of the {label_window_users.len()} user(s) in the label window, "
+            f"{with_history} have feature-window history (training window: {train_users.n_unique()} users; "
+            f"catalog: {n_items} items). Add users with interactions over a longer time, or more items."
+        )
     keep = windows.sample_positions(n_label, config.ranker_max_users, config.seed + windows.RANKER_SAMPLE_SEED)
     if keep is not None:  # training.evaluate.sample_users
-        users, usable, n_label = users[keep], usable.gather(keep), len(keep)
+        usable, n_label = usable[keep], len(keep)
     held = np.zeros(n_label, dtype=bool)
     held[windows.held_out_positions(n_label, config.seed + windows.VALIDATION_SEED)] = True
-    usable = usable.to_numpy()
     n_held_usable, n_rest_usable = int((usable & held).sum()), int((usable & ~held).sum())
     if n_held_usable == 0 or n_rest_usable == 0:
         side = "held out for validation" if n_held_usable == 0 else "left to train on"

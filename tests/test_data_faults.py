@@ -166,3 +166,69 @@ def test_the_checked_cuts_are_the_cuts_a_run_makes(config):
     for a, b in ((checked.cold_items, made.cold_items), (checked.feature_cold, made.feature_cold)):
         assert (a is None and b is None) or a.equals(b)
     assert checked.cold_items is not None if config.cold_item_fraction > 0 else checked.cold_items is None
+
+
+def _label_users_reference(feature, label, n_items, feature_cold, label_impressions):
+    """The check's label users as first written (distinct pairs, per-user item lists): the reference."""
+    pair = ["user_id", "item_id"]
+    seen = feature.select(pair).unique()
+    fresh = label.select(pair).unique().join(seen, on=pair, how="anti")
+    users = (fresh.filter(pl.col("user_id").is_in(seen["user_id"].unique().implode()))
+             .group_by("user_id").agg(pl.len().alias("n_fresh"), pl.col("item_id"))
+             .join(seen.group_by("user_id").len("n_seen"), on="user_id", how="left")
+             .sort("user_id"))
+    usable = users["n_seen"] + users["n_fresh"] < n_items
+    if feature_cold is not None and feature_cold.len():
+        cold_taken = users["item_id"].list.eval(pl.element().is_in(feature_cold.implode()).sum()).list.first()
+        usable = usable | ((cold_taken >= 1) & (cold_taken < feature_cold.len()))
+    if label_impressions is not None and label_impressions.height:
+        mixed = (label_impressions.group_by("impression_id", "user_id")
+                 .agg(pl.col("clicked").max().alias("hi"), pl.col("clicked").min().alias("lo"))
+                 .filter((pl.col("hi") == 1) & (pl.col("lo") == 0))["user_id"].unique())
+        usable = usable | users["user_id"].is_in(mixed.implode())
+    return users["user_id"], usable.to_numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_cold", [False, True])
+@pytest.mark.parametrize("with_impressions", [False, True])
+def test_label_users_equal_the_distinct_pair_reference(seed, with_cold, with_impressions):
+    """Repeated rows, users whose row counts reach the catalog size but whose distinct items do not
+    (the exact recount), users who took every item, cold items and impressions."""
+    from recsys.data_checks import label_users
+    rng = np.random.default_rng(seed)
+    n_items = 12
+
+    def events(n):
+        return pl.DataFrame({"user_id": [f"u{u}" for u in rng.integers(0, 40, n)],
+                             "item_id": [f"i{i}" for i in rng.integers(0, n_items, n)]})
+    feature, label = events(400), events(120)
+    greedy = pl.DataFrame({"user_id": ["u99"] * (n_items - 1), "item_id": [f"i{i}" for i in range(n_items - 1)]})
+    feature = pl.concat([feature, greedy, greedy.head(3)])  # u99 takes the last item next: no negative left
+    label = pl.concat([label, pl.DataFrame({"user_id": ["u99", "u98"], "item_id": [f"i{n_items - 1}", "i1"]})])
+    cold = pl.Series("item_id", ["i3", "i7"]) if with_cold else None
+    impressions = None
+    if with_impressions:
+        n = 300
+        impressions = pl.DataFrame({"impression_id": [f"m{m}" for m in rng.integers(0, 60, n)],
+                                    "user_id": [f"u{u}" for u in rng.integers(0, 40, n)],
+                                    "clicked": rng.integers(0, 2, n).astype(np.int8)})
+    rows = feature.group_by("user_id").len("n_rows")
+    users, usable = label_users(feature, rows, label, n_items, cold, impressions)
+    ref_users, ref_usable = _label_users_reference(feature, label, n_items, cold, impressions)
+    assert users.to_list() == ref_users.to_list()
+    np.testing.assert_array_equal(usable, ref_usable)
+    assert "u98" not in users.to_list()  # no feature-window history
+    assert not usable[users.to_list().index("u99")]
+    assert usable.sum() >= len(users) // 2
+
+
+def test_a_fresh_test_pair_past_the_first_rows_is_still_found(monkeypatch):
+    """The first look at the test split finds nothing here; the full pass still finds the one user."""
+    import recsys.data_checks as checks
+    monkeypatch.setattr(checks, "_FIRST_LOOK_ROWS", 2)
+    train = pl.DataFrame({"user_id": ["a", "b", "c"], "item_id": ["i1", "i1", "i1"]})
+    test = pl.DataFrame({"user_id": ["a", "x", "c"], "item_id": ["i1", "i2", "i2"]})  # c takes a new item
+    checks._check_test_users("t", "p", train, test, 3)
+    with pytest.raises(DataValidationError, match=r"of the 2 user\(s\) in the test split, 1 have training history"):
+        checks._check_test_users("t", "p", train, test.head(2), 3)

@@ -1,0 +1,77 @@
+"""Interest vectors computed when read (``features.text_interest.UserVectors``) equal the full
+table row for row, bit for bit, wherever the pipeline reads them."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from features.ranking_frame import pair_text_scores
+from features.state import FeatureState
+from features.text_interest import UserVectors, user_vectors
+
+
+def _weights(n_users=300, n_items=50, seed=0) -> tuple[sp.csr_matrix, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dense = rng.random((n_users, n_items)).astype(np.float32)
+    dense[dense < 0.8] = 0
+    dense[[5, 17, 200]] = 0  # users without history: all-zero vectors
+    vectors = rng.normal(size=(n_items, 16)).astype(np.float32)
+    return sp.csr_matrix(dense), vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_rows_equal_the_full_table_exactly_for_every_way_of_reading():
+    weights, items = _weights()
+    full = user_vectors(weights, items)
+    lazy = UserVectors(weights, items)
+    assert lazy.shape == full.shape and len(lazy) == 300 and lazy.dtype == np.float32
+    rows = np.array([299, 0, 17, 17, 42])
+    np.testing.assert_array_equal(lazy[rows], full[rows])
+    np.testing.assert_array_equal(lazy[10:20], full[10:20])
+    np.testing.assert_array_equal(lazy[7], full[7])
+    mask = np.zeros(300, dtype=bool)
+    mask[[3, 250]] = True
+    np.testing.assert_array_equal(lazy[mask], full[mask])
+    np.testing.assert_array_equal(np.asarray(lazy), full)
+    assert lazy[np.array([], dtype=np.int64)].shape == (0, 16)
+    assert not lazy[5].any()
+
+
+def test_unknown_user_rows_and_mismatched_vectors_are_refused():
+    weights, items = _weights()
+    lazy = UserVectors(weights, items)
+    with pytest.raises(IndexError, match="mask unknown users"):
+        lazy[np.array([0, -1])]
+    with pytest.raises(ValueError, match="pooling weights cover 50 items but 49"):
+        UserVectors(weights, items[:49])
+
+
+def test_pair_text_scores_are_the_same_from_the_table_and_from_the_weights():
+    weights, items = _weights()
+    rng = np.random.default_rng(1)
+    users = rng.integers(-1, 300, size=5000)  # -1: unknown; 5, 17, 200: no history -> NaN
+    item_idx = rng.integers(0, 50, size=5000)
+    from_table = pair_text_scores(user_vectors(weights, items), items, users, item_idx)
+    from_weights = pair_text_scores(UserVectors(weights, items), items, users, item_idx)
+    np.testing.assert_array_equal(from_weights, from_table)
+    assert np.isnan(from_table[(users == -1) | np.isin(users, [5, 17, 200])]).all()
+    known = (users >= 0) & ~np.isin(users, [5, 17, 200])
+    expected = np.einsum("ij,ij->i", user_vectors(weights, items)[users[known]], items[item_idx[known]])
+    np.testing.assert_allclose(from_table[known], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_state_keeps_the_weights_and_loads_the_same_vectors(small_bundle, tmp_path):
+    state = small_bundle.state
+    assert isinstance(state.user_text, UserVectors)
+    state.save(tmp_path / "lazy")
+    assert (tmp_path / "lazy" / "user_text_weights.npz").exists()
+    assert not (tmp_path / "lazy" / "user_text.npy").exists()
+    loaded = FeatureState.load(tmp_path / "lazy")
+    everyone = np.arange(state.n_users)
+    np.testing.assert_array_equal(loaded.user_text[everyone], state.user_text[everyone])
+    # A state saved with the array (before UserVectors) still loads, as the array.
+    replace(state, user_text=np.asarray(state.user_text)).save(tmp_path / "array")
+    old = FeatureState.load(tmp_path / "array")
+    assert isinstance(old.user_text, np.ndarray)
+    np.testing.assert_array_equal(old.user_text, state.user_text[everyone])
