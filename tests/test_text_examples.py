@@ -110,3 +110,14 @@ def test_examples_equal_the_exploded_lists_reference_with_ties_and_many_users(hi
     empty = events.clear()
     assert next_item_examples(empty, history_len).equals(_exploded_lists_examples(empty, history_len))
     assert got["negatives"].list.len().sum() > 0  # the impression join is exercised
+
+
+def test_ragged_rows_equal_the_list_column_row_for_row():
+    """The training examples' histories and negatives live in one flat array each (no per-row objects)."""
+    from training.text_finetune import _Ragged
+    column = pl.Series("h", [[3, 1], [], [7], [2, 2, 9], []], dtype=pl.List(pl.Int32))
+    rows = _Ragged(column)
+    assert len(rows) == 5
+    for i, expected in enumerate(column.to_list()):
+        assert rows[i].dtype == np.int64
+        assert rows[i].tolist() == expected

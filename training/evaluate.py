@@ -57,15 +57,19 @@ def sample_users(user_idx: np.ndarray, relevant: list[np.ndarray], max_users: in
 
 
 def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: int, *, seed: int,
-               chunk_size: int = 512) -> np.ndarray:
+               chunk_size: int = 512, name: str = "") -> np.ndarray:
     """(n_users, k) full-catalog top-k of a dense scorer, the user's training items excluded;
-    ties by the seeded tie rule, NaN scores never picked (-1 pads a short list)."""
+    ties by the seeded tie rule, NaN scores never picked (-1 pads a short list). With a ``name``,
+    a progress bar ("evaluate baseline NAME") counts the users."""
     out = []
+    bar = progress_bar(total=len(user_idx), desc=f"evaluate baseline {name}", unit="user", enabled=bool(name))
     for start in range(0, len(user_idx), chunk_size):
         chunk = user_idx[start:start + chunk_size]
         scores = np.asarray(score_fn(chunk), dtype=np.float32).copy()
         scores[seen_mask(state, chunk)] = -np.inf
         out.append(top_n(scores, k, seed=seed, query=chunk))
+        bar.update(len(chunk))
+    bar.close()
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
@@ -224,7 +228,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     if pretrained_state is not None:
         scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
     for name, score_fn in scorers.items():
-        ranked = topk_dense(state, user_idx, score_fn, k, seed=config.seed)
+        ranked = topk_dense(state, user_idx, score_fn, k, seed=config.seed, name=name)
         ranked_by_model[name] = ranked
         results[name] = metrics.topk_metrics(ranked, relevant, k)
         results[name]["coverage"] = coverage(ranked, state.n_items)

@@ -374,14 +374,31 @@ def _trainable_tower(encoder: TextEncoder, texts: list[str],
     return tower, pooling, optimizer
 
 
+class _Ragged:
+    """Int64 rows of different lengths in one flat array: ``rows[i]`` is a view (no per-row
+    objects: millions of examples at scale would cost gigabytes as Python lists or arrays)."""
+
+    def __init__(self, column: pl.Series) -> None:
+        lengths = column.list.len().fill_null(0).to_numpy()
+        self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        self.values = column.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i]:self.offsets[i + 1]]
+
+
 @dataclass
 class _TrainingExamples:
     """Next-item examples split into training and held-out: histories (int64 item indices per
     example), targets (int64), optional hard negatives, and the training targets' length bands."""
 
-    histories: list[np.ndarray]
+    histories: _Ragged
     targets: np.ndarray
-    negatives: list[np.ndarray] | None
+    negatives: _Ragged | None
     buckets: list[np.ndarray]
     val_hist: list[np.ndarray]
     val_targets: torch.Tensor
@@ -394,9 +411,9 @@ class _TrainingExamples:
         val = examples[perm[:n_val]]
         train = examples[perm[n_val:]]
         targets = train["target"].to_numpy().astype(np.int64)
-        negatives = ([np.asarray(n, dtype=np.int64) for n in train["negatives"].to_list()]
+        negatives = (_Ragged(train["negatives"])
                      if "negatives" in train.columns and config.hard_negatives > 0 else None)
-        return cls(histories=[np.asarray(h, dtype=np.int64) for h in train["history"].to_list()], targets=targets,
+        return cls(histories=_Ragged(train["history"]), targets=targets,
                    negatives=negatives, buckets=_length_buckets(tower.lengths.numpy()[targets], config.length_buckets),
                    val_hist=[np.asarray(h, dtype=np.int64) for h in val["history"].to_list()],
                    val_targets=torch.from_numpy(val["target"].to_numpy().astype(np.int64)))
