@@ -32,7 +32,8 @@ from features.state import FeatureState
 from features.ties import order_by_score
 from recsys.config import PipelineConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the state keeps its users' pooling weights (user_text_weights.npz)
+READABLE_FORMATS = (1, 2)  # 1: the state holds the user vectors (user_text.npy)
 
 
 @dataclass
@@ -173,9 +174,9 @@ class RankingBundle:
         if not (folder / "manifest.json").exists():
             raise FileNotFoundError(f"{folder} is not a model bundle (manifest.json missing)")
         manifest = json.loads((folder / "manifest.json").read_text())
-        if manifest["format_version"] != FORMAT_VERSION:
+        if manifest["format_version"] not in READABLE_FORMATS:
             raise ValueError(f"bundle format {manifest['format_version']} is not supported "
-                             f"(this code reads {FORMAT_VERSION}); retrain or upgrade")
+                             f"(this code reads {', '.join(map(str, READABLE_FORMATS))}); retrain or upgrade")
         encoder = folder / "encoder"
         return cls(
             config=PipelineConfig.load(folder / "config.json"),

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from features.cf import CFFactors
 from features.state import FeatureState
+from features.text_interest import UserVectors
 from recsys.errors import DataValidationError
 
 
@@ -39,6 +40,10 @@ def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndar
     items = state.items.extend(new_items["item_id"])
     categories = state.categories.extend(new_items["category"])
     item_category = np.concatenate([state.item_category, categories.to_index(new_items["category"])])
+    item_vectors = np.vstack([state.item_vectors, new_vectors.astype(np.float32)])
+    user_text = state.user_text
+    if isinstance(user_text, UserVectors):  # pool the same rows, held once (a view of the new table)
+        user_text = UserVectors(user_text.weights, item_vectors[:user_text.item_vectors.shape[0]])
     return replace(
         state,
         items=items,
@@ -47,7 +52,8 @@ def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndar
         als=_with_zero_items(state.als, n_new),
         bpr=_with_zero_items(state.bpr, n_new),
         item_item=state.item_item.with_new_items(n_new),
-        item_vectors=np.vstack([state.item_vectors, new_vectors.astype(np.float32)]),
+        item_vectors=item_vectors,
+        user_text=user_text,
         seen=sp.hstack([state.seen, sp.csr_matrix((state.n_users, n_new), dtype=np.float32)]).tocsr(),
         item_features=pl.concat([state.item_features, _unseen_item_rows(state, n_old, n_new)]),
         _dense=None,

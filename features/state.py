@@ -144,7 +144,9 @@ class FeatureState:
         self.bpr.save(folder / "bpr.npz")
         self.item_item.save(folder / "item_item.npz")
         np.save(folder / "item_vectors.npy", self.item_vectors)
-        if isinstance(self.user_text, UserVectors):
+        lazy = isinstance(self.user_text, UserVectors)
+        (folder / ("user_text.npy" if lazy else "user_text_weights.npz")).unlink(missing_ok=True)  # load reads either
+        if lazy:
             sp.save_npz(folder / "user_text_weights.npz", self.user_text.weights)
         else:
             np.save(folder / "user_text.npy", self.user_text)

@@ -104,7 +104,11 @@ class UserVectors:
         if rows.ndim == 0:
             return self[rows.reshape(1)][0]
         if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise IndexError(f"a boolean mask of users must have shape ({len(self)},), not {rows.shape}")
             rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise IndexError(f"user rows must be a 1-d int array, a slice or an int; got {rows.dtype} {rows.shape}")
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"user rows must be in 0..{len(self) - 1}; mask unknown users (-1) first")
         return user_vectors(self.weights[rows], self.item_vectors)

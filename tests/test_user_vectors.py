@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from features.pair_scores import pair_dot
 from features.ranking_frame import pair_text_scores
 from features.state import FeatureState
 from features.text_interest import UserVectors, user_vectors
 
 
-def _weights(n_users=300, n_items=50, seed=0) -> tuple[sp.csr_matrix, np.ndarray]:
+def _weights(n_users=300, n_items=50, seed=0, dim=16) -> tuple[sp.csr_matrix, np.ndarray]:
     rng = np.random.default_rng(seed)
     dense = rng.random((n_users, n_items)).astype(np.float32)
     dense[dense < 0.8] = 0
     dense[[5, 17, 200]] = 0  # users without history: all-zero vectors
-    vectors = rng.normal(size=(n_items, 16)).astype(np.float32)
+    vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
     return sp.csr_matrix(dense), vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
@@ -43,22 +44,28 @@ def test_unknown_user_rows_and_mismatched_vectors_are_refused():
     lazy = UserVectors(weights, items)
     with pytest.raises(IndexError, match="mask unknown users"):
         lazy[np.array([0, -1])]
+    with pytest.raises(IndexError, match=r"must have shape \(300,\), not \(299,\)"):
+        lazy[np.ones(299, dtype=bool)]
+    with pytest.raises(IndexError, match="1-d int array"):
+        lazy[np.array([0.0, 1.0])]
     with pytest.raises(ValueError, match="pooling weights cover 50 items but 49"):
         UserVectors(weights, items[:49])
 
 
-def test_pair_text_scores_are_the_same_from_the_table_and_from_the_weights():
-    weights, items = _weights()
+@pytest.mark.parametrize("n_items", [50, 3000])  # pair_dot's dense path, its gather path
+def test_pair_text_scores_from_the_weights_equal_pair_dot_on_the_full_table(n_items):
+    weights, items = _weights(n_items=n_items, dim=384)
     rng = np.random.default_rng(1)
     users = rng.integers(-1, 300, size=5000)  # -1: unknown; 5, 17, 200: no history -> NaN
-    item_idx = rng.integers(0, 50, size=5000)
-    from_table = pair_text_scores(user_vectors(weights, items), items, users, item_idx)
-    from_weights = pair_text_scores(UserVectors(weights, items), items, users, item_idx)
-    np.testing.assert_array_equal(from_weights, from_table)
-    assert np.isnan(from_table[(users == -1) | np.isin(users, [5, 17, 200])]).all()
+    item_idx = rng.integers(0, n_items, size=5000)
+    full = user_vectors(weights, items)
+    expected = pair_dot(full, items, users, item_idx, valid_left=np.any(full != 0, axis=1))
+    got = pair_text_scores(UserVectors(weights, items), items, users, item_idx)
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[(users == -1) | np.isin(users, [5, 17, 200])]).all()
     known = (users >= 0) & ~np.isin(users, [5, 17, 200])
-    expected = np.einsum("ij,ij->i", user_vectors(weights, items)[users[known]], items[item_idx[known]])
-    np.testing.assert_allclose(from_table[known], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[known], np.einsum("ij,ij->i", full[users[known]], items[item_idx[known]]),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_saved_state_keeps_the_weights_and_loads_the_same_vectors(small_bundle, tmp_path):
@@ -75,3 +82,38 @@ def test_a_saved_state_keeps_the_weights_and_loads_the_same_vectors(small_bundle
     old = FeatureState.load(tmp_path / "array")
     assert isinstance(old.user_text, np.ndarray)
     np.testing.assert_array_equal(old.user_text, state.user_text[everyone])
+
+    # Saving the other format into the same folder leaves one file, the one load reads.
+    replace(state, user_text=np.asarray(state.user_text)).save(tmp_path / "lazy")
+    assert not (tmp_path / "lazy" / "user_text_weights.npz").exists()
+    assert isinstance(FeatureState.load(tmp_path / "lazy").user_text, np.ndarray)
+
+
+def test_bundles_of_both_formats_load_and_unknown_ones_are_refused(small_bundle, tmp_path):
+    import json
+
+    from features.bundle import FORMAT_VERSION, RankingBundle
+    assert FORMAT_VERSION == 2
+    small_bundle.save(tmp_path / "b")
+    manifest = tmp_path / "b" / "manifest.json"
+    for version, ok in ((1, True), (2, True), (3, False)):
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": version}))
+        if ok:
+            assert RankingBundle.load(tmp_path / "b").state.n_users == small_bundle.state.n_users
+        else:
+            with pytest.raises(ValueError, match=r"bundle format 3 is not supported \(this code reads 1, 2\)"):
+                RankingBundle.load(tmp_path / "b")
+
+
+def test_a_catalog_update_pools_the_same_rows_without_a_second_copy_of_the_vectors(small_bundle):
+    import polars as pl
+
+    from features.catalog_update import add_items
+    state = small_bundle.state
+    rng = np.random.default_rng(3)
+    new = rng.normal(size=(2, state.item_vectors.shape[1])).astype(np.float32)
+    items = pl.DataFrame({"item_id": ["new-a", "new-b"], "category": ["c-new", "c-new"]})
+    updated = add_items(state, items, new / np.linalg.norm(new, axis=1, keepdims=True))
+    everyone = np.arange(state.n_users)
+    np.testing.assert_array_equal(updated.user_text[everyone], state.user_text[everyone])
+    assert np.shares_memory(updated.user_text.item_vectors, updated.item_vectors)

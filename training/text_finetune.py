@@ -388,6 +388,8 @@ class _Ragged:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} of {len(self)}")
         return self.values[self.offsets[i]:self.offsets[i + 1]]
 
 
