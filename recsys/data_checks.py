@@ -132,13 +132,18 @@ def label_users(feature: pl.DataFrame, feature_rows: pl.DataFrame, label: pl.Dat
                     .join(_distinct_items(fresh, tight, "n_fresh"), on="user_id", how="left")
                     .sort("user_id"))
         usable |= ((distinct["n_seen"] + distinct["n_fresh"]) < n_items).fill_null(False).to_numpy()
-    if feature_cold is not None and feature_cold.len():
-        cold = (fresh.filter(pl.col("item_id").is_in(feature_cold.implode())).unique()
-                .group_by("user_id").len("cold_taken"))
+    # The other two ways to a negative are looked for only among the users still without one
+    # (at scale, none: the row counts settle every user).
+    if feature_cold is not None and feature_cold.len() and not usable.all():
+        rest = users["user_id"].filter(pl.Series(~usable))
+        cold = (fresh.filter(pl.col("user_id").is_in(rest.implode()) & pl.col("item_id").is_in(feature_cold.implode()))
+                .unique().group_by("user_id").len("cold_taken"))
         taken = users.select("user_id").join(cold, on="user_id", how="left").sort("user_id")["cold_taken"].fill_null(0)
         usable |= ((taken >= 1) & (taken < feature_cold.len())).to_numpy()
-    if label_impressions is not None and label_impressions.height:
-        mixed = (label_impressions.group_by("impression_id", "user_id")
+    if label_impressions is not None and label_impressions.height and not usable.all():
+        rest = users["user_id"].filter(pl.Series(~usable))
+        mixed = (label_impressions.filter(pl.col("user_id").is_in(rest.implode()))
+                 .group_by("impression_id", "user_id")
                  .agg(pl.col("clicked").max().alias("hi"), pl.col("clicked").min().alias("lo"))
                  .filter((pl.col("hi") == 1) & (pl.col("lo") == 0))["user_id"].unique())
         usable |= users["user_id"].is_in(mixed.implode()).to_numpy()

@@ -129,3 +129,39 @@ def test_paired_lift_and_its_interval_match_a_slow_reference(small_bundle, split
     means = sorted(sum(diff[i] for i in row) / n for row in draws)
     assert ranker[f"lift_vs_best_baseline/ndcg@{k}_ci_low"] == pytest.approx(_reference_percentile(means, 0.025))
     assert ranker[f"lift_vs_best_baseline/ndcg@{k}_ci_high"] == pytest.approx(_reference_percentile(means, 0.975))
+
+
+def test_impression_metrics_in_chunks_equal_one_pass_and_the_direct_baseline_scores(small_bundle, monkeypatch):
+    """The impression metrics score ranking frames in chunks of whole impressions; the ALS, BPR and
+    item-to-item baselines come from the baselines' frame. Both give what one pass and the
+    baselines' own formulas give."""
+    from features.state import with_indices
+    from features.ties import tie_keys
+    from recsys import metrics
+
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
+    split = split_interactions(data.interactions, kind="temporal", test_fraction=0.25, impressions=data.impressions)
+    state = small_bundle.state
+    other = replace(small_bundle, state=replace(state))  # a second state object: a second frame per chunk
+    bundles = {"ranker": small_bundle, "ranker_other": other}
+    whole = evaluate.impression_evaluation(bundles, split.impressions_test, seed=5, state=state)
+    monkeypatch.setattr(evaluate, "IMPRESSION_CHUNK_ROWS", 7)
+    chunked = evaluate.impression_evaluation(bundles, split.impressions_test, seed=5, state=state)
+    assert whole.keys() == chunked.keys() and {"ranker", "ranker_other", "als", "ease", "text"} <= whole.keys()
+    for name in whole:
+        assert chunked[name] == pytest.approx(whole[name], abs=1e-9), name
+    assert whole["ranker"] == whole["ranker_other"]
+
+    shown = (with_indices(split.impressions_test, state.users, state.items).filter(pl.col("user_idx") >= 0)
+             .with_columns(pl.col("impression_id").rank("dense").cast(pl.Int32).alias("query_idx") - 1)
+             .sort("query_idx"))
+    u, i = shown["user_idx"].to_numpy(), shown["item_idx"].to_numpy()
+    known = state.pair_has_history(u, i)
+    ease = state.item_item.pair_scores(state.history(), u, i)
+    direct = {"als": np.where(known, state.als.pair_scores(u, i), np.nan),
+              "ease": np.where(known & (ease != 0), ease, np.nan)}
+    for name, scores in direct.items():
+        expected = metrics.impression_metrics(np.nan_to_num(scores.astype(np.float64), nan=-1e9),
+                                              shown["clicked"].to_numpy(), shown["query_idx"].to_numpy(),
+                                              tiebreak=tie_keys(5, u, i))
+        assert {k: v for k, v in whole[name].items() if k != "imp_count"} == pytest.approx(expected), name

@@ -16,7 +16,7 @@ import polars as pl
 from features.bundle import RankingBundle, head_k
 from features.candidates import seen_mask, top_n
 from features.item_item import fit_item_item
-from features.ranking_frame import build_ranking_frame
+from features.ranking_frame import feature_arrays
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from recsys import metrics, windows
@@ -26,6 +26,7 @@ from recsys.split import Split
 
 EVAL_CHUNK_USERS = 8_192  # users per ranking-frame chunk in evaluation: ~2.2M candidate rows
 MAX_KEPT_SCORES = 2_000_000  # labelled candidate scores kept for the score-distribution plot
+IMPRESSION_CHUNK_ROWS = 1_000_000  # shown rows per ranking-frame chunk of the impression metrics (whole impressions)
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_items) float32
 
 
@@ -335,28 +336,36 @@ def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.Dat
              .sort("query_idx"))
     if shown.height == 0:
         return {}
-    pairs = shown.select("query_idx", "user_idx", "item_idx")
-    frame = build_ranking_frame(state, pairs)
     labels = shown["clicked"].to_numpy()
     groups = shown["query_idx"].to_numpy()
     u, i = shown["user_idx"].to_numpy(), shown["item_idx"].to_numpy()
-    frames = {id(state): frame}
-
-    def frame_of(bundle: RankingBundle) -> pl.DataFrame:
-        if id(bundle.state) not in frames:
-            frames[id(bundle.state)] = build_ranking_frame(bundle.state, pairs)
-        return frames[id(bundle.state)]
-
-    scores = {name: bundle.score(frame_of(bundle)) for name, bundle in bundles.items()}
+    del shown
+    # Feature arrays in chunks of whole impressions (tens of millions of rows x every feature at
+    # scale): each state's bundles score a chunk, then it goes. The baselines' state's arrays also
+    # give the single-signal scores: its ALS, BPR and item-to-item columns are the baselines'
+    # (NaN where the pair has no history; item-to-item also where it is 0), the same float32 values.
+    states, readers = {id(state): state}, {id(state): []}
+    for name, bundle in bundles.items():
+        states[id(bundle.state)] = bundle.state
+        readers.setdefault(id(bundle.state), []).append(name)
+    single_columns = {"als": "als_score", "bpr": "bpr_score", "ease": "item_item_score", "text": "text_score"}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in [*bundles, *single_columns]}
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])  # first row of each impression
+    cut = np.searchsorted(starts, np.arange(0, len(groups), IMPRESSION_CHUNK_ROWS))
+    bounds = np.unique(np.r_[starts[cut[cut < len(starts)]], len(groups)])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        for key, names in readers.items():
+            arrays = feature_arrays(states[key], u[lo:hi], i[lo:hi], query_idx=groups[lo:hi])
+            for name in names:
+                parts[name].append(bundles[name].score(arrays))
+            if key == id(state):
+                for name, column in single_columns.items():
+                    parts[name].append(arrays[column])
+    scores = {name: np.concatenate(parts[name]) for name in bundles}
+    scores.update({name: np.concatenate(parts[name]) for name in single_columns})
     scores["random"] = np.random.default_rng(seed).random(len(labels))
     scores["popularity"] = state.item_features["item_pop_all"].to_numpy()[i]
     scores["popularity_7d"] = state.item_features["item_pop_7d"].to_numpy()[i] + scores["popularity"] * 1e-6
-    known = state.pair_has_history(u, i)
-    scores["als"] = np.where(known, state.als.pair_scores(u, i), np.nan)
-    scores["bpr"] = np.where(known, state.bpr.pair_scores(u, i), np.nan)
-    ease = state.item_item.pair_scores(state.history(), u, i)
-    scores["ease"] = np.where(known & (ease != 0), ease, np.nan)
-    scores["text"] = frame["text_score"].to_numpy()
     keys = tie_keys(seed, u, i)
     out = {}
     for name, s in scores.items():
