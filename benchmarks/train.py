@@ -155,7 +155,7 @@ def report(results: list[dict]) -> None:
     print(f"{'runs (best of)':16}" + "".join(f"{r.get('runs', 1):>14}" for r in results))
     print(f"{'total (wall)':16}" + "".join(f"{r['wall_s']:>14.1f}" for r in results)
           + f"{exponent(interactions, [r['wall_s'] for r in results]):>10.2f}")
-    print(f"{'peak RSS MB':16}" + "".join(f"{r['peak_rss_mb']:>14,.0f}" for r in results))
+    print(f"{'peak RSS MiB':16}" + "".join(f"{r['peak_rss_mb']:>14,.0f}" for r in results))
     print(f"{'ranker rows':16}" + "".join(f"{r['ranker_rows']:>14,.0f}" for r in results))
     print(f"{'LightGBM rows/s':16}" + "".join(
         f"{RANKER_MODELS * r['ranker_rows'] / max(r['stages']['ranker'], 1e-9):>14,.0f}" for r in results)
@@ -171,7 +171,8 @@ def report(results: list[dict]) -> None:
     full = results[-1]
     minutes, gigabytes = (60, 16) if full["scale"] >= 10 else (45, 12)  # issue 19 at scale 10, issue 7 below
     print(f"\nbudget at {full['interactions']:,} interactions: {full['wall_s'] / 60:.1f} min ({minutes}), "
-          f"{full['peak_rss_mb'] / 1024:.1f} GB ({gigabytes})")
+          f"{full['peak_rss_mb'] * 2**20 / 1e9:.1f} GB of 10^9 bytes ({gigabytes}; "
+          f"{full['peak_rss_mb'] / 1024:.1f} GiB)")
 
 
 if __name__ == "__main__":
