@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 KINDS = ("ease", "cosine")
 _BLOCK_ENTRIES = 8_000_000  # sparse score entries per block of users in pair_scores
 _COSINE_BLOCK_ENTRIES = 30_000_000  # partial co-occurrence products per block of item rows in the cosine fit
+COOCCURRENCE_NEIGHBOURS = 400  # weights per item of the co-occurrence baseline (training/evaluate.py)
+_COSINE_COLUMN_BLOCK = 20_000  # item columns per sparse product in the cosine fit (cache-sized)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class ItemItem:
                 block = self.user_scores_sparse(user_history[bounds[b]:bounds[b + 1]])
                 out[rows[pick]] = np.asarray(block[inverse[pick] - bounds[b], item_idx[rows[pick]]]).ravel()
         return out
+
+    def pruned(self, neighbours: int) -> ItemItem:
+        """The same model keeping each item's ``neighbours`` strongest weights: equal to fitting
+        with ``neighbours`` directly (the same order by magnitude and tie rule) when this model
+        keeps at least as many."""
+        return ItemItem(kind=self.kind, weights=_prune_rows(self.weights, neighbours))
 
     def with_new_items(self, n_new: int) -> ItemItem:
         """The same model over a catalog grown by ``n_new`` items that nobody has seen (zero weights)."""
@@ -141,6 +149,26 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
     else:
         weights = _cosine_weights(x, s, session_weight, neighbours)
     return ItemItem(kind=kind, weights=weights)
+
+
+def fit_with_cooccurrence(user_items: sp.csr_matrix, *, kind: str = "ease", neighbours: int = 200,
+                          max_items: int = 20_000, sessions: sp.csr_matrix | None = None,
+                          session_weight: float = 1.0, **settings) -> tuple[ItemItem, ItemItem | None]:
+    """``fit_item_item(user_items, ...)`` and, when that model is the plain co-occurrence cosine
+    (above ``max_items`` or asked for, without sessions), the co-occurrence baseline's
+    (``fit_item_item(user_items, kind="cosine", neighbours=COOCCURRENCE_NEIGHBOURS)``) from the
+    same pass over the counts, the costliest part of both at scale; else None for the second.
+    Both equal their separate fits: each is the wider one pruned.
+    """
+    plain = sessions is None or session_weight <= 0
+    if not plain or (kind == "ease" and user_items.shape[1] <= max_items):
+        return fit_item_item(user_items, kind=kind, neighbours=neighbours, max_items=max_items, sessions=sessions,
+                             session_weight=session_weight, **settings), None
+    wide = fit_item_item(user_items, kind=kind, neighbours=max(neighbours, COOCCURRENCE_NEIGHBOURS),
+                         max_items=max_items, **settings)
+    model = wide if neighbours >= COOCCURRENCE_NEIGHBOURS else wide.pruned(neighbours)
+    baseline = wide if neighbours <= COOCCURRENCE_NEIGHBOURS else wide.pruned(COOCCURRENCE_NEIGHBOURS)
+    return model, baseline
 
 
 def _ease_weights(counts: sp.csr_matrix, regularization: float, neighbours: int,
@@ -221,16 +249,22 @@ def _strongest(rows: np.ndarray, keep: int, first_row: int) -> np.ndarray:
 
 
 def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: float, neighbours: int,
-                    block_entries: int = _COSINE_BLOCK_ENTRIES) -> sp.csr_matrix:
+                    block_entries: int = _COSINE_BLOCK_ENTRIES,
+                    column_block: int = _COSINE_COLUMN_BLOCK) -> sp.csr_matrix:
     """Cosine of the co-occurrence counts ``G = X'X (+ session_weight S'S)``, pruned to
-    ``neighbours`` per row, computed in blocks of item rows.
+    ``neighbours`` per row, computed in blocks of item rows and, within each, of item columns.
 
-    x, s: binary float32 CSR (users or sessions x items). A block holds the items whose
+    x, s: binary float32 CSR (users or sessions x items). A row block holds the items whose
     products add up to about ``block_entries`` partial entries, so the peak is one block's counts
     plus the pruned result, not all of G (160M entries at 200,000 items, several copies of it
-    for the scaling). Every entry goes through the same float32 operations as on the whole
-    matrix, so the kept weights (values and columns) do not depend on the block size; only the
-    order of a row's stored entries may differ, which no product with the weights sees.
+    for the scaling). Each row block's counts are summed over ``column_block`` items at a time
+    against the users' entries in those columns only: the sparse product's accumulator and the
+    user rows it jumps between then stay the size of a 20,000-item catalog's whatever the
+    catalog, instead of missing the caches more as the catalog grows (the product's cost per
+    entry doubled from 20,000 to 200,000 items without it). Every entry goes through the same
+    float32 operations as on the whole matrix, so the kept weights (values and columns) do not
+    depend on either block size; only the order of a row's stored entries may differ, which no
+    product with the weights sees.
     """
     n_items = x.shape[1]
     xt = x.T.tocsr()
@@ -244,22 +278,48 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     diag = np.sqrt(diag).astype(np.float32)
     diag[diag == 0] = 1.0
     inverse = 1.0 / diag
-    scale_columns = sp.diags(inverse)
+    column_starts = list(range(0, n_items, max(1, column_block)))
+    x_columns = _column_blocks(x, column_starts)
+    s_columns = None if s is None else _column_blocks(s, column_starts)
     block_of_row = np.cumsum(row_cost) // max(1, block_entries)
     starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
     blocks = []
     for first, last in zip(starts, np.r_[starts[1:], n_items], strict=True):
-        counts = xt[first:last] @ x
-        if st is not None:
-            counts = counts + session_weight * (st[first:last] @ s)
-        cos = (sp.diags(inverse[first:last]) @ counts @ scale_columns).tocsr().astype(np.float32)
-        del counts
-        cos.setdiag(0.0, k=int(first))  # an item's own entry
-        cos.eliminate_zeros()
+        parts = []
+        for c, column_first in enumerate(column_starts):
+            counts = xt[first:last] @ x_columns[c]
+            if st is not None:
+                counts = counts + session_weight * (st[first:last] @ s_columns[c])
+            parts.append(_scaled_cosine(counts.tocsr(), inverse, int(first), column_first))
+        cos = sp.hstack(parts, format="csr", dtype=np.float32) if len(parts) > 1 else parts[0]
+        del parts
         blocks.append(_prune_rows(cos, neighbours, first_row=int(first)))
     if not blocks:
         return sp.csr_matrix((0, n_items), dtype=np.float32)
     return sp.vstack(blocks, format="csr", dtype=np.float32)
+
+
+def _column_blocks(matrix: sp.csr_matrix, starts: list[int]) -> list[sp.csr_matrix]:
+    """CSR slices of ``matrix``'s columns ``starts[c]:starts[c + 1]`` (the last to the end)."""
+    if len(starts) <= 1:
+        return [matrix]
+    by_column = matrix.tocsc()
+    bounds = [*starts, matrix.shape[1]]
+    return [by_column[:, a:b].tocsr() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _scaled_cosine(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int, first_column: int) -> sp.csr_matrix:
+    """float32 CSR ``counts[r, c] / (norm_r norm_c)`` of a block of G (rows from ``first_row``,
+    columns from ``first_column``), an item's own entry and zeros dropped. The same float32
+    operations, in the same order, as ``diags(inverse) @ G @ diags(inverse)``."""
+    counts = counts.astype(np.float32, copy=False)
+    rows = np.repeat(np.arange(counts.shape[0], dtype=np.int64), np.diff(counts.indptr))
+    columns = counts.indices.astype(np.int64)
+    values = (inverse[first_row + rows] * counts.data) * inverse[first_column + columns]
+    keep = (values != 0) & (first_row + rows != first_column + columns)
+    indptr = np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=counts.shape[0]))]
+    return sp.csr_matrix((values[keep].astype(np.float32, copy=False), counts.indices[keep], indptr),
+                         shape=counts.shape, dtype=np.float32)
 
 
 def _prune_rows(matrix: sp.csr_matrix, keep: int, first_row: int = 0) -> sp.csr_matrix:

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from features import behaviour
 from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
-from features.item_item import ItemItem, binary, fit_item_item
+from features.item_item import ItemItem, binary, fit_with_cooccurrence
 from features.text_interest import HistoryPooling, UserVectors, history_weights
 from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.ties import tie_keys
@@ -58,6 +58,8 @@ class FeatureState:
     history_len: int
     half_life: float
     pooling: HistoryPooling | None = None  # learned history attention (None: plain recency weights)
+    # The co-occurrence baseline's model when fitting ``item_item`` gave it (not saved; evaluation only).
+    cooccurrence: ItemItem | None = field(default=None, repr=False, compare=False)
     _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _history: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
     _text_popularity: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -245,10 +247,10 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         sessions = None
         if config.item_item_session_gap_seconds > 0:
             sessions = build_session_items(events, items, config.item_item_session_gap_seconds)
-        item_item = fit_item_item(user_items, kind="ease", regularization=config.item_item_regularization,
-                                  neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
-                                  dropout=config.item_item_dropout, sessions=sessions,
-                                  session_weight=config.item_item_session_weight)
+        item_item, cooccurrence = fit_with_cooccurrence(
+            user_items, kind="ease", regularization=config.item_item_regularization,
+            neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
+            dropout=config.item_item_dropout, sessions=sessions, session_weight=config.item_item_session_weight)
     bar.update(1)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
@@ -267,7 +269,7 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     bar.close()
     return FeatureState(
         users=users, items=items, categories=categories, item_category=item_category,
-        als=als, bpr=bpr, item_item=item_item, item_vectors=item_vectors,
+        als=als, bpr=bpr, item_item=item_item, cooccurrence=cooccurrence, item_vectors=item_vectors,
         user_text=UserVectors(weights, item_vectors),
         text_popularity_weights=fit_text_popularity(item_vectors,
                                                     item_table.sort("item_idx")["item_pop_all_rel"].to_numpy()),

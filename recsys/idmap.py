@@ -29,7 +29,7 @@ class IdMap:
         """Fit the vocabulary: unique ids in first-seen order. Returns self."""
         series = pl.Series("id", ids, dtype=pl.String).drop_nulls().unique(maintain_order=True)
         self._ids = series
-        self._index = {value: i for i, value in enumerate(series.to_list())}
+        self._index = None  # built on the first one-id lookup (a million Python strings at scale)
         return self
 
     def extend(self, ids: pl.Series | list[str]) -> IdMap:
@@ -44,6 +44,16 @@ class IdMap:
             raise NotFittedError(f"{self.kind} id map is not fitted; call fit(ids) first")
         return self._ids
 
+    def warm(self) -> None:
+        """Build the one-id lookup now (a server before its first request), not on first use."""
+        self._lookup()
+
+    def _lookup(self) -> dict[str, int]:
+        """id -> index for one-id lookups (requests), built once when first needed."""
+        if self._index is None:
+            self._index = {value: i for i, value in enumerate(self._require().to_list())}
+        return self._index
+
     def __len__(self) -> int:
         return self._require().len()
 
@@ -52,14 +62,12 @@ class IdMap:
         return self._require()
 
     def __contains__(self, external_id: str) -> bool:
-        self._require()
-        return external_id in self._index
+        return external_id in self._lookup()
 
     def index_of(self, external_id: str) -> int:
         """Index of one id; raises UnknownIdError with a hint when the id was not fitted."""
-        self._require()
         try:
-            return self._index[external_id]
+            return self._lookup()[external_id]
         except KeyError:
             raise UnknownIdError(
                 f"unknown {self.kind} id {external_id!r}: it was not in the training data. "
@@ -70,7 +78,8 @@ class IdMap:
         """Vectorised lookup -> int32 array. ``unknown``: "raise", or "null" to return -1."""
         known = self._require()
         if not isinstance(ids, pl.Series) and len(ids) <= 256:  # a request: dict lookups beat a join
-            joined_small = np.fromiter((self._index.get(i, -1) for i in ids), dtype=np.int32, count=len(ids))
+            index = self._lookup()
+            joined_small = np.fromiter((index.get(i, -1) for i in ids), dtype=np.int32, count=len(ids))
             if unknown == "raise" and (joined_small < 0).any():
                 example = ids[int(np.flatnonzero(joined_small < 0)[0])]
                 raise UnknownIdError(

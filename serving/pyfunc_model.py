@@ -42,6 +42,8 @@ class RecommenderModel(PythonModel):
 
         self.bundle = RankingBundle.load(context.artifacts["bundle"])
         self.bundle.state.dense_tables()  # build the lookup tables now, not on the first request
+        self.bundle.state.users.warm()
+        self.bundle.state.items.warm()
         self.bundle.compiled_trees()  # compile (or load the cached) trees now, once per process
         # The server runs requests in a thread pool; ranking several at once only makes them
         # fight over the cores and the GIL, so requests that arrive together are ranked together,

@@ -165,3 +165,21 @@ def test_impression_metrics_in_chunks_equal_one_pass_and_the_direct_baseline_sco
                                               shown["clicked"].to_numpy(), shown["query_idx"].to_numpy(),
                                               tiebreak=tie_keys(5, u, i))
         assert {k: v for k, v in whole[name].items() if k != "imp_count"} == pytest.approx(expected), name
+
+
+def test_the_cooccurrence_baseline_is_the_states_shared_fit_when_it_has_one(small_bundle):
+    from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item, fit_with_cooccurrence
+
+    state = small_bundle.state
+    users = np.arange(min(40, state.n_users))
+    separate = evaluate.baseline_scorers(state, seed=0)["cooccurrence"](users)
+    direct = fit_item_item(state.seen, kind="cosine", neighbours=COOCCURRENCE_NEIGHBOURS)
+    expected = np.where(~state.item_has_history() | (direct.user_scores(state.history()[users]) == 0), np.nan,
+                        direct.user_scores(state.history()[users]))
+    np.testing.assert_array_equal(separate, expected)
+    _, shared = fit_with_cooccurrence(state.seen, kind="cosine", neighbours=5)
+    with_shared = replace(state, cooccurrence=shared)
+    np.testing.assert_array_equal(evaluate.baseline_scorers(with_shared, seed=0)["cooccurrence"](users), separate)
+    # The scorer reads the state's model, not a fit of its own: an emptied copy scores nothing.
+    silent = replace(state, cooccurrence=replace(shared, weights=shared.weights * 0))
+    assert np.isnan(evaluate.baseline_scorers(silent, seed=0)["cooccurrence"](users)).all()

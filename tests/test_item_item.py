@@ -174,8 +174,10 @@ def test_item_to_item_settings_are_validated(key, value, message):
         PipelineConfig.from_dict({key: value})
 
 
-@pytest.mark.parametrize("block_entries", [1, 40, 10**9])  # a row per block, a few rows, one block
-def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(block_entries):
+# Row blocks: a row per block, a few rows, one block; column blocks: one column, a few, all.
+@pytest.mark.parametrize(("block_entries", "column_block"), [(1, 10**9), (40, 10**9), (10**9, 10**9), (40, 1),
+                                                             (10**9, 7), (40, 50)])
+def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(block_entries, column_block):
     from features.item_item import _cosine_weights, _prune_rows, binary
 
     ui = sp.random(300, 120, density=0.08, random_state=1, format="csr", dtype=np.float32)
@@ -200,10 +202,10 @@ def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(blo
     norm[norm == 0] = 1.0
     cosine = counts / norm[:, None] / norm[None, :]
     np.fill_diagonal(cosine, 0.0)
-    got = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=block_entries)
+    got = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=block_entries, column_block=column_block)
     assert got.shape == (120, 120) and got.dtype == np.float32
     assert got.diagonal().tolist() == [0.0] * 120
-    one_block = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=10**9)
+    one_block = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=10**9, column_block=column_block)
     assert (got != one_block).nnz == 0 and (got.indices == one_block.indices).all()  # bit for bit, same order
     ordered = got.copy()
     ordered.sort_indices()
@@ -215,3 +217,33 @@ def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(blo
         strongest = np.sort(cosine[item])[::-1][:8]
         assert row.nnz == min(8, np.count_nonzero(cosine[item]))
         np.testing.assert_allclose(np.sort(row.data)[::-1], strongest[:row.nnz], rtol=1e-5)
+
+
+@pytest.mark.parametrize("neighbours", [37, 400, 450])
+def test_item_to_item_and_cooccurrence_from_one_fit_equal_their_separate_fits(neighbours):
+    from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item, fit_with_cooccurrence
+
+    # 600 items with rows of ~500 co-occurring items: both prunings cut, with ties (0/1 counts).
+    ui = sp.random(700, 600, density=0.3, random_state=3, format="csr", dtype=np.float32)
+    model, baseline = fit_with_cooccurrence(ui, kind="ease", neighbours=neighbours, max_items=100)
+    alone = fit_item_item(ui, kind="ease", neighbours=neighbours, max_items=100)
+    baseline_alone = fit_item_item(ui, kind="cosine", neighbours=COOCCURRENCE_NEIGHBOURS)
+    assert model.kind == "cosine" and baseline is not None
+    assert np.diff(model.weights.indptr).max() == neighbours
+    for got, want in ((model, alone), (baseline, baseline_alone)):
+        got_w, want_w = got.weights.copy(), want.weights.copy()
+        got_w.sort_indices()
+        want_w.sort_indices()
+        for name in ("indptr", "indices", "data"):
+            assert np.array_equal(getattr(got_w, name), getattr(want_w, name)), name
+
+
+def test_no_shared_cooccurrence_for_ease_or_sessions():
+    from features.item_item import fit_with_cooccurrence
+
+    ui = sp.random(200, 80, density=0.1, random_state=4, format="csr", dtype=np.float32)
+    model, baseline = fit_with_cooccurrence(ui, kind="ease", neighbours=10, max_items=100)
+    assert (model.kind, baseline) == ("ease", None)
+    sessions = sp.random(300, 80, density=0.05, random_state=5, format="csr", dtype=np.float32)
+    model, baseline = fit_with_cooccurrence(ui, kind="cosine", neighbours=10, sessions=sessions, session_weight=0.5)
+    assert (model.kind, baseline) == ("cosine", None)

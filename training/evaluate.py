@@ -15,7 +15,7 @@ import polars as pl
 
 from features.bundle import RankingBundle, head_k
 from features.candidates import seen_mask, top_n
-from features.item_item import fit_item_item
+from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
 from features.ranking_frame import feature_arrays
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
@@ -81,7 +81,9 @@ def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
     over co-occurrence counts (the classic "people who watched this also watched"); ``newest``
     ranks items by when they were first seen in the window (clicks or impressions), newest first.
     """
-    cooccurrence = fit_item_item(state.seen, kind="cosine", neighbours=400)
+    cooccurrence = state.cooccurrence  # fitted with the state's item-to-item model when that is the cosine
+    if cooccurrence is None:
+        cooccurrence = fit_item_item(state.seen, kind="cosine", neighbours=COOCCURRENCE_NEIGHBOURS)
     rng = np.random.default_rng(seed)
     pop = state.item_features["item_pop_all"].to_numpy().astype(np.float32)
     # Recent popularity: the 7-day count, ties broken by all-time count (a strong news baseline).
