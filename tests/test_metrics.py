@@ -193,6 +193,27 @@ def test_vectorised_impression_metrics_equal_the_per_impression_loop(seed):
     assert np.isnan(none_clicked["imp_mrr"]) and np.isnan(none_clicked["imp_auc"])
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 7, 250])
+def test_impression_sorts_in_chunks_of_whole_groups_equal_one_sort(chunk_rows, monkeypatch):
+    rng = np.random.default_rng(5)
+    n = 3_000
+    groups = np.sort(rng.integers(0, 400, n))  # in impression order: the chunked path
+    labels = (rng.random(n) < 0.2).astype(np.int8)
+    scores = rng.integers(0, 6, n).astype(np.float64)
+    tiebreak = rng.integers(0, 4, n).astype(np.uint64)  # ties left after the tie keys: row order decides
+    whole = {keys: metrics.impression_metrics(scores, labels, groups, tiebreak=tiebreak if keys else None)
+             for keys in (False, True)}
+    monkeypatch.setattr(metrics, "_SORT_CHUNK_ROWS", chunk_rows)
+    assert np.array_equal(metrics._lexsort_in_groups((tiebreak, -scores), groups),
+                          np.lexsort((tiebreak, -scores, groups)))
+    assert np.array_equal(metrics._lexsort_in_groups((scores,), groups), np.lexsort((scores, groups)))
+    for keys in (False, True):
+        assert metrics.impression_metrics(scores, labels, groups, tiebreak=tiebreak if keys else None) == whole[keys]
+    shuffled = rng.permutation(n)  # out of order: one sort, the same as lexsort
+    assert np.array_equal(metrics._lexsort_in_groups((scores[shuffled],), groups[shuffled]),
+                          np.lexsort((scores[shuffled], groups[shuffled])))
+
+
 @pytest.mark.parametrize(("scores", "labels", "groups"), [
     ([1.0, 2.0, 2.0, 3.0], [0, 1, 1, 0], [0, 0, 1, 1]),  # equal scores across a group boundary
     ([np.nan, np.nan, 1.0, 0.5, 2.0], [1, 0, 0, 1, 1], [0, 0, 0, 0, 1]),  # a run of NaN; a one-row group
