@@ -36,7 +36,6 @@ KINDS = ("ease", "cosine")
 _BLOCK_ENTRIES = 8_000_000  # sparse score entries per block of users in pair_scores
 _COSINE_BLOCK_ENTRIES = 30_000_000  # partial co-occurrence products per block of item rows in the cosine fit
 COOCCURRENCE_NEIGHBOURS = 400  # weights per item of the co-occurrence baseline (training/evaluate.py)
-_COSINE_COLUMN_BLOCK = 20_000  # item columns per sparse product in the cosine fit (cache-sized)
 
 
 @dataclass(frozen=True)
@@ -249,22 +248,16 @@ def _strongest(rows: np.ndarray, keep: int, first_row: int) -> np.ndarray:
 
 
 def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: float, neighbours: int,
-                    block_entries: int = _COSINE_BLOCK_ENTRIES,
-                    column_block: int = _COSINE_COLUMN_BLOCK) -> sp.csr_matrix:
+                    block_entries: int = _COSINE_BLOCK_ENTRIES) -> sp.csr_matrix:
     """Cosine of the co-occurrence counts ``G = X'X (+ session_weight S'S)``, pruned to
-    ``neighbours`` per row, computed in blocks of item rows and, within each, of item columns.
+    ``neighbours`` per row, computed in blocks of item rows.
 
-    x, s: binary float32 CSR (users or sessions x items). A row block holds the items whose
+    x, s: binary float32 CSR (users or sessions x items). A block holds the items whose
     products add up to about ``block_entries`` partial entries, so the peak is one block's counts
     plus the pruned result, not all of G (160M entries at 200,000 items, several copies of it
-    for the scaling). Each row block's counts are summed over ``column_block`` items at a time
-    against the users' entries in those columns only: the sparse product's accumulator and the
-    user rows it jumps between then stay the size of a 20,000-item catalog's whatever the
-    catalog, instead of missing the caches more as the catalog grows (the product's cost per
-    entry doubled from 20,000 to 200,000 items without it). Every entry goes through the same
-    float32 operations as on the whole matrix, so the kept weights (values and columns) do not
-    depend on either block size; only the order of a row's stored entries may differ, which no
-    product with the weights sees.
+    for the scaling). Every entry goes through the same float32 operations as on the whole
+    matrix, so the kept weights (values and columns) do not depend on the block size; only the
+    order of a row's stored entries may differ, which no product with the weights sees.
     """
     n_items = x.shape[1]
     xt = x.T.tocsr()
@@ -278,64 +271,64 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     diag = np.sqrt(diag).astype(np.float32)
     diag[diag == 0] = 1.0
     inverse = 1.0 / diag
-    column_starts = list(range(0, n_items, max(1, column_block)))
-    x_columns = _column_blocks(x, column_starts)
-    s_columns = None if s is None else _column_blocks(s, column_starts)
     block_of_row = np.cumsum(row_cost) // max(1, block_entries)
     starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
     blocks = []
     for first, last in zip(starts, np.r_[starts[1:], n_items], strict=True):
-        parts = []
-        for c, column_first in enumerate(column_starts):
-            counts = xt[first:last] @ x_columns[c]
-            if st is not None:
-                counts = counts + session_weight * (st[first:last] @ s_columns[c])
-            parts.append(_scaled_cosine(counts.tocsr(), inverse, int(first), column_first))
-        cos = sp.hstack(parts, format="csr", dtype=np.float32) if len(parts) > 1 else parts[0]
-        del parts
+        counts = xt[first:last] @ x
+        if st is not None:
+            counts = counts + session_weight * (st[first:last] @ s)
+        cos = _scaled_cosine(counts.tocsr(), inverse, int(first))
+        del counts
         blocks.append(_prune_rows(cos, neighbours, first_row=int(first)))
     if not blocks:
         return sp.csr_matrix((0, n_items), dtype=np.float32)
     return sp.vstack(blocks, format="csr", dtype=np.float32)
 
 
-def _column_blocks(matrix: sp.csr_matrix, starts: list[int]) -> list[sp.csr_matrix]:
-    """CSR slices of ``matrix``'s columns ``starts[c]:starts[c + 1]`` (the last to the end)."""
-    if len(starts) <= 1:
-        return [matrix]
-    by_column = matrix.tocsc()
-    bounds = [*starts, matrix.shape[1]]
-    return [by_column[:, a:b].tocsr() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-def _scaled_cosine(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int, first_column: int) -> sp.csr_matrix:
-    """float32 CSR ``counts[r, c] / (norm_r norm_c)`` of a block of G (rows from ``first_row``,
-    columns from ``first_column``), an item's own entry and zeros dropped. The same float32
-    operations, in the same order, as ``diags(inverse) @ G @ diags(inverse)``."""
+def _scaled_cosine(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int) -> sp.csr_matrix:
+    """float32 CSR ``counts[r, c] / (norm_r norm_c)`` of a block of G's rows (from ``first_row``;
+    every column), an item's own entry and zeros dropped. The same float32 operations, in the
+    same order, as ``diags(inverse) @ G @ diags(inverse)``, without the two sparse products."""
     counts = counts.astype(np.float32, copy=False)
     rows = np.repeat(np.arange(counts.shape[0], dtype=np.int64), np.diff(counts.indptr))
     columns = counts.indices.astype(np.int64)
-    values = (inverse[first_row + rows] * counts.data) * inverse[first_column + columns]
-    keep = (values != 0) & (first_row + rows != first_column + columns)
+    values = (inverse[first_row + rows] * counts.data) * inverse[columns]
+    keep = (values != 0) & (first_row + rows != columns)
     indptr = np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=counts.shape[0]))]
     return sp.csr_matrix((values[keep].astype(np.float32, copy=False), counts.indices[keep], indptr),
                          shape=counts.shape, dtype=np.float32)
 
 
 def _prune_rows(matrix: sp.csr_matrix, keep: int, first_row: int = 0) -> sp.csr_matrix:
-    """Keep the ``keep`` largest-magnitude entries of each row (a history item's strongest votes).
-    first_row: the item index of the matrix's row 0 (a block of rows), for the tie rule."""
+    """Keep the ``keep`` largest-magnitude entries of each row (a history item's strongest votes);
+    among entries tied at the cut, the seeded tie rule decides (never the column index), as
+    ``np.lexsort((tie_keys(0, row, cols), -abs(values)))[:keep]`` would. Kept entries stay in
+    column order. first_row: the item index of the matrix's row 0 (a block of rows), for the tie
+    rule. A row's cut is found by a partition (linear), and tie keys are hashed only for the
+    entries tied at it, not for the whole row.
+    """
     matrix = matrix.tocsr()
-    indptr, indices, data = [0], [], []
-    for row in range(matrix.shape[0]):
+    lengths = np.diff(matrix.indptr)
+    long_rows = np.flatnonzero(lengths > keep)
+    if long_rows.size == 0:
+        return sp.csr_matrix((matrix.data.astype(np.float32), matrix.indices, matrix.indptr), shape=matrix.shape,
+                             dtype=np.float32)
+    kept = np.ones(matrix.nnz, dtype=bool)
+    magnitude = np.abs(matrix.data)
+    for row in long_rows:
         start, stop = matrix.indptr[row], matrix.indptr[row + 1]
-        values, cols = matrix.data[start:stop], matrix.indices[start:stop]
-        if len(values) > keep:  # ties in magnitude by the seeded tie rule, not the column index
-            top = np.lexsort((tie_keys(0, first_row + row, cols), -np.abs(values)))[:keep]
-            values, cols = values[top], cols[top]
-        indices.append(cols)
-        data.append(values)
-        indptr.append(indptr[-1] + len(values))
-    return sp.csr_matrix((np.concatenate(data) if data else np.zeros(0, np.float32),
-                          np.concatenate(indices) if indices else np.zeros(0, np.int32), np.array(indptr)),
+        row_magnitude = magnitude[start:stop]
+        cut = np.partition(row_magnitude, stop - start - keep)[stop - start - keep]
+        row_kept = row_magnitude > cut
+        tied = np.flatnonzero(row_magnitude == cut)
+        need = keep - int(row_kept.sum())
+        if need < tied.size:  # the tie rule picks which of the tied entries stay
+            keys = tie_keys(0, first_row + int(row), matrix.indices[start:stop][tied])
+            tied = tied[np.argsort(keys, kind="stable")[:need]]
+        row_kept[tied] = True
+        kept[start:stop] = row_kept
+    indptr = np.r_[0, np.cumsum(np.bincount(np.repeat(np.arange(matrix.shape[0]), lengths)[kept],
+                                            minlength=matrix.shape[0]))]
+    return sp.csr_matrix((matrix.data[kept].astype(np.float32), matrix.indices[kept], indptr),
                          shape=matrix.shape, dtype=np.float32)
