@@ -42,7 +42,8 @@ RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, o
 def run_measured(command: list[str], env: dict[str, str], log_path: Path | None = None) -> tuple[str, float, float]:
     """Run ``command``; return its stdout, wall seconds and peak RSS (MB) of that child alone.
     With ``log_path`` its output is also written there line by line as it comes (``tail -f`` to
-    follow a long run: its stage lines and progress; one file per run)."""
+    follow a long run: its stage lines and progress; one file per run, named with the scale, the
+    run and when the benchmark started)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -95,6 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = []
+    started = time.strftime("%Y%m%d-%H%M%S")  # in the log names: a rerun keeps the earlier logs
     for scale in sorted(args.scales):
         folder = ROOT / args.data_dir / f"scale-{scale:g}"
         info = ensure_data(folder, scale, env)
@@ -105,7 +107,7 @@ def main() -> None:
               f"{info['n_interactions']:,} interactions ...", flush=True)
         runs = []
         for repeat in range(1 if scale == max(args.scales) else max(1, args.repeats)):
-            log_path = ROOT / args.data_dir / "bench" / f"train-scale-{scale:g}-run{repeat + 1}.log"
+            log_path = ROOT / args.data_dir / "bench" / f"train-scale-{scale:g}-run{repeat + 1}-{started}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             print(f"  its output: {log_path}", flush=True)
             output, wall, peak_mb = run_measured(command, env, log_path)
