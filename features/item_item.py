@@ -254,7 +254,7 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
 
     x, s: binary float32 CSR (users or sessions x items). A block holds the items whose
     products add up to about ``block_entries`` partial entries, so the peak is one block's counts
-    plus the pruned result, not all of G (160M entries at 200,000 items, several copies of it
+    plus the pruned result (``neighbours`` per item), not all of G (160M entries at 200,000 items, several copies of it
     for the scaling). Every entry goes through the same float32 operations as on the whole
     matrix, so the kept weights (values and columns) do not depend on the block size; only the
     order of a row's stored entries may differ, which no product with the weights sees.
@@ -291,29 +291,32 @@ def _scaled_cosine(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int) -
     every column), an item's own entry and zeros dropped. The same float32 operations, in the
     same order, as ``diags(inverse) @ G @ diags(inverse)``, without the two sparse products."""
     counts = counts.astype(np.float32, copy=False)
-    rows = np.repeat(np.arange(counts.shape[0], dtype=np.int64), np.diff(counts.indptr))
-    columns = counts.indices.astype(np.int64)
-    values = (inverse[first_row + rows] * counts.data) * inverse[columns]
-    keep = (values != 0) & (first_row + rows != columns)
-    indptr = np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=counts.shape[0]))]
-    return sp.csr_matrix((values[keep].astype(np.float32, copy=False), counts.indices[keep], indptr),
-                         shape=counts.shape, dtype=np.float32)
+    n_rows = counts.shape[0]
+    rows = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(counts.indptr))  # int32: blocks are large
+    values = (inverse[first_row:first_row + n_rows][rows] * counts.data) * inverse[counts.indices]
+    keep = (values != 0) & (rows != counts.indices - np.int32(first_row))
+    del rows
+    indptr = np.r_[0, np.cumsum(keep)][counts.indptr]
+    return sp.csr_matrix((values[keep], counts.indices[keep], indptr), shape=counts.shape, dtype=np.float32)
 
 
 def _prune_rows(matrix: sp.csr_matrix, keep: int, first_row: int = 0) -> sp.csr_matrix:
     """Keep the ``keep`` largest-magnitude entries of each row (a history item's strongest votes);
     among entries tied at the cut, the seeded tie rule decides (never the column index), as
     ``np.lexsort((tie_keys(0, row, cols), -abs(values)))[:keep]`` would. Kept entries stay in
-    column order. first_row: the item index of the matrix's row 0 (a block of rows), for the tie
-    rule. A row's cut is found by a partition (linear), and tie keys are hashed only for the
-    entries tied at it, not for the whole row.
+    their stored order. first_row: the item index of the matrix's row 0 (a block of rows), for
+    the tie rule. values: without NaN. A row's cut is found by a partition (linear), and tie keys
+    are hashed only for the entries tied at it, not for the whole row. Returns a new matrix
+    (no array shared with the input).
     """
     matrix = matrix.tocsr()
     lengths = np.diff(matrix.indptr)
+    if keep <= 0:
+        return sp.csr_matrix(matrix.shape, dtype=np.float32)
     long_rows = np.flatnonzero(lengths > keep)
     if long_rows.size == 0:
-        return sp.csr_matrix((matrix.data.astype(np.float32), matrix.indices, matrix.indptr), shape=matrix.shape,
-                             dtype=np.float32)
+        return sp.csr_matrix((matrix.data.astype(np.float32), matrix.indices.copy(), matrix.indptr.copy()),
+                             shape=matrix.shape, dtype=np.float32)
     kept = np.ones(matrix.nnz, dtype=bool)
     magnitude = np.abs(matrix.data)
     for row in long_rows:
@@ -328,7 +331,6 @@ def _prune_rows(matrix: sp.csr_matrix, keep: int, first_row: int = 0) -> sp.csr_
             tied = tied[np.argsort(keys, kind="stable")[:need]]
         row_kept[tied] = True
         kept[start:stop] = row_kept
-    indptr = np.r_[0, np.cumsum(np.bincount(np.repeat(np.arange(matrix.shape[0]), lengths)[kept],
-                                            minlength=matrix.shape[0]))]
+    indptr = np.r_[0, np.cumsum(kept)][matrix.indptr]
     return sp.csr_matrix((matrix.data[kept].astype(np.float32), matrix.indices[kept], indptr),
                          shape=matrix.shape, dtype=np.float32)

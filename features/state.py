@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from features import behaviour
 from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
-from features.item_item import ItemItem, binary, fit_with_cooccurrence
+from features.item_item import ItemItem, binary, fit_item_item, fit_with_cooccurrence
 from features.text_interest import HistoryPooling, UserVectors, history_weights
 from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.ties import tie_keys
@@ -221,8 +221,12 @@ def with_indices(events: pl.DataFrame, users: IdMap, items: IdMap) -> pl.DataFra
 
 def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                       impressions: pl.DataFrame | None, item_vectors: np.ndarray, users: IdMap,
-                      items: IdMap, config: PipelineConfig, pooling: HistoryPooling | None = None) -> FeatureState:
+                      items: IdMap, config: PipelineConfig, pooling: HistoryPooling | None = None,
+                      with_cooccurrence: bool = False) -> FeatureState:
     """Fit CF models and compute feature tables on ``interactions`` (one window).
+
+    with_cooccurrence: also keep the co-occurrence baseline's model (``cooccurrence``) when the
+    item-to-item fit is the plain cosine, from the same pass (a state whose baselines are evaluated).
 
     catalog: the items table, in the order of ``items`` (the item id map).
     users/items: fitted id maps; every user and item in ``interactions`` must be in them.
@@ -247,10 +251,14 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         sessions = None
         if config.item_item_session_gap_seconds > 0:
             sessions = build_session_items(events, items, config.item_item_session_gap_seconds)
-        item_item, cooccurrence = fit_with_cooccurrence(
-            user_items, kind="ease", regularization=config.item_item_regularization,
-            neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
-            dropout=config.item_item_dropout, sessions=sessions, session_weight=config.item_item_session_weight)
+        settings = dict(kind="ease", regularization=config.item_item_regularization,
+                        neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
+                        dropout=config.item_item_dropout, sessions=sessions,
+                        session_weight=config.item_item_session_weight)
+        if with_cooccurrence:
+            item_item, cooccurrence = fit_with_cooccurrence(user_items, **settings)
+        else:
+            item_item, cooccurrence = fit_item_item(user_items, **settings), None
     bar.update(1)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)

@@ -167,19 +167,29 @@ def test_impression_metrics_in_chunks_equal_one_pass_and_the_direct_baseline_sco
         assert {k: v for k, v in whole[name].items() if k != "imp_count"} == pytest.approx(expected), name
 
 
-def test_the_cooccurrence_baseline_is_the_states_shared_fit_when_it_has_one(small_bundle):
-    from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item, fit_with_cooccurrence
+def test_an_evaluated_cosine_state_keeps_the_cooccurrence_baseline_from_its_own_fit(split):
+    from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
+    from features.state import fit_feature_state
+    from recsys.idmap import IdMap
 
-    state = small_bundle.state
-    users = np.arange(min(40, state.n_users))
-    separate = evaluate.baseline_scorers(state, seed=0)["cooccurrence"](users)
-    direct = fit_item_item(state.seen, kind="cosine", neighbours=COOCCURRENCE_NEIGHBOURS)
-    expected = np.where(~state.item_has_history() | (direct.user_scores(state.history()[users]) == 0), np.nan,
-                        direct.user_scores(state.history()[users]))
-    np.testing.assert_array_equal(separate, expected)
-    _, shared = fit_with_cooccurrence(state.seen, kind="cosine", neighbours=5)
-    with_shared = replace(state, cooccurrence=shared)
-    np.testing.assert_array_equal(evaluate.baseline_scorers(with_shared, seed=0)["cooccurrence"](users), separate)
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
+    # 150 items above item_item_max_items: the state's item-to-item model is the plain cosine.
+    config = PipelineConfig.from_dict({**tiny_config_dict(), "item_item_max_items": 100, "item_item_neighbours": 3})
+    vectors = np.random.default_rng(0).normal(size=(150, 384)).astype(np.float32)
+    users = IdMap(kind="user").fit(split.train["user_id"])
+    items = IdMap(kind="item").fit(data.items["item_id"])
+    fit = {flag: fit_feature_state(catalog=data.items, interactions=split.train, impressions=split.impressions_train,
+                                   item_vectors=vectors, users=users, items=items, config=config,
+                                   with_cooccurrence=flag) for flag in (False, True)}
+    assert fit[False].cooccurrence is None
+    state = fit[True]
+    separate = fit_item_item(state.seen, kind="cosine", neighbours=COOCCURRENCE_NEIGHBOURS).weights
+    assert (state.cooccurrence.weights != separate).nnz == 0
+    assert (state.item_item.weights != fit[False].item_item.weights).nnz == 0  # the same 3-neighbour model
+    assert np.diff(state.item_item.weights.indptr).max() == 3 < np.diff(separate.indptr).max()
+    user_idx = np.arange(40)
+    scores = evaluate.baseline_scorers(state, seed=0)["cooccurrence"](user_idx)
+    np.testing.assert_array_equal(scores, evaluate.baseline_scorers(fit[False], seed=0)["cooccurrence"](user_idx))
     # The scorer reads the state's model, not a fit of its own: an emptied copy scores nothing.
-    silent = replace(state, cooccurrence=replace(shared, weights=shared.weights * 0))
-    assert np.isnan(evaluate.baseline_scorers(silent, seed=0)["cooccurrence"](users)).all()
+    silent = replace(state, cooccurrence=replace(state.cooccurrence, weights=state.cooccurrence.weights * 0))
+    assert np.isnan(evaluate.baseline_scorers(silent, seed=0)["cooccurrence"](user_idx)).all()

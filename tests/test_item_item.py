@@ -278,6 +278,9 @@ def test_pruning_keeps_the_strongest_entries_with_ties_by_the_tie_rule(keep):
     for name in ("indptr", "indices", "data"):
         assert np.array_equal(getattr(got, name), getattr(want, name)), name
     assert got.dtype == np.float32 and np.diff(got.indptr).max() == min(keep, np.diff(matrix.indptr).max())
+    assert _prune_rows(matrix, 0).nnz == 0
+    unpruned = _prune_rows(matrix, 100)  # nothing to cut: a copy, sharing no array with the input
+    assert (unpruned != matrix).nnz == 0 and not np.shares_memory(unpruned.indices, matrix.indices)
     # Another block offset is another tie rule draw: the tied entries kept differ somewhere.
     if keep in (3, 6):
         other = _prune_rows(matrix, keep, first_row=0)

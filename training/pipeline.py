@@ -105,11 +105,14 @@ class Windows:
 
 
 def window_state(w: Windows, window: Split, item_vectors: np.ndarray, config: PipelineConfig,
-                 pooling=None) -> FeatureState:
+                 pooling=None, *, evaluated: bool = False) -> FeatureState:
     """The stage-1 state fitted on ``window.train`` (and its training impressions), with the run's
-    catalog and id maps: every feature window, and the training window of the refit."""
+    catalog and id maps: every feature window, and the training window of the refit.
+    evaluated: the state's baselines are evaluated (the validation and the test state), so it
+    also keeps the co-occurrence baseline's model when its item-to-item fit gives it."""
     return fit_feature_state(catalog=w.catalog, interactions=window.train, impressions=window.impressions_train,
-                             item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling)
+                             item_vectors=item_vectors, users=w.users, items=w.items, config=config, pooling=pooling,
+                             with_cooccurrence=evaluated)
 
 
 def split_windows(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts | None = None) -> Windows:
@@ -166,7 +169,7 @@ class Fitted:
 def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted:
     """Feature-window state, one labelled frame and ranker per variant, and the validation
     evaluation (full ranking on the held-out label users) that chooses the shipped one."""
-    state = window_state(w, w.nested, text.finetuned_vectors, config, text.pooling)
+    state = window_state(w, w.nested, text.finetuned_vectors, config, text.pooling, evaluated=True)
     state_pretrained = with_text_vectors(state, w.nested.train, text.pretrained_vectors)
     states = variants.states_by_variant(state, state_pretrained)
     counts: dict[str, int] = {}
@@ -234,7 +237,7 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
     """Refit the stage-1 state on the whole training window and evaluate every variant (the
     shipped one named ``ranker``) and baseline on test. Returns the evaluation and the bundles."""
     with stage("features"):
-        state = window_state(w, w.split, text.finetuned_vectors, config, text.pooling)
+        state = window_state(w, w.split, text.finetuned_vectors, config, text.pooling, evaluated=True)
         state_pretrained = with_text_vectors(state, w.split.train, text.pretrained_vectors)
     names = variants.shipped_names(fitted.rankers, fitted.choice.shipped)
     states = variants.states_by_variant(state, state_pretrained)
