@@ -1,9 +1,13 @@
-"""Time and peak memory of one EASE fit on a data folder's clicks (the cubic, dense item-to-item model).
+"""Time and peak memory of one item-to-item fit on a data folder's clicks.
 
-    .venv/bin/python benchmarks/item_item_scale.py data/scale-1      # after benchmarks/train.py or recsys generate
+    .venv/bin/python benchmarks/item_item_scale.py data/scale-1                  # EASE (dense, cubic)
+    .venv/bin/python benchmarks/item_item_scale.py /tmp/scale-10 --kind cosine   # co-occurrence cosine
 
 EASE is fitted on every item with a click (``max_items`` lifted), as ``item_item_max_items`` would
-allow it; the pipeline's default switches to cosine co-occurrence above 5,000 items.
+allow it; the pipeline's default switches to cosine co-occurrence above 5,000 items. For the
+cosine it also prints what its cost follows: the partial products (the sum over users of their
+squared distinct items) and the distinct co-occurring item pairs (the off-diagonal entries of
+X'X, counted in a separate pass that is not timed), with the fit's seconds per million pairs.
 """
 
 from __future__ import annotations
@@ -17,12 +21,23 @@ import polars as pl
 import scipy.sparse as sp
 
 
+def co_occurring_pairs(x: sp.csr_matrix, block_entries: int = 30_000_000) -> int:
+    """Distinct ordered pairs (i, j), i != j, of items some user of binary ``x`` (users x items) shares."""
+    xt = x.T.tocsr()
+    cost = np.cumsum(xt @ np.diff(x.indptr).astype(np.int64)) // block_entries
+    bounds = np.r_[np.flatnonzero(np.r_[True, cost[1:] != cost[:-1]]), x.shape[1]]
+    has_users = np.diff(xt.indptr) > 0  # an item with a user co-occurs with itself: not a pair
+    return int(sum((xt[a:b] @ x).nnz - int(has_users[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="a canonical data folder (interactions.parquet)")
+    parser.add_argument("--kind", choices=("ease", "cosine"), default="ease")
     parser.add_argument("--regularization", type=float, default=500.0)
+    parser.add_argument("--neighbours", type=int, default=200, help="weights kept per item")
     args = parser.parse_args()
-    from features.item_item import fit_item_item
+    from features.item_item import binary, fit_item_item
 
     events = pl.read_parquet(f"{args.data}/interactions.parquet", columns=["user_id", "item_id"])
     users = events["user_id"].cast(pl.Categorical).to_physical().to_numpy()
@@ -30,12 +45,19 @@ def main() -> None:
     clicks = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    model = fit_item_item(clicks, kind="ease", regularization=args.regularization, max_items=clicks.shape[1])
+    model = fit_item_item(clicks, kind=args.kind, regularization=args.regularization, max_items=clicks.shape[1],
+                          neighbours=args.neighbours)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"EASE on {clicks.shape[0]:,} users x {clicks.shape[1]:,} items: {seconds:.0f} s, peak RSS {peak:,.0f} MB "
-          f"({before:,.0f} MB before the fit), {model.weights.nnz:,} weights kept")
-    print(f"rerun: .venv/bin/python benchmarks/item_item_scale.py {args.data}")
+    print(f"{args.kind} on {clicks.shape[0]:,} users x {clicks.shape[1]:,} items: {seconds:.1f} s, peak RSS "
+          f"{peak:,.0f} MiB ({before:,.0f} MiB before the fit), {model.weights.nnz:,} weights kept")
+    if args.kind == "cosine":
+        x = binary(clicks)
+        per_user = np.diff(x.indptr).astype(np.int64)
+        pairs = co_occurring_pairs(x)
+        print(f"  {x.nnz:,} distinct (user, item) clicks, {int((per_user ** 2).sum()):,} partial products, "
+              f"{pairs:,} distinct co-occurring item pairs: {seconds / pairs * 1e6:.3f} s per million pairs")
+    print(f"rerun: .venv/bin/python benchmarks/item_item_scale.py {args.data} --kind {args.kind}")
 
 
 if __name__ == "__main__":
