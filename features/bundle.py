@@ -65,8 +65,7 @@ class RankingBundle:
         if self.use_compiled_trees:
             self.compiled_trees()
         state = self.state
-        for build in (state.dense_tables, state.history, state.text_popularity, state.item_has_history,
-                      state.users.warm, state.items.warm):
+        for build in (state.dense_tables, state.history, state.text_popularity, state.item_has_history):
             build()
         for column in POPULAR_COLUMNS:
             state.popular_order(column, self.config.seed)

@@ -41,10 +41,11 @@ class RecommenderModel(PythonModel):
         from features.bundle import RankingBundle
 
         self.bundle = RankingBundle.load(context.artifacts["bundle"])
-        self.bundle.state.dense_tables()  # build the lookup tables now, not on the first request
+        # Lookup tables and compiled trees (built or loaded from the cache) now, once per process,
+        # not on the first request; and the one-id lookups requests use (a batch job joins instead).
+        self.bundle.warm()
         self.bundle.state.users.warm()
         self.bundle.state.items.warm()
-        self.bundle.compiled_trees()  # compile (or load the cached) trees now, once per process
         # The server runs requests in a thread pool; ranking several at once only makes them
         # fight over the cores and the GIL, so requests that arrive together are ranked together,
         # one batch at a time (serving/batcher.py).
