@@ -29,6 +29,7 @@ from features.compiled_trees import CompiledTrees, compile_trees
 from features.rank_workers import in_worker
 from features.ranking_frame import feature_arrays, feature_matrix, position_in_group, prior_scores
 from features.state import FeatureState
+from features.text_interest import UserVectors
 from features.ties import order_by_score
 from recsys.config import PipelineConfig
 
@@ -67,6 +68,8 @@ class RankingBundle:
         state = self.state
         for build in (state.dense_tables, state.history, state.text_popularity, state.item_has_history):
             build()
+        if isinstance(state.user_text, UserVectors):
+            state.user_text.materialize()
         for column in POPULAR_COLUMNS:
             state.popular_order(column, self.config.seed)
 

@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from features.pair_scores import scores_against
 from features.ranking_frame import position_in_group
 from features.state import FeatureState
 from features.ties import order_by_score
@@ -137,15 +138,15 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
     if source == "cf":
         known = state.has_profile(user_idx)
         if known.all():  # the batch job's case: no masked copy
-            out = state.als.user_factors[user_idx] @ state.als.item_factors.T
+            out = scores_against(state.als.user_factors[user_idx], state.als.item_factors)
         else:
             out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
-            out[known] = state.als.user_factors[user_idx[known]] @ state.als.item_factors.T
+            out[known] = scores_against(state.als.user_factors[user_idx[known]], state.als.item_factors)
         out[:, ~state.item_has_history()] = -np.inf
         return out
     if source == "text":
         vectors = user_text if user_text is not None else _known_rows(state.user_text, user_idx)
-        out = vectors @ state.item_vectors.T
+        out = scores_against(vectors, state.item_vectors)
         out[~np.any(vectors != 0, axis=1)] = -np.inf
         return out
     raise ValueError(f"unknown dense personal source {source!r}; use 'cf' or 'text'")

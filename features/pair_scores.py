@@ -13,6 +13,20 @@ import numpy as np
 
 _BLOCK_ROWS = 16_384
 _DENSE_CELLS = 8_000_000  # unique users x items per dense block (32 MB of float32)
+_FEW_ROWS = 32
+
+
+def scores_against(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """float32 (len(rows), len(table)) C-ordered: ``rows @ table.T``, every row against every table row.
+
+    rows: (n, d), table: (m, d) float32 C-ordered. For a few rows (a served request) the product
+    is formed as ``(table @ rows.T).T``: BLAS then reads the table in its stored order, 2-3x
+    faster there. With the bundled OpenBLAS both forms give the same float32 values (a test
+    checks it); past ``_FEW_ROWS`` rows the direct form is used, faster from a few dozen rows on.
+    """
+    if len(rows) <= _FEW_ROWS:
+        return np.ascontiguousarray((table @ rows.T).T)
+    return rows @ table.T
 
 
 def pair_dot(left: np.ndarray, right: np.ndarray, li: np.ndarray, ri: np.ndarray,
@@ -48,7 +62,7 @@ def _dense(left, right, users, inverse, ri):
         if pick.size == 0:
             continue
         first = b * per_block
-        block = left[users[first:first + per_block]] @ right.T
+        block = scores_against(left[users[first:first + per_block]], right)
         result[pick] = block[inverse[pick] - first, ri[pick]]
     return result
 

@@ -79,9 +79,13 @@ class UserVectors:
     (1.5 GB per state at 1M users and d = 384). Rows: an int array (n,), a slice or one int.
     weights: CSR (n_users, n_items_at_fit) float32; item_vectors: (n_items_at_fit, d) float32,
     the vectors the weights pool (a catalog update appends items; these rows stay as they are).
+    ``materialize`` keeps the whole table when it is small (the server does, at load).
     """
 
     dtype = np.dtype(np.float32)
+    # ``materialize`` keeps every row at most this size: a served request then reads its rows
+    # from a table (~1 us) instead of a CSR row product (~90 us).
+    DENSE_MAX_BYTES = 256 * 2**20
 
     def __init__(self, weights: sp.csr_matrix, item_vectors: np.ndarray) -> None:
         if weights.shape[1] != item_vectors.shape[0]:
@@ -89,6 +93,15 @@ class UserVectors:
                              "item vectors were given; pass the vectors the weights were fitted with")
         self.weights = weights.tocsr()
         self.item_vectors = item_vectors
+        self._dense: np.ndarray | None = None
+
+    def materialize(self, max_bytes: int | None = None) -> bool:
+        """Compute and keep every row when the table takes at most ``max_bytes`` (default
+        ``DENSE_MAX_BYTES``); reads then come from it, with the same values. True when kept."""
+        limit = self.DENSE_MAX_BYTES if max_bytes is None else max_bytes
+        if self._dense is None and len(self) * self.shape[1] * 4 <= limit:
+            self._dense = user_vectors(self.weights, self.item_vectors)
+        return self._dense is not None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,6 +112,8 @@ class UserVectors:
 
     def __getitem__(self, rows) -> np.ndarray:
         if isinstance(rows, slice):
+            if self._dense is not None:
+                return self._dense[rows].copy()  # never a view of the kept table
             return user_vectors(self.weights[rows], self.item_vectors)
         rows = np.asarray(rows)
         if rows.ndim == 0:
@@ -111,10 +126,12 @@ class UserVectors:
             raise IndexError(f"user rows must be a 1-d int array, a slice or an int; got {rows.dtype} {rows.shape}")
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"user rows must be in 0..{len(self) - 1}; mask unknown users (-1) first")
+        if self._dense is not None:
+            return self._dense[rows]
         return user_vectors(self.weights[rows], self.item_vectors)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = user_vectors(self.weights, self.item_vectors)
+        out = self._dense.copy() if self._dense is not None else user_vectors(self.weights, self.item_vectors)
         return out if dtype is None else out.astype(dtype)
 
 

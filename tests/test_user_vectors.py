@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from features.pair_scores import pair_dot
+from features.pair_scores import pair_dot, scores_against
 from features.ranking_frame import pair_text_scores
 from features.state import FeatureState
 from features.text_interest import UserVectors, user_vectors
@@ -22,10 +22,12 @@ def _weights(n_users=300, n_items=50, seed=0, dim=16) -> tuple[sp.csr_matrix, np
     return sp.csr_matrix(dense), vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def test_rows_equal_the_full_table_exactly_for_every_way_of_reading():
+@pytest.mark.parametrize("kept", [False, True])  # computed per read; the whole table kept (materialize)
+def test_rows_equal_the_full_table_exactly_for_every_way_of_reading(kept):
     weights, items = _weights()
     full = user_vectors(weights, items)
     lazy = UserVectors(weights, items)
+    assert lazy.materialize(300 * 16 * 4 if kept else 300 * 16 * 4 - 1) is kept
     assert lazy.shape == full.shape and len(lazy) == 300 and lazy.dtype == np.float32
     rows = np.array([299, 0, 17, 17, 42])
     np.testing.assert_array_equal(lazy[rows], full[rows])
@@ -39,9 +41,11 @@ def test_rows_equal_the_full_table_exactly_for_every_way_of_reading():
     assert not lazy[5].any()
 
 
-def test_unknown_user_rows_and_mismatched_vectors_are_refused():
+@pytest.mark.parametrize("kept", [False, True])
+def test_unknown_user_rows_and_mismatched_vectors_are_refused(kept):
     weights, items = _weights()
     lazy = UserVectors(weights, items)
+    lazy.materialize(None if kept else 0)
     with pytest.raises(IndexError, match="mask unknown users"):
         lazy[np.array([0, -1])]
     with pytest.raises(IndexError, match=r"must have shape \(300,\), not \(299,\)"):
@@ -50,6 +54,28 @@ def test_unknown_user_rows_and_mismatched_vectors_are_refused():
         lazy[np.array([0.0, 1.0])]
     with pytest.raises(ValueError, match="pooling weights cover 50 items but 49"):
         UserVectors(weights, items[:49])
+
+
+def test_a_kept_table_is_never_handed_out_to_be_changed():
+    weights, items = _weights()
+    lazy = UserVectors(weights, items)
+    assert lazy.materialize()
+    before = lazy[0:10].copy()
+    for read in (lazy[0:10], lazy[np.arange(10)], np.asarray(lazy)):
+        read[:] = 7
+    np.testing.assert_array_equal(lazy[0:10], before)
+
+
+def test_warming_a_bundle_keeps_a_small_table_and_ranks_the_same(small_bundle):
+    state = small_bundle.state
+    fresh = UserVectors(state.user_text.weights, state.user_text.item_vectors)
+    bundle = replace(small_bundle, state=replace(state, user_text=fresh))
+    users = np.arange(min(state.n_users, 40), dtype=np.int32)
+    before = bundle.score_candidates(users)
+    bundle.warm()
+    assert fresh._dense is not None
+    after = bundle.score_candidates(users)
+    assert before.equals(after)
 
 
 @pytest.mark.parametrize("n_items", [50, 3000])  # pair_dot's dense path, its gather path
@@ -117,3 +143,13 @@ def test_a_catalog_update_pools_the_same_rows_without_a_second_copy_of_the_vecto
     everyone = np.arange(state.n_users)
     np.testing.assert_array_equal(updated.user_text[everyone], state.user_text[everyone])
     assert np.shares_memory(updated.user_text.item_vectors, updated.item_vectors)
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 4, 32, 33, 200])  # both forms of the product
+def test_scores_against_equal_the_plain_product_bit_for_bit(n_rows):
+    rng = np.random.default_rng(n_rows)
+    table = rng.normal(size=(3000, 384)).astype(np.float32)
+    rows = rng.normal(size=(n_rows, 384)).astype(np.float32)
+    got = scores_against(rows, table)
+    assert got.shape == (n_rows, 3000) and got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(got, rows @ table.T)
