@@ -19,6 +19,7 @@ from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
 from features.ranking_frame import feature_arrays
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
+from features.transitions import fit_sequential_rules
 from recsys import metrics, windows
 from recsys.config import PipelineConfig
 from recsys.progress import progress as progress_bar
@@ -74,12 +75,15 @@ def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: 
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
-def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
+def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None = None) -> dict[str, ScoreFn]:
     """Dense scorers of the single-signal baselines.
 
     ``ease`` is the state's item-to-item model; ``cooccurrence`` is plain item-to-item cosine
     over co-occurrence counts (the classic "people who watched this also watched"); ``newest``
     ranks items by when they were first seen in the window (clicks or impressions), newest first.
+    ``transitions`` (only with ``window``, the interactions the state was fitted on: user_id,
+    item_id, timestamp) are sequential rules, what other users took next after the user's most
+    recent items (``features.transitions``).
     """
     cooccurrence = state.cooccurrence  # fitted with the state's item-to-item model when that is the cosine
     if cooccurrence is None:
@@ -98,7 +102,7 @@ def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
         silent = unknown | (scores == 0) if zero_is_unknown else np.broadcast_to(unknown, scores.shape)
         return np.where(silent, np.float32(np.nan), scores)
 
-    return {
+    scorers = {
         "random": lambda u: rng.random((len(u), state.n_items), dtype=np.float32),
         "popularity": lambda u: np.broadcast_to(pop, (len(u), state.n_items)),
         "popularity_7d": lambda u: np.broadcast_to(pop_recent, (len(u), state.n_items)),
@@ -109,6 +113,11 @@ def baseline_scorers(state: FeatureState, seed: int) -> dict[str, ScoreFn]:
         "cooccurrence": lambda u: said(cooccurrence.user_scores(state.history()[u]), zero_is_unknown=True),
         "text": lambda u: state.user_text[u] @ state.item_vectors.T,
     }
+    if window is not None:
+        rules = fit_sequential_rules(with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0),
+                                     n_users=state.n_users, n_items=state.n_items, seed=seed)
+        scorers["transitions"] = lambda u: said(rules.user_scores(u), zero_is_unknown=True)
+    return scorers
 
 
 def candidate_recall(candidates: pl.DataFrame, user_idx: np.ndarray, relevant: list[np.ndarray]) -> float:
@@ -227,7 +236,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
             results[name]["coverage"] = coverage(ranked, state.n_items)
             if scores_labels is not None:
                 scores, labels = scores_labels
-    scorers = baseline_scorers(state, config.seed)
+    scorers = baseline_scorers(state, config.seed, split.train)
     if pretrained_state is not None:
         scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
     for name, score_fn in scorers.items():

@@ -1,0 +1,89 @@
+"""Sequential rules: the items that followed each item in users' time-ordered histories.
+
+The classic sequence baseline of session-based recommendation ("SR", Ludewig & Jannach 2018,
+"Evaluation of session-based recommendation algorithms"): for every user's sequence and every
+gap g = 1..``steps``, the item g positions after item a gets 1/g of a vote from a. A user is
+scored from their ``recent`` most recent items, the p-th most recent voting with weight 1/p:
+"what people took next after what you just took". It reads order, which no other single
+model here does (co-occurrence and EASE see a user's items as a set).
+
+Order within a user is by time; events at the same time are ordered by the seeded tie rule
+(``features.ties``), never by item index or file order, and a pair at the same time votes both
+ways (either could have come first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from features.ties import tie_keys
+
+STEPS = 3  # positions after an item that still count as "followed it"
+RECENT = 3  # most recent items of a user that vote
+
+
+@dataclass(frozen=True)
+class SequentialRules:
+    """follows: CSR (n_items, n_items) float32, row a: the summed 1/gap votes of the items that
+    followed a; recent: CSR (n_users, n_items) float32, each user's 1/p weights on their
+    ``RECENT`` most recent items (empty rows: users without events in the window)."""
+
+    follows: sp.csr_matrix
+    recent: sp.csr_matrix
+
+    def user_scores(self, user_idx: np.ndarray) -> np.ndarray:
+        """Dense float32 (len(user_idx), n_items) scores; 0 where no recent item was ever followed
+        by the item. user_idx: int (n,) in 0..n_users-1."""
+        user_idx = np.asarray(user_idx)
+        if user_idx.size and (user_idx.min() < 0 or user_idx.max() >= self.recent.shape[0]):
+            raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}; mask unknown users (-1) first")
+        return np.asarray((self.recent[user_idx] @ self.follows).toarray(), dtype=np.float32)
+
+
+def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, seed: int, steps: int = STEPS,
+                         recent: int = RECENT) -> SequentialRules:
+    """Fit on one window's events: ``user_idx``, ``item_idx`` (int, 0 <= idx < n) and ``timestamp``.
+
+    Rows with a negative index are refused (map or drop unknown users first). ``seed`` is the
+    run's seed (the tie rule for events at the same time).
+    """
+    for column in ("user_idx", "item_idx", "timestamp"):
+        if column not in events.columns:
+            raise ValueError(f"events need a {column!r} column; got {events.columns}")
+    if steps < 1 or recent < 1:
+        raise ValueError(f"steps and recent must be at least 1, got steps={steps}, recent={recent}")
+    user = events["user_idx"].to_numpy().astype(np.int64)
+    item = events["item_idx"].to_numpy().astype(np.int64)
+    if user.size and (user.min() < 0 or user.max() >= n_users or item.min() < 0 or item.max() >= n_items):
+        raise ValueError(f"user_idx must be in 0..{n_users - 1} and item_idx in 0..{n_items - 1}; "
+                         "drop events of users or items outside the id maps first")
+    time = events["timestamp"].to_physical().to_numpy().astype(np.int64)
+    order = np.lexsort((tie_keys(seed, user, item), time, user))
+    user, item, time = user[order], item[order], time[order]
+    rows, cols, votes = [], [], []
+    for gap in range(1, steps + 1):
+        same_user = user[:-gap] == user[gap:]
+        first, then = item[:-gap][same_user], item[gap:][same_user]
+        same_time = (time[:-gap] == time[gap:])[same_user]
+        vote = np.float32(1.0 / gap)
+        rows += [first, then[same_time]]
+        cols += [then, first[same_time]]
+        votes += [np.full(len(first), vote, dtype=np.float32), np.full(int(same_time.sum()), vote, dtype=np.float32)]
+    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
+    different = rows_all != cols_all  # an item following itself says nothing about what to show next
+    follows = sp.csr_matrix((np.concatenate(votes)[different], (rows_all[different], cols_all[different])),
+                            shape=(n_items, n_items), dtype=np.float32)
+    follows.sum_duplicates()
+    # Position from each user's end: 0 for the most recent event.
+    last = np.r_[user[1:] != user[:-1], True] if user.size else np.zeros(0, dtype=bool)
+    end = np.flatnonzero(last)
+    from_end = np.repeat(end, np.diff(np.r_[-1, end])) - np.arange(len(user))
+    keep = from_end < recent
+    weights = sp.csr_matrix(((1.0 / (from_end[keep] + 1)).astype(np.float32), (user[keep], item[keep])),
+                            shape=(n_users, n_items), dtype=np.float32)
+    weights.sum_duplicates()
+    return SequentialRules(follows=follows, recent=weights)

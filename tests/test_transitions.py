@@ -1,0 +1,69 @@
+"""Sequential rules (``features.transitions``) against votes counted by hand."""
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.transitions import fit_sequential_rules
+
+A, B, C, D, E = range(5)
+T0 = datetime(2024, 1, 1)
+
+
+def _events(rows):
+    return pl.DataFrame({"user_idx": [r[0] for r in rows], "item_idx": [r[1] for r in rows],
+                         "timestamp": [T0 + timedelta(hours=r[2]) for r in rows]},
+                        schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "timestamp": pl.Datetime("us")})
+
+
+ROWS = [(0, A, 1), (0, B, 2), (0, C, 3),  # A then B then C
+        (1, A, 1), (1, C, 2),  # A then C
+        (2, D, 5), (2, E, 5)]  # D and E at the same time
+
+
+def test_votes_and_recent_weights_match_a_hand_count():
+    model = fit_sequential_rules(_events(ROWS), n_users=4, n_items=5, seed=0, steps=2, recent=2)
+    expected = np.zeros((5, 5), dtype=np.float32)
+    expected[A, B] = 1.0  # user 0, gap 1
+    expected[B, C] = 1.0  # user 0, gap 1
+    expected[A, C] = 0.5 + 1.0  # user 0 at gap 2, user 1 at gap 1
+    expected[D, E] = expected[E, D] = 1.0  # same time: both ways
+    np.testing.assert_array_equal(model.follows.toarray(), expected)
+    recent = model.recent.toarray()
+    np.testing.assert_array_equal(recent[0], [0, 0.5, 1, 0, 0])  # C most recent, then B
+    np.testing.assert_array_equal(recent[1], [0.5, 0, 1, 0, 0])
+    assert recent[3].sum() == 0  # no events: no votes
+    scores = model.user_scores(np.array([1, 0, 3]))
+    np.testing.assert_allclose(scores[0], 0.5 * expected[A] + expected[C])  # B 0.5, C 0.75
+    assert scores[0, B] == pytest.approx(0.5) and scores[0].argmax() == C
+    np.testing.assert_allclose(scores[1], 0.5 * expected[B] + expected[C])
+    assert scores.dtype == np.float32 and not scores[2].any()
+
+
+def test_input_row_order_changes_nothing_and_steps_reach_as_far_as_set():
+    shuffled = _events([ROWS[i] for i in np.random.default_rng(3).permutation(len(ROWS))])
+    one = fit_sequential_rules(_events(ROWS), n_users=4, n_items=5, seed=0)
+    two = fit_sequential_rules(shuffled, n_users=4, n_items=5, seed=0)
+    np.testing.assert_array_equal(one.follows.toarray(), two.follows.toarray())
+    np.testing.assert_array_equal(one.recent.toarray(), two.recent.toarray())
+    near = fit_sequential_rules(_events(ROWS), n_users=4, n_items=5, seed=0, steps=1)
+    assert near.follows[A, C] == 1.0  # only user 1's direct step; user 0's gap of 2 is out of reach
+
+
+def test_an_item_following_itself_casts_no_vote():
+    model = fit_sequential_rules(_events([(0, A, 1), (0, A, 2), (0, B, 3)]), n_users=1, n_items=5, seed=0)
+    assert model.follows[A, A] == 0 and model.follows[A, B] == 1.0 + 0.5
+
+
+def test_bad_input_is_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="drop events of users or items outside"):
+        fit_sequential_rules(_events([(0, A, 1), (-1, B, 2)]), n_users=2, n_items=5, seed=0)
+    with pytest.raises(ValueError, match="need a 'timestamp' column"):
+        fit_sequential_rules(_events(ROWS).drop("timestamp"), n_users=4, n_items=5, seed=0)
+    with pytest.raises(ValueError, match="steps and recent must be at least 1"):
+        fit_sequential_rules(_events(ROWS), n_users=4, n_items=5, seed=0, steps=0)
+    model = fit_sequential_rules(_events(ROWS), n_users=4, n_items=5, seed=0)
+    with pytest.raises(IndexError, match="mask unknown users"):
+        model.user_scores(np.array([0, -1]))
