@@ -62,8 +62,9 @@ def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, se
         raise ValueError(f"user_idx must be in 0..{n_users - 1} and item_idx in 0..{n_items - 1}; "
                          "drop events of users or items outside the id maps first")
     time = events["timestamp"].to_physical().to_numpy().astype(np.int64)
-    order = np.lexsort((tie_keys(seed, user, item), time, user))
-    user, item, time = user[order], item[order], time[order]
+    order = _time_order(user, item, time, seed)
+    # int32 pairs: three gaps over tens of millions of events are the fit's memory.
+    user, item, time = user[order], item[order].astype(np.int32), time[order]
     rows, cols, votes = [], [], []
     for gap in range(1, steps + 1):
         same_user = user[:-gap] == user[gap:]
@@ -87,3 +88,21 @@ def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, se
                             shape=(n_users, n_items), dtype=np.float32)
     weights.sum_duplicates()
     return SequentialRules(follows=follows, recent=weights)
+
+
+def _time_order(user: np.ndarray, item: np.ndarray, time: np.ndarray, seed: int) -> np.ndarray:
+    """int64 positions ordering events by (user, time, tie rule): ``np.lexsort((tie_keys(seed,
+    user, item), time, user))``, with polars' sort (about 3x faster at tens of millions of rows)
+    and tie keys hashed only for events that share a user and a time."""
+    frame = pl.DataFrame({"user": user, "time": time}).with_row_index("row")
+    order = frame.sort(["user", "time", "row"])["row"].to_numpy().astype(np.int64)
+    same = (user[order][1:] == user[order][:-1]) & (time[order][1:] == time[order][:-1])
+    if same.any():
+        tied = np.zeros(len(order), dtype=bool)
+        tied[1:] |= same
+        tied[:-1] |= same
+        members = np.flatnonzero(tied)
+        run = np.cumsum(np.r_[True, ~same])[members]
+        rows = order[members]
+        order[members] = rows[np.lexsort((tie_keys(seed, user[rows], item[rows]), run))]
+    return order

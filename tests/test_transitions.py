@@ -67,3 +67,13 @@ def test_bad_input_is_refused_with_what_to_do():
     model = fit_sequential_rules(_events(ROWS), n_users=4, n_items=5, seed=0)
     with pytest.raises(IndexError, match="mask unknown users"):
         model.user_scores(np.array([0, -1]))
+
+
+def test_the_time_order_is_the_three_key_lexsort():
+    from features.ties import tie_keys
+    from features.transitions import _time_order
+
+    rng = np.random.default_rng(5)
+    user, item, time = rng.integers(0, 30, 2000), rng.integers(0, 50, 2000), rng.integers(0, 20, 2000)
+    expected = np.lexsort((tie_keys(9, user, item), time, user))
+    np.testing.assert_array_equal(_time_order(user, item, time, seed=9), expected)
