@@ -174,6 +174,10 @@ class PipelineConfig:
     # MovieLens 100K (943 users) and the demo (3,000) are never sampled.
     ranker_max_users: int = 10_000
     eval_max_users: int = 10_000  # test users ranked in the evaluation (0 = every user)
+    # Epochs of the SASRec baseline (features/sasrec.py, an ID-only sequential model written for
+    # comparison; early-stopped on each user's last window item). 0 = not evaluated: it trains a
+    # model per evaluation (validation and test), minutes on sequence data sets.
+    baseline_sasrec_epochs: int = 0
     text: TextModelConfig = field(default_factory=TextModelConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
@@ -202,6 +206,9 @@ class PipelineConfig:
         for name in ("item_item_session_gap_seconds", "item_item_session_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
+        if self.baseline_sasrec_epochs < 0:
+            raise ConfigError(f"baseline_sasrec_epochs must be 0 (no SASRec baseline) or a positive number of "
+                              f"epochs, got {self.baseline_sasrec_epochs}")
         for name in ("ranker_max_users", "eval_max_users"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (every user) or a positive count, got {getattr(self, name)}")

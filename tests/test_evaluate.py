@@ -213,3 +213,13 @@ def test_the_transitions_baseline_is_fitted_on_the_window_the_state_saw(small_bu
     assert np.isnan(got[~voted]).all()  # no vote: never picked
     table = evaluate_all({"ranker": small_bundle}, split, replace(small_bundle.config, eval_max_users=0))
     assert "transitions" in table.metrics and table.ranked["transitions"].shape[1] == small_bundle.config.k
+
+
+def test_the_sasrec_baseline_is_evaluated_only_when_asked(small_bundle, split):
+    state = small_bundle.state
+    assert "sasrec" not in evaluate.baseline_scorers(state, seed=0, window=split.train)
+    scorers = evaluate.baseline_scorers(state, seed=0, window=split.train, sasrec_epochs=1)
+    scores = scorers["sasrec"](np.arange(10))
+    assert scores.shape == (10, state.n_items) and scores.dtype == np.float32
+    with pytest.raises(ConfigError, match="baseline_sasrec_epochs must be 0 .* got -1"):
+        PipelineConfig.from_dict({**tiny_config_dict(), "baseline_sasrec_epochs": -1})

@@ -69,11 +69,11 @@ def test_bad_input_is_refused_with_what_to_do():
         model.user_scores(np.array([0, -1]))
 
 
-def test_the_time_order_is_the_three_key_lexsort():
+def test_thetime_order_is_the_three_key_lexsort():
     from features.ties import tie_keys
-    from features.transitions import _time_order
+    from features.transitions import time_order
 
     rng = np.random.default_rng(5)
     user, item, time = rng.integers(0, 30, 2000), rng.integers(0, 50, 2000), rng.integers(0, 20, 2000)
     expected = np.lexsort((tie_keys(9, user, item), time, user))
-    np.testing.assert_array_equal(_time_order(user, item, time, seed=9), expected)
+    np.testing.assert_array_equal(time_order(user, item, time, seed=9), expected)

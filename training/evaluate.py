@@ -17,6 +17,7 @@ from features.bundle import RankingBundle, head_k
 from features.candidates import seen_mask, top_n
 from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
 from features.ranking_frame import feature_arrays
+from features.sasrec import SASRecSettings, fit_sasrec
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from features.transitions import fit_sequential_rules
@@ -75,7 +76,8 @@ def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: 
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
-def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None = None) -> dict[str, ScoreFn]:
+def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None = None, *,
+                     sasrec_epochs: int = 0) -> dict[str, ScoreFn]:
     """Dense scorers of the single-signal baselines.
 
     ``ease`` is the state's item-to-item model; ``cooccurrence`` is plain item-to-item cosine
@@ -83,7 +85,8 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
     ranks items by when they were first seen in the window (clicks or impressions), newest first.
     ``transitions`` (only with ``window``, the interactions the state was fitted on: user_id,
     item_id, timestamp) are sequential rules, what other users took next after the user's most
-    recent items (``features.transitions``).
+    recent items (``features.transitions``); ``sasrec`` (with ``window`` and ``sasrec_epochs`` > 0)
+    is an ID-only self-attention sequence model fitted on it (``features.sasrec``).
     """
     cooccurrence = state.cooccurrence  # fitted with the state's item-to-item model when that is the cosine
     if cooccurrence is None:
@@ -114,9 +117,13 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
         "text": lambda u: state.user_text[u] @ state.item_vectors.T,
     }
     if window is not None:
-        rules = fit_sequential_rules(with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0),
-                                     n_users=state.n_users, n_items=state.n_items, seed=seed)
+        events = with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0)
+        rules = fit_sequential_rules(events, n_users=state.n_users, n_items=state.n_items, seed=seed)
         scorers["transitions"] = lambda u: said(rules.user_scores(u), zero_is_unknown=True)
+        if sasrec_epochs > 0:
+            sasrec = fit_sasrec(events, n_users=state.n_users, n_items=state.n_items, seed=seed,
+                                settings=SASRecSettings(epochs=sasrec_epochs))
+            scorers["sasrec"] = sasrec.user_scores
     return scorers
 
 
@@ -236,7 +243,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
             results[name]["coverage"] = coverage(ranked, state.n_items)
             if scores_labels is not None:
                 scores, labels = scores_labels
-    scorers = baseline_scorers(state, config.seed, split.train)
+    scorers = baseline_scorers(state, config.seed, split.train, sasrec_epochs=config.baseline_sasrec_epochs)
     if pretrained_state is not None:
         scorers["text_pretrained"] = lambda u: pretrained_state.user_text[u] @ pretrained_state.item_vectors.T
     for name, score_fn in scorers.items():

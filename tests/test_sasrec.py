@@ -1,0 +1,63 @@
+"""The SASRec baseline (``features.sasrec``) learns an order a set-based model cannot see."""
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.sasrec import SASRecSettings, fit_sasrec
+
+N_ITEMS = 20
+SMALL = SASRecSettings(max_len=8, dim=16, layers=1, dropout=0.1, epochs=40, batch_size=64, learning_rate=5e-3,
+                       negatives=10, patience=40)
+
+
+def _chains(n_users=300, length=8, seed=0) -> pl.DataFrame:
+    """Each user walks the cycle 0 -> 1 -> ... -> 19 -> 0 from a random start: the next item is
+    always the last one + 1, while the set of items says little about which comes next."""
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u in range(n_users):
+        start = rng.integers(N_ITEMS)
+        for p in range(length):
+            users.append(u)
+            items.append((start + p) % N_ITEMS)
+            times.append(datetime(2024, 1, 1) + timedelta(days=int(p)))
+    return pl.DataFrame({"user_idx": users, "item_idx": items, "timestamp": times},
+                        schema={"user_idx": pl.Int32, "item_idx": pl.Int32, "timestamp": pl.Datetime("us")})
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return fit_sasrec(_chains(), n_users=301, n_items=N_ITEMS, seed=0, settings=SMALL, progress=False)
+
+
+def test_it_learns_what_comes_next(fitted):
+    events = _chains()
+    last = events.group_by("user_idx").agg(pl.col("item_idx").last()).sort("user_idx")["item_idx"].to_numpy()
+    scores = fitted.user_scores(np.arange(300))
+    hits = np.mean(scores.argmax(axis=1) == (last + 1) % N_ITEMS)
+    assert hits > 0.9, hits
+    assert fitted.validation_ndcg > 0.9 and 1 <= fitted.best_epoch <= SMALL.epochs
+    assert scores.dtype == np.float32 and scores.shape == (300, N_ITEMS)
+
+
+def test_a_user_without_window_items_gets_no_scores_and_unknown_rows_are_refused(fitted):
+    assert np.isnan(fitted.user_scores(np.array([300]))).all()
+    with pytest.raises(IndexError, match="mask unknown users"):
+        fitted.user_scores(np.array([-1]))
+
+
+def test_same_events_and_seed_give_the_same_model():
+    settings = SASRecSettings(max_len=8, dim=8, layers=1, epochs=2, batch_size=64, negatives=5)
+    one = fit_sasrec(_chains(60), n_users=60, n_items=N_ITEMS, seed=3, settings=settings, progress=False)
+    two = fit_sasrec(_chains(60), n_users=60, n_items=N_ITEMS, seed=3, settings=settings, progress=False)
+    np.testing.assert_array_equal(one.user_scores(np.arange(60)), two.user_scores(np.arange(60)))
+
+
+def test_bad_events_are_refused():
+    with pytest.raises(ValueError, match="drop events of users or items outside"):
+        fit_sasrec(_chains(10), n_users=5, n_items=N_ITEMS, seed=0, settings=SMALL, progress=False)
+    with pytest.raises(ValueError, match="need a 'timestamp' column"):
+        fit_sasrec(_chains(10).drop("timestamp"), n_users=10, n_items=N_ITEMS, seed=0, progress=False)
