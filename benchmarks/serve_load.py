@@ -190,7 +190,7 @@ def _post_timed(port: int, payload: dict) -> tuple[int, float]:
 
 
 def _largest_allowed(port: int, users: list[str], items: list[str]) -> dict:
-    """The largest request the bounds let through (1,000 users x 400 explicit candidates), and the
+    """The largest request the bounds let through (1,000 users x 450 explicit candidates), and the
     wait of a 1-user request sent while it runs."""
     from serving.requests import MAX_PAIRS_PER_REQUEST, MAX_USERS_PER_REQUEST
 

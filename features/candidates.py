@@ -23,7 +23,8 @@ from recsys.config import CandidateConfig
 from recsys.stage_timer import stage
 
 # The ranking-frame feature each personal source's score is (see ``with_scores``).
-SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
+SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score",
+                   "transitions": "transition_score"}  # the last only for a state that has the source
 # The item-feature columns of the two popularity sources (all-time, last day), in config order.
 POPULAR_COLUMNS = ("item_pop_all", "item_pop_1d")
 
@@ -172,6 +173,21 @@ def item_item_scores(state: FeatureState, user_idx: np.ndarray, *, sort_indices:
     return rows
 
 
+def transition_scores(state: FeatureState, user_idx: np.ndarray) -> sp.csr_matrix:
+    """Sequential-rules scores (len(user_idx), n_items) float32 CSR, column indices unsorted:
+    what followed each user's most recent items (``features.transitions``); rows of unknown
+    users (-1) are empty. The state must have the source."""
+    recent = state.transitions.recent
+    rows = np.asarray(user_idx, dtype=np.int64)
+    lengths = np.where(rows >= 0, np.diff(recent.indptr)[np.maximum(rows, 0)], 0)
+    positions, cols = csr_row_entries(recent, rows)
+    starts = np.where(rows >= 0, recent.indptr[np.maximum(rows, 0)], 0)
+    offsets = np.arange(len(cols)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    values = recent.data[np.repeat(starts, lengths) + offsets]
+    chunk_recent = sp.csr_matrix((values, cols, np.r_[0, np.cumsum(lengths)]), shape=(len(rows), state.n_items))
+    return (chunk_recent @ state.transitions.follows).tocsr().astype(np.float32, copy=False)
+
+
 def sparse_top_n_entries(scores: sp.csr_matrix, seen: np.ndarray, n: int, *, seed: int,
                          query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of each row's n highest positive stored scores, the ``seen`` (bool, dense
@@ -242,6 +258,8 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     scoring does not compute the same dense products twice.
     """
     personal = {"cf": config.n_cf, "item_item": config.n_item_item, "text": config.n_text}
+    if state.transitions is not None:
+        personal["transitions"] = config.n_transitions
     popular = dict(zip(POPULAR_COLUMNS, (config.n_popular, config.n_recent), strict=True))
     user_idx = np.asarray(user_idx, dtype=np.int32)
     frames = []
@@ -255,8 +273,9 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         for source, n in personal.items():
             if n <= 0 and not with_scores:
                 continue
-            if source == "item_item":  # sparse: no user x catalog work unless most items get votes
-                scores = item_item_scores(state, chunk, sort_indices=False)
+            if source in ("item_item", "transitions"):  # sparse: no user x catalog work unless most items get votes
+                scores = (item_item_scores(state, chunk, sort_indices=False) if source == "item_item"
+                          else transition_scores(state, chunk))
                 if scores.nnz > DENSE_ITEM_ITEM_SHARE * scores.shape[0] * scores.shape[1]:
                     dense_item_item = scores.toarray()
                     if with_scores:
@@ -299,6 +318,6 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     if not frames:
         schema = dict(schemas.CANDIDATES)
         if with_scores:
-            schema.update({name: pl.Float32 for name in SOURCE_FEATURES.values()})
+            schema.update({SOURCE_FEATURES[source]: pl.Float32 for source in personal})
         return pl.DataFrame(schema=schema)
     return pl.concat(frames)

@@ -36,6 +36,15 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     behaviour.AFFINITY_FEATURE, TEXT_POPULARITY_FEATURE, *QUERY_Z_FEATURES,
 )
 TEXT_FEATURES = ("text_score", "text_score_query_rank", TEXT_POPULARITY_FEATURE, "text_score_query_z")
+# The sequential-rules source's views (features/transitions.py), only in the columns of a state
+# that has the source (``feature_columns_of``): its raw votes grow with the window, like ALS's.
+TRANSITION_FEATURES = ("transition_score_query_rank", "transition_score_query_z")
+
+
+def feature_columns_of(state: FeatureState) -> tuple[str, ...]:
+    """The ranker's columns for rows built from ``state``: FEATURE_COLUMNS, then the transition
+    source's when the state has it."""
+    return FEATURE_COLUMNS + (TRANSITION_FEATURES if state.transitions is not None else ())
 
 
 def prior_scores(frame: pl.DataFrame | dict[str, np.ndarray] | np.ndarray, weights: dict[str, float],
@@ -199,7 +208,7 @@ def zscore_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray
 def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarray, *,
                    query_idx: np.ndarray, query_text: np.ndarray | None = None,
                    known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Every FEATURE_COLUMNS entry as a float32 (rows,) array (NaN = unknown) for the given pairs.
+    """Every ``feature_columns_of(state)`` entry as a float32 (rows,) array (NaN = unknown) for the given pairs.
 
     user_idx: int (rows,), -1 for users unknown to the state; item_idx: int (rows,);
     query_idx: int (rows,), the ranked list each row belongs to (for the within-query ranks).
@@ -244,19 +253,32 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     columns.update({name: user_values[:, j] for j, name in enumerate(behaviour.USER_FEATURES)})
     columns[behaviour.AFFINITY_FEATURE] = user_affinity
     columns[TEXT_POPULARITY_FEATURE] = state.text_popularity()[item_idx]
+    if state.transitions is not None:
+        votes = (known["transition_score"] if "transition_score" in known
+                 else state.transitions.pair_scores(user_idx, item_idx))
+        votes = np.where(unknown | ~(votes > 0), np.float32(np.nan), votes).astype(np.float32)
+        columns["transition_score"] = votes  # raw votes grow with the window: the ranker sees the two views
+        columns["transition_score_query_rank"] = rank_within_query(query_idx, votes)
+        columns["transition_score_query_z"] = zscore_within_query(query_idx, votes)
     return columns
 
 
 def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
                         query_text: np.ndarray | None = None) -> pl.DataFrame:
-    """Add FEATURE_COLUMNS (Float32, NaN = unknown) to ``pairs`` without reordering its rows.
+    """Add ``feature_columns_of(state)`` (Float32, NaN = unknown) to ``pairs`` without reordering its rows.
 
     pairs: query_idx, user_idx, item_idx (Int32) plus any pass-through columns (labels).
     The values come from :func:`feature_arrays`, which scoring uses directly.
     """
     arrays = feature_arrays(state, pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(),
                             query_idx=pairs["query_idx"].to_numpy(), query_text=query_text)
-    return pairs.with_columns([pl.Series(name, arrays[name], dtype=pl.Float32) for name in FEATURE_COLUMNS])
+    return pairs.with_columns([pl.Series(name, arrays[name], dtype=pl.Float32) for name in feature_columns_of(state)])
+
+
+def frame_feature_columns(frame: pl.DataFrame) -> tuple[str, ...]:
+    """The ranker's columns of a ranking frame from ``build_ranking_frame``: FEATURE_COLUMNS, then
+    the transition source's when the frame has them (its state had the source)."""
+    return FEATURE_COLUMNS + tuple(name for name in TRANSITION_FEATURES if name in frame.columns)
 
 
 def feature_matrix(frame: pl.DataFrame | dict[str, np.ndarray],

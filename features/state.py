@@ -22,8 +22,9 @@ from features.item_item import ItemItem, binary, fit_item_item, fit_with_cooccur
 from features.text_interest import HistoryPooling, UserVectors, history_weights
 from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.ties import tie_keys
+from features.transitions import SequentialRules, fit_sequential_rules
 from features.user_items import build_session_items, build_user_items
-from recsys.config import PipelineConfig
+from recsys.config import PipelineConfig, transitions_enabled
 from recsys.idmap import IdMap
 from recsys.progress import progress as progress_bar
 from recsys.stage_timer import stage
@@ -58,6 +59,7 @@ class FeatureState:
     history_len: int
     half_life: float
     pooling: HistoryPooling | None = None  # learned history attention (None: plain recency weights)
+    transitions: SequentialRules | None = None  # the sequential-rules source (None: off, see transitions_enabled)
     # The co-occurrence baseline's model when fitting ``item_item`` gave it (not saved; evaluation only).
     cooccurrence: ItemItem | None = field(default=None, repr=False, compare=False)
     _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
@@ -153,6 +155,10 @@ class FeatureState:
         else:
             np.save(folder / "user_text.npy", self.user_text)
         np.save(folder / "text_popularity_weights.npy", self.text_popularity_weights)
+        for name in ("transitions_follows.npz", "transitions_recent.npz"):  # load reads them if present
+            (folder / name).unlink(missing_ok=True)
+        if self.transitions is not None:
+            self.transitions.save(folder)
         sp.save_npz(folder / "seen.npz", self.seen)
         self.item_features.write_parquet(folder / "item_features.parquet")
         self.user_features.write_parquet(folder / "user_features.parquet")
@@ -194,6 +200,7 @@ class FeatureState:
             half_life=meta["half_life"],
             pooling=HistoryPooling(query=np.load(folder / "pooling_query.npy"), slope=meta["pooling_slope"])
             if "pooling_slope" in meta else None,
+            transitions=SequentialRules.load(folder),
         )
 
 
@@ -259,6 +266,8 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
             item_item, cooccurrence = fit_with_cooccurrence(user_items, **settings)
         else:
             item_item, cooccurrence = fit_item_item(user_items, **settings), None
+        transitions = (fit_sequential_rules(events, n_users=n_users, n_items=n_items, seed=config.seed)
+                       if transitions_enabled(config) else None)
     bar.update(1)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
@@ -291,4 +300,5 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         history_len=config.text.history_len,
         half_life=config.text.recency_half_life,
         pooling=pooling,
+        transitions=transitions,
     )

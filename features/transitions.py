@@ -9,21 +9,29 @@ model here does (co-occurrence and EASE see a user's items as a set).
 
 Order within a user is by time; events at the same time are ordered by the seeded tie rule
 (``features.ties``), never by item index or file order, and a pair at the same time votes both
-ways (either could have come first).
+ways (either could have come first). Each item keeps its ``NEIGHBOURS`` strongest followers
+(as the item-to-item models do), so a user costs at most RECENT x NEIGHBOURS products.
+
+As a source of the ranker (``transition_score``): candidates from a user's top scores and the
+score's within-query rank and z-score as features, on by default where the protocol tests what
+comes next (``recsys.config.transitions_enabled``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from features.item_item import ItemItem, _prune_rows
 from features.ties import tie_keys
 
 STEPS = 3  # positions after an item that still count as "followed it"
 RECENT = 3  # most recent items of a user that vote
+NEIGHBOURS = 200  # followers kept per item
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,46 @@ class SequentialRules:
     def user_scores(self, user_idx: np.ndarray) -> np.ndarray:
         """Dense float32 (len(user_idx), n_items) scores; 0 where no recent item was ever followed
         by the item. user_idx: int (n,) in 0..n_users-1."""
-        user_idx = np.asarray(user_idx)
-        if user_idx.size and (user_idx.min() < 0 or user_idx.max() >= self.recent.shape[0]):
+        return self.user_scores_sparse(user_idx).toarray()
+
+    def user_scores_sparse(self, user_idx: np.ndarray) -> sp.csr_matrix:
+        """CSR float32 (len(user_idx), n_items) of ``user_scores``; rows of -1 users are empty."""
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        if user_idx.size and user_idx.max() >= self.recent.shape[0]:
+            raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}")
+        if user_idx.size and user_idx.min() < 0:
             raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}; mask unknown users (-1) first")
-        return np.asarray((self.recent[user_idx] @ self.follows).toarray(), dtype=np.float32)
+        return self._votes().user_scores_sparse(self.recent[user_idx])
+
+    def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1."""
+        return self._votes().pair_scores(self.recent, user_idx, item_idx)
+
+    def with_new_items(self, n_new: int) -> SequentialRules:
+        """The same model over a catalog grown by ``n_new`` items nobody has taken yet."""
+        recent = sp.csr_matrix((self.recent.data, self.recent.indices, self.recent.indptr),
+                               shape=(self.recent.shape[0], self.recent.shape[1] + n_new))
+        return SequentialRules(follows=self._votes().with_new_items(n_new).weights, recent=recent)
+
+    def save(self, folder: Path) -> None:
+        sp.save_npz(Path(folder) / "transitions_follows.npz", self.follows)
+        sp.save_npz(Path(folder) / "transitions_recent.npz", self.recent)
+
+    @classmethod
+    def load(cls, folder: Path) -> SequentialRules | None:
+        """The saved model, or None when the folder holds none (a state fitted without it)."""
+        folder = Path(folder)
+        if not (folder / "transitions_follows.npz").exists():
+            return None
+        return cls(follows=sp.load_npz(folder / "transitions_follows.npz").tocsr().astype(np.float32),
+                   recent=sp.load_npz(folder / "transitions_recent.npz").tocsr().astype(np.float32))
+
+    def _votes(self) -> ItemItem:
+        return ItemItem(kind="transitions", weights=self.follows)
 
 
 def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, seed: int, steps: int = STEPS,
-                         recent: int = RECENT) -> SequentialRules:
+                         recent: int = RECENT, neighbours: int = NEIGHBOURS) -> SequentialRules:
     """Fit on one window's events: ``user_idx``, ``item_idx`` (int, 0 <= idx < n) and ``timestamp``.
 
     Rows with a negative index are refused (map or drop unknown users first). ``seed`` is the
@@ -79,6 +119,8 @@ def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, se
     follows = sp.csr_matrix((np.concatenate(votes)[different], (rows_all[different], cols_all[different])),
                             shape=(n_items, n_items), dtype=np.float32)
     follows.sum_duplicates()
+    if np.diff(follows.indptr).max(initial=0) > neighbours:
+        follows = _prune_rows(follows, neighbours)
     # Position from each user's end: 0 for the most recent event.
     last = np.r_[user[1:] != user[:-1], True] if user.size else np.zeros(0, dtype=bool)
     end = np.flatnonzero(last)

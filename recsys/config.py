@@ -14,6 +14,7 @@ SPLITS = ("temporal", "leave-last-out", "stratified")
 SCORE_SOURCES = ("als_score", "bpr_score", "item_item_score", "text_score")
 DEFAULT_TEST_FRACTION = 0.2
 STRATIFIED_TEST_FRACTION = 0.25
+TRANSITIONS_SETTINGS = ("auto", "on", "off")
 MAX_LABEL_CUTS = 5
 MAX_RANKER_FOLDS = 10
 RANKER_OBJECTIVES = ("lambdarank", "rank_xendcg")
@@ -65,6 +66,7 @@ class CandidateConfig:
     n_text: int = 100  # candidates from the text interest score per user
     n_popular: int = 50  # most popular items (all time) per user
     n_recent: int = 50  # most popular items of the last day per user
+    n_transitions: int = 50  # candidates from the sequential rules per user (when the source is on)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +180,11 @@ class PipelineConfig:
     # comparison; early-stopped on each user's last window item). 0 = not evaluated: it trains a
     # model per evaluation (validation and test), minutes on sequence data sets.
     baseline_sasrec_epochs: int = 0
+    # The sequential-rules source (features/transitions.py: what others took next after the user's
+    # last items) as ranker candidates and features. "auto": on where the protocol tests what comes
+    # next (temporal, leave-last-out), off for a stratified split, whose held-out items are random
+    # positions of the history. The choice is logged as data_choice.transitions.
+    transitions: str = "auto"
     text: TextModelConfig = field(default_factory=TextModelConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
@@ -206,6 +213,8 @@ class PipelineConfig:
         for name in ("item_item_session_gap_seconds", "item_item_session_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
+        if self.transitions not in TRANSITIONS_SETTINGS:
+            raise ConfigError(f"transitions must be one of {TRANSITIONS_SETTINGS}, got {self.transitions!r}")
         if self.baseline_sasrec_epochs < 0:
             raise ConfigError(f"baseline_sasrec_epochs must be 0 (no SASRec baseline) or a positive number of "
                               f"epochs, got {self.baseline_sasrec_epochs}")
@@ -255,6 +264,11 @@ class PipelineConfig:
 
 _SECTIONS = {"PipelineConfig": "", "TextModelConfig": "text.", "CandidateConfig": "candidates.",
              "RankerConfig": "ranker."}
+
+
+def transitions_enabled(config: PipelineConfig) -> bool:
+    """Whether the sequential-rules source feeds the ranker (``PipelineConfig.transitions``)."""
+    return config.transitions == "on" or (config.transitions == "auto" and config.split != "stratified")
 
 
 def field_docs() -> dict[str, str]:

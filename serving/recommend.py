@@ -28,7 +28,8 @@ COLD_START = "cold-start"
 def candidate_budget(bundle: RankingBundle) -> int:
     """Upper bound of the candidates the model generates for one user (the sources' sum)."""
     c = bundle.config.candidates
-    return c.n_cf + c.n_item_item + c.n_text + c.n_popular + c.n_recent
+    transitions = c.n_transitions if bundle.state.transitions is not None else 0
+    return c.n_cf + c.n_item_item + c.n_text + c.n_popular + c.n_recent + transitions
 
 
 def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int, *, workers: int | None = None) -> pl.DataFrame:

@@ -31,8 +31,8 @@ MAX_K = 100
 MAX_USERS_PER_REQUEST = 1000
 MAX_IDS_PER_LIST = 5000
 # (user, item) pairs one request may ask to score: 1,000 users with the default candidate budget
-# (400 each) fit; 1,000 users x 3,000 explicit candidates do not (use `recsys rank`).
-MAX_PAIRS_PER_REQUEST = 400_000
+# (450 each) fit; 1,000 users x 3,000 explicit candidates do not (use `recsys rank`).
+MAX_PAIRS_PER_REQUEST = 450_000
 LIST_FIELDS = ("candidates", "history", "exclude")
 FIELDS = ("user_id", "k", *LIST_FIELDS)
 

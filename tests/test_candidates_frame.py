@@ -103,7 +103,7 @@ def test_one_row_top_n_gives_the_general_paths_entries_in_its_order():
 
 
 def test_candidates_exclude_seen_items_and_are_unique(state):
-    config = CandidateConfig(n_cf=10, n_item_item=10, n_text=10, n_popular=5, n_recent=5)
+    config = CandidateConfig(n_cf=10, n_item_item=10, n_text=10, n_popular=5, n_recent=5, n_transitions=5)
     cands = generate_candidates(state, np.arange(10, dtype=np.int32), config, seed=0)
     seen = state.seen.tocoo()
     seen_pairs = set(zip(seen.row.tolist(), seen.col.tolist(), strict=True))
@@ -111,9 +111,9 @@ def test_candidates_exclude_seen_items_and_are_unique(state):
     assert not seen_pairs & set(pairs)
     assert len(pairs) == len(set(pairs))
     assert cands["query_idx"].unique().sort().to_list() == list(range(10))
-    # the union of the five sources: at least one source's 10, at most 10 + 10 + 10 + 5 + 5 per user
+    # the union of the six sources: at least one source's 10, at most 10 + 10 + 10 + 5 + 5 + 5 per user
     per_user = cands.group_by("query_idx").len()["len"]
-    assert per_user.min() >= 10 and per_user.max() <= 40
+    assert per_user.min() >= 10 and per_user.max() <= 45
 
 
 def test_unknown_user_gets_only_non_personal_candidates(state):
@@ -196,6 +196,7 @@ def test_carried_scores_are_not_computed_again(small_bundle, monkeypatch):
 
     guard(state.als)
     guard(state.item_item)
+    guard(state.transitions)
     arrays = feature_arrays(state, carried["user_idx"].to_numpy(), carried["item_idx"].to_numpy(),
                             query_idx=carried["query_idx"].to_numpy(), known=known)
     # The carried score is used as it is, except that "no co-occurrence" (0) becomes unknown (NaN).

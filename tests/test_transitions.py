@@ -77,3 +77,58 @@ def test_thetime_order_is_the_three_key_lexsort():
     user, item, time = rng.integers(0, 30, 2000), rng.integers(0, 50, 2000), rng.integers(0, 20, 2000)
     expected = np.lexsort((tie_keys(9, user, item), time, user))
     np.testing.assert_array_equal(time_order(user, item, time, seed=9), expected)
+
+
+def test_the_source_feeds_candidates_and_features_and_survives_save_load_and_new_items(small_bundle, tmp_path):
+    import polars as pl
+
+    from features.candidates import generate_candidates
+    from features.catalog_update import add_items
+    from features.ranking_frame import TRANSITION_FEATURES, feature_arrays, feature_columns_of
+    from features.state import FeatureState
+
+    state = small_bundle.state
+    rules = state.transitions
+    assert rules is not None and rules.follows.shape == (state.n_items, state.n_items)
+    assert feature_columns_of(state)[-2:] == TRANSITION_FEATURES
+    assert small_bundle.feature_columns == feature_columns_of(state)  # the ranker learned on them
+    users = np.arange(40, dtype=np.int32)
+    cands = generate_candidates(state, users, small_bundle.config.candidates, seed=0, with_scores=True)
+    u, i = cands["user_idx"].to_numpy(), cands["item_idx"].to_numpy()
+    np.testing.assert_array_equal(cands["transition_score"].to_numpy(), rules.pair_scores(u, i))
+    # Each user's strongest unseen follower is a candidate.
+    scores = rules.user_scores(users)
+    scores[state.seen[users].toarray() > 0] = 0
+    for row in np.flatnonzero(scores.max(axis=1) > 0):
+        best = np.flatnonzero(scores[row] == scores[row].max())
+        assert set(best.tolist()) & set(i[u == row].tolist())
+    arrays = feature_arrays(state, u, i, query_idx=cands["query_idx"].to_numpy())
+    votes = rules.pair_scores(u, i)
+    assert np.isnan(arrays["transition_score_query_z"][votes == 0]).all()
+    assert (arrays["transition_score_query_rank"][votes > 0] > 0).all()
+
+    state.save(tmp_path / "state")
+    loaded = FeatureState.load(tmp_path / "state")
+    assert (loaded.transitions.follows != rules.follows).nnz == 0
+    assert (loaded.transitions.recent != rules.recent).nnz == 0
+
+    grown = add_items(state, pl.DataFrame({"item_id": ["new-a"], "category": ["c-new"]}),
+                      np.eye(1, state.item_vectors.shape[1], dtype=np.float32))
+    assert grown.transitions.follows.shape == (state.n_items + 1, state.n_items + 1)
+    np.testing.assert_array_equal(grown.transitions.user_scores(users)[:, :-1], rules.user_scores(users))
+    assert not grown.transitions.user_scores(users)[:, -1].any()  # nobody has taken the new item yet
+
+
+def test_a_stratified_split_leaves_the_source_out_unless_asked(small_bundle):
+    from dataclasses import replace
+
+    from recsys.config import PipelineConfig, transitions_enabled
+    from recsys.errors import ConfigError
+
+    config = small_bundle.config
+    assert transitions_enabled(config)  # temporal
+    assert not transitions_enabled(replace(config, split="stratified"))
+    assert transitions_enabled(replace(config, split="stratified", transitions="on"))
+    assert not transitions_enabled(replace(config, transitions="off"))
+    with pytest.raises(ConfigError, match="transitions must be one of .*got 'yes'"):
+        PipelineConfig.from_dict({"transitions": "yes"})

@@ -193,10 +193,15 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
                               split=SimpleNamespace(train=train))
     small = PipelineConfig(bpr_iterations=100, bpr_max_samples=50_000)
     assert data_choices(windows, small) == {"data_choice.item_item": "cosine", "data_choice.bpr_epochs": 25,
-                                            "data_choice.als_alpha": 3.75}  # 225 / 60
-    roomy = PipelineConfig(item_item_max_items=10_000, cf_use_weights=False, als_user_confidence=200.0)
+                                            "data_choice.als_alpha": 3.75,  # 225 / 60
+                                            "data_choice.transitions": "on"}  # temporal: what comes next is tested
+    roomy = PipelineConfig(item_item_max_items=10_000, cf_use_weights=False, als_user_confidence=200.0,
+                           split="stratified")
     assert data_choices(windows, roomy) == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100,
-                                            "data_choice.als_alpha": 5.0}  # 200 / 40 pairs
+                                            "data_choice.als_alpha": 5.0,  # 200 / 40 pairs
+                                            "data_choice.transitions": "off"}  # random held-out positions
+    forced = PipelineConfig(split="stratified", transitions="on")
+    assert data_choices(windows, forced)["data_choice.transitions"] == "on"
     assert data_choices(windows, PipelineConfig(als_alpha=2.0))["data_choice.als_alpha"] == 2.0
 
 

@@ -118,7 +118,9 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
     }
     if window is not None:
         events = with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0)
-        rules = fit_sequential_rules(events, n_users=state.n_users, n_items=state.n_items, seed=seed)
+        # The state's own source when it has one (fitted on this window with the run's seed).
+        rules = state.transitions or fit_sequential_rules(events, n_users=state.n_users, n_items=state.n_items,
+                                                          seed=seed)
         scorers["transitions"] = lambda u: said(rules.user_scores(u), zero_is_unknown=True)
         if sasrec_epochs > 0:
             sasrec = fit_sasrec(events, n_users=state.n_users, n_items=state.n_items, seed=seed,

@@ -36,7 +36,7 @@ from features.state import FeatureState, fit_feature_state, with_indices, with_t
 from features.text_encoder import TextEncoder, item_texts
 from features.user_items import build_user_items
 from recsys import windows
-from recsys.config import PipelineConfig
+from recsys.config import PipelineConfig, transitions_enabled
 from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
@@ -135,7 +135,8 @@ def split_windows(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts |
 def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     """The settings the pipeline derives from the data, not from the config alone (logged as
     ``data_choice.*`` params): the item-to-item model by catalog size, BPR's epochs by the number
-    of training-window pairs, and ALS's confidence scale by the values per user (``als_alpha`` 0).
+    of training-window pairs, ALS's confidence scale by the values per user (``als_alpha`` 0), and
+    whether the sequential-rules source feeds the ranker by the protocol (``transitions`` "auto").
     Both are the refit's, on the training window; the feature-window fit derives its own from
     its smaller window by the same rule."""
     n_items = len(w.items)
@@ -152,7 +153,10 @@ def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     if config.als_alpha <= 0:
         log.info("ALS: confidence scale alpha %.3g (als_user_confidence=%g over a mean of %.1f per user)", alpha,
                  config.als_user_confidence, mean_user_sum(values))
-    return {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs, "data_choice.als_alpha": alpha}
+    transitions = "on" if transitions_enabled(config) else "off"
+    log.info("sequential-rules source: %s (transitions=%s, split %s)", transitions, config.transitions, config.split)
+    return {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs, "data_choice.als_alpha": alpha,
+            "data_choice.transitions": transitions}
 
 
 @dataclass

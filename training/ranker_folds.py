@@ -21,7 +21,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from features.ranking_frame import FEATURE_COLUMNS, feature_matrix, group_sizes
+from features.ranking_frame import feature_matrix, frame_feature_columns, group_sizes
 from features.ties import tie_keys
 from recsys.config import PipelineConfig
 from recsys.errors import DataValidationError
@@ -109,14 +109,15 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
     """
     n_folds = config.ranker.folds
     members = []
+    columns = frame_feature_columns(train)
     for k, (fit, stop) in enumerate(fold_frames(train, n_folds, seed)):
-        member = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
-        sets = member.dataset(feature_matrix(fit), fit["label"].to_numpy(), group_sizes(fit),
-                              X_val=feature_matrix(stop), y_val=stop["label"].to_numpy(),
+        member = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
+        sets = member.dataset(feature_matrix(fit, columns), fit["label"].to_numpy(), group_sizes(fit),
+                              X_val=feature_matrix(stop, columns), y_val=stop["label"].to_numpy(),
                               groups_val=group_sizes(stop))
         members.append(member.fit_dataset(sets, unused_features=unused_features, eval_at=eval_at,
                                           progress_name=f"{progress_name} fold {k + 1}/{n_folds}".strip()))
-    ranker = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
+    ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
     ranker.booster = averaged_booster([m.booster for m in members])
     ranker.unused_features = tuple(unused_features)
     names = sorted({name for m in members for name in m.prior_weights})

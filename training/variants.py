@@ -23,7 +23,13 @@ import numpy as np
 import polars as pl
 
 from features.candidates import generate_candidates
-from features.ranking_frame import FEATURE_COLUMNS, TEXT_FEATURES, build_ranking_frame, feature_matrix, group_sizes
+from features.ranking_frame import (
+    TEXT_FEATURES,
+    build_ranking_frame,
+    feature_matrix,
+    frame_feature_columns,
+    group_sizes,
+)
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from recsys import windows
@@ -181,9 +187,11 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
                 log_metric(f"ranker/{short}/trees", float(rankers[name].best_iteration), 0)
                 log_metric(f"ranker/{short}/fit_seconds", rankers[name].fit_seconds, 0)
             continue
-        ranker = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed)
-        sets = ranker.dataset(feature_matrix(train), train["label"].to_numpy(), group_sizes(train),
-                              X_val=feature_matrix(val), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
+        columns = frame_feature_columns(train)
+        ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
+        sets = ranker.dataset(feature_matrix(train, columns), train["label"].to_numpy(), group_sizes(train),
+                              X_val=feature_matrix(val, columns), y_val=val["label"].to_numpy(),
+                              groups_val=group_sizes(val))
         curves = None if log_metric is None else \
             (lambda key, value, step, short=short: log_metric(key.replace("ranker/", f"ranker/{short}/", 1),
                                                               value, step))
