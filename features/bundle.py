@@ -23,6 +23,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from features.candidates import POPULAR_COLUMNS, SOURCE_FEATURES, generate_candidates
 from features.compiled_trees import CompiledTrees, compile_trees
@@ -91,13 +92,16 @@ class RankingBundle:
 
     def score_candidates(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
                          explicit: pl.DataFrame | None = None, exclude: pl.DataFrame | None = None,
-                         explicit_queries: np.ndarray | None = None) -> pl.DataFrame:
+                         explicit_queries: np.ndarray | None = None,
+                         query_recent: sp.csr_matrix | None = None) -> pl.DataFrame:
         """Every candidate of every query with its score: (query_idx, user_idx, item_idx, score).
 
         user_idx: int32 (n,), one query per entry; -1 for users unknown to the model (they get
             the non-personal candidates and NaN personal features).
         query_text: optional (n, d) interest vectors replacing the stored user vectors (request
             history, cold users); rows of zeros mean "no text interest".
+        query_recent: optional CSR (n, n_items) recent-item weights replacing the stored ones of
+            the sequential-rules source (request history; ``features.transitions``).
         explicit: optional (query_idx, item_idx) rows: those queries rank exactly these items
             instead of generated candidates.
         exclude: optional (query_idx, item_idx) rows never returned.
@@ -105,13 +109,15 @@ class RankingBundle:
             when they have none (default: the queries that appear in ``explicit``).
         """
         candidates, arrays = self.candidate_features(user_idx, query_text=query_text, explicit=explicit,
-                                                     exclude=exclude, explicit_queries=explicit_queries)
+                                                     exclude=exclude, explicit_queries=explicit_queries,
+                                                     query_recent=query_recent)
         return self.score_features(candidates, arrays)
 
     def candidate_features(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
                            explicit: pl.DataFrame | None = None,
                            exclude: pl.DataFrame | None = None,
-                           explicit_queries: np.ndarray | None = None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+                           explicit_queries: np.ndarray | None = None,
+                           query_recent: sp.csr_matrix | None = None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
         """The candidates (query_idx, user_idx, item_idx) Int32 and their feature arrays, unscored.
 
         Arguments as in ``score_candidates``. The arrays (one per feature column, rows aligned
@@ -129,8 +135,10 @@ class RankingBundle:
         reuse_scores = explicit is None or explicit.height == 0
         if generate.size:
             text = None if query_text is None else query_text[generate]
+            recent = None if query_recent is None else query_recent[generate]
             generated = generate_candidates(self.state, user_idx[generate], self.config.candidates,
-                                            seed=self.config.seed, user_text=text, with_scores=reuse_scores)
+                                            seed=self.config.seed, user_text=text, with_scores=reuse_scores,
+                                            recent=recent)
             parts.append(generated.with_columns(pl.Series("query_idx", generate[generated["query_idx"].to_numpy()])))
         if explicit is not None and explicit.height:
             parts.append(explicit.select(pl.col("query_idx").cast(pl.Int32),
@@ -144,7 +152,8 @@ class RankingBundle:
                                          on=["query_idx", "item_idx"], how="anti", maintain_order="left")
         known = {name: candidates[name].to_numpy() for name in SOURCE_FEATURES.values() if name in candidates.columns}
         arrays = feature_arrays(self.state, candidates["user_idx"].to_numpy(), candidates["item_idx"].to_numpy(),
-                                query_idx=candidates["query_idx"].to_numpy(), query_text=query_text, known=known)
+                                query_idx=candidates["query_idx"].to_numpy(), query_text=query_text, known=known,
+                                query_recent=query_recent)
         return candidates.select("query_idx", "user_idx", "item_idx"), arrays
 
     def score_features(self, candidates: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:

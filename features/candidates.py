@@ -173,10 +173,14 @@ def item_item_scores(state: FeatureState, user_idx: np.ndarray, *, sort_indices:
     return rows
 
 
-def transition_scores(state: FeatureState, user_idx: np.ndarray) -> sp.csr_matrix:
+def transition_scores(state: FeatureState, user_idx: np.ndarray,
+                      recent_rows: sp.csr_matrix | None = None) -> sp.csr_matrix:
     """Sequential-rules scores (len(user_idx), n_items) float32 CSR, column indices unsorted:
     what followed each user's most recent items (``features.transitions``); rows of unknown
-    users (-1) are empty. The state must have the source."""
+    users (-1) are empty. recent_rows: CSR (len(user_idx), n_items) weights used instead of the
+    stored ones (request history). The state must have the source."""
+    if recent_rows is not None:
+        return (recent_rows @ state.transitions.follows).tocsr().astype(np.float32, copy=False)
     recent = state.transitions.recent
     rows = np.asarray(user_idx, dtype=np.int64)
     lengths = np.where(rows >= 0, np.diff(recent.indptr)[np.maximum(rows, 0)], 0)
@@ -245,7 +249,7 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
 @stage("candidates")
 def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *, seed: int,
                         chunk_size: int = 512, user_text: np.ndarray | None = None,
-                        with_scores: bool = False) -> pl.DataFrame:
+                        with_scores: bool = False, recent: sp.csr_matrix | None = None) -> pl.DataFrame:
     """Candidate rows (query_idx, user_idx, item_idx), Int32, sorted by query then item.
 
     Each source's top-N breaks ties by the seeded tie rule (``seed``: the run's seed).
@@ -256,6 +260,8 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     with_scores: also return each personal source's score of every candidate as its feature
     column (``SOURCE_FEATURES``; Float32, NaN where the source knows nothing of the user), so
     scoring does not compute the same dense products twice.
+    recent: optional CSR (len(user_idx), n_items) recent-item weights of the sequential-rules
+    source replacing the stored ones (request history, unknown users with a history).
     """
     personal = {"cf": config.n_cf, "item_item": config.n_item_item, "text": config.n_text}
     if state.transitions is not None:
@@ -266,6 +272,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     for start in range(0, len(user_idx), chunk_size):
         chunk = user_idx[start:start + chunk_size]
         chunk_text = None if user_text is None else user_text[start:start + chunk_size]
+        chunk_recent = None if recent is None else recent[start:start + chunk_size]
         seen = seen_mask(state, chunk)
         picked = np.zeros_like(seen)
         dense: dict[str, np.ndarray] = {}
@@ -275,7 +282,7 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
                 continue
             if source in ("item_item", "transitions"):  # sparse: no user x catalog work unless most items get votes
                 scores = (item_item_scores(state, chunk, sort_indices=False) if source == "item_item"
-                          else transition_scores(state, chunk))
+                          else transition_scores(state, chunk, chunk_recent))
                 if scores.nnz > DENSE_ITEM_ITEM_SHARE * scores.shape[0] * scores.shape[1]:
                     dense_item_item = scores.toarray()
                     if with_scores:
@@ -313,7 +320,9 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
             columns[SOURCE_FEATURES[source]] = np.where(np.isinf(values), np.nan, values).astype(np.float32)
         for source, scores in item_item_values.items():
             values = np.asarray(scores[rows, cols], dtype=np.float32).ravel()
-            columns[SOURCE_FEATURES[source]] = np.where(chunk[rows] < 0, np.nan, values).astype(np.float32)
+            # Rows of unknown users know nothing, except the request's own recent items for the rules.
+            blind = chunk[rows] < 0 if source == "item_item" or chunk_recent is None else np.zeros(len(rows), bool)
+            columns[SOURCE_FEATURES[source]] = np.where(blind, np.nan, values).astype(np.float32)
         frames.append(pl.DataFrame(columns))
     if not frames:
         schema = dict(schemas.CANDIDATES)

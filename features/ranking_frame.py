@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from features import behaviour
 from features.pair_scores import pair_dot
@@ -207,7 +208,8 @@ def zscore_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray
 @stage("ranking_frame")
 def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarray, *,
                    query_idx: np.ndarray, query_text: np.ndarray | None = None,
-                   known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                   known: dict[str, np.ndarray] | None = None,
+                   query_recent: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
     """Every ``feature_columns_of(state)`` entry as a float32 (rows,) array (NaN = unknown) for the given pairs.
 
     user_idx: int (rows,), -1 for users unknown to the state; item_idx: int (rows,);
@@ -216,6 +218,8 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     ``with_scores``), used as they are.
     query_text: optional (n_queries, d) interest vectors indexed by ``query_idx``, replacing the
     stored user vectors (request-time history for cold users).
+    query_recent: optional CSR (n_queries, n_items) recent-item weights indexed by ``query_idx``,
+    replacing the stored ones of the sequential-rules source (request-time history).
     Every feature is a numpy gather from the state's dense tables: no joins, no row loops.
     """
     known = known or {}
@@ -254,9 +258,14 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     columns[behaviour.AFFINITY_FEATURE] = user_affinity
     columns[TEXT_POPULARITY_FEATURE] = state.text_popularity()[item_idx]
     if state.transitions is not None:
-        votes = (known["transition_score"] if "transition_score" in known
-                 else state.transitions.pair_scores(user_idx, item_idx))
-        votes = np.where(unknown | ~(votes > 0), np.float32(np.nan), votes).astype(np.float32)
+        if "transition_score" in known:
+            votes = known["transition_score"]
+        elif query_recent is not None:
+            votes = state.transitions.pair_scores(query_idx, item_idx, recent=query_recent)
+        else:
+            votes = state.transitions.pair_scores(user_idx, item_idx)
+        # No vote (0), or no rows to vote from (NaN): unknown. Items without history get no votes.
+        votes = np.where(~(votes > 0), np.float32(np.nan), votes).astype(np.float32)
         columns["transition_score"] = votes  # raw votes grow with the window: the ranker sees the two views
         columns["transition_score_query_rank"] = rank_within_query(query_idx, votes)
         columns["transition_score_query_z"] = zscore_within_query(query_idx, votes)

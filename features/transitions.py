@@ -57,9 +57,11 @@ class SequentialRules:
             raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}; mask unknown users (-1) first")
         return self._votes().user_scores_sparse(self.recent[user_idx])
 
-    def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1."""
-        return self._votes().pair_scores(self.recent, user_idx, item_idx)
+    def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray,
+                    recent: sp.csr_matrix | None = None) -> np.ndarray:
+        """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1. recent: CSR
+        (rows, n_items) weights to read instead of the stored ones (user_idx then indexes them)."""
+        return self._votes().pair_scores(self.recent if recent is None else recent, user_idx, item_idx)
 
     def with_new_items(self, n_new: int) -> SequentialRules:
         """The same model over a catalog grown by ``n_new`` items nobody has taken yet."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from features import rank_workers
 from features.bundle import RankingBundle, head_k
 from features.text_interest import vector_from_history
+from features.transitions import RECENT
 from recsys import schemas
 from serving.requests import RecommendRequest
 
@@ -98,7 +100,8 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
     query_text, paths = _interest_vectors(bundle, user_idx, history, n)
     exclude = pl.concat([excluded, history]) if excluded.height or history.height else None
     scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit, exclude=exclude,
-                                     explicit_queries=explicit_queries)
+                                     explicit_queries=explicit_queries,
+                                     query_recent=_recent_items(bundle, user_idx, history, n))
     top = head_k(scored, max(r.k for r in requests), seed=bundle.config.seed)
     query = top["query_idx"].to_numpy()
     item_ids = state.items.to_ids(top["item_idx"].to_numpy()).to_list()
@@ -115,6 +118,37 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
 
 def _get(values: list[list[str]], q: int) -> list[str]:
     return values[q] if q < len(values) else []
+
+
+def _recent_items(bundle: RankingBundle, user_idx: np.ndarray, history: pl.DataFrame,
+                  n: int) -> sp.csr_matrix | None:
+    """Per query, the sequential-rules source's recent-item weights with the request's history as
+    the newest items (CSR (n, n_items)); None without the source or without any history (the
+    stored rows then serve)."""
+    rules = bundle.state.transitions
+    if rules is None or history.height == 0:
+        return None
+    n_items = rules.follows.shape[0]
+    rows, cols, weights = [], [], []
+    fresh = {q: items for q, items in history.group_by("query_idx", maintain_order=True).agg("item_idx").iter_rows()}
+    for q in range(n):
+        stored = rules.recent[int(user_idx[q])] if user_idx[q] >= 0 else None
+        if q not in fresh:  # the stored row as it is: an answer never depends on its batch
+            if stored is not None:
+                rows += [q] * stored.nnz
+                cols += stored.indices.tolist()
+                weights += stored.data.tolist()
+            continue
+        newest_first = list(reversed(fresh[q]))
+        if stored is not None:  # then the stored ones, most recent (largest weight 1/p) first
+            newest_first += stored.indices[np.argsort(-stored.data, kind="stable")].tolist()
+        for p, item in enumerate(newest_first[:RECENT]):
+            rows.append(q)
+            cols.append(item)
+            weights.append(1.0 / (p + 1))
+    recent = sp.csr_matrix((np.asarray(weights, dtype=np.float32), (rows, cols)), shape=(n, n_items))
+    recent.sum_duplicates()
+    return recent
 
 
 def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.DataFrame,

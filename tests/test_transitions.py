@@ -132,3 +132,35 @@ def test_a_stratified_split_leaves_the_source_out_unless_asked(small_bundle):
     assert not transitions_enabled(replace(config, transitions="off"))
     with pytest.raises(ConfigError, match="transitions must be one of .*got 'yes'"):
         PipelineConfig.from_dict({"transitions": "yes"})
+
+
+def test_a_requests_history_is_the_newest_evidence_and_batching_changes_no_answer(small_bundle):
+    import polars as pl
+    import scipy.sparse as sp
+
+    from serving.recommend import _recent_items, recommend_requests
+    from serving.requests import RecommendRequest
+
+    state = small_bundle.state
+    rules = state.transitions
+    items = state.items.to_ids(np.arange(state.n_items)).to_list()
+    known = state.users.to_ids(np.array([4])).to_list()[0]
+    # An item some other item is followed by, so that a history of it gets votes.
+    leader = int(np.argmax(np.diff(rules.follows.indptr)))
+    alone = RecommendRequest(known, 10)
+    fresh = RecommendRequest("nobody-we-know", 10, history=(items[leader],))
+    both = recommend_requests(small_bundle, [alone, fresh])
+    assert both[0] == recommend_requests(small_bundle, [alone])[0]  # its batch neighbour changes nothing
+    history = pl.DataFrame({"query_idx": [1], "item_idx": [leader]},
+                           schema={"query_idx": pl.Int32, "item_idx": pl.Int32})
+    recent = _recent_items(small_bundle, np.array([4, -1]), history, 2)
+    assert (recent[0] != rules.recent[4]).nnz == 0  # the stored row, exactly
+    assert recent[1].indices.tolist() == [leader] and recent[1].data.tolist() == [1.0]
+    votes = sp.csr_matrix(recent[1] @ rules.follows)
+    assert votes.nnz > 0  # the unknown user's history votes for what followed it
+    best = set(votes.indices[votes.data == votes.data.max()].tolist()) - {leader}
+    cands, arrays = small_bundle.candidate_features(np.array([-1], dtype=np.int32), query_recent=recent[1])
+    assert best and best <= set(cands["item_idx"].to_list())
+    assert np.isfinite(arrays["transition_score"]).any()
+    _, without = small_bundle.candidate_features(np.array([-1], dtype=np.int32))
+    assert np.isnan(without["transition_score"]).all()  # an unknown user without a history: no votes
