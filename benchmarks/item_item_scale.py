@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/item_item_scale.py data/scale-1                  # EASE (dense, cubic)
     .venv/bin/python benchmarks/item_item_scale.py /tmp/scale-10 --kind cosine   # co-occurrence cosine
+    .venv/bin/python benchmarks/item_item_scale.py /tmp/scale-10 --kind transitions  # sequential rules
 
 EASE is fitted on every item with a click (``max_items`` lifted), as ``item_item_max_items`` would
 allow it; the pipeline's default switches to cosine co-occurrence above 5,000 items. For the
 cosine it also prints what its cost follows: the partial products (the sum over users of their
 squared distinct items) and the distinct co-occurring item pairs (the off-diagonal entries of
 X'X, counted in a separate pass that is not timed), with the fit's seconds per million pairs.
+The sequential rules (``features/transitions.py``) are fitted on every click with its time, as a
+state's fit does on its window.
 """
 
 from __future__ import annotations
@@ -30,18 +33,35 @@ def co_occurring_pairs(x: sp.csr_matrix, block_entries: int = 30_000_000) -> int
     return int(sum((xt[a:b] @ x).nnz - int(has_users[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)))
 
 
+def _transitions(events: pl.DataFrame, users: np.ndarray, items: np.ndarray) -> None:
+    from features.transitions import fit_sequential_rules
+
+    indexed = pl.DataFrame({"user_idx": users, "item_idx": items, "timestamp": events["timestamp"]})
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    model = fit_sequential_rules(indexed, n_users=n_users, n_items=n_items, seed=0)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"transitions on {len(indexed):,} clicks ({n_users:,} users x {n_items:,} items): {seconds:.1f} s, peak "
+          f"RSS {peak:,.0f} MiB ({before:,.0f} MiB before the fit), {model.follows.nnz:,} follower weights kept")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="a canonical data folder (interactions.parquet)")
-    parser.add_argument("--kind", choices=("ease", "cosine"), default="ease")
+    parser.add_argument("--kind", choices=("ease", "cosine", "transitions"), default="ease")
     parser.add_argument("--regularization", type=float, default=500.0)
     parser.add_argument("--neighbours", type=int, default=200, help="weights kept per item")
     args = parser.parse_args()
     from features.item_item import binary, fit_item_item
 
-    events = pl.read_parquet(f"{args.data}/interactions.parquet", columns=["user_id", "item_id"])
+    events = pl.read_parquet(f"{args.data}/interactions.parquet", columns=["user_id", "item_id", "timestamp"])
     users = events["user_id"].cast(pl.Categorical).to_physical().to_numpy()
     items = events["item_id"].cast(pl.Categorical).to_physical().to_numpy()
+    if args.kind == "transitions":
+        _transitions(events, users, items)
+        return
     clicks = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
