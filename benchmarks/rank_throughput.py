@@ -121,7 +121,7 @@ def _measure(bundle, users: list, chunks: list, args) -> dict:
         cands = generate_candidates(bundle.state, idx, bundle.config.candidates, seed=bundle.config.seed,
                                     with_scores=True)
         t1 = time.perf_counter()
-        known = {name: cands[name].to_numpy() for name in SOURCE_FEATURES.values()}
+        known = {name: cands[name].to_numpy() for name in SOURCE_FEATURES.values() if name in cands.columns}
         arrays = feature_arrays(bundle.state, cands["user_idx"].to_numpy(), cands["item_idx"].to_numpy(),
                                 query_idx=cands["query_idx"].to_numpy(), known=known)
         t2 = time.perf_counter()

@@ -28,7 +28,13 @@ import scipy.sparse as sp
 from features.candidates import POPULAR_COLUMNS, SOURCE_FEATURES, generate_candidates
 from features.compiled_trees import CompiledTrees, compile_trees
 from features.rank_workers import in_worker
-from features.ranking_frame import feature_arrays, feature_matrix, position_in_group, prior_scores
+from features.ranking_frame import (
+    feature_arrays,
+    feature_columns_of,
+    feature_matrix,
+    position_in_group,
+    prior_scores,
+)
 from features.state import FeatureState
 from features.text_interest import UserVectors
 from features.ties import order_by_score
@@ -190,11 +196,17 @@ class RankingBundle:
             raise ValueError(f"bundle format {manifest['format_version']} is not supported "
                              f"(this code reads {', '.join(map(str, READABLE_FORMATS))}); retrain or upgrade")
         encoder = folder / "encoder"
+        state = FeatureState.load(folder / "state")
+        columns = tuple(manifest["feature_columns"])
+        missing = sorted(set(columns) - set(feature_columns_of(state)))
+        if missing:  # e.g. a state folder without its sequential-rules files: fail here, not per request
+            raise ValueError(f"{folder}: the ranker reads {missing}, which this bundle's state cannot compute "
+                             "(files missing from its state folder?); save the bundle again from its run")
         return cls(
             config=PipelineConfig.load(folder / "config.json"),
-            state=FeatureState.load(folder / "state"),
+            state=state,
             booster=lgb.Booster(model_file=str(folder / "ranker.txt")),
-            feature_columns=tuple(manifest["feature_columns"]),
+            feature_columns=columns,
             encoder_dir=encoder if encoder.exists() else None,
             prior_weights=manifest.get("prior_weights", {}),
         )

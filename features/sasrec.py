@@ -116,7 +116,7 @@ def fit_sasrec(events: pl.DataFrame, *, n_users: int, n_items: int, seed: int,
                          "drop events of users or items outside the id maps first")
     order = time_order(user, item, events["timestamp"].to_physical().to_numpy().astype(np.int64), seed)
     user, rows = user[order], item[order] + 1
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _fit(user, rows, n_users, n_items, seed, settings, progress)
 
@@ -187,7 +187,7 @@ def _epoch(encoder: _Encoder, optimizer: torch.optim.Optimizer, train: np.ndarra
         sampled = h @ table[negatives].T
         sampled = sampled.masked_fill(target[..., None] == negatives, -1e9)
         logits = torch.cat([positive, sampled], dim=-1)
-        valid = target != 0
+        valid = (target != 0) & (seq != 0)  # an item to predict from an item (padding predicts nothing)
         loss = nn.functional.cross_entropy(logits[valid], torch.zeros(int(valid.sum()), dtype=torch.long))
         optimizer.zero_grad()
         loss.backward()

@@ -131,17 +131,17 @@ def _recent_items(bundle: RankingBundle, user_idx: np.ndarray, history: pl.DataF
     n_items = rules.follows.shape[0]
     rows, cols, weights = [], [], []
     fresh = {q: items for q, items in history.group_by("query_idx", maintain_order=True).agg("item_idx").iter_rows()}
+    indptr, indices, data = rules.recent.indptr, rules.recent.indices, rules.recent.data
     for q in range(n):
-        stored = rules.recent[int(user_idx[q])] if user_idx[q] >= 0 else None
+        u = int(user_idx[q])
+        span = slice(indptr[u], indptr[u + 1]) if u >= 0 else slice(0, 0)  # the stored row (a CSR slice)
         if q not in fresh:  # the stored row as it is: an answer never depends on its batch
-            if stored is not None:
-                rows += [q] * stored.nnz
-                cols += stored.indices.tolist()
-                weights += stored.data.tolist()
+            rows += [q] * (span.stop - span.start)
+            cols += indices[span].tolist()
+            weights += data[span].tolist()
             continue
-        newest_first = list(reversed(fresh[q]))
-        if stored is not None:  # then the stored ones, most recent (largest weight 1/p) first
-            newest_first += stored.indices[np.argsort(-stored.data, kind="stable")].tolist()
+        # The request's items, newest first, then the stored ones, most recent (largest weight 1/p) first.
+        newest_first = list(reversed(fresh[q])) + indices[span][np.argsort(-data[span], kind="stable")].tolist()
         for p, item in enumerate(newest_first[:RECENT]):
             rows.append(q)
             cols.append(item)

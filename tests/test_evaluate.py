@@ -202,8 +202,10 @@ def test_the_transitions_baseline_is_the_states_source_or_fitted_on_the_window_t
     state = small_bundle.state
     assert state.transitions is not None  # a temporal split: the source is on
     users = np.arange(30)
-    own = evaluate.baseline_scorers(state, seed=0, window=split.train)["transitions"](users)
-    expected = state.transitions.user_scores(users)
+    # A model no refit on the window would give (every vote doubled): the scorer must read it.
+    doubled = replace(state, transitions=replace(state.transitions, follows=state.transitions.follows * 2))
+    own = evaluate.baseline_scorers(doubled, seed=0, window=split.train)["transitions"](users)
+    expected = doubled.transitions.user_scores(users)
     voted = expected > 0
     assert voted.any()
     np.testing.assert_array_equal(own[voted], expected[voted])

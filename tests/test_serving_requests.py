@@ -136,14 +136,14 @@ def test_a_k_that_is_not_a_finite_integer_is_a_clear_400(k):
 
 def test_the_work_of_one_request_is_bounded_before_it_starts():
     """1,000 users x 3,000 explicit candidates (3M pairs) is refused up front; the same users with
-    the model's own candidates fit."""
+    the model's own candidates (a budget of 450) fit, and one more per user does not."""
     ids = [f"i{j}" for j in range(3000)]
     big = pd.DataFrame({"user_id": [f"u{i}" for i in range(1000)], "candidates": [ids] * 1000})
     with pytest.raises(RequestTooLargeError, match=r"asks to score 3,000,000 \(user, item\) pairs; at most 450,000"):
-        parse_requests(big, default_k=10, candidate_budget=400)
-    assert len(parse_requests(big.drop(columns="candidates"), default_k=10, candidate_budget=400)) == 1000
-    with pytest.raises(RequestTooLargeError, match="asks to score 401,000"):
-        parse_requests(big.drop(columns="candidates"), default_k=10, candidate_budget=401)
+        parse_requests(big, default_k=10, candidate_budget=450)
+    assert len(parse_requests(big.drop(columns="candidates"), default_k=10, candidate_budget=450)) == 1000
+    with pytest.raises(RequestTooLargeError, match="asks to score 451,000"):
+        parse_requests(big.drop(columns="candidates"), default_k=10, candidate_budget=451)
 
 
 def test_a_request_past_its_deadline_stops_instead_of_working_on(small_bundle):

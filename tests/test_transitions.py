@@ -164,3 +164,31 @@ def test_a_requests_history_is_the_newest_evidence_and_batching_changes_no_answe
     assert np.isfinite(arrays["transition_score"]).any()
     _, without = small_bundle.candidate_features(np.array([-1], dtype=np.int32))
     assert np.isnan(without["transition_score"]).all()  # an unknown user without a history: no votes
+
+
+def test_a_known_users_history_comes_before_the_stored_items(small_bundle):
+    import polars as pl
+
+    from serving.recommend import _recent_items
+
+    rules = small_bundle.state.transitions
+    user = int(np.flatnonzero(np.diff(rules.recent.indptr) == 3)[0])  # a user with three stored recent items
+    row = rules.recent[user]
+    stored_newest_first = row.indices[np.argsort(-row.data, kind="stable")].tolist()
+    fresh = [i for i in range(small_bundle.state.n_items) if i not in stored_newest_first][:2]  # oldest first
+    history = pl.DataFrame({"query_idx": [0, 0], "item_idx": fresh},
+                           schema={"query_idx": pl.Int32, "item_idx": pl.Int32})
+    recent = _recent_items(small_bundle, np.array([user]), history, 1)
+    weights = dict(zip(recent.indices.tolist(), recent.data.tolist(), strict=True))
+    assert weights == {fresh[1]: 1.0, fresh[0]: 0.5, stored_newest_first[0]: pytest.approx(1 / 3)}
+
+
+def test_a_bundle_whose_state_lost_the_rules_is_refused_at_load(small_bundle, tmp_path):
+    from features.bundle import RankingBundle
+
+    small_bundle.save(tmp_path / "bundle")
+    assert RankingBundle.load(tmp_path / "bundle").state.transitions is not None
+    for name in ("transitions_follows.npz", "transitions_recent.npz"):
+        (tmp_path / "bundle" / "state" / name).unlink()
+    with pytest.raises(ValueError, match=r"reads \['transition_score_query_rank', 'transition_score_query_z'\]"):
+        RankingBundle.load(tmp_path / "bundle")

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 
 from features.candidates import generate_candidates, source_scores, top_n
-from features.ranking_frame import FEATURE_COLUMNS
+from features.ranking_frame import FEATURE_COLUMNS, feature_columns_of
 from recsys.config import PipelineConfig
 from training import variants
 
@@ -97,10 +97,12 @@ def test_training_and_serving_build_the_same_feature_rows(small_bundle):
     first = served.group_by("query_idx", maintain_order=True).agg(pl.col("item_idx").first())
     relevant = [np.array([item]) for item in first.sort("query_idx")["item_idx"].to_list()]
     trained = variants.labelled_frame(state, (users, relevant), None, small_bundle.config)
-    served = served.with_columns([pl.Series(name, arrays[name]) for name in FEATURE_COLUMNS])
+    columns = feature_columns_of(state)
+    assert len(columns) > len(FEATURE_COLUMNS)  # the sequential-rules columns are compared too
+    served = served.with_columns([pl.Series(name, arrays[name]) for name in columns])
     joined = trained.join(served, on=["query_idx", "user_idx", "item_idx"], how="full", suffix="_served")
     assert joined.height == trained.height == served.height
-    for name in FEATURE_COLUMNS:
+    for name in columns:
         np.testing.assert_allclose(joined[name].to_numpy(), joined[f"{name}_served"].to_numpy(), rtol=1e-5,
                                    atol=1e-6, equal_nan=True, err_msg=name)
 
