@@ -91,7 +91,7 @@ class SASRec:
         user_idx = np.asarray(user_idx)
         if user_idx.size and (user_idx.min() < 0 or user_idx.max() >= len(self.histories)):
             raise IndexError(f"user rows must be in 0..{len(self.histories) - 1}; mask unknown users (-1) first")
-        seq = torch.from_numpy(self.histories[user_idx])
+        seq = torch.from_numpy(_trimmed(self.histories[user_idx]))
         self.encoder.eval()
         with torch.inference_mode():
             scores = (self.encoder(seq)[:, -1] @ self.encoder.items.weight[1:].T).numpy().astype(np.float32)
@@ -173,12 +173,16 @@ def _fit(user: np.ndarray, rows: np.ndarray, n_users: int, n_items: int, seed: i
 
 def _epoch(encoder: _Encoder, optimizer: torch.optim.Optimizer, train: np.ndarray, n_items: int,
            s: SASRecSettings, rng: np.random.Generator) -> float:
-    """One pass over the training sequences in a seeded order; returns the mean batch loss."""
+    """One pass over the training sequences in seeded batches of similar length (each cut to its
+    longest sequence: most histories are far shorter than max_len); returns the mean batch loss."""
     encoder.train()
     losses = []
-    order = rng.permutation(len(train))
-    for start in range(0, len(train), s.batch_size):
-        batch = torch.from_numpy(train[order[start:start + s.batch_size]])
+    lengths = (train != 0).sum(axis=1)
+    by_length = np.lexsort((rng.random(len(train)), lengths))  # similar lengths together, random within
+    batches = [by_length[i:i + s.batch_size] for i in range(0, len(train), s.batch_size)]
+    for b in rng.permutation(len(batches)):
+        pick = batches[b]
+        batch = torch.from_numpy(_trimmed(train[pick]))
         seq, target = batch[:, :-1], batch[:, 1:]
         h = encoder(seq)
         negatives = torch.from_numpy(rng.integers(1, n_items + 1, size=s.negatives))
@@ -196,6 +200,12 @@ def _epoch(encoder: _Encoder, optimizer: torch.optim.Optimizer, train: np.ndarra
     return float(np.mean(losses)) if losses else float("nan")
 
 
+def _trimmed(rows: np.ndarray) -> np.ndarray:
+    """Left-padded rows without the columns that are padding in every row (at least one kept)."""
+    width = max(1, int((rows != 0).sum(axis=1).max(initial=0)))
+    return rows[:, rows.shape[1] - width:]
+
+
 def _validation_ndcg(encoder: _Encoder, inputs: np.ndarray, targets: np.ndarray, chunk: int = 1024) -> float:
     """Mean nDCG@10 of each user's held-out item (targets: item rows) in a full ranking."""
     if len(inputs) == 0:
@@ -204,7 +214,7 @@ def _validation_ndcg(encoder: _Encoder, inputs: np.ndarray, targets: np.ndarray,
     gains = []
     with torch.inference_mode():
         for start in range(0, len(inputs), chunk):
-            h = encoder(torch.from_numpy(inputs[start:start + chunk]))[:, -1]
+            h = encoder(torch.from_numpy(_trimmed(inputs[start:start + chunk])))[:, -1]
             scores = h @ encoder.items.weight[1:].T
             true = scores.gather(1, torch.from_numpy(targets[start:start + chunk] - 1)[:, None])
             rank = (scores > true).sum(dim=1).numpy()  # 0-based; ties favour it (only epochs are compared)
