@@ -19,7 +19,8 @@ Equivalent CLI, per set:
 
 Prints, per set, the validation nDCG@10 (held-out label users, feature-window models: what the
 defaults are judged on) of the shipped ranker and of the best single baseline, their ratio, the
-test nDCG@10 of both (reported, never used to choose), and the run's wall time. MLflow writes to
+test nDCG@10 of both (reported, never used to choose) with the ranker's paired lift over that
+baseline and its 95% bootstrap interval, and the run's wall time. MLflow writes to
 a temporary folder.
 """
 
@@ -102,6 +103,9 @@ def summarise(result, wall: float) -> dict:
             "validation_ranker": result.validation_metrics["ranker"][key],
             "validation_best_baseline": best, "validation_best_baseline_ndcg": baselines[best][key],
             "test_ranker": result.metrics["ranker"][key], "test_best_baseline": result.metrics[best][key],
+            # The shipped ranker's paired test lift over the baseline chosen on validation, with its interval.
+            "test_lift": [result.metrics["ranker"].get(f"lift_vs_best_baseline/{key}{end}", float("nan"))
+                          for end in ("", "_ci_low", "_ci_high")],
             "validation": {m: v[key] for m, v in result.validation_metrics.items() if key in v},
             "test": {m: v[key] for m, v in result.metrics.items() if key in v},
             "wall_s": wall}
@@ -109,10 +113,12 @@ def summarise(result, wall: float) -> dict:
 
 def line_of(name: str, row: dict) -> str:
     ratio = row["validation_ranker"] / max(row["validation_best_baseline_ndcg"], 1e-12)
+    lift, low, high = row["test_lift"]
     return (f"{name:10s} validation nDCG@10: ranker ({row['shipped']}) {row['validation_ranker']:.4f} vs best "
             f"baseline {row['validation_best_baseline']} {row['validation_best_baseline_ndcg']:.4f} "
             f"({ratio:.2f}x) | test: ranker {row['test_ranker']:.4f}, {row['validation_best_baseline']} "
-            f"{row['test_best_baseline']:.4f} | {row['wall_s']:.0f}s")
+            f"{row['test_best_baseline']:.4f}, paired lift {lift:+.4f} (95% CI {low:+.4f} to {high:+.4f}) "
+            f"| {row['wall_s']:.0f}s")
 
 
 if __name__ == "__main__":
