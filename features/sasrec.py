@@ -11,7 +11,7 @@ by its positions; a draw equal to the true item is masked out). Early stopping: 
 window item is held out, and the epoch with the best nDCG@10 of that item (full ranking, a
 seeded sample of up to ``VALIDATION_USERS`` users) is kept, so the test split plays no part.
 Scoring reads the whole window, held-out item included (the RecBole protocol). Order within a
-user is time, then the seeded tie rule (``features.transitions.time_order``).
+user is time, then the seeded tie rule (``features.transitions.ordered_events``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from features.transitions import time_order
+from features.transitions import ordered_events
 from recsys.progress import progress as progress_bar
 
 VALIDATION_USERS = 5_000
@@ -106,16 +106,8 @@ def fit_sasrec(events: pl.DataFrame, *, n_users: int, n_items: int, seed: int,
     Same events, settings and seed, same model: batches and negatives come from generators
     seeded with ``seed``, and dropout from torch's generator inside ``torch.random.fork_rng``.
     """
-    for column in ("user_idx", "item_idx", "timestamp"):
-        if column not in events.columns:
-            raise ValueError(f"events need a {column!r} column; got {events.columns}")
-    user = events["user_idx"].to_numpy().astype(np.int64)
-    item = events["item_idx"].to_numpy().astype(np.int64)
-    if user.size and (user.min() < 0 or user.max() >= n_users or item.min() < 0 or item.max() >= n_items):
-        raise ValueError(f"user_idx must be in 0..{n_users - 1} and item_idx in 0..{n_items - 1}; "
-                         "drop events of users or items outside the id maps first")
-    order = time_order(user, item, events["timestamp"].to_physical().to_numpy().astype(np.int64), seed)
-    user, rows = user[order], item[order] + 1
+    user, item, _ = ordered_events(events, n_users=n_users, n_items=n_items, seed=seed)
+    rows = item + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _fit(user, rows, n_users, n_items, seed, settings, progress)

@@ -93,20 +93,10 @@ def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, se
     Rows with a negative index are refused (map or drop unknown users first). ``seed`` is the
     run's seed (the tie rule for events at the same time).
     """
-    for column in ("user_idx", "item_idx", "timestamp"):
-        if column not in events.columns:
-            raise ValueError(f"events need a {column!r} column; got {events.columns}")
     if steps < 1 or recent < 1:
         raise ValueError(f"steps and recent must be at least 1, got steps={steps}, recent={recent}")
-    user = events["user_idx"].to_numpy().astype(np.int64)
-    item = events["item_idx"].to_numpy().astype(np.int64)
-    if user.size and (user.min() < 0 or user.max() >= n_users or item.min() < 0 or item.max() >= n_items):
-        raise ValueError(f"user_idx must be in 0..{n_users - 1} and item_idx in 0..{n_items - 1}; "
-                         "drop events of users or items outside the id maps first")
-    time = events["timestamp"].to_physical().to_numpy().astype(np.int64)
-    order = time_order(user, item, time, seed)
-    # int32 pairs: three gaps over tens of millions of events are the fit's memory.
-    user, item, time = user[order], item[order].astype(np.int32), time[order]
+    user, item, time = ordered_events(events, n_users=n_users, n_items=n_items, seed=seed)
+    item = item.astype(np.int32)  # int32 pairs: three gaps over tens of millions of events are the fit's memory
     rows, cols, votes = [], [], []
     for gap in range(1, steps + 1):
         same_user = user[:-gap] == user[gap:]
@@ -132,6 +122,23 @@ def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, se
                             shape=(n_users, n_items), dtype=np.float32)
     weights.sum_duplicates()
     return SequentialRules(follows=follows, recent=weights)
+
+
+def ordered_events(events: pl.DataFrame, *, n_users: int, n_items: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, time) int64 arrays of ``events`` (``user_idx``, ``item_idx`` in 0..n-1,
+    ``timestamp``) grouped by user in time order (``time_order``); bad input is refused whole."""
+    for column in ("user_idx", "item_idx", "timestamp"):
+        if column not in events.columns:
+            raise ValueError(f"events need a {column!r} column; got {events.columns}")
+    user = events["user_idx"].to_numpy().astype(np.int64)
+    item = events["item_idx"].to_numpy().astype(np.int64)
+    if user.size and (user.min() < 0 or user.max() >= n_users or item.min() < 0 or item.max() >= n_items):
+        raise ValueError(f"user_idx must be in 0..{n_users - 1} and item_idx in 0..{n_items - 1}; "
+                         "drop events of users or items outside the id maps first")
+    time = events["timestamp"].to_physical().to_numpy().astype(np.int64)
+    order = time_order(user, item, time, seed)
+    return user[order], item[order], time[order]
 
 
 def time_order(user: np.ndarray, item: np.ndarray, time: np.ndarray, seed: int) -> np.ndarray:
