@@ -117,7 +117,10 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
         "text": lambda u: state.user_text[u] @ state.item_vectors.T,
     }
     if window is not None:
-        events = with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0)
+        # Index the window only when a model is fitted on it here (at scale: tens of millions of id lookups).
+        events = None
+        if state.transitions is None or sasrec_epochs > 0:
+            events = with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0)
         # The state's own source when it has one (fitted on this window with the run's seed).
         rules = state.transitions or fit_sequential_rules(events, n_users=state.n_users, n_items=state.n_items,
                                                           seed=seed)
