@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RECSYS = [sys.executable, "-m", "recsys.cli"]
-STAGES = ("load", "data_checks", "split", "text_model", "cf", "item_item", "features", "candidates",
+STAGES = ("load", "data_checks", "split", "text_model", "cf", "item_item", "sources", "features", "candidates",
           "ranking_frame", "ranker", "evaluation", "logging")
 RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, on the same rows
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from features.candidates import POPULAR_COLUMNS, SOURCE_FEATURES, generate_candidates
 from features.compiled_trees import CompiledTrees, compile_trees
@@ -35,6 +34,7 @@ from features.ranking_frame import (
     position_in_group,
     prior_scores,
 )
+from features.sources import candidate_counts, score_columns
 from features.state import FeatureState
 from features.text_interest import UserVectors
 from features.ties import order_by_score
@@ -99,15 +99,15 @@ class RankingBundle:
     def score_candidates(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
                          explicit: pl.DataFrame | None = None, exclude: pl.DataFrame | None = None,
                          explicit_queries: np.ndarray | None = None,
-                         query_recent: sp.csr_matrix | None = None) -> pl.DataFrame:
+                         source_rows: dict[str, object] | None = None) -> pl.DataFrame:
         """Every candidate of every query with its score: (query_idx, user_idx, item_idx, score).
 
         user_idx: int32 (n,), one query per entry; -1 for users unknown to the model (they get
             the non-personal candidates and NaN personal features).
         query_text: optional (n, d) interest vectors replacing the stored user vectors (request
             history, cold users); rows of zeros mean "no text interest".
-        query_recent: optional CSR (n, n_items) recent-item weights replacing the stored ones of
-            the sequential-rules source (request history; ``features.transitions``).
+        source_rows: optional registered score source name -> its rows for the n queries
+            (request history; ``ScoreSource.request_rows``), replacing the stored user rows.
         explicit: optional (query_idx, item_idx) rows: those queries rank exactly these items
             instead of generated candidates.
         exclude: optional (query_idx, item_idx) rows never returned.
@@ -116,14 +116,14 @@ class RankingBundle:
         """
         candidates, arrays = self.candidate_features(user_idx, query_text=query_text, explicit=explicit,
                                                      exclude=exclude, explicit_queries=explicit_queries,
-                                                     query_recent=query_recent)
+                                                     source_rows=source_rows)
         return self.score_features(candidates, arrays)
 
     def candidate_features(self, user_idx: np.ndarray, *, query_text: np.ndarray | None = None,
                            explicit: pl.DataFrame | None = None,
                            exclude: pl.DataFrame | None = None,
                            explicit_queries: np.ndarray | None = None,
-                           query_recent: sp.csr_matrix | None = None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+                           source_rows: dict[str, object] | None = None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
         """The candidates (query_idx, user_idx, item_idx) Int32 and their feature arrays, unscored.
 
         Arguments as in ``score_candidates``. The arrays (one per feature column, rows aligned
@@ -141,10 +141,10 @@ class RankingBundle:
         reuse_scores = explicit is None or explicit.height == 0
         if generate.size:
             text = None if query_text is None else query_text[generate]
-            recent = None if query_recent is None else query_recent[generate]
+            rows = {name: value[generate] for name, value in (source_rows or {}).items()}
             generated = generate_candidates(self.state, user_idx[generate], self.config.candidates,
                                             seed=self.config.seed, user_text=text, with_scores=reuse_scores,
-                                            recent=recent)
+                                            source_counts=candidate_counts(self.config), source_rows=rows)
             parts.append(generated.with_columns(pl.Series("query_idx", generate[generated["query_idx"].to_numpy()])))
         if explicit is not None and explicit.height:
             parts.append(explicit.select(pl.col("query_idx").cast(pl.Int32),
@@ -156,10 +156,11 @@ class RankingBundle:
         if exclude is not None and exclude.height:
             candidates = candidates.join(exclude.cast({"query_idx": pl.Int32, "item_idx": pl.Int32}),
                                          on=["query_idx", "item_idx"], how="anti", maintain_order="left")
-        known = {name: candidates[name].to_numpy() for name in SOURCE_FEATURES.values() if name in candidates.columns}
+        carried = (*SOURCE_FEATURES.values(), *score_columns().values())
+        known = {name: candidates[name].to_numpy() for name in carried if name in candidates.columns}
         arrays = feature_arrays(self.state, candidates["user_idx"].to_numpy(), candidates["item_idx"].to_numpy(),
                                 query_idx=candidates["query_idx"].to_numpy(), query_text=query_text, known=known,
-                                query_recent=query_recent)
+                                source_rows=source_rows)
         return candidates.select("query_idx", "user_idx", "item_idx"), arrays
 
     def score_features(self, candidates: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
@@ -199,7 +200,7 @@ class RankingBundle:
         state = FeatureState.load(folder / "state")
         columns = tuple(manifest["feature_columns"])
         missing = sorted(set(columns) - set(feature_columns_of(state)))
-        if missing:  # e.g. a state folder without its sequential-rules files: fail here, not per request
+        if missing:  # e.g. a state folder without a score source's files: fail here, not per request
             raise ValueError(f"{folder}: the ranker reads {missing}, which this bundle's state cannot compute "
                              "(files missing from its state folder?); save the bundle again from its run")
         return cls(

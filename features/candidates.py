@@ -1,4 +1,5 @@
-"""Candidate generation: the union of ALS, EASE item-to-item and text top-N, popular and trending items.
+"""Candidate generation: the union of ALS, EASE item-to-item and text top-N, the registered
+score sources' top-N (``features.sources``), popular and trending items.
 
 Popular = most interactions in the window; trending = most in its last day. Item-to-item
 proposes only items its neighbours vote for (positive score), from a sparse product whose cost
@@ -14,6 +15,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from features.csr_rows import csr_row_entries
 from features.pair_scores import scores_against
 from features.ranking_frame import position_in_group
 from features.state import FeatureState
@@ -22,9 +24,9 @@ from recsys import schemas
 from recsys.config import CandidateConfig
 from recsys.stage_timer import stage
 
-# The ranking-frame feature each personal source's score is (see ``with_scores``).
-SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score",
-                   "transitions": "transition_score"}  # the last only for a state that has the source
+# The ranking-frame feature each built-in personal source's score is (see ``with_scores``); a
+# registered source's is its ``score_column`` (``source_features``).
+SOURCE_FEATURES = {"cf": "als_score", "item_item": "item_item_score", "text": "text_score"}
 # The item-feature columns of the two popularity sources (all-time, last day), in config order.
 POPULAR_COLUMNS = ("item_pop_all", "item_pop_1d")
 
@@ -173,25 +175,6 @@ def item_item_scores(state: FeatureState, user_idx: np.ndarray, *, sort_indices:
     return rows
 
 
-def transition_scores(state: FeatureState, user_idx: np.ndarray,
-                      recent_rows: sp.csr_matrix | None = None) -> sp.csr_matrix:
-    """Sequential-rules scores (len(user_idx), n_items) float32 CSR, column indices unsorted:
-    what followed each user's most recent items (``features.transitions``); rows of unknown
-    users (-1) are empty. recent_rows: CSR (len(user_idx), n_items) weights used instead of the
-    stored ones (request history). The state must have the source."""
-    if recent_rows is not None:
-        return (recent_rows @ state.transitions.follows).tocsr().astype(np.float32, copy=False)
-    recent = state.transitions.recent
-    rows = np.asarray(user_idx, dtype=np.int64)
-    lengths = np.where(rows >= 0, np.diff(recent.indptr)[np.maximum(rows, 0)], 0)
-    positions, cols = csr_row_entries(recent, rows)
-    starts = np.where(rows >= 0, recent.indptr[np.maximum(rows, 0)], 0)
-    offsets = np.arange(len(cols)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    values = recent.data[np.repeat(starts, lengths) + offsets]
-    chunk_recent = sp.csr_matrix((values, cols, np.r_[0, np.cumsum(lengths)]), shape=(len(rows), state.n_items))
-    return (chunk_recent @ state.transitions.follows).tocsr().astype(np.float32, copy=False)
-
-
 def sparse_top_n_entries(scores: sp.csr_matrix, seen: np.ndarray, n: int, *, seed: int,
                          query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of each row's n highest positive stored scores, the ``seen`` (bool, dense
@@ -209,19 +192,6 @@ def _known_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     out = np.zeros((len(idx), table.shape[1]), dtype=table.dtype)
     out[idx >= 0] = table[idx[idx >= 0]]
     return out
-
-
-def csr_row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, cols) int64 of every stored entry of ``matrix``'s rows ``rows`` (int (n,), -1
-    = an empty row): position i in 0..n-1 for row rows[i], in row order. The same entries as
-    ``matrix[rows]`` without building a matrix (scipy's row indexing costs ~0.3 ms even for one row)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    valid = rows >= 0
-    starts = np.where(valid, matrix.indptr[np.maximum(rows, 0)], 0)
-    lengths = np.where(valid, matrix.indptr[np.maximum(rows, 0) + 1] - starts, 0)
-    positions = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return positions, matrix.indices[np.repeat(starts, lengths) + offsets].astype(np.int64)
 
 
 def seen_mask(state: FeatureState, user_idx: np.ndarray) -> np.ndarray:
@@ -246,10 +216,36 @@ def _global_top(state: FeatureState, chunk: np.ndarray, seen: np.ndarray, column
     return rows, order[pos]
 
 
+def _pick_sparse(scores: sp.csr_matrix, n: int, seen: np.ndarray, picked: np.ndarray, *, seed: int,
+                 query: np.ndarray) -> sp.csr_matrix | np.ndarray:
+    """Mark in ``picked`` each row's n best positive unseen entries of sparse scores (CSR (rows,
+    n_items), any column order); returns the scores as they are read back (sorted CSR, or a dense
+    copy when most entries are stored: no user x catalog work unless most items get votes)."""
+    if scores.nnz > DENSE_ITEM_ITEM_SHARE * scores.shape[0] * scores.shape[1]:
+        dense = scores.toarray()
+        if n > 0:
+            votes = np.where(dense > 0, dense, np.float32(-np.inf))
+            votes[seen] = -np.inf
+            picked[top_n_entries(votes, n, seed=seed, query=query)] = True
+        return dense
+    scores.sort_indices()
+    if n > 0:
+        picked[sparse_top_n_entries(scores, seen, n, seed=seed, query=query)] = True
+    return scores
+
+
+def source_counts_of(state: FeatureState, counts: dict[str, int] | None) -> dict[str, int]:
+    """Candidates per user of each of the state's registered sources: ``counts[name]``, else the
+    source's default."""
+    counts = counts or {}
+    return {name: int(counts.get(name, type(source).defaults["candidates"])) for name, source in state.sources.items()}
+
+
 @stage("candidates")
 def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: CandidateConfig, *, seed: int,
                         chunk_size: int = 512, user_text: np.ndarray | None = None,
-                        with_scores: bool = False, recent: sp.csr_matrix | None = None) -> pl.DataFrame:
+                        with_scores: bool = False, source_counts: dict[str, int] | None = None,
+                        source_rows: dict[str, object] | None = None) -> pl.DataFrame:
     """Candidate rows (query_idx, user_idx, item_idx), Int32, sorted by query then item.
 
     Each source's top-N breaks ties by the seeded tie rule (``seed``: the run's seed).
@@ -258,45 +254,33 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     user_text: optional (len(user_idx), d) interest vectors that replace the stored ones
     (request-time history, cold users).
     with_scores: also return each personal source's score of every candidate as its feature
-    column (``SOURCE_FEATURES``; Float32, NaN where the source knows nothing of the user), so
-    scoring does not compute the same dense products twice.
-    recent: optional CSR (len(user_idx), n_items) recent-item weights of the sequential-rules
-    source replacing the stored ones (request history, unknown users with a history).
+    column (``SOURCE_FEATURES`` and the registered sources' ``score_column``; Float32, NaN where
+    the source knows nothing of the pair), so scoring does not compute the same products twice.
+    source_counts: candidates per user of the state's registered sources (default: each one's
+    default; ``features.sources.candidate_counts`` of the run's config).
+    source_rows: optional registered source name -> its request rows for ``user_idx``
+    (``ScoreSource.request_rows``), read instead of the stored user rows.
     """
     personal = {"cf": config.n_cf, "item_item": config.n_item_item, "text": config.n_text}
-    if state.transitions is not None:
-        personal["transitions"] = config.n_transitions
+    added = source_counts_of(state, source_counts)
     popular = dict(zip(POPULAR_COLUMNS, (config.n_popular, config.n_recent), strict=True))
     user_idx = np.asarray(user_idx, dtype=np.int32)
     frames = []
     for start in range(0, len(user_idx), chunk_size):
         chunk = user_idx[start:start + chunk_size]
         chunk_text = None if user_text is None else user_text[start:start + chunk_size]
-        chunk_recent = None if recent is None else recent[start:start + chunk_size]
         seen = seen_mask(state, chunk)
         picked = np.zeros_like(seen)
         dense: dict[str, np.ndarray] = {}
-        item_item_values: dict[str, sp.csr_matrix | np.ndarray] = {}
+        sparse: dict[str, sp.csr_matrix | np.ndarray] = {}
         for source, n in personal.items():
             if n <= 0 and not with_scores:
                 continue
-            if source in ("item_item", "transitions"):  # sparse: no user x catalog work unless most items get votes
-                scores = (item_item_scores(state, chunk, sort_indices=False) if source == "item_item"
-                          else transition_scores(state, chunk, chunk_recent))
-                if scores.nnz > DENSE_ITEM_ITEM_SHARE * scores.shape[0] * scores.shape[1]:
-                    dense_item_item = scores.toarray()
-                    if with_scores:
-                        item_item_values[source] = dense_item_item
-                    if n > 0:
-                        votes = np.where(dense_item_item > 0, dense_item_item, np.float32(-np.inf))
-                        votes[seen] = -np.inf
-                        picked[top_n_entries(votes, n, seed=seed, query=chunk)] = True
-                    continue
-                scores.sort_indices()
+            if source == "item_item":  # sparse: only items some history item votes for
+                scores = _pick_sparse(item_item_scores(state, chunk, sort_indices=False), n, seen, picked,
+                                      seed=seed, query=chunk)
                 if with_scores:
-                    item_item_values[source] = scores
-                if n > 0:
-                    picked[sparse_top_n_entries(scores, seen, n, seed=seed, query=chunk)] = True
+                    sparse[source] = scores
                 continue
             scores = source_scores(state, chunk, source, chunk_text)
             if with_scores:  # masking seen items below does not touch any candidate's score
@@ -305,6 +289,14 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
                 continue
             scores[seen] = -np.inf
             picked[top_n_entries(scores, n, seed=seed, query=chunk)] = True
+        for name, n in added.items():
+            if n <= 0 and not with_scores:
+                continue
+            rows = (source_rows or {}).get(name)
+            scores = state.sources[name].scores(chunk, None if rows is None else rows[start:start + chunk_size])
+            scores = _pick_sparse(scores, n, seen, picked, seed=seed, query=chunk)
+            if with_scores:
+                sparse[name] = scores
         for column, n in popular.items():
             if n > 0:
                 rows, cols = _global_top(state, chunk, seen, column, n, seed)
@@ -318,15 +310,18 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
         for source, scores in dense.items():
             values = scores[rows, cols]
             columns[SOURCE_FEATURES[source]] = np.where(np.isinf(values), np.nan, values).astype(np.float32)
-        for source, scores in item_item_values.items():
+        for source, scores in sparse.items():
             values = np.asarray(scores[rows, cols], dtype=np.float32).ravel()
-            # Rows of unknown users know nothing, except the request's own recent items for the rules.
-            blind = chunk[rows] < 0 if source == "item_item" or chunk_recent is None else np.zeros(len(rows), bool)
-            columns[SOURCE_FEATURES[source]] = np.where(blind, np.nan, values).astype(np.float32)
+            if source == "item_item":  # rows of unknown users know nothing
+                columns[SOURCE_FEATURES[source]] = np.where(chunk[rows] < 0, np.nan, values).astype(np.float32)
+            else:  # a registered source: stored positive entries are what it knows
+                columns[type(state.sources[source]).score_column] = \
+                    np.where(values > 0, values, np.float32(np.nan)).astype(np.float32)
         frames.append(pl.DataFrame(columns))
     if not frames:
         schema = dict(schemas.CANDIDATES)
         if with_scores:
             schema.update({SOURCE_FEATURES[source]: pl.Float32 for source in personal})
+            schema.update({type(source).score_column: pl.Float32 for source in state.sources.values()})
         return pl.DataFrame(schema=schema)
     return pl.concat(frames)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from features import behaviour
 from features.pair_scores import pair_dot
+from features.sources import REGISTERED
+from features.sources import feature_columns as source_feature_columns
 from features.state import FeatureState
 from features.ties import descending_float_key
 from recsys.config import SCORE_SOURCES
@@ -37,15 +38,12 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     behaviour.AFFINITY_FEATURE, TEXT_POPULARITY_FEATURE, *QUERY_Z_FEATURES,
 )
 TEXT_FEATURES = ("text_score", "text_score_query_rank", TEXT_POPULARITY_FEATURE, "text_score_query_z")
-# The sequential-rules source's views (features/transitions.py), only in the columns of a state
-# that has the source (``feature_columns_of``): its raw votes grow with the window, like ALS's.
-TRANSITION_FEATURES = ("transition_score_query_rank", "transition_score_query_z")
 
 
 def feature_columns_of(state: FeatureState) -> tuple[str, ...]:
-    """The ranker's columns for rows built from ``state``: FEATURE_COLUMNS, then the transition
-    source's when the state has it."""
-    return FEATURE_COLUMNS + (TRANSITION_FEATURES if state.transitions is not None else ())
+    """The ranker's columns for rows built from ``state``: FEATURE_COLUMNS, then the two views
+    (within-query rank and z-score) of each registered source the state has, in registry order."""
+    return FEATURE_COLUMNS + source_feature_columns(state.sources)
 
 
 def prior_scores(frame: pl.DataFrame | dict[str, np.ndarray] | np.ndarray, weights: dict[str, float],
@@ -209,7 +207,7 @@ def zscore_within_query(query_idx: np.ndarray, values: np.ndarray) -> np.ndarray
 def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarray, *,
                    query_idx: np.ndarray, query_text: np.ndarray | None = None,
                    known: dict[str, np.ndarray] | None = None,
-                   query_recent: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+                   source_rows: dict[str, object] | None = None) -> dict[str, np.ndarray]:
     """Every ``feature_columns_of(state)`` entry as a float32 (rows,) array (NaN = unknown) for the given pairs.
 
     user_idx: int (rows,), -1 for users unknown to the state; item_idx: int (rows,);
@@ -218,8 +216,8 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     ``with_scores``), used as they are.
     query_text: optional (n_queries, d) interest vectors indexed by ``query_idx``, replacing the
     stored user vectors (request-time history for cold users).
-    query_recent: optional CSR (n_queries, n_items) recent-item weights indexed by ``query_idx``,
-    replacing the stored ones of the sequential-rules source (request-time history).
+    source_rows: optional registered source name -> its request rows for every query
+    (``ScoreSource.request_rows``, indexed by ``query_idx``), replacing the stored user rows.
     Every feature is a numpy gather from the state's dense tables: no joins, no row loops.
     """
     known = known or {}
@@ -257,18 +255,21 @@ def feature_arrays(state: FeatureState, user_idx: np.ndarray, item_idx: np.ndarr
     columns.update({name: user_values[:, j] for j, name in enumerate(behaviour.USER_FEATURES)})
     columns[behaviour.AFFINITY_FEATURE] = user_affinity
     columns[TEXT_POPULARITY_FEATURE] = state.text_popularity()[item_idx]
-    if state.transitions is not None:
-        if "transition_score" in known:
-            votes = known["transition_score"]
-        elif query_recent is not None:
-            votes = state.transitions.pair_scores(query_idx, item_idx, recent=query_recent)
+    for name, source in state.sources.items():
+        column = type(source).score_column
+        rows = (source_rows or {}).get(name)
+        if column in known:
+            values = known[column]
+        elif rows is not None:
+            values = source.pair_scores(query_idx, item_idx, request=rows)
         else:
-            votes = state.transitions.pair_scores(user_idx, item_idx)
-        # No vote (0), or no rows to vote from (NaN): unknown. Items without history get no votes.
-        votes = np.where(~(votes > 0), np.float32(np.nan), votes).astype(np.float32)
-        columns["transition_score"] = votes  # raw votes grow with the window: the ranker sees the two views
-        columns["transition_score_query_rank"] = rank_within_query(query_idx, votes)
-        columns["transition_score_query_z"] = zscore_within_query(query_idx, votes)
+            values = source.pair_scores(user_idx, item_idx)
+        # Nothing to say (0, or NaN: no rows to score from): unknown.
+        values = np.where(~(values > 0), np.float32(np.nan), values).astype(np.float32)
+        columns[column] = values  # raw scores may grow with the window: the ranker sees the two views
+        rank_name, z_name = type(source).feature_columns()
+        columns[rank_name] = rank_within_query(query_idx, values)
+        columns[z_name] = zscore_within_query(query_idx, values)
     return columns
 
 
@@ -286,8 +287,9 @@ def build_ranking_frame(state: FeatureState, pairs: pl.DataFrame, *,
 
 def frame_feature_columns(frame: pl.DataFrame) -> tuple[str, ...]:
     """The ranker's columns of a ranking frame from ``build_ranking_frame``: FEATURE_COLUMNS, then
-    the transition source's when the frame has them (its state had the source)."""
-    return FEATURE_COLUMNS + tuple(name for name in TRANSITION_FEATURES if name in frame.columns)
+    the registered sources' whose columns the frame has (its state had the source)."""
+    return FEATURE_COLUMNS + source_feature_columns(
+        cls.name for cls in REGISTERED if all(c in frame.columns for c in cls.feature_columns()))
 
 
 def feature_matrix(frame: pl.DataFrame | dict[str, np.ndarray],

@@ -19,12 +19,13 @@ import scipy.sparse as sp
 from features import behaviour
 from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item, fit_with_cooccurrence
+from features.score_source import ScoreSource, SourceWindow
+from features.sources import fit_sources, load_sources, save_sources
 from features.text_interest import HistoryPooling, UserVectors, history_weights
 from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.ties import tie_keys
-from features.transitions import SequentialRules, fit_sequential_rules
 from features.user_items import build_session_items, build_user_items
-from recsys.config import PipelineConfig, transitions_enabled
+from recsys.config import PipelineConfig
 from recsys.idmap import IdMap
 from recsys.progress import progress as progress_bar
 from recsys.stage_timer import stage
@@ -38,7 +39,8 @@ class FeatureState:
     by rows (``UserVectors``: computed from the pooling weights when read; a saved state from
     before them holds the array);
     ``seen`` CSR (n_users, n_items) float32 (the user's training interactions);
-    ``item_category`` (n_items,) int32; feature tables keyed by contiguous indices.
+    ``item_category`` (n_items,) int32; feature tables keyed by contiguous indices;
+    ``sources``: the registered score sources the run turned on, by name (``features.sources``).
     """
 
     users: IdMap
@@ -59,7 +61,7 @@ class FeatureState:
     history_len: int
     half_life: float
     pooling: HistoryPooling | None = None  # learned history attention (None: plain recency weights)
-    transitions: SequentialRules | None = None  # the sequential-rules source (None: off, see transitions_enabled)
+    sources: dict[str, ScoreSource] = field(default_factory=dict)
     # The co-occurrence baseline's model when fitting ``item_item`` gave it (not saved; evaluation only).
     cooccurrence: ItemItem | None = field(default=None, repr=False, compare=False)
     _dense: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
@@ -155,16 +157,14 @@ class FeatureState:
         else:
             np.save(folder / "user_text.npy", self.user_text)
         np.save(folder / "text_popularity_weights.npy", self.text_popularity_weights)
-        for name in ("transitions_follows.npz", "transitions_recent.npz"):  # load reads them if present
-            (folder / name).unlink(missing_ok=True)
-        if self.transitions is not None:
-            self.transitions.save(folder)
+        save_sources(self.sources, folder)
         sp.save_npz(folder / "seen.npz", self.seen)
         self.item_features.write_parquet(folder / "item_features.parquet")
         self.user_features.write_parquet(folder / "user_features.parquet")
         self.affinity.write_parquet(folder / "affinity.parquet")
         meta = {"ref_time": self.ref_time.isoformat(), "history_len": self.history_len,
-                "half_life": self.half_life, "n_users": self.n_users, "n_items": self.n_items}
+                "half_life": self.half_life, "n_users": self.n_users, "n_items": self.n_items,
+                "sources": list(self.sources)}
         if self.pooling is not None:
             np.save(folder / "pooling_query.npy", self.pooling.query)
             meta["pooling_slope"] = self.pooling.slope
@@ -200,7 +200,7 @@ class FeatureState:
             half_life=meta["half_life"],
             pooling=HistoryPooling(query=np.load(folder / "pooling_query.npy"), slope=meta["pooling_slope"])
             if "pooling_slope" in meta else None,
-            transitions=SequentialRules.load(folder),
+            sources=load_sources(folder, meta.get("sources")),
         )
 
 
@@ -266,8 +266,9 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
             item_item, cooccurrence = fit_with_cooccurrence(user_items, **settings)
         else:
             item_item, cooccurrence = fit_item_item(user_items, **settings), None
-        transitions = (fit_sequential_rules(events, n_users=n_users, n_items=n_items, seed=config.seed)
-                       if transitions_enabled(config) else None)
+    with stage("sources"):
+        sources = fit_sources(SourceWindow(events=events, user_items=user_items, n_users=n_users, n_items=n_items,
+                                           seed=config.seed), config)
     bar.update(1)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
@@ -300,5 +301,5 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         history_len=config.text.history_len,
         half_life=config.text.recency_half_life,
         pooling=pooling,
-        transitions=transitions,
+        sources=sources,
     )

@@ -12,21 +12,25 @@ Order within a user is by time; events at the same time are ordered by the seede
 ways (either could have come first). Each item keeps its ``NEIGHBOURS`` strongest followers
 (as the item-to-item models do), so a user costs at most RECENT x NEIGHBOURS products.
 
-As a source of the ranker (``transition_score``): candidates from a user's top scores and the
-score's within-query rank and z-score as features, on by default where the protocol tests what
-comes next (``recsys.config.transitions_enabled``).
+A registered score source (``features.sources``, settings ``sources.transitions``): candidates
+from a user's top scores and the score's within-query rank and z-score as ranker features; with
+``use: "auto"`` on where the protocol tests what comes next (temporal, leave-last-out), off for a
+stratified split, whose held-out items are random positions of the history.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from features.csr_rows import csr_rows
 from features.item_item import ItemItem, _prune_rows
+from features.score_source import ScoreSource, SourceWindow
 from features.ties import tie_keys
 
 STEPS = 3  # positions after an item that still count as "followed it"
@@ -35,13 +39,39 @@ NEIGHBOURS = 200  # followers kept per item
 
 
 @dataclass(frozen=True)
-class SequentialRules:
+class SequentialRules(ScoreSource):
     """follows: CSR (n_items, n_items) float32, row a: the summed 1/gap votes of the items that
     followed a; recent: CSR (n_users, n_items) float32, each user's 1/p weights on their
     ``RECENT`` most recent items (empty rows: users without events in the window)."""
 
+    name = "transitions"
+    score_column = "transition_score"
+    files = ("transitions_follows.npz", "transitions_recent.npz")
+
+    setting_docs = {**ScoreSource.setting_docs,
+                    "use": "the sequential rules as ranker candidates and features; auto: on for temporal and "
+                           "leave-last-out splits, off for stratified (held-out items at random positions)"}
+
     follows: sp.csr_matrix
     recent: sp.csr_matrix
+
+    @classmethod
+    def auto_on(cls, split: str) -> bool:
+        return split != "stratified"  # random held-out positions: "what comes next" is not what is tested
+
+    @classmethod
+    def fit(cls, window: SourceWindow, settings: dict[str, Any]) -> SequentialRules:
+        return fit_sequential_rules(window.events, n_users=window.n_users, n_items=window.n_items, seed=window.seed)
+
+    def scores(self, user_idx: np.ndarray, request: sp.csr_matrix | None = None) -> sp.csr_matrix:
+        """What followed each user's most recent items; request: CSR (len(user_idx), n_items)
+        recent-item weights read instead of the stored rows (``request_rows``)."""
+        if request is not None:
+            return (request @ self.follows).tocsr().astype(np.float32, copy=False)
+        return (csr_rows(self.recent, user_idx) @ self.follows).tocsr().astype(np.float32, copy=False)
+
+    def baseline_scores(self, user_idx: np.ndarray) -> np.ndarray:
+        return self.user_scores(user_idx)
 
     def user_scores(self, user_idx: np.ndarray) -> np.ndarray:
         """Dense float32 (len(user_idx), n_items) scores; 0 where no recent item was ever followed
@@ -58,10 +88,37 @@ class SequentialRules:
         return self._votes().user_scores_sparse(self.recent[user_idx])
 
     def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray,
-                    recent: sp.csr_matrix | None = None) -> np.ndarray:
-        """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1. recent: CSR
+                    request: sp.csr_matrix | None = None) -> np.ndarray:
+        """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1. request: CSR
         (rows, n_items) weights to read instead of the stored ones (user_idx then indexes them)."""
-        return self._votes().pair_scores(self.recent if recent is None else recent, user_idx, item_idx)
+        return self._votes().pair_scores(self.recent if request is None else request, user_idx, item_idx)
+
+    def request_rows(self, user_idx: np.ndarray, history: pl.DataFrame, n: int) -> sp.csr_matrix | None:
+        """Per query, the recent-item weights with the request's history as the newest items (CSR
+        (n, n_items)); None without any history (the stored rows then serve)."""
+        if history.height == 0:
+            return None
+        rows, cols, weights = [], [], []
+        fresh = {q: items for q, items in
+                 history.group_by("query_idx", maintain_order=True).agg("item_idx").iter_rows()}
+        indptr, indices, data = self.recent.indptr, self.recent.indices, self.recent.data
+        for q in range(n):
+            u = int(user_idx[q])
+            span = slice(indptr[u], indptr[u + 1]) if u >= 0 else slice(0, 0)  # the stored row (a CSR slice)
+            if q not in fresh:  # the stored row as it is: an answer never depends on its batch
+                rows += [q] * (span.stop - span.start)
+                cols += indices[span].tolist()
+                weights += data[span].tolist()
+                continue
+            # The request's items, newest first, then the stored ones, most recent (largest weight 1/p) first.
+            newest_first = list(reversed(fresh[q])) + indices[span][np.argsort(-data[span], kind="stable")].tolist()
+            for p, item in enumerate(newest_first[:RECENT]):
+                rows.append(q)
+                cols.append(item)
+                weights.append(1.0 / (p + 1))
+        recent = sp.csr_matrix((np.asarray(weights, dtype=np.float32), (rows, cols)), shape=(n, self.follows.shape[0]))
+        recent.sum_duplicates()
+        return recent
 
     def with_new_items(self, n_new: int) -> SequentialRules:
         """The same model over a catalog grown by ``n_new`` items nobody has taken yet."""
@@ -74,11 +131,8 @@ class SequentialRules:
         sp.save_npz(Path(folder) / "transitions_recent.npz", self.recent)
 
     @classmethod
-    def load(cls, folder: Path) -> SequentialRules | None:
-        """The saved model, or None when the folder holds none (a state fitted without it)."""
+    def load(cls, folder: Path) -> SequentialRules:
         folder = Path(folder)
-        if not (folder / "transitions_follows.npz").exists():
-            return None
         return cls(follows=sp.load_npz(folder / "transitions_follows.npz").tocsr().astype(np.float32),
                    recent=sp.load_npz(folder / "transitions_recent.npz").tocsr().astype(np.float32))
 

@@ -14,7 +14,6 @@ SPLITS = ("temporal", "leave-last-out", "stratified")
 SCORE_SOURCES = ("als_score", "bpr_score", "item_item_score", "text_score")
 DEFAULT_TEST_FRACTION = 0.2
 STRATIFIED_TEST_FRACTION = 0.25
-TRANSITIONS_SETTINGS = ("auto", "on", "off")
 MAX_LABEL_CUTS = 5
 MAX_RANKER_FOLDS = 10
 RANKER_OBJECTIVES = ("lambdarank", "rank_xendcg")
@@ -66,7 +65,6 @@ class CandidateConfig:
     n_text: int = 100  # candidates from the text interest score per user
     n_popular: int = 50  # most popular items (all time) per user
     n_recent: int = 50  # most popular items of the last day per user
-    n_transitions: int = 50  # candidates from the sequential rules per user (when the source is on)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,11 +178,10 @@ class PipelineConfig:
     # comparison; early-stopped on each user's last window item). 0 = not evaluated: it trains a
     # model per evaluation (validation and test), minutes on sequence data sets.
     baseline_sasrec_epochs: int = 0
-    # The sequential-rules source (features/transitions.py: what others took next after the user's
-    # last items) as ranker candidates and features. "auto": on where the protocol tests what comes
-    # next (temporal, leave-last-out), off for a stratified split, whose held-out items are random
-    # positions of the history. The choice is logged as data_choice.transitions.
-    transitions: str = "auto"
+    # Settings of the registered score sources (features/sources.py), by source name, over each
+    # source's defaults; every registered source is listed once the config is made. Each takes
+    # "use" ("auto", "on", "off"; the choice is logged as data_choice.<name>) and "candidates".
+    sources: dict = field(default_factory=dict)
     text: TextModelConfig = field(default_factory=TextModelConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
@@ -213,8 +210,9 @@ class PipelineConfig:
         for name in ("item_item_session_gap_seconds", "item_item_session_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
-        if self.transitions not in TRANSITIONS_SETTINGS:
-            raise ConfigError(f"transitions must be one of {TRANSITIONS_SETTINGS}, got {self.transitions!r}")
+        from features.sources import resolve_settings  # the registry lives with the sources
+
+        object.__setattr__(self, "sources", resolve_settings(self.sources))
         if self.baseline_sasrec_epochs < 0:
             raise ConfigError(f"baseline_sasrec_epochs must be 0 (no SASRec baseline) or a positive number of "
                               f"epochs, got {self.baseline_sasrec_epochs}")
@@ -236,21 +234,25 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, object]:
-        """Flattened ``section.key -> value`` view, for MLflow params."""
-        out: dict[str, object] = {}
-        for key, value in self.to_dict().items():
-            if isinstance(value, dict):
-                out.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                out[key] = value
-        return out
+        """Flattened ``section.key -> value`` view (``sources.<name>.<key>`` for the score
+        sources), for MLflow params."""
+        def walk(prefix: str, values: dict) -> dict[str, object]:
+            out: dict[str, object] = {}
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    out.update(walk(f"{prefix}{key}.", value))
+                else:
+                    out[f"{prefix}{key}"] = value
+            return out
+
+        return walk("", self.to_dict())
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def from_dict(cls, data: dict) -> PipelineConfig:
-        data = dict(data)
+        data = _with_sources_section(data)
         sections = {"text": TextModelConfig, "candidates": CandidateConfig, "ranker": RankerConfig}
         for name, section_cls in sections.items():
             if name in data:
@@ -266,9 +268,22 @@ _SECTIONS = {"PipelineConfig": "", "TextModelConfig": "text.", "CandidateConfig"
              "RankerConfig": "ranker."}
 
 
-def transitions_enabled(config: PipelineConfig) -> bool:
-    """Whether the sequential-rules source feeds the ranker (``PipelineConfig.transitions``)."""
-    return config.transitions == "on" or (config.transitions == "auto" and config.split != "stratified")
+def _with_sources_section(data: dict) -> dict:
+    """A config dict with the settings of the sequential-rules source written before the source
+    registry (``transitions`` and ``candidates.n_transitions``, models saved then) moved into
+    ``sources.transitions``."""
+    data = dict(data)
+    legacy = {}
+    if "transitions" in data:
+        legacy["use"] = data.pop("transitions")
+    if isinstance(data.get("candidates"), dict) and "n_transitions" in data["candidates"]:
+        data["candidates"] = dict(data["candidates"])
+        legacy["candidates"] = data["candidates"].pop("n_transitions")
+    if legacy:
+        sources = dict(data.get("sources") or {})
+        sources["transitions"] = {**legacy, **(sources.get("transitions") or {})}
+        data["sources"] = sources
+    return data
 
 
 def field_docs() -> dict[str, str]:
@@ -308,4 +323,8 @@ def field_docs() -> dict[str, str]:
                     previous -= 1
                 text = " ".join(above) or entries.get(name, "")
             docs[_SECTIONS[node.name] + name] = text
+    from features.sources import REGISTERED
+
+    for source in REGISTERED:
+        docs.update({f"sources.{source.name}.{key}": text for key, text in source.setting_docs.items()})
     return docs

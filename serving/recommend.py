@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from features import rank_workers
 from features.bundle import RankingBundle, head_k
+from features.candidates import source_counts_of
+from features.sources import candidate_counts, request_rows
 from features.text_interest import vector_from_history
-from features.transitions import RECENT
 from recsys import schemas
 from serving.requests import RecommendRequest
 
@@ -30,8 +30,8 @@ COLD_START = "cold-start"
 def candidate_budget(bundle: RankingBundle) -> int:
     """Upper bound of the candidates the model generates for one user (the sources' sum)."""
     c = bundle.config.candidates
-    transitions = c.n_transitions if bundle.state.transitions is not None else 0
-    return c.n_cf + c.n_item_item + c.n_text + c.n_popular + c.n_recent + transitions
+    added = source_counts_of(bundle.state, candidate_counts(bundle.config))
+    return c.n_cf + c.n_item_item + c.n_text + c.n_popular + c.n_recent + sum(added.values())
 
 
 def recommend_users(bundle: RankingBundle, user_ids: list[str], k: int, *, workers: int | None = None) -> pl.DataFrame:
@@ -101,7 +101,7 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
     exclude = pl.concat([excluded, history]) if excluded.height or history.height else None
     scored = bundle.score_candidates(user_idx, query_text=query_text, explicit=explicit, exclude=exclude,
                                      explicit_queries=explicit_queries,
-                                     query_recent=_recent_items(bundle, user_idx, history, n))
+                                     source_rows=request_rows(state.sources, user_idx, history, n))
     top = head_k(scored, max(r.k for r in requests), seed=bundle.config.seed)
     query = top["query_idx"].to_numpy()
     item_ids = state.items.to_ids(top["item_idx"].to_numpy()).to_list()
@@ -118,37 +118,6 @@ def recommend_requests(bundle: RankingBundle, requests: list[RecommendRequest]) 
 
 def _get(values: list[list[str]], q: int) -> list[str]:
     return values[q] if q < len(values) else []
-
-
-def _recent_items(bundle: RankingBundle, user_idx: np.ndarray, history: pl.DataFrame,
-                  n: int) -> sp.csr_matrix | None:
-    """Per query, the sequential-rules source's recent-item weights with the request's history as
-    the newest items (CSR (n, n_items)); None without the source or without any history (the
-    stored rows then serve)."""
-    rules = bundle.state.transitions
-    if rules is None or history.height == 0:
-        return None
-    n_items = rules.follows.shape[0]
-    rows, cols, weights = [], [], []
-    fresh = {q: items for q, items in history.group_by("query_idx", maintain_order=True).agg("item_idx").iter_rows()}
-    indptr, indices, data = rules.recent.indptr, rules.recent.indices, rules.recent.data
-    for q in range(n):
-        u = int(user_idx[q])
-        span = slice(indptr[u], indptr[u + 1]) if u >= 0 else slice(0, 0)  # the stored row (a CSR slice)
-        if q not in fresh:  # the stored row as it is: an answer never depends on its batch
-            rows += [q] * (span.stop - span.start)
-            cols += indices[span].tolist()
-            weights += data[span].tolist()
-            continue
-        # The request's items, newest first, then the stored ones, most recent (largest weight 1/p) first.
-        newest_first = list(reversed(fresh[q])) + indices[span][np.argsort(-data[span], kind="stable")].tolist()
-        for p, item in enumerate(newest_first[:RECENT]):
-            rows.append(q)
-            cols.append(item)
-            weights.append(1.0 / (p + 1))
-    recent = sp.csr_matrix((np.asarray(weights, dtype=np.float32), (rows, cols)), shape=(n, n_items))
-    recent.sum_duplicates()
-    return recent
 
 
 def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.DataFrame,

@@ -103,8 +103,9 @@ def test_one_row_top_n_gives_the_general_paths_entries_in_its_order():
 
 
 def test_candidates_exclude_seen_items_and_are_unique(state):
-    config = CandidateConfig(n_cf=10, n_item_item=10, n_text=10, n_popular=5, n_recent=5, n_transitions=5)
-    cands = generate_candidates(state, np.arange(10, dtype=np.int32), config, seed=0)
+    config = CandidateConfig(n_cf=10, n_item_item=10, n_text=10, n_popular=5, n_recent=5)
+    cands = generate_candidates(state, np.arange(10, dtype=np.int32), config, seed=0,
+                                source_counts={"transitions": 5})
     seen = state.seen.tocoo()
     seen_pairs = set(zip(seen.row.tolist(), seen.col.tolist(), strict=True))
     pairs = list(zip(cands["user_idx"].to_list(), cands["item_idx"].to_list(), strict=True))
@@ -167,7 +168,7 @@ def test_scores_carried_from_candidate_generation_equal_the_computed_features(sm
     carried = generate_candidates(state, users, small_bundle.config.candidates, seed=0, with_scores=True)
     plain = generate_candidates(state, users, small_bundle.config.candidates, seed=0)
     assert carried.select("query_idx", "user_idx", "item_idx").equals(plain)
-    known = {name: carried[name].to_numpy() for name in SOURCE_FEATURES.values()}
+    known = {name: carried[name].to_numpy() for name in (*SOURCE_FEATURES.values(), "transition_score")}
     args = (state, plain["user_idx"].to_numpy(), plain["item_idx"].to_numpy())
     reused = feature_arrays(*args, query_idx=plain["query_idx"].to_numpy(), known=known)
     computed = feature_arrays(*args, query_idx=plain["query_idx"].to_numpy())
@@ -183,7 +184,7 @@ def test_carried_scores_are_not_computed_again(small_bundle, monkeypatch):
     state = small_bundle.state
     carried = generate_candidates(state, np.array([0, 3], dtype=np.int32), small_bundle.config.candidates, seed=0,
                                   with_scores=True)
-    known = {name: carried[name].to_numpy() for name in SOURCE_FEATURES.values()}
+    known = {name: carried[name].to_numpy() for name in (*SOURCE_FEATURES.values(), "transition_score")}
 
     def guard(model):
         original = type(model).pair_scores
@@ -196,7 +197,7 @@ def test_carried_scores_are_not_computed_again(small_bundle, monkeypatch):
 
     guard(state.als)
     guard(state.item_item)
-    guard(state.transitions)
+    guard(state.sources["transitions"])
     arrays = feature_arrays(state, carried["user_idx"].to_numpy(), carried["item_idx"].to_numpy(),
                             query_idx=carried["query_idx"].to_numpy(), known=known)
     # The carried score is used as it is, except that "no co-occurrence" (0) becomes unknown (NaN).

@@ -200,17 +200,17 @@ def test_the_transitions_baseline_is_the_states_source_or_fitted_on_the_window_t
     from features.transitions import fit_sequential_rules
 
     state = small_bundle.state
-    assert state.transitions is not None  # a temporal split: the source is on
+    rules = state.sources["transitions"]  # a temporal split: the source is on
     users = np.arange(30)
     # A model no refit on the window would give (every vote doubled): the scorer must read it.
-    doubled = replace(state, transitions=replace(state.transitions, follows=state.transitions.follows * 2))
+    doubled = replace(state, sources={"transitions": replace(rules, follows=rules.follows * 2)})
     own = evaluate.baseline_scorers(doubled, seed=0, window=split.train)["transitions"](users)
-    expected = doubled.transitions.user_scores(users)
+    expected = doubled.sources["transitions"].user_scores(users)
     voted = expected > 0
     assert voted.any()
     np.testing.assert_array_equal(own[voted], expected[voted])
     assert np.isnan(own[~voted]).all()  # no vote: never picked
-    without = replace(state, transitions=None)
+    without = replace(state, sources={})
     assert "transitions" not in evaluate.baseline_scorers(without, seed=0)  # no window, no order to read
     got = evaluate.baseline_scorers(without, seed=5, window=split.train)["transitions"](users)
     events = with_indices(split.train, state.users, state.items)

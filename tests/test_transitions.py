@@ -84,18 +84,21 @@ def test_the_source_feeds_candidates_and_features_and_survives_save_load_and_new
 
     from features.candidates import generate_candidates
     from features.catalog_update import add_items
-    from features.ranking_frame import TRANSITION_FEATURES, feature_arrays, feature_columns_of
+    from features.ranking_frame import feature_arrays, feature_columns_of
     from features.state import FeatureState
 
     state = small_bundle.state
-    rules = state.transitions
-    assert rules is not None and rules.follows.shape == (state.n_items, state.n_items)
-    assert feature_columns_of(state)[-2:] == TRANSITION_FEATURES
+    rules = state.sources["transitions"]
+    assert rules.follows.shape == (state.n_items, state.n_items)
+    assert feature_columns_of(state)[-2:] == ("transition_score_query_rank", "transition_score_query_z")
     assert small_bundle.feature_columns == feature_columns_of(state)  # the ranker learned on them
     users = np.arange(40, dtype=np.int32)
     cands = generate_candidates(state, users, small_bundle.config.candidates, seed=0, with_scores=True)
     u, i = cands["user_idx"].to_numpy(), cands["item_idx"].to_numpy()
-    np.testing.assert_array_equal(cands["transition_score"].to_numpy(), rules.pair_scores(u, i))
+    votes = rules.pair_scores(u, i)
+    assert (votes > 0).any() and (votes == 0).any()
+    # The carried score is the source's where it has something to say (a vote), else unknown.
+    np.testing.assert_array_equal(cands["transition_score"].to_numpy(), np.where(votes > 0, votes, np.nan))
     # Each user's strongest unseen follower is a candidate.
     scores = rules.user_scores(users)
     scores[state.seen[users].toarray() > 0] = 0
@@ -109,40 +112,53 @@ def test_the_source_feeds_candidates_and_features_and_survives_save_load_and_new
 
     state.save(tmp_path / "state")
     loaded = FeatureState.load(tmp_path / "state")
-    assert (loaded.transitions.follows != rules.follows).nnz == 0
-    assert (loaded.transitions.recent != rules.recent).nnz == 0
+    assert list(loaded.sources) == ["transitions"]
+    assert (loaded.sources["transitions"].follows != rules.follows).nnz == 0
+    assert (loaded.sources["transitions"].recent != rules.recent).nnz == 0
 
     grown = add_items(state, pl.DataFrame({"item_id": ["new-a"], "category": ["c-new"]}),
                       np.eye(1, state.item_vectors.shape[1], dtype=np.float32))
-    assert grown.transitions.follows.shape == (state.n_items + 1, state.n_items + 1)
-    np.testing.assert_array_equal(grown.transitions.user_scores(users)[:, :-1], rules.user_scores(users))
-    assert not grown.transitions.user_scores(users)[:, -1].any()  # nobody has taken the new item yet
+    grown_rules = grown.sources["transitions"]
+    assert grown_rules.follows.shape == (state.n_items + 1, state.n_items + 1)
+    np.testing.assert_array_equal(grown_rules.user_scores(users)[:, :-1], rules.user_scores(users))
+    assert not grown_rules.user_scores(users)[:, -1].any()  # nobody has taken the new item yet
 
 
 def test_a_stratified_split_leaves_the_source_out_unless_asked(small_bundle):
     from dataclasses import replace
 
-    from recsys.config import PipelineConfig, transitions_enabled
+    from features.sources import enabled_names
+    from recsys.config import PipelineConfig
     from recsys.errors import ConfigError
 
     config = small_bundle.config
-    assert transitions_enabled(config)  # temporal
-    assert not transitions_enabled(replace(config, split="stratified"))
-    assert transitions_enabled(replace(config, split="stratified", transitions="on"))
-    assert not transitions_enabled(replace(config, transitions="off"))
-    with pytest.raises(ConfigError, match="transitions must be one of .*got 'yes'"):
-        PipelineConfig.from_dict({"transitions": "yes"})
+    assert enabled_names(config) == ("transitions",)  # temporal
+    assert enabled_names(replace(config, split="stratified")) == ()
+    forced = replace(config, split="stratified", sources={"transitions": {"use": "on"}})
+    assert enabled_names(forced) == ("transitions",)
+    assert enabled_names(replace(config, sources={"transitions": {"use": "off"}})) == ()
+    with pytest.raises(ConfigError, match=r"sources.transitions.use must be one of .*got 'yes'"):
+        PipelineConfig.from_dict({"sources": {"transitions": {"use": "yes"}}})
+    with pytest.raises(ConfigError, match=r"sources.transitions.candidates must be a whole number >= 0, got -1"):
+        PipelineConfig.from_dict({"sources": {"transitions": {"candidates": -1}}})
+    with pytest.raises(ConfigError, match=r"sources.transitions has no settings \['steps'\]"):
+        PipelineConfig.from_dict({"sources": {"transitions": {"steps": 2}}})
+    with pytest.raises(ConfigError, match=r"sources \['sessions'\] are not registered score sources"):
+        PipelineConfig.from_dict({"sources": {"sessions": {}}})
+    # A config saved before the registry (a registered model's config.json) reads as it meant.
+    legacy = PipelineConfig.from_dict({"transitions": "off", "candidates": {"n_cf": 9, "n_transitions": 7}})
+    assert legacy.sources["transitions"] == {"use": "off", "candidates": 7} and legacy.candidates.n_cf == 9
 
 
 def test_a_requests_history_is_the_newest_evidence_and_batching_changes_no_answer(small_bundle):
     import polars as pl
     import scipy.sparse as sp
 
-    from serving.recommend import _recent_items, recommend_requests
+    from serving.recommend import recommend_requests
     from serving.requests import RecommendRequest
 
     state = small_bundle.state
-    rules = state.transitions
+    rules = state.sources["transitions"]
     items = state.items.to_ids(np.arange(state.n_items)).to_list()
     known = state.users.to_ids(np.array([4])).to_list()[0]
     # An item some other item is followed by, so that a history of it gets votes.
@@ -153,13 +169,14 @@ def test_a_requests_history_is_the_newest_evidence_and_batching_changes_no_answe
     assert both[0] == recommend_requests(small_bundle, [alone])[0]  # its batch neighbour changes nothing
     history = pl.DataFrame({"query_idx": [1], "item_idx": [leader]},
                            schema={"query_idx": pl.Int32, "item_idx": pl.Int32})
-    recent = _recent_items(small_bundle, np.array([4, -1]), history, 2)
+    recent = rules.request_rows(np.array([4, -1]), history, 2)
     assert (recent[0] != rules.recent[4]).nnz == 0  # the stored row, exactly
     assert recent[1].indices.tolist() == [leader] and recent[1].data.tolist() == [1.0]
     votes = sp.csr_matrix(recent[1] @ rules.follows)
     assert votes.nnz > 0  # the unknown user's history votes for what followed it
     best = set(votes.indices[votes.data == votes.data.max()].tolist()) - {leader}
-    cands, arrays = small_bundle.candidate_features(np.array([-1], dtype=np.int32), query_recent=recent[1])
+    cands, arrays = small_bundle.candidate_features(np.array([-1], dtype=np.int32),
+                                                    source_rows={"transitions": recent[1]})
     assert best and best <= set(cands["item_idx"].to_list())
     assert np.isfinite(arrays["transition_score"]).any()
     _, without = small_bundle.candidate_features(np.array([-1], dtype=np.int32))
@@ -169,26 +186,36 @@ def test_a_requests_history_is_the_newest_evidence_and_batching_changes_no_answe
 def test_a_known_users_history_comes_before_the_stored_items(small_bundle):
     import polars as pl
 
-    from serving.recommend import _recent_items
-
-    rules = small_bundle.state.transitions
+    rules = small_bundle.state.sources["transitions"]
     user = int(np.flatnonzero(np.diff(rules.recent.indptr) == 3)[0])  # a user with three stored recent items
     row = rules.recent[user]
     stored_newest_first = row.indices[np.argsort(-row.data, kind="stable")].tolist()
     fresh = [i for i in range(small_bundle.state.n_items) if i not in stored_newest_first][:2]  # oldest first
     history = pl.DataFrame({"query_idx": [0, 0], "item_idx": fresh},
                            schema={"query_idx": pl.Int32, "item_idx": pl.Int32})
-    recent = _recent_items(small_bundle, np.array([user]), history, 1)
+    recent = rules.request_rows(np.array([user]), history, 1)
     weights = dict(zip(recent.indices.tolist(), recent.data.tolist(), strict=True))
     assert weights == {fresh[1]: 1.0, fresh[0]: 0.5, stored_newest_first[0]: pytest.approx(1 / 3)}
 
 
 def test_a_bundle_whose_state_lost_the_rules_is_refused_at_load(small_bundle, tmp_path):
+    import json
+
     from features.bundle import RankingBundle
 
     small_bundle.save(tmp_path / "bundle")
-    assert RankingBundle.load(tmp_path / "bundle").state.transitions is not None
-    for name in ("transitions_follows.npz", "transitions_recent.npz"):
-        (tmp_path / "bundle" / "state" / name).unlink()
+    assert "transitions" in RankingBundle.load(tmp_path / "bundle").state.sources
+    (tmp_path / "bundle" / "state" / "transitions_recent.npz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"score source 'transitions' is missing \['transitions_recent.npz'\]"):
+        RankingBundle.load(tmp_path / "bundle")
+    # A state saved before its meta listed the sources is read by the files present.
+    meta_path = tmp_path / "bundle" / "state" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("sources")
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"reads \['transition_score_query_rank', 'transition_score_query_z'\]"):
+        RankingBundle.load(tmp_path / "bundle")
+    meta["sources"] = ["sessions"]  # saved by code with a source this code lacks
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"holds the score source 'sessions', which this code does not register"):
         RankingBundle.load(tmp_path / "bundle")

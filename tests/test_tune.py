@@ -200,7 +200,7 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
     assert data_choices(windows, roomy) == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100,
                                             "data_choice.als_alpha": 5.0,  # 200 / 40 pairs
                                             "data_choice.transitions": "off"}  # random held-out positions
-    forced = PipelineConfig(split="stratified", transitions="on")
+    forced = PipelineConfig(split="stratified", sources={"transitions": {"use": "on"}})
     assert data_choices(windows, forced)["data_choice.transitions"] == "on"
     assert data_choices(windows, PipelineConfig(als_alpha=2.0))["data_choice.als_alpha"] == 2.0
 

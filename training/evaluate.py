@@ -18,9 +18,10 @@ from features.candidates import seen_mask, top_n
 from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
 from features.ranking_frame import feature_arrays
 from features.sasrec import SASRecSettings, fit_sasrec
+from features.score_source import SourceWindow
+from features.sources import REGISTERED
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
-from features.transitions import fit_sequential_rules
 from recsys import metrics, windows
 from recsys.config import PipelineConfig
 from recsys.progress import progress as progress_bar
@@ -83,10 +84,12 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
     ``ease`` is the state's item-to-item model; ``cooccurrence`` is plain item-to-item cosine
     over co-occurrence counts (the classic "people who watched this also watched"); ``newest``
     ranks items by when they were first seen in the window (clicks or impressions), newest first.
-    ``transitions`` (only with ``window``, the interactions the state was fitted on: user_id,
-    item_id, timestamp) are sequential rules, what other users took next after the user's most
-    recent items (``features.transitions``); ``sasrec`` (with ``window`` and ``sasrec_epochs`` > 0)
-    is an ID-only self-attention sequence model fitted on it (``features.sasrec``).
+    Each registered score source (``features.sources``; ``transitions``: what other users took
+    next after the user's most recent items) is a baseline under its name: the state's own when
+    it has it, else (only with ``window``, the interactions the state was fitted on: user_id,
+    item_id, timestamp) fitted on that window with its default settings. ``sasrec`` (with
+    ``window`` and ``sasrec_epochs`` > 0) is an ID-only self-attention sequence model fitted on
+    it (``features.sasrec``).
     """
     cooccurrence = state.cooccurrence  # fitted with the state's item-to-item model when that is the cosine
     if cooccurrence is None:
@@ -98,6 +101,14 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
     # Never-seen items (NaN age) are never picked by it.
     newest = -state.item_features["item_age_days"].to_numpy().astype(np.float32)
     unknown = ~state.item_has_history()
+    events_cache: list[pl.DataFrame] = []
+
+    def indexed() -> pl.DataFrame:
+        """The window's events with indices, built once and only when a model is fitted on them here
+        (at scale: tens of millions of id lookups)."""
+        if not events_cache:
+            events_cache.append(with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0))
+        return events_cache[0]
 
     def said(scores: np.ndarray, zero_is_unknown: bool = False) -> np.ndarray:
         """NaN (never picked) where a behaviour model says nothing: items without history in the
@@ -116,19 +127,17 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
         "cooccurrence": lambda u: said(cooccurrence.user_scores(state.history()[u]), zero_is_unknown=True),
         "text": lambda u: state.user_text[u] @ state.item_vectors.T,
     }
-    if window is not None:
-        # Index the window only when a model is fitted on it here (at scale: tens of millions of id lookups).
-        events = None
-        if state.transitions is None or sasrec_epochs > 0:
-            events = with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0)
-        # The state's own source when it has one (fitted on this window with the run's seed).
-        rules = state.transitions or fit_sequential_rules(events, n_users=state.n_users, n_items=state.n_items,
-                                                          seed=seed)
-        scorers["transitions"] = lambda u: said(rules.user_scores(u), zero_is_unknown=True)
-        if sasrec_epochs > 0:
-            sasrec = fit_sasrec(events, n_users=state.n_users, n_items=state.n_items, seed=seed,
-                                settings=SASRecSettings(epochs=sasrec_epochs))
-            scorers["sasrec"] = sasrec.user_scores
+    for cls in REGISTERED:
+        source = state.sources.get(cls.name)  # the state's own (fitted on this window with the run's seed)
+        if source is None and window is not None:
+            source = cls.fit(SourceWindow(events=indexed(), user_items=state.seen, n_users=state.n_users,
+                                          n_items=state.n_items, seed=seed), dict(cls.defaults))
+        if source is not None:
+            scorers[cls.name] = lambda u, source=source: said(source.baseline_scores(u), zero_is_unknown=True)
+    if window is not None and sasrec_epochs > 0:
+        sasrec = fit_sasrec(indexed(), n_users=state.n_users, n_items=state.n_items, seed=seed,
+                            settings=SASRecSettings(epochs=sasrec_epochs))
+        scorers["sasrec"] = sasrec.user_scores
     return scorers
 
 

@@ -32,11 +32,12 @@ from mlflow.tracking import MlflowClient
 
 from features.bundle import RankingBundle
 from features.cf import als_input, bpr_epochs, mean_user_sum
+from features.sources import REGISTERED, is_on
 from features.state import FeatureState, fit_feature_state, with_indices, with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
 from features.user_items import build_user_items
 from recsys import windows
-from recsys.config import PipelineConfig, transitions_enabled
+from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
 from recsys.idmap import IdMap
@@ -136,7 +137,8 @@ def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     """The settings the pipeline derives from the data, not from the config alone (logged as
     ``data_choice.*`` params): the item-to-item model by catalog size, BPR's epochs by the number
     of training-window pairs, ALS's confidence scale by the values per user (``als_alpha`` 0), and
-    whether the sequential-rules source feeds the ranker by the protocol (``transitions`` "auto").
+    whether each registered score source feeds the ranker (``data_choice.<name>``: "on"/"off";
+    ``use`` "auto" decides by the protocol).
     Both are the refit's, on the training window; the feature-window fit derives its own from
     its smaller window by the same rule."""
     n_items = len(w.items)
@@ -153,10 +155,13 @@ def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
     if config.als_alpha <= 0:
         log.info("ALS: confidence scale alpha %.3g (als_user_confidence=%g over a mean of %.1f per user)", alpha,
                  config.als_user_confidence, mean_user_sum(values))
-    transitions = "on" if transitions_enabled(config) else "off"
-    log.info("sequential-rules source: %s (transitions=%s, split %s)", transitions, config.transitions, config.split)
-    return {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs, "data_choice.als_alpha": alpha,
-            "data_choice.transitions": transitions}
+    choices = {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs, "data_choice.als_alpha": alpha}
+    for source in REGISTERED:
+        use = "on" if is_on(source, config.sources, config.split) else "off"
+        log.info("score source %s: %s (use=%s, split %s)", source.name, use, config.sources[source.name]["use"],
+                 config.split)
+        choices[f"data_choice.{source.name}"] = use
+    return choices
 
 
 @dataclass
