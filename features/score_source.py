@@ -34,6 +34,7 @@ class SourceWindow:
     users outside the id map already dropped), ``timestamp``, and the canonical columns.
     user_items: CSR (n_users, n_items) float32 of the window's interaction values.
     seed: the run's seed (its tie rule and any sampling).
+    item_vectors: (n_items, d) float32 unit-norm text vectors of the state's encoder.
     """
 
     events: pl.DataFrame
@@ -41,6 +42,7 @@ class SourceWindow:
     n_users: int
     n_items: int
     seed: int
+    item_vectors: np.ndarray | None = None
 
 
 class ScoreSource(ABC):
@@ -54,11 +56,15 @@ class ScoreSource(ABC):
     defaults: settings and their defaults; every source has ``use`` ("auto", "on", "off") and
         ``candidates`` (per user, 0 = features only), a subclass may add its own.
     setting_docs: one line per setting, shown by ``recsys config show``.
+    reads_text: the source reads the item text vectors: the no-text ranker variant neither takes
+        its candidates nor splits on its columns, and the pretrained-text variant reads it
+        through ``with_item_vectors``.
     """
 
     name: ClassVar[str]
     score_column: ClassVar[str]
     files: ClassVar[tuple[str, ...]]
+    reads_text: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {"use": "auto", "candidates": 50}
     setting_docs: ClassVar[dict[str, str]] = {
         "use": "auto: on where the source's protocol rule says so (auto_on); on/off force it",
@@ -71,8 +77,9 @@ class ScoreSource(ABC):
         return f"{cls.score_column}_query_rank", f"{cls.score_column}_query_z"
 
     @classmethod
-    def auto_on(cls, split: str) -> bool:
-        """Whether ``use: "auto"`` turns the source on under the evaluation protocol ``split``."""
+    def auto_on(cls, split: str, n_items: int) -> bool:
+        """Whether ``use: "auto"`` turns the source on under the evaluation protocol ``split``
+        for a catalog of ``n_items``."""
         return True
 
     @classmethod
@@ -109,6 +116,10 @@ class ScoreSource(ABC):
     @abstractmethod
     def load(cls, folder: Path) -> ScoreSource:
         """Read what ``save`` wrote."""
+
+    def with_item_vectors(self, item_vectors: np.ndarray) -> ScoreSource:
+        """The same source over other item text vectors (``reads_text`` sources only)."""
+        raise NotImplementedError(f"{self.name} does not read item text")
 
     def baseline_scores(self, user_idx: np.ndarray) -> np.ndarray:
         """Dense float32 (len(user_idx), n_items) scores of the source alone as a baseline; 0 =

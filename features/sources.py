@@ -16,10 +16,11 @@ import numpy as np
 import polars as pl
 
 from features.score_source import USES, ScoreSource, SourceWindow
+from features.text_neighbours import TextNeighbours
 from features.transitions import SequentialRules
 from recsys.errors import ConfigError
 
-REGISTERED: tuple[type[ScoreSource], ...] = (SequentialRules,)
+REGISTERED: tuple[type[ScoreSource], ...] = (SequentialRules, TextNeighbours)
 
 
 def source_class(name: str) -> type[ScoreSource]:
@@ -57,21 +58,22 @@ def resolve_settings(given: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def is_on(cls: type[ScoreSource], settings: dict[str, dict[str, Any]], split: str) -> bool:
-    """Whether the source feeds the ranker under these resolved settings and protocol."""
+def is_on(cls: type[ScoreSource], settings: dict[str, dict[str, Any]], split: str, n_items: int) -> bool:
+    """Whether the source feeds the ranker under these resolved settings, protocol and catalog size."""
     use = settings[cls.name]["use"]
-    return use == "on" or (use == "auto" and cls.auto_on(split))
+    return use == "on" or (use == "auto" and cls.auto_on(split, n_items))
 
 
-def enabled_names(config) -> tuple[str, ...]:
-    """Names of the sources ``config`` (a ``PipelineConfig``) turns on, in registry order."""
-    return tuple(cls.name for cls in REGISTERED if is_on(cls, config.sources, config.split))
+def enabled_names(config, n_items: int) -> tuple[str, ...]:
+    """Names of the sources ``config`` (a ``PipelineConfig``) turns on for a catalog of
+    ``n_items``, in registry order."""
+    return tuple(cls.name for cls in REGISTERED if is_on(cls, config.sources, config.split, n_items))
 
 
 def fit_sources(window: SourceWindow, config) -> dict[str, ScoreSource]:
     """The sources ``config`` turns on, fitted on ``window``."""
     return {cls.name: cls.fit(window, config.sources[cls.name]) for cls in REGISTERED
-            if is_on(cls, config.sources, config.split)}
+            if is_on(cls, config.sources, config.split, window.n_items)}
 
 
 def candidate_counts(config) -> dict[str, int]:
@@ -129,3 +131,14 @@ def request_rows(sources: dict[str, ScoreSource], user_idx: np.ndarray, history:
 
 def with_new_items(sources: dict[str, ScoreSource], n_new: int) -> dict[str, ScoreSource]:
     return {name: source.with_new_items(n_new) for name, source in sources.items()}
+
+
+def with_item_vectors(sources: dict[str, ScoreSource], item_vectors: np.ndarray) -> dict[str, ScoreSource]:
+    """The sources over other item text vectors: those that read text rebuilt, the others shared."""
+    return {name: source.with_item_vectors(item_vectors) if source.reads_text else source
+            for name, source in sources.items()}
+
+
+def text_reading_names() -> tuple[str, ...]:
+    """Names of the registered sources that read item text (``ScoreSource.reads_text``)."""
+    return tuple(cls.name for cls in REGISTERED if cls.reads_text)

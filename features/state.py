@@ -20,7 +20,7 @@ from features import behaviour
 from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item, fit_with_cooccurrence
 from features.score_source import ScoreSource, SourceWindow
-from features.sources import fit_sources, load_sources, save_sources
+from features.sources import fit_sources, load_sources, save_sources, with_item_vectors
 from features.text_interest import HistoryPooling, UserVectors, history_weights
 from features.text_popularity import fit_text_popularity, predict_text_popularity
 from features.ties import tie_keys
@@ -215,6 +215,7 @@ def with_text_vectors(state: FeatureState, interactions: pl.DataFrame, item_vect
                               history_len=state.history_len, half_life=state.half_life)
     counts = state.item_features.sort("item_idx")["item_pop_all_rel"].to_numpy()
     return replace(state, item_vectors=item_vectors, user_text=UserVectors(weights, item_vectors), pooling=None,
+                   sources=with_item_vectors(state.sources, item_vectors),
                    text_popularity_weights=fit_text_popularity(item_vectors, counts), _text_popularity=None)
 
 
@@ -268,7 +269,7 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
             item_item, cooccurrence = fit_item_item(user_items, **settings), None
     with stage("sources"):
         sources = fit_sources(SourceWindow(events=events, user_items=user_items, n_users=n_users, n_items=n_items,
-                                           seed=config.seed), config)
+                                           seed=config.seed, item_vectors=item_vectors), config)
     bar.update(1)
     weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)

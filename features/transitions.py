@@ -21,15 +21,14 @@ stratified split, whose held-out items are random positions of the history.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from features.csr_rows import csr_rows
-from features.item_item import ItemItem, _prune_rows
+from features.item_item import _prune_rows
+from features.recent_links import RecentLinks, recent_weights
 from features.score_source import ScoreSource, SourceWindow
 from features.ties import tie_keys
 
@@ -39,7 +38,7 @@ NEIGHBOURS = 200  # followers kept per item
 
 
 @dataclass(frozen=True)
-class SequentialRules(ScoreSource):
+class SequentialRules(RecentLinks):
     """follows: CSR (n_items, n_items) float32, row a: the summed 1/gap votes of the items that
     followed a; recent: CSR (n_users, n_items) float32, each user's 1/p weights on their
     ``RECENT`` most recent items (empty rows: users without events in the window)."""
@@ -47,6 +46,7 @@ class SequentialRules(ScoreSource):
     name = "transitions"
     score_column = "transition_score"
     files = ("transitions_follows.npz", "transitions_recent.npz")
+    recent_count = RECENT
 
     setting_docs = {**ScoreSource.setting_docs,
                     "use": "the sequential rules as ranker candidates and features; auto: on for temporal and "
@@ -56,88 +56,20 @@ class SequentialRules(ScoreSource):
     recent: sp.csr_matrix
 
     @classmethod
-    def auto_on(cls, split: str) -> bool:
+    def auto_on(cls, split: str, n_items: int) -> bool:
         return split != "stratified"  # random held-out positions: "what comes next" is not what is tested
 
     @classmethod
     def fit(cls, window: SourceWindow, settings: dict[str, Any]) -> SequentialRules:
         return fit_sequential_rules(window.events, n_users=window.n_users, n_items=window.n_items, seed=window.seed)
 
-    def scores(self, user_idx: np.ndarray, request: sp.csr_matrix | None = None) -> sp.csr_matrix:
-        """What followed each user's most recent items; request: CSR (len(user_idx), n_items)
-        recent-item weights read instead of the stored rows (``request_rows``)."""
-        if request is not None:
-            return (request @ self.follows).tocsr().astype(np.float32, copy=False)
-        return (csr_rows(self.recent, user_idx) @ self.follows).tocsr().astype(np.float32, copy=False)
-
-    def baseline_scores(self, user_idx: np.ndarray) -> np.ndarray:
-        return self.user_scores(user_idx)
-
-    def user_scores(self, user_idx: np.ndarray) -> np.ndarray:
-        """Dense float32 (len(user_idx), n_items) scores; 0 where no recent item was ever followed
-        by the item. user_idx: int (n,) in 0..n_users-1."""
-        return self.user_scores_sparse(user_idx).toarray()
-
-    def user_scores_sparse(self, user_idx: np.ndarray) -> sp.csr_matrix:
-        """CSR float32 (len(user_idx), n_items) of ``user_scores``; rows of -1 users are empty."""
-        user_idx = np.asarray(user_idx, dtype=np.int64)
-        if user_idx.size and user_idx.max() >= self.recent.shape[0]:
-            raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}")
-        if user_idx.size and user_idx.min() < 0:
-            raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}; mask unknown users (-1) first")
-        return self._votes().user_scores_sparse(self.recent[user_idx])
-
-    def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray,
-                    request: sp.csr_matrix | None = None) -> np.ndarray:
-        """float32 (n,) scores of (user, item) pairs; NaN where user_idx is -1. request: CSR
-        (rows, n_items) weights to read instead of the stored ones (user_idx then indexes them)."""
-        return self._votes().pair_scores(self.recent if request is None else request, user_idx, item_idx)
-
-    def request_rows(self, user_idx: np.ndarray, history: pl.DataFrame, n: int) -> sp.csr_matrix | None:
-        """Per query, the recent-item weights with the request's history as the newest items (CSR
-        (n, n_items)); None without any history (the stored rows then serve)."""
-        if history.height == 0:
-            return None
-        rows, cols, weights = [], [], []
-        fresh = {q: items for q, items in
-                 history.group_by("query_idx", maintain_order=True).agg("item_idx").iter_rows()}
-        indptr, indices, data = self.recent.indptr, self.recent.indices, self.recent.data
-        for q in range(n):
-            u = int(user_idx[q])
-            span = slice(indptr[u], indptr[u + 1]) if u >= 0 else slice(0, 0)  # the stored row (a CSR slice)
-            if q not in fresh:  # the stored row as it is: an answer never depends on its batch
-                rows += [q] * (span.stop - span.start)
-                cols += indices[span].tolist()
-                weights += data[span].tolist()
-                continue
-            # The request's items, newest first, then the stored ones, most recent (largest weight 1/p) first.
-            newest_first = list(reversed(fresh[q])) + indices[span][np.argsort(-data[span], kind="stable")].tolist()
-            for p, item in enumerate(newest_first[:RECENT]):
-                rows.append(q)
-                cols.append(item)
-                weights.append(1.0 / (p + 1))
-        recent = sp.csr_matrix((np.asarray(weights, dtype=np.float32), (rows, cols)), shape=(n, self.follows.shape[0]))
-        recent.sum_duplicates()
-        return recent
-
-    def with_new_items(self, n_new: int) -> SequentialRules:
-        """The same model over a catalog grown by ``n_new`` items nobody has taken yet."""
-        recent = sp.csr_matrix((self.recent.data, self.recent.indices, self.recent.indptr),
-                               shape=(self.recent.shape[0], self.recent.shape[1] + n_new))
-        return SequentialRules(follows=self._votes().with_new_items(n_new).weights, recent=recent)
-
-    def save(self, folder: Path) -> None:
-        sp.save_npz(Path(folder) / "transitions_follows.npz", self.follows)
-        sp.save_npz(Path(folder) / "transitions_recent.npz", self.recent)
+    @property
+    def links(self) -> sp.csr_matrix:
+        return self.follows
 
     @classmethod
-    def load(cls, folder: Path) -> SequentialRules:
-        folder = Path(folder)
-        return cls(follows=sp.load_npz(folder / "transitions_follows.npz").tocsr().astype(np.float32),
-                   recent=sp.load_npz(folder / "transitions_recent.npz").tocsr().astype(np.float32))
-
-    def _votes(self) -> ItemItem:
-        return ItemItem(kind="transitions", weights=self.follows)
+    def _make(cls, links: sp.csr_matrix, recent: sp.csr_matrix) -> SequentialRules:
+        return cls(follows=links, recent=recent)
 
 
 def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, seed: int, steps: int = STEPS,
@@ -167,15 +99,8 @@ def fit_sequential_rules(events: pl.DataFrame, *, n_users: int, n_items: int, se
     follows.sum_duplicates()
     if np.diff(follows.indptr).max(initial=0) > neighbours:
         follows = _prune_rows(follows, neighbours)
-    # Position from each user's end: 0 for the most recent event.
-    last = np.r_[user[1:] != user[:-1], True] if user.size else np.zeros(0, dtype=bool)
-    end = np.flatnonzero(last)
-    from_end = np.repeat(end, np.diff(np.r_[-1, end])) - np.arange(len(user))
-    keep = from_end < recent
-    weights = sp.csr_matrix(((1.0 / (from_end[keep] + 1)).astype(np.float32), (user[keep], item[keep])),
-                            shape=(n_users, n_items), dtype=np.float32)
-    weights.sum_duplicates()
-    return SequentialRules(follows=follows, recent=weights)
+    return SequentialRules(follows=follows, recent=recent_weights(user, item, n_users=n_users, n_items=n_items,
+                                                                  recent=recent))
 
 
 def ordered_events(events: pl.DataFrame, *, n_users: int, n_items: int,

@@ -52,7 +52,7 @@ def test_item_item_proposes_only_items_its_neighbours_vote_for(state):
     np.testing.assert_allclose(scores.toarray()[:2], dense, atol=1e-6)
     assert scores[2].nnz == 0
     only = CandidateConfig(n_cf=0, n_item_item=500, n_text=0, n_popular=0, n_recent=0)
-    candidates = generate_candidates(state, users, only, seed=0)
+    candidates = generate_candidates(state, users, only, seed=0, source_counts={name: 0 for name in state.sources})
     for q in (0, 1):
         got = set(candidates.filter(pl.col("query_idx") == q)["item_idx"].to_list())
         seen = set(state.seen[users[q]].indices.tolist())
@@ -105,16 +105,17 @@ def test_one_row_top_n_gives_the_general_paths_entries_in_its_order():
 def test_candidates_exclude_seen_items_and_are_unique(state):
     config = CandidateConfig(n_cf=10, n_item_item=10, n_text=10, n_popular=5, n_recent=5)
     cands = generate_candidates(state, np.arange(10, dtype=np.int32), config, seed=0,
-                                source_counts={"transitions": 5})
+                                source_counts={"transitions": 5, "text_neighbours": 5})
     seen = state.seen.tocoo()
     seen_pairs = set(zip(seen.row.tolist(), seen.col.tolist(), strict=True))
     pairs = list(zip(cands["user_idx"].to_list(), cands["item_idx"].to_list(), strict=True))
     assert not seen_pairs & set(pairs)
     assert len(pairs) == len(set(pairs))
     assert cands["query_idx"].unique().sort().to_list() == list(range(10))
-    # the union of the six sources: at least one source's 10, at most 10 + 10 + 10 + 5 + 5 + 5 per user
+    # the union of the seven sources: at least one source's 10, at most 10 + 10 + 10 + 5 + 5 + 5 + 5 per user
     per_user = cands.group_by("query_idx").len()["len"]
-    assert per_user.min() >= 10 and per_user.max() <= 45
+    assert sorted(state.sources) == ["text_neighbours", "transitions"]
+    assert per_user.min() >= 10 and per_user.max() <= 50
 
 
 def test_unknown_user_gets_only_non_personal_candidates(state):

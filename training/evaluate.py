@@ -131,7 +131,8 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
         source = state.sources.get(cls.name)  # the state's own (fitted on this window with the run's seed)
         if source is None and window is not None:
             source = cls.fit(SourceWindow(events=indexed(), user_items=state.seen, n_users=state.n_users,
-                                          n_items=state.n_items, seed=seed), dict(cls.defaults))
+                                          n_items=state.n_items, seed=seed, item_vectors=state.item_vectors),
+                             dict(cls.defaults))
         if source is not None:
             scorers[cls.name] = lambda u, source=source: said(source.baseline_scores(u), zero_is_unknown=True)
     if window is not None and sasrec_epochs > 0:

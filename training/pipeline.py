@@ -157,7 +157,7 @@ def data_choices(w: Windows, config: PipelineConfig) -> dict[str, object]:
                  config.als_user_confidence, mean_user_sum(values))
     choices = {"data_choice.item_item": kind, "data_choice.bpr_epochs": epochs, "data_choice.als_alpha": alpha}
     for source in REGISTERED:
-        use = "on" if is_on(source, config.sources, config.split) else "off"
+        use = "on" if is_on(source, config.sources, config.split, n_items) else "off"
         log.info("score source %s: %s (use=%s, split %s)", source.name, use, config.sources[source.name]["use"],
                  config.split)
         choices[f"data_choice.{source.name}"] = use

@@ -30,6 +30,8 @@ from features.ranking_frame import (
     frame_feature_columns,
     group_sizes,
 )
+from features.sources import candidate_counts, text_reading_names
+from features.sources import feature_columns as source_feature_columns
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from recsys import windows
@@ -49,10 +51,19 @@ SHIPPED = "ranker"  # the name the shipped variant takes in every table, plot an
 
 
 def variant_config(name: str, config: PipelineConfig) -> PipelineConfig:
-    """The config a variant's bundle carries: ``ranker_no_text`` proposes no text candidates."""
+    """The config a variant's bundle carries: ``ranker_no_text`` proposes no text candidates (of
+    the text interest score or of a registered source that reads text)."""
     if name == NO_TEXT:
-        return replace(config, candidates=replace(config.candidates, n_text=0))
+        text_sources = {name: {**config.sources[name], "candidates": 0} for name in text_reading_names()}
+        return replace(config, candidates=replace(config.candidates, n_text=0),
+                       sources={**config.sources, **text_sources})
     return config
+
+
+def no_text_columns() -> tuple[str, ...]:
+    """The columns the no-text variant never splits on: the text features and the columns of
+    every registered source that reads text."""
+    return TEXT_FEATURES + source_feature_columns(text_reading_names())
 
 
 def states_by_variant(state: FeatureState, pretrained_state: FeatureState) -> dict[str, FeatureState]:
@@ -108,7 +119,8 @@ def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray
     """
     user_idx, relevant = users
     with progress_bar(total=len(user_idx), desc="candidates", unit="user") as bar:
-        candidates = generate_candidates(state, user_idx, config.candidates, seed=config.seed)
+        candidates = generate_candidates(state, user_idx, config.candidates, seed=config.seed,
+                                         source_counts=candidate_counts(config))
         bar.update(len(user_idx))
     positives = pl.DataFrame({
         "query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]).astype(np.int32),
@@ -174,7 +186,7 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     for name, frame in frames.items():
         train, val = split_by_users(frame, held_out_users)
         short = name.removeprefix("ranker_")
-        unused = TEXT_FEATURES if name == NO_TEXT else ()
+        unused = tuple(c for c in no_text_columns() if c in frame.columns) if name == NO_TEXT else ()
         if n_folds > 1:
             rankers[name], members = fit_fold_ensemble(train, config, seed=config.seed + windows.RANKER_FOLD_SEED,
                                                        unused_features=unused, eval_at=(config.k,),
