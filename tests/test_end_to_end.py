@@ -61,7 +61,7 @@ def test_metrics_cover_the_ranker_and_every_baseline(trained):
     metrics, validation, shipped = document["test"], document["validation"], document["shipped_variant"]
     assert shipped in VARIANTS
     expected = {"ranker", *(VARIANTS - {shipped}), "random", "popularity", "popularity_7d", "newest", "als", "bpr",
-                "ease", "cooccurrence", "transitions", "text", "text_pretrained"}
+                "ease", "cooccurrence", "transitions", "text_neighbours", "text", "text_pretrained"}
     assert set(metrics) == expected and set(validation) == expected
     # The shipped variant is the best of the three on validation, or the no-text one when the
     # best one's text does not earn its place (paired interval over no text); test played no part.
