@@ -103,6 +103,7 @@ def _measure(bundle, users: list, chunks: list, args) -> dict:
     from features.bundle import head_k
     from features.candidates import SOURCE_FEATURES, generate_candidates
     from features.ranking_frame import feature_arrays
+    from features.sources import candidate_counts, score_columns
     from serving.recommend import recommend_users
     from serving.requests import predict_frame
 
@@ -119,9 +120,10 @@ def _measure(bundle, users: list, chunks: list, args) -> dict:
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         cands = generate_candidates(bundle.state, idx, bundle.config.candidates, seed=bundle.config.seed,
-                                    with_scores=True)
+                                    with_scores=True, source_counts=candidate_counts(bundle.config))
         t1 = time.perf_counter()
-        known = {name: cands[name].to_numpy() for name in SOURCE_FEATURES.values() if name in cands.columns}
+        carried = (*SOURCE_FEATURES.values(), *score_columns().values())  # as RankingBundle.candidate_features
+        known = {name: cands[name].to_numpy() for name in carried if name in cands.columns}
         arrays = feature_arrays(bundle.state, cands["user_idx"].to_numpy(), cands["item_idx"].to_numpy(),
                                 query_idx=cands["query_idx"].to_numpy(), known=known)
         t2 = time.perf_counter()

@@ -54,7 +54,7 @@ def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndar
         bpr=_with_zero_items(state.bpr, n_new),
         item_item=state.item_item.with_new_items(n_new),
         cooccurrence=None,
-        sources=with_new_items(state.sources, n_new),
+        sources=with_new_items(state.sources, n_new, item_vectors),
         item_vectors=item_vectors,
         user_text=user_text,
         seen=sp.hstack([state.seen, sp.csr_matrix((state.n_users, n_new), dtype=np.float32)]).tocsr(),

@@ -94,7 +94,7 @@ class RecentLinks(ScoreSource):
         recent.sum_duplicates()
         return recent
 
-    def with_new_items(self, n_new: int) -> RecentLinks:
+    def with_new_items(self, n_new: int, item_vectors: np.ndarray | None = None) -> RecentLinks:
         """The same source over a catalog grown by ``n_new`` items nobody has taken yet (no links)."""
         recent = sp.csr_matrix((self.recent.data, self.recent.indices, self.recent.indptr),
                                shape=(self.recent.shape[0], self.recent.shape[1] + n_new))

@@ -59,12 +59,18 @@ class ScoreSource(ABC):
     reads_text: the source reads the item text vectors: the no-text ranker variant neither takes
         its candidates nor splits on its columns, and the pretrained-text variant reads it
         through ``with_item_vectors``.
+    max_items: catalogs above this many items leave the source off under ``use: "auto"`` and
+        out of the baselines (None: no limit); ``use: "on"`` still turns it on.
+    scores_items_without_history: its scores reach items nobody took in the window (text), so
+        its baseline does not hide them.
     """
 
     name: ClassVar[str]
     score_column: ClassVar[str]
     files: ClassVar[tuple[str, ...]]
     reads_text: ClassVar[bool] = False
+    max_items: ClassVar[int | None] = None
+    scores_items_without_history: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {"use": "auto", "candidates": 50}
     setting_docs: ClassVar[dict[str, str]] = {
         "use": "auto: on where the source's protocol rule says so (auto_on); on/off force it",
@@ -77,10 +83,15 @@ class ScoreSource(ABC):
         return f"{cls.score_column}_query_rank", f"{cls.score_column}_query_z"
 
     @classmethod
-    def auto_on(cls, split: str, n_items: int) -> bool:
+    def auto_on(cls, split: str) -> bool:
         """Whether ``use: "auto"`` turns the source on under the evaluation protocol ``split``
-        for a catalog of ``n_items``."""
+        (within ``max_items``)."""
         return True
+
+    @classmethod
+    def affordable(cls, n_items: int) -> bool:
+        """Whether a catalog of ``n_items`` is within ``max_items``."""
+        return cls.max_items is None or n_items <= cls.max_items
 
     @classmethod
     @abstractmethod
@@ -105,8 +116,9 @@ class ScoreSource(ABC):
         the stored rows serve as they are. user_idx: int (n,), -1 = unknown user."""
 
     @abstractmethod
-    def with_new_items(self, n_new: int) -> ScoreSource:
-        """The same source over a catalog grown by ``n_new`` items nobody has taken yet."""
+    def with_new_items(self, n_new: int, item_vectors: np.ndarray) -> ScoreSource:
+        """The same source over a catalog grown by ``n_new`` items nobody has taken yet
+        (item_vectors: (n_items + n_new, d) float32, the grown catalog's text vectors)."""
 
     @abstractmethod
     def save(self, folder: Path) -> None:

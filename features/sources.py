@@ -61,7 +61,7 @@ def resolve_settings(given: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 def is_on(cls: type[ScoreSource], settings: dict[str, dict[str, Any]], split: str, n_items: int) -> bool:
     """Whether the source feeds the ranker under these resolved settings, protocol and catalog size."""
     use = settings[cls.name]["use"]
-    return use == "on" or (use == "auto" and cls.auto_on(split, n_items))
+    return use == "on" or (use == "auto" and cls.auto_on(split) and cls.affordable(n_items))
 
 
 def enabled_names(config, n_items: int) -> tuple[str, ...]:
@@ -129,8 +129,9 @@ def request_rows(sources: dict[str, ScoreSource], user_idx: np.ndarray, history:
     return {name: value for name, value in rows.items() if value is not None}
 
 
-def with_new_items(sources: dict[str, ScoreSource], n_new: int) -> dict[str, ScoreSource]:
-    return {name: source.with_new_items(n_new) for name, source in sources.items()}
+def with_new_items(sources: dict[str, ScoreSource], n_new: int, item_vectors: np.ndarray) -> dict[str, ScoreSource]:
+    """The sources over a catalog grown by ``n_new`` items (item_vectors: the grown catalog's)."""
+    return {name: source.with_new_items(n_new, item_vectors) for name, source in sources.items()}
 
 
 def with_item_vectors(sources: dict[str, ScoreSource], item_vectors: np.ndarray) -> dict[str, ScoreSource]:

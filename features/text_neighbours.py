@@ -1,9 +1,10 @@
 """Text neighbours of the user's most recent items: "more like what you just took", read from text.
 
 Each item keeps its ``NEIGHBOURS`` nearest items by the cosine of the encoder's item vectors
-(positive cosines only, itself excluded; ties at the cut by the seeded tie rule, never by
-catalog order). A user's score for an item sums the cosines from their ``RECENT`` most recent
-items to it, the p-th most recent weighing 1/p (``features.recent_links``). Unlike the text
+(positive cosines only, itself excluded; ties at the cut by the tie rule, never by catalog
+order; items whose text encodes exactly like many others', such as empty texts, have none). A
+user's score for an item sums the cosines from their ``RECENT`` most recent items to it, the
+p-th most recent weighing 1/p (``features.recent_links``). Unlike the text
 interest score (a pooled vector of the whole history), it keeps each recent item apart, so the
 ranker sees how close a candidate is to what the user took last. Items without interactions
 are neighbours too, so it can propose items that only have text.
@@ -43,6 +44,8 @@ class TextNeighbours(RecentLinks):
     score_column = "recent_text_score"
     files = ("text_neighbours_similar.npz", "text_neighbours_recent.npz")
     reads_text = True
+    max_items = MAX_AUTO_ITEMS
+    scores_items_without_history = True
     recent_count = RECENT
     setting_docs = {**ScoreSource.setting_docs,
                     "use": "the text neighbours of the user's last items as ranker candidates and features; auto: "
@@ -52,8 +55,8 @@ class TextNeighbours(RecentLinks):
     recent: sp.csr_matrix
 
     @classmethod
-    def auto_on(cls, split: str, n_items: int) -> bool:
-        return split != "stratified" and n_items <= MAX_AUTO_ITEMS
+    def auto_on(cls, split: str) -> bool:
+        return split != "stratified"  # random held-out positions: "what was taken last" is not what is tested
 
     @classmethod
     def fit(cls, window: SourceWindow, settings: dict[str, Any]) -> TextNeighbours:
@@ -67,6 +70,12 @@ class TextNeighbours(RecentLinks):
     def with_item_vectors(self, item_vectors: np.ndarray) -> TextNeighbours:
         return TextNeighbours(similar=nearest_by_text(item_vectors), recent=self.recent)
 
+    def with_new_items(self, n_new: int, item_vectors: np.ndarray) -> TextNeighbours:
+        """New items have text: the neighbours are searched again over the grown catalog, so new
+        items are neighbours of the old ones and have their own."""
+        grown = super().with_new_items(n_new, item_vectors)
+        return TextNeighbours(similar=nearest_by_text(item_vectors), recent=grown.recent)
+
     @property
     def links(self) -> sp.csr_matrix:
         return self.similar
@@ -78,10 +87,17 @@ class TextNeighbours(RecentLinks):
 
 def nearest_by_text(item_vectors: np.ndarray, neighbours: int = NEIGHBOURS) -> sp.csr_matrix:
     """CSR (n, n) float32: each item's ``neighbours`` largest positive cosines to other items
-    (item_vectors: (n, d) float32, unit rows; all-zero rows have no neighbours). Ties at the cut
-    follow the tie rule of ``item_item._prune_rows``. Memory: one (_BLOCK, n) block at a time."""
+    (item_vectors: (n, d) float32, unit rows). Ties at the cut follow the tie rule of
+    ``item_item._prune_rows`` (seed 0, as the item-to-item models). Items whose vector is shared
+    by more than ``neighbours`` items (empty or placeholder texts, which encode alike) and
+    all-zero rows have no neighbours and are no one's: their cosine of 1 says nothing.
+    Memory: about three (_BLOCK, n) float32 blocks at a time."""
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     n = len(vectors)
+    crowded = shared_vectors(vectors, more_than=neighbours)
+    if crowded.any():
+        vectors = vectors.copy()
+        vectors[crowded] = 0.0
     blocks = []
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
@@ -97,3 +113,12 @@ def nearest_by_text(item_vectors: np.ndarray, neighbours: int = NEIGHBOURS) -> s
     if not blocks:
         return sp.csr_matrix((0, 0), dtype=np.float32)
     return sp.vstack(blocks).tocsr().astype(np.float32)
+
+
+def shared_vectors(vectors: np.ndarray, *, more_than: int) -> np.ndarray:
+    """bool (n,): the row's exact vector is shared by more than ``more_than`` rows."""
+    if len(vectors) == 0:
+        return np.zeros(0, dtype=bool)
+    rows = np.ascontiguousarray(vectors).view(np.dtype((np.void, vectors.dtype.itemsize * vectors.shape[1])))
+    _, inverse, counts = np.unique(rows.ravel(), return_inverse=True, return_counts=True)
+    return counts[inverse.ravel()] > more_than

@@ -56,7 +56,7 @@ class SequentialRules(RecentLinks):
     recent: sp.csr_matrix
 
     @classmethod
-    def auto_on(cls, split: str, n_items: int) -> bool:
+    def auto_on(cls, split: str) -> bool:
         return split != "stratified"  # random held-out positions: "what comes next" is not what is tested
 
     @classmethod

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 import requests
 
+from features.sources import REGISTERED
 from recsys.cli import main
 from recsys.demo_data import DemoSpec, generate_demo
 from serving import server_process
@@ -61,7 +62,8 @@ def test_metrics_cover_the_ranker_and_every_baseline(trained):
     metrics, validation, shipped = document["test"], document["validation"], document["shipped_variant"]
     assert shipped in VARIANTS
     expected = {"ranker", *(VARIANTS - {shipped}), "random", "popularity", "popularity_7d", "newest", "als", "bpr",
-                "ease", "cooccurrence", "transitions", "text_neighbours", "text", "text_pretrained"}
+                "ease", "cooccurrence", "text", "text_pretrained", *(source.name for source in REGISTERED)}
+    assert {"transitions", "text_neighbours"} <= expected
     assert set(metrics) == expected and set(validation) == expected
     # The shipped variant is the best of the three on validation, or the no-text one when the
     # best one's text does not earn its place (paired interval over no text); test played no part.

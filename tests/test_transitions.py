@@ -90,7 +90,9 @@ def test_the_source_feeds_candidates_and_features_and_survives_save_load_and_new
     state = small_bundle.state
     rules = state.sources["transitions"]
     assert rules.follows.shape == (state.n_items, state.n_items)
-    assert feature_columns_of(state)[-4:-2] == ("transition_score_query_rank", "transition_score_query_z")
+    columns = feature_columns_of(state)
+    assert columns[columns.index("transition_score_query_rank"):][:2] == ("transition_score_query_rank",
+                                                                          "transition_score_query_z")
     assert small_bundle.feature_columns == feature_columns_of(state)  # the ranker learned on them
     users = np.arange(40, dtype=np.int32)
     cands = generate_candidates(state, users, small_bundle.config.candidates, seed=0, with_scores=True)
@@ -112,7 +114,7 @@ def test_the_source_feeds_candidates_and_features_and_survives_save_load_and_new
 
     state.save(tmp_path / "state")
     loaded = FeatureState.load(tmp_path / "state")
-    assert list(loaded.sources) == ["transitions", "text_neighbours"]
+    assert list(loaded.sources) == list(state.sources) and "transitions" in loaded.sources
     assert (loaded.sources["transitions"].follows != rules.follows).nnz == 0
     assert (loaded.sources["transitions"].recent != rules.recent).nnz == 0
 

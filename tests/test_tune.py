@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from features.sources import REGISTERED
 from recsys.config import PipelineConfig
 from recsys.dataset import Dataset
 from recsys.demo_data import DemoSpec, generate_demo
@@ -194,14 +195,12 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
     small = PipelineConfig(bpr_iterations=100, bpr_max_samples=50_000)
     assert data_choices(windows, small) == {"data_choice.item_item": "cosine", "data_choice.bpr_epochs": 25,
                                             "data_choice.als_alpha": 3.75,  # 225 / 60
-                                            "data_choice.transitions": "on",  # temporal: what comes next is tested
-                                            "data_choice.text_neighbours": "on"}
+                                            **{f"data_choice.{c.name}": "on" for c in REGISTERED}}  # temporal
     roomy = PipelineConfig(item_item_max_items=10_000, cf_use_weights=False, als_user_confidence=200.0,
                            split="stratified")
     assert data_choices(windows, roomy) == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100,
                                             "data_choice.als_alpha": 5.0,  # 200 / 40 pairs
-                                            "data_choice.transitions": "off",  # random held-out positions
-                                            "data_choice.text_neighbours": "off"}
+                                            **{f"data_choice.{c.name}": "off" for c in REGISTERED}}  # random positions
     forced = PipelineConfig(split="stratified", sources={"transitions": {"use": "on"}})
     assert data_choices(windows, forced)["data_choice.transitions"] == "on"
     many_items = IdMap(kind="item").fit(pl.Series([f"i{i}" for i in range(50_001)]))

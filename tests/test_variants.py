@@ -7,7 +7,8 @@ import polars as pl
 
 from features.candidates import generate_candidates, source_scores, top_n
 from features.ranking_frame import FEATURE_COLUMNS, feature_columns_of
-from recsys.config import PipelineConfig
+from features.sources import candidate_counts
+from recsys.config import CandidateConfig, PipelineConfig
 from training import variants
 
 
@@ -73,13 +74,18 @@ def test_the_no_text_variant_proposes_no_text_candidates(small_bundle):
     assert variants.variant_config(variants.FINETUNED, small_bundle.config) is small_bundle.config
     state = small_bundle.state
     users = np.arange(20, dtype=np.int32)
-    with_text = generate_candidates(state, users, small_bundle.config.candidates, seed=0)
-    without = generate_candidates(state, users, config.candidates, seed=0)
+    assert config.sources["text_neighbours"]["candidates"] == 0  # a source that reads text proposes nothing either
+    with_text = generate_candidates(state, users, small_bundle.config.candidates, seed=0,
+                                    source_counts=candidate_counts(small_bundle.config))
+    without = generate_candidates(state, users, config.candidates, seed=0, source_counts=candidate_counts(config))
     text_scores = source_scores(state, users, "text")
     text_scores[np.asarray(state.seen[users].todense()) > 0] = -np.inf
     text_top = top_n(text_scores, small_bundle.config.candidates.n_text, seed=0, query=users)
     text_pairs = {(q, i) for q, row in enumerate(text_top) for i in row if i >= 0}
     pairs = lambda frame: set(zip(frame["query_idx"].to_list(), frame["item_idx"].to_list(), strict=True))  # noqa: E731
+    only_neighbours = CandidateConfig(n_cf=0, n_item_item=0, n_text=0, n_popular=0, n_recent=0)
+    text_pairs |= pairs(generate_candidates(state, users, only_neighbours, seed=0,
+                                            source_counts={**{n: 0 for n in state.sources}, "text_neighbours": 50}))
     assert text_pairs <= pairs(with_text)
     # Items only the text source proposes are gone; everything else is as with text.
     assert text_pairs - pairs(without)

@@ -19,7 +19,7 @@ from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
 from features.ranking_frame import feature_arrays
 from features.sasrec import SASRecSettings, fit_sasrec
 from features.score_source import SourceWindow
-from features.sources import REGISTERED
+from features.sources import REGISTERED, candidate_counts
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from recsys import metrics, windows
@@ -110,10 +110,12 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
             events_cache.append(with_indices(window, state.users, state.items).filter(pl.col("user_idx") >= 0))
         return events_cache[0]
 
-    def said(scores: np.ndarray, zero_is_unknown: bool = False) -> np.ndarray:
+    def said(scores: np.ndarray, zero_is_unknown: bool = False, keep_unseen: bool = False) -> np.ndarray:
         """NaN (never picked) where a behaviour model says nothing: items without history in the
-        window and, for item-to-item models, items no history item co-occurs with."""
-        silent = unknown | (scores == 0) if zero_is_unknown else np.broadcast_to(unknown, scores.shape)
+        window (unless ``keep_unseen``: a model that scores them from text) and, for item-to-item
+        models, items no history item co-occurs with."""
+        blind = np.zeros_like(unknown) if keep_unseen else unknown
+        silent = blind | (scores == 0) if zero_is_unknown else np.broadcast_to(blind, scores.shape)
         return np.where(silent, np.float32(np.nan), scores)
 
     scorers = {
@@ -129,12 +131,13 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
     }
     for cls in REGISTERED:
         source = state.sources.get(cls.name)  # the state's own (fitted on this window with the run's seed)
-        if source is None and window is not None:
+        if source is None and window is not None and cls.affordable(state.n_items):
             source = cls.fit(SourceWindow(events=indexed(), user_items=state.seen, n_users=state.n_users,
                                           n_items=state.n_items, seed=seed, item_vectors=state.item_vectors),
                              dict(cls.defaults))
         if source is not None:
-            scorers[cls.name] = lambda u, source=source: said(source.baseline_scores(u), zero_is_unknown=True)
+            scorers[cls.name] = lambda u, source=source: said(source.baseline_scores(u), zero_is_unknown=True,
+                                                              keep_unseen=source.scores_items_without_history)
     if window is not None and sasrec_epochs > 0:
         sasrec = fit_sasrec(indexed(), n_users=state.n_users, n_items=state.n_items, seed=seed,
                             settings=SASRecSettings(epochs=sasrec_epochs))
@@ -285,7 +288,8 @@ def bundles_by_state(bundles: dict[str, RankingBundle]) -> list[dict[str, Rankin
     one candidate set per group."""
     groups: dict[tuple, dict[str, RankingBundle]] = {}
     for name, bundle in bundles.items():
-        groups.setdefault((id(bundle.state), bundle.config.candidates), {})[name] = bundle
+        key = (id(bundle.state), bundle.config.candidates, tuple(sorted(candidate_counts(bundle.config).items())))
+        groups.setdefault(key, {})[name] = bundle
     return list(groups.values())
 
 
