@@ -94,11 +94,15 @@ class RecentLinks(ScoreSource):
         recent.sum_duplicates()
         return recent
 
-    def with_new_items(self, n_new: int, item_vectors: np.ndarray | None = None) -> RecentLinks:
-        """The same source over a catalog grown by ``n_new`` items nobody has taken yet (no links)."""
-        recent = sp.csr_matrix((self.recent.data, self.recent.indices, self.recent.indptr),
-                               shape=(self.recent.shape[0], self.recent.shape[1] + n_new))
-        return self._make(self._votes().with_new_items(n_new).weights, recent)
+    def with_new_items(self, n_new: int, item_vectors: np.ndarray) -> RecentLinks:
+        """The same source over a catalog grown by ``n_new`` items nobody has taken yet (no links
+        from or to them; item_vectors, the grown catalog's, unused here)."""
+        return self._make(self._votes().with_new_items(n_new).weights, self._grown_recent(n_new))
+
+    def _grown_recent(self, n_new: int) -> sp.csr_matrix:
+        """``recent`` with ``n_new`` empty item columns appended."""
+        return sp.csr_matrix((self.recent.data, self.recent.indices, self.recent.indptr),
+                             shape=(self.recent.shape[0], self.recent.shape[1] + n_new))
 
     def save(self, folder: Path) -> None:
         links_file, recent_file = self.files

@@ -60,7 +60,8 @@ class ScoreSource(ABC):
         its candidates nor splits on its columns, and the pretrained-text variant reads it
         through ``with_item_vectors``.
     max_items: catalogs above this many items leave the source off under ``use: "auto"`` and
-        out of the baselines (None: no limit); ``use: "on"`` still turns it on.
+        keep it from being fitted just for its baseline (None: no limit); ``use: "on"`` still
+        turns it on (and then its baseline is the state's).
     scores_items_without_history: its scores reach items nobody took in the window (text), so
         its baseline does not hide them.
     """

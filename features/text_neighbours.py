@@ -77,8 +77,10 @@ class TextNeighbours(RecentLinks):
     def with_new_items(self, n_new: int, item_vectors: np.ndarray) -> TextNeighbours:
         """New items have text: the neighbours are searched again over the grown catalog, so new
         items are neighbours of the old ones and have their own."""
-        grown = super().with_new_items(n_new, item_vectors)
-        return TextNeighbours(similar=nearest_by_text(item_vectors), recent=grown.recent)
+        expected = self.similar.shape[0] + n_new
+        if len(item_vectors) != expected:
+            raise ValueError(f"item_vectors has {len(item_vectors)} rows; the grown catalog has {expected} items")
+        return TextNeighbours(similar=nearest_by_text(item_vectors), recent=self._grown_recent(n_new))
 
     @property
     def links(self) -> sp.csr_matrix:

@@ -88,6 +88,7 @@ def test_the_no_text_variant_leaves_it_out_and_the_pretrained_variant_reads_its_
     rebuilt = swapped.sources["text_neighbours"]
     assert (rebuilt.similar != nearest_by_text(other)).nnz == 0
     assert (rebuilt.similar != state.sources["text_neighbours"].similar).nnz > 0
+    assert (rebuilt.recent != state.sources["text_neighbours"].recent).nnz == 0  # who took what last: unchanged
     # The pretrained variant's features read the rebuilt neighbours.
     from features.ranking_frame import feature_arrays
 
@@ -135,3 +136,20 @@ def test_a_catalog_past_its_limit_leaves_it_out_of_the_run_and_the_baselines(sma
     scorers = evaluate.baseline_scorers(without, seed=0, window=window)
     assert "transitions" in scorers and "text_neighbours" not in scorers
 
+
+
+def test_with_the_source_off_its_baseline_is_fitted_on_the_window_the_state_saw(small_bundle):
+    from dataclasses import replace
+
+    from training import evaluate
+
+    state = small_bundle.state
+    without = replace(state, sources={k: v for k, v in state.sources.items() if k != "text_neighbours"})
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))  # small_bundle's world and split
+    window = split_interactions(data.interactions, kind="temporal", test_fraction=0.25).train
+    users = np.arange(30)
+    got = evaluate.baseline_scorers(without, seed=small_bundle.config.seed, window=window)["text_neighbours"](users)
+    own = state.sources["text_neighbours"].user_scores(users)  # fitted on that window with the same vectors
+    assert (own > 0).any()
+    np.testing.assert_array_equal(np.nan_to_num(got), own)
+    assert np.isnan(got[own == 0]).all()

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from features.bundle import RankingBundle, head_k
-from features.candidates import seen_mask, top_n
+from features.candidates import seen_mask, source_counts_of, top_n
 from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
 from features.ranking_frame import feature_arrays
 from features.sasrec import SASRecSettings, fit_sasrec
@@ -87,7 +87,8 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
     Each registered score source (``features.sources``; ``transitions``: what other users took
     next after the user's most recent items) is a baseline under its name: the state's own when
     it has it, else (only with ``window``, the interactions the state was fitted on: user_id,
-    item_id, timestamp) fitted on that window with its default settings. ``sasrec`` (with
+    item_id, timestamp, and within the source's ``max_items``) fitted on that window with its
+    default settings. ``sasrec`` (with
     ``window`` and ``sasrec_epochs`` > 0) is an ID-only self-attention sequence model fitted on
     it (``features.sasrec``).
     """
@@ -288,7 +289,8 @@ def bundles_by_state(bundles: dict[str, RankingBundle]) -> list[dict[str, Rankin
     one candidate set per group."""
     groups: dict[tuple, dict[str, RankingBundle]] = {}
     for name, bundle in bundles.items():
-        key = (id(bundle.state), bundle.config.candidates, tuple(sorted(candidate_counts(bundle.config).items())))
+        counts = source_counts_of(bundle.state, candidate_counts(bundle.config))
+        key = (id(bundle.state), bundle.config.candidates, tuple(sorted(counts.items())))
         groups.setdefault(key, {})[name] = bundle
     return list(groups.values())
 
