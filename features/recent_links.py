@@ -59,7 +59,7 @@ class RecentLinks(ScoreSource):
             raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}")
         if user_idx.size and user_idx.min() < 0:
             raise IndexError(f"user rows must be in 0..{self.recent.shape[0] - 1}; mask unknown users (-1) first")
-        return self._votes().user_scores_sparse(self.recent[user_idx])
+        return self.scores(user_idx)
 
     def pair_scores(self, user_idx: np.ndarray, item_idx: np.ndarray,
                     request: sp.csr_matrix | None = None) -> np.ndarray:
