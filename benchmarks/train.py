@@ -34,8 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RECSYS = [sys.executable, "-m", "recsys.cli"]
-STAGES = ("load", "data_checks", "split", "text_model", "cf", "item_item", "sources", "features", "candidates",
-          "ranking_frame", "ranker", "evaluation", "logging")
+STAGES = ("load", "data_checks", "split", "text_model", "user_tower", "cf", "item_item", "sources", "features",
+          "candidates", "ranking_frame", "ranker", "evaluation", "logging")
 RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, on the same rows
 
 

@@ -34,14 +34,17 @@ from features.ranking_frame import (
     position_in_group,
     prior_scores,
 )
+from features.sequence_tower import SequenceUserVectors
 from features.sources import candidate_counts, score_columns
 from features.state import FeatureState
 from features.text_interest import UserVectors
 from features.ties import order_by_score
 from recsys.config import PipelineConfig
 
-FORMAT_VERSION = 2  # 2: the state keeps its users' pooling weights (user_text_weights.npz)
-READABLE_FORMATS = (1, 2)  # 1: the state holds the user vectors (user_text.npy)
+# 3: the state may keep its users' last items and the ordered user tower (user_histories.npy,
+# sequence_tower.pt) instead of pooling weights (2: user_text_weights.npz; 1: user_text.npy).
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 
 
 @dataclass
@@ -75,7 +78,7 @@ class RankingBundle:
         state = self.state
         for build in (state.dense_tables, state.history, state.text_popularity, state.item_has_history):
             build()
-        if isinstance(state.user_text, UserVectors):
+        if isinstance(state.user_text, UserVectors | SequenceUserVectors):
             state.user_text.materialize()
         for column in POPULAR_COLUMNS:
             state.popular_order(column, self.config.seed)

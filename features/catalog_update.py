@@ -16,6 +16,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from features.cf import CFFactors
+from features.sequence_tower import SequenceUserVectors
 from features.sources import with_new_items
 from features.state import FeatureState
 from features.text_interest import UserVectors
@@ -25,7 +26,8 @@ from recsys.errors import DataValidationError
 def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndarray) -> FeatureState:
     """A new state with ``new_items`` (canonical items schema, ids not yet known) appended.
 
-    new_vectors: (len(new_items), d) float32 unit vectors from the state's encoder.
+    new_vectors: (len(new_items), d) float32 unit vectors from the state's encoder; a state with
+    the ordered user tower maps them through its item adaptor, as training mapped the catalog.
     Existing indices never move, so the ranker and every stored table stay valid.
     """
     known = new_items.filter(pl.col("item_id").is_in(state.items.ids.implode()))
@@ -41,9 +43,13 @@ def add_items(state: FeatureState, new_items: pl.DataFrame, new_vectors: np.ndar
     items = state.items.extend(new_items["item_id"])
     categories = state.categories.extend(new_items["category"])
     item_category = np.concatenate([state.item_category, categories.to_index(new_items["category"])])
-    item_vectors = np.vstack([state.item_vectors, new_vectors.astype(np.float32)])
     user_text = state.user_text
-    if isinstance(user_text, UserVectors):  # pool the same rows, held once (a view of the new table)
+    if isinstance(user_text, SequenceUserVectors):
+        new_vectors = user_text.tower.item_vectors(new_vectors.astype(np.float32))
+    item_vectors = np.vstack([state.item_vectors, new_vectors.astype(np.float32)])
+    if isinstance(user_text, SequenceUserVectors):
+        user_text = user_text.with_item_vectors(item_vectors)
+    elif isinstance(user_text, UserVectors):  # pool the same rows, held once (a view of the new table)
         user_text = UserVectors(user_text.weights, item_vectors[:user_text.item_vectors.shape[0]])
     return replace(
         state,

@@ -20,6 +20,7 @@ from features import behaviour
 from features.cf import CFFactors, als_input, bpr_epochs, fit_cf
 from features.item_item import ItemItem, binary, fit_item_item, fit_with_cooccurrence
 from features.score_source import ScoreSource, SourceWindow
+from features.sequence_tower import SequenceTower, SequenceUserVectors, stored_histories
 from features.sources import fit_sources, load_sources, save_sources, with_item_vectors
 from features.text_interest import HistoryPooling, UserVectors, history_weights
 from features.text_popularity import fit_text_popularity, predict_text_popularity
@@ -36,8 +37,9 @@ class FeatureState:
     """Fitted stage-1 models and point-in-time feature tables.
 
     Shapes: ``item_vectors`` (n_items, 384) float32; ``user_text`` (n_users, 384) float32, read
-    by rows (``UserVectors``: computed from the pooling weights when read; a saved state from
-    before them holds the array);
+    by rows (``UserVectors``: computed from the pooling weights when read; ``SequenceUserVectors``:
+    from each user's last items through the ordered user tower; a saved state from before them
+    holds the array);
     ``seen`` CSR (n_users, n_items) float32 (the user's training interactions);
     ``item_category`` (n_items,) int32; feature tables keyed by contiguous indices;
     ``sources``: the registered score sources the run turned on, by name (``features.sources``).
@@ -51,7 +53,7 @@ class FeatureState:
     bpr: CFFactors
     item_item: ItemItem
     item_vectors: np.ndarray
-    user_text: UserVectors | np.ndarray
+    user_text: UserVectors | SequenceUserVectors | np.ndarray
     text_popularity_weights: np.ndarray
     seen: sp.csr_matrix
     item_features: pl.DataFrame
@@ -150,9 +152,12 @@ class FeatureState:
         self.bpr.save(folder / "bpr.npz")
         self.item_item.save(folder / "item_item.npz")
         np.save(folder / "item_vectors.npy", self.item_vectors)
-        lazy = isinstance(self.user_text, UserVectors)
-        (folder / ("user_text.npy" if lazy else "user_text_weights.npz")).unlink(missing_ok=True)  # load reads either
-        if lazy:
+        for stale in ("user_text.npy", "user_text_weights.npz", "user_histories.npy", "sequence_tower.json"):
+            (folder / stale).unlink(missing_ok=True)  # load tells the kinds apart by the files present
+        if isinstance(self.user_text, SequenceUserVectors):
+            np.save(folder / "user_histories.npy", self.user_text.histories)
+            self.user_text.tower.save(folder)
+        elif isinstance(self.user_text, UserVectors):
             sp.save_npz(folder / "user_text_weights.npz", self.user_text.weights)
         else:
             np.save(folder / "user_text.npy", self.user_text)
@@ -175,7 +180,10 @@ class FeatureState:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
         item_vectors = np.load(folder / "item_vectors.npy")
-        if (folder / "user_text_weights.npz").exists():
+        if (folder / "sequence_tower.json").exists():
+            user_text = SequenceUserVectors(np.load(folder / "user_histories.npy"), item_vectors,
+                                            SequenceTower.load(folder))
+        elif (folder / "user_text_weights.npz").exists():
             weights = sp.load_npz(folder / "user_text_weights.npz").tocsr()
             user_text = UserVectors(weights, item_vectors[:weights.shape[1]])
         else:
@@ -229,7 +237,8 @@ def with_indices(events: pl.DataFrame, users: IdMap, items: IdMap) -> pl.DataFra
 
 def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                       impressions: pl.DataFrame | None, item_vectors: np.ndarray, users: IdMap,
-                      items: IdMap, config: PipelineConfig, pooling: HistoryPooling | None = None,
+                      items: IdMap, config: PipelineConfig,
+                      pooling: HistoryPooling | SequenceTower | None = None,
                       with_cooccurrence: bool = False) -> FeatureState:
     """Fit CF models and compute feature tables on ``interactions`` (one window).
 
@@ -238,7 +247,10 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
 
     catalog: the items table, in the order of ``items`` (the item id map).
     users/items: fitted id maps; every user and item in ``interactions`` must be in them.
-    item_vectors: (len(items), 384) float32 from the text encoder.
+    item_vectors: (len(items), 384) float32 from the text encoder (through the tower's item
+    adaptor when ``pooling`` is a ``SequenceTower``).
+    pooling: how a user's items make their interest vector: the fine-tuned attention pooling,
+    the ordered user tower, or None for the plain recency mean.
     """
     ref_time = interactions["timestamp"].max()
     events = with_indices(interactions, users, items).filter(pl.col("user_idx") >= 0)
@@ -271,8 +283,15 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         sources = fit_sources(SourceWindow(events=events, user_items=user_items, n_users=n_users, n_items=n_items,
                                            seed=config.seed, item_vectors=item_vectors), config)
     bar.update(1)
-    weights = history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
-                              half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
+    if isinstance(pooling, SequenceTower):
+        user_text = SequenceUserVectors(stored_histories(events, n_users=n_users, n_items=n_items,
+                                                         history_len=pooling.shape.history_len, seed=config.seed),
+                                        item_vectors, pooling)
+    else:
+        user_text = UserVectors(history_weights(events, n_users=n_users, n_items=n_items,
+                                                history_len=config.text.history_len,
+                                                half_life=config.text.recency_half_life, pooling=pooling,
+                                                item_vectors=item_vectors), item_vectors)
     bar.update(1)
     categories = IdMap(kind="category").fit(catalog["category"])
     item_category = categories.to_index(catalog["category"])
@@ -289,7 +308,7 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     return FeatureState(
         users=users, items=items, categories=categories, item_category=item_category,
         als=als, bpr=bpr, item_item=item_item, cooccurrence=cooccurrence, item_vectors=item_vectors,
-        user_text=UserVectors(weights, item_vectors),
+        user_text=user_text,
         text_popularity_weights=fit_text_popularity(item_vectors,
                                                     item_table.sort("item_idx")["item_pop_all_rel"].to_numpy()),
         seen=user_items,
@@ -301,6 +320,6 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         ref_time=ref_after,
         history_len=config.text.history_len,
         half_life=config.text.recency_half_life,
-        pooling=pooling,
+        pooling=None if isinstance(pooling, SequenceTower) else pooling,  # the tower holds its own
         sources=sources,
     )

@@ -54,6 +54,19 @@ class TextModelConfig:
     # AMX): about 1.9x faster, vectors within cosine 0.9999 of float32 (benchmarks/text_encoding.py
     # --dtypes). Smaller catalogs, and CPUs without them, stay float32. 0 = never.
     bf16_min_items: int = 50_000
+    # The ordered user tower (features/sequence_tower.py): causal self-attention layers over the
+    # user's last history_len item vectors, added to the pooled mean; 0 = the pooled mean alone.
+    sequence_layers: int = 2
+    sequence_dim: int = 64  # width of the user tower's layers
+    sequence_heads: int = 2  # attention heads of the user tower
+    sequence_dropout: float = 0.2  # dropout of the user tower while it trains
+    sequence_epochs: int = 30  # most passes over the training sequences for the user tower
+    # Most user-tower steps in all: a large window stops after fewer passes (time grows with steps).
+    sequence_max_steps: int = 1500
+    sequence_patience: int = 4  # user-tower epochs without a better held-out nDCG@10 before it stops
+    sequence_batch_size: int = 256  # sequences per user-tower step
+    sequence_learning_rate: float = 5e-4  # AdamW learning rate of the user tower
+    sequence_negatives: int = 256  # items drawn uniformly per user-tower batch as negatives, beside its targets
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +242,18 @@ class PipelineConfig:
                               f"early-stopped model), got {self.ranker.folds}")
         if not 1 <= self.text.trainable_layers <= 6:
             raise ConfigError(f"text.trainable_layers must be 1..6, got {self.text.trainable_layers}")
+        text = self.text
+        if text.sequence_layers < 0 or text.sequence_epochs < 0:
+            raise ConfigError(f"text.sequence_layers and text.sequence_epochs must be 0 (off) or positive, "
+                              f"got {text.sequence_layers} and {text.sequence_epochs}")
+        if text.sequence_layers and (text.sequence_dim < 1 or text.sequence_dim % text.sequence_heads):
+            raise ConfigError(f"text.sequence_dim ({text.sequence_dim}) must be a positive multiple of "
+                              f"text.sequence_heads ({text.sequence_heads})")
+        if not 0.0 <= text.sequence_dropout < 1.0:
+            raise ConfigError(f"text.sequence_dropout must be in [0, 1), got {text.sequence_dropout}")
+        for name in ("sequence_batch_size", "sequence_negatives", "sequence_patience", "sequence_max_steps"):
+            if getattr(text, name) < 1:
+                raise ConfigError(f"text.{name} must be at least 1, got {getattr(text, name)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

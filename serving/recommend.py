@@ -17,6 +17,7 @@ import polars as pl
 from features import rank_workers
 from features.bundle import RankingBundle, head_k
 from features.candidates import source_counts_of
+from features.sequence_tower import SequenceUserVectors, appended
 from features.sources import candidate_counts, request_rows
 from features.text_interest import vector_from_history
 from recsys import schemas
@@ -130,7 +131,10 @@ def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.D
     if history.height == 0:
         return vectors, [PERSONALIZED if known[q] else COLD_START for q in range(n)]
     by_query = history.group_by("query_idx", maintain_order=True).agg("item_idx")
-    for q, items in by_query.iter_rows():
+    tower = isinstance(state.user_text, SequenceUserVectors)
+    if tower:
+        _tower_vectors(state.user_text, vectors, user_idx, by_query)
+    for q, items in ([] if tower else by_query.iter_rows()):
         items = items[-state.history_len:]  # the most recent history_len items, as in training
         fresh = vector_from_history(np.asarray(items), state.item_vectors, half_life=state.half_life,
                                     pooling=state.pooling)
@@ -143,3 +147,16 @@ def _interest_vectors(bundle: RankingBundle, user_idx: np.ndarray, history: pl.D
     has_history[by_query["query_idx"].to_numpy()] = True
     paths = [PERSONALIZED if known[q] else HISTORY_ONLY if has_history[q] else COLD_START for q in range(n)]
     return vectors, paths
+
+
+def _tower_vectors(user_text: SequenceUserVectors, vectors: np.ndarray, user_idx: np.ndarray,
+                   by_query: pl.DataFrame) -> None:
+    """Fill ``vectors`` rows of the queries in ``by_query`` (query_idx, item_idx list) from the
+    ordered user tower: the user's stored last items (none for an unknown user) followed by the
+    request's items, the newest ``history_len`` kept; the path batch ranking takes."""
+    width = user_text.histories.shape[1]
+    empty = np.full(width, -1, dtype=np.int32)
+    queries = by_query["query_idx"].to_numpy()
+    rows = np.stack([appended(user_text.histories[user_idx[q]] if user_idx[q] >= 0 else empty, np.asarray(items))
+                     for q, items in zip(queries, by_query["item_idx"].to_list(), strict=True)])
+    vectors[queries] = user_text.tower.user_vectors(rows, user_text.item_vectors)

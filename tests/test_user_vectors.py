@@ -119,15 +119,15 @@ def test_bundles_of_both_formats_load_and_unknown_ones_are_refused(small_bundle,
     import json
 
     from features.bundle import FORMAT_VERSION, RankingBundle
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     small_bundle.save(tmp_path / "b")
     manifest = tmp_path / "b" / "manifest.json"
-    for version, ok in ((1, True), (2, True), (3, False)):
+    for version, ok in ((1, True), (2, True), (3, True), (4, False)):
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": version}))
         if ok:
             assert RankingBundle.load(tmp_path / "b").state.n_users == small_bundle.state.n_users
         else:
-            with pytest.raises(ValueError, match=r"bundle format 3 is not supported \(this code reads 1, 2\)"):
+            with pytest.raises(ValueError, match=r"bundle format 4 is not supported \(this code reads 1, 2, 3\)"):
                 RankingBundle.load(tmp_path / "b")
 
 

@@ -48,6 +48,7 @@ from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import Evaluation, evaluate_all, per_user_ndcg
 from training.ranker import LambdaRanker
+from training.sequence_fit import fit_sequence_tower
 from training.slices import slice_metrics
 from training.text_finetune import finetune, next_item_examples
 
@@ -178,7 +179,7 @@ class Fitted:
 def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted:
     """Feature-window state, one labelled frame and ranker per variant, and the validation
     evaluation (full ranking on the held-out label users) that chooses the shipped one."""
-    state = window_state(w, w.nested, text.finetuned_vectors, config, text.pooling, evaluated=True)
+    state = window_state(w, w.nested, text.finetuned_vectors, config, text.user_model, evaluated=True)
     state_pretrained = with_text_vectors(state, w.nested.train, text.pretrained_vectors)
     states = variants.states_by_variant(state, state_pretrained)
     counts: dict[str, int] = {}
@@ -224,7 +225,7 @@ def _with_extra_cuts(frames: dict[str, pl.DataFrame], w: Windows, text, config: 
     users' queries of every cut validate, the others train (``variants.fit_rankers``)."""
     parts = {name: [frame] for name, frame in frames.items()}
     for c, cut in enumerate(w.extra_cuts, start=2):
-        state = window_state(w, cut, text.finetuned_vectors, config, text.pooling)
+        state = window_state(w, cut, text.finetuned_vectors, config, text.user_model)
         states = variants.states_by_variant(state, with_text_vectors(state, cut.train, text.pretrained_vectors))
         counts: dict[str, int] = {}
         users = variants.label_users(state, cut.test, config, counts=counts)
@@ -246,7 +247,7 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
     """Refit the stage-1 state on the whole training window and evaluate every variant (the
     shipped one named ``ranker``) and baseline on test. Returns the evaluation and the bundles."""
     with stage("features"):
-        state = window_state(w, w.split, text.finetuned_vectors, config, text.pooling, evaluated=True)
+        state = window_state(w, w.split, text.finetuned_vectors, config, text.user_model, evaluated=True)
         state_pretrained = with_text_vectors(state, w.split.train, text.pretrained_vectors)
     names = variants.shipped_names(fitted.rankers, fitted.choice.shipped)
     states = variants.states_by_variant(state, state_pretrained)
@@ -436,9 +437,9 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
     shown = None if window.impressions_train is None else with_indices(window.impressions_train, w.users, w.items)
     events = with_indices(window.train, w.users, w.items)
     encoder = TextEncoder(max_length=config.text.max_length)
-    examples = next_item_examples(events.filter(pl.col("user_idx") >= 0), config.text.history_len,
-                                  impressions=shown)
-    del shown, events  # gigabytes at scale; fine-tuning reads the examples only
+    events = events.filter(pl.col("user_idx") >= 0)
+    examples = next_item_examples(events, config.text.history_len, impressions=shown)
+    del shown  # gigabytes at scale; fine-tuning reads the examples only
     metric_log.log_many({"text/examples_with_hard_negatives": float((examples["negatives"].list.len() > 0).sum())})
     result = finetune(encoder, item_texts(w.catalog), examples, config.text, seed=config.seed,
                       progress=progress, log_metric=metric_log)
@@ -449,6 +450,18 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
                          "text/pretrained_val_loss": result.val_losses[0],
                          "text/pooling_slope": result.pooling.slope,
                          "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
+    if config.text.sequence_layers and config.text.sequence_epochs:
+        with stage("user_tower"):
+            fit = fit_sequence_tower(events.select("user_idx", "item_idx", "timestamp"), n_users=len(w.users),
+                                     n_items=len(w.items), item_vectors=result.finetuned_vectors,
+                                     pooling=result.pooling, config=config.text, seed=config.seed,
+                                     progress=progress, log_metric=metric_log)
+        result.tower, result.tower_fit = fit.tower, fit
+        result.finetuned_vectors = fit.tower.item_vectors(result.finetuned_vectors)
+        metric_log.log_many({"text/sequence_best_epoch": fit.best_epoch,
+                             "text/sequence_pooled_val_ndcg": fit.val_ndcg[0],
+                             "text/sequence_best_val_ndcg": fit.val_ndcg[fit.best_epoch],
+                             "text/sequence_seconds": fit.seconds})
     return result
 
 

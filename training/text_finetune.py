@@ -55,6 +55,15 @@ class FinetuneResult:
     pooling: HistoryPooling | None = None
     rows_encoded: dict[str, int] = field(default_factory=dict)  # snapshot rows read, lower-layer rows kept
     catalog_dtype: str = "float32"  # the catalog pass's matrix products: float32 or bfloat16
+    # The ordered user tower fitted after fine-tuning (``training.sequence_fit``); when set,
+    # ``finetuned_vectors`` are already through its item adaptor.
+    tower: object | None = None
+    tower_fit: object | None = None  # its ``SequenceFit`` (curves, best epoch)
+
+    @property
+    def user_model(self):
+        """What makes a user's interest vector from their items: the tower, else the pooling."""
+        return self.tower if self.tower is not None else self.pooling
 
 
 class _LazyTower:

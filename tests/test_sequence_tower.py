@@ -1,0 +1,193 @@
+"""The ordered user tower: starts as the pooled mean, reads order, learns what follows what,
+and gives the same vectors in batch ranking, serving, a saved state and a catalog update."""
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from features.sequence_tower import (SequenceTower, SequenceUserVectors, TowerShape, appended, right_aligned,
+                                     stored_histories)
+from features.text_interest import HistoryPooling, vector_from_history
+from recsys.config import ConfigError, PipelineConfig, TextModelConfig
+from training.sequence_fit import fit_sequence_tower
+
+DIM = 16
+
+
+def _vectors(n_items=40, seed=0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n_items, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _tower(history_len=6, seed=0) -> SequenceTower:
+    torch.manual_seed(seed)
+    return SequenceTower(TowerShape(item_dim=DIM, history_len=history_len, dim=8, layers=1, heads=2),
+                         HistoryPooling.recency(2.0, DIM))
+
+
+def test_an_untrained_tower_is_the_pooled_recency_mean():
+    items = _vectors()
+    tower = _tower()
+    histories = np.array([[-1, -1, -1, 3, 7, 1], [5, 6, 7, 8, 9, 10], [-1, -1, -1, -1, -1, 2]])
+    got = tower.user_vectors(histories, items)
+    for row, history in zip(got, histories, strict=True):
+        want = vector_from_history(history[history >= 0], items, half_life=2.0)
+        np.testing.assert_allclose(row, want, atol=1e-6)
+    np.testing.assert_allclose(tower.item_vectors(items), items, atol=1e-6)  # the adaptor starts as the identity
+
+
+def test_empty_histories_give_zero_vectors_and_padding_never_gives_nan():
+    tower = _tower()
+    with torch.no_grad():
+        tower.out.weight.normal_()  # a trained-looking correction: padding must stay harmless
+    got = tower.user_vectors(np.array([[-1] * 6, [-1, -1, -1, -1, 4, 5]]), _vectors())
+    assert not got[0].any()
+    assert np.isfinite(got).all() and abs(np.linalg.norm(got[1]) - 1) < 1e-5
+
+
+def test_each_position_reads_only_the_items_before_it():
+    tower = _tower().eval()
+    with torch.no_grad():
+        tower.out.weight.normal_()
+        x = torch.from_numpy(_vectors()[[1, 2, 3, 4, 5, 6]])[None]
+        valid = torch.ones(1, 6, dtype=torch.bool)
+        before = tower(x, valid)
+        changed = x.clone()
+        changed[0, 4] = torch.from_numpy(_vectors()[30])
+        after = tower(changed, valid)
+    torch.testing.assert_close(after[0, :4], before[0, :4])
+    assert not torch.allclose(after[0, 4:], before[0, 4:])
+
+
+def _alternating_world(n_users=300, length=8, n_items=40, seed=0) -> pl.DataFrame:
+    """Each user walks a cycle: item i is followed by item i + 1 (mod 20) or i + 21 for odd users."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(0, 20))
+        for t in range(length):
+            step = (start + t) % 20
+            rows.append((u, step if u % 2 == 0 else 20 + step, t))
+    user, item, time = map(np.array, zip(*rows, strict=True))
+    return pl.DataFrame({"user_idx": user.astype(np.int32), "item_idx": item.astype(np.int32),
+                         "timestamp": pl.Series(time * 60_000_000).cast(pl.Datetime("us"))})
+
+
+def _fit(events, seed=0, **settings):
+    settings = {"sequence_epochs": 15, "sequence_learning_rate": 1e-2, "sequence_dropout": 0.0, **settings}
+    config = TextModelConfig(history_len=6, sequence_dim=16, sequence_layers=1, sequence_heads=2,
+                             sequence_batch_size=32,
+                             sequence_negatives=16, **settings)
+    return fit_sequence_tower(events, n_users=300, n_items=40, item_vectors=_vectors(), config=config, seed=seed,
+                              pooling=HistoryPooling.recency(2.0, DIM), progress=False)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return _fit(_alternating_world())
+
+
+def test_the_tower_learns_what_follows_and_beats_the_pooled_mean_on_held_out_items(fitted):
+    assert fitted.best_epoch > 0
+    assert fitted.val_ndcg[fitted.best_epoch] > fitted.val_ndcg[0] + 0.6
+    # Order matters: the same items in reverse order ask for another next item.
+    items = fitted.tower.item_vectors(_vectors())
+    forward, backward = fitted.tower.user_vectors(np.array([[2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2]]), items)
+    assert int(np.argmax(items @ forward)) != int(np.argmax(items @ backward))
+    scores = items @ forward
+    scores[[2, 3, 4, 5, 6, 7]] = -np.inf  # seen items are not ranked
+    assert int(np.argmax(scores)) == 8
+
+
+def test_same_events_and_seed_give_the_same_tower_and_a_run_that_never_helps_keeps_the_pooled_mean(fitted):
+    again = _fit(_alternating_world())
+    for name, value in fitted.tower.state_dict().items():
+        torch.testing.assert_close(again.tower.state_dict()[name], value, rtol=0, atol=0)
+    unlearnable = _fit(_alternating_world(), sequence_learning_rate=0.0)  # weights never move
+    assert unlearnable.best_epoch == 0
+    np.testing.assert_allclose(unlearnable.tower.user_vectors(np.array([[-1, -1, 1, 2, 3, 4]]), _vectors())[0],
+                               vector_from_history(np.array([1, 2, 3, 4]), _vectors(), half_life=2.0), atol=1e-6)
+
+
+def test_stored_histories_are_right_aligned_in_time_order():
+    events = pl.DataFrame({"user_idx": [0, 1, 0, 0, 2], "item_idx": [5, 6, 7, 8, 9],
+                           "timestamp": pl.Series([3, 1, 1, 2, 1]).cast(pl.Datetime("us"))})
+    got = stored_histories(events, n_users=4, n_items=10, history_len=2, seed=0)
+    np.testing.assert_array_equal(got, [[8, 5], [-1, 6], [-1, 9], [-1, -1]])
+    np.testing.assert_array_equal(right_aligned(np.array([0, 0, 0]), np.array([1, 2, 3]), 1, 3, drop_last=True),
+                                  [[-1, 1, 2]])
+    np.testing.assert_array_equal(appended(np.array([-1, 4, 5], dtype=np.int32), np.array([6, 7])), [5, 6, 7])
+    np.testing.assert_array_equal(appended(np.array([-1, -1, -1], dtype=np.int32), np.array([3])), [-1, -1, 3])
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_user_vector_rows_equal_the_tower_on_the_whole_table(fitted, kept):
+    items = fitted.tower.item_vectors(_vectors())
+    histories = np.random.default_rng(1).integers(-1, 40, size=(50, 6)).astype(np.int32)
+    histories[7] = -1
+    users = SequenceUserVectors(histories, items, fitted.tower)
+    assert users.materialize(50 * DIM * 4 if kept else 0) is kept
+    full = fitted.tower.user_vectors(histories, items)
+    rows = np.array([49, 0, 7, 7])
+    np.testing.assert_allclose(users[rows], full[rows], atol=1e-6)
+    np.testing.assert_allclose(users[3:9], full[3:9], atol=1e-6)
+    assert not users[7].any() and users.shape == (50, DIM)
+    with pytest.raises(IndexError, match="mask unknown users"):
+        users[np.array([0, -1])]
+    with pytest.raises(ValueError, match="histories index item 39 but only 30 item vectors"):
+        SequenceUserVectors(histories, items[:30], fitted.tower)
+
+
+def test_a_saved_tower_loads_to_the_same_vectors(fitted, tmp_path):
+    fitted.tower.save(tmp_path)
+    loaded = SequenceTower.load(tmp_path)
+    histories = np.array([[-1, -1, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
+    np.testing.assert_array_equal(loaded.user_vectors(histories, _vectors()),
+                                  fitted.tower.user_vectors(histories, _vectors()))
+    np.testing.assert_array_equal(loaded.item_vectors(_vectors()), fitted.tower.item_vectors(_vectors()))
+
+
+def test_bad_tower_settings_are_refused_with_what_to_do():
+    with pytest.raises(ConfigError, match=r"sequence_dim \(10\) must be a positive multiple of text.sequence_heads \(4\)"):
+        PipelineConfig(text=TextModelConfig(sequence_dim=10, sequence_heads=4))
+    with pytest.raises(ConfigError, match="sequence_layers and text.sequence_epochs must be 0"):
+        PipelineConfig(text=TextModelConfig(sequence_layers=-1))
+    assert PipelineConfig(text=TextModelConfig(sequence_layers=0, sequence_dim=10, sequence_heads=4))  # off: unchecked
+
+
+def test_state_save_load_serving_and_add_items_use_the_tower(small_bundle, tmp_path):
+    from features.catalog_update import add_items
+    from features.state import FeatureState
+    from serving.recommend import _tower_vectors
+
+    state = small_bundle.state
+    n_items, dim = state.item_vectors.shape
+    histories = np.full((state.n_users, 6), -1, dtype=np.int32)
+    histories[:, -3:] = np.random.default_rng(0).integers(0, n_items, size=(state.n_users, 3))
+    tower = SequenceTower(TowerShape(item_dim=dim, history_len=6, dim=8, layers=1, heads=2),
+                          HistoryPooling.recency(2.0, dim))
+    with torch.no_grad():
+        tower.out.weight.normal_(std=0.1)
+        tower.adapt.weight.add_(torch.randn(dim, dim) * 0.1)
+    with_tower = replace(state, user_text=SequenceUserVectors(histories, state.item_vectors, tower), pooling=None)
+    with_tower.save(tmp_path / "state")
+    loaded = FeatureState.load(tmp_path / "state")
+    assert isinstance(loaded.user_text, SequenceUserVectors)
+    np.testing.assert_array_equal(loaded.user_text[np.arange(5)], with_tower.user_text[np.arange(5)])
+    # Serving: the stored items, then the request's, through the same tower.
+    vectors = np.zeros((2, dim), dtype=np.float32)
+    by_query = pl.DataFrame({"query_idx": [0, 1], "item_idx": [[4, 9], [2]]})
+    _tower_vectors(loaded.user_text, vectors, np.array([3, -1]), by_query)
+    want = tower.user_vectors(np.array([[-1, *histories[3, -3:], 4, 9], [-1, -1, -1, -1, -1, 2]]),
+                              state.item_vectors)
+    np.testing.assert_allclose(vectors, want, atol=1e-6)
+    # A catalog update maps the new items' text vectors through the item adaptor.
+    new = np.random.default_rng(5).normal(size=(2, dim)).astype(np.float32)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    grown = add_items(loaded, pl.DataFrame({"item_id": ["new-a", "new-b"], "title": ["a", "b"],
+                                            "category": ["c", "c"], "description": ["", ""]}), new)
+    np.testing.assert_allclose(grown.item_vectors[n_items:], tower.item_vectors(new), atol=1e-6)
+    np.testing.assert_array_equal(grown.user_text[np.arange(3)], loaded.user_text[np.arange(3)])

@@ -1,0 +1,198 @@
+"""Train the ordered user tower (``features.sequence_tower``) on next-item prediction.
+
+Runs after the text model's fine-tuning, over its catalog vectors, which stay fixed: the
+tower then costs no language-model pass, so it can read every training sequence for several
+epochs (fine-tuning reads ``text.steps`` batches). Every position of every sequence predicts
+the item after it (SASRec's causal training), scored by cosine / ``text.temperature`` against
+the true item and ``text.sequence_negatives`` items drawn uniformly per batch (a draw equal to
+the true item is masked out).
+
+Early stopping on the text window only: each user's last window item is held out (training
+reads the window without it), and the epoch with the best nDCG@10 of that item in a full
+ranking over the catalog, for a seeded sample of up to ``VALIDATION_USERS`` users, is kept.
+Epoch 0 is the untrained tower, which is exactly the attention-pooled mean: a tower that never
+beats it is kept at it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from features.sequence_tower import SequenceTower, TowerShape, _trimmed, right_aligned
+from features.text_interest import HistoryPooling
+from features.transitions import ordered_events
+from recsys.config import TextModelConfig
+from recsys.progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
+
+VALIDATION_USERS = 5_000
+
+
+@dataclass
+class SequenceFit:
+    """The tower at its best epoch (0 = the pooled mean) and the curves that chose it."""
+
+    tower: SequenceTower
+    best_epoch: int
+    val_ndcg: list[float]  # held-out nDCG@10 after each epoch; [0] is the pooled mean
+    train_losses: list[float] = field(default_factory=list)  # mean batch loss per epoch
+    seconds: float = 0.0
+
+
+def fit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, item_vectors: np.ndarray,
+                       pooling: HistoryPooling, config: TextModelConfig, seed: int, progress: bool = True,
+                       log_metric: Callable[[str, float, int], None] | None = None) -> SequenceFit:
+    """Fit on one window's events (``user_idx``, ``item_idx`` in 0..n-1, ``timestamp``).
+
+    item_vectors: float32 (n_items, d) unit text vectors (fixed); pooling: the fine-tuned
+    attention pooling the tower starts from. Same inputs and ``seed``, same tower: batches and
+    negatives come from generators seeded with ``seed``, dropout and the initial weights from
+    torch's generator seeded inside ``torch.random.fork_rng``.
+    """
+    if item_vectors.shape[0] != n_items:
+        raise ValueError(f"item_vectors has {item_vectors.shape[0]} rows for {n_items} items")
+    user, item, _ = ordered_events(events, n_users=n_users, n_items=n_items, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _fit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling, config, seed,
+                    progress, log_metric)
+
+
+def _fit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.ndarray, pooling: HistoryPooling,
+         config: TextModelConfig, seed: int, progress: bool, log_metric) -> SequenceFit:
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    width = config.history_len
+    # Training sequences: each window without its last item, width + 1 long (inputs and targets).
+    train = right_aligned(user, item, n_users, width + 1, drop_last=True)
+    train = train[(train >= 0).sum(axis=1) >= 2]
+    inputs = right_aligned(user, item, n_users, width, drop_last=True)
+    held_out = right_aligned(user, item, n_users, 1)[:, 0]
+    seen = _earlier_items(user, item, n_users, len(item_vectors))
+    # As in the evaluation: only an item new to the user is a target, and seen items are not ranked.
+    fresh = held_out >= 0
+    fresh[fresh] = np.asarray(seen[np.flatnonzero(fresh), held_out[fresh]]).ravel() == 0
+    val_users = np.flatnonzero((inputs >= 0).any(axis=1) & fresh)
+    if len(val_users) > VALIDATION_USERS:
+        val_users = np.sort(rng.choice(val_users, VALIDATION_USERS, replace=False))
+    shape = TowerShape(item_dim=item_vectors.shape[1], history_len=width, dim=config.sequence_dim,
+                       layers=config.sequence_layers, heads=config.sequence_heads, dropout=config.sequence_dropout)
+    tower = SequenceTower(shape, pooling)
+    optimizer = torch.optim.AdamW(tower.parameters(), lr=config.sequence_learning_rate, weight_decay=0.01)
+    vectors = torch.from_numpy(item_vectors)
+
+    def validation() -> float:
+        return _validation_ndcg(tower, inputs[val_users], held_out[val_users], item_vectors, seen[val_users])
+
+    fit = SequenceFit(tower=tower, best_epoch=0, val_ndcg=[validation()])
+    best_state, stale, steps = copy.deepcopy(tower.state_dict()), 0, 0
+    if log_metric:
+        log_metric("text/sequence_val_ndcg", fit.val_ndcg[0], 0)
+    steps_per_epoch = max(1, -(-len(train) // config.sequence_batch_size))
+    epochs = min(config.sequence_epochs, -(-config.sequence_max_steps // steps_per_epoch))
+    with progress_bar(total=epochs, desc="fit user tower", unit="epoch", enabled=progress) as bar:
+        for epoch in range(1, config.sequence_epochs + 1):
+            steps_left = config.sequence_max_steps - steps
+            if steps_left <= 0:
+                break
+            loss, done = _epoch(tower, optimizer, train, vectors, config, rng, steps_left)
+            steps += done
+            fit.train_losses.append(loss)
+            fit.val_ndcg.append(validation())
+            if log_metric:
+                log_metric("text/sequence_train_loss", fit.train_losses[-1], epoch)
+                log_metric("text/sequence_val_ndcg", fit.val_ndcg[-1], epoch)
+            bar.set_postfix(loss=f"{fit.train_losses[-1]:.3f}", val_ndcg=f"{fit.val_ndcg[-1]:.4f}", refresh=False)
+            bar.update(1)
+            if fit.val_ndcg[-1] > fit.val_ndcg[fit.best_epoch]:
+                fit.best_epoch, best_state, stale = epoch, copy.deepcopy(tower.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= config.sequence_patience:
+                    break
+    tower.load_state_dict(best_state)
+    tower.eval()
+    fit.seconds = time.perf_counter() - started
+    log.info("user tower: best epoch %d of %d, held-out nDCG@10 %.4f (pooled mean %.4f), %.0f s",
+             fit.best_epoch, len(fit.train_losses), fit.val_ndcg[fit.best_epoch], fit.val_ndcg[0], fit.seconds)
+    return fit
+
+
+def _epoch(tower: SequenceTower, optimizer: torch.optim.Optimizer, train: np.ndarray, vectors: torch.Tensor,
+           config: TextModelConfig, rng: np.random.Generator, max_steps: int) -> tuple[float, int]:
+    """One pass over the training sequences in seeded batches of similar length, at most
+    ``max_steps`` of them; the mean batch loss and the steps taken."""
+    tower.train()
+    losses = []
+    n_items = len(vectors)
+    lengths = (train >= 0).sum(axis=1)
+    by_length = np.lexsort((rng.random(len(train)), lengths))  # similar lengths together, random within
+    size = config.sequence_batch_size
+    batches = [by_length[i:i + size] for i in range(0, len(train), size)]
+    for b in rng.permutation(len(batches))[:max_steps]:
+        batch = torch.from_numpy(_trimmed(train[batches[b]]).astype(np.int64))
+        seq, target = batch[:, :-1], batch[:, 1:]
+        pairs = (seq >= 0) & (target >= 0)  # an item to predict from an item
+        # ... and new to the user: the evaluation ranks only those.
+        length = seq.shape[1]
+        earlier = ~tower.causal[:length, :length][None] & (seq >= 0)[:, None, :]  # (B, t, s): s <= t, real
+        pairs &= ~((seq[:, None, :] == target[:, :, None]) & earlier).any(-1)
+        if not pairs.any():
+            continue
+        # Negatives: the batch's other targets (drawn as often as they are read, so the score
+        # does not learn popularity, which the ranker has from the logs) and uniform draws.
+        uniform = torch.from_numpy(rng.integers(0, n_items, size=min(config.sequence_negatives, n_items)))
+        columns, column_of = torch.unique(torch.cat([target[pairs], uniform]), return_inverse=True)
+        rows, position = torch.unique(torch.cat([seq.clamp(min=0).flatten(), columns]), return_inverse=True)
+        table = tower.adapted(vectors[rows])  # every item the batch reads, adapted once
+        history = table[position[:seq.numel()].view(seq.shape)]
+        users = nn.functional.normalize(tower(history, seq >= 0), dim=-1)[pairs]
+        logits = users @ table[position[seq.numel():]].T / config.temperature
+        labels = column_of[:len(users)]
+        loss = nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return (float(np.mean(losses)) if losses else float("nan")), min(len(batches), max_steps)
+
+
+def _earlier_items(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    """CSR (n_users, n_items) 0/1: the items of each user's window before their last one."""
+    keep = np.r_[user[1:] == user[:-1], False]  # every row but each user's last
+    matrix = sp.csr_matrix((np.ones(int(keep.sum()), dtype=np.float32), (user[keep], item[keep])),
+                           shape=(n_users, n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _validation_ndcg(tower: SequenceTower, inputs: np.ndarray, targets: np.ndarray, item_vectors: np.ndarray,
+                     seen: sp.csr_matrix, chunk: int = 1024) -> float:
+    """Mean nDCG@10 of each user's held-out item in a full ranking over the items not in ``seen``
+    (CSR rows of the same users; ties count in the item's favour: only epochs of one tower are
+    compared)."""
+    if len(inputs) == 0:
+        return 0.0
+    gains = []
+    item_vectors = tower.item_vectors(item_vectors)
+    for start in range(0, len(inputs), chunk):
+        users = tower.user_vectors(inputs[start:start + chunk], item_vectors)
+        scores = users @ item_vectors.T
+        part = seen[start:start + chunk].tocoo()
+        scores[part.row, part.col] = -np.inf
+        true = scores[np.arange(len(users)), targets[start:start + chunk]]
+        rank = (scores > true[:, None]).sum(axis=1)
+        gains.append(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0))
+    return float(np.concatenate(gains).mean())
