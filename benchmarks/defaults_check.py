@@ -106,6 +106,10 @@ def summarise(result, wall: float) -> dict:
             # The shipped ranker's paired test lift over the baseline chosen on validation, with its interval.
             "test_lift": [result.metrics["ranker"].get(f"lift_vs_best_baseline/{key}{end}", float("nan"))
                           for end in ("", "_ci_low", "_ci_high")],
+            # Paired test lifts of the fine-tuned text models over their pretrained-text counterparts.
+            "test_lift_vs_pretrained_text": {
+                m: [v[f"lift_vs_pretrained_text/{key}{end}"] for end in ("", "_ci_low", "_ci_high")]
+                for m, v in result.metrics.items() if f"lift_vs_pretrained_text/{key}" in v},
             "validation": {m: v[key] for m, v in result.validation_metrics.items() if key in v},
             "test": {m: v[key] for m, v in result.metrics.items() if key in v},
             "wall_s": wall}
@@ -114,11 +118,13 @@ def summarise(result, wall: float) -> dict:
 def line_of(name: str, row: dict) -> str:
     ratio = row["validation_ranker"] / max(row["validation_best_baseline_ndcg"], 1e-12)
     lift, low, high = row["test_lift"]
+    tuned = "".join(f"\n{'':10s} test, fine-tuned {m} over pretrained: {d:+.4f} (95% CI {lo:+.4f} to {hi:+.4f})"
+                    for m, (d, lo, hi) in row.get("test_lift_vs_pretrained_text", {}).items())
     return (f"{name:10s} validation nDCG@10: ranker ({row['shipped']}) {row['validation_ranker']:.4f} vs best "
             f"baseline {row['validation_best_baseline']} {row['validation_best_baseline_ndcg']:.4f} "
             f"({ratio:.2f}x) | test: ranker {row['test_ranker']:.4f}, {row['validation_best_baseline']} "
             f"{row['test_best_baseline']:.4f}, paired lift {lift:+.4f} (95% CI {low:+.4f} to {high:+.4f}) "
-            f"| {row['wall_s']:.0f}s")
+            f"| {row['wall_s']:.0f}s{tuned}")
 
 
 if __name__ == "__main__":

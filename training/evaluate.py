@@ -33,6 +33,10 @@ IMPRESSION_CHUNK_ROWS = 1_000_000  # shown rows per ranking-frame chunk of the i
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_items) float32
 
 
+# (fine-tuned text model, the same model with the pretrained encoder's vectors): each gets its
+# paired nDCG lift over the second, with an interval (``lift_vs_pretrained_text/...``).
+FINETUNED_VS_PRETRAINED = (("text", "text_pretrained"), ("ranker_finetuned_text", "ranker_pretrained_text"))
+
 def test_relevance(state: FeatureState, test: pl.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     """Users known to the state with at least one test item they did not see in training.
 
@@ -341,8 +345,12 @@ def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.nd
     per_user = {name: metrics.ndcg_at_k(metrics.hits_matrix(ranked[name][:, :k], relevant), n_rel)
                 for name in results if name in ranked}
     rankers = [name for name in per_user if name.startswith("ranker")]
-    # One bootstrap for every column: each model's nDCG and each ranker's difference to ``best``.
-    columns = [per_user[name] for name in per_user] + [per_user[name] - per_user[best] for name in rankers]
+    pairs = [(tuned, pretrained) for tuned, pretrained in FINETUNED_VS_PRETRAINED
+             if tuned in per_user and pretrained in per_user]
+    # One bootstrap for every column: each model's nDCG, each ranker's difference to ``best``
+    # and each fine-tuned text model's difference to its pretrained-text counterpart.
+    columns = ([per_user[name] for name in per_user] + [per_user[name] - per_user[best] for name in rankers]
+               + [per_user[tuned] - per_user[pretrained] for tuned, pretrained in pairs])
     low, high = bootstrap_cis(np.column_stack(columns), seed=config.seed)
     for i, name in enumerate(per_user):
         results[name][f"ndcg@{k}_ci_low"], results[name][f"ndcg@{k}_ci_high"] = float(low[i]), float(high[i])
@@ -350,6 +358,10 @@ def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.nd
         results[name].update({f"lift_vs_best_baseline/ndcg@{k}": float(columns[j].mean()),
                               f"lift_vs_best_baseline/ndcg@{k}_ci_low": float(low[j]),
                               f"lift_vs_best_baseline/ndcg@{k}_ci_high": float(high[j])})
+    for j, (tuned, _) in enumerate(pairs, start=len(per_user) + len(rankers)):
+        results[tuned].update({f"lift_vs_pretrained_text/ndcg@{k}": float(columns[j].mean()),
+                               f"lift_vs_pretrained_text/ndcg@{k}_ci_low": float(low[j]),
+                               f"lift_vs_pretrained_text/ndcg@{k}_ci_high": float(high[j])})
 
 
 def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
