@@ -112,6 +112,8 @@ def summarise(result, wall: float) -> dict:
                 for m, v in result.metrics.items() if f"lift_vs_pretrained_text/{key}" in v},
             "validation": {m: v[key] for m, v in result.validation_metrics.items() if key in v},
             "test": {m: v[key] for m, v in result.metrics.items() if key in v},
+            "test_ci": {m: [v[f"{key}_ci_low"], v[f"{key}_ci_high"]] for m, v in result.metrics.items()
+                        if f"{key}_ci_low" in v},
             "wall_s": wall}
 
 
