@@ -228,3 +228,33 @@ def test_the_sasrec_baseline_is_evaluated_only_when_asked(small_bundle, split):
     assert scores.shape == (10, state.n_items) and scores.dtype == np.float32
     with pytest.raises(ConfigError, match="baseline_sasrec_epochs must be 0 .* got -1"):
         PipelineConfig.from_dict({**tiny_config_dict(), "baseline_sasrec_epochs": -1})
+
+
+def test_each_fine_tuned_text_model_gets_its_paired_lift_over_the_pretrained_one():
+    from recsys import metrics
+    from recsys.config import PipelineConfig
+    from training.evaluate import _add_intervals
+
+    rng = np.random.default_rng(0)
+    n_users, k = 60, 3
+    relevant = [np.array([u % 7]) for u in range(n_users)]
+    names = ("ranker", "ranker_finetuned_text", "ranker_pretrained_text", "text", "text_pretrained", "als")
+    ranked = {name: rng.integers(0, 7, size=(n_users, k)) for name in names}
+    results = {name: {} for name in names}
+    _add_intervals(results, ranked, relevant, "als", PipelineConfig(k=k, seed=0))
+    n_rel = np.ones(n_users, dtype=np.int64)
+
+    def per_user(name):
+        return metrics.ndcg_at_k(metrics.hits_matrix(ranked[name], relevant), n_rel)
+
+    draws = np.random.default_rng(0).integers(0, n_users, size=(1000, n_users))
+    for tuned, pretrained in (("text", "text_pretrained"), ("ranker_finetuned_text", "ranker_pretrained_text")):
+        diff = per_user(tuned) - per_user(pretrained)
+        assert diff.any()
+        got = results[tuned]
+        assert got[f"lift_vs_pretrained_text/ndcg@{k}"] == pytest.approx(diff.mean(), abs=1e-12)
+        means = diff[draws].mean(axis=1)
+        assert got[f"lift_vs_pretrained_text/ndcg@{k}_ci_low"] == pytest.approx(np.quantile(means, 0.025))
+        assert got[f"lift_vs_pretrained_text/ndcg@{k}_ci_high"] == pytest.approx(np.quantile(means, 0.975))
+    assert not any(key.startswith("lift_vs_pretrained") for name in ("ranker", "text_pretrained", "als")
+                   for key in results[name])
