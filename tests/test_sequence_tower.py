@@ -8,8 +8,14 @@ import polars as pl
 import pytest
 import torch
 
-from features.sequence_tower import (SequenceTower, SequenceUserVectors, TowerShape, appended, right_aligned,
-                                     stored_histories)
+from features.sequence_tower import (
+    SequenceTower,
+    SequenceUserVectors,
+    TowerShape,
+    appended,
+    right_aligned,
+    stored_histories,
+)
 from features.text_interest import HistoryPooling, vector_from_history
 from recsys.config import ConfigError, PipelineConfig, TextModelConfig
 from training.sequence_fit import fit_sequence_tower
