@@ -63,10 +63,17 @@ def fit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, item
     if item_vectors.shape[0] != n_items:
         raise ValueError(f"item_vectors has {item_vectors.shape[0]} rows for {n_items} items")
     user, item, _ = ordered_events(events, n_users=n_users, n_items=n_items, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _fit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling, config, seed,
-                    progress, log_metric)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    # Deterministic kernels: the backward of the batch's row gathers otherwise sums in thread
+    # order, and the last-bit differences grow over the epochs into different towers.
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return _fit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling, config, seed,
+                        progress, log_metric)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _fit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.ndarray, pooling: HistoryPooling,
