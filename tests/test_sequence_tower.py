@@ -197,3 +197,27 @@ def test_state_save_load_serving_and_add_items_use_the_tower(small_bundle, tmp_p
                                             "category": ["c", "c"], "description": ["", ""]}), new)
     np.testing.assert_allclose(grown.item_vectors[n_items:], tower.item_vectors(new), atol=1e-6)
     np.testing.assert_array_equal(grown.user_text[np.arange(3)], loaded.user_text[np.arange(3)])
+
+
+@pytest.mark.slow
+def test_two_fits_of_one_seed_give_the_same_bits_at_a_size_where_kernels_run_in_threads():
+    # Without deterministic kernels this fails: the gathers' backward sums in thread order.
+    rng = np.random.default_rng(3)
+    n_users, n_items, dim = 3000, 2000, 384
+    user = np.repeat(np.arange(n_users), 8)
+    events = pl.DataFrame({"user_idx": user.astype(np.int32),
+                           "item_idx": rng.integers(0, n_items, size=len(user)).astype(np.int32),
+                           "timestamp": pl.Series(np.tile(np.arange(8), n_users) * 1_000_000).cast(pl.Datetime("us"))})
+    vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    config = TextModelConfig(sequence_epochs=2, sequence_patience=5)
+
+    def weights():
+        fit = fit_sequence_tower(events, n_users=n_users, n_items=n_items, item_vectors=vectors, config=config,
+                                 seed=0, pooling=HistoryPooling.recency(5.0, dim), progress=False)
+        return fit.tower.state_dict()
+
+    first, second = weights(), weights()
+    assert not torch.equal(first["adapt.weight"], torch.eye(dim))  # it trained
+    for name, value in first.items():
+        assert torch.equal(second[name], value), name
