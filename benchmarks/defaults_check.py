@@ -114,6 +114,7 @@ def summarise(result, wall: float) -> dict:
             "test": {m: v[key] for m, v in result.metrics.items() if key in v},
             "test_ci": {m: [v[f"{key}_ci_low"], v[f"{key}_ci_high"]] for m, v in result.metrics.items()
                         if f"{key}_ci_low" in v},
+            "timings": result.timings,  # seconds per pipeline stage (time/<stage>_s)
             "wall_s": wall}
 
 
