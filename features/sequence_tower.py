@@ -187,7 +187,12 @@ class SequenceUserVectors:
 
     histories: int32 (n_users, history_len) right-aligned item rows (-1 = none);
     item_vectors: (n_items, item_dim) float32 the histories index (a catalog update may append
-    rows; stored histories index old rows only)."""
+    rows; stored histories index old rows only).
+
+    Rows read in different batches agree to float rounding (~1e-7), not bit for bit: the
+    kernels' shapes follow the batch. ``materialize`` (batch ranking and the server call it
+    through ``RankingBundle.warm`` up to ``DENSE_MAX_BYTES``) computes every row once, so reads
+    from the kept table do not depend on how users are batched."""
 
     dtype = np.dtype(np.float32)
     DENSE_MAX_BYTES = 256 * 2**20

@@ -152,7 +152,8 @@ class FeatureState:
         self.bpr.save(folder / "bpr.npz")
         self.item_item.save(folder / "item_item.npz")
         np.save(folder / "item_vectors.npy", self.item_vectors)
-        for stale in ("user_text.npy", "user_text_weights.npz", "user_histories.npy", "sequence_tower.json"):
+        for stale in ("user_text.npy", "user_text_weights.npz", "user_histories.npy", "sequence_tower.json",
+                      "sequence_tower.pt"):
             (folder / stale).unlink(missing_ok=True)  # load tells the kinds apart by the files present
         if isinstance(self.user_text, SequenceUserVectors):
             np.save(folder / "user_histories.npy", self.user_text.histories)

@@ -246,9 +246,10 @@ class PipelineConfig:
         if text.sequence_layers < 0 or text.sequence_epochs < 0:
             raise ConfigError(f"text.sequence_layers and text.sequence_epochs must be 0 (off) or positive, "
                               f"got {text.sequence_layers} and {text.sequence_epochs}")
-        if text.sequence_layers and (text.sequence_dim < 1 or text.sequence_dim % text.sequence_heads):
+        if text.sequence_layers and (text.sequence_heads < 1 or text.sequence_dim < 1
+                                     or text.sequence_dim % text.sequence_heads):
             raise ConfigError(f"text.sequence_dim ({text.sequence_dim}) must be a positive multiple of "
-                              f"text.sequence_heads ({text.sequence_heads})")
+                              f"text.sequence_heads ({text.sequence_heads}), which must be at least 1")
         if not 0.0 <= text.sequence_dropout < 1.0:
             raise ConfigError(f"text.sequence_dropout must be in [0, 1), got {text.sequence_dropout}")
         for name in ("sequence_batch_size", "sequence_negatives", "sequence_patience", "sequence_max_steps"):

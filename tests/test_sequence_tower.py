@@ -16,7 +16,7 @@ from features.sequence_tower import (
     right_aligned,
     stored_histories,
 )
-from features.text_interest import HistoryPooling, vector_from_history
+from features.text_interest import HistoryPooling, history_weights, user_vectors, vector_from_history
 from recsys.config import ConfigError, PipelineConfig, TextModelConfig
 from training.sequence_fit import fit_sequence_tower
 
@@ -43,6 +43,15 @@ def test_an_untrained_tower_is_the_pooled_recency_mean():
         want = vector_from_history(history[history >= 0], items, half_life=2.0)
         np.testing.assert_allclose(row, want, atol=1e-6)
     np.testing.assert_allclose(tower.item_vectors(items), items, atol=1e-6)  # the adaptor starts as the identity
+    # With a learned attention query too: the same vectors the batch path pools (history_weights).
+    learned = HistoryPooling(query=np.random.default_rng(2).normal(size=DIM).astype(np.float32) * 3, slope=-0.2)
+    torch.manual_seed(0)
+    tower = SequenceTower(TowerShape(item_dim=DIM, history_len=6, dim=8, layers=1, heads=2), learned)
+    events = pl.DataFrame({"user_idx": [0, 0, 0, 1], "item_idx": [3, 7, 1, 2],
+                           "timestamp": pl.Series([1, 2, 3, 1]).cast(pl.Datetime("us"))})
+    weights = history_weights(events, n_users=2, n_items=40, history_len=6, half_life=2.0, pooling=learned,
+                              item_vectors=items)
+    np.testing.assert_allclose(tower.user_vectors(histories[[0, 2]], items), user_vectors(weights, items), atol=1e-6)
 
 
 def test_empty_histories_give_zero_vectors_and_padding_never_gives_nan():
@@ -108,14 +117,23 @@ def test_the_tower_learns_what_follows_and_beats_the_pooled_mean_on_held_out_ite
     assert int(np.argmax(scores)) == 8
 
 
-def test_same_events_and_seed_give_the_same_tower_and_a_run_that_never_helps_keeps_the_pooled_mean(fitted):
+def test_same_events_and_seed_give_the_same_tower(fitted):
     again = _fit(_alternating_world())
     for name, value in fitted.tower.state_dict().items():
         torch.testing.assert_close(again.tower.state_dict()[name], value, rtol=0, atol=0)
-    unlearnable = _fit(_alternating_world(), sequence_learning_rate=0.0)  # weights never move
-    assert unlearnable.best_epoch == 0
-    np.testing.assert_allclose(unlearnable.tower.user_vectors(np.array([[-1, -1, 1, 2, 3, 4]]), _vectors())[0],
+
+
+def test_a_tower_that_never_beats_the_pooled_mean_on_held_out_items_is_kept_at_it(monkeypatch):
+    import training.sequence_fit as sequence_fit
+
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01])  # epoch 0 (the pooled mean) is the best
+    monkeypatch.setattr(sequence_fit, "_validation_ndcg", lambda *args, **kwargs: next(scores))
+    kept = _fit(_alternating_world(), sequence_patience=3)
+    assert kept.best_epoch == 0 and len(kept.train_losses) == 3
+    history = np.array([[-1, -1, 1, 2, 3, 4]])
+    np.testing.assert_allclose(kept.tower.user_vectors(history, _vectors())[0],
                                vector_from_history(np.array([1, 2, 3, 4]), _vectors(), half_life=2.0), atol=1e-6)
+    np.testing.assert_allclose(kept.tower.item_vectors(_vectors()), _vectors(), atol=1e-6)
 
 
 def test_stored_histories_are_right_aligned_in_time_order():
@@ -159,15 +177,19 @@ def test_a_saved_tower_loads_to_the_same_vectors(fitted, tmp_path):
 def test_bad_tower_settings_are_refused_with_what_to_do():
     with pytest.raises(ConfigError, match=r"sequence_dim \(10\) must be a positive multiple of .*heads \(4\)"):
         PipelineConfig(text=TextModelConfig(sequence_dim=10, sequence_heads=4))
+    with pytest.raises(ConfigError, match=r"heads \(0\), which must be at least 1"):
+        PipelineConfig(text=TextModelConfig(sequence_heads=0))
     with pytest.raises(ConfigError, match="sequence_layers and text.sequence_epochs must be 0"):
         PipelineConfig(text=TextModelConfig(sequence_layers=-1))
     assert PipelineConfig(text=TextModelConfig(sequence_layers=0, sequence_dim=10, sequence_heads=4))  # off: unchecked
 
 
 def test_state_save_load_serving_and_add_items_use_the_tower(small_bundle, tmp_path):
+    from types import SimpleNamespace
+
     from features.catalog_update import add_items
     from features.state import FeatureState
-    from serving.recommend import _tower_vectors
+    from serving.recommend import COLD_START, HISTORY_ONLY, PERSONALIZED, _interest_vectors
 
     state = small_bundle.state
     n_items, dim = state.item_vectors.shape
@@ -184,12 +206,14 @@ def test_state_save_load_serving_and_add_items_use_the_tower(small_bundle, tmp_p
     assert isinstance(loaded.user_text, SequenceUserVectors)
     np.testing.assert_array_equal(loaded.user_text[np.arange(5)], with_tower.user_text[np.arange(5)])
     # Serving: the stored items, then the request's, through the same tower.
-    vectors = np.zeros((2, dim), dtype=np.float32)
-    by_query = pl.DataFrame({"query_idx": [0, 1], "item_idx": [[4, 9], [2]]})
-    _tower_vectors(loaded.user_text, vectors, np.array([3, -1]), by_query)
+    request = pl.DataFrame({"query_idx": [0, 0, 1], "item_idx": [4, 9, 2]})
+    vectors, paths = _interest_vectors(SimpleNamespace(state=loaded), np.array([3, -1, 5, -1]), request, 4)
     want = tower.user_vectors(np.array([[-1, *histories[3, -3:], 4, 9], [-1, -1, -1, -1, -1, 2]]),
                               state.item_vectors)
-    np.testing.assert_allclose(vectors, want, atol=1e-6)
+    np.testing.assert_allclose(vectors[:2], want, atol=1e-6)
+    np.testing.assert_allclose(vectors[2], loaded.user_text[5], atol=1e-6)  # no request history: the stored one
+    assert not vectors[3].any()
+    assert paths == [PERSONALIZED, HISTORY_ONLY, PERSONALIZED, COLD_START]
     # A catalog update maps the new items' text vectors through the item adaptor.
     new = np.random.default_rng(5).normal(size=(2, dim)).astype(np.float32)
     new /= np.linalg.norm(new, axis=1, keepdims=True)

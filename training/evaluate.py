@@ -37,6 +37,7 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]  # user_idx (n,) -> scores (n, n_it
 # paired nDCG lift over the second, with an interval (``lift_vs_pretrained_text/...``).
 FINETUNED_VS_PRETRAINED = (("text", "text_pretrained"), ("ranker_finetuned_text", "ranker_pretrained_text"))
 
+
 def test_relevance(state: FeatureState, test: pl.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     """Users known to the state with at least one test item they did not see in training.
 
@@ -233,7 +234,7 @@ def paired_lift(per_user: np.ndarray, baseline_per_user: np.ndarray, *, seed: in
 
 def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: PipelineConfig, *,
                  pretrained_state: FeatureState | None = None, keep_scores: str = "ranker",
-                 versus: str = "", baseline_state: FeatureState | None = None) -> Evaluation:
+                 versus: str = "", baseline_state: FeatureState | None = None, shipped: str = "") -> Evaluation:
     """Metrics of every ranker bundle and every baseline on the test users of ``split``.
 
     The bundles' states are fitted on the same training window (they may differ in their text
@@ -277,7 +278,7 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     best_baseline = ""
     if len(user_idx):
         best_baseline = versus or max(sorted(scorers), key=lambda name: results[name][f"ndcg@{k}"])
-        _add_intervals(results, ranked_by_model, relevant, best_baseline, config)
+        _add_intervals(results, ranked_by_model, relevant, best_baseline, config, shipped=shipped)
     for values in results.values():
         values["n_users"] = float(len(user_idx))
     if split.impressions_test is not None and split.impressions_test.height:
@@ -335,18 +336,21 @@ def rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rele
 
 
 def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],
-                   best: str, config: PipelineConfig) -> None:
+                   best: str, config: PipelineConfig, shipped: str = "") -> None:
     """Bootstrap intervals of nDCG@k for every model of ``results`` with ranked lists in ``ranked``
     (rankers and baselines alike, so every bar of the comparison plot has its whiskers), and each
     ranker's paired nDCG lift over ``best`` (the baseline to beat) with its interval (same users
-    resampled)."""
+    resampled). ``shipped``: the variant listed as ``ranker`` (it keeps its place in the
+    fine-tuned-vs-pretrained pairs under that name)."""
     k = config.k
     n_rel = np.array([len(r) for r in relevant])
     per_user = {name: metrics.ndcg_at_k(metrics.hits_matrix(ranked[name][:, :k], relevant), n_rel)
                 for name in results if name in ranked}
     rankers = [name for name in per_user if name.startswith("ranker")]
-    pairs = [(tuned, pretrained) for tuned, pretrained in FINETUNED_VS_PRETRAINED
-             if tuned in per_user and pretrained in per_user]
+    table_name = {shipped: "ranker"} if shipped else {}
+    pairs = [(table_name.get(tuned, tuned), table_name.get(pretrained, pretrained))
+             for tuned, pretrained in FINETUNED_VS_PRETRAINED]
+    pairs = [(tuned, pretrained) for tuned, pretrained in pairs if tuned in per_user and pretrained in per_user]
     # One bootstrap for every column: each model's nDCG, each ranker's difference to ``best``
     # and each fine-tuned text model's difference to its pretrained-text counterpart.
     columns = ([per_user[name] for name in per_user] + [per_user[name] - per_user[best] for name in rankers]

@@ -261,7 +261,7 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
             log.warning("no validation users to choose the baseline to beat; lifts are against popularity")
             versus = "popularity"
         evaluation = evaluate_all(bundles, w.split, config, pretrained_state=state_pretrained, versus=versus,
-                                  baseline_state=state)
+                                  baseline_state=state, shipped=fitted.choice.shipped)
         if w.cold_items is not None:
             cold = cold_item_evaluation(bundles, w.split.test, w.cold_items, config)
             for name, values in cold.items():
@@ -437,7 +437,7 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
     shown = None if window.impressions_train is None else with_indices(window.impressions_train, w.users, w.items)
     events = with_indices(window.train, w.users, w.items)
     encoder = TextEncoder(max_length=config.text.max_length)
-    events = events.filter(pl.col("user_idx") >= 0)
+    events = events.filter(pl.col("user_idx") >= 0).select("user_idx", "item_idx", "timestamp")  # the tower's too
     examples = next_item_examples(events, config.text.history_len, impressions=shown)
     del shown  # gigabytes at scale; fine-tuning reads the examples only
     metric_log.log_many({"text/examples_with_hard_negatives": float((examples["negatives"].list.len() > 0).sum())})
@@ -452,7 +452,7 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
                          "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
     if config.text.sequence_layers and config.text.sequence_epochs:
         with stage("user_tower"):
-            fit = fit_sequence_tower(events.select("user_idx", "item_idx", "timestamp"), n_users=len(w.users),
+            fit = fit_sequence_tower(events, n_users=len(w.users),
                                      n_items=len(w.items), item_vectors=result.finetuned_vectors,
                                      pooling=result.pooling, config=config.text, seed=config.seed,
                                      progress=progress, log_metric=metric_log)

@@ -1,11 +1,13 @@
 """Train the ordered user tower (``features.sequence_tower``) on next-item prediction.
 
 Runs after the text model's fine-tuning, over its catalog vectors, which stay fixed: the
-tower then costs no language-model pass, so it can read every training sequence for several
-epochs (fine-tuning reads ``text.steps`` batches). Every position of every sequence predicts
+tower then costs no language-model pass, so it can read every user's sequence (their last
+``history_len + 1`` window items) for several epochs (fine-tuning reads ``text.steps``
+batches). Every position of every sequence predicts
 the item after it (SASRec's causal training), scored by cosine / ``text.temperature`` against
-the true item and ``text.sequence_negatives`` items drawn uniformly per batch (a draw equal to
-the true item is masked out).
+the batch's other targets and ``text.sequence_negatives`` items drawn uniformly per batch; a
+target the user already had earlier in the sequence is not a target (the evaluation ranks only
+items new to the user).
 
 Early stopping on the text window only: each user's last window item is held out (training
 reads the window without it), and the epoch with the best nDCG@10 of that item in a full
