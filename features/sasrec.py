@@ -25,6 +25,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from features.sequence_tower import right_aligned
 from features.transitions import ordered_events
 from recsys.progress import progress as progress_bar
 
@@ -115,19 +116,8 @@ def fit_sasrec(events: pl.DataFrame, *, n_users: int, n_items: int, seed: int,
 
 def _left_padded(user: np.ndarray, rows: np.ndarray, n_users: int, width: int, drop_last: bool) -> np.ndarray:
     """int64 (n_users, width): each user's last ``width`` rows (without their very last one when
-    ``drop_last``), right-aligned; user and rows grouped by user in time order."""
-    out = np.zeros((n_users, width), dtype=np.int64)
-    if user.size == 0:
-        return out
-    is_last = np.r_[user[1:] != user[:-1], True]
-    end = np.flatnonzero(is_last)
-    from_end = np.repeat(end, np.diff(np.r_[-1, end])) - np.arange(len(user))  # 0 = the user's last
-    if drop_last:
-        keep = from_end >= 1
-        user, rows, from_end = user[keep], rows[keep], from_end[keep] - 1
-    keep = from_end < width
-    out[user[keep], width - 1 - from_end[keep]] = rows[keep]
-    return out
+    ``drop_last``), right-aligned, 0 where fewer; user and rows grouped by user in time order."""
+    return right_aligned(user, rows - 1, n_users, width, drop_last=drop_last).astype(np.int64) + 1
 
 
 def _fit(user: np.ndarray, rows: np.ndarray, n_users: int, n_items: int, seed: int, s: SASRecSettings,

@@ -28,7 +28,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from features.text_interest import HistoryPooling
+from features.text_interest import HistoryPooling, checked_user_rows
 
 
 @dataclass(frozen=True)
@@ -231,14 +231,7 @@ class SequenceUserVectors:
         rows = np.asarray(rows)
         if rows.ndim == 0:
             return self[rows.reshape(1)][0]
-        if rows.dtype == bool:
-            if rows.shape != (len(self),):
-                raise IndexError(f"a boolean mask of users must have shape ({len(self)},), not {rows.shape}")
-            rows = np.flatnonzero(rows)
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-            raise IndexError(f"user rows must be a 1-d int array, a slice or an int; got {rows.dtype} {rows.shape}")
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"user rows must be in 0..{len(self) - 1}; mask unknown users (-1) first")
+        rows = checked_user_rows(rows, len(self))
         if self._dense is not None:
             return self._dense[rows]
         return self.tower.user_vectors(self.histories[rows], self.item_vectors)

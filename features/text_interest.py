@@ -118,17 +118,24 @@ class UserVectors:
         rows = np.asarray(rows)
         if rows.ndim == 0:
             return self[rows.reshape(1)][0]
-        if rows.dtype == bool:
-            if rows.shape != (len(self),):
-                raise IndexError(f"a boolean mask of users must have shape ({len(self)},), not {rows.shape}")
-            rows = np.flatnonzero(rows)
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-            raise IndexError(f"user rows must be a 1-d int array, a slice or an int; got {rows.dtype} {rows.shape}")
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"user rows must be in 0..{len(self) - 1}; mask unknown users (-1) first")
+        rows = checked_user_rows(rows, len(self))
         if self._dense is not None:
             return self._dense[rows]
         return user_vectors(self.weights[rows], self.item_vectors)
+
+
+def checked_user_rows(rows: np.ndarray, n_users: int) -> np.ndarray:
+    """``rows`` (a 1-d int array or a boolean mask of ``n_users``) as int row indices, or an
+    IndexError that says what was wrong (unknown users, -1, must be masked by the caller)."""
+    if rows.dtype == bool:
+        if rows.shape != (n_users,):
+            raise IndexError(f"a boolean mask of users must have shape ({n_users},), not {rows.shape}")
+        rows = np.flatnonzero(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise IndexError(f"user rows must be a 1-d int array, a slice or an int; got {rows.dtype} {rows.shape}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_users):
+        raise IndexError(f"user rows must be in 0..{n_users - 1}; mask unknown users (-1) first")
+    return rows
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self._dense.copy() if self._dense is not None else user_vectors(self.weights, self.item_vectors)
