@@ -133,6 +133,7 @@ def test_the_registry_keeps_validation_and_test_apart(trained):
 def test_the_shipped_encoder_is_the_one_its_item_vectors_came_from(trained):
     """add-items encodes new items with the bundle's encoder: it must be the encoder of the shipped
     variant (pretrained MiniLM for the pretrained-text variant), or new items land in another space."""
+    from features.sequence_tower import SequenceUserVectors
     from features.text_encoder import TextEncoder, item_texts
     from recsys.cli import _load_bundle
 
@@ -146,6 +147,8 @@ def test_the_shipped_encoder_is_the_one_its_item_vectors_came_from(trained):
     items = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21)).items.head(5)
     encoder = TextEncoder(bundle.encoder_dir, max_length=bundle.config.text.max_length)
     vectors = encoder.encode(item_texts(items), progress=False)
+    if isinstance(bundle.state.user_text, SequenceUserVectors):  # fine-tuned: through the tower's item adaptor
+        vectors = bundle.state.user_text.tower.item_vectors(vectors)
     stored = bundle.state.item_vectors[bundle.state.items.to_index(items["item_id"])]
     np.testing.assert_allclose(np.sum(vectors * stored, axis=1), 1.0, atol=1e-4)
 
