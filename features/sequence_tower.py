@@ -119,7 +119,7 @@ class SequenceTower(nn.Module):
         self.eval()
         with torch.inference_mode():
             for start in range(0, len(histories), chunk):
-                rows = _trimmed(histories[start:start + chunk])
+                rows = trimmed_columns(histories[start:start + chunk])
                 valid = rows >= 0
                 if not valid.any():
                     continue
@@ -145,7 +145,7 @@ class SequenceTower(nn.Module):
         return tower.eval()
 
 
-def _trimmed(rows: np.ndarray) -> np.ndarray:
+def trimmed_columns(rows: np.ndarray) -> np.ndarray:
     """Right-aligned rows without the leading columns that are empty in every row (one kept)."""
     width = max(1, int((rows >= 0).sum(axis=1).max(initial=0)))
     return rows[:, rows.shape[1] - width:]

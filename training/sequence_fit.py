@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from features.sequence_tower import SequenceTower, TowerShape, _trimmed, right_aligned
+from features.sequence_tower import SequenceTower, TowerShape, right_aligned, trimmed_columns
 from features.text_interest import HistoryPooling
 from features.transitions import ordered_events
 from recsys.config import TextModelConfig
@@ -150,7 +150,7 @@ def _epoch(tower: SequenceTower, optimizer: torch.optim.Optimizer, train: np.nda
     size = config.sequence_batch_size
     batches = [by_length[i:i + size] for i in range(0, len(train), size)]
     for b in rng.permutation(len(batches))[:max_steps]:
-        batch = torch.from_numpy(_trimmed(train[batches[b]]).astype(np.int64))
+        batch = torch.from_numpy(trimmed_columns(train[batches[b]]).astype(np.int64))
         seq, target = batch[:, :-1], batch[:, 1:]
         pairs = (seq >= 0) & (target >= 0)  # an item to predict from an item
         # ... and new to the user: the evaluation ranks only those.
