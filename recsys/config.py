@@ -17,6 +17,7 @@ STRATIFIED_TEST_FRACTION = 0.25
 MAX_LABEL_CUTS = 5
 MAX_RANKER_FOLDS = 10
 RANKER_OBJECTIVES = ("lambdarank", "rank_xendcg")
+RANKER_SHIP = ("auto", "finetuned_text", "pretrained_text", "no_text")  # ranker.ship: chosen, or pinned
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +119,10 @@ class RankerConfig:
     # 1,499 users (held-out ones not counted), where one model's early stopping hangs on a few
     # dozen users; 1 otherwise.
     folds: int = 0
+    # Which variant ships: "auto" = chosen on validation (training.variants.choose_variant), or
+    # pinned to one of "finetuned_text", "pretrained_text", "no_text" (every variant is still fitted
+    # and evaluated; the choice logs that it was pinned).
+    ship: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prior_sources", tuple(self.prior_sources))  # JSON gives a list
@@ -240,6 +245,8 @@ class PipelineConfig:
         if not 0 <= self.ranker.folds <= MAX_RANKER_FOLDS:
             raise ConfigError(f"ranker.folds must be 0..{MAX_RANKER_FOLDS} (0 = from the data, 1 = one "
                               f"early-stopped model), got {self.ranker.folds}")
+        if self.ranker.ship not in RANKER_SHIP:
+            raise ConfigError(f"ranker.ship must be one of {RANKER_SHIP}, got {self.ranker.ship!r}")
         if not 1 <= self.text.trainable_layers <= 6:
             raise ConfigError(f"text.trainable_layers must be 1..6, got {self.text.trainable_layers}")
         text = self.text

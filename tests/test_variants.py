@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from features.candidates import generate_candidates, source_scores, top_n
 from features.ranking_frame import FEATURE_COLUMNS, feature_columns_of
 from features.sources import candidate_counts
-from recsys.config import CandidateConfig, PipelineConfig
+from recsys.config import CandidateConfig, ConfigError, PipelineConfig
 from training import variants
 
 
@@ -66,6 +67,20 @@ def test_a_text_variant_ships_only_when_its_paired_lift_over_no_text_excludes_ze
     assert f"after {variants.FINETUNED}, whose text did not earn its place" in choice.reason()
     # Without per-user values the best mean ships, as before.
     assert variants.choose_variant(val(noisy), 10).shipped == variants.PRETRAINED
+
+
+def test_ranker_ship_pins_a_variant_whatever_validation_says():
+    val = {variants.FINETUNED: {"ndcg@10": 0.30}, variants.PRETRAINED: {"ndcg@10": 0.32},
+           variants.NO_TEXT: {"ndcg@10": 0.31}}
+    per_user = {name: np.full(50, v["ndcg@10"]) for name, v in val.items()}
+    choice = variants.choose_variant(val, 10, per_user, seed=1, ship="finetuned_text")
+    assert (choice.shipped, choice.best, choice.pinned) == (variants.FINETUNED, variants.PRETRAINED, True)
+    assert choice.reason().startswith("ranker_finetuned_text is shipped: pinned by ranker.ship")
+    assert variants.choose_variant(val, 10, per_user, seed=1).shipped == variants.PRETRAINED  # auto
+    with pytest.raises(ValueError, match="ranker.ship='pretrained_text' but this run fitted no ranker_pretrained_text"):
+        variants.choose_variant({variants.NO_TEXT: {"ndcg@10": 0.3}}, 10, ship="pretrained_text")
+    with pytest.raises(ConfigError, match=r"ranker.ship must be one of .*'finetuned'"):
+        PipelineConfig.from_dict({"ranker": {"ship": "finetuned"}})
 
 
 def test_the_no_text_variant_proposes_no_text_candidates(small_bundle):

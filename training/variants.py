@@ -247,11 +247,15 @@ class Choice:
     values: dict[str, float]
     best: str = ""
     lift: tuple[float, float, float] | None = None
+    pinned: bool = False  # shipped because the config's ranker.ship names it
 
     def reason(self) -> str:
         ranked = ", ".join(f"{name} {value:.4f}" for name, value in
                            sorted(self.values.items(), key=lambda kv: (-kv[1], VARIANTS.index(kv[0]))))
         where = "held-out label users, feature-window models"
+        if self.pinned:
+            return (f"{self.shipped} is shipped: pinned by ranker.ship, not chosen on validation "
+                    f"(validation {self.metric}: {ranked}; {where})")
         if self.lift is None:
             return f"{self.shipped} is shipped: the best validation {self.metric} of the variants ({ranked}; {where})"
         mean, low, high = self.lift
@@ -266,16 +270,23 @@ class Choice:
 
 
 def choose_variant(validation: dict[str, dict[str, float]], k: int,
-                   per_user: dict[str, np.ndarray] | None = None, seed: int = 0) -> Choice:
+                   per_user: dict[str, np.ndarray] | None = None, seed: int = 0, ship: str = "auto") -> Choice:
     """The variant with the highest validation nDCG@k (ties go to the simpler, ``VARIANTS``
     order), provided its text earns its place. With ``per_user`` (variant -> float (n_users,)
     validation nDCG@k per user, same users and order for every variant), the text variants are
     tried best mean first and the first whose paired lift over ``ranker_no_text`` has a 95%
     bootstrap interval above zero ships; when none has, ``ranker_no_text`` ships. A text variant
     adds an encoder and features to serve, and a validation margin smaller than its noise would
-    choose between them by luck."""
+    choose between them by luck. ``ship`` (``ranker.ship``) other than "auto" pins the variant
+    ``ranker_<ship>`` instead."""
     metric = f"ndcg@{k}"
     values = {name: validation[name][metric] for name in VARIANTS if name in validation}
+    if ship != "auto":
+        pinned = f"ranker_{ship}"
+        if pinned not in values:
+            raise ValueError(f"ranker.ship={ship!r} but this run fitted no {pinned} (it fitted {sorted(values)}); "
+                             f"set ranker.ship to \"auto\" or to one of those")
+        return Choice(shipped=pinned, metric=metric, values=values, best=max(values, key=values.get), pinned=True)
     order = sorted(values, key=lambda name: (-values[name], VARIANTS.index(name)))
     best = order[0]
     if (per_user is None or best == NO_TEXT or NO_TEXT not in per_user
