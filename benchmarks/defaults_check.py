@@ -1,7 +1,7 @@
 """The defaults (no config at all) on every shared data set, judged on validation.
 
     .venv/bin/python benchmarks/defaults_check.py [--sets demo movielens office games] [--seed 0]
-        [--config FILE] [--shared ../shared/data] [--json-out FILE]
+        [--config FILE] [--cold-items F] [--shared ../shared/data] [--json-out FILE]
 
 Each data set is imported as a user would (`recsys import ...`) and trained once with its
 protocol: demo temporal; MovieLens 100K stratified 75/25 per user; Amazon Office 2014 and
@@ -21,7 +21,9 @@ Prints, per set, the validation nDCG@10 (held-out label users, feature-window mo
 defaults are judged on) of the shipped ranker and of the best single baseline, their ratio, the
 test nDCG@10 of both (reported, never used to choose) with the ranker's paired lift over that
 baseline and its 95% bootstrap interval, and the run's wall time. MLflow writes to
-a temporary folder.
+a temporary folder. ``--cold-items F`` runs the cold-items protocol (``recsys train --cold-items
+F``: a seeded share F of the items is removed from training) and adds each model's cold
+Recall@10 and its ratio to random's.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=None, help="a config file (default: the defaults)")
+    parser.add_argument("--cold-items", type=float, default=None, metavar="F",
+                        help="cold-items protocol: remove this seeded share of items from training")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
@@ -81,7 +85,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="defaults-check-") as tmp:
         for name in args.sets:
             dataset = load_set(name, args.shared, Path(tmp))
-            config = load_config(str(args.config) if args.config else None, seed=args.seed, split=SPLITS[name])
+            overrides = {} if args.cold_items is None else {"cold_item_fraction": args.cold_items}
+            config = load_config(str(args.config) if args.config else None, seed=args.seed, split=SPLITS[name],
+                                 **overrides)
             start = time.perf_counter()
             result = train(dataset, config, experiment=f"defaults-{name}", register_name=None, workdir=Path(tmp),
                            progress=False)
@@ -114,6 +120,9 @@ def summarise(result, wall: float) -> dict:
             "test": {m: v[key] for m, v in result.metrics.items() if key in v},
             "test_ci": {m: [v[f"{key}_ci_low"], v[f"{key}_ci_high"]] for m, v in result.metrics.items()
                         if f"{key}_ci_low" in v},
+            # Cold-items protocol (--cold-items): Recall@10 over the held-out cold items, per model.
+            "test_cold_recall": {m: v[f"cold_items/recall@{10}"] for m, v in result.metrics.items()
+                                 if f"cold_items/recall@{10}" in v},
             "timings": result.timings,  # seconds per pipeline stage (time/<stage>_s)
             "wall_s": wall}
 
@@ -123,6 +132,10 @@ def line_of(name: str, row: dict) -> str:
     lift, low, high = row["test_lift"]
     tuned = "".join(f"\n{'':10s} test, fine-tuned {m} over pretrained: {d:+.4f} (95% CI {lo:+.4f} to {hi:+.4f})"
                     for m, (d, lo, hi) in row.get("test_lift_vs_pretrained_text", {}).items())
+    cold = row.get("test_cold_recall", {})
+    if "random" in cold and "ranker" in cold:
+        tuned += "".join(f"\n{'':10s} cold-items Recall@10, {m}: {v:.4f} ({v / max(cold['random'], 1e-12):.2f}x random)"
+                         for m, v in sorted(cold.items(), key=lambda kv: -kv[1]))
     return (f"{name:10s} validation nDCG@10: ranker ({row['shipped']}) {row['validation_ranker']:.4f} vs best "
             f"baseline {row['validation_best_baseline']} {row['validation_best_baseline_ndcg']:.4f} "
             f"({ratio:.2f}x) | test: ranker {row['test_ranker']:.4f}, {row['validation_best_baseline']} "

@@ -4,13 +4,16 @@ Run from a folder that holds the MLflow store with the model (after `make demo`)
 
     .venv/bin/python benchmarks/serve_load.py [--model models:/recsys-demo@champion] [--duration 60]
     .venv/bin/python benchmarks/serve_load.py --mixed 0.3 --concurrency 8 --duration 60
+    .venv/bin/python benchmarks/serve_load.py --history 5 --concurrency 1 --duration 30
 
 For each model (ours, then a trivial pyfunc that echoes its input) it starts the server
 `recsys serve` runs (uvicorn with the guarded MLflow scoring app) on 127.0.0.1, waits for /ping, and sends POST
 /invocations (top-10 for one random known user per request) from a separate client process at
 each concurrency (default 1 and 8) for ``--duration`` seconds. The loop is bounded in time and
 stops by itself; the servers are stopped at the end. Prints p50/p95/p99 latency (ms),
-throughput (requests/s) and errors per run.
+throughput (requests/s) and errors per run. ``--history N`` adds N random catalog items as the
+request's ``history`` (the user vector is then computed per request: the user tower's pass, or
+the pooled mean, over the stored items followed by these).
 
 ``--mixed SHARE`` is the robustness run: our model only, each request bad with probability SHARE
 (a misspelled field, k out of range, k = Infinity, broken or deeply nested JSON, a JSON array, a
@@ -104,7 +107,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def _client(port: int, users: list[str], k: int, concurrency: int, duration: float, queue,
-            bad_share: float = 0.0) -> None:
+            bad_share: float = 0.0, items: list[str] | None = None, history: int = 0) -> None:
     """Runs in its own process: ``concurrency`` threads with keep-alive connections; a share
     ``bad_share`` of the requests are bad ones (``_bad_requests``)."""
     latencies: list[float] = []
@@ -131,8 +134,10 @@ def _client(port: int, users: list[str], k: int, concurrency: int, duration: flo
             if is_bad:
                 body, headers = rng.choice(bad_requests)
             else:
-                body, headers = json.dumps({"dataframe_records": [{"user_id": user, "k": k}]}), \
-                    {"Content-Type": "application/json"}
+                row = {"user_id": user, "k": k}
+                if history:
+                    row["history"] = rng.sample(items, history)
+                body, headers = json.dumps({"dataframe_records": [row]}), {"Content-Type": "application/json"}
             start = time.perf_counter()
             response = None
             try:
@@ -166,10 +171,11 @@ def _client(port: int, users: list[str], k: int, concurrency: int, duration: flo
     queue.put((latencies, errors[0], time.perf_counter() - begin, bad_counts))
 
 
-def _measure(port: int, users: list[str], k: int, concurrency: int, duration: float, bad_share: float = 0.0) -> dict:
+def _measure(port: int, users: list[str], k: int, concurrency: int, duration: float, bad_share: float = 0.0,
+             items: list[str] | None = None, history: int = 0) -> dict:
     queue = mp.get_context("spawn").Queue()
     process = mp.get_context("spawn").Process(target=_client, args=(port, users, k, concurrency, duration, queue,
-                                                                    bad_share))
+                                                                    bad_share, items, history))
     process.start()
     latencies, errors, elapsed, (sent_bad, unhandled_bad) = queue.get(timeout=duration + 120)
     process.join()
@@ -246,6 +252,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
     parser.add_argument("--plain", action="store_true",
                         help="also serve our model with plain `mlflow models serve` (no request guard)")
+    parser.add_argument("--history", type=int, default=0, metavar="N",
+                        help="each request carries N random catalog items as its history")
     parser.add_argument("--mixed", type=float, default=None, metavar="SHARE",
                         help="robustness run: this share of bad requests, our model only")
     args = parser.parse_args()
@@ -257,8 +265,9 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = configure_tracking()
     state = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle.state
     users = state.users.ids.to_list()
+    items = state.items.ids.to_list()
     if args.mixed is not None:
-        return _mixed(args.model, users, state.items.ids.to_list(), args)
+        return _mixed(args.model, users, items, args)
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "echo.py"
         code.write_text(TRIVIAL_MODEL)
@@ -273,10 +282,12 @@ def main() -> None:
             server = _start(uri, port, args.workers, plain)
             try:
                 for concurrency in args.concurrency:
-                    rows.append((name, concurrency, _measure(port, users, args.k, concurrency, args.duration)))
+                    rows.append((name, concurrency, _measure(port, users, args.k, concurrency, args.duration,
+                                                             items=items, history=args.history)))
             finally:
                 server_process.stop(server)
-    print(f"\nserving load test, {args.duration:.0f} s per run, top-{args.k} for one user per request, "
+    with_history = f" with {args.history} history items" if args.history else ""
+    print(f"\nserving load test, {args.duration:.0f} s per run, top-{args.k} for one user{with_history} per request, "
           f"{args.workers} worker(s)")
     print(f"{'model':18} {'conc':>4} {'requests':>9} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8}")
@@ -284,7 +295,8 @@ def main() -> None:
         print(f"{name:18} {concurrency:>4} {r['requests']:>9} {r['errors']:>6} {r['rps']:>8.1f} {r['p50']:>8.1f} "
               f"{r['p95']:>8.1f} {r['p99']:>8.1f}")
     print(f"rerun: .venv/bin/python benchmarks/serve_load.py --model {args.model} --duration {args.duration:.0f} "
-          f"--workers {args.workers}" + (" --plain" if args.plain else ""))
+          f"--workers {args.workers}" + (" --plain" if args.plain else "")
+          + (f" --history {args.history}" if args.history else ""))
 
 
 if __name__ == "__main__":
