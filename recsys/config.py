@@ -65,6 +65,9 @@ class TextModelConfig:
     # Most user-tower steps in all: a large window stops after fewer passes (time grows with steps).
     sequence_max_steps: int = 1500
     sequence_patience: int = 4  # user-tower epochs without a better held-out nDCG@10 before it stops
+    # Epochs before the patience counts: the held-out nDCG@10 dips below the pooled mean for the
+    # first epochs (the item adaptor leaves the identity) before it rises above it.
+    sequence_min_epochs: int = 10
     sequence_batch_size: int = 256  # sequences per user-tower step
     sequence_learning_rate: float = 5e-4  # AdamW learning rate of the user tower
     sequence_negatives: int = 256  # items drawn uniformly per user-tower batch as negatives, beside its targets
@@ -192,9 +195,10 @@ class PipelineConfig:
     # MovieLens 100K (943 users) and the demo (3,000) are never sampled.
     ranker_max_users: int = 10_000
     eval_max_users: int = 10_000  # test users ranked in the evaluation (0 = every user)
-    # Epochs of the SASRec baseline (features/sasrec.py, an ID-only sequential model written for
-    # comparison; early-stopped on each user's last window item). 0 = not evaluated: it trains a
-    # model per evaluation (validation and test), minutes on sequence data sets.
+    # Most epochs of the SASRec baseline (features/sasrec.py, an ID-only sequential model written for
+    # comparison; full softmax, early-stopped on each user's last window item after 5 epochs
+    # without a gain; 200 lets it stop by itself). 0 = not evaluated: it trains a model per
+    # evaluation (validation and test), minutes on sequence data sets.
     baseline_sasrec_epochs: int = 0
     # Settings of the registered score sources (features/sources.py), by source name, over each
     # source's defaults; every registered source is listed once the config is made. Each takes
@@ -262,6 +266,8 @@ class PipelineConfig:
         for name in ("sequence_batch_size", "sequence_negatives", "sequence_patience", "sequence_max_steps"):
             if getattr(text, name) < 1:
                 raise ConfigError(f"text.{name} must be at least 1, got {getattr(text, name)}")
+        if text.sequence_min_epochs < 0:
+            raise ConfigError(f"text.sequence_min_epochs must be 0 or more, got {text.sequence_min_epochs}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,6 +43,14 @@ def test_it_learns_what_comes_next(fitted):
     assert scores.dtype == np.float32 and scores.shape == (300, N_ITEMS)
 
 
+def test_the_full_softmax_learns_what_comes_next_too():
+    full = fit_sasrec(_chains(), n_users=301, n_items=N_ITEMS, seed=0, progress=False,
+                      settings=SASRecSettings(**{**SMALL.__dict__, "negatives": 0}))
+    last = _chains().group_by("user_idx").agg(pl.col("item_idx").last()).sort("user_idx")["item_idx"].to_numpy()
+    assert np.mean(full.user_scores(np.arange(300)).argmax(axis=1) == (last + 1) % N_ITEMS) > 0.9
+    assert full.validation_ndcg > 0.9
+
+
 def test_a_user_without_window_items_gets_no_scores_and_unknown_rows_are_refused(fitted):
     assert np.isnan(fitted.user_scores(np.array([300]))).all()
     with pytest.raises(IndexError, match="mask unknown users"):

@@ -128,8 +128,8 @@ def test_a_tower_that_never_beats_the_pooled_mean_on_held_out_items_is_kept_at_i
 
     scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01])  # epoch 0 (the pooled mean) is the best
     monkeypatch.setattr(sequence_fit, "_validation_ndcg", lambda *args, **kwargs: next(scores))
-    kept = _fit(_alternating_world(), sequence_patience=3)
-    assert kept.best_epoch == 0 and len(kept.train_losses) == 3
+    kept = _fit(_alternating_world(), sequence_patience=3, sequence_min_epochs=2)
+    assert kept.best_epoch == 0 and len(kept.train_losses) == 5  # 2 epochs before the patience counts, then 3
     history = np.array([[-1, -1, 1, 2, 3, 4]])
     np.testing.assert_allclose(kept.tower.user_vectors(history, _vectors())[0],
                                vector_from_history(np.array([1, 2, 3, 4]), _vectors(), half_life=2.0), atol=1e-6)
@@ -174,6 +174,18 @@ def test_a_saved_tower_loads_to_the_same_vectors(fitted, tmp_path):
     np.testing.assert_array_equal(loaded.item_vectors(_vectors()), fitted.tower.item_vectors(_vectors()))
 
 
+def test_the_patience_counts_only_after_the_first_epochs_so_a_dip_does_not_end_the_fit(monkeypatch):
+    import training.sequence_fit as sequence_fit
+
+    curve = [0.5, 0.2, 0.1, 0.2, 0.3, 0.6, 0.7, 0.65, 0.6, 0.55, 0.5]  # the dip, then above the pooled mean
+    for min_epochs, best, epochs in ((0, 0, 3), (4, 6, 9)):
+        scores = iter(curve)
+        monkeypatch.setattr(sequence_fit, "_validation_ndcg", lambda *args, scores=scores, **kwargs: next(scores))
+        fit = _fit(_alternating_world(), sequence_patience=3, sequence_min_epochs=min_epochs)
+        assert (fit.best_epoch, len(fit.train_losses)) == (best, epochs)
+        assert fit.val_ndcg == curve[:epochs + 1]
+
+
 def test_bad_tower_settings_are_refused_with_what_to_do():
     with pytest.raises(ConfigError, match=r"sequence_dim \(10\) must be a positive multiple of .*heads \(4\)"):
         PipelineConfig(text=TextModelConfig(sequence_dim=10, sequence_heads=4))
@@ -181,6 +193,8 @@ def test_bad_tower_settings_are_refused_with_what_to_do():
         PipelineConfig(text=TextModelConfig(sequence_heads=0))
     with pytest.raises(ConfigError, match="sequence_layers and text.sequence_epochs must be 0"):
         PipelineConfig(text=TextModelConfig(sequence_layers=-1))
+    with pytest.raises(ConfigError, match="text.sequence_min_epochs must be 0 or more, got -1"):
+        PipelineConfig(text=TextModelConfig(sequence_min_epochs=-1))
     assert PipelineConfig(text=TextModelConfig(sequence_layers=0, sequence_dim=10, sequence_heads=4))  # off: unchecked
 
 

@@ -12,6 +12,9 @@ items new to the user).
 Early stopping on the text window only: each user's last window item is held out (training
 reads the window without it), and the epoch with the best nDCG@10 of that item in a full
 ranking over the catalog, for a seeded sample of up to ``VALIDATION_USERS`` users, is kept.
+Epochs without a gain count towards ``text.sequence_patience`` only after
+``text.sequence_min_epochs``: the held-out nDCG@10 first dips below the pooled mean while the
+item adaptor leaves the identity, then rises above it.
 Epoch 0 is the untrained tower, which is exactly the attention-pooled mean: a tower that never
 beats it is kept at it.
 """
@@ -126,7 +129,7 @@ def _fit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.ndar
             bar.update(1)
             if fit.val_ndcg[-1] > fit.val_ndcg[fit.best_epoch]:
                 fit.best_epoch, best_state, stale = epoch, copy.deepcopy(tower.state_dict()), 0
-            else:
+            elif epoch > config.sequence_min_epochs:
                 stale += 1
                 if stale >= config.sequence_patience:
                     break
