@@ -121,8 +121,8 @@ def summarise(result, wall: float) -> dict:
             "test_ci": {m: [v[f"{key}_ci_low"], v[f"{key}_ci_high"]] for m, v in result.metrics.items()
                         if f"{key}_ci_low" in v},
             # Cold-items protocol (--cold-items): Recall@10 over the held-out cold items, per model.
-            "test_cold_recall": {m: v[f"cold_items/recall@{10}"] for m, v in result.metrics.items()
-                                 if f"cold_items/recall@{10}" in v},
+            "test_cold_recall": {m: v[f"cold_items/recall@{key[5:]}"] for m, v in result.metrics.items()
+                                 if f"cold_items/recall@{key[5:]}" in v},
             "timings": result.timings,  # seconds per pipeline stage (time/<stage>_s)
             "wall_s": wall}
 

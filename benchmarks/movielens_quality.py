@@ -76,7 +76,8 @@ def main() -> None:
                                         "shipped_reason": result.shipped_reason, "wall_s": wall,
                                         "timings": result.timings, "ranker_trees": result.ranker_trees,
                                         "prior_weights": result.prior_weights}
-                print(f"seed {seed} {protocol}: ranker ({result.shipped_variant}, chosen on validation) nDCG@10 "
+                how = "pinned by ranker.ship" if "pinned" in result.shipped_reason else "chosen on validation"
+                print(f"seed {seed} {protocol}: ranker ({result.shipped_variant}, {how}) nDCG@10 "
                       f"{result.metrics['ranker']['ndcg@10']:.4f} in {wall:.0f}s; {result.ranker_trees} trees, "
                       f"prior weights {result.prior_weights}", flush=True)
     report_runs(runs, args.seeds)

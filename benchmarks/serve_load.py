@@ -12,8 +12,8 @@ For each model (ours, then a trivial pyfunc that echoes its input) it starts the
 each concurrency (default 1 and 8) for ``--duration`` seconds. The loop is bounded in time and
 stops by itself; the servers are stopped at the end. Prints p50/p95/p99 latency (ms),
 throughput (requests/s) and errors per run. ``--history N`` adds N random catalog items as the
-request's ``history`` (the user vector is then computed per request: the user tower's pass, or
-the pooled mean, over the stored items followed by these).
+request's ``history``, so the user vector is computed per request: the user tower reads the
+stored last items followed by these; without a tower the stored vector is blended with theirs.
 
 ``--mixed SHARE`` is the robustness run: our model only, each request bad with probability SHARE
 (a misspelled field, k out of range, k = Infinity, broken or deeply nested JSON, a JSON array, a
@@ -257,6 +257,8 @@ def main() -> None:
     parser.add_argument("--mixed", type=float, default=None, metavar="SHARE",
                         help="robustness run: this share of bad requests, our model only")
     args = parser.parse_args()
+    if args.history < 0 or (args.history and args.mixed is not None):
+        parser.error("--history takes a count of 0 or more, and does not apply to --mixed")
     warnings.filterwarnings("ignore")
     import mlflow
 
@@ -266,6 +268,8 @@ def main() -> None:
     state = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle.state
     users = state.users.ids.to_list()
     items = state.items.ids.to_list()
+    if args.history > len(items):
+        parser.error(f"--history {args.history} is more than the model's {len(items)} items")
     if args.mixed is not None:
         return _mixed(args.model, users, items, args)
     with tempfile.TemporaryDirectory() as tmp:

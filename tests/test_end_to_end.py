@@ -109,6 +109,7 @@ def test_the_registry_keeps_validation_and_test_apart(trained):
     assert tags[f"validation.ndcg_at_{K}"] == f"{validation[f'ndcg@{K}']:.4f}"
     assert tags[f"test.ndcg_at_{K}"] == f"{test[f'ndcg@{K}']:.4f}"
     assert tags["shipped_variant"] == document["shipped_variant"]
+    assert tags["shipped_variant_by"] == "validation"  # ranker.ship "auto"
     assert len(tags[registry.DIGEST_TAG]) == 64
     card = client.get_model_version("e2e", "1").description
     assert card.startswith("# e2e version 1\n\nText-aware LambdaRank recommender trained on `data`")

@@ -83,6 +83,23 @@ def test_ranker_ship_pins_a_variant_whatever_validation_says():
         PipelineConfig.from_dict({"ranker": {"ship": "finetuned"}})
 
 
+def test_the_model_card_says_a_pinned_variant_was_not_chosen_on_validation():
+    from types import SimpleNamespace
+
+    from training.model_card import run_summary
+
+    val = {variants.FINETUNED: {"ndcg@10": 0.30}, variants.PRETRAINED: {"ndcg@10": 0.32},
+           variants.NO_TEXT: {"ndcg@10": 0.31}}
+    dataset = SimpleNamespace(source="d", summary=lambda: {"n_interactions": 9, "n_users": 3, "n_items": 3})
+    tables = {"ranker": {"ndcg@10": 0.3}}
+    pinned = run_summary(tables, tables, PipelineConfig(), dataset,
+                         variants.choose_variant(val, 10, ship="finetuned_text"), "")
+    chosen = run_summary(tables, tables, PipelineConfig(), dataset, variants.choose_variant(val, 10), "")
+    assert "the shipped variant was pinned by `ranker.ship`" in pinned and "pinned by ranker.ship" in pinned
+    assert "Choices (early stopping, the shipped variant, the baseline to beat) were made on validation" in chosen
+    assert "pinned" not in chosen
+
+
 def test_the_no_text_variant_proposes_no_text_candidates(small_bundle):
     config = variants.variant_config(variants.NO_TEXT, small_bundle.config)
     assert config.candidates.n_text == 0

@@ -82,6 +82,9 @@ def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: 
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
+SASREC_FULL_SOFTMAX_MAX_ITEMS = 20_000  # about 1 GB of logits per batch of 256 x 50 positions at this size
+
+
 def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None = None, *,
                      sasrec_epochs: int = 0) -> dict[str, ScoreFn]:
     """Dense scorers of the single-signal baselines.
@@ -145,8 +148,10 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
             scorers[cls.name] = lambda u, source=source: said(source.baseline_scores(u), zero_is_unknown=True,
                                                               keep_unseen=source.scores_items_without_history)
     if window is not None and sasrec_epochs > 0:
+        # The full softmax holds (positions x items) logits per batch: sampled above this size.
+        negatives = 0 if state.n_items <= SASREC_FULL_SOFTMAX_MAX_ITEMS else 1024
         sasrec = fit_sasrec(indexed(), n_users=state.n_users, n_items=state.n_items, seed=seed,
-                            settings=SASRecSettings(epochs=sasrec_epochs))
+                            settings=SASRecSettings(epochs=sasrec_epochs, negatives=negatives))
         scorers["sasrec"] = sasrec.user_scores
     return scorers
 

@@ -45,8 +45,11 @@ def run_summary(results: dict[str, dict[str, float]], validation: dict[str, dict
     lines = [
         f"Text-aware LambdaRank recommender trained on `{dataset.source}`: {summary['n_interactions']:,} "
         f"interactions, {summary['n_users']:,} users, {summary['n_items']:,} items; split `{config.split}`, "
-        f"seed {config.seed}, k = {k}. Choices (early stopping, the shipped variant, the baseline to beat) were "
-        "made on validation users cut from the training window; test metrics are reported only.",
+        f"seed {config.seed}, k = {k}. "
+        + ("Choices (early stopping, the baseline to beat) were made on validation users cut from the training "
+           "window, and the shipped variant was pinned by `ranker.ship`; " if choice.pinned else
+           "Choices (early stopping, the shipped variant, the baseline to beat) were made on validation users cut "
+           "from the training window; ") + "test metrics are reported only.",
         "",
         f"| shipped ranker | {ndcg} [95% CI] | {recall} | MRR |",
         "|---|---|---|---|",
