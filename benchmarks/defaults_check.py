@@ -102,7 +102,8 @@ def main() -> None:
 
 
 def summarise(result, wall: float) -> dict:
-    key = "ndcg@10"
+    k = 10
+    key = f"ndcg@{k}"
     baselines = {m: v for m, v in result.validation_metrics.items() if not m.startswith("ranker") and key in v}
     best = max(baselines, key=lambda m: baselines[m][key])
     return {"shipped": result.shipped_variant,
@@ -121,8 +122,8 @@ def summarise(result, wall: float) -> dict:
             "test_ci": {m: [v[f"{key}_ci_low"], v[f"{key}_ci_high"]] for m, v in result.metrics.items()
                         if f"{key}_ci_low" in v},
             # Cold-items protocol (--cold-items): Recall@10 over the held-out cold items, per model.
-            "test_cold_recall": {m: v[f"cold_items/recall@{key[5:]}"] for m, v in result.metrics.items()
-                                 if f"cold_items/recall@{key[5:]}" in v},
+            "test_cold_recall": {m: v[f"cold_items/recall@{k}"] for m, v in result.metrics.items()
+                                 if f"cold_items/recall@{k}" in v},
             "timings": result.timings,  # seconds per pipeline stage (time/<stage>_s)
             "wall_s": wall}
 

@@ -28,7 +28,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from features.sequence_tower import right_aligned
+from features.sequence_tower import right_aligned, trimmed_columns
 from features.transitions import ordered_events
 from recsys.progress import progress as progress_bar
 
@@ -95,7 +95,7 @@ class SASRec:
         user_idx = np.asarray(user_idx)
         if user_idx.size and (user_idx.min() < 0 or user_idx.max() >= len(self.histories)):
             raise IndexError(f"user rows must be in 0..{len(self.histories) - 1}; mask unknown users (-1) first")
-        seq = torch.from_numpy(_trimmed(self.histories[user_idx]))
+        seq = torch.from_numpy(trimmed_columns(self.histories[user_idx], pad=0))
         self.encoder.eval()
         with torch.inference_mode():
             scores = (self.encoder(seq)[:, -1] @ self.encoder.items.weight[1:].T).numpy().astype(np.float32)
@@ -167,7 +167,7 @@ def _epoch(encoder: _Encoder, optimizer: torch.optim.Optimizer, train: np.ndarra
     batches = [by_length[i:i + s.batch_size] for i in range(0, len(train), s.batch_size)]
     for b in rng.permutation(len(batches)):
         pick = batches[b]
-        batch = torch.from_numpy(_trimmed(train[pick]))
+        batch = torch.from_numpy(trimmed_columns(train[pick], pad=0))
         seq, target = batch[:, :-1], batch[:, 1:]
         h = encoder(seq)
         valid = (target != 0) & (seq != 0)  # an item to predict from an item (padding predicts nothing)
@@ -188,12 +188,6 @@ def _epoch(encoder: _Encoder, optimizer: torch.optim.Optimizer, train: np.ndarra
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _trimmed(rows: np.ndarray) -> np.ndarray:
-    """Left-padded rows without the columns that are padding in every row (at least one kept)."""
-    width = max(1, int((rows != 0).sum(axis=1).max(initial=0)))
-    return rows[:, rows.shape[1] - width:]
-
-
 def _validation_ndcg(encoder: _Encoder, inputs: np.ndarray, targets: np.ndarray, chunk: int = 1024) -> float:
     """Mean nDCG@10 of each user's held-out item (targets: item rows) in a full ranking."""
     if len(inputs) == 0:
@@ -202,7 +196,7 @@ def _validation_ndcg(encoder: _Encoder, inputs: np.ndarray, targets: np.ndarray,
     gains = []
     with torch.inference_mode():
         for start in range(0, len(inputs), chunk):
-            h = encoder(torch.from_numpy(_trimmed(inputs[start:start + chunk])))[:, -1]
+            h = encoder(torch.from_numpy(trimmed_columns(inputs[start:start + chunk], pad=0)))[:, -1]
             scores = h @ encoder.items.weight[1:].T
             true = scores.gather(1, torch.from_numpy(targets[start:start + chunk] - 1)[:, None])
             rank = (scores > true).sum(dim=1).numpy()  # 0-based; ties favour it (only epochs are compared)

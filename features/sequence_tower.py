@@ -145,9 +145,9 @@ class SequenceTower(nn.Module):
         return tower.eval()
 
 
-def trimmed_columns(rows: np.ndarray) -> np.ndarray:
-    """Right-aligned rows without the leading columns that are empty in every row (one kept)."""
-    width = max(1, int((rows >= 0).sum(axis=1).max(initial=0)))
+def trimmed_columns(rows: np.ndarray, pad: int = -1) -> np.ndarray:
+    """Right-aligned rows without the leading columns that are ``pad`` in every row (one kept)."""
+    width = max(1, int((rows != pad).sum(axis=1).max(initial=0)))
     return rows[:, rows.shape[1] - width:]
 
 
