@@ -36,6 +36,7 @@ VALIDATION_SEED = 4
 COLD_ITEMS_SEED = 7
 FEATURE_COLD_SEED = 8
 VARIANT_CHOICE_SEED = 9  # the bootstrap of the text variants' paired lift (training.variants.choose_variant)
+TUNE_FOLD_SEED = 6  # the out-of-fold deal of recsys tune's ranker scoring (training.tune_validation)
 RANKER_FOLD_SEED = 5  # which fold each training user of a fold ensemble is in (training.ranker_folds)
 VALIDATION_USER_SHARE = 0.15
 EXTRA_CUT_SEED_STEP = 10

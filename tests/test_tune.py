@@ -13,7 +13,7 @@ from features.sources import REGISTERED
 from recsys.config import PipelineConfig
 from recsys.dataset import Dataset
 from recsys.demo_data import DemoSpec, generate_demo
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, DataValidationError
 from tests.conftest import tiny_config_dict
 from training.tune_space import STAGES, base_values, with_overrides
 from training.tuning import tune
@@ -303,3 +303,61 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
     assert example_rows and set(example_rows) == {cut.train.filter(pl.col("user_id").is_in(
         data.windows.users.ids.implode())).height}
     assert cut.train.height < data.windows.nested.train.height
+
+
+def test_out_of_fold_users_score_each_user_once_by_a_model_that_never_saw_them():
+    from training.tune_validation import out_of_fold_users
+
+    users = np.arange(10, 400, 3)
+    folds = out_of_fold_users(users, 5, seed=11)
+    assert len(folds) == 5
+    scored = np.concatenate([s for _, _, s in folds])
+    assert np.array_equal(np.sort(scored), users)  # every label user scored exactly once
+    for k, (fit, stop, score) in enumerate(folds):
+        assert len(fit) and len(stop) and len(score)
+        assert not np.intersect1d(fit, stop).size and not np.intersect1d(fit, score).size
+        assert not np.intersect1d(stop, score).size
+        assert np.array_equal(np.sort(np.concatenate([fit, stop, score])), users)
+        assert np.array_equal(stop, folds[(k + 1) % 5][2])  # the next fold stops the trees
+    again = out_of_fold_users(users[::-1].copy(), 5, seed=11)  # the deal is by user, not by position
+    assert [set(s.tolist()) for _, _, s in again] == [set(s.tolist()) for _, _, s in folds]
+    with pytest.raises(DataValidationError, match=r"ranker.folds=5: the 3 label users leave a fold empty"):
+        out_of_fold_users(np.array([1, 2, 3]), 5, seed=11)
+
+
+def test_a_fold_ensemble_run_scores_every_label_user_out_of_fold(shown, tmp_path, fresh_store, monkeypatch):
+    """With ranker.folds > 1 the ranker stage scores each label user (not only the held-out 15%)
+    with a model whose fitting and early-stopping rows hold none of that user's queries."""
+    from training import tune_validation, variants
+
+    fitted, scored = [], []
+    real_fit, real_rank = variants.fit_rankers, tune_validation.rank_in_chunks
+
+    def fit_spy(frames, held_out, config, log_metric=None, *, label_users):
+        assert config.ranker.folds == 1  # one model per fold, stopped on the next fold
+        fitted.append((set(next(iter(frames.values()))["user_idx"].unique().to_list()), set(held_out.tolist())))
+        return real_fit(frames, held_out, config, log_metric, label_users=label_users)
+
+    def rank_spy(bundles, user_idx, relevant, k, **kwargs):
+        scored.append(set(user_idx.tolist()))
+        return real_rank(bundles, user_idx, relevant, k, **kwargs)
+
+    monkeypatch.setattr(variants, "fit_rankers", fit_spy)
+    monkeypatch.setattr(tune_validation, "rank_in_chunks", rank_spy)
+    config = _config(split="stratified", ranker={**tiny_config_dict()["ranker"], "folds": 3})
+    result = tune(shown, config, experiment="tune-oof", out=tmp_path / "oof.json", stages=("ranker",),
+                  max_trials=1, workdir=tmp_path, progress=False)
+    tuner = tune_validation.label_users(*_validation_state(shown, config))
+    label = set(tuner.users[0].tolist())
+    assert len(fitted) == len(scored) == 3
+    assert set().union(*scored) == label and sum(map(len, scored)) == len(label)  # each once
+    for (learnt, stop), users in zip(fitted, scored, strict=True):
+        assert stop <= learnt and not learnt & users
+    assert 0 < result.stages[0].best_value < 1
+
+
+def _validation_state(dataset: Dataset, config: PipelineConfig):
+    from training import tuning
+
+    tuner = tuning._Tuner(dataset, config, progress=False)
+    return tuner.data, tuner._state(tuner.config), tuner.config
