@@ -113,6 +113,11 @@ class RankerConfig:
     # fitted on the training label queries (training/prior_blend.py). The trees then learn
     # corrections, and early stopping keeps the blend when they find none. Empty = off.
     prior_sources: tuple[str, ...] = ()
+    # LightGBM's max_delta_step: the largest output a leaf may have (before shrinkage); 0 = no cap.
+    # LambdaRank's leaves are Newton steps, sum of gradients over sum of hessians. From a prior
+    # that already orders most pairs, the pairs' hessians are near zero, so one leaf can step far
+    # enough to undo the prior's order in its first tree (docs/results.md#the-ranker-on-few-users).
+    max_delta_step: float = 0.0
     # Members of the ranker: 1 = one LightGBM model early-stopped on the held-out validation users.
     # n > 1 = the training users split into n folds; member k learns on the other folds and stops
     # early on fold k, and the shipped ranker averages the members' scores (one merged model,
@@ -246,6 +251,8 @@ class PipelineConfig:
         unknown = sorted(set(self.ranker.prior_sources) - set(SCORE_SOURCES))
         if unknown:
             raise ConfigError(f"ranker.prior_sources {unknown} are not stage-1 scores; use some of {SCORE_SOURCES}")
+        if not self.ranker.max_delta_step >= 0:
+            raise ConfigError(f"ranker.max_delta_step must be 0 (no cap) or positive, got {self.ranker.max_delta_step}")
         if not 0 <= self.ranker.folds <= MAX_RANKER_FOLDS:
             raise ConfigError(f"ranker.folds must be 0..{MAX_RANKER_FOLDS} (0 = from the data, 1 = one "
                               f"early-stopped model), got {self.ranker.folds}")

@@ -143,6 +143,52 @@ def test_a_ranker_with_a_prior_adds_its_trees_to_the_fitted_blend(tmp_path):
             X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
 
 
+def _leaf_values(ranker: LambdaRanker) -> list[float]:
+    leaves = []
+
+    def walk(node):
+        if "leaf_value" in node:
+            leaves.append(node["leaf_value"])
+        else:
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in ranker.booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    return leaves
+
+
+def test_max_delta_step_caps_the_first_trees_steps_away_from_the_prior():
+    """From a prior that already orders the queries, LambdaRank's hessians are near zero and a
+    leaf's Newton step is large; max_delta_step caps each leaf at max_delta_step x learning_rate,
+    so the first tree moves the blend less and keeps more of its order."""
+    from training.prior_blend import mean_query_ndcg
+
+    names = ("item_item_score_query_z", "als_score_query_z", "bpr_score_query_z")
+    X, y, g = _blend_data()
+    Xv, yv, gv = _blend_data(seed=1)
+    fitted = {}
+    for cap in (0.0, 0.1):
+        config = RankerConfig(num_boost_round=1, early_stopping_rounds=1, min_data_in_leaf=5, learning_rate=0.1,
+                              num_leaves=6, prior_sources=("item_item_score", "als_score", "bpr_score"),
+                              max_delta_step=cap)
+        fitted[cap] = LambdaRanker(feature_names=names, config=config).fit(X, y, g, X_val=Xv, y_val=yv,
+                                                                         groups_val=gv)
+    assert max(abs(v) for v in _leaf_values(fitted[0.1])) <= 0.1 * 0.1 + 1e-9
+    assert max(abs(v) for v in _leaf_values(fitted[0.0])) > 0.05  # uncapped, the same tree steps further
+    ndcg = {cap: mean_query_ndcg(gv, ranker.predict(Xv), yv, 10) for cap, ranker in fitted.items()}
+    assert ndcg[0.1] > ndcg[0.0]
+
+
+def test_a_negative_max_delta_step_is_refused():
+    from recsys.config import PipelineConfig
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ranker.max_delta_step must be 0 \(no cap\) or positive, got -0.5"):
+        PipelineConfig.from_dict({"ranker": {"max_delta_step": -0.5}})
+    assert PipelineConfig.from_dict({"ranker": {"max_delta_step": 0.3}}).ranker.max_delta_step == 0.3
+
+
 def test_prior_sources_must_be_stage_one_scores_and_json_lists_become_tuples():
     from recsys.config import PipelineConfig
     from recsys.errors import ConfigError

@@ -109,7 +109,7 @@ class LambdaRanker:
             "objective": c.objective, "metric": "ndcg", "eval_at": list(eval_at),
             "learning_rate": c.learning_rate, "num_leaves": c.num_leaves,
             "min_data_in_leaf": c.min_data_in_leaf, "feature_fraction": c.feature_fraction,
-            "lambdarank_truncation_level": c.lambdarank_truncation_level,
+            "lambdarank_truncation_level": c.lambdarank_truncation_level, "max_delta_step": c.max_delta_step,
             "seed": self.seed, "deterministic": True, "num_threads": 2, "verbosity": -1,
             # With deterministic, LightGBM asks for a fixed histogram layout instead of the one a
             # timing trial picks (which can go either way on a busy machine).

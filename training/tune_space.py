@@ -73,6 +73,7 @@ def _ranker(t: optuna.Trial) -> dict[str, object]:
             "ranker.feature_fraction": t.suggest_float("ranker.feature_fraction", 0.5, 1.0),
             "ranker.early_stopping_min_delta": t.suggest_categorical("ranker.early_stopping_min_delta",
                                                                      [0.0, 0.001, 0.005]),
+            "ranker.max_delta_step": t.suggest_categorical("ranker.max_delta_step", [0.0, 0.1, 0.3, 1.0]),
             "ranker.prior_sources": PRIORS[prior]}
 
 
