@@ -89,9 +89,9 @@ class RankerConfig:
     """LightGBM LambdaRank settings (see LightGBM's parameter docs).
 
     Defaults: the ranker settings ``recsys tune`` chose on MovieLens 100K's validation data
-    (seed 0), rounded: small trees on a share of the features, no prior. With the prior on and
-    slowly learnt trees the ranker was unstable across seeds there (one seed of three far
-    below every baseline), so the prior stays a setting to tune.
+    (seed 0), rounded: small trees on a share of the features, no prior. The prior needs a leaf
+    cap (``max_delta_step``): without one, a variant can collapse in its first trees. Both stay
+    settings to tune.
     """
 
     # Prediction cost grows with the number of trees kept.
