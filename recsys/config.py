@@ -118,10 +118,6 @@ class RankerConfig:
     # that already orders most pairs, the pairs' hessians are near zero, so one leaf can step far
     # enough to undo the prior's order in its first tree (docs/results.md#the-ranker-on-few-users).
     max_delta_step: float = 0.0
-    # True: the score may only rise with each stage-1 score (raw text score and within-query
-    # z-scores) and fall with its within-query rank (LightGBM monotone_constraints). Where only
-    # the text varies (a query of cold items), the ranker then keeps the text score's order.
-    monotone_scores: bool = False
     # Members of the ranker: 1 = one LightGBM model early-stopped on the held-out validation users.
     # n > 1 = the training users split into n folds; member k learns on the other folds and stops
     # early on fold k, and the shipped ranker averages the members' scores (one merged model,
@@ -255,10 +251,9 @@ class PipelineConfig:
         unknown = sorted(set(self.ranker.prior_sources) - set(SCORE_SOURCES))
         if unknown:
             raise ConfigError(f"ranker.prior_sources {unknown} are not stage-1 scores; use some of {SCORE_SOURCES}")
-        if not isinstance(self.ranker.monotone_scores, bool):
-            raise ConfigError(f"ranker.monotone_scores must be true or false, got {self.ranker.monotone_scores!r}")
-        if not self.ranker.max_delta_step >= 0:
-            raise ConfigError(f"ranker.max_delta_step must be 0 (no cap) or positive, got {self.ranker.max_delta_step}")
+        step = self.ranker.max_delta_step
+        if isinstance(step, bool) or not isinstance(step, int | float) or not step >= 0:
+            raise ConfigError(f"ranker.max_delta_step must be a number, 0 (no cap) or positive, got {step!r}")
         if not 0 <= self.ranker.folds <= MAX_RANKER_FOLDS:
             raise ConfigError(f"ranker.folds must be 0..{MAX_RANKER_FOLDS} (0 = from the data, 1 = one "
                               f"early-stopped model), got {self.ranker.folds}")

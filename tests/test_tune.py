@@ -321,16 +321,22 @@ def test_out_of_fold_users_score_each_user_once_by_a_model_that_never_saw_them()
         assert np.array_equal(stop, folds[(k + 1) % 5][2])  # the next fold stops the trees
     again = out_of_fold_users(users[::-1].copy(), 5, seed=11)  # the deal is by user, not by position
     assert [set(s.tolist()) for _, _, s in again] == [set(s.tolist()) for _, _, s in folds]
-    with pytest.raises(DataValidationError, match=r"ranker.folds=5: the 3 label users leave a fold empty"):
+    three = out_of_fold_users(users, 3, seed=11)  # the fewest: each model fits on one fold
+    assert all(len(fit) and not np.intersect1d(fit, np.concatenate([stop, score])).size for fit, stop, score in three)
+    with pytest.raises(DataValidationError, match=r"out-of-fold scoring in 5 folds: the 3 label users leave a "
+                                                  r"fold empty"):
         out_of_fold_users(np.array([1, 2, 3]), 5, seed=11)
+    with pytest.raises(ValueError, match="out-of-fold scoring needs at least 3 folds"):
+        out_of_fold_users(users, 2, seed=11)
 
 
-def test_a_fold_ensemble_run_scores_every_label_user_out_of_fold(shown, tmp_path, fresh_store, monkeypatch):
+@pytest.mark.parametrize("folds", [3, 2])
+def test_a_fold_ensemble_run_scores_every_label_user_out_of_fold(shown, tmp_path, fresh_store, monkeypatch, folds):
     """With ranker.folds > 1 the ranker stage scores each label user (not only the held-out 15%)
     with a model whose fitting and early-stopping rows hold none of that user's queries."""
     from training import tune_validation, variants
 
-    fitted, scored = [], []
+    fitted, scored, given = [], [], {}
     real_fit, real_rank = variants.fit_rankers, tune_validation.rank_in_chunks
 
     def fit_spy(frames, held_out, config, log_metric=None, *, label_users):
@@ -340,19 +346,24 @@ def test_a_fold_ensemble_run_scores_every_label_user_out_of_fold(shown, tmp_path
 
     def rank_spy(bundles, user_idx, relevant, k, **kwargs):
         scored.append(set(user_idx.tolist()))
+        given.update({int(u): r for u, r in zip(user_idx, relevant, strict=True)})
         return real_rank(bundles, user_idx, relevant, k, **kwargs)
 
     monkeypatch.setattr(variants, "fit_rankers", fit_spy)
     monkeypatch.setattr(tune_validation, "rank_in_chunks", rank_spy)
-    config = _config(split="stratified", ranker={**tiny_config_dict()["ranker"], "folds": 3})
+    config = _config(split="stratified", ranker={**tiny_config_dict()["ranker"], "folds": folds})
     result = tune(shown, config, experiment="tune-oof", out=tmp_path / "oof.json", stages=("ranker",),
                   max_trials=1, workdir=tmp_path, progress=False)
     tuner = tune_validation.label_users(*_validation_state(shown, config))
     label = set(tuner.users[0].tolist())
-    assert len(fitted) == len(scored) == 3
+    assert len(fitted) == len(scored) == 3  # a 2-member ensemble is scored in 3 folds
     assert set().union(*scored) == label and sum(map(len, scored)) == len(label)  # each once
     for (learnt, stop), users in zip(fitted, scored, strict=True):
         assert stop <= learnt and not learnt & users
+        assert learnt - stop  # some users fit
+    # Each scored user is judged against their own label-window items.
+    for user, items in zip(tuner.users[0], tuner.users[1], strict=True):
+        assert np.array_equal(given[int(user)], items)
     assert 0 < result.stages[0].best_value < 1
 
 

@@ -39,14 +39,6 @@ class RankerData:
     X_val: np.ndarray
 
 
-def score_direction(feature: str) -> int:
-    """LightGBM monotone constraint of a ranker feature under ``monotone_scores``: +1 for the raw
-    text score and every within-query z-score, -1 for every within-query rank (0 = best), 0 else."""
-    if feature == "text_score" or feature.endswith("_query_z"):
-        return 1
-    return -1 if feature.endswith("_query_rank") else 0
-
-
 class LambdaRanker:
     """Learning-to-rank model. ``feature_names`` fixes the column order of every matrix."""
 
@@ -123,8 +115,6 @@ class LambdaRanker:
             # timing trial picks (which can go either way on a busy machine).
             "force_col_wise": True,
         }
-        if c.monotone_scores:
-            params["monotone_constraints"] = [score_direction(name) for name in self.feature_names]
         if unused_features:
             params["feature_contri"] = [0.0 if name in unused_features else 1.0 for name in self.feature_names]
         self.unused_features = tuple(unused_features)

@@ -177,12 +177,14 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
                 frame: pl.DataFrame | None = None,
                 extra_frames: list[pl.DataFrame] = ()) -> tuple[float, pl.DataFrame]:
     """Validation nDCG@k of the ranker (text features on) learnt with ``config``: fitted on the
-    label users' queries, early-stopped on the held-out users' queries (with ``ranker.folds`` > 1
-    on folds of the others) and scored by full ranking on the held-out users. ``frame``: the
+    label users' queries, early-stopped on the held-out users' queries and scored by full ranking
+    on the held-out users. ``frame``: the
     labelled frame when the candidates did not change;
     ``extra_frames``: those of the extra label cuts (``extra_cut_frame``; ``config.label_cuts`` - 1
-    of them). Where the run's ranker is a fold ensemble, every label user is scored out of fold
-    instead (``out_of_fold_ndcg``). Returns (nDCG@k, the first cut's labelled frame)."""
+    of them). Where the run's ranker is a fold ensemble (``ranker.folds`` > 1, or 0 and the data
+    chose more than one), every label user is scored out of fold instead (``out_of_fold_ndcg``,
+    with the ensemble's number of folds, at least ``OUT_OF_FOLD_MIN_FOLDS``).
+    Returns (nDCG@k, the first cut's labelled frame)."""
     if frame is None:
         frame = variants.labelled_frame(state, who.users, data.windows.nested.impressions_test, config,
                                         data.windows.feature_cold)
@@ -191,7 +193,7 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
     stacked = variants.stacked_frames([frame, *extra_frames]) if extra_frames else frame
     n_folds = folds_from_data(config.ranker.folds, int(np.setdiff1d(who.users[0], who.held_out).size))
     if n_folds > 1:
-        return out_of_fold_ndcg(state, who.users, stacked, config, n_folds), frame
+        return out_of_fold_ndcg(state, who.users, stacked, config, max(n_folds, OUT_OF_FOLD_MIN_FOLDS)), frame
     ranker = variants.fit_rankers({variants.FINETUNED: stacked}, who.held_out, config,
                                   label_users=who.users[0])[variants.FINETUNED]
     bundle = RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
@@ -202,16 +204,22 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
     return metrics.topk_metrics(ranked, who.held_out_relevant, config.k)[f"ndcg@{config.k}"], frame
 
 
+OUT_OF_FOLD_MIN_FOLDS = 3  # a fold to score, one to stop on, at least one to fit on
+
+
 def out_of_fold_users(users: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """[(fit users, stop users, scored users)] per fold k of the label users ``users`` (int, sorted):
     the users are dealt into ``n_folds`` folds by ``ranker_folds.user_folds`` (a seeded hash of the
     user alone, so every trial gets the same deal); fold k is scored, fold k + 1 (mod n) stops the
     trees, the rest fit. Each user is scored exactly once, by a model that did not see them."""
     fold = user_folds(users, n_folds, seed)
+    if n_folds < OUT_OF_FOLD_MIN_FOLDS:
+        raise ValueError(f"out-of-fold scoring needs at least {OUT_OF_FOLD_MIN_FOLDS} folds (fit, stop, score), "
+                         f"got {n_folds}")
     sizes = np.bincount(fold, minlength=n_folds)
     if sizes.min() == 0:
-        raise DataValidationError(f"ranker.folds={n_folds}: the {len(users)} label users leave a fold empty "
-                                  f"(users per fold: {sizes.tolist()}); lower ranker.folds")
+        raise DataValidationError(f"out-of-fold scoring in {n_folds} folds: the {len(users)} label users leave a "
+                                  f"fold empty (users per fold: {sizes.tolist()}); lower ranker.folds")
     return [(users[(fold != k) & (fold != (k + 1) % n_folds)], users[fold == (k + 1) % n_folds], users[fold == k])
             for k in range(n_folds)]
 
@@ -219,8 +227,9 @@ def out_of_fold_users(users: np.ndarray, n_folds: int, seed: int) -> list[tuple[
 def out_of_fold_ndcg(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray]], frame: pl.DataFrame,
                      config: PipelineConfig, n_folds: int) -> float:
     """Mean nDCG@k over every label user, each ranked (full ranking, as ``ranker_ndcg``) by one
-    LambdaRank model of ``config``'s settings fitted on the other folds' queries of ``frame`` and
-    early-stopped on the next fold's (``out_of_fold_users``, seed ``TUNE_FOLD_SEED``).
+    LambdaRank model of ``config``'s settings early-stopped on the next fold's queries of ``frame``
+    and fitted on every other row but the scored fold's (``out_of_fold_users``, seed
+    ``TUNE_FOLD_SEED``; rows of extra label cuts' users outside the label users always fit).
 
     Why: with a few hundred label users the ~15% held out are about a hundred, too few to tell
     trials apart (the winner of 30 trials is mostly the luckiest), and scoring them with models
@@ -233,8 +242,9 @@ def out_of_fold_ndcg(state: FeatureState, users: tuple[np.ndarray, list[np.ndarr
     ranked = np.full((len(user_idx), config.k), -1, dtype=np.int64)
     for fit_users, stop_users, scored in out_of_fold_users(user_idx, n_folds,
                                                            config.seed + windows.TUNE_FOLD_SEED):
-        learnt = frame.filter(pl.col("user_idx").is_in(pl.Series(np.concatenate([fit_users, stop_users]),
-                                                                 dtype=pl.Int32).implode()))
+        # Every row but the scored users' (the extra label cuts' users who are not first-cut label
+        # users fit too, as in recsys train); the stop users' rows stop the trees.
+        learnt = frame.filter(~pl.col("user_idx").is_in(pl.Series(scored, dtype=pl.Int32).implode()))
         ranker = variants.fit_rankers({variants.FINETUNED: learnt}, stop_users, single,
                                       label_users=fit_users)[variants.FINETUNED]
         bundle = RankingBundle(config=config, state=state, booster=ranker.booster,
