@@ -14,6 +14,7 @@ too small to train) both cut the data this way, so the check cannot drift from t
 3. Label users are capped by ``sample_positions`` (``RANKER_SAMPLE_SEED``), and a
    ``VALIDATION_USER_SHARE`` of them is held out by ``held_out_positions`` (``VALIDATION_SEED``).
    With ``ranker.folds`` n > 1 the other label users are dealt into n folds (``RANKER_FOLD_SEED``).
+   ``recsys tune`` scores a fold-ensemble run's trials out of fold (``TUNE_FOLD_SEED``).
 
 Seeds are offsets added to the run's seed; each draw has its own stream.
 """

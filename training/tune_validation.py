@@ -196,12 +196,18 @@ def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, conf
         return out_of_fold_ndcg(state, who.users, stacked, config, max(n_folds, OUT_OF_FOLD_MIN_FOLDS)), frame
     ranker = variants.fit_rankers({variants.FINETUNED: stacked}, who.held_out, config,
                                   label_users=who.users[0])[variants.FINETUNED]
+    ranked = _full_ranking(state, config, ranker, who.held_out, who.held_out_relevant)
+    return metrics.topk_metrics(ranked, who.held_out_relevant, config.k)[f"ndcg@{config.k}"], frame
+
+
+def _full_ranking(state: FeatureState, config: PipelineConfig, ranker, user_idx: np.ndarray,
+                  relevant: list[np.ndarray]) -> np.ndarray:
+    """int (len(user_idx), k) top-k item indices of ``ranker`` (a fitted ``LambdaRanker``) over
+    the candidates ``state`` generates for the users, as the pipeline ranks."""
     bundle = RankingBundle(config=config, state=state, booster=ranker.booster, feature_columns=ranker.feature_names,
                            prior_weights=ranker.prior_weights)
-    outcome = rank_in_chunks({"ranker": bundle}, who.held_out, who.held_out_relevant, config.k, keep_scores="",
-                              seed=config.seed)
-    ranked = outcome["ranker"][0]
-    return metrics.topk_metrics(ranked, who.held_out_relevant, config.k)[f"ndcg@{config.k}"], frame
+    return rank_in_chunks({"ranker": bundle}, user_idx, relevant, config.k, keep_scores="",
+                          seed=config.seed)["ranker"][0]
 
 
 OUT_OF_FOLD_MIN_FOLDS = 3  # a fold to score, one to stop on, at least one to fit on
@@ -212,10 +218,10 @@ def out_of_fold_users(users: np.ndarray, n_folds: int, seed: int) -> list[tuple[
     the users are dealt into ``n_folds`` folds by ``ranker_folds.user_folds`` (a seeded hash of the
     user alone, so every trial gets the same deal); fold k is scored, fold k + 1 (mod n) stops the
     trees, the rest fit. Each user is scored exactly once, by a model that did not see them."""
-    fold = user_folds(users, n_folds, seed)
     if n_folds < OUT_OF_FOLD_MIN_FOLDS:
         raise ValueError(f"out-of-fold scoring needs at least {OUT_OF_FOLD_MIN_FOLDS} folds (fit, stop, score), "
                          f"got {n_folds}")
+    fold = user_folds(users, n_folds, seed)
     sizes = np.bincount(fold, minlength=n_folds)
     if sizes.min() == 0:
         raise DataValidationError(f"out-of-fold scoring in {n_folds} folds: the {len(users)} label users leave a "
@@ -231,26 +237,21 @@ def out_of_fold_ndcg(state: FeatureState, users: tuple[np.ndarray, list[np.ndarr
     and fitted on every other row but the scored fold's (``out_of_fold_users``, seed
     ``TUNE_FOLD_SEED``; rows of extra label cuts' users outside the label users always fit).
 
-    Why: with a few hundred label users the ~15% held out are about a hundred, too few to tell
+    Why: with a few hundred label users the ~15% held out are too few (MovieLens: ~140) to tell
     trials apart (the winner of 30 trials is mostly the luckiest), and scoring them with models
     that stopped their trees on them favours settings that stop on noise. Scored out of fold, all
     of them count and none is judged by a model that watched them. users: ``label_users``' output.
     """
-    user_idx, relevant = users
-    position = {int(u): i for i, u in enumerate(user_idx)}
+    user_idx, relevant = users  # user_idx sorted
     single = replace(config, ranker=replace(config.ranker, folds=1))
     ranked = np.full((len(user_idx), config.k), -1, dtype=np.int64)
     for fit_users, stop_users, scored in out_of_fold_users(user_idx, n_folds,
                                                            config.seed + windows.TUNE_FOLD_SEED):
         # Every row but the scored users' (the extra label cuts' users who are not first-cut label
         # users fit too, as in recsys train); the stop users' rows stop the trees.
-        learnt = frame.filter(~pl.col("user_idx").is_in(pl.Series(scored, dtype=pl.Int32).implode()))
+        learnt, _ = variants.split_by_users(frame, scored)
         ranker = variants.fit_rankers({variants.FINETUNED: learnt}, stop_users, single,
                                       label_users=fit_users)[variants.FINETUNED]
-        bundle = RankingBundle(config=config, state=state, booster=ranker.booster,
-                               feature_columns=ranker.feature_names, prior_weights=ranker.prior_weights)
-        rows = np.array([position[int(u)] for u in scored], dtype=np.int64)
-        outcome = rank_in_chunks({"ranker": bundle}, scored, [relevant[i] for i in rows], config.k,
-                                 keep_scores="", seed=config.seed)
-        ranked[rows] = outcome["ranker"][0]
+        rows = np.searchsorted(user_idx, scored)
+        ranked[rows] = _full_ranking(state, config, ranker, scored, [relevant[i] for i in rows])
     return metrics.topk_metrics(ranked, relevant, config.k)[f"ndcg@{config.k}"]
