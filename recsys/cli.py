@@ -353,6 +353,8 @@ def cmd_add_items(args: argparse.Namespace) -> None:
     print(f"{update.name} version {update.version}: version {update.parent_version} + {update.items_added} "
           f"new item(s)" + (" (now champion)" if update.promoted else f"; serve models:/{update.name}/{update.version}"
                             " or promote it with --promote"))
+    if update.note:
+        print(f"note: {update.note}")
 
 
 def cmd_import(args: argparse.Namespace) -> None:

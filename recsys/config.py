@@ -17,7 +17,7 @@ STRATIFIED_TEST_FRACTION = 0.25
 MAX_LABEL_CUTS = 5
 MAX_RANKER_FOLDS = 10
 RANKER_OBJECTIVES = ("lambdarank", "rank_xendcg")
-RANKER_SHIP = ("auto", "finetuned_text", "pretrained_text", "no_text")  # ranker.ship: chosen, or pinned
+RANKER_SHIP = ("auto", "text", "finetuned_text", "pretrained_text", "no_text")  # ranker.ship: chosen, or pinned
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,9 +127,11 @@ class RankerConfig:
     # 1,499 users (held-out ones not counted), where one model's early stopping hangs on a few
     # dozen users; 1 otherwise.
     folds: int = 0
-    # Which variant ships: "auto" = chosen on validation (training.variants.choose_variant), or
-    # pinned to one of "finetuned_text", "pretrained_text", "no_text" (every variant is still fitted
-    # and evaluated; the choice logs that it was pinned).
+    # Which variant ships: "auto" = chosen on validation (training.variants.choose_variant);
+    # "text" = the better text variant on validation, for catalogs that take items without
+    # behaviour, which the no-text variant cannot rank ("auto" acts so when cold_item_fraction > 0);
+    # or pinned to one of "finetuned_text", "pretrained_text", "no_text" (every variant is still
+    # fitted and evaluated; the choice logs that it was pinned).
     ship: str = "auto"
 
     def __post_init__(self) -> None:

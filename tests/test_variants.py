@@ -83,6 +83,32 @@ def test_ranker_ship_pins_a_variant_whatever_validation_says():
         PipelineConfig.from_dict({"ranker": {"ship": "finetuned"}})
 
 
+def test_new_items_or_ship_text_choose_among_the_text_variants_only():
+    rng = np.random.default_rng(0)
+    no_text = rng.uniform(0.0, 0.6, size=400)
+    # No text is best on validation, and by a clear margin over both text variants.
+    per_user = {variants.NO_TEXT: no_text, variants.PRETRAINED: no_text - 0.02, variants.FINETUNED: no_text - 0.01}
+    val = {name: {"ndcg@10": float(v.mean())} for name, v in per_user.items()}
+    assert variants.choose_variant(val, 10, per_user, seed=1).shipped == variants.NO_TEXT
+    for choice in (variants.choose_variant(val, 10, per_user, seed=1, new_items=True),
+                   variants.choose_variant(val, 10, per_user, seed=1, ship="text")):
+        assert (choice.shipped, choice.best, choice.text_only, choice.pinned) == \
+            (variants.FINETUNED, variants.NO_TEXT, True, False)
+        assert choice.reason().startswith("ranker_finetuned_text is shipped: the best validation ndcg@10 of the "
+                                          "text variants")
+        assert "ranker_no_text was not a candidate" in choice.reason()
+    # Pretrained ahead of fine-tuned: the better text variant ships, whatever their order in VARIANTS.
+    ahead = {**val, variants.PRETRAINED: {"ndcg@10": 0.9}}
+    assert variants.choose_variant(ahead, 10, ship="text").shipped == variants.PRETRAINED
+    # A pinned variant still wins over new items; "text" without a text variant is refused.
+    assert variants.choose_variant(val, 10, ship="no_text", new_items=True).shipped == variants.NO_TEXT
+    assert variants.choose_variant({variants.NO_TEXT: {"ndcg@10": 0.3}}, 10, new_items=True).shipped == \
+        variants.NO_TEXT
+    with pytest.raises(ValueError, match="ranker.ship='text' but this run fitted no text variant"):
+        variants.choose_variant({variants.NO_TEXT: {"ndcg@10": 0.3}}, 10, ship="text")
+    assert PipelineConfig.from_dict({"ranker": {"ship": "text"}}).ranker.ship == "text"
+
+
 def test_the_model_card_says_a_pinned_variant_was_not_chosen_on_validation():
     from types import SimpleNamespace
 
@@ -187,3 +213,12 @@ def test_stacked_frames_keep_every_query_distinct_and_every_row():
     train, val = variants.split_by_users(stacked, np.array([5]))
     assert val["query_idx"].unique().sort().to_list() == [0, 4]
     assert train["query_idx"].unique().sort().to_list() == [1, 2]
+
+
+def test_add_items_warns_when_the_shipped_ranker_reads_no_text():
+    from training.catalog import text_blind_note
+
+    note = text_blind_note("shop", "3", variants.NO_TEXT)
+    assert note.startswith("shop version 3 ships ranker_no_text, which reads no text")
+    assert '{"ranker": {"ship": "text"}}' in note
+    assert text_blind_note("shop", "3", variants.PRETRAINED) == text_blind_note("shop", "3", "") == ""

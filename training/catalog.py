@@ -33,6 +33,16 @@ class CatalogUpdate:
     version: str
     items_added: int
     promoted: bool
+    note: str = ""  # a warning for the user: the shipped ranker cannot rank the new items from their text
+
+
+def text_blind_note(name: str, version: str, shipped_variant: str) -> str:
+    """The warning for adding items to a version whose shipped ranker reads no text ("" otherwise)."""
+    if shipped_variant != "ranker_no_text":
+        return ""
+    return (f"{name} version {version} ships ranker_no_text, which reads no text: the new items get candidates "
+            "and text vectors, but its ranker orders them by their categories at best. For a catalog that gains "
+            "items, train with {\"ranker\": {\"ship\": \"text\"}} (the better text variant on validation)")
 
 
 def resolve_version(model_uri: str) -> tuple[str, str]:
@@ -91,4 +101,5 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
         registry.promote(name, version, force=True, kind=registry.CATALOG_UPDATE,
                          reason=f"catalog update: +{new_items.height} items on version {parent}")
     return CatalogUpdate(name=name, parent_version=parent, version=version, items_added=new_items.height,
-                         promoted=promote)
+                         promoted=promote,
+                         note=text_blind_note(name, parent, parent_info.tags.get("shipped_variant", "")))

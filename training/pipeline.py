@@ -212,7 +212,8 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
     per_user = {name: per_user_ndcg(validation, name, config.k) for name in variants.VARIANTS
                 if name in validation.ranked}
     choice = variants.choose_variant(validation.metrics, config.k, per_user,
-                                     seed=config.seed + windows.VARIANT_CHOICE_SEED, ship=config.ranker.ship)
+                                     seed=config.seed + windows.VARIANT_CHOICE_SEED, ship=config.ranker.ship,
+                                     new_items=config.cold_item_fraction > 0)
     log.info("%s", choice.reason())
     return Fitted(rankers=rankers, validation=validation, choice=choice, validation_rows=validation_split.test,
                   digest=variants.validation_digest(w.nested.test, held_out_ids, w.nested.train, config))

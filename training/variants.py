@@ -248,6 +248,7 @@ class Choice:
     best: str = ""
     lift: tuple[float, float, float] | None = None
     pinned: bool = False  # shipped because the config's ranker.ship names it
+    text_only: bool = False  # chosen among the text variants only (ranker.ship "text", or new items)
 
     def reason(self) -> str:
         ranked = ", ".join(f"{name} {value:.4f}" for name, value in
@@ -256,6 +257,10 @@ class Choice:
         if self.pinned:
             return (f"{self.shipped} is shipped: pinned by ranker.ship, not chosen on validation "
                     f"(validation {self.metric}: {ranked}; {where})")
+        if self.text_only:
+            return (f"{self.shipped} is shipped: the best validation {self.metric} of the text variants ({ranked}; "
+                    f"{where}); {NO_TEXT} was not a candidate, as it cannot rank items without behaviour "
+                    "from their text (ranker.ship \"text\", or a cold_item_fraction above 0)")
         if self.lift is None:
             return f"{self.shipped} is shipped: the best validation {self.metric} of the variants ({ranked}; {where})"
         mean, low, high = self.lift
@@ -270,7 +275,8 @@ class Choice:
 
 
 def choose_variant(validation: dict[str, dict[str, float]], k: int,
-                   per_user: dict[str, np.ndarray] | None = None, seed: int = 0, ship: str = "auto") -> Choice:
+                   per_user: dict[str, np.ndarray] | None = None, seed: int = 0, ship: str = "auto",
+                   new_items: bool = False) -> Choice:
     """The variant with the highest validation nDCG@k (ties go to the simpler, ``VARIANTS``
     order), provided its text earns its place. With ``per_user`` (variant -> float (n_users,)
     validation nDCG@k per user, same users and order for every variant), the text variants are
@@ -278,17 +284,27 @@ def choose_variant(validation: dict[str, dict[str, float]], k: int,
     bootstrap interval above zero ships; when none has, ``ranker_no_text`` ships. A text variant
     adds an encoder and features to serve, and a validation margin smaller than its noise would
     choose between them by luck. ``ship`` (``ranker.ship``) other than "auto" pins the variant
-    ``ranker_<ship>`` instead."""
+    ``ranker_<ship>`` instead, except "text": the text variant with the higher validation mean
+    ships, with no test against ``ranker_no_text``, which then is no candidate. ``new_items``
+    (the run's protocol takes items without behaviour: ``cold_item_fraction`` > 0) makes "auto"
+    act as "text": the no-text variant ranks such items by their categories at best, and by
+    chance on a catalog of titles."""
     metric = f"ndcg@{k}"
     values = {name: validation[name][metric] for name in VARIANTS if name in validation}
+    order = sorted(values, key=lambda name: (-values[name], VARIANTS.index(name)))
+    best = order[0]
+    text_variants = [name for name in order if name != NO_TEXT]
+    if (ship == "text" or (ship == "auto" and new_items)) and text_variants:
+        return Choice(shipped=text_variants[0], metric=metric, values=values, best=best, text_only=True)
+    if ship == "text":
+        raise ValueError(f"ranker.ship='text' but this run fitted no text variant (it fitted {sorted(values)}); "
+                         "set ranker.ship to \"auto\", or give the items text")
     if ship != "auto":
         pinned = f"ranker_{ship}"
         if pinned not in values:
             raise ValueError(f"ranker.ship={ship!r} but this run fitted no {pinned} (it fitted {sorted(values)}); "
                              f"set ranker.ship to \"auto\" or to one of those")
-        return Choice(shipped=pinned, metric=metric, values=values, best=max(values, key=values.get), pinned=True)
-    order = sorted(values, key=lambda name: (-values[name], VARIANTS.index(name)))
-    best = order[0]
+        return Choice(shipped=pinned, metric=metric, values=values, best=best, pinned=True)
     if (per_user is None or best == NO_TEXT or NO_TEXT not in per_user
             or not len(per_user[NO_TEXT]) or any(name not in per_user for name in order)):
         return Choice(shipped=best, metric=metric, values=values, best=best)
