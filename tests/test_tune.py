@@ -372,3 +372,32 @@ def _validation_state(dataset: Dataset, config: PipelineConfig):
 
     tuner = tuning._Tuner(dataset, config, progress=False)
     return tuner.data, tuner._state(tuner.config), tuner.config
+
+
+def test_a_text_trial_scores_the_text_model_the_pipeline_ships(shown):
+    """With the ordered user tower on, a text trial is scored as the state scores text: the tower's
+    user vectors over the item vectors, not the pooled mean the tower starts from."""
+    import torch
+
+    from features.sequence_tower import SequenceTower, TowerShape
+    from features.text_interest import HistoryPooling
+    from training import tune_validation
+
+    config = _config(split="stratified")
+    data = tune_validation.validation_data(shown, config)
+    vectors = np.random.default_rng(0).normal(size=(data.n_items, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    torch.manual_seed(0)
+    tower = SequenceTower(TowerShape(item_dim=16, history_len=4, dim=8, layers=1, heads=2),
+                          HistoryPooling.recency(2.0, 16))
+    with torch.no_grad():  # a trained tower: away from the pooled mean it starts as
+        for parameter in tower.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    tower.eval()
+    state = tune_validation.feature_state(data, vectors, config, tower)
+    users = data.user_idx[:25]
+    want = np.asarray(state.user_text[users]) @ state.item_vectors.T
+    got = tune_validation.text_scorer(data, vectors, config, tower)(users)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    pooled = tune_validation.text_scorer(data, vectors, config, HistoryPooling.recency(2.0, 16))(users)
+    assert np.abs(pooled - want).max() > 1e-2  # the comparison above is not the pooled mean's

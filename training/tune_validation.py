@@ -25,6 +25,7 @@ from features.bundle import RankingBundle
 from features.candidates import top_n
 from features.cf import als_input, bpr_epochs, fit_cf
 from features.item_item import binary, fit_item_item
+from features.sequence_tower import SequenceTower, SequenceUserVectors, stored_histories
 from features.state import FeatureState, with_indices
 from features.text_interest import history_weights, user_vectors
 from features.user_items import build_session_items, build_user_items
@@ -131,8 +132,16 @@ def item_item_scorer(data: ValidationData, config: PipelineConfig) -> ScoreFn:
 
 
 def text_scorer(data: ValidationData, item_vectors: np.ndarray, config: PipelineConfig, pooling=None) -> ScoreFn:
-    """The text interest score: the user's (pooled, recency-weighted) history vector . item vector."""
+    """The text interest score as the pipeline's state computes it: the user vector . item vector.
+    The user vector comes from the ordered user tower over the user's last items when ``pooling``
+    is a ``SequenceTower`` (then ``item_vectors`` are the tower's adapted ones), else it is the
+    pooled, recency-weighted history vector."""
     n_users, n_items = data.user_items.shape
+    if isinstance(pooling, SequenceTower):
+        histories = stored_histories(data.events, n_users=n_users, n_items=n_items,
+                                     history_len=pooling.shape.history_len, seed=config.seed)
+        towered = SequenceUserVectors(histories, item_vectors, pooling)
+        return lambda u: towered[u] @ item_vectors.T
     weights = history_weights(data.events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
                               half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
     users = user_vectors(weights, item_vectors)

@@ -135,6 +135,7 @@ class _Tuner:
 
     def _finetuned(self, config: PipelineConfig):
         from features.state import with_indices
+        from training.sequence_fit import fit_sequence_tower
         from training.text_finetune import finetune, next_item_examples
 
         # As recsys train: with extra label cuts the text model learns on the last cut's feature
@@ -148,7 +149,14 @@ class _Tuner:
         examples = next_item_examples(events, config.text.history_len, impressions=shown)
         result = finetune(TextEncoder(max_length=config.text.max_length), item_texts(w.catalog), examples,
                           config.text, seed=config.seed, progress=False)
-        return result.finetuned_vectors, result.pooling
+        if not (config.text.sequence_layers and config.text.sequence_epochs):
+            return result.finetuned_vectors, result.pooling
+        # As recsys train: the ordered user tower, fitted on the same events, gives the text score
+        # (its adapted item vectors and the tower as the state's "pooling").
+        fit = fit_sequence_tower(events, n_users=len(w.users), n_items=len(w.items),
+                                 item_vectors=result.finetuned_vectors, pooling=result.pooling,
+                                 config=config.text, seed=config.seed, progress=False)
+        return fit.tower.item_vectors(result.finetuned_vectors), fit.tower
 
     def pretrained_vectors(self) -> np.ndarray:
         if self.vectors is None:
