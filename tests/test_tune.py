@@ -401,3 +401,48 @@ def test_a_text_trial_scores_the_text_model_the_pipeline_ships(shown):
     np.testing.assert_allclose(got, want, atol=1e-5)
     pooled = tune_validation.text_scorer(data, vectors, config, HistoryPooling.recency(2.0, 16))(users)
     assert np.abs(pooled - want).max() > 1e-2  # the comparison above is not the pooled mean's
+
+
+def test_a_text_trial_fits_the_tower_as_recsys_train_does(shown, monkeypatch):
+    """The tune's text trial hands the tower what ``training.pipeline._fit_text`` hands it: the text
+    window's events, the fine-tuned vectors and pooling, the text settings and the run's seed; the
+    later stages get the tower's adapted item vectors and the tower."""
+    from types import SimpleNamespace
+
+    from features.state import with_indices
+    from features.text_interest import HistoryPooling
+    from training import tuning
+
+    config = _config(split="stratified")
+    tuner = tuning._Tuner(shown, config, progress=False)
+    w = tuner.data.windows
+    n_items = len(w.items)
+    finetuned = SimpleNamespace(finetuned_vectors=np.eye(n_items, 8, dtype=np.float32),
+                                pooling=HistoryPooling.recency(2.0, 8))
+    calls = []
+
+    class Tower:
+        def item_vectors(self, vectors):
+            return vectors * 2
+
+    def fit_tower(events, **kwargs):
+        calls.append((events, kwargs))
+        return SimpleNamespace(tower=tower)
+
+    tower = Tower()
+    monkeypatch.setattr("training.text_finetune.finetune", lambda *a, **k: finetuned)
+    monkeypatch.setattr("training.sequence_fit.fit_sequence_tower", fit_tower)
+    vectors, pooling = tuner._finetuned(tuner.config)
+    assert pooling is tower
+    np.testing.assert_array_equal(vectors, finetuned.finetuned_vectors * 2)
+    (events, kwargs), = calls
+    want = (with_indices(w.text_window.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
+            .select("user_idx", "item_idx", "timestamp"))
+    assert events.select("user_idx", "item_idx", "timestamp").equals(want)
+    assert kwargs["item_vectors"] is finetuned.finetuned_vectors and kwargs["pooling"] is finetuned.pooling
+    assert (kwargs["config"], kwargs["seed"], kwargs["n_items"]) == (tuner.config.text, config.seed, n_items)
+    # Without the tower (sequence_layers 0) the fine-tuned vectors and the pooled mean, untouched.
+    calls.clear()
+    off = with_overrides(tuner.config, {"text.sequence_layers": 0})
+    vectors, pooling = tuner._finetuned(off)
+    assert vectors is finetuned.finetuned_vectors and pooling is finetuned.pooling and not calls

@@ -90,16 +90,19 @@ def test_new_items_or_ship_text_choose_among_the_text_variants_only():
     per_user = {variants.NO_TEXT: no_text, variants.PRETRAINED: no_text - 0.02, variants.FINETUNED: no_text - 0.01}
     val = {name: {"ndcg@10": float(v.mean())} for name, v in per_user.items()}
     assert variants.choose_variant(val, 10, per_user, seed=1).shipped == variants.NO_TEXT
-    for choice in (variants.choose_variant(val, 10, per_user, seed=1, new_items=True),
-                   variants.choose_variant(val, 10, per_user, seed=1, ship="text")):
-        assert (choice.shipped, choice.best, choice.text_only, choice.pinned) == \
-            (variants.FINETUNED, variants.NO_TEXT, True, False)
+    for choice, why in ((variants.choose_variant(val, 10, per_user, seed=1, new_items=True),
+                         "the run takes items without behaviour"),
+                        (variants.choose_variant(val, 10, per_user, seed=1, ship="text"), 'ranker.ship is "text"')):
+        assert (choice.shipped, choice.best, choice.pinned) == (variants.FINETUNED, variants.NO_TEXT, False)
         assert choice.reason().startswith("ranker_finetuned_text is shipped: the best validation ndcg@10 of the "
                                           "text variants")
-        assert "ranker_no_text was not a candidate" in choice.reason()
-    # Pretrained ahead of fine-tuned: the better text variant ships, whatever their order in VARIANTS.
+        assert "ranker_no_text was not a candidate" in choice.reason() and choice.reason().endswith(
+            why + (" (cold_item_fraction above 0)" if choice.text_only == "new items" else ""))
+    # Pretrained ahead of fine-tuned: the better text variant ships; a tie goes to the pretrained one.
     ahead = {**val, variants.PRETRAINED: {"ndcg@10": 0.9}}
     assert variants.choose_variant(ahead, 10, ship="text").shipped == variants.PRETRAINED
+    tied = {**val, variants.PRETRAINED: val[variants.FINETUNED]}
+    assert variants.choose_variant(tied, 10, new_items=True).shipped == variants.PRETRAINED
     # A pinned variant still wins over new items; "text" without a text variant is refused.
     assert variants.choose_variant(val, 10, ship="no_text", new_items=True).shipped == variants.NO_TEXT
     assert variants.choose_variant({variants.NO_TEXT: {"ndcg@10": 0.3}}, 10, new_items=True).shipped == \
@@ -219,6 +222,6 @@ def test_add_items_warns_when_the_shipped_ranker_reads_no_text():
     from training.catalog import text_blind_note
 
     note = text_blind_note("shop", "3", variants.NO_TEXT)
-    assert note.startswith("shop version 3 ships ranker_no_text, which reads no text")
+    assert note.startswith("shop version 3 ships ranker_no_text, which reads no text: it takes no text candidates")
     assert '{"ranker": {"ship": "text"}}' in note
     assert text_blind_note("shop", "3", variants.PRETRAINED) == text_blind_note("shop", "3", "") == ""

@@ -40,9 +40,10 @@ def text_blind_note(name: str, version: str, shipped_variant: str) -> str:
     """The warning for adding items to a version whose shipped ranker reads no text ("" otherwise)."""
     if shipped_variant != "ranker_no_text":
         return ""
-    return (f"{name} version {version} ships ranker_no_text, which reads no text: the new items get candidates "
-            "and text vectors, but its ranker orders them by their categories at best. For a catalog that gains "
-            "items, train with {\"ranker\": {\"ship\": \"text\"}} (the better text variant on validation)")
+    return (f"{name} version {version} ships ranker_no_text, which reads no text: it takes no text candidates, so "
+            "the new items, which have no behaviour, will rarely if ever be recommended. For a catalog that gains "
+            "items, train with {\"ranker\": {\"ship\": \"text\"}} (the better text variant on validation); "
+            "`recsys promote` compares it with the champion on validation, and --force overrides that")
 
 
 def resolve_version(model_uri: str) -> tuple[str, str]:
@@ -73,6 +74,7 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
                              progress=progress)
     updated = replace(bundle, state=add_items(bundle.state, new_items, vectors))
     parent_info = client.get_model_version(name, parent)
+    note = text_blind_note(name, parent, parent_info.tags.get("shipped_variant", ""))
     experiment_id = client.get_run(parent_info.run_id).info.experiment_id if parent_info.run_id else None
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"add-items-{name}-v{parent}",
                           tags={**tracking.environment_tags(), "role": "catalog-update"}), \
@@ -92,8 +94,9 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
     client.set_model_version_tag(name, version, "catalog_update.items_added", str(new_items.height))
     parent_card = (parent_info.description or "").split(model_card.HISTORY_HEADING, 1)[0]
     parent_card = parent_card.removeprefix(f"# {name} version {parent}").strip()
+    scored = ("new items get text vectors, but this ranker reads no text" if note else "new items scored from their text")
     card = (f"# {name} version {version}\n\nVersion {parent} with {new_items.height} new item(s) added by `recsys "
-            f"add-items` (ranker unchanged; new items scored from their text). The figures below were measured on "
+            f"add-items` (ranker unchanged; {scored}). The figures below were measured on "
             f"version {parent}.\n\n{parent_card}")
     client.update_model_version(name, version, description=model_card.with_history(
         card, registry.history(client, name), version, name))
@@ -101,5 +104,4 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
         registry.promote(name, version, force=True, kind=registry.CATALOG_UPDATE,
                          reason=f"catalog update: +{new_items.height} items on version {parent}")
     return CatalogUpdate(name=name, parent_version=parent, version=version, items_added=new_items.height,
-                         promoted=promote,
-                         note=text_blind_note(name, parent, parent_info.tags.get("shipped_variant", "")))
+                         promoted=promote, note=note)

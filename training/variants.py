@@ -248,7 +248,7 @@ class Choice:
     best: str = ""
     lift: tuple[float, float, float] | None = None
     pinned: bool = False  # shipped because the config's ranker.ship names it
-    text_only: bool = False  # chosen among the text variants only (ranker.ship "text", or new items)
+    text_only: str = ""  # chosen among the text variants only: why ("ranker.ship", or "new items")
 
     def reason(self) -> str:
         ranked = ", ".join(f"{name} {value:.4f}" for name, value in
@@ -258,9 +258,11 @@ class Choice:
             return (f"{self.shipped} is shipped: pinned by ranker.ship, not chosen on validation "
                     f"(validation {self.metric}: {ranked}; {where})")
         if self.text_only:
+            why = ("ranker.ship is \"text\"" if self.text_only == "ranker.ship"
+                   else "the run takes items without behaviour (cold_item_fraction above 0)")
             return (f"{self.shipped} is shipped: the best validation {self.metric} of the text variants ({ranked}; "
                     f"{where}); {NO_TEXT} was not a candidate, as it cannot rank items without behaviour "
-                    "from their text (ranker.ship \"text\", or a cold_item_fraction above 0)")
+                    f"from their text and {why}")
         if self.lift is None:
             return f"{self.shipped} is shipped: the best validation {self.metric} of the variants ({ranked}; {where})"
         mean, low, high = self.lift
@@ -295,7 +297,11 @@ def choose_variant(validation: dict[str, dict[str, float]], k: int,
     best = order[0]
     text_variants = [name for name in order if name != NO_TEXT]
     if (ship == "text" or (ship == "auto" and new_items)) and text_variants:
-        return Choice(shipped=text_variants[0], metric=metric, values=values, best=best, text_only=True)
+        return Choice(shipped=text_variants[0], metric=metric, values=values, best=best,
+                      text_only="ranker.ship" if ship == "text" else "new items")
+    if ship == "auto" and new_items:
+        log.warning("the run takes items without behaviour but fitted no text variant: the choice is among %s",
+                    sorted(values))
     if ship == "text":
         raise ValueError(f"ranker.ship='text' but this run fitted no text variant (it fitted {sorted(values)}); "
                          "set ranker.ship to \"auto\", or give the items text")
