@@ -94,7 +94,8 @@ def add_items_to_model(model_uri: str, items_file: str | Path, *, promote: bool 
     client.set_model_version_tag(name, version, "catalog_update.items_added", str(new_items.height))
     parent_card = (parent_info.description or "").split(model_card.HISTORY_HEADING, 1)[0]
     parent_card = parent_card.removeprefix(f"# {name} version {parent}").strip()
-    scored = ("new items get text vectors, but this ranker reads no text" if note else "new items scored from their text")
+    scored = "new items get text vectors, but this ranker reads no text" if note else \
+        "new items scored from their text"
     card = (f"# {name} version {version}\n\nVersion {parent} with {new_items.height} new item(s) added by `recsys "
             f"add-items` (ranker unchanged; {scored}). The figures below were measured on "
             f"version {parent}.\n\n{parent_card}")
