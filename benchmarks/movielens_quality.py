@@ -76,10 +76,7 @@ def main() -> None:
                                         "shipped_reason": result.shipped_reason, "wall_s": wall,
                                         "timings": result.timings, "ranker_trees": result.ranker_trees,
                                         "prior_weights": result.prior_weights}
-                how = ("pinned by ranker.ship" if "pinned" in result.shipped_reason else
-                       "chosen on validation among the text variants" if "was not a candidate" in result.shipped_reason
-                       else "chosen on validation")
-                print(f"seed {seed} {protocol}: ranker ({result.shipped_variant}, {how}) nDCG@10 "
+                print(f"seed {seed} {protocol}: ranker ({result.shipped_variant}, by {result.shipped_by}) nDCG@10 "
                       f"{result.metrics['ranker']['ndcg@10']:.4f} in {wall:.0f}s; {result.ranker_trees} trees, "
                       f"prior weights {result.prior_weights}", flush=True)
     report_runs(runs, args.seeds)

@@ -284,15 +284,8 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         sources = fit_sources(SourceWindow(events=events, user_items=user_items, n_users=n_users, n_items=n_items,
                                            seed=config.seed, item_vectors=item_vectors), config)
     bar.update(1)
-    if isinstance(pooling, SequenceTower):
-        user_text = SequenceUserVectors(stored_histories(events, n_users=n_users, n_items=n_items,
-                                                         history_len=pooling.shape.history_len, seed=config.seed),
-                                        item_vectors, pooling)
-    else:
-        user_text = UserVectors(history_weights(events, n_users=n_users, n_items=n_items,
-                                                history_len=config.text.history_len,
-                                                half_life=config.text.recency_half_life, pooling=pooling,
-                                                item_vectors=item_vectors), item_vectors)
+    user_text = text_user_vectors(events, n_users=n_users, n_items=n_items, item_vectors=item_vectors,
+                                  pooling=pooling, config=config)
     bar.update(1)
     categories = IdMap(kind="category").fit(catalog["category"])
     item_category = categories.to_index(catalog["category"])
@@ -324,3 +317,18 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         pooling=None if isinstance(pooling, SequenceTower) else pooling,  # the tower holds its own
         sources=sources,
     )
+
+
+def text_user_vectors(events: pl.DataFrame, *, n_users: int, n_items: int, item_vectors: np.ndarray, pooling,
+                      config: PipelineConfig) -> UserVectors | SequenceUserVectors:
+    """Each user's text interest vector (rows (n_users, d) float32, computed when read) from the
+    window's ``events`` (``user_idx``, ``item_idx``, ``timestamp``): the ordered user tower over
+    their last items when ``pooling`` is a ``SequenceTower`` (``item_vectors`` then the tower's
+    adapted ones), else the pooled, recency-weighted history vector."""
+    if isinstance(pooling, SequenceTower):
+        return SequenceUserVectors(stored_histories(events, n_users=n_users, n_items=n_items,
+                                                    history_len=pooling.shape.history_len, seed=config.seed),
+                                   item_vectors, pooling)
+    return UserVectors(history_weights(events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
+                                       half_life=config.text.recency_half_life, pooling=pooling,
+                                       item_vectors=item_vectors), item_vectors)

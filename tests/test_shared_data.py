@@ -158,6 +158,7 @@ def test_movielens_cold_items_are_found_through_text_and_not_through_catalog_ord
     result = movielens_runs["cold"]
     assert result.shipped_variant in ("ranker_finetuned_text", "ranker_pretrained_text"), result.shipped_reason
     assert "ranker_no_text was not a candidate" in result.shipped_reason
+    assert result.shipped_by == "validation, text variants only"
     validation = {**result.validation_metrics, result.shipped_variant: result.validation_metrics["ranker"]}
     text = ("ranker_finetuned_text", "ranker_pretrained_text")
     assert result.shipped_variant == max(text, key=lambda name: (validation[name]["ndcg@10"], name == text[1]))

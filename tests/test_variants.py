@@ -75,6 +75,8 @@ def test_ranker_ship_pins_a_variant_whatever_validation_says():
     per_user = {name: np.full(50, v["ndcg@10"]) for name, v in val.items()}
     choice = variants.choose_variant(val, 10, per_user, seed=1, ship="finetuned_text")
     assert (choice.shipped, choice.best, choice.pinned) == (variants.FINETUNED, variants.PRETRAINED, True)
+    assert choice.shipped_by == "ranker.ship (pinned)"
+    assert variants.choose_variant(val, 10, per_user, seed=1).shipped_by == "validation"
     assert choice.reason().startswith("ranker_finetuned_text is shipped: pinned by ranker.ship")
     assert variants.choose_variant(val, 10, per_user, seed=1).shipped == variants.PRETRAINED  # auto
     with pytest.raises(ValueError, match="ranker.ship='pretrained_text' but this run fitted no ranker_pretrained_text"):
@@ -94,6 +96,7 @@ def test_new_items_or_ship_text_choose_among_the_text_variants_only():
                          "the run takes items without behaviour"),
                         (variants.choose_variant(val, 10, per_user, seed=1, ship="text"), 'ranker.ship is "text"')):
         assert (choice.shipped, choice.best, choice.pinned) == (variants.FINETUNED, variants.NO_TEXT, False)
+        assert choice.shipped_by == "validation, text variants only"
         assert choice.reason().startswith("ranker_finetuned_text is shipped: the best validation ndcg@10 of the "
                                           "text variants")
         assert "ranker_no_text was not a candidate" in choice.reason() and choice.reason().endswith(

@@ -69,6 +69,7 @@ class TrainResult:
     validation_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     shipped_variant: str = ""
     shipped_reason: str = ""
+    shipped_by: str = ""  # how it was picked: "validation", "validation, text variants only", "ranker.ship (pinned)"
     best_baseline: str = ""  # the baseline the lifts are measured against, chosen on validation
     timings: dict[str, float] = field(default_factory=dict)
     # The shipped ranker: trees it scores with (kept by early stopping; with ranker.folds > 1 every
@@ -330,7 +331,8 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
                            version=logged.version, became_champion=logged.became_champion,
                            champion_version=logged.champion_version, metrics=evaluation.metrics,
                            validation_metrics=validation, shipped_variant=fitted.choice.shipped,
-                           shipped_reason=fitted.choice.reason(), best_baseline=fitted.validation.best_baseline,
+                           shipped_reason=fitted.choice.reason(), shipped_by=fitted.choice.shipped_by,
+                           best_baseline=fitted.validation.best_baseline,
                            timings=dict(timings), ranker_trees=shipped.best_iteration,
                            prior_weights=dict(shipped.prior_weights))
 

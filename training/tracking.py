@@ -232,9 +232,7 @@ def tag_version(name: str, version: str | int, results: dict[str, dict[str, floa
     client.set_model_version_tag(name, str(version), registry.VALUE_TAG, repr(validation["ranker"][metric]))
     client.set_model_version_tag(name, str(version), registry.DIGEST_TAG, validation_digest)
     client.set_model_version_tag(name, str(version), "shipped_variant", choice.shipped)
-    client.set_model_version_tag(name, str(version), "shipped_variant_by",
-                                 "ranker.ship (pinned)" if choice.pinned else
-                                 "validation, text variants only" if choice.text_only else "validation")
+    client.set_model_version_tag(name, str(version), "shipped_variant_by", choice.shipped_by)
     summary = model_card.run_summary(results, validation, config, dataset, choice, best_baseline)
     client.update_model_version(name, str(version), description=model_card.version_card(
         name, str(version), summary, example_users or [], k, registry.history(client, name)))

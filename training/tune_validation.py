@@ -25,9 +25,7 @@ from features.bundle import RankingBundle
 from features.candidates import top_n
 from features.cf import als_input, bpr_epochs, fit_cf
 from features.item_item import binary, fit_item_item
-from features.sequence_tower import SequenceTower, SequenceUserVectors, stored_histories
-from features.state import FeatureState, with_indices
-from features.text_interest import history_weights, user_vectors
+from features.state import FeatureState, text_user_vectors, with_indices
 from features.user_items import build_session_items, build_user_items
 from recsys import metrics, windows
 from recsys.config import PipelineConfig
@@ -132,19 +130,12 @@ def item_item_scorer(data: ValidationData, config: PipelineConfig) -> ScoreFn:
 
 
 def text_scorer(data: ValidationData, item_vectors: np.ndarray, config: PipelineConfig, pooling=None) -> ScoreFn:
-    """The text interest score as the pipeline's state computes it: the user vector . item vector.
-    The user vector comes from the ordered user tower over the user's last items when ``pooling``
-    is a ``SequenceTower`` (then ``item_vectors`` are the tower's adapted ones), else it is the
-    pooled, recency-weighted history vector."""
+    """The text interest score as the pipeline's state computes it (``features.state.text_user_vectors``):
+    the user's vector (the ordered user tower's when ``pooling`` is a ``SequenceTower``, else the
+    pooled history vector) . item vector."""
     n_users, n_items = data.user_items.shape
-    if isinstance(pooling, SequenceTower):
-        histories = stored_histories(data.events, n_users=n_users, n_items=n_items,
-                                     history_len=pooling.shape.history_len, seed=config.seed)
-        towered = SequenceUserVectors(histories, item_vectors, pooling)
-        return lambda u: towered[u] @ item_vectors.T
-    weights = history_weights(data.events, n_users=n_users, n_items=n_items, history_len=config.text.history_len,
-                              half_life=config.text.recency_half_life, pooling=pooling, item_vectors=item_vectors)
-    users = user_vectors(weights, item_vectors)
+    users = text_user_vectors(data.events, n_users=n_users, n_items=n_items, item_vectors=item_vectors,
+                              pooling=pooling, config=config)
     return lambda u: users[u] @ item_vectors.T
 
 

@@ -250,6 +250,13 @@ class Choice:
     pinned: bool = False  # shipped because the config's ranker.ship names it
     text_only: str = ""  # chosen among the text variants only: why ("ranker.ship", or "new items")
 
+    @property
+    def shipped_by(self) -> str:
+        """How the shipped variant was picked, in a few words (the ``shipped_variant_by`` tag)."""
+        if self.pinned:
+            return "ranker.ship (pinned)"
+        return "validation, text variants only" if self.text_only else "validation"
+
     def reason(self) -> str:
         ranked = ", ".join(f"{name} {value:.4f}" for name, value in
                            sorted(self.values.items(), key=lambda kv: (-kv[1], VARIANTS.index(kv[0]))))
