@@ -275,7 +275,7 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
     too (as recsys train does), keeps label_cuts as it was, and its text model learns on the last
     cut's feature window."""
     from recsys.windows import extra_label_cuts
-    from training import tune_validation, tuning
+    from training import tune_validation, tuning, variants
     from training.text_finetune import next_item_examples as real_examples
 
     built, example_rows = [], []
@@ -295,10 +295,12 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
     result = tune(shown, config, experiment="tune-cuts", out=tmp_path / "cuts.json", stages=("text", "ranker"),
                   max_trials=2, workdir=tmp_path, progress=False)
     assert result.config.label_cuts == 2 and json.loads((tmp_path / "cuts.json").read_text())["label_cuts"] == 2
-    assert len(built) == 1  # one extra cut, built once and reused by every ranker trial
+    # One extra cut, built once per variant (the scored variant's choice fits each) and reused by
+    # every ranker trial.
+    assert len(built) == len(variants.VARIANTS)
     data = tuning._Tuner(shown, config, progress=False).data
     cut = extra_label_cuts(data.windows.nested, config)[0]
-    assert built[0].test.equals(cut.test)
+    assert all(frame.test.equals(cut.test) for frame in built)
     # The text trials learned on the second cut's window, smaller than the first's.
     assert example_rows and set(example_rows) == {cut.train.filter(pl.col("user_id").is_in(
         data.windows.users.ids.implode())).height}
@@ -356,8 +358,11 @@ def test_a_fold_ensemble_run_scores_every_label_user_out_of_fold(shown, tmp_path
                   max_trials=1, workdir=tmp_path, progress=False)
     tuner = tune_validation.label_users(*_validation_state(shown, config))
     label = set(tuner.users[0].tolist())
-    assert len(fitted) == len(scored) == 3  # a 2-member ensemble is scored in 3 folds
-    assert set().union(*scored) == label and sum(map(len, scored)) == len(label)  # each once
+    # A 2-member ensemble is scored in 3 folds: once per variant to choose the scored one, then the trial.
+    assert len(fitted) == len(scored) == 3 * (len(variants.VARIANTS) + 1)
+    for start in range(0, len(scored), 3):
+        block = scored[start:start + 3]
+        assert set().union(*block) == label and sum(map(len, block)) == len(label)  # each once
     for (learnt, stop), users in zip(fitted, scored, strict=True):
         assert stop <= learnt and not learnt & users
         assert learnt - stop  # some users fit
@@ -446,3 +451,54 @@ def test_a_text_trial_fits_the_tower_as_recsys_train_does(shown, monkeypatch):
     off = with_overrides(tuner.config, {"text.sequence_layers": 0})
     vectors, pooling = tuner._finetuned(off)
     assert vectors is finetuned.finetuned_vectors and pooling is finetuned.pooling and not calls
+
+
+def test_the_ranker_stages_score_the_variant_recsys_train_would_ship(shown, monkeypatch):
+    """The candidates and ranker stages tune the variant the pipeline's rule ships on the tune's
+    validation users: a text variant only when its paired lift over no text clears zero, a pinned
+    ``ranker.ship`` as pinned, a text variant when the run takes new items."""
+    from training import tune_validation, tuning, variants
+
+    base = np.random.default_rng(0).uniform(0.1, 0.3, size=400)
+    swing = np.tile([0.02, -0.02], 200)  # per-user differences that average out
+
+    def values(lift):
+        def fake(data, state, who, config, frame=None, extra_frames=(), variant=variants.FINETUNED):
+            return base + lift.get(variant, 0.0) + (swing if variant != variants.NO_TEXT else 0.0), None
+        return fake
+
+    tuner = tuning._Tuner(shown, _config(), progress=False)
+    clear = {variants.FINETUNED: 0.02, variants.PRETRAINED: 0.01}
+    monkeypatch.setattr(tune_validation, "ranker_per_user", values(clear))
+    assert tuner.scored_variant(tuner.config).shipped == variants.FINETUNED
+    # A mean ahead by less than its noise: no text ships, so no text is tuned.
+    monkeypatch.setattr(tune_validation, "ranker_per_user", values({variants.FINETUNED: 0.0005}))
+    choice = tuner.scored_variant(tuner.config)
+    assert choice.best == variants.FINETUNED and choice.shipped == variants.NO_TEXT
+    monkeypatch.setattr(tune_validation, "ranker_per_user", values(clear))
+    pinned = with_overrides(tuner.config, {"ranker.ship": "no_text"})
+    assert tuner.scored_variant(pinned).shipped == variants.NO_TEXT
+    monkeypatch.setattr(tune_validation, "ranker_per_user", values({variants.NO_TEXT: 0.05, variants.FINETUNED: 0.01}))
+    new_items = with_overrides(tuner.config, {"cold_item_fraction": 0.2})
+    assert tuner.scored_variant(new_items).shipped == variants.FINETUNED  # the better text one, not no text
+
+
+def test_every_candidates_and_ranker_trial_scores_the_chosen_variant(shown, tmp_path, fresh_store, monkeypatch):
+    from training import tune_validation, variants
+
+    scored = []
+    real = tune_validation.ranker_ndcg
+
+    def spy(*args, variant=variants.FINETUNED, **kwargs):
+        scored.append(variant)
+        return real(*args, variant=variant, **kwargs)
+
+    monkeypatch.setattr(tune_validation, "ranker_ndcg", spy)
+    config = _config(ranker={**tiny_config_dict()["ranker"], "ship": "pretrained_text"})
+    result = tune(shown, config, experiment="tune-variant", out=tmp_path / "v.json", stages=("candidates", "ranker"),
+                  max_trials=2, workdir=tmp_path, progress=False)
+    assert len(scored) == 4 and set(scored) == {variants.PRETRAINED}
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["tune.scored_variant"] == variants.PRETRAINED
+    reason = run.data.tags["tune.scored_variant_reason"]
+    assert "pinned" in reason and "the tune's label users" in reason

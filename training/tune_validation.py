@@ -5,8 +5,9 @@ the training window is split again into a feature window (what models fit on) an
 window (what they are scored on). A stage-1 model is scored alone, by full ranking of every
 catalog item the user has not interacted with in the feature window, on the label-window users
 with feature-window history (a seeded sample above ``eval_max_users``). The candidate and ranker
-stages are scored as the pipeline chooses its variant: the ranker learns on the label window's
-users, early-stops on the held-out 15% of them, and is scored by full ranking on those. Where the
+stages score the ranker variant the pipeline would ship (``tuning._Tuner.scored_variant``): it
+learns on the label window's users, early-stops on the held-out 15% of them, and is scored by
+full ranking on those. Where the
 run's ranker is a fold ensemble (few label users, ``ranker_folds.folds_from_data``), they are
 scored out of fold instead (``out_of_fold_users``): every label user is scored, by a model that
 neither learnt from them nor stopped its trees on them.
@@ -174,30 +175,47 @@ def extra_cut_frame(data: ValidationData, cut: Split, item_vectors: np.ndarray, 
 
 
 def ranker_ndcg(data: ValidationData, state: FeatureState, who: LabelUsers, config: PipelineConfig,
-                frame: pl.DataFrame | None = None,
-                extra_frames: list[pl.DataFrame] = ()) -> tuple[float, pl.DataFrame]:
-    """Validation nDCG@k of the ranker (text features on) learnt with ``config``: fitted on the
-    label users' queries, early-stopped on the held-out users' queries and scored by full ranking
-    on the held-out users. ``frame``: the
-    labelled frame when the candidates did not change;
-    ``extra_frames``: those of the extra label cuts (``extra_cut_frame``; ``config.label_cuts`` - 1
-    of them). Where the run's ranker is a fold ensemble (``ranker.folds`` > 1, or 0 and the data
-    chose more than one), every label user is scored out of fold instead (``out_of_fold_ndcg``,
-    with the ensemble's number of folds, at least ``OUT_OF_FOLD_MIN_FOLDS``).
-    Returns (nDCG@k, the first cut's labelled frame)."""
+                frame: pl.DataFrame | None = None, extra_frames: list[pl.DataFrame] = (),
+                variant: str = variants.FINETUNED) -> tuple[float, pl.DataFrame]:
+    """Validation nDCG@k of the ranker variant ``variant`` learnt with ``config`` (mean of
+    ``ranker_per_user``). Returns (nDCG@k, the first cut's labelled frame)."""
+    per_user, frame = ranker_per_user(data, state, who, config, frame, extra_frames, variant)
+    return (float(per_user.mean()) if len(per_user) else float("nan")), frame
+
+
+def ranker_per_user(data: ValidationData, state: FeatureState, who: LabelUsers, config: PipelineConfig,
+                    frame: pl.DataFrame | None = None, extra_frames: list[pl.DataFrame] = (),
+                    variant: str = variants.FINETUNED) -> tuple[np.ndarray, pl.DataFrame]:
+    """Per-user validation nDCG@k (float64 (n,), empty without held-out users) of the ranker
+    variant ``variant`` (``variants.VARIANTS``: its candidates and the columns it may split on)
+    learnt with ``config``: fitted on the label users' queries, early-stopped on the held-out
+    users' queries and scored by full ranking on the held-out users, in ``who.held_out`` order.
+    ``frame``: the labelled frame when the candidates did not change; ``extra_frames``: those of
+    the extra label cuts (``extra_cut_frame``; ``config.label_cuts`` - 1 of them). Where the run's
+    ranker is a fold ensemble (``ranker.folds`` > 1, or 0 and the data chose more than one),
+    every label user is scored out of fold instead (``out_of_fold_ranked``, with the ensemble's
+    number of folds, at least ``OUT_OF_FOLD_MIN_FOLDS``), in ``who.users`` order.
+    Returns (per-user nDCG@k, the first cut's labelled frame)."""
+    config = variants.variant_config(variant, config)
     if frame is None:
         frame = variants.labelled_frame(state, who.users, data.windows.nested.impressions_test, config,
                                         data.windows.feature_cold)
     if not len(who.held_out):
-        return float("nan"), frame
+        return np.zeros(0), frame
     stacked = variants.stacked_frames([frame, *extra_frames]) if extra_frames else frame
     n_folds = folds_from_data(config.ranker.folds, int(np.setdiff1d(who.users[0], who.held_out).size))
     if n_folds > 1:
-        return out_of_fold_ndcg(state, who.users, stacked, config, max(n_folds, OUT_OF_FOLD_MIN_FOLDS)), frame
-    ranker = variants.fit_rankers({variants.FINETUNED: stacked}, who.held_out, config,
-                                  label_users=who.users[0])[variants.FINETUNED]
-    ranked = _full_ranking(state, config, ranker, who.held_out, who.held_out_relevant)
-    return metrics.topk_metrics(ranked, who.held_out_relevant, config.k)[f"ndcg@{config.k}"], frame
+        relevant = who.users[1]
+        ranked = out_of_fold_ranked(state, who.users, stacked, config, max(n_folds, OUT_OF_FOLD_MIN_FOLDS), variant)
+    else:
+        relevant = who.held_out_relevant
+        ranker = variants.fit_rankers({variant: stacked}, who.held_out, config, label_users=who.users[0])[variant]
+        ranked = _full_ranking(state, config, ranker, who.held_out, relevant)
+    return _ndcg_per_user(ranked, relevant, config.k), frame
+
+
+def _ndcg_per_user(ranked: np.ndarray, relevant: list[np.ndarray], k: int) -> np.ndarray:
+    return metrics.ndcg_at_k(metrics.hits_matrix(ranked[:, :k], relevant), np.array([len(r) for r in relevant]))
 
 
 def _full_ranking(state: FeatureState, config: PipelineConfig, ranker, user_idx: np.ndarray,
@@ -230,10 +248,11 @@ def out_of_fold_users(users: np.ndarray, n_folds: int, seed: int) -> list[tuple[
             for k in range(n_folds)]
 
 
-def out_of_fold_ndcg(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray]], frame: pl.DataFrame,
-                     config: PipelineConfig, n_folds: int) -> float:
-    """Mean nDCG@k over every label user, each ranked (full ranking, as ``ranker_ndcg``) by one
-    LambdaRank model of ``config``'s settings early-stopped on the next fold's queries of ``frame``
+def out_of_fold_ranked(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray]], frame: pl.DataFrame,
+                       config: PipelineConfig, n_folds: int, variant: str = variants.FINETUNED) -> np.ndarray:
+    """int (n_users, k) top-k item indices of every label user (``users`` order), each ranked
+    (full ranking, as ``ranker_per_user``) by one LambdaRank model of variant ``variant`` with
+    ``config``'s settings, early-stopped on the next fold's queries of ``frame``
     and fitted on every other row but the scored fold's (``out_of_fold_users``, seed
     ``TUNE_FOLD_SEED``; rows of extra label cuts' users outside the label users always fit).
 
@@ -250,8 +269,8 @@ def out_of_fold_ndcg(state: FeatureState, users: tuple[np.ndarray, list[np.ndarr
         # Every row but the scored users' (the extra label cuts' users who are not first-cut label
         # users fit too, as in recsys train); the stop users' rows stop the trees.
         learnt, _ = variants.split_by_users(frame, scored)
-        ranker = variants.fit_rankers({variants.FINETUNED: learnt}, stop_users, single,
-                                      label_users=fit_users)[variants.FINETUNED]
+        ranker = variants.fit_rankers({variant: learnt}, stop_users, single, label_users=fit_users)[variant]
         rows = np.searchsorted(user_idx, scored)
         ranked[rows] = _full_ranking(state, config, ranker, scored, [relevant[i] for i in rows])
-    return metrics.topk_metrics(ranked, relevant, config.k)[f"ndcg@{config.k}"]
+    return ranked
+

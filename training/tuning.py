@@ -35,13 +35,14 @@ import polars as pl
 
 from features.cf import als_input, mean_user_sum
 from features.text_encoder import TextEncoder, item_texts
+from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.data_checks import check_trainable
 from recsys.dataset import Dataset
 from recsys.errors import ConfigError
 from recsys.progress import progress as progress_bar
 from recsys.progress import quiet_progress
-from training import tracking, tune_validation
+from training import tracking, tune_validation, variants
 from training.tune_space import STAGE_NAMES, STAGES, Stage, base_values, with_overrides
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,11 @@ class _Tuner:
         self.vectors: np.ndarray | None = None  # the text model's item vectors (pretrained until the text stage)
         self.pooling = None
         self.state = self.who = self.frame = None
-        self._extra_key, self._extra = None, []  # extra label cuts' frames and the candidates they follow
+        # Extra label cuts' frames by variant, and the candidates and state they follow.
+        self._extra_key, self._extra = None, {}
+        self._pretrained: np.ndarray | None = None  # the pretrained encoder's item vectors
+        # The ranker variant the candidates and ranker stages score (``scored_variant``).
+        self.variant: variants.Choice | None = None
 
     def objective(self, stage: Stage, config: PipelineConfig, trial: optuna.Trial) -> float:
         data, k, seed = self.data, config.k, config.seed
@@ -112,26 +117,60 @@ class _Tuner:
             self._text_trials[trial.number] = (vectors, pooling)
             return tune_validation.ndcg_of_scores(data, tune_validation.text_scorer(data, vectors, config, pooling),
                                                   k, seed)
+        variant = self.variant.shipped
         if stage.name == "candidates":
             state = self._state(config)
             value, _ = tune_validation.ranker_ndcg(data, state, self._who(state, config), config,
-                                                   extra_frames=self._extra_frames(config))
+                                                   extra_frames=self._extra_frames(config, variant), variant=variant)
             return value
         state = self._state(config)
         who = self._who(state, config)
         value, self.frame = tune_validation.ranker_ndcg(data, state, who, config, frame=self.frame,
-                                                        extra_frames=self._extra_frames(config))
+                                                        extra_frames=self._extra_frames(config, variant),
+                                                        variant=variant)
         return value
 
-    def _extra_frames(self, config: PipelineConfig) -> list:
+    def scored_variant(self, config: PipelineConfig) -> variants.Choice:
+        """The ranker variant the pipeline would ship with ``config``, chosen as ``recsys train``
+        chooses (``variants.choose_variant``: the significance rule, ``ranker.ship``, new items)
+        on this validation data: each variant's ranker learnt on the label users and scored per
+        user (out of fold for a fold ensemble). The candidates and ranker stages then score that
+        variant, so they tune the model that ships rather than the fine-tuned-text one whatever
+        ships (a no-text ranker proposes no text candidates and never splits on text)."""
+        from features.state import with_text_vectors
+
+        state = self._state(config)
+        who = self._who(state, config)
+        pretrained = with_text_vectors(state, self.data.windows.nested.train, self.encoder_vectors())
+        states = variants.states_by_variant(state, pretrained)
+        per_user = {}
+        for name in variants.VARIANTS:
+            per_user[name], _ = tune_validation.ranker_per_user(
+                self.data, states[name], who, config, extra_frames=self._extra_frames(config, name), variant=name)
+        metric = f"ndcg@{config.k}"
+        validation = {name: {metric: float(values.mean()) if len(values) else math.nan}
+                      for name, values in per_user.items()}
+        choice = variants.choose_variant(validation, config.k, per_user, seed=config.seed + windows.VARIANT_CHOICE_SEED,
+                                         ship=config.ranker.ship, new_items=config.cold_item_fraction > 0)
+        return dataclasses.replace(choice, scored_on="the tune's label users, out of fold where the ranker is a fold "
+                                                     "ensemble, feature-window models")
+
+    def _extra_frames(self, config: PipelineConfig, variant: str) -> list:
         """The labelled frames of label cuts 2..``label_cuts`` (the starting config's: no stage
-        searches it); built once per candidate settings and state, so the ranker stage reuses them."""
+        searches it) for ``variant``; built once per candidate settings, state and variant, so the
+        ranker stage reuses them."""
+        if not self.data.windows.extra_cuts:
+            return []
         key = (config.candidates, id(self.state))
         if key != self._extra_key:
-            self._extra_key = key
-            self._extra = [tune_validation.extra_cut_frame(self.data, cut, self.pretrained_vectors(), config,
-                                                           self.pooling) for cut in self.data.windows.extra_cuts]
-        return self._extra
+            self._extra_key, self._extra = key, {}
+        if variant not in self._extra:
+            vectors, pooling = ((self.encoder_vectors(), None) if variant == variants.PRETRAINED
+                                else (self.item_vectors(), self.pooling))
+            self._extra[variant] = [tune_validation.extra_cut_frame(self.data, cut, vectors,
+                                                                    variants.variant_config(variant, config), pooling)
+                                    for cut in self.data.windows.extra_cuts]
+        return self._extra[variant]
 
     def _finetuned(self, config: PipelineConfig):
         from features.state import with_indices
@@ -158,16 +197,21 @@ class _Tuner:
                                  config=config.text, seed=config.seed, progress=False)
         return fit.tower.item_vectors(result.finetuned_vectors), fit.tower
 
-    def pretrained_vectors(self) -> np.ndarray:
-        if self.vectors is None:
+    def encoder_vectors(self) -> np.ndarray:
+        """(n_items, 384) float32: the pretrained encoder's item vectors, encoded once."""
+        if self._pretrained is None:
             encoder = TextEncoder(max_length=self.config.text.max_length)
-            self.vectors = encoder.encode(item_texts(self.data.windows.catalog), progress=False)
-        return self.vectors
+            self._pretrained = encoder.encode(item_texts(self.data.windows.catalog), progress=False)
+        return self._pretrained
+
+    def item_vectors(self) -> np.ndarray:
+        """The item vectors the state reads: the text stage's best trial's, pretrained until then."""
+        return self.encoder_vectors() if self.vectors is None else self.vectors
 
     def _state(self, config: PipelineConfig):
         """The feature-window state for the ranker stages: fitted once (stage-1 settings are fixed by then)."""
         if self.state is None:
-            self.state = tune_validation.feature_state(self.data, self.pretrained_vectors(), config, self.pooling)
+            self.state = tune_validation.feature_state(self.data, self.item_vectors(), config, self.pooling)
         return self.state
 
     def _who(self, state, config: PipelineConfig):
@@ -183,6 +227,13 @@ class _Tuner:
         self._text_trials: dict[int, tuple] = {}
         if stage.name == "ranker":
             self.frame = None  # candidates may have changed
+        if stage.name in ("candidates", "ranker") and self.variant is None:
+            self.variant = self.scored_variant(base)
+            log.info("tune: the %s stage scores %s, the variant recsys train would ship here: %s", stage.name,
+                     self.variant.shipped, self.variant.reason())
+            client = mlflow.MlflowClient()
+            client.log_param(parent_id, "tune.scored_variant", self.variant.shipped)
+            client.set_tag(parent_id, "tune.scored_variant_reason", self.variant.reason())
         # The stage's own seed (not its position among the stages run): --stages changes no stage's draws.
         sampler = optuna.samplers.TPESampler(seed=base.seed * 100 + STAGE_NAMES.index(stage.name),
                                              n_startup_trials=min(8, max_trials))
@@ -239,7 +290,7 @@ class _Tuner:
             self.vectors, self.pooling = self._text_trials[best_trial.number]
         self._text_trials = {}
         if stage.name in ("als", "bpr", "item_item", "text"):
-            self.state = self.who = None  # the ranker stages refit the state with these settings
+            self.state = self.who = self.variant = None  # the ranker stages refit the state with these settings
         return StageResult(name=stage.name, best=best, best_value=study.best_value,
                            base_value=study.trials[0].value if study.trials[0].value is not None else math.nan,
                            trials=len(study.trials),

@@ -249,6 +249,7 @@ class Choice:
     lift: tuple[float, float, float] | None = None
     pinned: bool = False  # shipped because the config's ranker.ship names it
     text_only: str = ""  # chosen among the text variants only: why ("ranker.ship", or "new items")
+    scored_on: str = "held-out label users, feature-window models"  # whose validation values these are
 
     @property
     def shipped_by(self) -> str:
@@ -260,7 +261,7 @@ class Choice:
     def reason(self) -> str:
         ranked = ", ".join(f"{name} {value:.4f}" for name, value in
                            sorted(self.values.items(), key=lambda kv: (-kv[1], VARIANTS.index(kv[0]))))
-        where = "held-out label users, feature-window models"
+        where = self.scored_on
         if self.pinned:
             return (f"{self.shipped} is shipped: pinned by ranker.ship, not chosen on validation "
                     f"(validation {self.metric}: {ranked}; {where})")
