@@ -288,16 +288,19 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
         example_rows.append(events.height)
         return real_examples(events, *args, **kwargs)
 
-    real_extra = tune_validation.extra_cut_frame
+    real_extra, real_state = tune_validation.extra_cut_frame, tune_validation.extra_cut_state
+    states = []
     monkeypatch.setattr(tune_validation, "extra_cut_frame", counting)
+    monkeypatch.setattr(tune_validation, "extra_cut_state",
+                        lambda *args, **kwargs: states.append(args[1]) or real_state(*args, **kwargs))
     monkeypatch.setattr("training.text_finetune.next_item_examples", recording)
     config = _config(label_cuts=2)
     result = tune(shown, config, experiment="tune-cuts", out=tmp_path / "cuts.json", stages=("text", "ranker"),
                   max_trials=2, workdir=tmp_path, progress=False)
     assert result.config.label_cuts == 2 and json.loads((tmp_path / "cuts.json").read_text())["label_cuts"] == 2
-    # One extra cut, built once per variant (the scored variant's choice fits each) and reused by
-    # every ranker trial.
-    assert len(built) == len(variants.VARIANTS)
+    # One extra cut: its state fitted once, its frame built once per variant (the scored
+    # variant's choice reads each) and reused by every ranker trial.
+    assert len(states) == 1 and len(built) == len(variants.VARIANTS)
     data = tuning._Tuner(shown, config, progress=False).data
     cut = extra_label_cuts(data.windows.nested, config)[0]
     assert all(frame.test.equals(cut.test) for frame in built)
@@ -484,7 +487,19 @@ def test_the_ranker_stages_score_the_variant_recsys_train_would_ship(shown, monk
 
 
 def test_every_candidates_and_ranker_trial_scores_the_chosen_variant(shown, tmp_path, fresh_store, monkeypatch):
-    from training import tune_validation, variants
+    """Pinned to the pretrained-text ranker, every candidates and ranker trial scores it: the
+    candidates stage's first trial (the starting settings) gives exactly the value the choice
+    measured for that variant, not the fine-tuned-text one's."""
+    from training import tune_validation, tuning, variants
+
+    config = _config(ranker={**tiny_config_dict()["ranker"], "ship": "pretrained_text"})
+    # Item vectors other than the encoder's, as a text stage would leave (here: rows shuffled).
+    real_vectors = tuning._Tuner.encoder_vectors
+    monkeypatch.setattr(tuning._Tuner, "item_vectors",
+                        lambda self: real_vectors(self)[np.random.default_rng(0).permutation(len(real_vectors(self)))])
+    tuner = tuning._Tuner(shown, config, progress=False)
+    measured = tuner.scored_variant(tuner.config).values
+    assert measured[variants.PRETRAINED] != measured[variants.FINETUNED]  # the test tells them apart
 
     scored = []
     real = tune_validation.ranker_ndcg
@@ -494,11 +509,24 @@ def test_every_candidates_and_ranker_trial_scores_the_chosen_variant(shown, tmp_
         return real(*args, variant=variant, **kwargs)
 
     monkeypatch.setattr(tune_validation, "ranker_ndcg", spy)
-    config = _config(ranker={**tiny_config_dict()["ranker"], "ship": "pretrained_text"})
     result = tune(shown, config, experiment="tune-variant", out=tmp_path / "v.json", stages=("candidates", "ranker"),
                   max_trials=2, workdir=tmp_path, progress=False)
     assert len(scored) == 4 and set(scored) == {variants.PRETRAINED}
+    assert result.stages[0].base_value == pytest.approx(measured[variants.PRETRAINED], abs=1e-12)
     run = mlflow.get_run(result.run_id)
     assert run.data.params["tune.scored_variant"] == variants.PRETRAINED
     reason = run.data.tags["tune.scored_variant_reason"]
-    assert "pinned" in reason and "the tune's label users" in reason
+    assert "pinned" in reason and "the tune's" in reason
+
+
+def test_a_no_text_candidates_stage_keeps_the_text_count_it_started_from(shown, tmp_path, fresh_store):
+    """The no-text ranker takes no text candidates: the candidates stage does not search their
+    count, so best_config.json keeps the starting one."""
+    config = _config(ranker={**tiny_config_dict()["ranker"], "ship": "no_text"},
+                     candidates={**tiny_config_dict()["candidates"], "n_text": 35})
+    result = tune(shown, config, experiment="tune-no-text", out=tmp_path / "nt.json", stages=("candidates",),
+                  max_trials=4, workdir=tmp_path, progress=False)
+    trials = result.stages[0].study.trials
+    assert all("candidates.n_text" not in t.params for t in trials)
+    assert any(t.params != trials[0].params for t in trials[1:])  # the other counts were searched
+    assert result.config.candidates.n_text == 35

@@ -164,12 +164,16 @@ def label_users(data: ValidationData, state: FeatureState, config: PipelineConfi
                       held_out_relevant=[users[1][position[int(u)]] for u in held_out])
 
 
-def extra_cut_frame(data: ValidationData, cut: Split, item_vectors: np.ndarray, config: PipelineConfig,
-                    pooling=None) -> pl.DataFrame:
-    """The labelled frame of one extra label cut (``windows.extra_label_cuts``), as the pipeline
-    builds it: a state fitted on the cut's feature window, the cut's label users."""
-    w = data.windows
-    state = window_state(w, cut, item_vectors, config, pooling)
+def extra_cut_state(data: ValidationData, cut: Split, item_vectors: np.ndarray, config: PipelineConfig,
+                    pooling=None) -> FeatureState:
+    """The state of one extra label cut (``windows.extra_label_cuts``), as the pipeline fits it:
+    on the cut's feature window."""
+    return window_state(data.windows, cut, item_vectors, config, pooling)
+
+
+def extra_cut_frame(state: FeatureState, cut: Split, config: PipelineConfig) -> pl.DataFrame:
+    """The labelled frame of one extra label cut from its state (``extra_cut_state``, or that
+    state with the pretrained vectors for the pretrained-text variant): the cut's label users."""
     users = variants.label_users(state, cut.test, config)
     return variants.labelled_frame(state, users, cut.impressions_test, config)  # no cold items in its labels
 

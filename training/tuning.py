@@ -43,6 +43,7 @@ from recsys.errors import ConfigError
 from recsys.progress import progress as progress_bar
 from recsys.progress import quiet_progress
 from training import tracking, tune_validation, variants
+from training.ranker_folds import folds_from_data
 from training.tune_space import STAGE_NAMES, STAGES, Stage, base_values, with_overrides
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,11 @@ class _Tuner:
         self.vectors: np.ndarray | None = None  # the text model's item vectors (pretrained until the text stage)
         self.pooling = None
         self.state = self.who = self.frame = None
-        # Extra label cuts' frames by variant, and the candidates and state they follow.
+        # Extra label cuts: their states (and the feature-window state they follow), and their
+        # frames by variant (and the candidate settings they follow).
+        self._extra_states_of, self._extra_states = None, []
         self._extra_key, self._extra = None, {}
+        self._pretrained_state = None  # (state, that state with the pretrained encoder's vectors)
         self._pretrained: np.ndarray | None = None  # the pretrained encoder's item vectors
         # The ranker variant the candidates and ranker stages score (``scored_variant``).
         self.variant: variants.Choice | None = None
@@ -118,13 +122,12 @@ class _Tuner:
             return tune_validation.ndcg_of_scores(data, tune_validation.text_scorer(data, vectors, config, pooling),
                                                   k, seed)
         variant = self.variant.shipped
+        state = self._variant_state(config, variant)
+        who = self._who(self._state(config), config)
         if stage.name == "candidates":
-            state = self._state(config)
-            value, _ = tune_validation.ranker_ndcg(data, state, self._who(state, config), config,
+            value, _ = tune_validation.ranker_ndcg(data, state, who, config,
                                                    extra_frames=self._extra_frames(config, variant), variant=variant)
             return value
-        state = self._state(config)
-        who = self._who(state, config)
         value, self.frame = tune_validation.ranker_ndcg(data, state, who, config, frame=self.frame,
                                                         extra_frames=self._extra_frames(config, variant),
                                                         variant=variant)
@@ -137,39 +140,61 @@ class _Tuner:
         user (out of fold for a fold ensemble). The candidates and ranker stages then score that
         variant, so they tune the model that ships rather than the fine-tuned-text one whatever
         ships (a no-text ranker proposes no text candidates and never splits on text)."""
-        from features.state import with_text_vectors
-
-        state = self._state(config)
-        who = self._who(state, config)
-        pretrained = with_text_vectors(state, self.data.windows.nested.train, self.encoder_vectors())
-        states = variants.states_by_variant(state, pretrained)
+        who = self._who(self._state(config), config)
         per_user = {}
         for name in variants.VARIANTS:
             per_user[name], _ = tune_validation.ranker_per_user(
-                self.data, states[name], who, config, extra_frames=self._extra_frames(config, name), variant=name)
+                self.data, self._variant_state(config, name), who, config,
+                extra_frames=self._extra_frames(config, name), variant=name)
         metric = f"ndcg@{config.k}"
         validation = {name: {metric: float(values.mean()) if len(values) else math.nan}
                       for name, values in per_user.items()}
         choice = variants.choose_variant(validation, config.k, per_user, seed=config.seed + windows.VARIANT_CHOICE_SEED,
                                          ship=config.ranker.ship, new_items=config.cold_item_fraction > 0)
-        return dataclasses.replace(choice, scored_on="the tune's label users, out of fold where the ranker is a fold "
-                                                     "ensemble, feature-window models")
+        folds = folds_from_data(config.ranker.folds, int(np.setdiff1d(who.users[0], who.held_out).size))
+        scored_on = ("the tune's label users, out of fold, feature-window models" if folds > 1
+                     else "the tune's held-out label users, feature-window models")
+        return dataclasses.replace(choice, scored_on=scored_on)
+
+    def _variant_state(self, config: PipelineConfig, variant: str):
+        """The state ``variant`` reads, as in ``recsys train`` (``variants.states_by_variant``): the
+        pretrained-text variant the feature-window state with the pretrained encoder's vectors
+        (built once per state), the others the state itself."""
+        from features.state import with_text_vectors
+
+        state = self._state(config)
+        if variant != variants.PRETRAINED:
+            return state
+        if self._pretrained_state is None or self._pretrained_state[0] is not state:
+            self._pretrained_state = (state, with_text_vectors(state, self.data.windows.nested.train,
+                                                               self.encoder_vectors()))
+        return self._pretrained_state[1]
 
     def _extra_frames(self, config: PipelineConfig, variant: str) -> list:
         """The labelled frames of label cuts 2..``label_cuts`` (the starting config's: no stage
-        searches it) for ``variant``; built once per candidate settings, state and variant, so the
-        ranker stage reuses them."""
-        if not self.data.windows.extra_cuts:
+        searches it) for ``variant``, as ``recsys train`` builds them: one state per cut (fitted
+        once per feature-window state), read by the pretrained-text variant with the pretrained
+        vectors; each variant's frames built once per candidate settings, so the ranker stage
+        reuses them."""
+        from features.state import with_text_vectors
+
+        cuts = self.data.windows.extra_cuts
+        if not cuts:
             return []
-        key = (config.candidates, id(self.state))
-        if key != self._extra_key:
-            self._extra_key, self._extra = key, {}
+        if self._extra_states_of is not self.state:
+            self._extra_states_of = self.state
+            self._extra_states = [tune_validation.extra_cut_state(self.data, cut, self.item_vectors(), config,
+                                                                  self.pooling) for cut in cuts]
+            self._extra_key = None
+        if config.candidates != self._extra_key:
+            self._extra_key, self._extra = config.candidates, {}
         if variant not in self._extra:
-            vectors, pooling = ((self.encoder_vectors(), None) if variant == variants.PRETRAINED
-                                else (self.item_vectors(), self.pooling))
-            self._extra[variant] = [tune_validation.extra_cut_frame(self.data, cut, vectors,
-                                                                    variants.variant_config(variant, config), pooling)
-                                    for cut in self.data.windows.extra_cuts]
+            states = self._extra_states if variant != variants.PRETRAINED else \
+                [with_text_vectors(state, cut.train, self.encoder_vectors())
+                 for state, cut in zip(self._extra_states, cuts, strict=True)]
+            variant_config = variants.variant_config(variant, config)
+            self._extra[variant] = [tune_validation.extra_cut_frame(state, cut, variant_config)
+                                    for state, cut in zip(states, cuts, strict=True)]
         return self._extra[variant]
 
     def _finetuned(self, config: PipelineConfig):
@@ -234,6 +259,10 @@ class _Tuner:
             client = mlflow.MlflowClient()
             client.log_param(parent_id, "tune.scored_variant", self.variant.shipped)
             client.set_tag(parent_id, "tune.scored_variant_reason", self.variant.reason())
+        if stage.name == "candidates" and self.variant.shipped == variants.NO_TEXT:
+            # The no-text ranker takes no text candidates: their count keeps its starting value
+            # rather than whatever the best trial drew for a setting its score never read.
+            stage = _holding(stage, {"candidates.n_text": base.candidates.n_text})
         # The stage's own seed (not its position among the stages run): --stages changes no stage's draws.
         sampler = optuna.samplers.TPESampler(seed=base.seed * 100 + STAGE_NAMES.index(stage.name),
                                              n_startup_trials=min(8, max_trials))
@@ -296,6 +325,34 @@ class _Tuner:
                            trials=len(study.trials),
                            pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
                            seconds=time.perf_counter() - started, study=study)
+
+
+class _HeldTrial:
+    """A trial whose parameters named in ``held`` keep the given values instead of being searched."""
+
+    def __init__(self, trial, held: dict[str, object]) -> None:
+        self._trial, self._held = trial, held
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+    def _suggest(self, kind: str, name: str, *args, **kwargs):
+        return self._held[name] if name in self._held else getattr(self._trial, kind)(name, *args, **kwargs)
+
+    def suggest_int(self, name: str, *args, **kwargs):
+        return self._suggest("suggest_int", name, *args, **kwargs)
+
+    def suggest_float(self, name: str, *args, **kwargs):
+        return self._suggest("suggest_float", name, *args, **kwargs)
+
+    def suggest_categorical(self, name: str, *args, **kwargs):
+        return self._suggest("suggest_categorical", name, *args, **kwargs)
+
+
+def _holding(stage: Stage, held: dict[str, object]) -> Stage:
+    """``stage`` with the parameters in ``held`` fixed at the given values (not searched, not in
+    its trials' parameters, and so not among the overrides its best trial gives)."""
+    return dataclasses.replace(stage, suggest=lambda trial: stage.suggest(_HeldTrial(trial, held)))
 
 
 def _overrides_of(stage: Stage, params: dict[str, object]) -> dict[str, object]:
