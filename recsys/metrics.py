@@ -65,6 +65,12 @@ def mrr_at_k(hits: np.ndarray) -> np.ndarray:
     return np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)
 
 
+def ndcg_per_user(ranked: np.ndarray, relevant: list, k: int) -> np.ndarray:
+    """float64 (n_users,) nDCG@k of each user's ranked list (ranked: int (n_users, >= k) item
+    indices; relevant: each user's relevant items)."""
+    return ndcg_at_k(hits_matrix(ranked[:, :k], relevant), np.array([len(r) for r in relevant]))
+
+
 def topk_metrics(ranked: np.ndarray, relevant: list, k: int) -> dict[str, float]:
     """Mean nDCG@k, Recall@k, Precision@k, MAP@k and MRR@k over users (keys like ``ndcg@10``)."""
     ranked = ranked[:, :k]

@@ -225,8 +225,7 @@ class Evaluation:
 
 def per_user_ndcg(evaluation: Evaluation, name: str, k: int) -> np.ndarray:
     """float64 (n_users,) nDCG@k of model ``name`` for each evaluated user (``evaluation.user_idx`` order)."""
-    n_rel = np.array([len(r) for r in evaluation.relevant])
-    return metrics.ndcg_at_k(metrics.hits_matrix(evaluation.ranked[name][:, :k], evaluation.relevant), n_rel)
+    return metrics.ndcg_per_user(evaluation.ranked[name], evaluation.relevant, k)
 
 
 def paired_lift(per_user: np.ndarray, baseline_per_user: np.ndarray, *, seed: int,

@@ -215,11 +215,7 @@ def ranker_per_user(data: ValidationData, state: FeatureState, who: LabelUsers, 
         relevant = who.held_out_relevant
         ranker = variants.fit_rankers({variant: stacked}, who.held_out, config, label_users=who.users[0])[variant]
         ranked = _full_ranking(state, config, ranker, who.held_out, relevant)
-    return _ndcg_per_user(ranked, relevant, config.k), frame
-
-
-def _ndcg_per_user(ranked: np.ndarray, relevant: list[np.ndarray], k: int) -> np.ndarray:
-    return metrics.ndcg_at_k(metrics.hits_matrix(ranked[:, :k], relevant), np.array([len(r) for r in relevant]))
+    return metrics.ndcg_per_user(ranked, relevant, config.k), frame
 
 
 def _full_ranking(state: FeatureState, config: PipelineConfig, ranker, user_idx: np.ndarray,

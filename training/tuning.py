@@ -34,6 +34,7 @@ import optuna
 import polars as pl
 
 from features.cf import als_input, mean_user_sum
+from features.state import with_text_vectors
 from features.text_encoder import TextEncoder, item_texts
 from recsys import windows
 from recsys.config import PipelineConfig
@@ -160,8 +161,6 @@ class _Tuner:
         """The state ``variant`` reads, as in ``recsys train`` (``variants.states_by_variant``): the
         pretrained-text variant the feature-window state with the pretrained encoder's vectors
         (built once per state), the others the state itself."""
-        from features.state import with_text_vectors
-
         state = self._state(config)
         if variant != variants.PRETRAINED:
             return state
@@ -176,8 +175,6 @@ class _Tuner:
         once per feature-window state), read by the pretrained-text variant with the pretrained
         vectors; each variant's frames built once per candidate settings, so the ranker stage
         reuses them."""
-        from features.state import with_text_vectors
-
         cuts = self.data.windows.extra_cuts
         if not cuts:
             return []
