@@ -156,7 +156,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from training.tuning import summary_json, tune
 
     overrides = {key: value for key, value in (("split", args.split), ("k", args.k), ("seed", args.seed),
-                                               ("test_fraction", args.test_fraction)) if value is not None}
+                                               ("test_fraction", args.test_fraction),
+                                               ("cold_item_fraction", args.cold_items)) if value is not None}
     config = load_config(args.config, **overrides)
     warn_if_order_only(args.data, config.split)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else STAGE_NAMES
@@ -495,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--seed", type=int, default=None, help="default: the --config file's, else 42")
     tn.add_argument("--test-fraction", type=float, default=None, metavar="F",
                     help="as for train: the share set aside (and never read) as test")
+    tn.add_argument("--cold-items", type=float, default=None, metavar="FRACTION",
+                    help="as for train: tune for the cold-items protocol (its variant choice favours text); "
+                         "the written config keeps it")
     tn.add_argument("--config", default=None, metavar="FILE", help="settings to start from (default: the defaults)")
     tn.add_argument("--budget-minutes", type=float, default=30.0, metavar="M",
                     help="wall-clock budget, shared out among the stages")

@@ -138,6 +138,10 @@ class RankerConfig:
         object.__setattr__(self, "prior_sources", tuple(self.prior_sources))  # JSON gives a list
 
 
+def _default_test_fraction(split: str) -> float:
+    return STRATIFIED_TEST_FRACTION if split == "stratified" else DEFAULT_TEST_FRACTION
+
+
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
     """Everything a `recsys train` run depends on. Logged as flattened MLflow params."""
@@ -219,8 +223,7 @@ class PipelineConfig:
         if self.split not in SPLITS:
             raise ConfigError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.test_fraction is None:
-            object.__setattr__(self, "test_fraction", STRATIFIED_TEST_FRACTION if self.split == "stratified"
-                               else DEFAULT_TEST_FRACTION)
+            object.__setattr__(self, "test_fraction", _default_test_fraction(self.split))
         if not 1 <= self.k <= 1000:
             raise ConfigError(f"k must be between 1 and 1000, got {self.k}")
         for name in ("test_fraction", "label_fraction"):
@@ -297,7 +300,12 @@ class PipelineConfig:
         return walk("", self.to_dict())
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        """Write the whole config as JSON; a test share equal to its split's default is written as
+        null, so a saved config read with another ``--split`` takes that split's default."""
+        values = self.to_dict()
+        if self.test_fraction == _default_test_fraction(self.split):
+            values["test_fraction"] = None
+        Path(path).write_text(json.dumps(values, indent=2, sort_keys=True))
 
     @classmethod
     def from_dict(cls, data: dict) -> PipelineConfig:

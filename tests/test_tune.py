@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -39,16 +40,20 @@ def _config(**overrides) -> PipelineConfig:
 
 
 def _with_garbage_test_rows(dataset: Dataset, config: PipelineConfig) -> tuple[Dataset, int]:
-    """The same data with every test-split row's item and weight replaced by random values (and,
-    for the temporal split, its user and the test period's impressions' items too). The split
-    finds the same test rows: temporal cuts on time alone, stratified on each user's row order."""
-    from recsys.split import _stratified_mask
+    """The same data with every test-split row's item and weight replaced by random values, and
+    the items of the test side's impressions too (temporal: the test period; otherwise each
+    user's from their first test time on); for the temporal split each test row's user as well.
+    The split finds the same test rows: temporal cuts on time alone, stratified on each user's
+    row order, leave-last-out on each user's times."""
+    from recsys.split import _leave_last_out_mask, _stratified_mask
 
     rows = dataset.interactions
     if config.split == "temporal":
         ts = rows["timestamp"]
         cutoff = ts.min() + (ts.max() - ts.min()) * (1.0 - config.test_fraction)
         is_test = (ts >= cutoff).to_numpy()
+    elif config.split == "leave-last-out":
+        is_test = _leave_last_out_mask(rows).to_numpy()
     else:
         is_test = _stratified_mask(rows, config.test_fraction, config.seed).to_numpy()
     rng = np.random.default_rng(0)
@@ -75,18 +80,27 @@ def _with_garbage_test_rows(dataset: Dataset, config: PipelineConfig) -> tuple[D
         columns.append(garbled("user_id", rng.choice(rows["user_id"].unique().to_numpy(), size=n)))
         if impressions is not None:
             late = (impressions["timestamp"] >= cutoff).to_numpy()
-            items = impressions["item_id"].to_numpy().copy()
-            items[late] = rng.choice(catalog, size=int(late.sum()))
-            impressions = impressions.with_columns(pl.Series("item_id", items))
+    elif impressions is not None:  # the test side of the impressions: from each user's first test time on
+        first_test = test_rows.group_by("user_id").agg(pl.col("timestamp").min().alias("_first"))
+        late = (impressions.join(first_test, on="user_id", how="left", maintain_order="left")
+                .select(pl.col("_first").is_not_null() & (pl.col("timestamp") >= pl.col("_first")))
+                .to_series().to_numpy())
+    if impressions is not None:
+        assert late.sum() > 0
+        shown_items = impressions["item_id"].to_numpy().copy()
+        shown_items[late] = rng.choice(catalog, size=int(late.sum()))
+        impressions = impressions.with_columns(pl.Series("item_id", shown_items))
     data = Dataset.from_frames(items=dataset.items, interactions=rows.with_columns(columns),
                                impressions=impressions, source=dataset.source)
     return data, n
 
 
-def _trial_values(run_id: str) -> list[tuple[str, float]]:
+def _trial_values(run_id: str) -> list[tuple[str, float | None]]:
+    """(trial run name, validation nDCG@10) per nested run; None for a pruned trial (no metric)."""
     runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{run_id}'", search_all_experiments=True,
                               order_by=["attributes.start_time ASC"])
-    return sorted(zip(runs["tags.mlflow.runName"], runs["metrics.validation/ndcg_at_10"], strict=True))
+    values = [None if value != value else value for value in runs["metrics.validation/ndcg_at_10"]]  # NaN: pruned
+    return sorted(zip(runs["tags.mlflow.runName"], values, strict=True), key=lambda pair: pair[0])
 
 
 def _tune_both(clean: Dataset, config: PipelineConfig, tmp_path, **options):
@@ -129,11 +143,17 @@ def test_no_stage_reads_the_test_split_and_each_trial_is_a_nested_run(shown, tmp
 
 
 @pytest.mark.slow
-def test_sampled_trials_repeat_and_each_stage_keeps_its_best(clicks, tmp_path, fresh_store):
-    (clean, clean_trials), (_, garbage_trials) = _tune_both(clicks, _config(split="temporal"), tmp_path,
+@pytest.mark.parametrize("split", ["temporal", "leave-last-out"])
+def test_sampled_trials_repeat_and_each_stage_keeps_its_best(clicks, tmp_path, fresh_store, split):
+    """Sampled trials, so the best config is not the start: garbage test rows still change no
+    trial and no byte of best_config.json."""
+    start = _config(split=split)
+    (clean, clean_trials), (_, garbage_trials) = _tune_both(clicks, start, tmp_path,
                                                             stages=("als", "item_item"), max_trials=4)
     assert len(clean_trials) == 8
     assert clean_trials == garbage_trials
+    assert clean.config != start  # a sampled trial won somewhere, so the file comparison can fail
+    assert (tmp_path / "clean.json").read_text() == (tmp_path / "garbage.json").read_text()
     for stage in clean.stages:
         values = [value for name, value in clean_trials if name.startswith(stage.name + "-")]
         assert stage.best_value == pytest.approx(max(values))
@@ -145,12 +165,47 @@ def test_sampled_trials_repeat_and_each_stage_keeps_its_best(clicks, tmp_path, f
 
 
 @pytest.mark.slow
-def test_the_budget_ends_each_stage_after_its_first_trial(clicks, tmp_path, fresh_store):
+def test_sampled_candidates_and_ranker_trials_never_read_the_test_split(shown, tmp_path, fresh_store):
+    """The ranker stages with sampled trials, on data with impressions: garbage in the test rows
+    and in the test side's impressions changes no trial and no byte of best_config.json."""
+    start = _config(split="stratified")
+    (clean, clean_trials), (_, garbage_trials) = _tune_both(shown, start, tmp_path, stages=("candidates", "ranker"),
+                                                            max_trials=3)
+    assert len(clean_trials) == 6
+    assert clean_trials == garbage_trials
+    assert clean.config != start
+    assert (tmp_path / "clean.json").read_text() == (tmp_path / "garbage.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_spent_budget_runs_no_further_stage_and_keeps_the_starting_settings(clicks, tmp_path, fresh_store):
+    # 6 ms: spent before the first stage starts (loading the validation cut alone takes longer).
     result = tune(clicks, _config(split="temporal"), experiment="tune-budget", out=tmp_path / "b.json",
                   stages=("als", "item_item"), max_trials=20, budget_minutes=1e-4, workdir=tmp_path, progress=False)
-    assert [s.trials for s in result.stages] == [1, 1]
-    # One trial each: the starting settings, kept as they were.
+    assert result.stages == [] and result.skipped == ("als", "item_item")
     assert result.config == _config(split="temporal")
+    assert "not run, the budget was spent (starting settings kept): als, item_item" in result.summary()
+    assert mlflow.MlflowClient().get_run(result.run_id).data.tags["tune.skipped_stages"] == "als,item_item"
+    assert PipelineConfig.from_dict(json.loads((tmp_path / "b.json").read_text())) == result.config
+
+
+@pytest.mark.slow
+def test_a_stage_stops_when_its_next_trial_would_not_fit(clicks, tmp_path, fresh_store, monkeypatch):
+    """Each trial takes 10 s of a fake clock; a 25 s budget for one stage fits two trials."""
+    import training.tuning as tuning
+
+    clock = {"now": 0.0}
+    real_objective = tuning._Tuner.objective
+
+    def slow_objective(self, stage, config, trial):
+        clock["now"] += 10.0
+        return real_objective(self, stage, config, trial)
+
+    monkeypatch.setattr(tuning, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(tuning._Tuner, "objective", slow_objective)
+    result = tune(clicks, _config(split="temporal"), experiment="tune-clock", out=tmp_path / "c.json",
+                  stages=("als",), max_trials=20, budget_minutes=25 / 60, workdir=tmp_path, progress=False)
+    assert [s.trials for s in result.stages] == [2] and result.skipped == ()
 
 
 def test_unknown_stage_and_bad_budget_are_refused(clicks, tmp_path):
@@ -530,3 +585,14 @@ def test_a_no_text_candidates_stage_keeps_the_text_count_it_started_from(shown, 
     assert all("candidates.n_text" not in t.params for t in trials)
     assert any(t.params != trials[0].params for t in trials[1:])  # the other counts were searched
     assert result.config.candidates.n_text == 35
+
+
+def test_a_saved_config_leaves_a_default_test_share_to_the_split_it_is_trained_with(tmp_path):
+    from recsys.cli import load_config
+
+    PipelineConfig(split="stratified").save(tmp_path / "default.json")
+    assert json.loads((tmp_path / "default.json").read_text())["test_fraction"] is None
+    assert load_config(str(tmp_path / "default.json")).test_fraction == 0.25
+    assert load_config(str(tmp_path / "default.json"), split="temporal").test_fraction == 0.2
+    PipelineConfig(split="stratified", test_fraction=0.3).save(tmp_path / "set.json")
+    assert load_config(str(tmp_path / "set.json"), split="temporal").test_fraction == 0.3

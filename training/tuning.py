@@ -13,7 +13,11 @@ nDCG@k), the parent logs each stage's best and starting values, the search's plo
 parameter importance) and ``best_config.json``, a complete config ``recsys train --config`` takes.
 
 Same data, seed and trial counts give the same best config; a ``--budget-minutes`` that ends a
-stage early makes the trial count, and so the result, depend on the machine's speed.
+stage early makes the trial count, and so the result, depend on the machine's speed. The budget
+is shared out among the stages still to run; a stage stops when its next trial would not fit, and
+once the budget is spent the stages left are not run (they keep their starting settings), so the
+search overruns its budget by at most one trial (and, before the candidates stage, the variant
+choice's three scorings).
 """
 
 from __future__ import annotations
@@ -73,12 +77,15 @@ class TuneResult:
     config: PipelineConfig
     stages: list[StageResult]
     seconds: float
+    skipped: tuple[str, ...] = ()  # stages not run because the budget was spent (starting settings kept)
 
     def summary(self) -> str:
         lines = [f"{'stage':<11} {'trials':>6} {'pruned':>6} {'start':>7} {'best':>7} {'time':>7}"]
         for s in self.stages:
             lines.append(f"{s.name:<11} {s.trials:>6} {s.pruned:>6} {s.base_value:>7.4f} {s.best_value:>7.4f} "
                          f"{s.seconds:>6.0f}s")
+        if self.skipped:
+            lines.append(f"not run, the budget was spent (starting settings kept): {', '.join(self.skipped)}")
         return "\n".join(lines)
 
 
@@ -272,11 +279,22 @@ class _Tuner:
         deadline = started + seconds  # checked after each trial: the first (starting) one always runs
         bar = progress_bar(total=max_trials, desc=f"tune {stage.name}", unit="trial", enabled=self.progress)
 
+        trial_seconds: list[float] = []  # every trial's wall time, pruned ones too
+
         def objective(trial: optuna.Trial) -> float:
+            called = time.perf_counter()
+            try:
+                return timed_objective(trial)
+            finally:
+                trial_seconds.append(time.perf_counter() - called)
+
+        def timed_objective(trial: optuna.Trial) -> float:
             overrides = stage.suggest(trial)
             config = with_overrides(base, overrides)
-            with mlflow.start_run(run_name=f"{stage.name}-{trial.number:03d}", nested=True,
-                                  parent_run_id=parent_id, tags={"tune.stage": stage.name}):
+            mlflow.start_run(run_name=f"{stage.name}-{trial.number:03d}", nested=True, parent_run_id=parent_id,
+                             tags={"tune.stage": stage.name})
+            status = "FAILED"
+            try:
                 mlflow.log_params({key: _param(value) for key, value in overrides.items()})
                 trial_started = time.perf_counter()
                 try:
@@ -284,10 +302,14 @@ class _Tuner:
                         value = self.objective(stage, config, trial)
                 except optuna.TrialPruned:
                     mlflow.set_tag("tune.state", "pruned")
+                    status = "KILLED"  # stopped by the pruner, not an error
                     raise
                 mlflow.log_metrics({f"validation/ndcg_at_{base.k}": _finite(value),
                                     "time/trial_s": time.perf_counter() - trial_started})
                 mlflow.set_tag("tune.state", "complete")
+                status = "FINISHED"
+            finally:
+                mlflow.end_run(status=status)
             return _finite(value)
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -300,8 +322,7 @@ class _Tuner:
                     del self._text_trials[number]
             # Stop when the next trial would not fit: trials of a stage can differ several-fold in
             # cost (text steps x layers), so the longest one so far is the estimate.
-            longest = max((t.duration.total_seconds() for t in study.trials if t.duration is not None), default=0.0)
-            if time.perf_counter() + longest >= deadline:
+            if time.perf_counter() + max(trial_seconds, default=0.0) >= deadline:
                 study.stop()
 
         with bar:
@@ -406,8 +427,16 @@ def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path
                            **{f"data.{key}": value for key, value in dataset.summary().items()}})
         tuner = _Tuner(dataset, config, progress)
         results = []
+        skipped: list[str] = []
         for index, stage in enumerate(chosen):
             left = budget - (time.perf_counter() - started)
+            if left <= 0:  # the budget is spent: the remaining stages keep their starting settings
+                skipped = [s.name for s in chosen[index:]]
+                log.warning("tune: the %.1f-minute budget is spent; stage(s) %s not run, their settings kept "
+                            "as they were. Give more --budget-minutes to search them.", budget_minutes,
+                            ",".join(skipped))
+                mlflow.set_tag("tune.skipped_stages", ",".join(skipped))
+                break
             share = stage.share / sum(s.share for s in chosen[index:])
             result = tuner.run_stage(stage, max_trials=max_trials, seconds=left * share,
                                      parent_id=run.info.run_id)
@@ -429,8 +458,9 @@ def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path
             best.save(path)
             mlflow.log_artifact(str(path))
         _write_atomically(out, best)
-        mlflow.set_tag("mlflow.note.content", _note(results, config, out))
-        return TuneResult(run_id=run.info.run_id, config=best, stages=results, seconds=seconds)
+        mlflow.set_tag("mlflow.note.content", _note(results, config, out, skipped))
+        return TuneResult(run_id=run.info.run_id, config=best, stages=results, seconds=seconds,
+                          skipped=tuple(skipped))
 
 
 def _write_atomically(out: Path, config: PipelineConfig) -> None:
@@ -460,9 +490,10 @@ def _log_plots(result: StageResult) -> None:
     plt.close("all")
 
 
-def _note(results: list[StageResult], config: PipelineConfig, out: Path) -> str:
-    rows = "\n".join(f"| {r.name} | {r.trials} | {r.pruned} | {r.base_value:.4f} | {r.best_value:.4f} | "
-                     f"{r.seconds:.0f} s |" for r in results)
+def _note(results: list[StageResult], config: PipelineConfig, out: Path, skipped: list[str]) -> str:
+    rows = "\n".join([f"| {r.name} | {r.trials} | {r.pruned} | {r.base_value:.4f} | {r.best_value:.4f} | "
+                      f"{r.seconds:.0f} s |" for r in results]
+                     + [f"| {name} | not run: budget spent | | | | |" for name in skipped])
     return (f"Validation-only search (split {config.split}, seed {config.seed}, k {config.k}); the test split "
             f"is never read.\n\n| stage | trials | pruned | start nDCG@{config.k} | best nDCG@{config.k} | time |\n"
             f"|---|---|---|---|---|---|\n{rows}\n\nBest settings: `best_config.json` (also written to {out}); "
@@ -470,7 +501,7 @@ def _note(results: list[StageResult], config: PipelineConfig, out: Path) -> str:
 
 
 def summary_json(result: TuneResult) -> dict:
-    return {"run_id": result.run_id, "seconds": result.seconds,
+    return {"run_id": result.run_id, "seconds": result.seconds, "skipped": list(result.skipped),
             "stages": [{"name": s.name, "trials": s.trials, "pruned": s.pruned, "start": s.base_value,
                         "best": s.best_value, "seconds": s.seconds, "best_settings": {k: _param(v) for k, v in
                                                                                       s.best.items()}}
