@@ -17,7 +17,7 @@ stage early makes the trial count, and so the result, depend on the machine's sp
 is shared out among the stages still to run; a stage stops when its next trial would not fit, and
 once the budget is spent the stages left are not run (they keep their starting settings), so the
 search overruns its budget by at most one trial (and, before the candidates stage, the variant
-choice's three scorings).
+choice's three scorings, plus each stage's plots).
 """
 
 from __future__ import annotations
