@@ -283,18 +283,12 @@ class _Tuner:
 
         def objective(trial: optuna.Trial) -> float:
             called = time.perf_counter()
-            try:
-                return timed_objective(trial)
-            finally:
-                trial_seconds.append(time.perf_counter() - called)
-
-        def timed_objective(trial: optuna.Trial) -> float:
-            overrides = stage.suggest(trial)
-            config = with_overrides(base, overrides)
             mlflow.start_run(run_name=f"{stage.name}-{trial.number:03d}", nested=True, parent_run_id=parent_id,
                              tags={"tune.stage": stage.name})
             status = "FAILED"
             try:
+                overrides = stage.suggest(trial)
+                config = with_overrides(base, overrides)
                 mlflow.log_params({key: _param(value) for key, value in overrides.items()})
                 trial_started = time.perf_counter()
                 try:
@@ -310,6 +304,7 @@ class _Tuner:
                 status = "FINISHED"
             finally:
                 mlflow.end_run(status=status)
+                trial_seconds.append(time.perf_counter() - called)
             return _finite(value)
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
