@@ -69,8 +69,6 @@ def tiny_config_dict() -> dict:
         "text": {"steps": 6, "batch_size": 16, "max_length": 32, "encode_batch_size": 64, "sequence_epochs": 2},
         "candidates": {"n_cf": 30, "n_text": 30, "n_popular": 20, "n_recent": 20},
         "ranker": {"num_boost_round": 30, "early_stopping_rounds": 10, "min_data_in_leaf": 5},
-        # Off by default (it did not pay on validation); on here so every path is exercised with two sources.
-        "sources": {"text_neighbours": {"use": "auto"}},
     }
 
 

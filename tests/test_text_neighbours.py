@@ -59,8 +59,8 @@ def test_auto_turns_it_on_for_next_item_protocols_and_catalogs_it_can_afford():
     from features.sources import is_on
     from recsys.config import PipelineConfig
 
-    assert PipelineConfig().sources["text_neighbours"]["use"] == "off"  # the default: it did not pay on validation
-    settings = PipelineConfig(sources={"text_neighbours": {"use": "auto"}}).sources
+    assert PipelineConfig().sources["text_neighbours"]["use"] == "auto"  # the default
+    settings = PipelineConfig().sources
     assert is_on(TextNeighbours, settings, "temporal", 10_000) and is_on(TextNeighbours, settings, "leave-last-out",
                                                                           text_neighbours.MAX_AUTO_ITEMS)
     assert not is_on(TextNeighbours, settings, "stratified", 1_000)

@@ -255,20 +255,21 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
         == {"data_choice.item_item": "cosine", "data_choice.bpr_epochs": 25, "data_choice.als_alpha": 3.75}  # 225 / 60
     assert {f"data_choice.{c.name}" for c in REGISTERED} <= set(choices)  # one per registered source
     assert choices["data_choice.transitions"] == "on"  # temporal: what comes next is tested
-    assert choices["data_choice.text_neighbours"] == "off"  # off unless asked
+    assert choices["data_choice.text_neighbours"] == "on"  # auto: a next-item protocol, a catalog it can afford
     roomy = PipelineConfig(item_item_max_items=10_000, cf_use_weights=False, als_user_confidence=200.0,
                            split="stratified")
     choices = data_choices(windows, roomy)
     assert {k: choices[k] for k in ("data_choice.item_item", "data_choice.bpr_epochs", "data_choice.als_alpha")} \
         == {"data_choice.item_item": "ease", "data_choice.bpr_epochs": 100, "data_choice.als_alpha": 5.0}  # 200 / 40
     assert choices["data_choice.transitions"] == "off"  # random held-out positions
+    assert choices["data_choice.text_neighbours"] == "off"
     forced = PipelineConfig(split="stratified", sources={"transitions": {"use": "on"}})
     assert data_choices(windows, forced)["data_choice.transitions"] == "on"
     many_items = IdMap(kind="item").fit(pl.Series([f"i{i}" for i in range(50_001)]))
     wide = SimpleNamespace(**{**vars(windows), "items": many_items})
-    asked = PipelineConfig(sources={"text_neighbours": {"use": "auto"}})
-    assert data_choices(windows, asked)["data_choice.text_neighbours"] == "on"
-    assert data_choices(wide, asked)["data_choice.text_neighbours"] == "off"  # past the catalog it can afford
+    assert data_choices(wide, PipelineConfig())["data_choice.text_neighbours"] == "off"  # past its catalog limit
+    asked = PipelineConfig(sources={"text_neighbours": {"use": "off"}})
+    assert data_choices(windows, asked)["data_choice.text_neighbours"] == "off"
     assert data_choices(windows, PipelineConfig(als_alpha=2.0))["data_choice.als_alpha"] == 2.0
 
 
