@@ -42,8 +42,9 @@ class TextNeighbours(RecentLinks):
     CSR (n_users, n_items) float32, each user's 1/p weights on their ``RECENT`` most recent items."""
 
     name = "text_neighbours"
-    # "auto" by default: with the ordered user tower it lifts both text variants on validation on
-    # Office seeds 0-2 and the shipped ranker under --cold-items (docs/results.md, "Text neighbours").
+    # "auto" by default: read through the ordered user tower's item vectors it lifts both text
+    # variants on validation on Office seeds 0-2, and the shipped (text) variant's validation
+    # under --cold-items on the same seeds (docs/results.md, "Text neighbours").
     defaults = {**ScoreSource.defaults, "use": "auto"}
     score_column = "recent_text_score"
     files = ("text_neighbours_similar.npz", "text_neighbours_recent.npz")
