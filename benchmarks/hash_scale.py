@@ -1,0 +1,103 @@
+"""How polars' hash primitives grow on this machine between two data sizes: the baseline the
+hash-bound training stages (load, data_checks, split) are compared against.
+
+    .venv/bin/python benchmarks/hash_scale.py /tmp/scale-1 /tmp/scale-10 [--repeats 3]
+    .venv/bin/python benchmarks/hash_scale.py /tmp/scale-1 /tmp/scale-10 --train-json /tmp/bench/train.json
+
+Each primitive runs on the folders' own columns (``recsys generate DIR --scale S``), as those
+stages run them, with string ids and, for comparison, with the same ids as integer codes:
+
+- ``is_in items``: every interaction's and impression's item id looked up in the catalog (the
+  load's known-item check);
+- ``unique users``: the distinct user ids of the interactions (the split's user id map);
+- ``anti join pairs``: impressions without a (user, item) pair of the interactions (the split's
+  and the data checks' anti joins).
+
+It prints each primitive's seconds (the fastest of ``--repeats``) and its exponent b (seconds ~
+interactions^b) between the two folders; with ``--train-json`` (``benchmarks/train.py``'s output,
+same two sizes) the exponents of the load, data_checks and split stages beside them. Work that
+is linear in rows still grows faster than the rows once its hash tables outgrow the CPU caches:
+when the primitives' exponents are as high as the stages', the stages are as linear as polars is
+on this machine. Polars uses its default threads, as a training run does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+PAIR = ["user_id", "item_id"]
+
+
+def best_seconds(work, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``work()``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def primitives(folder: Path, repeats: int) -> tuple[int, dict[str, float]]:
+    """(interactions, primitive name -> fastest seconds) on one data folder."""
+    items = pl.read_parquet(folder / "items.parquet", columns=["item_id"]).select(pl.col("item_id").cast(pl.String))
+    inter = pl.read_parquet(folder / "interactions.parquet", columns=PAIR).with_columns(pl.col(PAIR).cast(pl.String))
+    shown = pl.read_parquet(folder / "impressions.parquet", columns=PAIR).with_columns(pl.col(PAIR).cast(pl.String))
+    codes = {name: pl.concat([inter[name], shown[name]]).unique().sort() for name in PAIR}
+
+    def coded(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(pl.col(name).replace_strict(codes[name], np.arange(codes[name].len(), dtype=np.int32),
+                                                              return_dtype=pl.Int32) for name in PAIR)
+
+    inter_int, shown_int = coded(inter), coded(shown)
+    catalog_int = pl.Series(np.arange(codes["item_id"].len(), dtype=np.int32))
+    out = {}
+    for kind, a, b, catalog in (("string", inter, shown, items["item_id"]), ("int", inter_int, shown_int, catalog_int)):
+        out[f"is_in items ({kind})"] = best_seconds(
+            lambda a=a, b=b, catalog=catalog: (a["item_id"].is_in(catalog.implode()),
+                                               b["item_id"].is_in(catalog.implode())), repeats)
+        out[f"unique users ({kind})"] = best_seconds(lambda a=a: a["user_id"].unique(), repeats)
+        out[f"anti join pairs ({kind})"] = best_seconds(lambda a=a, b=b: b.join(a, on=PAIR, how="anti"), repeats)
+    return inter.height, out
+
+
+def exponent(sizes: tuple[int, int], seconds: tuple[float, float]) -> float:
+    return float(np.log(seconds[1] / seconds[0]) / np.log(sizes[1] / sizes[0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("small", type=Path)
+    parser.add_argument("large", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-json", type=Path, default=None,
+                        help="benchmarks/train.py's train.json at the same two sizes: its stage exponents beside")
+    args = parser.parse_args()
+    for folder in (args.small, args.large):
+        if not (folder / "interactions.parquet").exists():
+            raise SystemExit(f"{folder}: no interactions.parquet; write it with `recsys generate {folder} --scale S`")
+    n_small, small = primitives(args.small, args.repeats)
+    n_large, large = primitives(args.large, args.repeats)
+    sizes = (n_small, n_large)
+    print(f"{'primitive':30}{n_small:>14,}{n_large:>14,}{'exponent':>10}   (seconds, fastest of {args.repeats})")
+    for name in small:
+        print(f"{name:30}{small[name]:>14.3f}{large[name]:>14.3f}{exponent(sizes, (small[name], large[name])):>10.2f}")
+    if args.train_json:
+        runs = {r["interactions"]: r for r in json.loads(args.train_json.read_text())}
+        if n_small not in runs or n_large not in runs:
+            raise SystemExit(f"{args.train_json} has no runs at {n_small:,} and {n_large:,} interactions "
+                             f"(it has {sorted(runs)}); run benchmarks/train.py on these two folders")
+        print(f"\n{'training stage':30}{n_small:>14,}{n_large:>14,}{'exponent':>10}   (benchmarks/train.py)")
+        for stage in ("load", "data_checks", "split"):
+            seconds = (runs[n_small]["stages"][stage], runs[n_large]["stages"][stage])
+            print(f"{stage:30}{seconds[0]:>14.3f}{seconds[1]:>14.3f}{exponent(sizes, seconds):>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
