@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from train import exponent  # benchmarks/train.py's log-log slope, so both print the same figure
 
 PAIR = ["user_id", "item_id"]
 
@@ -65,10 +66,6 @@ def primitives(folder: Path, repeats: int) -> tuple[int, dict[str, float]]:
         out[f"unique users ({kind})"] = best_seconds(lambda a=a: a["user_id"].unique(), repeats)
         out[f"anti join pairs ({kind})"] = best_seconds(lambda a=a, b=b: b.join(a, on=PAIR, how="anti"), repeats)
     return inter.height, out
-
-
-def exponent(sizes: tuple[int, int], seconds: tuple[float, float]) -> float:
-    return float(np.log(seconds[1] / seconds[0]) / np.log(sizes[1] / sizes[0]))
 
 
 def main() -> None:
