@@ -62,7 +62,8 @@ class TextModelConfig:
     sequence_heads: int = 2  # attention heads of the user tower
     sequence_dropout: float = 0.2  # dropout of the user tower while it trains
     sequence_epochs: int = 30  # most passes over the training sequences for the user tower
-    # Most user-tower steps in all: a large window stops after fewer passes (time grows with steps).
+    # Most user-tower steps in all: a large window stops after fewer passes (time grows with steps);
+    # a window whose one pass needs more steps than this keeps the pooled mean, untrained.
     sequence_max_steps: int = 1500
     sequence_patience: int = 4  # user-tower epochs without a better held-out nDCG@10 before it stops
     # Epochs before the patience counts: the held-out nDCG@10 dips below the pooled mean for the

@@ -164,7 +164,40 @@ def test_impression_metrics_in_chunks_equal_one_pass_and_the_direct_baseline_sco
         expected = metrics.impression_metrics(np.nan_to_num(scores.astype(np.float64), nan=-1e9),
                                               shown["clicked"].to_numpy(), shown["query_idx"].to_numpy(),
                                               tiebreak=tie_keys(5, u, i))
-        assert {k: v for k, v in whole[name].items() if k != "imp_count"} == pytest.approx(expected), name
+        assert {k: v for k, v in whole[name].items() if k not in ("imp_count", "imp_users")} \
+            == pytest.approx(expected), name
+
+
+def test_impression_metrics_above_max_users_score_every_impression_of_a_seeded_user_sample(small_bundle):
+    """Above ``max_users`` the metrics are those of the sampled users' impressions, all of them;
+    at or under it, those of every user."""
+    from features.state import with_indices
+    from recsys import windows
+
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
+    split = split_interactions(data.interactions, kind="temporal", test_fraction=0.25, impressions=data.impressions)
+    state = small_bundle.state
+    bundles = {"ranker": small_bundle}
+    shown = with_indices(split.impressions_test, state.users, state.items).filter(pl.col("user_idx") >= 0)
+    known = shown["user_idx"].unique().sort()
+    assert len(known) > 20
+    whole = evaluate.impression_evaluation(bundles, split.impressions_test, seed=5, state=state)
+    assert whole["ranker"]["imp_users"] == len(known)
+    assert whole["ranker"]["imp_count"] == shown["impression_id"].n_unique()
+    assert evaluate.impression_evaluation(bundles, split.impressions_test, seed=5, state=state,
+                                          max_users=len(known), sample_seed=9) == whole
+
+    sampled = evaluate.impression_evaluation(bundles, split.impressions_test, seed=5, state=state, max_users=20,
+                                             sample_seed=9)
+    picked = known.gather(windows.sample_positions(len(known), 20, 9))
+    kept = shown.filter(pl.col("user_idx").is_in(picked.implode()))
+    subset = split.impressions_test.filter(pl.col("impression_id").is_in(kept["impression_id"].unique().implode()))
+    expected = evaluate.impression_evaluation(bundles, subset, seed=5, state=state)
+    assert sampled["ranker"]["imp_users"] == 20
+    assert sampled["ranker"]["imp_count"] == kept["impression_id"].n_unique() < whole["ranker"]["imp_count"]
+    for name in whole:
+        assert sampled[name] == pytest.approx(expected[name], abs=1e-12), name
+    assert sampled["ranker"]["imp_auc"] != whole["ranker"]["imp_auc"]
 
 
 def test_an_evaluated_cosine_state_keeps_the_cooccurrence_baseline_from_its_own_fit(split):

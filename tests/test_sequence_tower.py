@@ -105,6 +105,22 @@ def fitted():
     return _fit(_alternating_world())
 
 
+def test_a_step_cap_under_one_pass_keeps_the_pooled_mean_untrained_and_says_how_to_train_it(caplog):
+    # 300 users, 32 sequences a step: one pass is 10 steps.
+    events = _alternating_world()
+    with caplog.at_level("WARNING", logger="training.sequence_fit"):
+        skipped = _fit(events, sequence_max_steps=9)
+    assert skipped.best_epoch == 0 and skipped.train_losses == [] and len(skipped.val_ndcg) == 1
+    assert torch.equal(skipped.tower.state_dict()["adapt.weight"], torch.eye(DIM))  # never stepped
+    assert not skipped.tower.training
+    assert "user tower skipped: one pass over 300 training sequences takes 10 steps, more than " \
+           "text.sequence_max_steps=9" in caplog.text
+    assert "Raise text.sequence_max_steps to 10 or more" in caplog.text
+    trained = _fit(events, sequence_max_steps=10)  # exactly one pass: it trains, one epoch
+    assert len(trained.train_losses) == 1 and len(trained.val_ndcg) == 2
+    assert skipped.val_ndcg[0] == trained.val_ndcg[0]  # the same pooled mean on the same held-out items
+
+
 def test_the_tower_learns_what_follows_and_beats_the_pooled_mean_on_held_out_items(fitted):
     assert fitted.best_epoch > 0
     assert fitted.val_ndcg[fitted.best_epoch] > fitted.val_ndcg[0] + 0.6

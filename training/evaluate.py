@@ -246,7 +246,8 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     bundle's; pass the fine-tuned state so that ``text`` is the fine-tuned text model whichever
     variant leads). ``pretrained_state`` adds
     the ``text_pretrained`` baseline (text interest from the encoder before fine-tuning).
-    Above ``config.eval_max_users`` test users, a seeded uniform sample of them is evaluated.
+    Above ``config.eval_max_users`` test users, a seeded uniform sample of them is evaluated; the
+    impression metrics likewise score a seeded sample of that many users with test impressions.
     Every model gets a bootstrap interval of nDCG@k (``ndcg@k_ci_low/high``); every ranker (a name
     starting with ``ranker``) also gets its paired lift over the best baseline with its interval:
     ``versus`` when given (chosen on validation data), else the best baseline of this table.
@@ -286,7 +287,9 @@ def evaluate_all(bundles: dict[str, RankingBundle], split: Split, config: Pipeli
     for values in results.values():
         values["n_users"] = float(len(user_idx))
     if split.impressions_test is not None and split.impressions_test.height:
-        for name, values in impression_evaluation(bundles, split.impressions_test, config.seed, state).items():
+        for name, values in impression_evaluation(bundles, split.impressions_test, config.seed, state,
+                                                  max_users=config.eval_max_users,
+                                                  sample_seed=config.seed + windows.EVAL_SAMPLE_SEED).items():
             results[name].update(values)
     return Evaluation(metrics=results, ranked=ranked_by_model, user_idx=user_idx, relevant=relevant,
                       ranker_scores=scores, ranker_labels=labels, best_baseline=best_baseline,
@@ -383,15 +386,24 @@ def _labelled_scores(scored: pl.DataFrame, relevant: list[np.ndarray]) -> tuple[
 
 
 def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.DataFrame, seed: int,
-                          state: FeatureState | None = None) -> dict[str, dict[str, float]]:
+                          state: FeatureState | None = None, *, max_users: int = 0,
+                          sample_seed: int = 0) -> dict[str, dict[str, float]]:
     """MIND-style metrics over test impressions of known users: rank what was actually shown.
 
     state: the one the baselines read (default: the first bundle's). Ties within an impression
-    follow the seeded tie rule; scores a model does not have (NaN) rank last.
+    follow the seeded tie rule; scores a model does not have (NaN) rank last. Above ``max_users``
+    known users with test impressions (0 = no limit), every impression of a seeded uniform sample
+    of ``max_users`` of them (``sample_seed``) is scored: a run's cost then stays that of the sampled
+    users, as the top-k metrics' does. ``imp_users`` and ``imp_count`` say how many were scored.
     """
     state = state or next(iter(bundles.values())).state
-    shown = (with_indices(impressions, state.users, state.items).filter(pl.col("user_idx") >= 0)
-             .with_columns(pl.col("impression_id").rank("dense").cast(pl.Int32).alias("query_idx") - 1)
+    shown = with_indices(impressions, state.users, state.items).filter(pl.col("user_idx") >= 0)
+    users = shown["user_idx"].unique().sort()
+    keep = windows.sample_positions(len(users), max_users, sample_seed)
+    if keep is not None:
+        users = users.gather(keep)
+        shown = shown.filter(pl.col("user_idx").is_in(users.implode()))
+    shown = (shown.with_columns(pl.col("impression_id").rank("dense").cast(pl.Int32).alias("query_idx") - 1)
              .sort("query_idx"))
     if shown.height == 0:
         return {}
@@ -412,14 +424,16 @@ def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.Dat
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])  # first row of each impression
     cut = np.searchsorted(starts, np.arange(0, len(groups), IMPRESSION_CHUNK_ROWS))
     bounds = np.unique(np.r_[starts[cut[cut < len(starts)]], len(groups)])
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        for key, names in readers.items():
-            arrays = feature_arrays(states[key], u[lo:hi], i[lo:hi], query_idx=groups[lo:hi])
-            for name in names:
-                parts[name].append(bundles[name].score(arrays))
-            if key == id(state):
-                for name, column in single_columns.items():
-                    parts[name].append(arrays[column])
+    with progress_bar(total=len(groups), desc="evaluate impressions", unit="row") as bar:
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            for key, names in readers.items():
+                arrays = feature_arrays(states[key], u[lo:hi], i[lo:hi], query_idx=groups[lo:hi])
+                for name in names:
+                    parts[name].append(bundles[name].score(arrays))
+                if key == id(state):
+                    for name, column in single_columns.items():
+                        parts[name].append(arrays[column])
+            bar.update(int(hi - lo))
     scores = {name: np.concatenate(parts[name]) for name in bundles}
     scores.update({name: np.concatenate(parts[name]) for name in single_columns})
     scores["random"] = np.random.default_rng(seed).random(len(labels))
@@ -430,5 +444,6 @@ def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.Dat
     for name, s in scores.items():
         out[name] = metrics.impression_metrics(np.nan_to_num(np.asarray(s, dtype=np.float64), nan=-1e9),
                                                labels, groups, tiebreak=keys)
-        out[name]["imp_count"] = float(np.unique(groups).size)
+        out[name]["imp_count"] = float(len(starts))
+        out[name]["imp_users"] = float(len(users))
     return out
