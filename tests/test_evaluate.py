@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from features.bundle import RankingBundle, head_k
+from features.state import with_indices
 from recsys.config import PipelineConfig
 from recsys.demo_data import DemoSpec, generate_demo
 from recsys.errors import ConfigError
@@ -55,8 +56,14 @@ def test_evaluation_of_a_user_sample_reports_the_sample_and_the_total(small_bund
     assert evaluation.metrics["ranker"]["n_users"] == 15
     assert evaluation.metrics["popularity"]["n_users"] == 15
     assert evaluation.ranked["als"].shape == (15, config.k)
+    # The impression metrics score a sample of as many users with test impressions.
+    shown = with_indices(split.impressions_test, small_bundle.state.users, small_bundle.state.items)
+    impression_users = shown.filter(pl.col("user_idx") >= 0)["user_idx"].n_unique()
+    assert impression_users > 15
+    assert evaluation.metrics["ranker"]["imp_users"] == 15
     whole = evaluate_all({"ranker": small_bundle}, split, replace(config, eval_max_users=0))
     assert len(whole.user_idx) == len(all_users)
+    assert whole.metrics["ranker"]["imp_users"] == impression_users
 
 
 def test_the_ranker_learns_from_at_most_ranker_max_users_label_users(small_bundle, split):
@@ -296,3 +303,21 @@ def test_each_fine_tuned_text_model_gets_its_paired_lift_over_the_pretrained_one
         assert got[f"lift_vs_pretrained_text/ndcg@{k}_ci_high"] == pytest.approx(np.quantile(means, 0.975))
     others = set(names) - {"text", table["ranker_finetuned_text"]}
     assert not any(key.startswith("lift_vs_pretrained") for name in others for key in results[name])
+
+
+def test_an_impression_id_shared_by_several_users_is_one_query_per_user(small_bundle):
+    """Rows of one impression id from two users are two queries (as if each user had their own
+    id), so a user sample keeps every query it touches whole."""
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
+    split = split_interactions(data.interactions, kind="temporal", test_fraction=0.25, impressions=data.impressions)
+    state = small_bundle.state
+    bundles = {"ranker": small_bundle}
+    one_id = split.impressions_test.with_columns(pl.lit("shared").alias("impression_id"))
+    per_user = split.impressions_test.with_columns(pl.col("user_id").alias("impression_id"))
+    shared = evaluate.impression_evaluation(bundles, one_id, seed=5, state=state)
+    own = evaluate.impression_evaluation(bundles, per_user, seed=5, state=state)
+    assert shared["ranker"]["imp_count"] == shared["ranker"]["imp_users"] > 20
+    for name in own:
+        assert shared[name] == pytest.approx(own[name], abs=1e-12), name
+    sampled = evaluate.impression_evaluation(bundles, one_id, seed=5, state=state, max_users=20, sample_seed=9)
+    assert sampled["ranker"]["imp_count"] == sampled["ranker"]["imp_users"] == 20

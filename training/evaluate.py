@@ -403,10 +403,14 @@ def impression_evaluation(bundles: dict[str, RankingBundle], impressions: pl.Dat
     if keep is not None:
         users = users.gather(keep)
         shown = shown.filter(pl.col("user_idx").is_in(users.implode()))
-    shown = (shown.with_columns(pl.col("impression_id").rank("dense").cast(pl.Int32).alias("query_idx") - 1)
-             .sort("query_idx"))
     if shown.height == 0:
         return {}
+    # A query is one user's rows of one impression (an id shared by several users is one query
+    # each), so a user sample never cuts a query in half.
+    shown = shown.sort("impression_id", "user_idx", maintain_order=True)
+    new_query = (pl.col("impression_id") != pl.col("impression_id").shift(1)) | \
+                (pl.col("user_idx") != pl.col("user_idx").shift(1))
+    shown = shown.with_columns((new_query.fill_null(True).cum_sum() - 1).cast(pl.Int32).alias("query_idx"))
     labels = shown["clicked"].to_numpy()
     groups = shown["query_idx"].to_numpy()
     u, i = shown["user_idx"].to_numpy(), shown["item_idx"].to_numpy()
