@@ -278,26 +278,31 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
         counts = xt[first:last] @ x
         if st is not None:
             counts = counts + session_weight * (st[first:last] @ s)
-        cos = _scaled_cosine(counts.tocsr(), inverse, int(first))
+        blocks.append(_pruned_cosine_block(counts.tocsr(), inverse, int(first), neighbours))
         del counts
-        blocks.append(_prune_rows(cos, neighbours, first_row=int(first)))
     if not blocks:
         return sp.csr_matrix((0, n_items), dtype=np.float32)
     return sp.vstack(blocks, format="csr", dtype=np.float32)
 
 
-def _scaled_cosine(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int) -> sp.csr_matrix:
-    """float32 CSR ``counts[r, c] / (norm_r norm_c)`` of a block of G's rows (from ``first_row``;
-    every column), an item's own entry and zeros dropped. The same float32 operations, in the
-    same order, as ``diags(inverse) @ G @ diags(inverse)``, without the two sparse products."""
-    counts = counts.astype(np.float32, copy=False)
-    n_rows = counts.shape[0]
-    rows = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(counts.indptr))  # int32: blocks are large
-    values = (inverse[first_row:first_row + n_rows][rows] * counts.data) * inverse[counts.indices]
-    keep = (values != 0) & (rows != counts.indices - np.int32(first_row))
-    del rows
-    indptr = np.r_[0, np.cumsum(keep)][counts.indptr]
-    return sp.csr_matrix((values[keep], counts.indices[keep], indptr), shape=counts.shape, dtype=np.float32)
+def _pruned_cosine_block(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int, keep: int) -> sp.csr_matrix:
+    """float32 CSR of a block of G's rows (from ``first_row``; every column) turned into cosines
+    ``counts[r, c] / (norm_r norm_c)`` and pruned to each row's ``keep`` strongest, an item's own
+    entry and zeros dropped: ``_prune_rows`` of ``diags(inverse) @ G @ diags(inverse)`` without its
+    diagonal (the same float32 operations, in the same order), scaled in place in ``counts``
+    (which it overwrites) with no nnz-sized temporaries beyond a few masks."""
+    values = counts.data if counts.data.dtype == np.float32 else counts.data.astype(np.float32)
+    lengths = np.diff(counts.indptr)
+    values *= np.repeat(inverse[first_row:first_row + counts.shape[0]], lengths)
+    values *= inverse[counts.indices]
+    own = counts.indices == np.repeat(np.arange(first_row, first_row + counts.shape[0], dtype=counts.indices.dtype),
+                                      lengths)
+    # Cosines are >= 0: the values are their own magnitudes; -1 marks an entry no row may keep.
+    values[own | (values == 0)] = -1.0
+    del own
+    kept = _kept_entries(values, counts.indptr, counts.indices, keep, first_row)
+    return sp.csr_matrix((values[kept], counts.indices[kept], _kept_indptr(kept, counts.indptr)),
+                         shape=counts.shape, dtype=np.float32)
 
 
 def _prune_rows(matrix: sp.csr_matrix, keep: int, first_row: int = 0) -> sp.csr_matrix:
@@ -305,32 +310,61 @@ def _prune_rows(matrix: sp.csr_matrix, keep: int, first_row: int = 0) -> sp.csr_
     among entries tied at the cut, the seeded tie rule decides (never the column index), as
     ``np.lexsort((tie_keys(0, row, cols), -abs(values)))[:keep]`` would. Kept entries stay in
     their stored order. first_row: the item index of the matrix's row 0 (a block of rows), for
-    the tie rule. values: without NaN. A row's cut is found by a partition (linear), and tie keys
-    are hashed only for the entries tied at it, not for the whole row. Returns a new matrix
-    (no array shared with the input).
+    the tie rule. values: without NaN. Returns a new matrix (no array shared with the input).
     """
     matrix = matrix.tocsr()
-    lengths = np.diff(matrix.indptr)
     if keep <= 0:
         return sp.csr_matrix(matrix.shape, dtype=np.float32)
-    long_rows = np.flatnonzero(lengths > keep)
-    if long_rows.size == 0:
+    if matrix.nnz == 0 or np.diff(matrix.indptr).max() <= keep:
         return sp.csr_matrix((matrix.data.astype(np.float32), matrix.indices.copy(), matrix.indptr.copy()),
                              shape=matrix.shape, dtype=np.float32)
-    kept = np.ones(matrix.nnz, dtype=bool)
-    magnitude = np.abs(matrix.data)
-    for row in long_rows:
-        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
-        row_magnitude = magnitude[start:stop]
-        cut = np.partition(row_magnitude, stop - start - keep)[stop - start - keep]
-        row_kept = row_magnitude > cut
-        tied = np.flatnonzero(row_magnitude == cut)
-        need = keep - int(row_kept.sum())
-        if need < tied.size:  # the tie rule picks which of the tied entries stay
-            keys = tie_keys(0, first_row + int(row), matrix.indices[start:stop][tied])
-            tied = tied[np.argsort(keys, kind="stable")[:need]]
-        row_kept[tied] = True
-        kept[start:stop] = row_kept
-    indptr = np.r_[0, np.cumsum(kept)][matrix.indptr]
-    return sp.csr_matrix((matrix.data[kept].astype(np.float32), matrix.indices[kept], indptr),
-                         shape=matrix.shape, dtype=np.float32)
+    kept = _kept_entries(np.abs(matrix.data), matrix.indptr, matrix.indices, keep, first_row)
+    return sp.csr_matrix((matrix.data[kept].astype(np.float32), matrix.indices[kept],
+                          _kept_indptr(kept, matrix.indptr)), shape=matrix.shape, dtype=np.float32)
+
+
+def _kept_entries(magnitude: np.ndarray, indptr: np.ndarray, indices: np.ndarray, keep: int,
+                  first_row: int) -> np.ndarray:
+    """bool (nnz,) mask of each CSR row's ``keep`` largest ``magnitude`` entries, ties at the cut
+    by the tie rule (``tie_keys(0, first_row + row, column)``, smallest first).
+
+    magnitude: float (nnz,) >= 0 for entries that may be kept, negative for entries that never
+    are (they do not count towards ``keep``); indptr: (n_rows + 1,); indices: columns (nnz,).
+    A row's cut is found by a partition (linear); everything else is one vectorised pass over
+    the entries, and tie keys are hashed only for the entries tied at a cut.
+    """
+    lengths = np.diff(indptr)
+    cut = np.full(len(lengths), -0.5, dtype=magnitude.dtype)  # below every keepable magnitude
+    for row in np.flatnonzero(lengths > keep):
+        start, stop = indptr[row], indptr[row + 1]
+        cut[row] = np.partition(magnitude[start:stop], stop - start - keep)[stop - start - keep]
+    cut[cut < 0] = -0.5  # fewer than ``keep`` keepable entries: the row keeps all of them
+    entry_cut = np.repeat(cut, lengths)
+    kept = magnitude > entry_cut
+    tied = np.flatnonzero(magnitude == entry_cut)
+    del entry_cut
+    if tied.size:
+        # Each row with tied entries keeps ``keep - (entries above its cut)`` of them, smallest tie key first.
+        tied_row = np.searchsorted(indptr, tied, side="right") - 1
+        need = keep - _row_counts(kept, indptr)[tied_row]
+        keys = tie_keys(0, first_row + tied_row, indices[tied])
+        order = np.lexsort((keys, tied_row))
+        ordered_row = tied_row[order]
+        group_start = np.flatnonzero(np.r_[True, ordered_row[1:] != ordered_row[:-1]])
+        rank = np.arange(len(order)) - np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
+        kept[tied[order[rank < need[order]]]] = True
+    return kept
+
+
+def _row_counts(mask: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """int64 (n_rows,) True entries of ``mask`` (nnz,) in each CSR row."""
+    counts = np.zeros(len(indptr) - 1, dtype=np.int64)
+    filled = np.flatnonzero(np.diff(indptr) > 0)
+    if filled.size:  # a segment runs to the next filled row's start: exactly this row
+        counts[filled] = np.add.reduceat(mask, indptr[filled], dtype=np.int64)
+    return counts
+
+
+def _kept_indptr(kept: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """The indptr of a CSR matrix's entries selected by ``kept`` (nnz,), rows unchanged."""
+    return np.r_[0, np.cumsum(_row_counts(kept, indptr))]
