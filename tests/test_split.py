@@ -92,6 +92,24 @@ def test_test_impressions_of_items_clicked_in_train_are_dropped_and_counted(capl
     assert "dropped 2 test impression row(s)" in caplog.text
 
 
+@pytest.mark.parametrize("buckets", [None, 3, 1])  # the real hash; collisions in 3 buckets; every pair collides
+def test_seen_impressions_are_matched_on_exact_pairs_whatever_the_hash_collides(monkeypatch, buckets):
+    import recsys.split as split_module
+
+    real = split_module._pair_hashes
+    if buckets is not None:  # a coarse hash: unseen pairs share hashes with seen ones
+        monkeypatch.setattr(split_module, "_pair_hashes", lambda frame: real(frame) % buckets)
+    train = pl.DataFrame({"user_id": ["u1", "u1", "u2", "u3"], "item_id": ["a", "b", "a", "c"]})
+    shown = pl.DataFrame({"user_id": ["u1", "u2", "u1", "u2", "u3", "u3", "u1", "u4"],
+                          "item_id": ["a", "b", "c", "a", "c", "a", "a", "a"],
+                          "clicked": [0, 1, 2, 3, 4, 5, 6, 7]})
+    kept, dropped = split_module.drop_seen_impressions(shown, train)
+    want = shown.join(train, on=["user_id", "item_id"], how="anti", maintain_order="left")
+    assert kept.rows() == want.rows() == [("u2", "b", 1), ("u1", "c", 2), ("u3", "a", 5), ("u4", "a", 7)]
+    assert dropped == 4 and kept.schema == shown.schema
+    assert split_module.drop_seen_impressions(shown, train.head(0)) == (shown, 0)
+
+
 @pytest.mark.parametrize("kind", ["temporal", "leave-last-out", "stratified"])
 def test_no_split_kind_leaves_a_test_impression_of_a_training_interaction(kind):
     from recsys.demo_data import DemoSpec, generate_demo
