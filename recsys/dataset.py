@@ -233,7 +233,11 @@ def _to_datetime(series: pl.Series, name: str) -> pl.Series:
 def _check_time_range(series: pl.Series, physical: pl.Series, per_second: float, name: str, *,
                       seconds: bool = False, text: bool = False) -> None:
     """Raise unless every non-null ``physical`` value (``per_second`` units a second; for dates
-    1/86400) lies in ``TIME_RANGE``. Compared as floats: no integer type can overflow here."""
+    1/86400) lies in ``TIME_RANGE``. The extremes are compared first, as Python numbers (exact:
+    no integer type can overflow); only a column with a value outside is scanned for its rows."""
+    low, high = physical.min(), physical.max()
+    if low is None or (low >= 0 and high < _MAX_SECONDS * per_second):
+        return
     values = physical.cast(pl.Float64)
     outside = ((values < 0) | (values >= _MAX_SECONDS * per_second)).fill_null(False)
     if not outside.any():
