@@ -1,0 +1,143 @@
+"""The training stages that grow fastest with the data, timed alone at two or more sizes.
+
+    .venv/bin/python benchmarks/data_stages.py /tmp/scale-1 /tmp/scale-10 [--repeats 2] [--touch-gb 4]
+
+``benchmarks/train.py --scales 1 10`` takes about 90 minutes; the four stages whose exponents
+from scale 1 to 10 are over issue 19's 1.1 there (load, data_checks, split, item_item) take about
+a minute at scale 10. This runs them with the pipeline's own code, in its order and with the
+default config, in a fresh child process per folder and repeat: ``load_data``,
+``check_trainable`` (which makes the run's cuts), ``split_windows``, then the item-to-item fit
+of both stage-1 windows (the feature window and the whole training window, each with the
+co-occurrence baseline, as the validation and test states fit them; without sessions, the default). Each stage keeps its
+fastest time over ``--repeats``; the exponent b (seconds ~ interactions^b) between the folders
+is benchmarks/train.py's. ``PYTHONPATH=<another checkout>`` times that checkout's code (the
+baseline of a change) with the same command.
+
+It also prints what first writing memory costs on this machine (``--touch-gb`` GB in a fresh
+process, then the same amount again in that process): on a virtual machine whose host backs
+guest memory on first use, a process pays that for every gigabyte its peak grows by, which the
+stages that first raise the peak (load, data_checks) carry at scale 10 and not at scale 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGES = ("load", "data_checks", "split", "item_item")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(folder: str) -> dict:
+    """Seconds per stage and the peak resident set (MiB) of one run over ``folder``."""
+    import polars as pl
+
+    from features.item_item import fit_with_cooccurrence
+    from features.user_items import build_user_items
+    from recsys.cli import load_config, load_data
+    from recsys.data_checks import check_trainable
+    from training.pipeline import split_windows
+
+    seconds = {}
+    start = time.perf_counter()
+    dataset = load_data(folder)
+    seconds["load"] = time.perf_counter() - start
+    config = load_config(None)
+    start = time.perf_counter()
+    cuts = check_trainable(dataset, config)
+    seconds["data_checks"] = time.perf_counter() - start
+    start = time.perf_counter()
+    w = split_windows(dataset, config, cuts)
+    seconds["split"] = time.perf_counter() - start
+    settings = dict(kind="ease", regularization=config.item_item_regularization,
+                    neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
+                    dropout=config.item_item_dropout)
+    seconds["item_item"] = 0.0
+    for window in (w.nested.train, w.split.train):  # as fit_feature_state builds and fits them
+        user_items = build_user_items(window.filter(pl.col("user_id").is_in(w.users.ids.implode())), w.users, w.items)
+        start = time.perf_counter()
+        fit_with_cooccurrence(user_items, **settings)
+        seconds["item_item"] += time.perf_counter() - start
+    return {"seconds": seconds, "interactions": dataset.interactions.height,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def touch(gigabytes: float) -> dict:
+    """Seconds to write ``gigabytes`` of fresh memory, then the same amount again in this process."""
+    import numpy as np
+
+    out = {}
+    for name in ("first", "again"):
+        start = time.perf_counter()
+        block = np.ones(int(gigabytes * 1e9) // 8)
+        out[name] = time.perf_counter() - start
+        del block
+    return out
+
+
+def run_child(args: list[str]) -> dict:
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+    if result.returncode != 0:
+        sys.exit(f"child {args} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*",
+                        help="canonical data folders, smallest first (recsys generate DIR --scale S)")
+    parser.add_argument("--repeats", type=int, default=2, help="child runs per folder; each stage keeps its fastest")
+    parser.add_argument("--touch-gb", type=float, default=4.0, help="GB written to measure first-touch cost (0: skip)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--touch", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child)))
+        return
+    if args.touch:
+        print(json.dumps(touch(args.touch)))
+        return
+    if len(args.folders) < 2:
+        parser.error("give two or more data folders, smallest first")
+    for folder in args.folders:
+        if not (Path(folder) / "interactions.parquet").exists():
+            parser.error(f"{folder} has no interactions.parquet: make it with `recsys generate {folder} --scale S`")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train import exponent  # benchmarks/train.py's log-log slope: the same figure as its table
+
+    code = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or str(ROOT)
+    print(f"code: {code}; {args.repeats} run(s) per folder, fastest per stage")
+    results = []
+    for folder in args.folders:
+        runs = []
+        for repeat in range(args.repeats):
+            runs.append(run_child(["--child", folder]))
+            print(f"  {folder} run {repeat + 1}: " + ", ".join(f"{s} {runs[-1]['seconds'][s]:.2f} s" for s in STAGES)
+                  + f", peak {runs[-1]['peak_mib']:,.0f} MiB", flush=True)
+        results.append({"folder": folder, "interactions": runs[0]["interactions"],
+                        "seconds": {s: min(r["seconds"][s] for r in runs) for s in STAGES},
+                        "peak_mib": max(r["peak_mib"] for r in runs)})
+    sizes = [r["interactions"] for r in results]
+    print(f"\n{'stage':12s}" + "".join(f"{Path(r['folder']).name:>14s}" for r in results) + f"{'exponent':>10s}")
+    for stage in STAGES:
+        times = [r["seconds"][stage] for r in results]
+        print(f"{stage:12s}" + "".join(f"{t:13.2f}s" for t in times) + f"{exponent(sizes, times):10.2f}")
+    print(f"{'interactions':12s}" + "".join(f"{n:14,d}" for n in sizes))
+    print(f"{'peak MiB':12s}" + "".join(f"{r['peak_mib']:14,.0f}" for r in results))
+    if args.touch_gb > 0:
+        cost = run_child(["--touch", str(args.touch_gb)])
+        print(f"\nfirst-touch cost: {args.touch_gb:g} GB in a fresh process {cost['first']:.2f} s "
+              f"({cost['first'] / args.touch_gb:.2f} s/GB), the same again in that process {cost['again']:.2f} s "
+              f"({cost['again'] / args.touch_gb:.2f} s/GB)")
+    print(f"rerun: .venv/bin/python benchmarks/data_stages.py {' '.join(args.folders)} --repeats {args.repeats}")
+
+
+if __name__ == "__main__":
+    main()
