@@ -20,6 +20,8 @@ is a sparse product with the user's history.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 KINDS = ("ease", "cosine")
 _BLOCK_ENTRIES = 8_000_000  # sparse score entries per block of users in pair_scores
 _COSINE_BLOCK_ENTRIES = 30_000_000  # partial co-occurrence products per block of item rows in the cosine fit
+_COSINE_MAX_THREADS = 4  # blocks of the cosine fit in flight at once (each holds one block's counts)
 COOCCURRENCE_NEIGHBOURS = 400  # weights per item of the co-occurrence baseline (training/evaluate.py)
 
 
@@ -254,8 +257,9 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
 
     x, s: binary float32 CSR (users or sessions x items). A block holds the items whose
     products add up to about ``block_entries`` partial entries, so the peak is one block's counts
-    plus the pruned result (``neighbours`` per item), not all of G (160M entries at 200,000 items, several copies of it
-    for the scaling). Every entry goes through the same float32 operations as on the whole
+    per thread (up to ``_COSINE_MAX_THREADS`` blocks at once, one per usable core) plus the pruned
+    result (``neighbours`` per item), not all of G (160M entries at 200,000 items, several copies
+    of it for the scaling). Every entry goes through the same float32 operations as on the whole
     matrix, so the kept weights (values and columns) do not depend on the block size; only the
     order of a row's stored entries may differ, which no product with the weights sees.
     """
@@ -273,13 +277,22 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     inverse = 1.0 / diag
     block_of_row = np.cumsum(row_cost) // max(1, block_entries)
     starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
-    blocks = []
-    for first, last in zip(starts, np.r_[starts[1:], n_items], strict=True):
+
+    def block(first: int, last: int) -> sp.csr_matrix:
         counts = xt[first:last] @ x
         if st is not None:
             counts = counts + session_weight * (st[first:last] @ s)
-        blocks.append(_pruned_cosine_block(counts.tocsr(), inverse, int(first), neighbours))
-        del counts
+        return _pruned_cosine_block(counts.tocsr(), inverse, first, neighbours)
+
+    bounds = [(int(first), int(last)) for first, last in zip(starts, np.r_[starts[1:], n_items], strict=True)]
+    # scipy's sparse products release the GIL: blocks on several cores, each the same as alone.
+    threads = min(len(bounds), _COSINE_MAX_THREADS,
+                  len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="cosine") as pool:
+            blocks = list(pool.map(lambda bound: block(*bound), bounds))
+    else:
+        blocks = [block(first, last) for first, last in bounds]
     if not blocks:
         return sp.csr_matrix((0, n_items), dtype=np.float32)
     return sp.vstack(blocks, format="csr", dtype=np.float32)
