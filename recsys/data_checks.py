@@ -35,6 +35,7 @@ import polars as pl
 from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.errors import DataValidationError
+from recsys.split import pairs_seen
 
 if TYPE_CHECKING:
     from recsys.dataset import Dataset
@@ -120,7 +121,7 @@ def label_users(feature: pl.DataFrame, feature_rows: pl.DataFrame, label: pl.Dat
     feature_rows: ``user_id, n_rows`` per feature-window user. Distinct-item counts are needed
     only where the row counts leave the catalog test open (rows of both windows >= catalog size).
     """
-    fresh = label.select(_PAIR).join(feature.select(_PAIR), on=_PAIR, how="anti")  # repeats kept
+    fresh = label.select(_PAIR).filter(~pairs_seen(label, feature))  # repeats kept
     users = (fresh.group_by("user_id").len("n_fresh_rows")
              .join(feature_rows, on="user_id", how="inner")
              .sort("user_id"))

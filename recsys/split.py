@@ -160,27 +160,28 @@ def drop_seen_impressions(impressions: pl.DataFrame, train: pl.DataFrame) -> tup
     """``impressions`` without rows whose (user_id, item_id) is among ``train``'s interactions.
 
     Returns the kept rows (input order, same schema) and the number of rows dropped.
-
-    The tables are matched on a 64-bit hash of each pair, a hash set of integers (three to
-    four times faster than a join on two string columns at tens of millions of rows); only the
-    rows whose hash matches, few in practice, are compared as pairs, so a hash collision never
-    drops a row.
     """
-    if impressions.height == 0 or train.height == 0:
-        return impressions, 0
-    shown, taken = _pair_hashes(impressions), _pair_hashes(train)
-    hit = shown.is_in(taken.implode())
-    if not hit.any():
-        return impressions, 0
-    # Exact pairs, on the matching rows and on the training rows that share their hashes only.
-    matched = impressions.select(_PAIR).with_row_index("_row").filter(hit)
-    shared = train.select(_PAIR).filter(taken.is_in(shown.filter(hit).unique().implode()))
-    seen = matched.join(shared, on=_PAIR, how="semi")["_row"].to_numpy()
-    if seen.size == 0:
-        return impressions, 0
-    keep = np.ones(impressions.height, dtype=bool)
-    keep[seen] = False
-    return impressions.filter(pl.Series(keep)), int(seen.size)
+    seen = pairs_seen(impressions, train)
+    dropped = int(seen.sum())
+    return (impressions.filter(~seen) if dropped else impressions), dropped
+
+
+def pairs_seen(frame: pl.DataFrame, other: pl.DataFrame) -> pl.Series:
+    """Bool (frame.height,): whether each row's (user_id, item_id) pair is among ``other``'s rows.
+
+    The tables are matched on a 64-bit hash of each pair, a hash set of integers (two to three
+    times faster than a join on two string columns at tens of millions of rows); only the rows
+    whose hash matches are compared as pairs, so a hash collision never marks a row seen.
+    """
+    seen = np.zeros(frame.height, dtype=bool)
+    if frame.height and other.height:
+        shown, taken = _pair_hashes(frame), _pair_hashes(other)
+        hit = shown.is_in(taken.implode())
+        if hit.any():  # exact pairs, on the matching rows and the rows of ``other`` sharing their hashes
+            matched = frame.select(_PAIR).with_row_index("_row").filter(hit)
+            shared = other.select(_PAIR).filter(taken.is_in(shown.filter(hit).unique().implode()))
+            seen[matched.join(shared, on=_PAIR, how="semi")["_row"].to_numpy()] = True
+    return pl.Series("seen", seen)
 
 
 def _pair_hashes(frame: pl.DataFrame) -> pl.Series:
