@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 STAGES = ("load", "data_checks", "split", "item_item")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(folder: str) -> dict:
@@ -64,8 +63,11 @@ def child(folder: str) -> dict:
         start = time.perf_counter()
         fit_with_cooccurrence(user_items, **settings)
         seconds["item_item"] += time.perf_counter() - start
+    import features.item_item
+
     return {"seconds": seconds, "interactions": dataset.interactions.height,
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "code": str(Path(features.item_item.__file__).resolve().parents[1])}
 
 
 def touch(gigabytes: float) -> dict:
@@ -112,18 +114,21 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train import exponent  # benchmarks/train.py's log-log slope: the same figure as its table
 
-    code = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or str(ROOT)
-    print(f"code: {code}; {args.repeats} run(s) per folder, fastest per stage")
-    results = []
+    print(f"{args.repeats} run(s) per folder, fastest per stage")
+    results, code = [], set()
     for folder in args.folders:
         runs = []
         for repeat in range(args.repeats):
             runs.append(run_child(["--child", folder]))
+            code.add(runs[-1]["code"])
             print(f"  {folder} run {repeat + 1}: " + ", ".join(f"{s} {runs[-1]['seconds'][s]:.2f} s" for s in STAGES)
                   + f", peak {runs[-1]['peak_mib']:,.0f} MiB", flush=True)
         results.append({"folder": folder, "interactions": runs[0]["interactions"],
                         "seconds": {s: min(r["seconds"][s] for r in runs) for s in STAGES},
                         "peak_mib": max(r["peak_mib"] for r in runs)})
+    if len(code) != 1:
+        sys.exit(f"the runs imported different checkouts: {sorted(code)}")
+    print(f"code timed: {code.pop()} (the checkout the children imported)")
     sizes = [r["interactions"] for r in results]
     print(f"\n{'stage':12s}" + "".join(f"{Path(r['folder']).name:>14s}" for r in results) + f"{'exponent':>10s}")
     for stage in STAGES:

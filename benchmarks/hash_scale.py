@@ -10,8 +10,8 @@ stages run them, with string ids and, for comparison, with the same ids as integ
 - ``is_in items``: every interaction's and impression's item id looked up in the catalog (the
   load's known-item check);
 - ``unique users``: the distinct user ids of the interactions (the split's user id map);
-- ``anti join pairs``: impressions without a (user, item) pair of the interactions (the split's
-  and the data checks' anti joins).
+- ``anti join pairs``: impressions without a (user, item) pair of the interactions (what the
+  split and the data checks compute; they now match pairs on a 64-bit hash, ``recsys.split.pairs_seen``).
 
 It prints each primitive's seconds (the fastest of ``--repeats``) and its exponent b (seconds ~
 interactions^b) between the two folders; with ``--train-json`` (``benchmarks/train.py``'s output,

@@ -9,8 +9,9 @@ allow it; the pipeline's default switches to cosine co-occurrence above 5,000 it
 cosine it also prints what its cost follows: the partial products (the sum over users of their
 squared distinct items) and the distinct co-occurring item pairs (the off-diagonal entries of
 X'X, counted in a separate pass), with the fit's seconds per million pairs and the products' own
-nanoseconds per partial product: the same operations at both sizes, so a rise is the machine's
-memory (caches), not the work.
+nanoseconds per partial product (one pass, on one thread): the same kind of work per partial
+product at both sizes, so a rise there is the machine's memory (caches) and the larger output
+per product, not more work per click.
 The sequential rules (``features/transitions.py``) are fitted on every click with its time, as a
 state's fit does on its window.
 """
@@ -35,8 +36,9 @@ def co_occurring_pairs(x: sp.csr_matrix, block_entries: int = 30_000_000) -> tup
     has_users = np.diff(xt.indptr) > 0  # an item with a user co-occurs with itself: not a pair
     pairs, seconds = 0, 0.0
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = xt[a:b]
         start = time.perf_counter()
-        block = xt[a:b] @ x
+        block = rows @ x
         seconds += time.perf_counter() - start
         pairs += block.nnz - int(has_users[a:b].sum())
     return pairs, seconds

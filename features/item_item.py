@@ -251,15 +251,16 @@ def _strongest(rows: np.ndarray, keep: int, first_row: int) -> np.ndarray:
 
 
 def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: float, neighbours: int,
-                    block_entries: int = _COSINE_BLOCK_ENTRIES) -> sp.csr_matrix:
+                    block_entries: int = _COSINE_BLOCK_ENTRIES, threads: int | None = None) -> sp.csr_matrix:
     """Cosine of the co-occurrence counts ``G = X'X (+ session_weight S'S)``, pruned to
     ``neighbours`` per row, computed in blocks of item rows.
 
-    x, s: binary float32 CSR (users or sessions x items). A block holds the items whose
-    products add up to about ``block_entries`` partial entries, so the peak is one block's counts
-    per thread (up to ``_COSINE_MAX_THREADS`` blocks at once, one per usable core) plus the pruned
-    result (``neighbours`` per item), not all of G (160M entries at 200,000 items, several copies
-    of it for the scaling). Every entry goes through the same float32 operations as on the whole
+    x, s: binary float32 CSR (users or sessions x items). ``threads`` blocks run at once (None:
+    one per usable core, at most ``_COSINE_MAX_THREADS``; scipy's sparse products release the
+    GIL), each holding the items whose products add up to about ``block_entries / threads``
+    partial entries, so the peak is about ``block_entries`` entries of counts in all plus the
+    pruned result (``neighbours`` per item), not all of G (160M entries at 200,000 items, several
+    copies of it for the scaling). Every entry goes through the same float32 operations as on the whole
     matrix, so the kept weights (values and columns) do not depend on the block size; only the
     order of a row's stored entries may differ, which no product with the weights sees.
     """
@@ -275,7 +276,11 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     diag = np.sqrt(diag).astype(np.float32)
     diag[diag == 0] = 1.0
     inverse = 1.0 / diag
-    block_of_row = np.cumsum(row_cost) // max(1, block_entries)
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = min(_COSINE_MAX_THREADS, cores)
+    threads = max(1, threads)
+    block_of_row = np.cumsum(row_cost) // max(1, block_entries // threads)
     starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
 
     def block(first: int, last: int) -> sp.csr_matrix:
@@ -285,12 +290,14 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
         return _pruned_cosine_block(counts.tocsr(), inverse, first, neighbours)
 
     bounds = [(int(first), int(last)) for first, last in zip(starts, np.r_[starts[1:], n_items], strict=True)]
-    # scipy's sparse products release the GIL: blocks on several cores, each the same as alone.
-    threads = min(len(bounds), _COSINE_MAX_THREADS,
-                  len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    if threads > 1:
-        with ThreadPoolExecutor(threads, thread_name_prefix="cosine") as pool:
+    if min(threads, len(bounds)) > 1:  # each block is the same as alone; pool.map keeps their order
+        pool = ThreadPoolExecutor(min(threads, len(bounds)), thread_name_prefix="cosine")
+        try:
             blocks = list(pool.map(lambda bound: block(*bound), bounds))
+        except BaseException:  # an error or Ctrl-C: do not wait for the queued blocks
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         blocks = [block(first, last) for first, last in bounds]
     if not blocks:
@@ -302,8 +309,11 @@ def _pruned_cosine_block(counts: sp.csr_matrix, inverse: np.ndarray, first_row: 
     """float32 CSR of a block of G's rows (from ``first_row``; every column) turned into cosines
     ``counts[r, c] / (norm_r norm_c)`` and pruned to each row's ``keep`` strongest, an item's own
     entry and zeros dropped: ``_prune_rows`` of ``diags(inverse) @ G @ diags(inverse)`` without its
-    diagonal (the same float32 operations, in the same order), scaled in place in ``counts``
-    (which it overwrites) with no nnz-sized temporaries beyond a few masks."""
+    diagonal (the same float32 operations, in the same order). The cosines are computed in place
+    in ``counts.data`` (which it overwrites); the temporaries are a few 4-byte and 1-byte arrays
+    of the block's entries (the row and column factors, the row ids, masks), no 8-byte ones."""
+    if keep <= 0:
+        return sp.csr_matrix(counts.shape, dtype=np.float32)
     values = counts.data if counts.data.dtype == np.float32 else counts.data.astype(np.float32)
     lengths = np.diff(counts.indptr)
     values *= np.repeat(inverse[first_row:first_row + counts.shape[0]], lengths)

@@ -26,6 +26,7 @@ Interaction weights must be finite and >= 0. Errors about a value name its 1-bas
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -234,12 +235,14 @@ def _check_time_range(series: pl.Series, physical: pl.Series, per_second: float,
                       seconds: bool = False, text: bool = False) -> None:
     """Raise unless every non-null ``physical`` value (``per_second`` units a second; for dates
     1/86400) lies in ``TIME_RANGE``. The extremes are compared first, as Python numbers (exact:
-    no integer type can overflow); only a column with a value outside is scanned for its rows."""
+    no integer type can overflow); only a column with a value outside is scanned for its rows,
+    as 64-bit integers (a value too large for them is outside)."""
     low, high = physical.min(), physical.max()
     if low is None or (low >= 0 and high < _MAX_SECONDS * per_second):
         return
-    values = physical.cast(pl.Float64)
-    outside = ((values < 0) | (values >= _MAX_SECONDS * per_second)).fill_null(False)
+    bound = math.ceil(_MAX_SECONDS * per_second)  # the first integer outside (exact for every unit)
+    values = physical.cast(pl.Int64, strict=False)
+    outside = ((values < 0) | (values >= bound) | (values.is_null() & physical.is_not_null())).fill_null(False)
     if not outside.any():
         return
     bad = outside.arg_true()

@@ -120,6 +120,16 @@ def test_huge_integer_timestamp_is_refused_not_wrapped(items, interactions):
         Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, values))
 
 
+@pytest.mark.parametrize("dtype", [pl.Int8, pl.UInt64])
+def test_integer_timestamps_of_any_width_are_range_checked(items, interactions, dtype):
+    # An Int8 column cannot hold the bound, a UInt64 one can exceed Int64: both are compared exactly.
+    shown = 2**63 + 7 if dtype == pl.UInt64 else -3
+    values = pl.Series([5, shown, 7], dtype=dtype)
+    with pytest.raises(DataValidationError, match=rf"has 1 value\(s\) outside 1970-01-01 \.\. 2100-01-01, e\.g\. "
+                                                  rf"{shown} in data row 2 "):
+        Dataset.from_frames(items=items, interactions=_with_timestamps(interactions, values))
+
+
 def test_far_future_datetime_is_refused(tmp_path, items, interactions):
     bad = interactions.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(datetime(9999, 12, 31))
                                     .otherwise(pl.col("timestamp")).alias("timestamp"))
