@@ -38,6 +38,7 @@ def child(folder: str) -> dict:
     import polars as pl
 
     from features.item_item import fit_with_cooccurrence
+    from features.state import item_item_settings
     from features.user_items import build_user_items
     from recsys.cli import load_config, load_data
     from recsys.data_checks import check_trainable
@@ -54,9 +55,7 @@ def child(folder: str) -> dict:
     start = time.perf_counter()
     w = split_windows(dataset, config, cuts)
     seconds["split"] = time.perf_counter() - start
-    settings = dict(kind="ease", regularization=config.item_item_regularization,
-                    neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
-                    dropout=config.item_item_dropout)
+    settings = item_item_settings(config)  # without sessions, the default
     seconds["item_item"] = 0.0
     for window in (w.nested.train, w.split.train):  # as fit_feature_state builds and fits them
         user_items = build_user_items(window.filter(pl.col("user_id").is_in(w.users.ids.implode())), w.users, w.items)

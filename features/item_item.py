@@ -20,7 +20,6 @@ is a sparse product with the user's history.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from features.rank_workers import usable_cores
 from features.ties import tie_keys
 from recsys.errors import ConfigError
 
@@ -276,10 +276,7 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     diag = np.sqrt(diag).astype(np.float32)
     diag[diag == 0] = 1.0
     inverse = 1.0 / diag
-    if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = min(_COSINE_MAX_THREADS, cores)
-    threads = max(1, threads)
+    threads = max(1, min(_COSINE_MAX_THREADS, usable_cores()) if threads is None else threads)
     block_of_row = np.cumsum(row_cost) // max(1, block_entries // threads)
     starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
 

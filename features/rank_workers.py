@@ -34,11 +34,16 @@ _split_lock = threading.Lock()
 T = TypeVar("T")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def rank_workers() -> int:
     """Worker threads for batch ranking: ``RECSYS_RANK_WORKERS``, else the usable cores."""
     value = os.environ.get(WORKERS_ENV, "").strip()
     if not value:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return usable_cores()
     workers = int(value) if value.isascii() and value.isdigit() else 0
     if workers < 1:
         raise RecsysError(f"{WORKERS_ENV}={value!r} is not a worker count; set a whole number of at least 1 "

@@ -236,6 +236,15 @@ def with_indices(events: pl.DataFrame, users: IdMap, items: IdMap) -> pl.DataFra
     )
 
 
+def item_item_settings(config: PipelineConfig, sessions: sp.csr_matrix | None = None) -> dict:
+    """Keyword arguments of ``fit_item_item`` / ``fit_with_cooccurrence`` for ``config``'s
+    item-to-item model (EASE, cosine above ``item_item_max_items``), with optional session rows."""
+    return dict(kind="ease", regularization=config.item_item_regularization,
+                neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
+                dropout=config.item_item_dropout, sessions=sessions,
+                session_weight=config.item_item_session_weight)
+
+
 def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                       impressions: pl.DataFrame | None, item_vectors: np.ndarray, users: IdMap,
                       items: IdMap, config: PipelineConfig,
@@ -272,10 +281,7 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
         sessions = None
         if config.item_item_session_gap_seconds > 0:
             sessions = build_session_items(events, items, config.item_item_session_gap_seconds)
-        settings = dict(kind="ease", regularization=config.item_item_regularization,
-                        neighbours=config.item_item_neighbours, max_items=config.item_item_max_items,
-                        dropout=config.item_item_dropout, sessions=sessions,
-                        session_weight=config.item_item_session_weight)
+        settings = item_item_settings(config, sessions)
         if with_cooccurrence:
             item_item, cooccurrence = fit_with_cooccurrence(user_items, **settings)
         else:
