@@ -7,17 +7,20 @@ ranked by two threads keep both cores busy; each worker then runs its BLAS produ
 trees on one thread, so the workers do not fight over the cores. The result does not depend on
 the split: a user's candidates, features and ties never depend on the other users of the batch.
 
-``RECSYS_RANK_WORKERS`` sets the number of workers (default: the cores this process may run on);
-1 ranks in the caller's thread, as Spark's executors do (they already run one worker per core).
+``RECSYS_RANK_WORKERS`` sets the number of workers (default: the cores this process may run on,
+:func:`usable_cores`); 1 ranks in the caller's thread, as Spark's executors do (they already run
+one worker per core).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
+from pathlib import Path
 from typing import TypeVar
 
 from threadpoolctl import threadpool_limits
@@ -34,9 +37,37 @@ _split_lock = threading.Lock()
 T = TypeVar("T")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The cores this process may run on: its CPU affinity where the platform has one, capped by
+    a cgroup CPU quota (:func:`quota_cores`). A container started with ``--cpus=1`` on a 16-core
+    host sees 16 cores in its affinity; 16 threads there would take turns on one core's time."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = quota_cores(cgroup_root)
+    return min(cores, quota) if quota else cores
+
+
+def quota_cores(cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """Whole cores (rounded up, at least 1) of the CPU quota of the cgroup mounted at
+    ``cgroup_root`` (v2 ``cpu.max``, else v1 ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``),
+    or None when there is no quota or it cannot be read: affinity alone then decides."""
+    try:
+        v2 = cgroup_root / "cpu.max"
+        if v2.is_file():
+            fields = v2.read_text().split()
+            if not fields or fields[0] == "max":
+                return None
+            quota, period = int(fields[0]), int(fields[1]) if len(fields) > 1 else 100_000
+        else:
+            quota = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:  # v1 writes -1 for "no quota"
+        return None
+    return max(1, math.ceil(quota / period))
 
 
 def rank_workers() -> int:

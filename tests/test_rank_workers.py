@@ -138,3 +138,28 @@ def test_a_split_batch_ranks_exactly_as_one_thread(small_bundle, monkeypatch):
     assert len(calls) == 3 and sum(calls) == len(users)
     assert split.equals(one_thread)
     assert split["user_id"].unique(maintain_order=True).to_list() == users  # users in input order
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "150000 100000\n"}, 2),   # v2: 1.5 cores of quota -> 2 threads
+    ({"cpu.max": "50000 100000\n"}, 1),    # under one core still runs one
+    ({"cpu.max": "max 100000\n"}, None),   # v2 without a quota
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),   # v1 without a quota
+    ({"cpu.max": "lots\n"}, None),         # unreadable: affinity decides
+    ({}, None),                            # no cgroup files at all
+])
+def test_a_cgroup_cpu_quota_is_read_as_whole_cores(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert rank_workers.quota_cores(tmp_path) == expected
+
+
+def test_the_usable_cores_are_the_affinity_capped_by_the_quota(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    assert rank_workers.usable_cores(tmp_path) == affinity  # no quota files
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert rank_workers.usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(affinity + 5) * 100000} 100000\n")
+    assert rank_workers.usable_cores(tmp_path) == affinity  # a quota above the affinity changes nothing
