@@ -275,3 +275,31 @@ def test_two_fits_of_one_seed_give_the_same_bits_at_a_size_where_kernels_run_in_
     assert not torch.equal(first["adapt.weight"], torch.eye(dim))  # it trained
     for name, value in first.items():
         assert torch.equal(second[name], value), name
+
+
+def test_a_tower_that_adds_nothing_serves_the_pooled_mean_without_running_its_encoder(monkeypatch):
+    items = _vectors()
+    histories = np.array([[-1, -1, -1, 3, 7, 1], [5, 6, 7, 8, 9, 10], [-1] * 6])
+    tower = _tower()
+    assert tower.adds_nothing()
+    with monkeypatch.context() as forced:
+        forced.setattr(tower, "adds_nothing", lambda: False)
+        full = tower.user_vectors(histories, items)  # the encoder runs, its correction exactly zero
+
+    def encoder(*args, **kwargs):
+        raise AssertionError("the encoder ran")
+
+    monkeypatch.setattr(tower.blocks, "forward", encoder)
+    short = tower.user_vectors(histories, items)
+    np.testing.assert_array_equal(short, full)  # bit for bit, without the encoder
+    with torch.no_grad():
+        tower.out.bias[0] = 1e-3  # a trained correction: the encoder must run again
+    assert not tower.adds_nothing()
+    with pytest.raises(AssertionError, match="the encoder ran"):
+        tower.user_vectors(histories, items)
+    # Training always runs it: the output layer's gradient needs the encoder's output.
+    with torch.no_grad():
+        tower.out.bias.zero_()
+    tower.train()
+    with pytest.raises(AssertionError, match="the encoder ran"):
+        tower(torch.from_numpy(items[[3, 7, 1]])[None], torch.ones(1, 3, dtype=torch.bool))
