@@ -38,33 +38,76 @@ T = TypeVar("T")
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
-def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+def usable_cores(cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int:
     """The cores this process may run on: its CPU affinity where the platform has one, capped by
     a cgroup CPU quota (:func:`quota_cores`). A container started with ``--cpus=1`` on a 16-core
     host sees 16 cores in its affinity; 16 threads there would take turns on one core's time."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = quota_cores(cgroup_root)
+    quota = quota_cores(cgroup_root, proc_cgroup)
     return min(cores, quota) if quota else cores
 
 
-def quota_cores(cgroup_root: Path = CGROUP_ROOT) -> int | None:
-    """Whole cores (rounded up, at least 1) of the CPU quota of the cgroup mounted at
-    ``cgroup_root`` (v2 ``cpu.max``, else v1 ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``),
-    or None when there is no quota or it cannot be read: affinity alone then decides."""
+def quota_cores(cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int | None:
+    """Whole cores (rounded up, at least 1) of the tightest CPU quota over this process's cgroup
+    and its parents, or None when none has a quota or none can be read (affinity alone decides).
+
+    The cgroup file system is read at ``cgroup_root`` (default ``/sys/fs/cgroup``): v2 ``cpu.max``
+    (``"max"`` = none), else v1 ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (-1 = none).
+    The process's cgroup path comes from ``proc_cgroup`` (default ``/proc/self/cgroup``); inside
+    a container that mounts its own cgroup at the root, the path does not exist there and the
+    walk up to the root finds the container's quota."""
+    root = CGROUP_ROOT if cgroup_root is None else Path(cgroup_root)
+    v2 = root / "cpu.max"
+    if not v2.exists() and (root / "cpu").is_dir():  # v1 (or hybrid with cpu on v1)
+        return _tightest(root / "cpu", _own_path(proc_cgroup, v1=True), _v1_quota)
+    return _tightest(root, _own_path(proc_cgroup, v1=False), _v2_quota)
+
+
+def _own_path(proc_cgroup: Path | None, v1: bool) -> str:
+    """This process's cgroup path (``"/"`` when unknown) from a ``/proc/self/cgroup`` listing:
+    the ``0::`` line for v2, the line whose controllers include ``cpu`` for v1."""
     try:
-        v2 = cgroup_root / "cpu.max"
-        if v2.is_file():
-            fields = v2.read_text().split()
-            if not fields or fields[0] == "max":
-                return None
-            quota, period = int(fields[0]), int(fields[1]) if len(fields) > 1 else 100_000
-        else:
-            quota = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
-            period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+        lines = (PROC_CGROUP if proc_cgroup is None else Path(proc_cgroup)).read_text().splitlines()
+    except OSError:
+        return "/"
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if (v1 and "cpu" in controllers.split(",")) or (not v1 and hierarchy == "0" and controllers == ""):
+            return path or "/"
+    return "/"
+
+
+def _tightest(mount: Path, path: str, read) -> int | None:
+    """The smallest quota (whole cores) of the cgroup at ``path`` under ``mount`` and its parents."""
+    parts = [part for part in path.split("/") if part and part not in (".", "..")]
+    quotas = [read(mount.joinpath(*parts[:depth])) for depth in range(len(parts), -1, -1)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _v2_quota(folder: Path) -> int | None:
+    try:
+        fields = (folder / "cpu.max").read_text().split()
+        if not fields or fields[0] == "max":
+            return None
+        return _whole_cores(int(fields[0]), int(fields[1]) if len(fields) > 1 else 100_000)
     except (OSError, ValueError):
         return None
+
+
+def _v1_quota(folder: Path) -> int | None:
+    try:
+        return _whole_cores(int((folder / "cpu.cfs_quota_us").read_text()),
+                            int((folder / "cpu.cfs_period_us").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _whole_cores(quota: int, period: int) -> int | None:
     if quota <= 0 or period <= 0:  # v1 writes -1 for "no quota"
         return None
     return max(1, math.ceil(quota / period))

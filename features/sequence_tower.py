@@ -89,7 +89,8 @@ class SequenceTower(nn.Module):
 
     def adds_nothing(self) -> bool:
         """True while the output layer is all zeros (untrained, or kept at epoch 0): the encoder's
-        correction is then exactly zero and the user vectors are the pooled mean."""
+        correction is then exactly zero for finite item vectors, and the user vectors are the
+        pooled mean."""
         return not (self.out.weight.any() or self.out.bias.any())
 
     def forward(self, vectors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -105,9 +106,11 @@ class SequenceTower(nn.Module):
         weights = torch.softmax(logits.masked_fill(blocked, -1e9), dim=-1) * ~blocked
         pooled = weights @ vectors
         if not (self.training or torch.is_grad_enabled()) and self.adds_nothing():
-            # out(h) is exactly 0 here, so the encoder's result cannot change a bit of the answer:
-            # a tower that was skipped or kept at epoch 0 serves the pooled mean at its cost.
-            return pooled * valid[..., None]
+            # For finite vectors out(h) is exactly +0.0 here, so the encoder cannot change a bit of
+            # the answer (+ 0.0 turns a -0.0 into +0.0 as adding out(h) does): a tower skipped or
+            # kept at epoch 0 serves the pooled mean at its cost. The path follows the weights'
+            # values, so a torch.jit.trace of an untrained tower would record this shortcut.
+            return (pooled + 0.0) * valid[..., None]
         x = self.project(vectors) + self.positions.weight[-length:]
         x = self.drop(x) * valid[..., None]
         # Every position also sees itself: a padded one would otherwise see no key at all, and

@@ -73,7 +73,8 @@ def test_a_bad_worker_count_is_refused_with_what_to_set(monkeypatch, value):
         rank_workers.rank_workers()
 
 
-def test_the_worker_count_comes_from_the_environment_or_the_cores(monkeypatch):
+def test_the_worker_count_comes_from_the_environment_or_the_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(rank_workers, "CGROUP_ROOT", tmp_path)  # no quota here, whatever the machine's
     monkeypatch.setenv("RECSYS_RANK_WORKERS", "3")
     assert rank_workers.rank_workers() == 3
     monkeypatch.delenv("RECSYS_RANK_WORKERS")
@@ -140,26 +141,65 @@ def test_a_split_batch_ranks_exactly_as_one_thread(small_bundle, monkeypatch):
     assert split["user_id"].unique(maintain_order=True).to_list() == users  # users in input order
 
 
+def _cgroup(tmp_path, files: dict[str, str], own: str = "0::/\n"):
+    """A cgroup file system under tmp_path/fs with ``files`` and a /proc/self/cgroup listing ``own``."""
+    root = tmp_path / "fs"
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    proc = tmp_path / "cgroup"
+    proc.write_text(own)
+    return root, proc
+
+
 @pytest.mark.parametrize(("files", "expected"), [
-    ({"cpu.max": "150000 100000\n"}, 2),   # v2: 1.5 cores of quota -> 2 threads
-    ({"cpu.max": "50000 100000\n"}, 1),    # under one core still runs one
-    ({"cpu.max": "max 100000\n"}, None),   # v2 without a quota
+    ({"cpu.max": "150000 100000\n"}, 2),    # v2: 1.5 cores of quota -> 2 threads (rounded up)
+    ({"cpu.max": "120000 100000\n"}, 2),    # 1.2 -> 2: up, not to the nearest
+    ({"cpu.max": "250000 50000\n"}, 5),     # the period is read, not assumed
+    ({"cpu.max": "50000 100000\n"}, 1),     # under one core still runs one
+    ({"cpu.max": "max 100000\n"}, None),    # v2 without a quota
     ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
     ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),   # v1 without a quota
-    ({"cpu.max": "lots\n"}, None),         # unreadable: affinity decides
-    ({}, None),                            # no cgroup files at all
+    ({"cpu.max": "200000 100000\n", "cpu/cpu.cfs_quota_us": "500000\n",
+      "cpu/cpu.cfs_period_us": "100000\n"}, 2),  # a v2 cpu.max at the root wins over v1 files
+    ({"cpu.max": "lots\n"}, None),          # unreadable: affinity decides
+    ({}, None),                             # no cgroup files at all
 ])
 def test_a_cgroup_cpu_quota_is_read_as_whole_cores(tmp_path, files, expected):
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert rank_workers.quota_cores(tmp_path) == expected
+    root, proc = _cgroup(tmp_path, files, own="0::/\n1:cpu,cpuacct:/\n")
+    assert rank_workers.quota_cores(root, proc) == expected
+
+
+def test_the_quota_of_the_process_own_cgroup_and_its_parents_counts(tmp_path):
+    # v2, a nested cgroup (a systemd slice): the root has no cpu.max; the tightest level wins.
+    root, proc = _cgroup(tmp_path, {"app.slice/cpu.max": "400000 100000\n",
+                                    "app.slice/job.service/cpu.max": "200000 100000\n",
+                                    "other.slice/cpu.max": "100000 100000\n"},
+                         own="0::/app.slice/job.service\n")
+    assert rank_workers.quota_cores(root, proc) == 2
+    (root / "app.slice/cpu.max").write_text("100000 100000\n")  # a parent's quota is tighter
+    assert rank_workers.quota_cores(root, proc) == 1
+
+
+def test_v1_reads_the_cpu_controller_path_and_walks_up_to_a_container_root(tmp_path):
+    files = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+             "cpu/batch/cpu.cfs_quota_us": "150000\n", "cpu/batch/cpu.cfs_period_us": "100000\n"}
+    root, proc = _cgroup(tmp_path, files, own="4:memory:/other\n3:cpu,cpuacct:/batch\n0::/\n")
+    assert rank_workers.quota_cores(root, proc) == 2
+    # In a container the listing names the host's path, absent from its own mount: the walk up
+    # reaches the mount's root, which holds the container's quota.
+    (root / "cpu/cpu.cfs_quota_us").write_text("300000\n")
+    proc.write_text("3:cpu,cpuacct:/docker/0123abcd\n")
+    assert rank_workers.quota_cores(root, proc) == 3
 
 
 def test_the_usable_cores_are_the_affinity_capped_by_the_quota(tmp_path):
     affinity = len(os.sched_getaffinity(0))
-    assert rank_workers.usable_cores(tmp_path) == affinity  # no quota files
-    (tmp_path / "cpu.max").write_text("100000 100000\n")
-    assert rank_workers.usable_cores(tmp_path) == 1
-    (tmp_path / "cpu.max").write_text(f"{(affinity + 5) * 100000} 100000\n")
-    assert rank_workers.usable_cores(tmp_path) == affinity  # a quota above the affinity changes nothing
+    root, proc = _cgroup(tmp_path, {})
+    assert rank_workers.usable_cores(root, proc) == affinity  # no quota files
+    (root / "cpu.max").write_text(f"{(affinity + 5) * 100000} 100000\n")
+    assert rank_workers.usable_cores(root, proc) == affinity  # a quota above the affinity changes nothing
+    if affinity >= 2:  # on one core, a cap of one could not be told from no cap
+        (root / "cpu.max").write_text("100000 100000\n")
+        assert rank_workers.usable_cores(root, proc) == 1

@@ -280,26 +280,37 @@ def test_two_fits_of_one_seed_give_the_same_bits_at_a_size_where_kernels_run_in_
 def test_a_tower_that_adds_nothing_serves_the_pooled_mean_without_running_its_encoder(monkeypatch):
     items = _vectors()
     histories = np.array([[-1, -1, -1, 3, 7, 1], [5, 6, 7, 8, 9, 10], [-1] * 6])
+    seq = torch.from_numpy(items[np.maximum(histories, 0)])
+    valid = torch.from_numpy(histories >= 0)
     tower = _tower()
+    tower.eval()
     assert tower.adds_nothing()
-    with monkeypatch.context() as forced:
+    with monkeypatch.context() as forced, torch.inference_mode():
         forced.setattr(tower, "adds_nothing", lambda: False)
-        full = tower.user_vectors(histories, items)  # the encoder runs, its correction exactly zero
+        full_users = tower.user_vectors(histories, items)  # the encoder runs; its correction is +0.0
+        full_positions = tower(seq, valid).numpy()
 
     def encoder(*args, **kwargs):
         raise AssertionError("the encoder ran")
 
     monkeypatch.setattr(tower.blocks, "forward", encoder)
-    short = tower.user_vectors(histories, items)
-    np.testing.assert_array_equal(short, full)  # bit for bit, without the encoder
+    with torch.inference_mode():
+        short_positions = tower(seq, valid).numpy()
+    short_users = tower.user_vectors(histories, items)
+    # Bit for bit, every position (padded ones included), without the encoder.
+    assert np.array_equal(short_positions.view(np.uint32), full_positions.view(np.uint32))
+    assert np.array_equal(short_users.view(np.uint32), full_users.view(np.uint32))
     with torch.no_grad():
         tower.out.bias[0] = 1e-3  # a trained correction: the encoder must run again
     assert not tower.adds_nothing()
     with pytest.raises(AssertionError, match="the encoder ran"):
         tower.user_vectors(histories, items)
-    # Training always runs it: the output layer's gradient needs the encoder's output.
     with torch.no_grad():
         tower.out.bias.zero_()
-    tower.train()
+    # With gradients on (eval mode) or in training mode (no gradients), it runs: the output
+    # layer's gradient needs the encoder's output, and dropout makes training another function.
     with pytest.raises(AssertionError, match="the encoder ran"):
-        tower(torch.from_numpy(items[[3, 7, 1]])[None], torch.ones(1, 3, dtype=torch.bool))
+        tower(seq, valid)
+    tower.train()
+    with torch.no_grad(), pytest.raises(AssertionError, match="the encoder ran"):
+        tower(seq, valid)
