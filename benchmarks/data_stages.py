@@ -22,6 +22,7 @@ stages that first raise the peak (load, data_checks) carry at scale 10 and not a
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -62,11 +63,9 @@ def child(folder: str) -> dict:
         start = time.perf_counter()
         fit_with_cooccurrence(user_items, **settings)
         seconds["item_item"] += time.perf_counter() - start
-    import features.item_item
-
     return {"seconds": seconds, "interactions": dataset.interactions.height,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "code": str(Path(features.item_item.__file__).resolve().parents[1])}
+            "code": str(Path(inspect.getfile(fit_with_cooccurrence)).resolve().parents[1])}
 
 
 def touch(gigabytes: float) -> dict:

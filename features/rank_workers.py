@@ -14,6 +14,7 @@ one worker per core).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -43,11 +44,23 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 
 def usable_cores(cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int:
     """The cores this process may run on: its CPU affinity where the platform has one, capped by
-    a cgroup CPU quota (:func:`quota_cores`). A container started with ``--cpus=1`` on a 16-core
-    host sees 16 cores in its affinity; 16 threads there would take turns on one core's time."""
+    a cgroup CPU quota (:func:`quota_cores`; the system's is read once per process). A container
+    started with ``--cpus=1`` on a 16-core host sees 16 cores in its affinity; 16 threads there
+    would take turns on one core's time."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = quota_cores(cgroup_root, proc_cgroup)
+    if cgroup_root is None and proc_cgroup is None:
+        quota = _system_quota(CGROUP_ROOT, PROC_CGROUP)
+    else:
+        quota = quota_cores(cgroup_root, proc_cgroup)
     return min(cores, quota) if quota else cores
+
+
+@functools.lru_cache(maxsize=4)
+def _system_quota(cgroup_root: Path, proc_cgroup: Path) -> int | None:
+    """The machine's quota, read once per process: the server asks for the worker count on every
+    request, and a few file reads there are a cost with nothing to gain (a cgroup's quota is set
+    when its container starts)."""
+    return quota_cores(cgroup_root, proc_cgroup)
 
 
 def quota_cores(cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int | None:

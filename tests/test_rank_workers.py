@@ -203,3 +203,17 @@ def test_the_usable_cores_are_the_affinity_capped_by_the_quota(tmp_path):
     if affinity >= 2:  # on one core, a cap of one could not be told from no cap
         (root / "cpu.max").write_text("100000 100000\n")
         assert rank_workers.usable_cores(root, proc) == 1
+
+
+def test_the_system_quota_is_read_once_per_process(monkeypatch, tmp_path):
+    # The server asks for the worker count on every request: the default location is read once.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("on one core a cached and a fresh read of a one-core quota agree")
+    root, proc = _cgroup(tmp_path, {"cpu.max": "100000 100000\n"})
+    monkeypatch.setattr(rank_workers, "CGROUP_ROOT", root)
+    monkeypatch.setattr(rank_workers, "PROC_CGROUP", proc)
+    first = rank_workers.usable_cores()
+    assert first == 1
+    (root / "cpu.max").write_text("max 100000\n")
+    assert rank_workers.usable_cores() == first  # not read again
+    assert rank_workers.usable_cores(root, proc) == len(os.sched_getaffinity(0))  # an explicit root is read
