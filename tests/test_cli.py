@@ -22,6 +22,23 @@ def test_config_file_then_flags(tmp_path):
     assert (config.seed, config.text.steps) == (9, 3)
 
 
+def test_shipped_config_files_load_and_text_rich_changes_only_the_fine_tuning_steps():
+    from dataclasses import replace
+    from pathlib import Path
+
+    from recsys.config import PipelineConfig
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(folder.glob("*.json"))
+    assert {f.name for f in files} >= {"quick.json", "text-rich.json", "movielens-100k-tuned.json"}
+    for path in files:
+        load_config(str(path))  # every shipped file is a valid config
+    defaults = PipelineConfig()
+    rich = load_config(str(folder / "text-rich.json"))
+    assert rich.text.steps == 4 * defaults.text.steps == 400
+    assert rich == replace(defaults, text=replace(defaults.text, steps=400))
+
+
 def test_train_flags_override_the_config_file_only_when_given(tmp_path, monkeypatch):
     from recsys import cli
 
