@@ -1,12 +1,15 @@
 import re
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 
+from features.ranking_frame import prior_scores
 from recsys.config import RankerConfig
 from recsys.errors import DataValidationError, NotFittedError
 from recsys.metrics import auc_per_group
-from training.ranker import LambdaRanker
+from training.prior_blend import mean_query_ndcg
+from training.ranker import TRAIN_CURVE_SEED, LambdaRanker, _valid_only, curve_sample
 
 
 def _data(n_queries=60, per_query=10, seed=0):
@@ -237,3 +240,70 @@ def test_the_listwise_objective_learns_the_signal_and_an_unknown_objective_is_re
     with pytest.raises(ConfigError, match=refused):
         PipelineConfig.from_dict({"ranker": {"objective": "ndcg"}})
 
+
+
+def test_the_training_curve_sample_takes_whole_queries_seeded():
+    g = np.array([3, 5, 2, 4, 6, 1, 7])
+    rows, sizes = curve_sample(g, 3, seed=0)
+    starts = np.r_[0, np.cumsum(g)[:-1]]
+    picked = np.unique(np.repeat(np.arange(len(g)), g)[rows])
+    assert len(picked) == 3
+    np.testing.assert_array_equal(sizes, g[picked])
+    np.testing.assert_array_equal(rows, np.concatenate([np.arange(starts[q], starts[q] + g[q]) for q in picked]))
+    np.testing.assert_array_equal(curve_sample(g, 3, seed=0)[0], rows)
+    assert any(not np.array_equal(curve_sample(g, 3, seed=s)[0], rows) for s in range(1, 6))
+    assert curve_sample(g, 7, seed=0) is None and curve_sample(g, 9, seed=0) is None
+
+
+def test_the_sampled_training_curve_leaves_the_model_as_the_whole_training_set_does():
+    X, y, g = _data(n_queries=120)
+    Xv, yv, gv = _data(n_queries=20, seed=1)
+    config = RankerConfig(**{**PLAIN, "num_boost_round": 60, "min_data_in_leaf": 5})
+    sampled = LambdaRanker(feature_names=("signal", "noise"), config=config)
+    data = sampled.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
+    assert len(data.curve_rows) == 20 * 10  # as many queries as validation has
+    sampled.fit_dataset(data)
+    whole = LambdaRanker(feature_names=("signal", "noise"), config=config)
+    whole_data = whole.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv, curve_queries=len(g))
+    assert whole_data.curve_rows is None and whole_data.curve is whole_data.train
+    whole.fit_dataset(whole_data)
+    assert sampled.booster.model_to_string() == whole.booster.model_to_string()
+    assert sampled.evals["valid"] == whole.evals["valid"]
+    curve, whole_curve = sampled.evals["train"]["ndcg@10"], whole.evals["train"]["ndcg@10"]
+    assert len(curve) == len(whole_curve) == len(whole.evals["valid"]["ndcg@10"])
+    assert curve != whole_curve  # another set of queries
+
+
+def test_early_stopping_reads_the_validation_results_only():
+    seen = []
+
+    def callback(env):
+        seen.append(env.evaluation_result_list)
+
+    callback.order = 30
+    watched = _valid_only(callback)
+    env = lgb.callback.CallbackEnv(model=None, params={}, iteration=0, begin_iteration=0, end_iteration=10,
+                                   evaluation_result_list=[("train", "ndcg@10", 0.9, True),
+                                                           ("valid", "ndcg@10", 0.5, True)])
+    watched(env)
+    assert seen == [[("valid", "ndcg@10", 0.5, True)]]
+    assert watched.order == 30 and watched.before_iteration is False
+
+
+def test_the_sampled_training_curve_starts_from_the_prior_as_training_does():
+    names = ("item_item_score_query_z", "als_score_query_z", "bpr_score_query_z")
+    X, y, g = _blend_data()
+    Xv, yv, gv = _blend_data(seed=1, n_queries=40)
+    config = RankerConfig(num_boost_round=30, min_data_in_leaf=5,
+                          prior_sources=("item_item_score", "als_score", "bpr_score"))
+    ranker = LambdaRanker(feature_names=names, config=config, seed=3)
+    data = ranker.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
+    ranker.fit_dataset(data)
+    rows, sizes = curve_sample(g, len(gv), 3 + TRAIN_CURVE_SEED)
+    np.testing.assert_array_equal(rows, data.curve_rows)
+    best = ranker.best_iteration
+    trees = ranker.booster.predict(X[rows], num_iteration=best, raw_score=True)
+    start = prior_scores(X[rows], ranker.prior_weights, names)
+    curve = ranker.evals["train"]["ndcg@10"][best - 1]
+    assert mean_query_ndcg(sizes, trees + start, y[rows], 10) == pytest.approx(curve, abs=1e-9)
+    assert mean_query_ndcg(sizes, trees, y[rows], 10) != pytest.approx(curve, abs=1e-4)  # trees alone: another curve

@@ -6,6 +6,7 @@ saved as LightGBM's text format with its feature names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -22,11 +23,18 @@ from recsys.progress import progress as progress_bar
 from training.prior_blend import fit_prior_weights
 
 MAX_LABEL = 30  # LambdaRank label_gain has 31 entries by default: labels stay small integers.
+# The training curve's sample of training queries is drawn with the ranker's seed plus this.
+TRAIN_CURVE_SEED = 11
 
 
 @dataclass(frozen=True)
 class RankerData:
-    """LightGBM train and validation sets (validation binned with the train set's bins)."""
+    """LightGBM train and validation sets (validation binned with the train set's bins).
+
+    curve: the set the training curve (``evals["train"]``) is measured on: ``train`` itself, or a
+    seeded sample of its whole queries (``curve_rows``, sorted row positions) binned like it. The
+    curve is a diagnostic: no fit reads it, so the model is the same either way.
+    """
 
     train: lgb.Dataset
     valid: lgb.Dataset
@@ -37,6 +45,35 @@ class RankerData:
     y: np.ndarray
     groups: np.ndarray
     X_val: np.ndarray
+    curve: lgb.Dataset | None = None
+    curve_rows: np.ndarray | None = None  # None: the curve is over every training row
+
+
+def curve_sample(groups: np.ndarray, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sorted row positions, their group sizes) of a seeded sample of ``n_queries`` whole
+    queries of a set whose queries have ``groups`` rows each (contiguous blocks, in order); None
+    when ``n_queries`` covers every query (the curve is then the whole set)."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if n_queries >= len(groups):
+        return None
+    picked = np.sort(np.random.default_rng(seed).choice(len(groups), size=max(n_queries, 1), replace=False))
+    starts = np.r_[0, np.cumsum(groups)[:-1]]
+    sizes = groups[picked]
+    rows = np.repeat(starts[picked] - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(int(sizes.sum()))
+    return rows, sizes
+
+
+def _valid_only(callback: Callable) -> Callable:
+    """``callback`` (LightGBM's early stopping) fed the validation set's results only. LightGBM
+    skips the training set itself there, but not a sample of it (``RankerData.curve``), which
+    would otherwise stop boosting when the training curve flattens."""
+    def watched(env: lgb.callback.CallbackEnv) -> None:
+        callback(dataclasses.replace(
+            env, evaluation_result_list=[r for r in env.evaluation_result_list or [] if r[0] == "valid"]))
+
+    watched.order = callback.order  # LightGBM runs callbacks in this order
+    watched.before_iteration = False
+    return watched
 
 
 class LambdaRanker:
@@ -81,16 +118,28 @@ class LambdaRanker:
         return self.fit_dataset(data, eval_at=eval_at, log_metric=log_metric)
 
     def dataset(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, X_val: np.ndarray, y_val: np.ndarray,
-                groups_val: np.ndarray) -> RankerData:
+                groups_val: np.ndarray, curve_queries: int | None = None) -> RankerData:
         """Validated LightGBM train/validation sets in this ranker's column order. Their bins are
-        built on the first fit and reused by every later fit on the same sets."""
+        built on the first fit and reused by every later fit on the same sets.
+
+        curve_queries: training queries the training curve is measured on, a seeded sample
+        (None: as many as the validation set has, so the two curves cost and scatter alike; the
+        whole training set, about six times the validation users, took about a third of the fit).
+        """
         self._check(X, y, groups)
         self._check(X_val, y_val, groups_val)
         names = list(self.feature_names)
         train_set = lgb.Dataset(X, label=y, group=groups, feature_name=names, free_raw_data=False)
         val_set = lgb.Dataset(X_val, label=y_val, group=groups_val, reference=train_set, feature_name=names)
+        sample = curve_sample(groups, len(groups_val) if curve_queries is None else curve_queries,
+                              self.seed + TRAIN_CURVE_SEED)
+        curve_set, curve_rows = train_set, None
+        if sample is not None:
+            curve_rows, sizes = sample
+            curve_set = lgb.Dataset(X[curve_rows], label=y[curve_rows], group=sizes, reference=train_set,
+                                    feature_name=names)
         return RankerData(train=train_set, valid=val_set, feature_names=self.feature_names, n_rows=X.shape[0],
-                          X=X, y=y, groups=groups, X_val=X_val)
+                          X=X, y=y, groups=groups, X_val=X_val, curve=curve_set, curve_rows=curve_rows)
 
     def fit_dataset(self, data: RankerData, *, unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
                     log_metric: Callable[[str, float, int], None] | None = None,
@@ -123,10 +172,11 @@ class LambdaRanker:
         self._set_prior(data, eval_at[0])
         with progress_bar(total=c.num_boost_round, desc=f"ranker {progress_name}".rstrip(), unit="round") as bar:
             self.booster = lgb.train(
-                params, data.train, num_boost_round=c.num_boost_round, valid_sets=[data.train, data.valid],
+                params, data.train, num_boost_round=c.num_boost_round,
+                valid_sets=[data.train if data.curve is None else data.curve, data.valid],
                 valid_names=["train", "valid"],
-                callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False,
-                                              min_delta=c.early_stopping_min_delta),
+                callbacks=[_valid_only(lgb.early_stopping(c.early_stopping_rounds, verbose=False,
+                                                          min_delta=c.early_stopping_min_delta)),
                            lgb.record_evaluation(self.evals), lambda env: bar.update(1)],
             )
         self.fit_seconds = time.perf_counter() - start
@@ -161,7 +211,10 @@ class LambdaRanker:
             raise DataValidationError(f"prior_sources need the features {missing}")
         self.prior_weights = (fit_prior_weights(data.X, data.y, data.groups, sources, self.feature_names, k)
                               if sources else {})
-        for lgb_set, X in ((data.train, data.X), (data.valid, data.X_val)):
+        sets = [(data.train, data.X), (data.valid, data.X_val)]
+        if data.curve is not None and data.curve_rows is not None:
+            sets.append((data.curve, data.X[data.curve_rows]))
+        for lgb_set, X in sets:
             lgb_set.set_init_score(prior_scores(X, self.prior_weights, self.feature_names) if sources else None)
 
     def feature_importance(self) -> dict[str, float]:
