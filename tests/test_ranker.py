@@ -253,40 +253,53 @@ def test_the_training_curve_sample_takes_whole_queries_seeded():
     np.testing.assert_array_equal(curve_sample(g, 3, seed=0)[0], rows)
     assert any(not np.array_equal(curve_sample(g, 3, seed=s)[0], rows) for s in range(1, 6))
     assert curve_sample(g, 7, seed=0) is None and curve_sample(g, 9, seed=0) is None
+    with pytest.raises(ValueError, match="needs at least 1 query, got 0"):
+        curve_sample(g, 0, seed=0)
 
 
-def test_the_sampled_training_curve_leaves_the_model_as_the_whole_training_set_does():
+def test_the_sampled_training_curve_leaves_the_model_as_the_whole_training_set_did(monkeypatch):
     X, y, g = _data(n_queries=120)
     Xv, yv, gv = _data(n_queries=20, seed=1)
-    config = RankerConfig(**{**PLAIN, "num_boost_round": 60, "min_data_in_leaf": 5})
-    sampled = LambdaRanker(feature_names=("signal", "noise"), config=config)
+    config = RankerConfig(**{**PLAIN, "num_boost_round": 200, "min_data_in_leaf": 5})
+    names = ("signal", "noise")
+    sampled = LambdaRanker(feature_names=names, config=config)
     data = sampled.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv)
-    assert len(data.curve_rows) == 20 * 10  # as many queries as validation has
+    assert len(data.curve_rows) == 20 * 10 and data.curve_queries == 20  # as many queries as validation has
     sampled.fit_dataset(data)
-    whole = LambdaRanker(feature_names=("signal", "noise"), config=config)
+    valid = sampled.evals["valid"]["ndcg@10"]
+    assert len(valid) < 200  # early stopping ended it ...
+    assert sampled.best_iteration == int(np.argmax(valid)) + 1  # ... on the validation curve
+    no_curve = LambdaRanker(feature_names=names, config=config)
+    no_curve.fit_dataset(no_curve.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv, curve_queries=0))
+    assert set(no_curve.evals) == {"valid"}
+    # Before the sample: the whole training set as a validation set, LightGBM's early stopping unwrapped.
+    monkeypatch.setattr("training.ranker._valid_only", lambda callback: callback)
+    whole = LambdaRanker(feature_names=names, config=config)
     whole_data = whole.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv, curve_queries=len(g))
     assert whole_data.curve_rows is None and whole_data.curve is whole_data.train
     whole.fit_dataset(whole_data)
-    assert sampled.booster.model_to_string() == whole.booster.model_to_string()
-    assert sampled.evals["valid"] == whole.evals["valid"]
+    for other in (whole, no_curve):
+        assert sampled.booster.model_to_string() == other.booster.model_to_string()
+        assert sampled.evals["valid"] == other.evals["valid"]
     curve, whole_curve = sampled.evals["train"]["ndcg@10"], whole.evals["train"]["ndcg@10"]
-    assert len(curve) == len(whole_curve) == len(whole.evals["valid"]["ndcg@10"])
+    assert len(curve) == len(whole_curve) == len(valid)
     assert curve != whole_curve  # another set of queries
+    with pytest.raises(ValueError, match="curve_queries must be 0 \\(no training curve\\) or more, got -1"):
+        whole.dataset(X, y, g, X_val=Xv, y_val=yv, groups_val=gv, curve_queries=-1)
 
 
 def test_early_stopping_reads_the_validation_results_only():
-    seen = []
+    def rounds(callback, n=12):
+        for i in range(n):  # the training curve flat from the start, validation rising every round
+            callback(lgb.callback.CallbackEnv(
+                model=None, params={}, iteration=i, begin_iteration=0, end_iteration=100,
+                evaluation_result_list=[lgb.EvalResult("train", "ndcg@10", 0.9, True),
+                                        lgb.EvalResult("valid", "ndcg@10", 0.1 + 0.01 * i, True)]))
 
-    def callback(env):
-        seen.append(env.evaluation_result_list)
-
-    callback.order = 30
-    watched = _valid_only(callback)
-    env = lgb.callback.CallbackEnv(model=None, params={}, iteration=0, begin_iteration=0, end_iteration=10,
-                                   evaluation_result_list=[("train", "ndcg@10", 0.9, True),
-                                                           ("valid", "ndcg@10", 0.5, True)])
-    watched(env)
-    assert seen == [[("valid", "ndcg@10", 0.5, True)]]
+    with pytest.raises(lgb.callback.EarlyStopException):  # unwrapped, the flat training curve stops it
+        rounds(lgb.early_stopping(5, verbose=False))
+    watched = _valid_only(lgb.early_stopping(5, verbose=False))
+    rounds(watched)  # wrapped, it goes on while validation rises
     assert watched.order == 30 and watched.before_iteration is False
 
 

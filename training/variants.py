@@ -211,6 +211,7 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
                                            progress_name=short)
         if log_metric:
             log_metric(f"ranker/{short}/train_rows", float(sets.n_rows), 0)
+            log_metric(f"ranker/{short}/train_curve_queries", float(sets.curve_queries), 0)
             log_metric(f"ranker/{short}/validation_rows", float(val.height), 0)
             log_metric(f"ranker/{short}/fit_seconds", ranker.fit_seconds, 0)
             log_metric(f"ranker/{short}/rows_per_s",
