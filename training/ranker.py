@@ -131,7 +131,7 @@ class LambdaRanker:
         curve_queries: training queries the training curve is measured on, a seeded sample
         (None: as many as the validation set has, so the two curves cost and scatter alike; 0: no
         training curve). On the demo's largest set the whole training set (5.5 times the
-        validation queries) made a fit 1.24x as long as the default sample
+        validation queries) made a fit 1.18-1.24x as long as the default sample (two runs)
         (``benchmarks/ranker_curve.py``).
         """
         self._check(X, y, groups)
