@@ -66,6 +66,7 @@ def test_the_averaged_model_scores_the_mean_of_its_members():
     mean = np.mean([m.booster.predict(X, num_iteration=m.best_iteration) for m in members], axis=0)
     np.testing.assert_allclose(ranker.booster.predict(X), mean, atol=1e-9)
     assert ranker.best_iteration == sum(m.best_iteration for m in members)
+    assert all(set(m.evals) == {"valid"} for m in members)  # no member measures a training curve nobody logs
     first = members[0].booster.predict(X)
     assert all(not np.allclose(first, m.booster.predict(X)) for m in members[1:])  # each learnt other rows
 

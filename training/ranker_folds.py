@@ -114,7 +114,7 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
         member = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
         sets = member.dataset(feature_matrix(fit, columns), fit["label"].to_numpy(), group_sizes(fit),
                               X_val=feature_matrix(stop, columns), y_val=stop["label"].to_numpy(),
-                              groups_val=group_sizes(stop))
+                              groups_val=group_sizes(stop), curve_queries=0)  # no member's curve is logged
         members.append(member.fit_dataset(sets, unused_features=unused_features, eval_at=eval_at,
                                           progress_name=f"{progress_name} fold {k + 1}/{n_folds}".strip()))
     ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
