@@ -5,7 +5,7 @@ queries as validation has) and with no training curve.
     .venv/bin/python benchmarks/ranker_curve.py [--repeats 3]
 
 It runs ``recsys train --data demo --split temporal --k 10 --seed 42`` in-process, in a temporary
-folder, up to its ``--fit``-th ranker fit (the text stage comes first: about three minutes in
+folder, up to its ``--fit``-th ranker fit (the text stage comes first: about four minutes in
 all), keeps that fit's sets and stops the run. Then it fits the same ranker on fresh copies of those sets (binning
 included) with each curve, alternating, ``--repeats`` times each, and prints the fastest fit of
 each, their ratios to the whole-set fit, and whether the boosters are identical (the curve is a diagnostic: no fit

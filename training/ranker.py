@@ -142,15 +142,16 @@ class LambdaRanker:
         wanted = len(groups_val) if curve_queries is None else curve_queries
         if wanted < 0:
             raise ValueError(f"curve_queries must be 0 (no training curve) or more, got {curve_queries}")
-        sample = curve_sample(groups, wanted, self.seed + TRAIN_CURVE_SEED) if wanted > 0 else None
-        curve_set, curve_rows, n_curve = (train_set if wanted > 0 else None), None, min(wanted, len(groups))
-        if sample is not None:
+        sample = curve_sample(groups, wanted, self.seed + TRAIN_CURVE_SEED) if wanted else None
+        if sample is None:  # the whole training set, or no curve
+            curve_set, curve_rows = (train_set if wanted else None), None
+        else:
             curve_rows, sizes = sample
             curve_set = lgb.Dataset(X[curve_rows], label=y[curve_rows], group=sizes, reference=train_set,
                                     feature_name=names)
         return RankerData(train=train_set, valid=val_set, feature_names=self.feature_names, n_rows=X.shape[0],
                           X=X, y=y, groups=groups, X_val=X_val, curve=curve_set, curve_rows=curve_rows,
-                          curve_queries=n_curve)
+                          curve_queries=min(wanted, len(groups)))
 
     def fit_dataset(self, data: RankerData, *, unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
                     log_metric: Callable[[str, float, int], None] | None = None,
@@ -223,7 +224,7 @@ class LambdaRanker:
         self.prior_weights = (fit_prior_weights(data.X, data.y, data.groups, sources, self.feature_names, k)
                               if sources else {})
         sets = [(data.train, data.X), (data.valid, data.X_val)]
-        if data.curve is not None and data.curve_rows is not None:  # a sample: its own start scores
+        if data.curve_rows is not None:  # a sample: its own start scores
             sets.append((data.curve, data.X[data.curve_rows]))
         for lgb_set, X in sets:
             lgb_set.set_init_score(prior_scores(X, self.prior_weights, self.feature_names) if sources else None)
