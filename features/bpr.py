@@ -65,24 +65,45 @@ def fit_bpr_factors(user_items: sp.csr_matrix, *, factors: int, iterations: int,
                 picks = torch.randint(0, n, (n,), generator=generator) if n else torch.zeros(0, dtype=torch.int64)
                 negatives = torch.randint(0, n_items, (n,), generator=generator)
                 for start in range(0, n, BATCH):
-                    pick = picks[start:start + BATCH]
-                    u, i, j = users[pick], items[pick], negatives[start:start + BATCH]
-                    keys = u * n_items + j
-                    found = torch.searchsorted(positive_keys, keys).clamp_(max=max(n - 1, 0))
-                    keep = positive_keys[found] != keys
-                    u, i, j = u[keep], i[keep], j[keep]
-                    pu, qi, qj = user_f[u], item_f[i], item_f[j]
-                    z = torch.sigmoid(-(bias[i] - bias[j] + (pu * (qi - qj)).sum(1)))[:, None]
-                    user_f.index_add_(0, u, lr * (z * (qi - qj) - regularization * pu))
-                    item_f.index_add_(0, i, lr * (z * pu - regularization * qi))
-                    item_f.index_add_(0, j, lr * (-z * pu - regularization * qj))
-                    bias.index_add_(0, i, lr * (z[:, 0] - regularization * bias[i]))
-                    bias.index_add_(0, j, lr * (-z[:, 0] - regularization * bias[j]))
+                    _batch_step(user_f, item_f, bias, users.index_select(0, picks[start:start + BATCH]),
+                                items.index_select(0, picks[start:start + BATCH]),
+                                negatives[start:start + BATCH], positive_keys, n_items, lr, regularization)
                 if after_epochs is not None and (epoch + 1) % every == 0 and epoch + 1 < iterations:
                     after_epochs(epoch + 1, *_with_bias(user_f, item_f, bias))
     finally:
         torch.set_num_threads(threads)
     return _with_bias(user_f, item_f, bias)
+
+
+def _batch_step(user_f: torch.Tensor, item_f: torch.Tensor, bias: torch.Tensor, u: torch.Tensor, i: torch.Tensor,
+                j: torch.Tensor, positive_keys: torch.Tensor, n_items: int, lr: float, regularization: float) -> None:
+    """One vectorised SGD step on a batch of (user u, positive i, negative j) int64 samples, in place.
+
+    The steps, per kept sample (a negative the user has is skipped), all from the factors as
+    they were before the batch except the negative's bias, which is read after the positives'
+    bias updates (an item can be both in one batch):
+        user_f[u] += lr * (z * (q_i - q_j) - reg * p_u)
+        item_f[i] += lr * (z * p_u - reg * q_i);   item_f[j] += lr * (-z * p_u - reg * q_j)
+        bias[i] += lr * (z - reg * b_i);           bias[j] += lr * (-z - reg * b_j)
+    with z = sigmoid(-(b_i - b_j + p_u . (q_i - q_j))). The products are computed in place on the
+    batch's gathered rows, each rounding as the written-out expression would (the tests compare
+    with it bit for bit); row gathers use ``index_select``, the cheapest copy of rows.
+    """
+    keys = u * n_items + j
+    found = torch.searchsorted(positive_keys, keys).clamp_(max=max(len(positive_keys) - 1, 0))
+    kept = (positive_keys.index_select(0, found) != keys).nonzero().squeeze(1)
+    u, i, j = u.index_select(0, kept), i.index_select(0, kept), j.index_select(0, kept)
+    pu, qi, qj = user_f.index_select(0, u), item_f.index_select(0, i), item_f.index_select(0, j)
+    diff = qi - qj
+    bias_i = bias.index_select(0, i)
+    z = torch.sigmoid(-(bias_i - bias.index_select(0, j) + (pu * diff).sum(1)))[:, None]
+    user_f.index_add_(0, u, diff.mul_(z).sub_(pu * regularization).mul_(lr))
+    z_pu = pu.mul_(z)  # p_u is not read again
+    item_f.index_add_(0, i, torch.sub(z_pu, qi.mul_(regularization), out=qi).mul_(lr))
+    item_f.index_add_(0, j, z_pu.neg_().sub_(qj.mul_(regularization)).mul_(lr))  # -(z p_u) == (-z) p_u exactly
+    z = z[:, 0]
+    bias.index_add_(0, i, lr * (z - regularization * bias_i))
+    bias.index_add_(0, j, lr * (-z - regularization * bias.index_select(0, j)))
 
 
 def _with_bias(user_f: torch.Tensor, item_f: torch.Tensor, bias: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -115,3 +115,60 @@ def test_config_refuses_a_negative_als_confidence():
 
     with pytest.raises(ConfigError, match="als_alpha must be 0 .from the data. or positive"):
         PipelineConfig(als_alpha=-1.0)
+
+
+def _bpr_written_out(user_items, *, factors, iterations, learning_rate, regularization, seed):
+    """The BPR steps written out as plain tensor expressions (the specification that
+    ``features.bpr``'s in-place batch step must reproduce bit for bit)."""
+    import torch
+
+    from features.bpr import BATCH, FINAL_LR_SHARE, _with_bias
+
+    n_users, n_items = user_items.shape
+    coo = user_items.tocoo()
+    users, items = torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))
+    n = len(users)
+    positive_keys = torch.sort(users * n_items + items).values
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    user_f = torch.from_numpy((rng.random((n_users, factors), dtype=np.float32) - 0.5) / factors)
+    item_f = torch.from_numpy((rng.random((n_items, factors), dtype=np.float32) - 0.5) / factors)
+    bias = torch.zeros(n_items)
+    with torch.no_grad():
+        for epoch in range(iterations):
+            lr = learning_rate * (1.0 - (1.0 - FINAL_LR_SHARE) * epoch / max(iterations - 1, 1))
+            picks = torch.randint(0, n, (n,), generator=generator)
+            negatives = torch.randint(0, n_items, (n,), generator=generator)
+            for start in range(0, n, BATCH):
+                pick = picks[start:start + BATCH]
+                u, i, j = users[pick], items[pick], negatives[start:start + BATCH]
+                keys = u * n_items + j
+                keep = positive_keys[torch.searchsorted(positive_keys, keys).clamp_(max=n - 1)] != keys
+                u, i, j = u[keep], i[keep], j[keep]
+                pu, qi, qj = user_f[u], item_f[i], item_f[j]
+                z = torch.sigmoid(-(bias[i] - bias[j] + (pu * (qi - qj)).sum(1)))[:, None]
+                user_f.index_add_(0, u, lr * (z * (qi - qj) - regularization * pu))
+                item_f.index_add_(0, i, lr * (z * pu - regularization * qi))
+                item_f.index_add_(0, j, lr * (-z * pu - regularization * qj))
+                bias.index_add_(0, i, lr * (z[:, 0] - regularization * bias[i]))
+                bias.index_add_(0, j, lr * (-z[:, 0] - regularization * bias[j]))
+    return _with_bias(user_f, item_f, bias)
+
+
+def test_bpr_batch_step_equals_the_written_out_steps_bit_for_bit():
+    from features.bpr import BATCH, fit_bpr_factors
+
+    rng = np.random.default_rng(3)
+    # 12 items over 6,000 pairs: every item recurs within a batch, and a third of the negatives
+    # are positives of their user (skipped), so the order of repeated updates is exercised.
+    rows, cols = rng.integers(0, 1_500, 6_000), rng.integers(0, 12, 6_000)
+    user_items = sp.csr_matrix((np.ones(6_000, dtype=np.float32), (rows, cols)), shape=(1_500, 12))
+    user_items.data[:] = 1.0
+    assert user_items.nnz > BATCH
+    settings = dict(factors=8, iterations=6, learning_rate=0.1, regularization=0.05, seed=4)
+    fast = fit_bpr_factors(user_items, **settings)
+    slow = _bpr_written_out(user_items, **settings)
+    for ours, spec in zip(fast, slow, strict=True):
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, spec)
+    assert np.abs(fast[1][:, -1]).max() > 0  # the biases moved

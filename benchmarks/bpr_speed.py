@@ -1,0 +1,94 @@
+"""What one BPR fit costs: today's ``features/bpr.py`` against the same file at an earlier
+commit, on the demo's clicks (or a data folder's), in one process, alternating.
+
+    .venv/bin/python benchmarks/bpr_speed.py                        # against 5cbff9b (before the in-place step)
+    .venv/bin/python benchmarks/bpr_speed.py --baseline-rev REV --data data/scale-1 --iterations 20
+
+The baseline is ``git show REV:features/bpr.py`` loaded as a module, so both fits read the same
+matrix with the pipeline's BPR settings (``PipelineConfig``: factors, learning rate,
+regularization; ``--iterations`` epochs, 100 by default as in the pipeline). It prints the fastest
+of ``--repeats`` fits of each, their ratio, and whether the factors are identical bit for bit.
+Both run on one thread (as the pipeline's do) in the same process, so the ratio holds on a busy
+machine where the seconds do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def baseline_module(rev: str):
+    """``features/bpr.py`` as of git revision ``rev``, imported under another name."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:features/bpr.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="bpr-baseline-")) / "bpr_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("bpr_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def clicks(data: str):
+    """Binary CSR (users, items) of the demo's (``demo``) or a data folder's interactions."""
+    import numpy as np
+    import polars as pl
+    import scipy.sparse as sp
+
+    from recsys.cli import load_data
+
+    frame = load_data(data).interactions.select(
+        pl.col("user_id").cast(pl.Categorical).to_physical().alias("u"),
+        pl.col("item_id").cast(pl.Categorical).to_physical().alias("i"))
+    users, items = frame["u"].to_numpy().astype(np.int64), frame["i"].to_numpy().astype(np.int64)
+    matrix = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
+                           shape=(int(users.max()) + 1, int(items.max()) + 1))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline-rev", default="5cbff9b", help="git revision of the baseline bpr.py")
+    parser.add_argument("--data", default="demo", help="'demo' or a canonical data folder")
+    parser.add_argument("--iterations", type=int, default=100, help="BPR epochs per fit")
+    parser.add_argument("--repeats", type=int, default=2, help="fits of each, alternating; the fastest counts")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from features.bpr import fit_bpr_factors
+    from recsys.config import PipelineConfig
+
+    config = PipelineConfig()
+    baseline = baseline_module(args.baseline_rev)
+    user_items = clicks(args.data)
+    settings = dict(factors=config.bpr_factors, iterations=args.iterations, learning_rate=config.bpr_learning_rate,
+                    regularization=config.bpr_regularization, seed=config.seed)
+    print(f"{args.data}: {user_items.shape[0]:,} users x {user_items.shape[1]:,} items, {user_items.nnz:,} pairs; "
+          f"{args.iterations} epochs, {settings['factors']} factors")
+    seconds = {"baseline": [], "today": []}
+    results = {}
+    for _ in range(args.repeats):
+        for name, fit in (("baseline", baseline.fit_bpr_factors), ("today", fit_bpr_factors)):
+            start = time.perf_counter()
+            results[name] = fit(user_items, **settings)
+            seconds[name].append(time.perf_counter() - start)
+            print(f"  {name}: {seconds[name][-1]:.2f} s", flush=True)
+    same = all(np.array_equal(a, b) for a, b in zip(results["baseline"], results["today"], strict=True))
+    base, today = min(seconds["baseline"]), min(seconds["today"])
+    print(f"fastest: baseline ({args.baseline_rev}) {base:.2f} s, today {today:.2f} s, "
+          f"ratio {today / base:.2f}x; factors identical: {same}")
+
+
+if __name__ == "__main__":
+    main()
