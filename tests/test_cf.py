@@ -117,58 +117,47 @@ def test_config_refuses_a_negative_als_confidence():
         PipelineConfig(als_alpha=-1.0)
 
 
-def _bpr_written_out(user_items, *, factors, iterations, learning_rate, regularization, seed):
-    """The BPR steps written out as plain tensor expressions (the specification that
-    ``features.bpr``'s in-place batch step must reproduce bit for bit)."""
+
+def _written_out_step(user_f, item_f, bias, u, i, j, positive_keys, n_items, lr, regularization):
+    """One BPR batch step written out as plain tensor expressions: the specification that
+    ``features.bpr._batch_step``'s in-place arithmetic must reproduce bit for bit."""
     import torch
 
-    from features.bpr import BATCH, FINAL_LR_SHARE, _with_bias
-
-    n_users, n_items = user_items.shape
-    coo = user_items.tocoo()
-    users, items = torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))
-    n = len(users)
-    positive_keys = torch.sort(users * n_items + items).values
-    generator = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    user_f = torch.from_numpy((rng.random((n_users, factors), dtype=np.float32) - 0.5) / factors)
-    item_f = torch.from_numpy((rng.random((n_items, factors), dtype=np.float32) - 0.5) / factors)
-    bias = torch.zeros(n_items)
-    with torch.no_grad():
-        for epoch in range(iterations):
-            lr = learning_rate * (1.0 - (1.0 - FINAL_LR_SHARE) * epoch / max(iterations - 1, 1))
-            picks = torch.randint(0, n, (n,), generator=generator)
-            negatives = torch.randint(0, n_items, (n,), generator=generator)
-            for start in range(0, n, BATCH):
-                pick = picks[start:start + BATCH]
-                u, i, j = users[pick], items[pick], negatives[start:start + BATCH]
-                keys = u * n_items + j
-                keep = positive_keys[torch.searchsorted(positive_keys, keys).clamp_(max=n - 1)] != keys
-                u, i, j = u[keep], i[keep], j[keep]
-                pu, qi, qj = user_f[u], item_f[i], item_f[j]
-                z = torch.sigmoid(-(bias[i] - bias[j] + (pu * (qi - qj)).sum(1)))[:, None]
-                user_f.index_add_(0, u, lr * (z * (qi - qj) - regularization * pu))
-                item_f.index_add_(0, i, lr * (z * pu - regularization * qi))
-                item_f.index_add_(0, j, lr * (-z * pu - regularization * qj))
-                bias.index_add_(0, i, lr * (z[:, 0] - regularization * bias[i]))
-                bias.index_add_(0, j, lr * (-z[:, 0] - regularization * bias[j]))
-    return _with_bias(user_f, item_f, bias)
+    keys = u * n_items + j
+    keep = positive_keys[torch.searchsorted(positive_keys, keys).clamp_(max=len(positive_keys) - 1)] != keys
+    u, i, j = u[keep], i[keep], j[keep]
+    pu, qi, qj = user_f[u], item_f[i], item_f[j]
+    z = torch.sigmoid(-(bias[i] - bias[j] + (pu * (qi - qj)).sum(1)))[:, None]
+    user_f.index_add_(0, u, lr * (z * (qi - qj) - regularization * pu))
+    item_f.index_add_(0, i, lr * (z * pu - regularization * qi))
+    item_f.index_add_(0, j, lr * (-z * pu - regularization * qj))
+    bias.index_add_(0, i, lr * (z[:, 0] - regularization * bias[i]))
+    bias.index_add_(0, j, lr * (-z[:, 0] - regularization * bias[j]))
 
 
 def test_bpr_batch_step_equals_the_written_out_steps_bit_for_bit():
-    from features.bpr import BATCH, fit_bpr_factors
+    import torch
 
-    rng = np.random.default_rng(3)
-    # 12 items over 6,000 pairs: every item recurs within a batch, and a third of the negatives
-    # are positives of their user (skipped), so the order of repeated updates is exercised.
-    rows, cols = rng.integers(0, 1_500, 6_000), rng.integers(0, 12, 6_000)
-    user_items = sp.csr_matrix((np.ones(6_000, dtype=np.float32), (rows, cols)), shape=(1_500, 12))
-    user_items.data[:] = 1.0
-    assert user_items.nnz > BATCH
-    settings = dict(factors=8, iterations=6, learning_rate=0.1, regularization=0.05, seed=4)
-    fast = fit_bpr_factors(user_items, **settings)
-    slow = _bpr_written_out(user_items, **settings)
-    for ours, spec in zip(fast, slow, strict=True):
-        assert ours.dtype == np.float32
-        np.testing.assert_array_equal(ours, spec)
-    assert np.abs(fast[1][:, -1]).max() > 0  # the biases moved
+    from features.bpr import _batch_step
+
+    n_users, n_items, n_pairs = 300, 12, 1_500
+    generator = torch.Generator().manual_seed(3)
+    users = torch.randint(0, n_users, (n_pairs,), generator=generator)
+    items = torch.randint(0, n_items, (n_pairs,), generator=generator)
+    positive_keys = torch.unique(users * n_items + items)  # sorted
+    tables = [torch.randn(n_users, 8, generator=generator), torch.randn(n_items, 8, generator=generator),
+              torch.randn(n_items, generator=generator)]
+    ours, spec = [t.clone() for t in tables], [t.clone() for t in tables]
+    skipped = 0
+    for _ in range(5):
+        # 2,048 samples over 12 items: every item recurs within a batch (as positive and as
+        # negative), and about a third of the negatives are positives of their user (skipped).
+        pick = torch.randint(0, n_pairs, (2_048,), generator=generator)
+        u, i, j = users[pick], items[pick], torch.randint(0, n_items, (2_048,), generator=generator)
+        skipped += int(torch.isin(u * n_items + j, positive_keys).sum())
+        _batch_step(*ours, u, i, j, positive_keys, n_items, 0.1, 0.05)
+        _written_out_step(*spec, u, i, j, positive_keys, n_items, 0.1, 0.05)
+    assert skipped > 1_000
+    for mine, written in zip(ours, spec, strict=True):
+        assert torch.equal(mine, written)
+    assert not torch.equal(ours[2], tables[2])  # the steps moved the biases
