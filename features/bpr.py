@@ -20,6 +20,7 @@ One thread and seeded draws: the same matrix and seed give the same factors.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,31 +44,20 @@ def fit_bpr_factors(user_items: sp.csr_matrix, *, factors: int, iterations: int,
     ``every`` epochs before the last (the tuner's pruning looks at the factors there; an
     exception it raises stops the fit).
     """
-    n_users, n_items = user_items.shape
-    coo = user_items.tocoo()
-    users = torch.from_numpy(coo.row.astype(np.int64))
-    items = torch.from_numpy(coo.col.astype(np.int64))
-    n = len(users)
-    # Sorted user * n_items + item keys: a negative is a positive when its key is found here.
-    positive_keys = torch.sort(users * n_items + items).values
-    generator = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    user_f = torch.from_numpy((rng.random((n_users, factors), dtype=np.float32) - 0.5) / factors)
-    item_f = torch.from_numpy((rng.random((n_items, factors), dtype=np.float32) - 0.5) / factors)
-    bias = torch.zeros(n_items)
+    start = _Start.of(user_items, factors, seed)
+    user_f, item_f, bias, n = start.user_f, start.item_f, start.bias, len(start.users)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
             for epoch in range(iterations):
-                share = 1.0 - (1.0 - FINAL_LR_SHARE) * epoch / max(iterations - 1, 1)
-                lr = learning_rate * share
-                picks = torch.randint(0, n, (n,), generator=generator) if n else torch.zeros(0, dtype=torch.int64)
-                negatives = torch.randint(0, n_items, (n,), generator=generator)
-                for start in range(0, n, BATCH):
-                    _batch_step(user_f, item_f, bias, users.index_select(0, picks[start:start + BATCH]),
-                                items.index_select(0, picks[start:start + BATCH]),
-                                negatives[start:start + BATCH], positive_keys, n_items, lr, regularization)
+                lr = learning_rate * (1.0 - (1.0 - FINAL_LR_SHARE) * epoch / max(iterations - 1, 1))
+                picks, negatives = start.epoch_draws()
+                for first in range(0, n, BATCH):
+                    pick = picks[first:first + BATCH]
+                    _batch_step(user_f, item_f, bias, u=start.users.index_select(0, pick),
+                                i=start.items.index_select(0, pick), j=negatives[first:first + BATCH],
+                                positive_keys=start.positive_keys, lr=lr, regularization=regularization)
                 if after_epochs is not None and (epoch + 1) % every == 0 and epoch + 1 < iterations:
                     after_epochs(epoch + 1, *_with_bias(user_f, item_f, bias))
     finally:
@@ -75,9 +65,51 @@ def fit_bpr_factors(user_items: sp.csr_matrix, *, factors: int, iterations: int,
     return _with_bias(user_f, item_f, bias)
 
 
-def _batch_step(user_f: torch.Tensor, item_f: torch.Tensor, bias: torch.Tensor, u: torch.Tensor, i: torch.Tensor,
-                j: torch.Tensor, positive_keys: torch.Tensor, n_items: int, lr: float, regularization: float) -> None:
-    """One vectorised SGD step on a batch of (user u, positive i, negative j) int64 samples, in place.
+@dataclass
+class _Start:
+    """A fit's inputs and seeded starting point: the (user, item) pairs as int64 tensors (nnz,),
+    their sorted ``user * n_items + item`` keys, the initial factors (float32 (n_users, f),
+    (n_items, f)) and biases (float32 (n_items,)), and the generator of the epochs' draws."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    positive_keys: torch.Tensor
+    user_f: torch.Tensor
+    item_f: torch.Tensor
+    bias: torch.Tensor
+    generator: torch.Generator
+
+    @classmethod
+    def of(cls, user_items: sp.csr_matrix, factors: int, seed: int) -> _Start:
+        n_users, n_items = user_items.shape
+        coo = user_items.tocoo()
+        users = torch.from_numpy(coo.row.astype(np.int64))
+        items = torch.from_numpy(coo.col.astype(np.int64))
+        rng = np.random.default_rng(seed)
+        return cls(users=users, items=items,
+                   # A negative is a positive when its key is found here.
+                   positive_keys=torch.sort(users * n_items + items).values,
+                   user_f=torch.from_numpy((rng.random((n_users, factors), dtype=np.float32) - 0.5) / factors),
+                   item_f=torch.from_numpy((rng.random((n_items, factors), dtype=np.float32) - 0.5) / factors),
+                   bias=torch.zeros(n_items, dtype=torch.float32),
+                   generator=torch.Generator().manual_seed(seed))
+
+    def epoch_draws(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One epoch's int64 (nnz,) draws: positions of (user, positive) pairs, uniform with
+        replacement, and one uniform negative item per draw."""
+        n, n_items = len(self.users), len(self.item_f)
+        picks = (torch.randint(0, n, (n,), generator=self.generator) if n
+                 else torch.zeros(0, dtype=torch.int64))
+        return picks, torch.randint(0, n_items, (n,), generator=self.generator)
+
+
+def _batch_step(user_f: torch.Tensor, item_f: torch.Tensor, bias: torch.Tensor, *, u: torch.Tensor,
+                i: torch.Tensor, j: torch.Tensor, positive_keys: torch.Tensor, lr: float,
+                regularization: float) -> None:
+    """One vectorised SGD step on a batch of samples (user u, positive i, negative j), in place.
+
+    user_f: float32 (n_users, f); item_f: float32 (n_items, f); bias: float32 (n_items,);
+    u, i, j: int64 (batch,); positive_keys: sorted int64 ``user * n_items + item`` of every pair.
 
     The steps, per kept sample (a negative the user has is skipped), all from the factors as
     they were before the batch except the negative's bias, which is read after the positives'
@@ -89,7 +121,7 @@ def _batch_step(user_f: torch.Tensor, item_f: torch.Tensor, bias: torch.Tensor, 
     batch's gathered rows, each rounding as the written-out expression would (the tests compare
     with it bit for bit); row gathers use ``index_select``, the cheapest copy of rows.
     """
-    keys = u * n_items + j
+    keys = u * len(item_f) + j
     found = torch.searchsorted(positive_keys, keys).clamp_(max=max(len(positive_keys) - 1, 0))
     kept = (positive_keys.index_select(0, found) != keys).nonzero().squeeze(1)
     u, i, j = u.index_select(0, kept), i.index_select(0, kept), j.index_select(0, kept)

@@ -117,13 +117,12 @@ def test_config_refuses_a_negative_als_confidence():
         PipelineConfig(als_alpha=-1.0)
 
 
-
-def _written_out_step(user_f, item_f, bias, u, i, j, positive_keys, n_items, lr, regularization):
+def _written_out_step(user_f, item_f, bias, *, u, i, j, positive_keys, lr, regularization):
     """One BPR batch step written out as plain tensor expressions: the specification that
     ``features.bpr._batch_step``'s in-place arithmetic must reproduce bit for bit."""
     import torch
 
-    keys = u * n_items + j
+    keys = u * len(item_f) + j
     keep = positive_keys[torch.searchsorted(positive_keys, keys).clamp_(max=len(positive_keys) - 1)] != keys
     u, i, j = u[keep], i[keep], j[keep]
     pu, qi, qj = user_f[u], item_f[i], item_f[j]
@@ -155,9 +154,40 @@ def test_bpr_batch_step_equals_the_written_out_steps_bit_for_bit():
         pick = torch.randint(0, n_pairs, (2_048,), generator=generator)
         u, i, j = users[pick], items[pick], torch.randint(0, n_items, (2_048,), generator=generator)
         skipped += int(torch.isin(u * n_items + j, positive_keys).sum())
-        _batch_step(*ours, u, i, j, positive_keys, n_items, 0.1, 0.05)
-        _written_out_step(*spec, u, i, j, positive_keys, n_items, 0.1, 0.05)
+        step = dict(u=u, i=i, j=j, positive_keys=positive_keys, lr=0.1, regularization=0.05)
+        _batch_step(*ours, **step)
+        _written_out_step(*spec, **step)
     assert skipped > 1_000
     for mine, written in zip(ours, spec, strict=True):
         assert torch.equal(mine, written)
     assert not torch.equal(ours[2], tables[2])  # the steps moved the biases
+
+
+def test_bpr_fit_is_the_written_out_steps_over_its_seeded_draws():
+    """The whole fit: its seeded start and draws, batches of BATCH samples, the learning rate
+    falling linearly to FINAL_LR_SHARE, each batch the written-out step; factors bit for bit."""
+    import torch
+
+    from features.bpr import BATCH, FINAL_LR_SHARE, _Start, _with_bias, fit_bpr_factors
+
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 900, 6_000), rng.integers(0, 40, 6_000)
+    user_items = sp.csr_matrix((np.ones(6_000, dtype=np.float32), (rows, cols)), shape=(900, 40))
+    user_items.sum_duplicates()
+    user_items.data[:] = 1.0
+    assert user_items.nnz > BATCH  # more than one batch per epoch
+    learning_rate, regularization, iterations = 0.1, 0.02, 4
+    start = _Start.of(user_items, 6, seed=2)
+    with torch.no_grad():
+        for epoch in range(iterations):
+            lr = learning_rate * (1 - (1 - FINAL_LR_SHARE) * epoch / (iterations - 1))
+            picks, negatives = start.epoch_draws()
+            for first in range(0, len(picks), BATCH):
+                pick = picks[first:first + BATCH]
+                _written_out_step(start.user_f, start.item_f, start.bias, u=start.users[pick], i=start.items[pick],
+                                  j=negatives[first:first + BATCH], positive_keys=start.positive_keys, lr=lr,
+                                  regularization=regularization)
+    fitted = fit_bpr_factors(user_items, factors=6, iterations=iterations, learning_rate=learning_rate,
+                             regularization=regularization, seed=2)
+    for ours, spec in zip(fitted, _with_bias(start.user_f, start.item_f, start.bias), strict=True):
+        np.testing.assert_array_equal(ours, spec)
