@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=100, help="BPR epochs per fit")
     parser.add_argument("--repeats", type=int, default=2, help="fits of each, alternating; the fastest counts")
     args = parser.parse_args(argv)
+    if args.iterations < 1 or args.repeats < 1:
+        parser.error(f"--iterations and --repeats must be at least 1, got {args.iterations} and {args.repeats}")
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
