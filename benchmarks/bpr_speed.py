@@ -9,7 +9,7 @@ matrix with the pipeline's BPR settings (``PipelineConfig``: factors, learning r
 regularization; ``--iterations`` epochs, 100 by default as in the pipeline). It prints the fastest
 of ``--repeats`` fits of each (alternating which goes first), their ratio, and whether the
 factors are identical bit for bit. The matrix is every click of the data (all users and items,
-numbered in sorted id order), not a training window: one fit of the same kind and size as the
+through the pipeline's id maps), not a training window: one fit of the same kind and size as the
 pipeline's (the demo's windows hold fewer pairs).
 Both run on one thread (as the pipeline's do) in the same process, so the ratio holds on a busy
 machine where the seconds do not.
@@ -37,21 +37,16 @@ def baseline_module(rev: str) -> types.ModuleType:
 
 
 def clicks(data: str):
-    """Binary CSR (users, items) of the demo's (``demo``) or a data folder's interactions, users
-    and items numbered 0..n-1 in sorted id order."""
-    import numpy as np
-    import scipy.sparse as sp
-
+    """Binary float32 CSR (users, items) of the demo's (``demo``) or a data folder's interactions,
+    with id maps fitted on them (the pipeline's ``IdMap`` and ``build_user_items``)."""
+    from features.item_item import binary
+    from features.user_items import build_user_items
     from recsys.cli import load_data
+    from recsys.idmap import IdMap
 
     frame = load_data(data).interactions
-    user_ids, users = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
-    item_ids, items = np.unique(frame["item_id"].to_numpy(), return_inverse=True)
-    matrix = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
-                           shape=(len(user_ids), len(item_ids)))
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0
-    return matrix
+    return binary(build_user_items(frame, IdMap(kind="user").fit(frame["user_id"]),
+                                   IdMap(kind="item").fit(frame["item_id"])))
 
 
 def main(argv: list[str] | None = None) -> None:
