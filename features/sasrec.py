@@ -12,7 +12,8 @@ draw equal to the true item is masked out). The full softmax is what gets SASRec
 published strength on the sparse Amazon sets; the sampled one is cheaper on large catalogs.
 Early stopping: each user's last window item is held out, and the epoch with the best nDCG@10
 of that item (full ranking, a seeded sample of up to ``VALIDATION_USERS`` users) is kept, so the
-test split plays no part.
+test split plays no part. ``patience`` epochs without a gain stop the fit, but never before
+``min_epochs``: a fit that stops later is the same as without that floor.
 Scoring reads the whole window, held-out item included (the RecBole protocol). Order within a
 user is time, then the seeded tie rule (``features.transitions.ordered_events``).
 """
@@ -49,6 +50,10 @@ class SASRecSettings:
     learning_rate: float = 1e-3
     negatives: int = 0  # 0 = softmax over every item; n > 0 = n uniform draws per batch
     patience: int = 5  # epochs without a better validation nDCG@10 before stopping
+    # No stop before this epoch: the held-out nDCG@10 can dip for a few epochs after the first
+    # (the softmax leaves its popularity-like start) and rise again; patience alone stopped an
+    # Office fit in that dip and kept epoch 1.
+    min_epochs: int = 10
 
 
 class _Encoder(nn.Module):
@@ -148,7 +153,7 @@ def _fit(user: np.ndarray, rows: np.ndarray, n_users: int, n_items: int, seed: i
                 best, stale = (ndcg, epoch, copy.deepcopy(encoder.state_dict())), 0
             else:
                 stale += 1
-                if stale >= s.patience:
+                if stale >= s.patience and epoch >= s.min_epochs:
                     break
     encoder.load_state_dict(best[2])
     encoder.eval()

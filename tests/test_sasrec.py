@@ -69,3 +69,28 @@ def test_bad_events_are_refused():
         fit_sasrec(_chains(10), n_users=5, n_items=N_ITEMS, seed=0, settings=SMALL, progress=False)
     with pytest.raises(ValueError, match="need a 'timestamp' column"):
         fit_sasrec(_chains(10).drop("timestamp"), n_users=10, n_items=N_ITEMS, seed=0, progress=False)
+
+
+@pytest.mark.parametrize(("curve", "best_epoch", "epochs_run"), [
+    # A dip after epoch 1 that patience alone (5) would end at epoch 6, keeping epoch 1: the fit
+    # goes on past it, keeps the later best and stops 5 epochs after it.
+    ([0.5] + [0.1] * 6 + [0.9] + [0.1] * 20, 8, 13),
+    # Never better than epoch 1: the stop waits for the floor (10), then comes at once.
+    ([0.5] + [0.1] * 30, 1, 10),
+    # A fit that stops after the floor stops where patience alone stops it.
+    ([0.1 * k for k in range(1, 13)] + [0.0] * 20, 12, 17),
+])
+def test_no_early_stop_before_the_minimum_epochs(monkeypatch, curve, best_epoch, epochs_run):
+    import features.sasrec as sasrec
+
+    calls = []
+
+    def scripted(*_args, **_kwargs):
+        calls.append(1)
+        return curve[len(calls) - 1]
+
+    monkeypatch.setattr(sasrec, "_validation_ndcg", scripted)
+    settings = SASRecSettings(max_len=8, dim=8, layers=1, epochs=30, batch_size=64, negatives=5, patience=5,
+                              min_epochs=10)
+    model = fit_sasrec(_chains(60), n_users=60, n_items=N_ITEMS, seed=3, settings=settings, progress=False)
+    assert (model.best_epoch, len(calls), model.validation_ndcg) == (best_epoch, epochs_run, curve[best_epoch - 1])
