@@ -13,7 +13,8 @@ published strength on the sparse Amazon sets; the sampled one is cheaper on larg
 Early stopping: each user's last window item is held out, and the epoch with the best nDCG@10
 of that item (full ranking, a seeded sample of up to ``VALIDATION_USERS`` users) is kept, so the
 test split plays no part. ``patience`` epochs without a gain stop the fit, but never before
-``min_epochs``: a fit that stops later is the same as without that floor.
+``min_epochs``: a fit that patience alone would stop at epoch ``min_epochs`` or later is unchanged
+by the floor.
 Scoring reads the whole window, held-out item included (the RecBole protocol). Order within a
 user is time, then the seeded tie rule (``features.transitions.ordered_events``).
 """
@@ -52,7 +53,10 @@ class SASRecSettings:
     patience: int = 5  # epochs without a better validation nDCG@10 before stopping
     # No stop before this epoch: the held-out nDCG@10 can dip for a few epochs after the first
     # (the softmax leaves its popularity-like start) and rise again; patience alone stopped an
-    # Office fit in that dip and kept epoch 1.
+    # Office fit in that dip and kept epoch 1 (seen on the validation curve). Epochs without a
+    # gain before the floor still count (unlike the user tower's ``sequence_min_epochs``, where
+    # they count only after it), so every fit that patience alone stopped at this epoch or
+    # later is the same as before the floor.
     min_epochs: int = 10
 
 

@@ -209,7 +209,7 @@ class PipelineConfig:
     eval_max_users: int = 10_000  # test users ranked in the evaluation (0 = every user)
     # Most epochs of the SASRec baseline (features/sasrec.py, an ID-only sequential model written for
     # comparison; full softmax, early-stopped on each user's last window item after 5 epochs
-    # without a gain; 200 lets it stop by itself). 0 = not evaluated: it trains a model per
+    # without a gain, never before epoch 10; 200 lets it stop by itself). 0 = not evaluated: it trains a model per
     # evaluation (validation and test), minutes on sequence data sets.
     baseline_sasrec_epochs: int = 0
     # Settings of the registered score sources (features/sources.py), by source name, over each

@@ -77,11 +77,16 @@ def test_bad_events_are_refused():
     ([0.5] + [0.1] * 6 + [0.9] + [0.1] * 20, 8, 13),
     # Never better than epoch 1: the stop waits for the floor (10), then comes at once.
     ([0.5] + [0.1] * 30, 1, 10),
-    # A fit that stops after the floor stops where patience alone stops it.
+    # A fit that patience alone stops at the floor or later stops there, also when its stale
+    # epochs began before the floor.
     ([0.1 * k for k in range(1, 13)] + [0.0] * 20, 12, 17),
+    ([0.1 * k for k in range(1, 6)] + [0.0] * 30, 5, 10),
+    ([0.1 * k for k in range(1, 7)] + [0.0] * 30, 6, 11),
 ])
 def test_no_early_stop_before_the_minimum_epochs(monkeypatch, curve, best_epoch, epochs_run):
     import features.sasrec as sasrec
+
+    assert (SASRecSettings().min_epochs, SASRecSettings().patience) == (10, 5)  # the defaults the runs use
 
     calls = []
 
