@@ -22,7 +22,9 @@ user is time, then the seeded tie rule (``features.transitions.ordered_events``)
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,8 @@ from torch import nn
 from features.sequence_tower import right_aligned, trimmed_columns
 from features.transitions import ordered_events
 from recsys.progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
 
 VALIDATION_USERS = 5_000
 
@@ -98,6 +102,7 @@ class SASRec:
     histories: np.ndarray  # int64 (n_users, max_len) left-padded item rows (item + 1; 0 = none)
     best_epoch: int
     validation_ndcg: float
+    epochs_run: int = 0  # epochs trained before early stopping (or ``epochs``)
 
     def user_scores(self, user_idx: np.ndarray) -> np.ndarray:
         """Dense float32 (len(user_idx), n_items); NaN rows for users without window items."""
@@ -134,6 +139,7 @@ def _left_padded(user: np.ndarray, rows: np.ndarray, n_users: int, width: int, d
 
 def _fit(user: np.ndarray, rows: np.ndarray, n_users: int, n_items: int, seed: int, s: SASRecSettings,
          progress: bool) -> SASRec:
+    started = time.perf_counter()
     rng = np.random.default_rng(seed)
     # Training sequences: each window without its last item, max_len + 1 long (inputs and targets).
     train = _left_padded(user, rows, n_users, s.max_len + 1, drop_last=True)
@@ -146,9 +152,10 @@ def _fit(user: np.ndarray, rows: np.ndarray, n_users: int, n_items: int, seed: i
     encoder = _Encoder(n_items, s)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=s.learning_rate)
     best = (-1.0, 0, copy.deepcopy(encoder.state_dict()))
-    stale = 0
+    stale, epochs_run = 0, 0
     with progress_bar(total=s.epochs, desc="fit SASRec baseline", unit="epoch", enabled=progress) as bar:
         for epoch in range(1, s.epochs + 1):
+            epochs_run = epoch
             loss = _epoch(encoder, optimizer, train, n_items, s, rng)
             ndcg = _validation_ndcg(encoder, inputs[val_users], held_out[val_users])
             bar.set_postfix(loss=f"{loss:.3f}", val_ndcg=f"{ndcg:.4f}", refresh=False)
@@ -161,8 +168,10 @@ def _fit(user: np.ndarray, rows: np.ndarray, n_users: int, n_items: int, seed: i
                     break
     encoder.load_state_dict(best[2])
     encoder.eval()
+    log.info("SASRec baseline: best epoch %d of %d, held-out nDCG@10 %.4f (%d users), %.0f s", best[1], epochs_run,
+             best[0], len(val_users), time.perf_counter() - started)
     return SASRec(encoder=encoder, histories=_left_padded(user, rows, n_users, s.max_len, drop_last=False),
-                  best_epoch=best[1], validation_ndcg=best[0])
+                  best_epoch=best[1], validation_ndcg=best[0], epochs_run=epochs_run)
 
 
 def _epoch(encoder: _Encoder, optimizer: torch.optim.Optimizer, train: np.ndarray, n_items: int,

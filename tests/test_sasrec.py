@@ -83,7 +83,7 @@ def test_bad_events_are_refused():
     ([0.1 * k for k in range(1, 6)] + [0.0] * 30, 5, 10),
     ([0.1 * k for k in range(1, 7)] + [0.0] * 30, 6, 11),
 ])
-def test_no_early_stop_before_the_minimum_epochs(monkeypatch, curve, best_epoch, epochs_run):
+def test_no_early_stop_before_the_minimum_epochs(monkeypatch, caplog, curve, best_epoch, epochs_run):
     import features.sasrec as sasrec
 
     assert (SASRecSettings().min_epochs, SASRecSettings().patience) == (10, 5)  # the defaults the runs use
@@ -97,5 +97,9 @@ def test_no_early_stop_before_the_minimum_epochs(monkeypatch, curve, best_epoch,
     monkeypatch.setattr(sasrec, "_validation_ndcg", scripted)
     settings = SASRecSettings(max_len=8, dim=8, layers=1, epochs=30, batch_size=64, negatives=5, patience=5,
                               min_epochs=10)
-    model = fit_sasrec(_chains(60), n_users=60, n_items=N_ITEMS, seed=3, settings=settings, progress=False)
+    with caplog.at_level("INFO", logger="features.sasrec"):
+        model = fit_sasrec(_chains(60), n_users=60, n_items=N_ITEMS, seed=3, settings=settings, progress=False)
     assert (model.best_epoch, len(calls), model.validation_ndcg) == (best_epoch, epochs_run, curve[best_epoch - 1])
+    assert model.epochs_run == epochs_run
+    assert f"SASRec baseline: best epoch {best_epoch} of {epochs_run}, held-out nDCG@10 {curve[best_epoch - 1]:.4f}" \
+        in caplog.text
