@@ -10,6 +10,7 @@ adds up. Outside ``collect`` the markers cost nothing and record nothing.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -70,7 +71,7 @@ def stage(name: str) -> Iterator[None]:
 def memory_gb() -> tuple[float, float]:
     """(resident set now, the process's peak resident set so far), in GB (1e9 bytes); NaN for
     what this platform does not report (the current value is read from /proc on Linux)."""
-    try:  # the current value first: read after it, the peak is never below it
+    try:
         with open("/proc/self/statm") as statm:
             now = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
     except OSError:
@@ -81,4 +82,8 @@ def memory_gb() -> tuple[float, float]:
         peak = peak_kb * 1024 / 1e9 if sys.platform != "darwin" else peak_kb / 1e9  # bytes on macOS
     except ImportError:  # Windows
         peak = float("nan")
+    if not (math.isnan(now) or math.isnan(peak)):
+        # statm and ru_maxrss come from different kernel counters (per-CPU approximations on
+        # recent Linux): read together, the peak can be a few hundred KB below the current value.
+        peak = max(peak, now)
     return now, peak

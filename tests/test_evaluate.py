@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from features.bundle import RankingBundle, head_k
+from features.sasrec import SASRecSettings, fit_sasrec
 from features.state import with_indices
 from recsys.config import PipelineConfig
 from recsys.demo_data import DemoSpec, generate_demo
@@ -266,6 +267,12 @@ def test_the_sasrec_baseline_is_evaluated_only_when_asked(small_bundle, split):
     scorers = evaluate.baseline_scorers(state, seed=0, window=split.train, sasrec_epochs=1)
     scores = scorers["sasrec"](np.arange(10))
     assert scores.shape == (10, state.n_items) and scores.dtype == np.float32
+    # The model fitted on the window with the evaluation's seed and epochs (the fit is seeded).
+    events = with_indices(split.train, state.users, state.items).filter(pl.col("user_idx") >= 0)
+    direct = fit_sasrec(events, n_users=state.n_users, n_items=state.n_items, seed=0,
+                        settings=SASRecSettings(epochs=1), progress=False)
+    np.testing.assert_array_equal(scores, direct.user_scores(np.arange(10)))
+    assert np.isfinite(scores).any()
     with pytest.raises(ConfigError, match="baseline_sasrec_epochs must be 0 .* got -1"):
         PipelineConfig.from_dict({**tiny_config_dict(), "baseline_sasrec_epochs": -1})
 

@@ -97,6 +97,10 @@ def test_text_popularity_learns_a_linear_signal_and_ignores_unseen_items():
     predicted = predict_text_popularity(vectors, weights)
     assert weights.shape == (9,)
     assert np.corrcoef(predicted[:50], vectors[:50, 0])[0, 1] > 0.9
+    # Unseen items take no part in the fit: the intercept is the seen items' mean log count
+    # (with them, the zeros would pull it down to about 1.77).
+    assert weights[-1] == pytest.approx(np.log1p(counts[counts > 0]).mean(), rel=1e-6)
+    assert weights[-1] == pytest.approx(2.1344, abs=1e-4)
     assert np.all(fit_text_popularity(vectors, np.zeros(400)) == 0)
 
 
@@ -104,6 +108,9 @@ def test_cold_items_are_a_seeded_share_of_interacted_items():
     events = pl.DataFrame({"item_id": [f"i{n}" for n in range(10)] * 2, "user_id": ["u"] * 20})
     cold = pick_cold_items(events, 0.3, seed=4)
     assert cold.len() == 3 and cold.to_list() == pick_cold_items(events, 0.3, seed=4).to_list()
+    assert cold.to_list() == sorted(cold.to_list()) and set(cold) <= set(events["item_id"])
+    # The seed picks them: over ten seeds of 3 of 10 items, not one fixed set.
+    assert len({tuple(pick_cold_items(events, 0.3, seed=s).to_list()) for s in range(10)}) > 5
     assert without_items(events, cold).height == 14
     assert without_items(None, cold) is None
     with pytest.raises(ConfigError, match="leaves 0 cold items"):

@@ -14,11 +14,14 @@ def _events(n_users=5, per_user=8):
     return pl.DataFrame(rows)
 
 
-def test_temporal_split_puts_the_last_share_of_time_in_test():
-    events = _events()
-    split = split_interactions(events, kind="temporal", test_fraction=0.25)
+@pytest.mark.parametrize(("fraction", "test_rows", "first_test_day"), [(0.25, 10, 6), (0.5, 20, 4), (0.1, 5, 7)])
+def test_temporal_split_puts_the_last_share_of_time_in_test(fraction, test_rows, first_test_day):
+    events = _events()  # 5 users x 8 events, event j of user u at day j + u / 10
+    split = split_interactions(events, kind="temporal", test_fraction=fraction)
     assert split.train["timestamp"].max() < split.test["timestamp"].min()
     assert split.train.height + split.test.height == events.height
+    # The last share of the 40 rows in time: the latest days of every user.
+    assert (split.test.height, split.test["timestamp"].min()) == (test_rows, day(first_test_day))
 
 
 def test_leave_last_out_takes_exactly_the_last_event_of_each_user():
