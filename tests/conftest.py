@@ -30,6 +30,22 @@ except ImportError:  # hypothesis is a dev dependency; the property tests import
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 T0 = datetime(2026, 1, 1)
 
+# Process-wide settings that code under test sets for good (the Spark batch job's session pins
+# every pool to one thread): restored after each test, so no test runs slower, or differently,
+# because of the tests that ran before it.
+PROCESS_WIDE_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS",
+                    "RECSYS_RANK_WORKERS", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_wide_env(monkeypatch):
+    for name in PROCESS_WIDE_ENV:
+        # setenv first, so that a variable absent now is recorded and removed again afterwards.
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+    yield
+
 
 def day(n: float) -> datetime:
     return T0 + timedelta(days=n)

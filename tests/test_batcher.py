@@ -31,7 +31,7 @@ class SlowRanker:
         self.calls.append(users)
         if len(self.calls) == 1:
             self.first_started.set()
-            assert self.release.wait(5)
+            assert self.release.wait(30)
         if "bad" in users:
             raise DataValidationError(f"cannot rank {users}")
         return [{"user_id": r.user_id, "item_ids": [f"{r.user_id}-{i}" for i in range(r.k)]} for r in requests]
@@ -51,15 +51,19 @@ def _submit_while_busy(batcher, ranker, groups, deadline=None):
     # Daemon threads: a deadlock fails the joins' check below instead of hanging pytest.
     first = threading.Thread(target=call, args=(-1, [_request("first")]), daemon=True)
     first.start()
-    assert ranker.first_started.wait(5)
+    assert ranker.first_started.wait(30)
     threads = [threading.Thread(target=call, args=(i, group), daemon=True) for i, group in enumerate(groups)]
-    for thread in threads:
+    for queued, thread in enumerate(threads, start=1):
         thread.start()
-    while len(batcher._queue) < len(groups):  # every caller queued behind the first batch
-        time.sleep(0.005)
+        # Each caller queued before the next starts: the queue order is the groups' order, whatever
+        # the scheduler does with threads started close together.
+        deadline = time.monotonic() + 30
+        while len(batcher._queue) < queued:
+            assert time.monotonic() < deadline, f"caller {queued - 1} never queued"
+            time.sleep(0.005)
     ranker.release.set()
     for thread in [first, *threads]:
-        thread.join(5)
+        thread.join(30)
         assert not thread.is_alive(), "a caller never got its answer"
     return results
 
@@ -99,7 +103,7 @@ def test_a_request_still_queued_at_its_deadline_leaves_the_queue_unranked():
     batcher = RequestBatcher(ranker)
     holder = threading.Thread(target=batcher.rank, args=([_request("first")],), daemon=True)
     holder.start()
-    assert ranker.first_started.wait(5)
+    assert ranker.first_started.wait(30)
     with pytest.raises(RequestWaitedTooLongError, match=r"server busy: the request waited 0.1 s for its turn"):
         batcher.rank([_request("late")], time.monotonic() + 0.1, wait_s=0.1)
     assert batcher._queue == []

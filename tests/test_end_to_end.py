@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +227,23 @@ def test_users_file_with_duplicates_and_unknown_users(trained, tmp_path, capsys)
     assert not (tmp_path / "some.parquet.partial").exists()
 
 
+# `recsys ...` whose batch job kills itself (SIGKILL: no handler, no cleanup) when it starts its
+# 4th chunk, after writing three.
+KILLED_AT_THE_FOURTH_CHUNK = """
+import os, signal, sys
+import serving.batch
+real, calls = serving.batch.recommend_users, []
+def dying(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+serving.batch.recommend_users = dying
+from recsys.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_batch_job_resumes_to_the_same_output(trained, tmp_path):
     """SIGKILL mid-way leaves no output file; --resume keeps finished chunks and the result equals an
     uninterrupted run (no user missing, none twice)."""
@@ -238,15 +255,13 @@ def test_killed_batch_job_resumes_to_the_same_output(trained, tmp_path):
     base = [sys.executable, "-m", "recsys.cli", "-q", "rank", "--model", "models:/e2e@champion", "--users",
             str(users), "--k", str(K), "--chunk-size", "100"]
     out, partial = tmp_path / "killed.parquet", tmp_path / "killed.parquet.partial"
-    job = subprocess.Popen(base + ["--out", str(out)], cwd=work, env=env)
-    deadline = time.time() + 120
-    while len(list(partial.glob("part-*.parquet"))) < 3 and time.time() < deadline and job.poll() is None:
-        time.sleep(0.05)
-    job.kill()
-    job.wait()
+    # The job SIGKILLs itself as it starts its 4th chunk: a fixed point, whatever the machine's load.
+    job = subprocess.run([sys.executable, "-c", KILLED_AT_THE_FOURTH_CHUNK, *base[3:], "--out", str(out)], cwd=work,
+                         env=env, timeout=300)
+    assert job.returncode == -signal.SIGKILL
     assert not out.exists(), "a killed run must not leave an output file"
     done_before = len(list(partial.glob("part-*.parquet")))
-    assert 3 <= done_before < 61
+    assert done_before == 3
     resumed = subprocess.run(base + ["--out", str(out), "--resume"], cwd=work, env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

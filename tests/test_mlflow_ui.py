@@ -124,8 +124,16 @@ def _virtualized_text(driver) -> str:
         step = max(100, driver.execute_script("return arguments[0].clientHeight", grid) - 20)
         for top in range(0, height + step, step):
             driver.execute_script("arguments[0].scrollTop = arguments[1]", grid, top)
-            time.sleep(0.15)
-            seen.append(grid.text)
+            # The rows in view once they stop changing (two reads alike), up to 3 s: a fixed pause
+            # misses rows when the browser renders slowly on a loaded machine.
+            text, settled = grid.text, time.time() + 3
+            while time.time() < settled:
+                time.sleep(0.15)
+                again = grid.text
+                if again == text:
+                    break
+                text = again
+            seen.append(text)
     return "\n".join(seen)
 
 
@@ -204,14 +212,20 @@ def test_tuning_trials_are_nested_under_their_search(browser, server, tmp_path):
 
     browser.get(f"{server}/#/experiments/{experiment['experiment_id']}/runs")
     _wait_for_text(browser, ["tune-temporal-seed1"])
-    deadline = time.time() + 30
-    while time.time() < deadline and "als-000" not in browser.find_element(By.TAG_NAME, "body").text:
+    def children_shown() -> bool:
+        return "als-000" in browser.find_element(By.TAG_NAME, "body").text
+
+    deadline = time.time() + 60
+    while time.time() < deadline and not children_shown():
         # The "+" beside a parent run's name (MLflow's run-name cell renderer) shows its children.
         for button in browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"):
             try:
                 button.click()
             except Exception:  # noqa: BLE001 - a button hidden by the grid's virtual scrolling
                 continue
-        time.sleep(1)
+        # Time to render before clicking again: a second click on a slow page folds them back.
+        shown_by = time.time() + 10
+        while time.time() < shown_by and not children_shown():
+            time.sleep(0.25)
     _wait_for_text(browser, ["tune-temporal-seed1", "als-000", "item_item-002"])
     _screenshot(browser, "mlflow-tune.png", tmp_path)

@@ -5,7 +5,8 @@ run by ``test_runnable_readme_blocks_exit_0``, in README order, each block as it
 that starts with ``set -euo pipefail``. All blocks share one temporary copy of the repository (its
 tracked and untracked-but-not-ignored files, as a fresh clone has them, with ``.venv`` linked in), so
 a later block sees what an earlier one wrote, as the reader's shell would. The environment is the
-README's own setup: ``.venv/bin`` first on ``PATH``, ``HF_HUB_OFFLINE=1``, no ``MLFLOW_TRACKING_URI``.
+README's own setup: ``.venv/bin`` first on ``PATH``, ``HF_HUB_OFFLINE=1``, no ``MLFLOW_TRACKING_URI``;
+a port a block serves on (``--port N`` and ``127.0.0.1:N``) is swapped for one free on this machine.
 Every block must exit 0; a failure shows the block and its output. Background processes a block
 starts (``recsys serve ... &``) are stopped with the block's process group.
 
@@ -22,12 +23,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from serving import server_process
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -74,16 +76,6 @@ def _copy_checkout(dst: Path) -> None:
     (dst / ".venv").symlink_to(ROOT / ".venv", target_is_directory=True)
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 def _stop_group(process: subprocess.Popen) -> None:
     """SIGTERM the block's process group (a server it left behind), then SIGKILL what remains."""
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
@@ -106,10 +98,12 @@ def test_runnable_readme_blocks_exit_0(tmp_path):
     must_run = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # CI fails where a laptop skips
     if not (ROOT / ".venv" / "bin" / "recsys").exists():
         (pytest.fail if must_run else pytest.skip)(".venv/bin/recsys is absent: run `make install` first")
+    # Each port a block serves on (and curls) becomes a free one here: on a shared machine another
+    # job may hold the README's port, and that says nothing about the README.
     for port in sorted({int(p) for _, code in blocks for p in re.findall(r"--port[ =](\d+)", code)}):
-        if _port_in_use(port):
-            (pytest.fail if must_run else pytest.skip)(
-                f"port {port}, which a runnable README block serves on, is in use on this machine")
+        free = str(server_process.free_port())
+        blocks = [(line, re.sub(rf"(?<=--port[ =]){port}\b|(?<=127\.0\.0\.1:){port}\b", free, code))
+                  for line, code in blocks]
 
     work = tmp_path / "clone"
     work.mkdir()

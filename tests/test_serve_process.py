@@ -66,18 +66,25 @@ def test_sigterm_stops_the_server_and_its_workers_and_frees_the_port(small_pyfun
     _, model_dir = small_pyfunc
     port = server_process.free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    process = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(model_dir), "--port",
-                                str(port), "--workers", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while the server runs
+    with log.open("wb") as sink:
+        # Its own session, so that whatever happens the finally below can stop the whole tree.
+        process = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(model_dir), "--port",
+                                    str(port), "--workers", "2"], cwd=tmp_path, env=env, stdout=sink,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    workers: set[int] = set()
     try:
         deadline = time.time() + 180
-        while time.time() < deadline:
-            assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
             try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
-                time.sleep(0.5)
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                pytest.fail("the server did not answer /ping within 180 s:\n" + log.read_text(errors="replace")[-3000:])
+            time.sleep(0.5)
         user = small_bundle.state.users.ids[0]
         item = small_bundle.state.items.ids[0]
         good = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
@@ -93,9 +100,15 @@ def test_sigterm_stops_the_server_and_its_workers_and_frees_the_port(small_pyfun
         # Stopped within 30 s (wait raises TimeoutExpired otherwise), cleanly or by the signal, not
         # with an error status.
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
-        time.sleep(0.5)
+        # Helpers such as multiprocessing's resource tracker leave once they see the parent gone.
+        deadline = time.time() + 15
+        while [pid for pid in workers if _alive(pid)] and time.time() < deadline:
+            time.sleep(0.2)
         assert [pid for pid in workers if _alive(pid)] == []
         assert _port_free(port)
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
+        if process.poll() is None or any(_alive(pid) for pid in workers):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
