@@ -57,9 +57,9 @@ def _submit_while_busy(batcher, ranker, groups, deadline=None):
         thread.start()
         # Each caller queued before the next starts: the queue order is the groups' order, whatever
         # the scheduler does with threads started close together.
-        deadline = time.monotonic() + 30
+        queued_by = time.monotonic() + 30  # not `deadline`: the callers read that one
         while len(batcher._queue) < queued:
-            assert time.monotonic() < deadline, f"caller {queued - 1} never queued"
+            assert time.monotonic() < queued_by, f"caller {queued - 1} never queued"
             time.sleep(0.005)
     ranker.release.set()
     for thread in [first, *threads]:

@@ -82,6 +82,8 @@ def test_bad_events_are_refused():
     ([0.1 * k for k in range(1, 13)] + [0.0] * 20, 12, 17),
     ([0.1 * k for k in range(1, 6)] + [0.0] * 30, 5, 10),
     ([0.1 * k for k in range(1, 7)] + [0.0] * 30, 6, 11),
+    # Better every epoch: it runs out of epochs (30) and keeps the last.
+    ([0.01 * k for k in range(1, 31)], 30, 30),
 ])
 def test_no_early_stop_before_the_minimum_epochs(monkeypatch, caplog, curve, best_epoch, epochs_run):
     import features.sasrec as sasrec

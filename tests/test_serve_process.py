@@ -97,9 +97,9 @@ def test_sigterm_stops_the_server_and_its_workers_and_frees_the_port(small_pyfun
         workers = _descendants(process.pid)
         assert workers, "uvicorn with --workers 2 runs worker processes"
         process.send_signal(signal.SIGTERM)  # to the recsys process only, as systemd or a shell's kill would
-        # Stopped within 30 s (wait raises TimeoutExpired otherwise), cleanly or by the signal, not
-        # with an error status.
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        # Stopped within 30 s (wait raises TimeoutExpired otherwise) and cleanly: uvicorn's
+        # supervisor handles SIGTERM, so a -15 would mean the handler was lost.
+        assert process.wait(timeout=30) == 0
         # Helpers such as multiprocessing's resource tracker leave once they see the parent gone.
         deadline = time.time() + 15
         while [pid for pid in workers if _alive(pid)] and time.time() < deadline:
@@ -107,8 +107,7 @@ def test_sigterm_stops_the_server_and_its_workers_and_frees_the_port(small_pyfun
         assert [pid for pid in workers if _alive(pid)] == []
         assert _port_free(port)
     finally:
-        if process.poll() is None or any(_alive(pid) for pid in workers):
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        try:  # the session this test started: the server and anything it left
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

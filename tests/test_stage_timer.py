@@ -73,3 +73,27 @@ def test_a_top_level_stage_logs_its_time_and_the_memory_it_leaves(clock, caplog)
         pytest.skip("the current resident set is read from /proc (Linux)")
     now, peak = stage_timer.memory_gb()
     assert 0.01 < now <= peak  # this test process holds tens of MB at least, and the peak is a maximum
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident set from /proc (Linux)")
+def test_the_peak_is_never_reported_below_the_current_resident_set(monkeypatch):
+    """statm and ru_maxrss are separate kernel counters: a peak read a little below the current
+    value is raised to it; a platform without the current value passes the peak through."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=100))  # 100 KiB
+    now, peak = stage_timer.memory_gb()
+    assert now > 100 * 1024 / 1e9 and peak == now
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=10**9))  # ~1 TB
+    assert stage_timer.memory_gb()[1] == pytest.approx(10**9 * 1024 / 1e9)
+
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/self/statm":
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    now, peak = stage_timer.memory_gb()
+    assert now != now and peak == pytest.approx(10**9 * 1024 / 1e9)  # NaN now; the peak as reported
