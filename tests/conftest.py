@@ -30,21 +30,23 @@ except ImportError:  # hypothesis is a dev dependency; the property tests import
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 T0 = datetime(2026, 1, 1)
 
-# Process-wide settings that code under test sets for good (the Spark batch job's session pins
-# every pool to one thread): restored after each test, so no test runs slower, or differently,
-# because of the tests that ran before it.
+# Process-wide settings that code under test sets for good (`recsys rank` pins polars to one
+# thread, the Spark batch job every pool): put back as they were when the session started after
+# each test, so no test runs slower, or differently, because of the tests (or module fixtures)
+# that ran before it.
 PROCESS_WIDE_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS",
                     "RECSYS_RANK_WORKERS", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
+_ENV_AT_START = {name: os.environ.get(name) for name in PROCESS_WIDE_ENV}
 
 
 @pytest.fixture(autouse=True)
-def _restore_process_wide_env(monkeypatch):
-    for name in PROCESS_WIDE_ENV:
-        # setenv first, so that a variable absent now is recorded and removed again afterwards.
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-        if not os.environ[name]:
-            monkeypatch.delenv(name)
+def _restore_process_wide_env():
     yield
+    for name, value in _ENV_AT_START.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def day(n: float) -> datetime:
