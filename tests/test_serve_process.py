@@ -68,23 +68,15 @@ def test_sigterm_stops_the_server_and_its_workers_and_frees_the_port(small_pyfun
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     log = tmp_path / "serve.log"  # a file, not a pipe nobody reads while the server runs
     with log.open("wb") as sink:
-        # Its own session, so that whatever happens the finally below can stop the whole tree.
-        process = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(model_dir), "--port",
-                                    str(port), "--workers", "2"], cwd=tmp_path, env=env, stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:  # in its own session, so that whatever happens the finally below can stop the whole tree
+            process = server_process.start(
+                [sys.executable, "-m", "recsys.cli", "serve", "--model", str(model_dir), "--port", str(port),
+                 "--workers", "2"], health_url=f"http://127.0.0.1:{port}/ping", cwd=tmp_path, env=env, stdout=sink,
+                stderr=subprocess.STDOUT)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}\n{log.read_text(errors='replace')[-3000:]}")
     workers: set[int] = set()
     try:
-        deadline = time.time() + 180
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail("the server did not answer /ping within 180 s:\n" + log.read_text(errors="replace")[-3000:])
-            time.sleep(0.5)
         user = small_bundle.state.users.ids[0]
         item = small_bundle.state.items.ids[0]
         good = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
