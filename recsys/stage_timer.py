@@ -1,5 +1,9 @@
 """Wall time per pipeline stage, exclusive of nested stages, for the scaling benchmarks.
 
+A top-level stage also logs, as it ends, the cores it kept busy on average (CPU seconds of every
+thread of the process per wall second: 2.0 = both cores of a 2-core machine) and the memory it
+left: where a stage runs below the machine's cores, work can overlap.
+
 Code marks its stages with ``with stage("cf"): ...``; a run collects them with
 ``with collect() as times: ...``. A stage inside another is charged to itself only (its time is
 taken out of the outer stage), so the stage times add up to the run's wall time, and a stage
@@ -53,7 +57,7 @@ def stage(name: str) -> Iterator[None]:
     if collector is None:
         yield
         return
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     collector.nested.append(0.0)
     try:
         yield
@@ -63,9 +67,12 @@ def stage(name: str) -> Iterator[None]:
         collector.seconds[name] += elapsed - inner
         if collector.nested:
             collector.nested[-1] += elapsed
-        else:  # a top-level stage of the run: say so, as a progress line, with the memory it left
+        else:  # a top-level stage of the run: say so, as a progress line, with the cores it kept busy
+            # (the process's CPU seconds, every thread's, per wall second) and the memory it left
+            cores = (time.process_time() - cpu_start) / elapsed if elapsed > 0 else 0.0
             now, peak = memory_gb()
-            log.info("stage %s done in %.1fs (resident %.1f GB, peak so far %.1f GB)", name, elapsed, now, peak)
+            log.info("stage %s done in %.1fs (%.1f cores busy, resident %.1f GB, peak so far %.1f GB)", name, elapsed,
+                     cores, now, peak)
 
 
 def memory_gb() -> tuple[float, float]:

@@ -320,3 +320,34 @@ def test_the_sampled_training_curve_starts_from_the_prior_as_training_does():
     curve = ranker.evals["train"]["ndcg@10"][best - 1]
     assert mean_query_ndcg(sizes, trees + start, y[rows], 10) == pytest.approx(curve, abs=1e-9)
     assert mean_query_ndcg(sizes, trees, y[rows], 10) != pytest.approx(curve, abs=1e-4)  # trees alone: another curve
+
+
+def _model_text(ranker: LambdaRanker) -> str:
+    return "\n".join(line for line in ranker.booster.model_to_string().splitlines()
+                     if not line.startswith("[num_threads:"))
+
+
+def test_the_threads_reach_lightgbm_and_the_trees_do_not_depend_on_them():
+    """A fit on one thread and on two give the same model, split for split, leaf for leaf (the
+    variants' concurrent fits rely on it)."""
+    rng = np.random.default_rng(5)
+    n_queries, per_query = 400, 25
+    y = rng.integers(0, 3, size=n_queries * per_query)
+    X = np.column_stack([y * w + rng.normal(0, 1.0, size=y.size) for w in (0.8, 0.5, 0.3, 0.1, 0.0, 0.0)])
+    X = X.astype(np.float32)
+    groups = np.full(n_queries, per_query)
+    config = RankerConfig(**{**PLAIN, "num_boost_round": 25, "feature_fraction": 0.8})
+    names = tuple(f"f{i}" for i in range(X.shape[1]))
+    texts = {}
+    for threads in (1, 2):
+        ranker = LambdaRanker(feature_names=names, config=config, seed=3, threads=threads)
+        ranker.fit(X[:7500], y[:7500], groups[:300], X_val=X[7500:], y_val=y[7500:], groups_val=groups[300:])
+        assert f"[num_threads: {threads}]" in ranker.booster.model_to_string()
+        texts[threads] = _model_text(ranker)
+    assert texts[1].count("Tree=") >= 10  # a model with trees to differ in, not a stump
+    assert texts[1] == texts[2]
+
+
+def test_a_thread_count_below_one_is_refused():
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        LambdaRanker(feature_names=("a",), threads=0)

@@ -15,9 +15,11 @@ from recsys.stage_timer import collect, stage
 
 @pytest.fixture
 def clock(monkeypatch):
-    """A fake perf_counter for the stage timer; ``clock.sleep(s)`` advances it by s seconds."""
-    now = [1000.0]
-    fake = SimpleNamespace(perf_counter=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    """A fake perf_counter and process_time for the stage timer; ``clock.sleep(s)`` advances the
+    wall clock by s seconds, ``clock.work(s)`` the process's CPU seconds."""
+    now, cpu = [1000.0], [50.0]
+    fake = SimpleNamespace(perf_counter=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
+                           process_time=lambda: cpu[0], work=lambda s: cpu.__setitem__(0, cpu[0] + s))
     monkeypatch.setattr(stage_timer, "time", fake)
     return fake
 
@@ -59,16 +61,19 @@ def test_a_failing_stage_is_still_charged_and_the_error_propagates(clock):
     assert times == {"load": pytest.approx(0.4)}
 
 
-def test_a_top_level_stage_logs_its_time_and_the_memory_it_leaves(clock, caplog):
+def test_a_top_level_stage_logs_its_time_the_cores_it_kept_busy_and_the_memory_it_leaves(clock, caplog):
     caplog.set_level("INFO", logger="recsys.stage_timer")
     with collect():
         with stage("load"):
             clock.sleep(2.5)
+            clock.work(1.0)
             with stage("inner"):  # a nested stage is not a progress line
                 clock.sleep(0.5)
+                clock.work(0.95)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    assert lines[0].startswith("stage load done in 3.0s (resident ")
+    # 1.95 CPU seconds over 3.0 wall seconds, the nested stage's included
+    assert lines[0].startswith("stage load done in 3.0s (0.7 cores busy, resident ")
     if not os.path.exists("/proc/self/statm"):
         pytest.skip("the current resident set is read from /proc (Linux)")
     now, peak = stage_timer.memory_gb()

@@ -228,3 +228,57 @@ def test_add_items_warns_when_the_shipped_ranker_reads_no_text():
     assert note.startswith("shop version 3 ships ranker_no_text, which reads no text: it takes no text candidates")
     assert '{"ranker": {"ship": "text"}}' in note
     assert text_blind_note("shop", "3", variants.PRETRAINED) == text_blind_note("shop", "3", "") == ""
+
+
+def test_the_fit_plan_runs_every_variant_at_once_when_cores_are_few():
+    assert variants.fit_plan(3, 2) == (3, 1)
+    assert variants.fit_plan(3, 8) == (3, 2)
+    assert variants.fit_plan(3, 1) == (1, 1)
+    assert variants.fit_plan(1, 4) == (1, 4)
+
+
+def test_jobs_in_threads_keep_their_order_the_callers_context_and_raise_the_first_error():
+    from recsys.progress import _enabled, quiet_progress
+
+    with quiet_progress():
+        seen = variants.in_threads([lambda i=i: (i, _enabled.get()) for i in range(3)], workers=3)
+    assert seen == [(0, False), (1, False), (2, False)]
+    ended = []
+
+    def failing():
+        raise ValueError("job 1 failed")
+
+    def slow():
+        import time
+        time.sleep(0.2)
+        ended.append("slow")
+        return 2
+
+    with pytest.raises(ValueError, match="job 1 failed"):
+        variants.in_threads([lambda: 0, failing, slow], workers=3)
+    assert ended == ["slow"]  # raised once every job had ended
+
+
+def test_the_variants_fitted_at_once_are_the_models_fitted_one_after_another(small_bundle, monkeypatch):
+    state, config = small_bundle.state, small_bundle.config
+    from recsys.demo_data import DemoSpec, generate_demo
+    from recsys.split import split_interactions
+
+    data = generate_demo(DemoSpec(n_users=120, n_items=150, days=20, seed=3))
+    split = split_interactions(data.interactions, kind="temporal", test_fraction=0.25, impressions=data.impressions)
+    users = variants.label_users(state, split.test, config)
+    frame = variants.labelled_frame(state, users, split.impressions_test, config)
+    frames = {name: frame for name in variants.VARIANTS}
+    held_out = variants.validation_users(users[0], seed=0)
+    monkeypatch.setattr(variants, "usable_cores", lambda: 2)
+    fitted = {}
+    for concurrent in (False, True):
+        rankers = variants.fit_rankers(frames, held_out, config, label_users=users[0], concurrent=concurrent)
+        threads = {r.threads for r in rankers.values()}
+        assert threads == ({1} if concurrent else {2})
+        fitted[concurrent] = {name: "\n".join(line for line in r.booster.model_to_string().splitlines()
+                                              if not line.startswith("[num_threads:"))
+                              for name, r in rankers.items()}
+    assert fitted[True] == fitted[False]
+    # The no-text variant, on the same frame, never splits on a text column: a different model.
+    assert fitted[True][variants.NO_TEXT] != fitted[True][variants.FINETUNED]

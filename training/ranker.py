@@ -15,6 +15,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
+from features.rank_workers import usable_cores
 from features.ranking_frame import prior_scores
 from recsys.config import RankerConfig
 from recsys.errors import DataValidationError, NotFittedError
@@ -86,10 +87,15 @@ class LambdaRanker:
     """Learning-to-rank model. ``feature_names`` fixes the column order of every matrix."""
 
     def __init__(self, *, feature_names: tuple[str, ...], config: RankerConfig | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, threads: int | None = None) -> None:
+        """threads: LightGBM threads of a fit (None: the usable cores). The fit is deterministic
+        with a fixed histogram layout, so the model does not depend on them."""
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1 (or None for every usable core), got {threads}")
         self.feature_names = tuple(feature_names)
         self.config = config or RankerConfig()
         self.seed = seed
+        self.threads = threads
         self.booster: lgb.Booster | None = None
         self.evals: dict[str, dict[str, list[float]]] = {}
         self.unused_features: tuple[str, ...] = ()
@@ -171,9 +177,11 @@ class LambdaRanker:
             "learning_rate": c.learning_rate, "num_leaves": c.num_leaves,
             "min_data_in_leaf": c.min_data_in_leaf, "feature_fraction": c.feature_fraction,
             "lambdarank_truncation_level": c.lambdarank_truncation_level, "max_delta_step": c.max_delta_step,
-            "seed": self.seed, "deterministic": True, "num_threads": 2, "verbosity": -1,
+            "seed": self.seed, "deterministic": True, "verbosity": -1,
+            "num_threads": self.threads or usable_cores(),
             # With deterministic, LightGBM asks for a fixed histogram layout instead of the one a
-            # timing trial picks (which can go either way on a busy machine).
+            # timing trial picks (which can go either way on a busy machine). The trees do not
+            # depend on the thread count (tests/test_ranker.py, benchmarks/ranker_variants.py).
             "force_col_wise": True,
         }
         if unused_features:
@@ -193,11 +201,15 @@ class LambdaRanker:
             )
         self.fit_seconds = time.perf_counter() - start
         if log_metric:
-            for split, metrics in self.evals.items():
-                for name, values in metrics.items():
-                    for step, value in enumerate(values, start=1):
-                        log_metric(f"ranker/{split}_{name.replace('@', '_at_')}", value, step)
+            self.log_curves(log_metric)
         return self
+
+    def log_curves(self, log_metric: Callable[[str, float, int], None]) -> None:
+        """The last fit's learning curves as ``ranker/<split>_<metric>`` at each round (1-based)."""
+        for split, metrics in self.evals.items():
+            for name, values in metrics.items():
+                for step, value in enumerate(values, start=1):
+                    log_metric(f"ranker/{split}_{name.replace('@', '_at_')}", value, step)
 
     def _require(self) -> lgb.Booster:
         if self.booster is None:

@@ -99,19 +99,20 @@ def fold_frames(train: pl.DataFrame, n_folds: int, seed: int) -> list[tuple[pl.D
 
 def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
                       unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
-                      progress_name: str = "") -> tuple[LambdaRanker, list[LambdaRanker]]:
+                      progress_name: str = "", threads: int | None = None) -> tuple[LambdaRanker, list[LambdaRanker]]:
     """(the averaged ranker, its members) of ``config.ranker.folds`` (> 1) members over the labelled
     frame ``train`` (query_idx, user_idx, label and FEATURE_COLUMNS; rows of a query contiguous).
 
     Every query of a user is on the same side of every fold. seed: the fold deal's seed; the
     members' LightGBM seed is ``config.seed``. The averaged ranker's ``prior_weights`` are the
-    members' means (the prior is linear in them), its ``fit_seconds`` their sum.
+    members' means (the prior is linear in them), its ``fit_seconds`` their sum. threads: each
+    member's LightGBM threads (None: the usable cores); the members are fitted one after another.
     """
     n_folds = config.ranker.folds
     members = []
     columns = frame_feature_columns(train)
     for k, (fit, stop) in enumerate(fold_frames(train, n_folds, seed)):
-        member = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
+        member = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed, threads=threads)
         sets = member.dataset(feature_matrix(fit, columns), fit["label"].to_numpy(), group_sizes(fit),
                               X_val=feature_matrix(stop, columns), y_val=stop["label"].to_numpy(),
                               groups_val=group_sizes(stop), curve_queries=0)  # no member's curve is logged

@@ -14,15 +14,21 @@ split takes no part in any of it.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
 
 from features.candidates import generate_candidates
+from features.rank_workers import usable_cores
 from features.ranking_frame import (
     TEXT_FEATURES,
     build_ranking_frame,
@@ -47,6 +53,7 @@ FINETUNED, PRETRAINED, NO_TEXT = "ranker_finetuned_text", "ranker_pretrained_tex
 # Preference order among variants tied on validation: the simpler model wins a tie.
 VARIANTS = (NO_TEXT, PRETRAINED, FINETUNED)
 VALIDATION_USER_SHARE = windows.VALIDATION_USER_SHARE
+T = TypeVar("T")
 SHIPPED = "ranker"  # the name the shipped variant takes in every table, plot and registry tag
 
 
@@ -156,8 +163,20 @@ def labelled_frame(state: FeatureState, users: tuple[np.ndarray, list[np.ndarray
     return build_ranking_frame(state, frame.filter(has_both))
 
 
+def fit_plan(n_fits: int, cores: int) -> tuple[int, int]:
+    """(fits at a time, LightGBM threads per fit) for ``n_fits`` independent fits on ``cores``.
+
+    One fit on two threads keeps about 1.5 cores busy (the boosting loop's per-round work between
+    the parallel histogram passes runs on one), so with several fits and few cores every fit runs
+    at once on ``cores // n_fits`` threads (at least one): three fits on two cores run as three
+    single-threaded fits the system shares out. The trees do not depend on the plan."""
+    if n_fits <= 1 or cores <= 1:
+        return 1, max(1, cores)
+    return n_fits, max(1, cores // n_fits)
+
+
 def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, config: PipelineConfig,
-                log_metric=None, *, label_users: np.ndarray) -> dict[str, LambdaRanker]:
+                log_metric=None, *, label_users: np.ndarray, concurrent: bool = True) -> dict[str, LambdaRanker]:
     """One LambdaRanker per variant frame, early-stopped on the queries of ``held_out_users``
     (with ``ranker.folds`` > 1: a fold ensemble of the other users, ``training.ranker_folds``,
     which the held-out users take no part in).
@@ -173,6 +192,10 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     (``label_users``), held-out ones included; the count goes by those outside ``held_out_users``,
     not by the frames, so every variant, every tune trial (whatever its candidates) and the
     pipeline get the same number of folds on the same data.
+
+    concurrent: the variants are fitted at the same time on threads (``fit_plan`` over the usable
+    cores), else one after another on every core; the rankers are the same either way. Fitted at
+    once, each variant's ``fit_seconds`` is its own wall time while the others run beside it.
     """
     n_training_users = int(np.setdiff1d(label_users, held_out_users).size)
     n_folds = folds_from_data(config.ranker.folds, n_training_users)
@@ -182,41 +205,61 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     config = replace(config, ranker=replace(config.ranker, folds=n_folds))
     if log_metric:
         log_metric("ranker/folds", float(n_folds), 0)
-    rankers = {}
-    for name, frame in frames.items():
+    workers, threads = fit_plan(len(frames) if concurrent else 1, usable_cores())
+
+    def fit(name: str, frame: pl.DataFrame):
         train, val = split_by_users(frame, held_out_users)
         short = name.removeprefix("ranker_")
         unused = tuple(c for c in no_text_columns() if c in frame.columns) if name == NO_TEXT else ()
         if n_folds > 1:
-            rankers[name], members = fit_fold_ensemble(train, config, seed=config.seed + windows.RANKER_FOLD_SEED,
-                                                       unused_features=unused, eval_at=(config.k,),
-                                                       progress_name=short)
-            if log_metric:
-                for k, member in enumerate(members, start=1):
-                    log_metric(f"ranker/{short}/fold{k}_trees", float(member.best_iteration), 0)
-                    log_metric(f"ranker/{short}/fold{k}_valid_ndcg_at_{config.k}",
-                               member.evals["valid"][f"ndcg@{config.k}"][member.best_iteration - 1], 0)
-                log_metric(f"ranker/{short}/trees", float(rankers[name].best_iteration), 0)
-                log_metric(f"ranker/{short}/fit_seconds", rankers[name].fit_seconds, 0)
-            continue
+            return fit_fold_ensemble(train, config, seed=config.seed + windows.RANKER_FOLD_SEED,
+                                     unused_features=unused, eval_at=(config.k,), progress_name=short,
+                                     threads=threads)
         columns = frame_feature_columns(train)
-        ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
+        ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed, threads=threads)
         sets = ranker.dataset(feature_matrix(train, columns), train["label"].to_numpy(), group_sizes(train),
                               X_val=feature_matrix(val, columns), y_val=val["label"].to_numpy(),
                               groups_val=group_sizes(val))
-        curves = None if log_metric is None else \
-            (lambda key, value, step, short=short: log_metric(key.replace("ranker/", f"ranker/{short}/", 1),
-                                                              value, step))
-        rankers[name] = ranker.fit_dataset(sets, unused_features=unused, eval_at=(config.k,), log_metric=curves,
-                                           progress_name=short)
-        if log_metric:
-            log_metric(f"ranker/{short}/train_rows", float(sets.n_rows), 0)
-            log_metric(f"ranker/{short}/train_curve_queries", float(sets.curve_queries), 0)
-            log_metric(f"ranker/{short}/validation_rows", float(val.height), 0)
+        ranker.fit_dataset(sets, unused_features=unused, eval_at=(config.k,), progress_name=short)
+        return ranker, {"train_rows": float(sets.n_rows), "train_curve_queries": float(sets.curve_queries),
+                        "validation_rows": float(val.height)}
+
+    jobs = [functools.partial(fit, name, frame) for name, frame in frames.items()]
+    results = dict(zip(frames, in_threads(jobs, workers), strict=True))
+    rankers = {}
+    for name, (ranker, extra) in results.items():
+        rankers[name] = ranker
+        if not log_metric:
+            continue
+        short = name.removeprefix("ranker_")
+        if n_folds > 1:
+            for k, member in enumerate(extra, start=1):
+                log_metric(f"ranker/{short}/fold{k}_trees", float(member.best_iteration), 0)
+                log_metric(f"ranker/{short}/fold{k}_valid_ndcg_at_{config.k}",
+                           member.evals["valid"][f"ndcg@{config.k}"][member.best_iteration - 1], 0)
+            log_metric(f"ranker/{short}/trees", float(ranker.best_iteration), 0)
             log_metric(f"ranker/{short}/fit_seconds", ranker.fit_seconds, 0)
-            log_metric(f"ranker/{short}/rows_per_s",
-                       sets.n_rows * ranker.best_iteration / max(ranker.fit_seconds, 1e-9), 0)
+            continue
+        ranker.log_curves(lambda key, value, step, short=short:
+                          log_metric(key.replace("ranker/", f"ranker/{short}/", 1), value, step))
+        for key, value in extra.items():
+            log_metric(f"ranker/{short}/{key}", value, 0)
+        log_metric(f"ranker/{short}/fit_seconds", ranker.fit_seconds, 0)
+        log_metric(f"ranker/{short}/rows_per_s",
+                   extra["train_rows"] * ranker.best_iteration / max(ranker.fit_seconds, 1e-9), 0)
     return rankers
+
+
+def in_threads(jobs: list[Callable[[], T]], workers: int) -> list[T]:
+    """Each job's result, in job order: run in this thread when ``workers`` is 1, else on up to
+    ``workers`` threads, each in a copy of the caller's context (so ``quiet_progress`` holds
+    there); the first job's error, if any, is raised here once every job has ended."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="ranker-fit") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, job) for job in jobs]
+        wait(futures)
+    return [future.result() for future in futures]
 
 
 def stacked_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
