@@ -7,7 +7,12 @@ serving). It is saved in inspectable formats: Parquet, npz/npy and JSON.
 
 from __future__ import annotations
 
+import contextvars
 import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -267,42 +272,52 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     user_items = build_user_items(interactions.filter(pl.col("user_id").is_in(users.ids.implode())),
                                   users, items)
     n_users, n_items = len(users), len(items)
-    bar = progress_bar(total=4, desc="fit features", unit="part")  # ALS+BPR, item-item, text, behaviour
-    with stage("cf"):
-        als_values, alpha = als_input(user_items, config)
-        als = fit_cf("als", als_values, n_users=n_users, n_items=n_items, factors=config.als_factors,
-                     iterations=config.als_iterations, regularization=config.als_regularization, alpha=alpha,
-                     seed=config.seed)
-        bpr = fit_cf("bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
-                     iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, user_items.nnz),
-                     learning_rate=config.bpr_learning_rate, regularization=config.bpr_regularization, seed=config.seed)
-    bar.update(1)
-    with stage("item_item"):
-        sessions = None
-        if config.item_item_session_gap_seconds > 0:
-            sessions = build_session_items(events, items, config.item_item_session_gap_seconds)
-        settings = item_item_settings(config, sessions)
-        if with_cooccurrence:
-            item_item, cooccurrence = fit_with_cooccurrence(user_items, **settings)
-        else:
-            item_item, cooccurrence = fit_item_item(user_items, **settings), None
-    with stage("sources"):
-        sources = fit_sources(SourceWindow(events=events, user_items=user_items, n_users=n_users, n_items=n_items,
-                                           seed=config.seed, item_vectors=item_vectors), config)
-    bar.update(1)
-    user_text = text_user_vectors(events, n_users=n_users, n_items=n_items, item_vectors=item_vectors,
-                                  pooling=pooling, config=config)
-    bar.update(1)
-    categories = IdMap(kind="category").fit(catalog["category"])
-    item_category = categories.to_index(catalog["category"])
-    imp = None
-    if impressions is not None and impressions.height:
-        imp = with_indices(impressions, users, items).lazy()
-    # The reference time is just after the last event, so "strictly before" keeps it.
-    ref_after = ref_time + timedelta(microseconds=1)
-    lazy = events.lazy()
-    item_table = behaviour.item_features(lazy, imp, n_items=n_items, ref_time=ref_after,
-                                         ctr_prior_strength=config.ctr_prior_strength)
+    bar = progress_bar(total=4, desc="fit features", unit="part")  # ALS+item-item+sources, text, behaviour, BPR
+    # BPR runs on one thread (features.bpr) and costs more than the rest of the state together, so
+    # it runs beside the rest instead of before it; nothing else here reads torch, whose thread
+    # count BPR sets, and each part's result is the same as alone.
+    with _beside("bpr", fit_cf, "bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
+                 iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, user_items.nnz),
+                 learning_rate=config.bpr_learning_rate, regularization=config.bpr_regularization,
+                 seed=config.seed) as bpr_job:
+        with stage("cf"):
+            als_values, alpha = als_input(user_items, config)
+            als = fit_cf("als", als_values, n_users=n_users, n_items=n_items, factors=config.als_factors,
+                         iterations=config.als_iterations, regularization=config.als_regularization, alpha=alpha,
+                         seed=config.seed)
+        with stage("item_item"):
+            sessions = None
+            if config.item_item_session_gap_seconds > 0:
+                sessions = build_session_items(events, items, config.item_item_session_gap_seconds)
+            settings = item_item_settings(config, sessions)
+            if with_cooccurrence:
+                item_item, cooccurrence = fit_with_cooccurrence(user_items, **settings)
+            else:
+                item_item, cooccurrence = fit_item_item(user_items, **settings), None
+        with stage("sources"):
+            sources = fit_sources(SourceWindow(events=events, user_items=user_items, n_users=n_users,
+                                               n_items=n_items, seed=config.seed, item_vectors=item_vectors), config)
+        bar.update(1)
+        user_text = text_user_vectors(events, n_users=n_users, n_items=n_items, item_vectors=item_vectors,
+                                      pooling=pooling, config=config)
+        bar.update(1)
+        categories = IdMap(kind="category").fit(catalog["category"])
+        item_category = categories.to_index(catalog["category"])
+        imp = None
+        if impressions is not None and impressions.height:
+            imp = with_indices(impressions, users, items).lazy()
+        # The reference time is just after the last event, so "strictly before" keeps it.
+        ref_after = ref_time + timedelta(microseconds=1)
+        lazy = events.lazy()
+        item_table = behaviour.item_features(lazy, imp, n_items=n_items, ref_time=ref_after,
+                                             ctr_prior_strength=config.ctr_prior_strength)
+        user_table = behaviour.user_features(lazy, n_users=n_users, ref_time=ref_after)
+        affinity = behaviour.user_category_affinity(
+            lazy, pl.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32), "category_idx": item_category}),
+            ref_time=ref_after)
+        bar.update(1)
+        with stage("cf"):  # what is left of BPR once the rest is done
+            bpr = bpr_job.result()
     bar.update(1)
     bar.close()
     return FeatureState(
@@ -313,16 +328,40 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
                                                     item_table.sort("item_idx")["item_pop_all_rel"].to_numpy()),
         seen=user_items,
         item_features=item_table,
-        user_features=behaviour.user_features(lazy, n_users=n_users, ref_time=ref_after),
-        affinity=behaviour.user_category_affinity(
-            lazy, pl.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32),
-                                "category_idx": item_category}), ref_time=ref_after),
+        user_features=user_table,
+        affinity=affinity,
         ref_time=ref_after,
         history_len=config.text.history_len,
         half_life=config.text.recency_half_life,
         pooling=None if isinstance(pooling, SequenceTower) else pooling,  # the tower holds its own
         sources=sources,
     )
+
+
+class _Stopped(Exception):
+    """Raised inside a job run by ``_beside`` when its caller has left the block."""
+
+
+@contextmanager
+def _beside(name: str, fit: Callable, *args, **kwargs) -> Iterator[Future]:
+    """``fit(*args, after_epochs=..., every=1, **kwargs)`` on a thread of its own while the block
+    runs; yields its future. Leaving the block waits for the job; leaving it with an error (or
+    Ctrl-C) first stops the job at its next epoch (``after_epochs`` raises), so no thread outlives
+    the call either way."""
+    stop = threading.Event()
+
+    def stopping(*_) -> None:
+        if stop.is_set():
+            raise _Stopped(f"{name} stopped: its caller ended")
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    try:
+        yield pool.submit(contextvars.copy_context().run, fit, *args, after_epochs=stopping, every=1, **kwargs)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def text_user_vectors(events: pl.DataFrame, *, n_users: int, n_items: int, item_vectors: np.ndarray, pooling,
