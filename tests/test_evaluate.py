@@ -1,6 +1,7 @@
 """Evaluation at scale: user sampling for the ranker's labels and the test metrics, and one
 candidate set scored by every ranker that shares a state."""
 
+import functools
 from dataclasses import replace
 
 import lightgbm as lgb
@@ -102,6 +103,41 @@ def test_rankers_sharing_a_state_rank_one_candidate_set_as_each_would_alone(smal
     assert together["other"][2] is None and len(together["ranker"][2][0]) > 0
     assert together["ranker"][1] == together["other"][1]  # one candidate set: one candidate recall
     assert pl.Series(together["ranker"][2][1]).is_in([0, 1]).all()
+
+
+def _part_sizes(n: int, workers: int) -> list[int]:
+    from features.rank_workers import part_slices
+
+    return [s.stop - s.start for s in part_slices(n, workers, 1)]
+
+
+def test_a_chunk_ranked_in_parts_on_threads_gives_the_one_pass_result(small_bundle, split, monkeypatch):
+    from features import rank_workers
+
+    users, relevant = evaluate.test_relevance(small_bundle.state, split.test)
+    bundles = {"ranker": small_bundle}
+    results = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(evaluate, "map_parts", functools.partial(rank_workers.map_parts, workers=workers,
+                                                                     min_part=1))
+        calls = []
+        score = small_bundle.candidate_features
+
+        def counted(user_idx, *args, _calls=calls, _score=score, **kwargs):
+            _calls.append(len(user_idx))
+            return _score(user_idx, *args, **kwargs)
+
+        monkeypatch.setattr(small_bundle, "candidate_features", counted)
+        results[workers] = rank_in_chunks(bundles, users, relevant, 5, keep_scores="ranker",
+                                          seed=small_bundle.config.seed, chunk_size=40)
+        monkeypatch.undo()
+        chunk_sizes = [min(40, len(users) - first) for first in range(0, len(users), 40)]
+        assert calls == [size for c in chunk_sizes for size in _part_sizes(c, workers)]
+    one, parts = results[1]["ranker"], results[3]["ranker"]
+    assert np.array_equal(one[0], parts[0])
+    assert (one[0] >= 0).all()
+    assert one[1] == pytest.approx(parts[1], rel=1e-12)
+    assert np.array_equal(one[2][0], parts[2][0]) and np.array_equal(one[2][1], parts[2][1])
 
 
 def _reference_percentile(sorted_values: list[float], q: float) -> float:

@@ -7,6 +7,7 @@ the candidate set rank below every candidate, so candidate recall is reported to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import polars as pl
 from features.bundle import RankingBundle, head_k
 from features.candidates import seen_mask, source_counts_of, top_n
 from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
+from features.rank_workers import map_parts
 from features.ranking_frame import feature_arrays
 from features.sasrec import SASRecSettings, fit_sasrec
 from features.score_source import SourceWindow
@@ -158,11 +160,18 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
 
 def candidate_recall(candidates: pl.DataFrame, user_idx: np.ndarray, relevant: list[np.ndarray]) -> float:
     """Mean over users of the share of their relevant items that made it into the candidates."""
+    return float(np.mean(candidate_recall_per_user(candidates, user_idx, relevant)))
+
+
+def candidate_recall_per_user(candidates: pl.DataFrame, user_idx: np.ndarray,
+                              relevant: list[np.ndarray]) -> np.ndarray:
+    """float64 (n_users,): each user's share of relevant items among their candidates (query i =
+    ``user_idx[i]``)."""
     rel = pl.DataFrame({"query_idx": np.repeat(np.arange(len(user_idx)), [len(r) for r in relevant]),
                         "item_idx": np.concatenate(relevant) if relevant else np.zeros(0)}).cast(pl.Int32)
     found = rel.join(candidates.select("query_idx", "item_idx"), on=["query_idx", "item_idx"], how="semi")
     per_user = np.bincount(found["query_idx"].to_numpy(), minlength=len(user_idx))
-    return float(np.mean(per_user / np.array([len(r) for r in relevant])))
+    return per_user / np.array([len(r) for r in relevant])
 
 
 def bootstrap_ci(values: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
@@ -318,25 +327,48 @@ def rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rele
     the bundle named ``keep_scores`` only, for the first ``max_scores`` rows.
     """
     ranked = {name: np.full((len(user_idx), k), -1, dtype=np.int64) for name in bundles}
-    recall_sum = 0.0
+    recall = []
     kept_scores, kept_labels, n_kept = [], [], 0
     first_bundle = next(iter(bundles.values()))
+
+    def rank_part(chunk: np.ndarray, chunk_relevant: list[np.ndarray], keep: bool, part: slice):
+        """(candidate recall per user, per bundle its top-k and, for ``keep_scores`` when
+        ``keep``, its labelled candidate scores) of the users ``chunk[part]``."""
+        users, users_relevant = chunk[part], chunk_relevant[part]
+        candidates, arrays = first_bundle.candidate_features(users)
+        out = {}
+        for name, bundle in bundles.items():
+            scored = bundle.score_features(candidates, arrays)
+            labelled = _labelled_scores(scored, users_relevant) if keep and name == keep_scores else None
+            out[name] = (topk_array(head_k(scored, k, seed=seed), len(users), k), labelled)
+        return candidate_recall_per_user(candidates, users, users_relevant), out
+
+    for bundle in bundles.values():
+        # Lazy tables built once, before the parts' threads read them; the users' text vectors
+        # computed in one pass (up to ``SequenceUserVectors.DENSE_MAX_BYTES``), so no row depends
+        # on how the users were split.
+        bundle.warm()
     bar = progress_bar(total=len(user_idx), desc="evaluate " + ", ".join(bundles), unit="user")
     for first in range(0, len(user_idx), chunk_size):
         chunk, chunk_relevant = user_idx[first:first + chunk_size], relevant[first:first + chunk_size]
-        candidates, arrays = first_bundle.candidate_features(chunk)
-        recall_sum += candidate_recall(candidates, chunk, chunk_relevant) * len(chunk)
-        for name, bundle in bundles.items():
-            scored = bundle.score_features(candidates, arrays)
-            ranked[name][first:first + len(chunk)] = topk_array(head_k(scored, k, seed=seed), len(chunk), k)
-            if name == keep_scores and n_kept < max_scores:
-                chunk_scores, chunk_labels = _labelled_scores(scored, chunk_relevant)
-                kept_scores.append(chunk_scores)
-                kept_labels.append(chunk_labels)
-                n_kept += len(chunk_scores)
+        keep = n_kept < max_scores
+        # A user's candidates, features and ties never depend on the other users of a batch, so
+        # the chunk's parts are ranked on the usable cores (features.rank_workers) with the
+        # result of one pass.
+        parts = map_parts(functools.partial(rank_part, chunk, chunk_relevant, keep), len(chunk))
+        row = first
+        for part_recall, out in parts:
+            recall.append(part_recall)
+            for name, (top, labelled) in out.items():
+                ranked[name][row:row + len(top)] = top
+                if labelled is not None:
+                    kept_scores.append(labelled[0])
+                    kept_labels.append(labelled[1])
+                    n_kept += len(labelled[0])
+            row += len(part_recall)
         bar.update(len(chunk))
     bar.close()
-    recall = recall_sum / len(user_idx) if len(user_idx) else float("nan")
+    recall = float(np.mean(np.concatenate(recall))) if len(user_idx) else float("nan")
     scores = np.concatenate(kept_scores)[:max_scores] if kept_scores else np.zeros(0)
     labels = np.concatenate(kept_labels)[:max_scores] if kept_labels else np.zeros(0)
     return {name: (ranked[name], recall, (scores, labels) if name == keep_scores else None) for name in bundles}
