@@ -56,12 +56,6 @@ def capture_frames() -> dict:
     return kept
 
 
-def model_text(ranker) -> str:
-    """LightGBM's model text without the ``[num_threads: N]`` line (the one thing the plan sets)."""
-    return "\n".join(line for line in ranker.booster.model_to_string().splitlines()
-                     if not line.startswith("[num_threads:"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2,
@@ -91,7 +85,7 @@ def main() -> None:
                                                label_users=kept["label_users"], concurrent=concurrent)
             seconds[way].append(time.perf_counter() - wall)
             cpu[way].append((time.process_time() - used) / seconds[way][-1])
-            models[way] = {name: (model_text(r), r.best_iteration) for name, r in rankers.items()}
+            models[way] = {name: (r.model_text(), r.best_iteration) for name, r in rankers.items()}
     for way, times in seconds.items():
         trees = ", ".join(f"{name.removeprefix('ranker_')} {best}" for name, (_, best) in models[way].items())
         print(f"{way:18s} fastest {min(times):6.2f} s of {', '.join(f'{t:.2f}' for t in times)}; "

@@ -26,6 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys.errors import FitStopped
+
 BATCH = 4_096  # samples per vectorised step
 FINAL_LR_SHARE = 0.1  # learning rate at the last epoch, as a share of the first
 
@@ -33,7 +35,7 @@ FINAL_LR_SHARE = 0.1  # learning rate at the last epoch, as a share of the first
 def fit_bpr_factors(user_items: sp.csr_matrix, *, factors: int, iterations: int, learning_rate: float,
                     regularization: float, seed: int,
                     after_epochs: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-                    every: int = 10) -> tuple[np.ndarray, np.ndarray]:
+                    every: int = 10, should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """BPR factors of a binary ``user_items`` (n_users, n_items) pattern.
 
     Returns user_factors (n_users, factors + 1) float32 whose last column is 1, and
@@ -42,7 +44,8 @@ def fit_bpr_factors(user_items: sp.csr_matrix, *, factors: int, iterations: int,
 
     after_epochs: called as ``after_epochs(epochs_done, user_factors, item_factors)`` every
     ``every`` epochs before the last (the tuner's pruning looks at the factors there; an
-    exception it raises stops the fit).
+    exception it raises stops the fit). should_stop: asked before every epoch; True stops the fit
+    with ``FitStopped`` (a caller that no longer wants the result, e.g. after Ctrl-C).
     """
     start = _Start.of(user_items, factors, seed)
     user_f, item_f, bias, n = start.user_f, start.item_f, start.bias, len(start.users)
@@ -51,6 +54,8 @@ def fit_bpr_factors(user_items: sp.csr_matrix, *, factors: int, iterations: int,
     try:
         with torch.no_grad():
             for epoch in range(iterations):
+                if should_stop is not None and should_stop():
+                    raise FitStopped(f"BPR stopped after {epoch} of {iterations} epochs: its caller ended")
                 lr = learning_rate * (1.0 - (1.0 - FINAL_LR_SHARE) * epoch / max(iterations - 1, 1))
                 picks, negatives = start.epoch_draws()
                 for first in range(0, n, BATCH):

@@ -85,13 +85,13 @@ def mean_user_sum(values: sp.csr_matrix) -> float:
 
 def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, factors: int,
            iterations: int, regularization: float = 0.05, alpha: float = 1.0, learning_rate: float = 0.05,
-           seed: int = 0, after_epochs=None, every: int = 10) -> CFFactors:
+           seed: int = 0, after_epochs=None, every: int = 10, should_stop=None) -> CFFactors:
     """Fit ALS or BPR on ``user_items`` (users x items) and return its factors.
 
     alpha: ALS's confidence scale (confidence = 1 + alpha x value); BPR uses only the pattern.
     learning_rate: BPR's SGD step (ALS has none). regularization: L2 weight of either.
     Same matrix and ``seed``, same factors (``ALS_THREADS``; BPR runs on one thread).
-    after_epochs: BPR only, see ``features.bpr.fit_bpr_factors``.
+    after_epochs, should_stop: BPR only, see ``features.bpr.fit_bpr_factors``.
     """
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -105,7 +105,8 @@ def fit_cf(name: str, user_items: sp.csr_matrix, *, n_users: int, n_items: int, 
         pattern.data[:] = 1.0
         user_factors, item_factors = fit_bpr_factors(pattern, factors=factors, iterations=iterations,
                                                      learning_rate=learning_rate, regularization=regularization,
-                                                     seed=seed, after_epochs=after_epochs, every=every)
+                                                     seed=seed, after_epochs=after_epochs, every=every,
+                                                     should_stop=should_stop)
     else:
         # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores
         # (implicit checks this when the model is built, so the limit covers construction too).

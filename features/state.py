@@ -7,7 +7,6 @@ serving). It is saved in inspectable formats: Parquet, npz/npy and JSON.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from features.user_items import build_session_items, build_user_items
 from recsys.config import PipelineConfig
 from recsys.idmap import IdMap
 from recsys.progress import progress as progress_bar
-from recsys.stage_timer import stage
+from recsys.stage_timer import stage, worker_context
 
 
 @dataclass
@@ -274,8 +273,9 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     n_users, n_items = len(users), len(items)
     bar = progress_bar(total=4, desc="fit features", unit="part")  # ALS+item-item+sources, text, behaviour, BPR
     # BPR runs on one thread (features.bpr) and costs more than the rest of the state together, so
-    # it runs beside the rest instead of before it; nothing else here reads torch, whose thread
-    # count BPR sets, and each part's result is the same as alone.
+    # it runs beside the rest instead of before it, and each part's result is the same as alone.
+    # Nothing else here runs torch, whose thread count BPR sets for the process while it runs: a
+    # score source that did would need to run after BPR.
     with _beside("bpr", fit_cf, "bpr", user_items, n_users=n_users, n_items=n_items, factors=config.bpr_factors,
                  iterations=bpr_epochs(config.bpr_iterations, config.bpr_max_samples, user_items.nnz),
                  learning_rate=config.bpr_learning_rate, regularization=config.bpr_regularization,
@@ -338,25 +338,16 @@ def fit_feature_state(*, catalog: pl.DataFrame, interactions: pl.DataFrame,
     )
 
 
-class _Stopped(Exception):
-    """Raised inside a job run by ``_beside`` when its caller has left the block."""
-
-
 @contextmanager
 def _beside(name: str, fit: Callable, *args, **kwargs) -> Iterator[Future]:
-    """``fit(*args, after_epochs=..., every=1, **kwargs)`` on a thread of its own while the block
-    runs; yields its future. Leaving the block waits for the job; leaving it with an error (or
-    Ctrl-C) first stops the job at its next epoch (``after_epochs`` raises), so no thread outlives
-    the call either way."""
+    """``fit(*args, should_stop=..., **kwargs)`` on a thread of its own while the block runs;
+    yields its future. Leaving the block waits for the job; leaving it with an error (or Ctrl-C)
+    first makes ``should_stop()`` true, which the job reads between its epochs, so no thread
+    outlives the call either way."""
     stop = threading.Event()
-
-    def stopping(*_) -> None:
-        if stop.is_set():
-            raise _Stopped(f"{name} stopped: its caller ended")
-
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
     try:
-        yield pool.submit(contextvars.copy_context().run, fit, *args, after_epochs=stopping, every=1, **kwargs)
+        yield pool.submit(worker_context().run, fit, *args, should_stop=stop.is_set, **kwargs)
     except BaseException:
         stop.set()
         raise

@@ -37,3 +37,8 @@ class RequestTooLargeError(DataValidationError):
 
 class RequestDeadlineError(RecsysError, TimeoutError):
     """A serving request ran past its deadline and was stopped (HTTP 503 at the server)."""
+
+
+class FitStopped(RecsysError):
+    """A fit running beside other work ended early because its caller no longer wants it (the
+    other work failed, or Ctrl-C): it is never the error a user sees."""

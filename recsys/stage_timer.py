@@ -9,10 +9,16 @@ Code marks its stages with ``with stage("cf"): ...``; a run collects them with
 taken out of the outer stage), so the stage times add up to the run's wall time, and a stage
 that runs several times (candidates for the feature window, the full window and evaluation)
 adds up. Outside ``collect`` the markers cost nothing and record nothing.
+
+Work on other threads (batch ranking's and evaluation's parts, the ranker variants fitted at
+once, BPR beside the rest of the feature state) records no stage of its own: its wall time is
+charged to the stage open in the thread that started it (``worker_context``), so evaluation's
+candidates and ranking frames, ranked on worker threads, count as ``evaluation``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -31,6 +37,15 @@ class _Collector:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.nested: list[float] = []  # per open stage: seconds spent in its nested stages
+
+
+def worker_context() -> contextvars.Context:
+    """A copy of the caller's context for a job on another thread, without the run's stage
+    collector: stages inside the job record nothing (one collector's stack of open stages cannot
+    be shared by threads), and the job's time falls to the caller's open stage."""
+    context = contextvars.copy_context()
+    context.run(_current.set, None)
+    return context
 
 
 @contextmanager

@@ -1,7 +1,6 @@
 """Evaluation at scale: user sampling for the ranker's labels and the test metrics, and one
 candidate set scored by every ranker that shares a state."""
 
-import functools
 from dataclasses import replace
 
 import lightgbm as lgb
@@ -118,8 +117,11 @@ def test_a_chunk_ranked_in_parts_on_threads_gives_the_one_pass_result(small_bund
     bundles = {"ranker": small_bundle}
     results = {}
     for workers in (1, 3):
-        monkeypatch.setattr(evaluate, "map_parts", functools.partial(rank_workers.map_parts, workers=workers,
-                                                                     min_part=1))
+        def forced(rank, n_users, *, workers=None, min_part=None, _forced=workers):
+            assert workers is None  # the bundle's text rows are a kept table: the chunk may be split
+            return rank_workers.map_parts(rank, n_users, workers=_forced, min_part=1)
+
+        monkeypatch.setattr(evaluate, "map_parts", forced)
         calls = []
         score = small_bundle.candidate_features
 
@@ -132,12 +134,39 @@ def test_a_chunk_ranked_in_parts_on_threads_gives_the_one_pass_result(small_bund
                                           seed=small_bundle.config.seed, chunk_size=40)
         monkeypatch.undo()
         chunk_sizes = [min(40, len(users) - first) for first in range(0, len(users), 40)]
-        assert calls == [size for c in chunk_sizes for size in _part_sizes(c, workers)]
+        # the parts of a chunk run on threads in any order: compare the sizes, not their order
+        assert sorted(calls) == sorted(size for c in chunk_sizes for size in _part_sizes(c, workers))
+        assert len(calls) > len(chunk_sizes) if workers > 1 else len(calls) == len(chunk_sizes)
     one, parts = results[1]["ranker"], results[3]["ranker"]
     assert np.array_equal(one[0], parts[0])
     assert (one[0] >= 0).all()
     assert one[1] == pytest.approx(parts[1], rel=1e-12)
     assert np.array_equal(one[2][0], parts[2][0]) and np.array_equal(one[2][1], parts[2][1])
+
+
+def test_tower_text_rows_computed_per_read_keep_each_chunk_on_one_thread(small_bundle, split, monkeypatch):
+    from features.sequence_tower import SequenceTower, SequenceUserVectors, TowerShape
+    from features.text_interest import HistoryPooling
+
+    state = small_bundle.state
+    n_users, n_items = len(state.users), len(state.items)
+    histories = np.random.default_rng(0).integers(-1, n_items, size=(n_users, 4)).astype(np.int32)
+    tower = SequenceTower(TowerShape(history_len=4, dim=8, layers=1, heads=1), HistoryPooling.recency(5.0, 384))
+    users, relevant = evaluate.test_relevance(state, split.test)
+    asked = []
+
+    def spy(rank, n_users, *, workers=None, min_part=None):
+        asked.append(workers)
+        return [rank(slice(0, n_users))]
+
+    monkeypatch.setattr(evaluate, "map_parts", spy)
+    for limit, expected in ((0, 1), (SequenceUserVectors.DENSE_MAX_BYTES, None)):
+        monkeypatch.setattr(SequenceUserVectors, "DENSE_MAX_BYTES", limit)
+        text = SequenceUserVectors(histories, state.item_vectors, tower)
+        bundle = replace(small_bundle, state=replace(state, user_text=text))
+        asked.clear()
+        rank_in_chunks({"ranker": bundle}, users, relevant, 5, keep_scores="", seed=0, chunk_size=50)
+        assert asked and set(asked) == {expected}  # 1: one thread; None: the usable cores
 
 
 def _reference_percentile(sorted_values: list[float], q: float) -> float:

@@ -11,6 +11,7 @@ import pytest
 
 from features import state as state_module
 from features.cf import bpr_epochs, fit_cf
+from recsys.errors import FitStopped
 
 
 def test_bpr_fitted_beside_the_rest_of_the_state_has_the_factors_of_bpr_alone(small_bundle):
@@ -23,23 +24,41 @@ def test_bpr_fitted_beside_the_rest_of_the_state_has_the_factors_of_bpr_alone(sm
     np.testing.assert_array_equal(state.bpr.item_factors, alone.item_factors)
 
 
-def test_a_failure_beside_the_job_stops_it_at_its_next_epoch_and_no_thread_outlives_the_call():
+def test_a_failure_beside_the_job_stops_it_and_no_thread_outlives_the_call():
     epochs = []
+    running = threading.Event()
 
-    def fit(n, *, after_epochs, every):
+    def fit(n, *, should_stop):
         for epoch in range(n):
-            time.sleep(0.05)
+            if should_stop():
+                raise FitStopped(f"stopped after {epoch} epochs")
             epochs.append(epoch)
-            after_epochs(epoch + 1)
+            running.set()
+            time.sleep(0.01)
         return "done"
 
-    with pytest.raises(KeyError, match="the rest failed"), state_module._beside("job", fit, 1000) as job:
-        time.sleep(0.12)
+    with pytest.raises(KeyError, match="the rest failed"), state_module._beside("job", fit, 100_000) as job:
+        assert running.wait(30)
         raise KeyError("the rest failed")
-    assert 1 <= len(epochs) <= 5  # stopped within an epoch of the failure, not after 1000
-    with pytest.raises(state_module._Stopped, match="job stopped"):
-        job.result(timeout=0)
+    with pytest.raises(FitStopped, match="stopped after"):
+        job.result(timeout=0)  # ended before the call returned: no waiting here
+    assert len(epochs) < 100_000
     assert not [t for t in threading.enumerate() if t.name.startswith("job")]
+    epochs.clear()
     with state_module._beside("job", fit, 3) as job:
-        pass
-    assert job.result(timeout=0) == "done" and len(epochs) > 3  # a block that ends well waits for it
+        pass  # a block that ends well waits for the job, which runs to its end
+    assert job.result(timeout=0) == "done" and epochs == [0, 1, 2]
+
+
+def test_bpr_asked_to_stop_raises_before_its_next_epoch():
+    import scipy.sparse as sp
+
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > 2
+
+    pattern = sp.random(30, 20, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    with pytest.raises(FitStopped, match="BPR stopped after 2 of 50 epochs"):
+        fit_cf("bpr", pattern, n_users=30, n_items=20, factors=4, iterations=50, seed=0, should_stop=should_stop)

@@ -322,11 +322,6 @@ def test_the_sampled_training_curve_starts_from_the_prior_as_training_does():
     assert mean_query_ndcg(sizes, trees, y[rows], 10) != pytest.approx(curve, abs=1e-4)  # trees alone: another curve
 
 
-def _model_text(ranker: LambdaRanker) -> str:
-    return "\n".join(line for line in ranker.booster.model_to_string().splitlines()
-                     if not line.startswith("[num_threads:"))
-
-
 def test_the_threads_reach_lightgbm_and_the_trees_do_not_depend_on_them():
     """A fit on one thread and on two give the same model, split for split, leaf for leaf (the
     variants' concurrent fits rely on it)."""
@@ -343,9 +338,25 @@ def test_the_threads_reach_lightgbm_and_the_trees_do_not_depend_on_them():
         ranker = LambdaRanker(feature_names=names, config=config, seed=3, threads=threads)
         ranker.fit(X[:7500], y[:7500], groups[:300], X_val=X[7500:], y_val=y[7500:], groups_val=groups[300:])
         assert f"[num_threads: {threads}]" in ranker.booster.model_to_string()
-        texts[threads] = _model_text(ranker)
+        texts[threads] = ranker.model_text()
     assert texts[1].count("Tree=") >= 10  # a model with trees to differ in, not a stump
     assert texts[1] == texts[2]
+
+
+def test_a_fit_asked_to_stop_ends_after_the_round_it_is_in():
+    from recsys.errors import FitStopped
+
+    X, y, g = _data()
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) >= 3
+
+    ranker = LambdaRanker(feature_names=("signal", "noise"), config=RankerConfig(**{**PLAIN, "num_boost_round": 40}))
+    sets = ranker.dataset(X, y, g, X_val=X, y_val=y, groups_val=g)
+    with pytest.raises(FitStopped, match="stopped after round 3"):
+        ranker.fit_dataset(sets, should_stop=should_stop)
 
 
 def test_a_thread_count_below_one_is_refused():

@@ -102,3 +102,24 @@ def test_the_peak_is_never_reported_below_the_current_resident_set(monkeypatch):
     monkeypatch.setattr("builtins.open", no_proc)
     now, peak = stage_timer.memory_gb()
     assert now != now and peak == pytest.approx(10**9 * 1024 / 1e9)  # NaN now; the peak as reported
+
+
+def test_a_stage_on_a_worker_thread_records_nothing_and_its_time_falls_to_the_callers_stage(clock):
+    import threading
+
+    from recsys.progress import _enabled, quiet_progress
+
+    seen = []
+
+    def job():
+        seen.append(_enabled.get())
+        with stage("inner"):
+            clock.sleep(2.0)
+
+    with collect() as times, stage("outer"), quiet_progress():
+        clock.sleep(1.0)
+        worker = threading.Thread(target=stage_timer.worker_context().run, args=(job,))
+        worker.start()
+        worker.join()
+    assert times == {"outer": pytest.approx(3.0)}
+    assert seen == [False]  # the caller's quiet progress holds on the worker

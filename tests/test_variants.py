@@ -237,26 +237,39 @@ def test_the_fit_plan_runs_every_variant_at_once_when_cores_are_few():
     assert variants.fit_plan(1, 4) == (1, 4)
 
 
-def test_jobs_in_threads_keep_their_order_the_callers_context_and_raise_the_first_error():
+def test_jobs_in_threads_keep_their_order_and_the_callers_context():
     from recsys.progress import _enabled, quiet_progress
 
     with quiet_progress():
         seen = variants.in_threads([lambda i=i: (i, _enabled.get()) for i in range(3)], workers=3)
     assert seen == [(0, False), (1, False), (2, False)]
-    ended = []
+
+
+def test_a_failing_job_stops_the_others_and_its_error_is_raised_once_they_end():
+    import threading
+
+    from recsys.errors import FitStopped
+
+    stop = threading.Event()
+    rounds = []
 
     def failing():
         raise ValueError("job 1 failed")
 
-    def slow():
-        import time
-        time.sleep(0.2)
-        ended.append("slow")
-        return 2
+    def long_fit():  # a fit that reads the stop flag between rounds, as the rankers do
+        for n in range(100_000):
+            if stop.is_set():
+                raise FitStopped(f"stopped after round {n}")
+            rounds.append(n)
+            threading.Event().wait(0.001)
+        return "ran to its end"
 
     with pytest.raises(ValueError, match="job 1 failed"):
-        variants.in_threads([lambda: 0, failing, slow], workers=3)
-    assert ended == ["slow"]  # raised once every job had ended
+        variants.in_threads([long_fit, failing, lambda: 2], workers=3, stop=stop)
+    assert stop.is_set() and len(rounds) < 100_000
+    assert not [t for t in threading.enumerate() if t.name.startswith("ranker-fit")]
+    ok = threading.Event()
+    assert variants.in_threads([lambda: 1, lambda: 2], workers=2, stop=ok) == [1, 2] and not ok.is_set()
 
 
 def test_the_variants_fitted_at_once_are_the_models_fitted_one_after_another(small_bundle, monkeypatch):
@@ -276,9 +289,7 @@ def test_the_variants_fitted_at_once_are_the_models_fitted_one_after_another(sma
         rankers = variants.fit_rankers(frames, held_out, config, label_users=users[0], concurrent=concurrent)
         threads = {r.threads for r in rankers.values()}
         assert threads == ({1} if concurrent else {2})
-        fitted[concurrent] = {name: "\n".join(line for line in r.booster.model_to_string().splitlines()
-                                              if not line.startswith("[num_threads:"))
-                              for name, r in rankers.items()}
+        fitted[concurrent] = {name: r.model_text() for name, r in rankers.items()}
     assert fitted[True] == fitted[False]
     # The no-text variant, on the same frame, never splits on a text column: a different model.
     assert fitted[True][variants.NO_TEXT] != fitted[True][variants.FINETUNED]

@@ -21,6 +21,7 @@ from features.rank_workers import map_parts
 from features.ranking_frame import feature_arrays
 from features.sasrec import SASRecSettings, fit_sasrec
 from features.score_source import SourceWindow
+from features.sequence_tower import SequenceUserVectors
 from features.sources import REGISTERED, candidate_counts
 from features.state import FeatureState, with_indices
 from features.ties import tie_keys
@@ -344,10 +345,11 @@ def rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rele
         return candidate_recall_per_user(candidates, users, users_relevant), out
 
     for bundle in bundles.values():
-        # Lazy tables built once, before the parts' threads read them; the users' text vectors
-        # computed in one pass (up to ``SequenceUserVectors.DENSE_MAX_BYTES``), so no row depends
-        # on how the users were split.
-        bundle.warm()
+        bundle.warm()  # lazy tables built once, before the parts' threads read them
+    # The tower's user vectors computed when read agree across batches to rounding only: split a
+    # chunk only when they were kept from one pass (``warm``, up to ``DENSE_MAX_BYTES``), so no
+    # row depends on how many cores split the chunk.
+    workers = None if all(_text_rows_kept(bundle.state) for bundle in bundles.values()) else 1
     bar = progress_bar(total=len(user_idx), desc="evaluate " + ", ".join(bundles), unit="user")
     for first in range(0, len(user_idx), chunk_size):
         chunk, chunk_relevant = user_idx[first:first + chunk_size], relevant[first:first + chunk_size]
@@ -355,7 +357,7 @@ def rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rele
         # A user's candidates, features and ties never depend on the other users of a batch, so
         # the chunk's parts are ranked on the usable cores (features.rank_workers) with the
         # result of one pass.
-        parts = map_parts(functools.partial(rank_part, chunk, chunk_relevant, keep), len(chunk))
+        parts = map_parts(functools.partial(rank_part, chunk, chunk_relevant, keep), len(chunk), workers=workers)
         row = first
         for part_recall, out in parts:
             recall.append(part_recall)
@@ -372,6 +374,14 @@ def rank_in_chunks(bundles: dict[str, RankingBundle], user_idx: np.ndarray, rele
     scores = np.concatenate(kept_scores)[:max_scores] if kept_scores else np.zeros(0)
     labels = np.concatenate(kept_labels)[:max_scores] if kept_labels else np.zeros(0)
     return {name: (ranked[name], recall, (scores, labels) if name == keep_scores else None) for name in bundles}
+
+
+def _text_rows_kept(state: FeatureState) -> bool:
+    """False when the state's user text rows come from the ordered user tower at each read (over
+    ``DENSE_MAX_BYTES``): those agree across batches to rounding only. Pooled rows
+    (``UserVectors``) are exact per row, read in any batch."""
+    text = state.user_text
+    return text.materialize() if isinstance(text, SequenceUserVectors) else True
 
 
 def _add_intervals(results: dict[str, dict[str, float]], ranked: dict[str, np.ndarray], relevant: list[np.ndarray],

@@ -18,7 +18,7 @@ import numpy as np
 from features.rank_workers import usable_cores
 from features.ranking_frame import prior_scores
 from recsys.config import RankerConfig
-from recsys.errors import DataValidationError, NotFittedError
+from recsys.errors import DataValidationError, FitStopped, NotFittedError
 from recsys.progress import progress as progress_bar
 from training.prior_blend import fit_prior_weights
 
@@ -67,6 +67,15 @@ def curve_sample(groups: np.ndarray, n_queries: int, seed: int) -> tuple[np.ndar
     return rows, sizes
 
 
+def _stop_when(should_stop: Callable[[], bool]) -> Callable:
+    """A LightGBM callback that raises ``FitStopped`` after a round once ``should_stop()`` is true."""
+    def check(env: lgb.callback.CallbackEnv) -> None:
+        if should_stop():
+            raise FitStopped(f"ranker fit stopped after round {env.iteration + 1}: its caller ended")
+
+    return check
+
+
 def _valid_only(callback: Callable) -> Callable:
     """``callback`` (LightGBM's early stopping) fed the validation set's results only. LightGBM
     skips the training set itself there, but not a sample of it (``RankerData.curve``), which
@@ -89,7 +98,10 @@ class LambdaRanker:
     def __init__(self, *, feature_names: tuple[str, ...], config: RankerConfig | None = None,
                  seed: int = 0, threads: int | None = None) -> None:
         """threads: LightGBM threads of a fit (None: the usable cores). The fit is deterministic
-        with a fixed histogram layout, so the model does not depend on them."""
+        with a fixed histogram layout; the trees were the same on 1 and 2 threads in every check
+        (tests/test_ranker.py, benchmarks/ranker_variants.py), but LightGBM promises determinism
+        for the same parameters only, and its NDCG sums per-thread parts, so the logged curves
+        could differ in their last bits on another thread count."""
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1 (or None for every usable core), got {threads}")
         self.feature_names = tuple(feature_names)
@@ -161,10 +173,11 @@ class LambdaRanker:
 
     def fit_dataset(self, data: RankerData, *, unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
                     log_metric: Callable[[str, float, int], None] | None = None,
-                    progress_name: str = "") -> LambdaRanker:
+                    progress_name: str = "", should_stop: Callable[[], bool] | None = None) -> LambdaRanker:
         """Train on prepared sets (see ``dataset``); ``unused_features`` get zero split gain
         (LightGBM ``feature_contri``), so the model never splits on them: an ablation without
-        those features that reuses the sets' bins instead of building new ones. Returns self."""
+        those features that reuses the sets' bins instead of building new ones. should_stop:
+        asked after every round; True ends the fit with ``FitStopped``. Returns self."""
         if data.feature_names != self.feature_names:
             raise DataValidationError(f"the sets have features {list(data.feature_names)}, this ranker "
                                       f"{list(self.feature_names)}")
@@ -197,12 +210,19 @@ class LambdaRanker:
                 valid_names=["valid"] if data.curve is None else ["train", "valid"],
                 callbacks=[_valid_only(lgb.early_stopping(c.early_stopping_rounds, verbose=False,
                                                           min_delta=c.early_stopping_min_delta)),
-                           lgb.record_evaluation(self.evals), lambda env: bar.update(1)],
+                           lgb.record_evaluation(self.evals), lambda env: bar.update(1),
+                           *([_stop_when(should_stop)] if should_stop else [])],
             )
         self.fit_seconds = time.perf_counter() - start
         if log_metric:
             self.log_curves(log_metric)
         return self
+
+    def model_text(self) -> str:
+        """LightGBM's model text without its ``[num_threads: N]`` parameter line: equal texts are
+        the same trees, whatever threads fitted them."""
+        return "\n".join(line for line in self._require().model_to_string().splitlines()
+                         if not line.startswith("[num_threads:"))
 
     def log_curves(self, log_metric: Callable[[str, float, int], None]) -> None:
         """The last fit's learning curves as ``ranker/<split>_<metric>`` at each round (1-based)."""

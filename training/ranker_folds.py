@@ -99,7 +99,8 @@ def fold_frames(train: pl.DataFrame, n_folds: int, seed: int) -> list[tuple[pl.D
 
 def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
                       unused_features: tuple[str, ...] = (), eval_at: tuple[int, ...] = (10,),
-                      progress_name: str = "", threads: int | None = None) -> tuple[LambdaRanker, list[LambdaRanker]]:
+                      progress_name: str = "", threads: int | None = None,
+                      should_stop=None) -> tuple[LambdaRanker, list[LambdaRanker]]:
     """(the averaged ranker, its members) of ``config.ranker.folds`` (> 1) members over the labelled
     frame ``train`` (query_idx, user_idx, label and FEATURE_COLUMNS; rows of a query contiguous).
 
@@ -107,6 +108,7 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
     members' LightGBM seed is ``config.seed``. The averaged ranker's ``prior_weights`` are the
     members' means (the prior is linear in them), its ``fit_seconds`` their sum. threads: each
     member's LightGBM threads (None: the usable cores); the members are fitted one after another.
+    should_stop: passed to each member's fit (``LambdaRanker.fit_dataset``).
     """
     n_folds = config.ranker.folds
     members = []
@@ -117,8 +119,9 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
                               X_val=feature_matrix(stop, columns), y_val=stop["label"].to_numpy(),
                               groups_val=group_sizes(stop), curve_queries=0)  # no member's curve is logged
         members.append(member.fit_dataset(sets, unused_features=unused_features, eval_at=eval_at,
-                                          progress_name=f"{progress_name} fold {k + 1}/{n_folds}".strip()))
-    ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed)
+                                          progress_name=f"{progress_name} fold {k + 1}/{n_folds}".strip(),
+                                          should_stop=should_stop))
+    ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed, threads=threads)
     ranker.booster = averaged_booster([m.booster for m in members])
     ranker.unused_features = tuple(unused_features)
     names = sorted({name for m in members for name in m.prior_weights})

@@ -14,13 +14,13 @@ split takes no part in any of it.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -42,7 +42,9 @@ from features.state import FeatureState, with_indices
 from features.ties import tie_keys
 from recsys import windows
 from recsys.config import PipelineConfig
+from recsys.errors import FitStopped
 from recsys.progress import progress as progress_bar
+from recsys.stage_timer import worker_context
 from training.evaluate import paired_lift, sample_users, test_relevance
 from training.ranker import LambdaRanker
 from training.ranker_folds import fit_fold_ensemble, folds_from_data
@@ -169,7 +171,9 @@ def fit_plan(n_fits: int, cores: int) -> tuple[int, int]:
     One fit on two threads keeps about 1.5 cores busy (the boosting loop's per-round work between
     the parallel histogram passes runs on one), so with several fits and few cores every fit runs
     at once on ``cores // n_fits`` threads (at least one): three fits on two cores run as three
-    single-threaded fits the system shares out. The trees do not depend on the plan."""
+    single-threaded fits the system shares out. The trees do not depend on the plan. LightGBM's
+    thread count is one setting for the whole process, so fits that run at once share one count,
+    and no other LightGBM call may run beside them."""
     if n_fits <= 1 or cores <= 1:
         return 1, max(1, cores)
     return n_fits, max(1, cores // n_fits)
@@ -194,8 +198,10 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     pipeline get the same number of folds on the same data.
 
     concurrent: the variants are fitted at the same time on threads (``fit_plan`` over the usable
-    cores), else one after another on every core; the rankers are the same either way. Fitted at
-    once, each variant's ``fit_seconds`` is its own wall time while the others run beside it.
+    cores, logged as ``ranker/fits_at_once`` and ``ranker/threads_per_fit``), else one after
+    another on every core; the rankers are the same either way. Fitted at once, each variant's
+    ``fit_seconds`` (and ``rows_per_s``) is its own wall time while the others run beside it. One
+    variant's error (or Ctrl-C) ends the other fits at their next boosting round.
     """
     n_training_users = int(np.setdiff1d(label_users, held_out_users).size)
     n_folds = folds_from_data(config.ranker.folds, n_training_users)
@@ -206,6 +212,10 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     if log_metric:
         log_metric("ranker/folds", float(n_folds), 0)
     workers, threads = fit_plan(len(frames) if concurrent else 1, usable_cores())
+    if log_metric:
+        log_metric("ranker/fits_at_once", float(workers), 0)
+        log_metric("ranker/threads_per_fit", float(threads), 0)
+    stop = threading.Event()  # set when one fit fails (or Ctrl-C): the others end at their next round
 
     def fit(name: str, frame: pl.DataFrame):
         train, val = split_by_users(frame, held_out_users)
@@ -214,18 +224,19 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
         if n_folds > 1:
             return fit_fold_ensemble(train, config, seed=config.seed + windows.RANKER_FOLD_SEED,
                                      unused_features=unused, eval_at=(config.k,), progress_name=short,
-                                     threads=threads)
+                                     threads=threads, should_stop=stop.is_set)
         columns = frame_feature_columns(train)
         ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed, threads=threads)
         sets = ranker.dataset(feature_matrix(train, columns), train["label"].to_numpy(), group_sizes(train),
                               X_val=feature_matrix(val, columns), y_val=val["label"].to_numpy(),
                               groups_val=group_sizes(val))
-        ranker.fit_dataset(sets, unused_features=unused, eval_at=(config.k,), progress_name=short)
+        ranker.fit_dataset(sets, unused_features=unused, eval_at=(config.k,), progress_name=short,
+                           should_stop=stop.is_set)
         return ranker, {"train_rows": float(sets.n_rows), "train_curve_queries": float(sets.curve_queries),
                         "validation_rows": float(val.height)}
 
     jobs = [functools.partial(fit, name, frame) for name, frame in frames.items()]
-    results = dict(zip(frames, in_threads(jobs, workers), strict=True))
+    results = dict(zip(frames, in_threads(jobs, workers, stop), strict=True))
     rankers = {}
     for name, (ranker, extra) in results.items():
         rankers[name] = ranker
@@ -250,15 +261,26 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
     return rankers
 
 
-def in_threads(jobs: list[Callable[[], T]], workers: int) -> list[T]:
+def in_threads(jobs: list[Callable[[], T]], workers: int, stop: threading.Event | None = None) -> list[T]:
     """Each job's result, in job order: run in this thread when ``workers`` is 1, else on up to
-    ``workers`` threads, each in a copy of the caller's context (so ``quiet_progress`` holds
-    there); the first job's error, if any, is raised here once every job has ended."""
+    ``workers`` threads, each in a copy of the caller's context (``stage_timer.worker_context``:
+    ``quiet_progress`` holds there, stages record nothing). On the first job's error, or an error
+    (Ctrl-C) in this thread while it waits, ``stop`` is set (jobs that read it end early) and,
+    once every job has ended, the first job's error in job order (or this thread's) is raised."""
     if workers <= 1 or len(jobs) <= 1:
         return [job() for job in jobs]
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="ranker-fit") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, job) for job in jobs]
+        futures = [pool.submit(worker_context().run, job) for job in jobs]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            if stop is not None and not all(f.done() and f.exception() is None for f in futures):
+                stop.set()  # a job failed, or this thread is leaving: the others need not finish
         wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    real = [e for e in errors if not isinstance(e, FitStopped)]
+    if errors:
+        raise (real or errors)[0]
     return [future.result() for future in futures]
 
 
