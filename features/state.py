@@ -8,6 +8,7 @@ serving). It is saved in inspectable formats: Parquet, npz/npy and JSON.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,9 +32,12 @@ from features.text_popularity import fit_text_popularity, predict_text_popularit
 from features.ties import tie_keys
 from features.user_items import build_session_items, build_user_items
 from recsys.config import PipelineConfig
+from recsys.errors import FitStopped
 from recsys.idmap import IdMap
 from recsys.progress import progress as progress_bar
 from recsys.stage_timer import stage, worker_context
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -346,13 +350,18 @@ def _beside(name: str, fit: Callable, *args, **kwargs) -> Iterator[Future]:
     outlives the call either way."""
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    job = pool.submit(worker_context().run, fit, *args, should_stop=stop.is_set, **kwargs)
     try:
-        yield pool.submit(worker_context().run, fit, *args, should_stop=stop.is_set, **kwargs)
+        yield job
     except BaseException:
         stop.set()
         raise
     finally:
         pool.shutdown(wait=True)
+        error = job.exception()
+        if stop.is_set() and error is not None and not isinstance(error, FitStopped):
+            # The block's own error propagates; say that the job had failed too.
+            log.warning("%s failed as well: %s: %s", name, type(error).__name__, error)
 
 
 def text_user_vectors(events: pl.DataFrame, *, n_users: int, n_items: int, item_vectors: np.ndarray, pooling,

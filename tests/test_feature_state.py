@@ -37,12 +37,12 @@ def test_a_failure_beside_the_job_stops_it_and_no_thread_outlives_the_call():
             time.sleep(0.01)
         return "done"
 
-    with pytest.raises(KeyError, match="the rest failed"), state_module._beside("job", fit, 100_000) as job:
+    with pytest.raises(KeyError, match="the rest failed"), state_module._beside("job", fit, 2_000) as job:
         assert running.wait(30)
         raise KeyError("the rest failed")
     with pytest.raises(FitStopped, match="stopped after"):
         job.result(timeout=0)  # ended before the call returned: no waiting here
-    assert len(epochs) < 100_000
+    assert len(epochs) < 2_000  # stopped, not run to its end (20 s)
     assert not [t for t in threading.enumerate() if t.name.startswith("job")]
     epochs.clear()
     with state_module._beside("job", fit, 3) as job:
@@ -62,3 +62,14 @@ def test_bpr_asked_to_stop_raises_before_its_next_epoch():
     pattern = sp.random(30, 20, density=0.2, format="csr", random_state=0, dtype=np.float32)
     with pytest.raises(FitStopped, match="BPR stopped after 2 of 50 epochs"):
         fit_cf("bpr", pattern, n_users=30, n_items=20, factors=4, iterations=50, seed=0, should_stop=should_stop)
+
+
+def test_a_job_that_failed_before_the_block_failed_is_reported_beside_the_blocks_error(caplog):
+    def fit(*, should_stop):
+        raise RuntimeError("BPR ran out of memory")
+
+    with pytest.raises(KeyError, match="the rest failed"), state_module._beside("bpr", fit) as job:
+        with pytest.raises(RuntimeError):
+            job.result(timeout=30)  # the job has failed first
+        raise KeyError("the rest failed")
+    assert "bpr failed as well: RuntimeError: BPR ran out of memory" in caplog.text

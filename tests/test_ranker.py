@@ -357,6 +357,7 @@ def test_a_fit_asked_to_stop_ends_after_the_round_it_is_in():
     sets = ranker.dataset(X, y, g, X_val=X, y_val=y, groups_val=g)
     with pytest.raises(FitStopped, match="stopped after round 3"):
         ranker.fit_dataset(sets, should_stop=should_stop)
+    assert ranker.booster is None  # a stopped fit leaves no model behind
 
 
 def test_a_thread_count_below_one_is_refused():

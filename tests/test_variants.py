@@ -257,7 +257,7 @@ def test_a_failing_job_stops_the_others_and_its_error_is_raised_once_they_end():
         raise ValueError("job 1 failed")
 
     def long_fit():  # a fit that reads the stop flag between rounds, as the rankers do
-        for n in range(100_000):
+        for n in range(10_000):
             if stop.is_set():
                 raise FitStopped(f"stopped after round {n}")
             rounds.append(n)
@@ -266,7 +266,7 @@ def test_a_failing_job_stops_the_others_and_its_error_is_raised_once_they_end():
 
     with pytest.raises(ValueError, match="job 1 failed"):
         variants.in_threads([long_fit, failing, lambda: 2], workers=3, stop=stop)
-    assert stop.is_set() and len(rounds) < 100_000
+    assert stop.is_set() and len(rounds) < 10_000  # stopped, not run to its end (10 s)
     assert not [t for t in threading.enumerate() if t.name.startswith("ranker-fit")]
     ok = threading.Event()
     assert variants.in_threads([lambda: 1, lambda: 2], workers=2, stop=ok) == [1, 2] and not ok.is_set()
