@@ -27,10 +27,26 @@ class _Captured(Exception):
     """Raised from the first ranker fit, to stop the run once its sets are kept."""
 
 
+def run_demo_training(stop: type[Exception]) -> int | None:
+    """``recsys train --data demo --split temporal --k 10 --seed 42`` in-process, in a temporary
+    folder: its exit code, or None when ``stop`` ended it (a function the caller patched raised
+    it, having kept what it needed)."""
+    from recsys.cli import main as recsys_main
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            return recsys_main(["-q", "train", "--data", "demo", "--split", "temporal", "--k", "10", "--seed", "42"])
+        except stop:
+            return None
+        finally:
+            os.chdir(cwd)
+
+
 def capture_sets(fit: int):
     """(the ranker of the run's ``fit``-th ranker fit (1-based), its RankerData, the fit's keyword
     arguments); the fits before it run as usual."""
-    from recsys.cli import main as recsys_main
     from training.ranker import LambdaRanker
 
     kept, seen = {}, []
@@ -45,16 +61,10 @@ def capture_sets(fit: int):
         raise _Captured
 
     LambdaRanker.fit_dataset = keep
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            code = recsys_main(["-q", "train", "--data", "demo", "--split", "temporal", "--k", "10", "--seed", "42"])
-        except _Captured:
-            code = None
-        finally:
-            os.chdir(cwd)
-            LambdaRanker.fit_dataset = original
+    try:
+        code = run_demo_training(_Captured)
+    finally:
+        LambdaRanker.fit_dataset = original
     if "ranker" not in kept:
         raise RuntimeError(f"the demo run ended (exit code {code}) after {len(seen)} ranker fit(s), before fit {fit}")
     return kept["ranker"], kept["data"], kept["kwargs"]

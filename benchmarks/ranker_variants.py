@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,8 @@ class _Captured(Exception):
 def capture_frames() -> dict:
     """The arguments of the demo run's ``variants.fit_rankers`` call (frames, held-out users,
     config, label users)."""
-    from recsys.cli import main as recsys_main
+    from ranker_curve import run_demo_training  # beside this script
+
     from training import variants
 
     kept = {}
@@ -41,16 +41,10 @@ def capture_frames() -> dict:
         raise _Captured
 
     variants.fit_rankers = keep
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            code = recsys_main(["-q", "train", "--data", "demo", "--split", "temporal", "--k", "10", "--seed", "42"])
-        except _Captured:
-            code = None
-        finally:
-            os.chdir(cwd)
-            variants.fit_rankers = original
+    try:
+        code = run_demo_training(_Captured)
+    finally:
+        variants.fit_rankers = original
     if not kept:
         raise RuntimeError(f"the demo run ended (exit code {code}) before its ranker fits")
     return kept
