@@ -159,11 +159,6 @@ def baseline_scorers(state: FeatureState, seed: int, window: pl.DataFrame | None
     return scorers
 
 
-def candidate_recall(candidates: pl.DataFrame, user_idx: np.ndarray, relevant: list[np.ndarray]) -> float:
-    """Mean over users of the share of their relevant items that made it into the candidates."""
-    return float(np.mean(candidate_recall_per_user(candidates, user_idx, relevant)))
-
-
 def candidate_recall_per_user(candidates: pl.DataFrame, user_idx: np.ndarray,
                               relevant: list[np.ndarray]) -> np.ndarray:
     """float64 (n_users,): each user's share of relevant items among their candidates (query i =
