@@ -24,8 +24,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/recsys demo
 
+# Two workers, one core each (tests/conftest.py pins them), whole test files at a time
+# (module fixtures are built once), longest first; `.venv/bin/python -m pytest` runs serially.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # tests/test_mlflow_ui.py drives Debian's headless Chromium. Installed here, not inside the test:
 # only when it is missing and apt-get exists (as root; otherwise a hint, and the test skips saying

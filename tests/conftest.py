@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from datetime import datetime, timedelta
-from pathlib import Path
+import sys
 
-import polars as pl
-import pytest
+
+def _one_share_of_the_cores_per_xdist_worker() -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``), pin each worker to its own share of the
+    cores before numpy, torch, polars or LightGBM start their thread pools, which size themselves
+    from the affinity. Two workers that each start a pool per core would put twice as many busy
+    threads as cores on the machine, and spinning OpenMP threads make that far slower than the
+    serial run. A test that needs more threads than its share asks for them itself."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker and count and hasattr(os, "sched_setaffinity")):
+        return
+    early = [name for name in ("numpy", "torch", "polars", "lightgbm") if name in sys.modules]
+    if early:  # their pools are sized already: pinning now would leave them oversubscribed
+        raise RuntimeError(f"tests/conftest.py: {early} imported before the xdist worker was pinned")
+    cores = sorted(os.sched_getaffinity(0))
+    share = cores[int(worker.removeprefix("gw")) % len(cores)::min(int(count), len(cores))]
+    os.sched_setaffinity(0, share)
+
+
+_one_share_of_the_cores_per_xdist_worker()
+
+import tempfile  # noqa: E402
+from datetime import datetime, timedelta  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import polars as pl  # noqa: E402
+import pytest  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -155,3 +177,22 @@ def fresh_store(_empty_store, tmp_path) -> str:
 
     shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, modules with ``data`` tests first, then modules with ``slow`` tests, then
+    the rest, each group in file order. ``make test`` hands out whole modules (``--dist loadfile``,
+    so a module's fixtures are built once) in this order, so the longest work starts first and
+    the two workers end close together. A serial run keeps the file order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def weight(item) -> int:
+        marks = {mark.name for mark in item.iter_markers()}
+        return 0 if "data" in marks else 1 if "slow" in marks else 2
+
+    module_weight: dict[str, int] = {}
+    for item in items:
+        module_weight[str(item.path)] = min(module_weight.get(str(item.path), 2), weight(item))
+    first_seen = {path: i for i, path in reversed(list(enumerate(str(item.path) for item in items)))}
+    items.sort(key=lambda item: (module_weight[str(item.path)], first_seen[str(item.path)]))
