@@ -13,14 +13,15 @@ def _one_share_of_the_cores_per_xdist_worker() -> None:
     threads as cores on the machine, and spinning OpenMP threads make that far slower than the
     serial run. A test that needs more threads than its share asks for them itself."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not (worker and count and hasattr(os, "sched_setaffinity")):
-        return
+    if not (worker and count and hasattr(os, "sched_setaffinity")) or os.environ.get("RECSYS_TEST_PINNED") == worker:
+        return  # not a worker, or pinned already (a test module imports this file again as tests.conftest)
     early = [name for name in ("numpy", "torch", "polars", "lightgbm") if name in sys.modules]
     if early:  # their pools are sized already: pinning now would leave them oversubscribed
         raise RuntimeError(f"tests/conftest.py: {early} imported before the xdist worker was pinned")
     cores = sorted(os.sched_getaffinity(0))
     share = cores[int(worker.removeprefix("gw")) % len(cores)::min(int(count), len(cores))]
     os.sched_setaffinity(0, share)
+    os.environ["RECSYS_TEST_PINNED"] = worker
 
 
 _one_share_of_the_cores_per_xdist_worker()
