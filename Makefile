@@ -24,8 +24,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/recsys demo
 
-# Two workers, one core each (tests/conftest.py pins them), whole test files at a time
-# (module fixtures are built once), longest first; `.venv/bin/python -m pytest` runs serially.
+# Two workers, each pinned to half of the cores (tests/conftest.py), whole test files at a time
+# (module fixtures are built once per run, session fixtures once per worker), files with data and
+# then slow tests first; `.venv/bin/python -m pytest` runs the same tests serially.
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 

@@ -15,17 +15,24 @@ def _one_share_of_the_cores_per_xdist_worker() -> None:
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not (worker and count and hasattr(os, "sched_setaffinity")) or os.environ.get("RECSYS_TEST_PINNED") == worker:
         return  # not a worker, or pinned already (a test module imports this file again as tests.conftest)
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return  # a worker id of another naming: leave the cores as they are
     early = [name for name in ("numpy", "torch", "polars", "lightgbm") if name in sys.modules]
     if early:  # their pools are sized already: pinning now would leave them oversubscribed
         raise RuntimeError(f"tests/conftest.py: {early} imported before the xdist worker was pinned")
     cores = sorted(os.sched_getaffinity(0))
     share = cores[int(worker.removeprefix("gw")) % len(cores)::min(int(count), len(cores))]
+    os.environ[ALL_CORES_ENV] = ",".join(map(str, cores))
     os.sched_setaffinity(0, share)
     os.environ["RECSYS_TEST_PINNED"] = worker
 
 
+ALL_CORES_ENV = "RECSYS_TEST_ALL_CORES"  # the cores an xdist worker had before it was pinned
+
+
 _one_share_of_the_cores_per_xdist_worker()
 
+import contextlib  # noqa: E402
 import tempfile  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -197,3 +204,26 @@ def pytest_collection_modifyitems(config, items):
         module_weight[str(item.path)] = min(module_weight.get(str(item.path), 2), weight(item))
     first_seen = {path: i for i, path in reversed(list(enumerate(str(item.path) for item in items)))}
     items.sort(key=lambda item: (module_weight[str(item.path)], first_seen[str(item.path)]))
+
+
+@contextlib.contextmanager
+def all_cores():
+    """Inside an xdist worker pinned to its share: every core the run started with, for this thread,
+    the threads and processes it starts from here (they inherit the affinity) and torch's pool, so
+    the code under test takes its multi-core paths (variants fitted at once, ranking split into
+    parts, threaded kernels) as on the serial run. Outside a pinned worker: nothing changes."""
+    cores = os.environ.get(ALL_CORES_ENV)
+    if not cores or os.environ.get("RECSYS_TEST_PINNED") != os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import torch
+
+    before, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    wanted = {int(core) for core in cores.split(",")}
+    os.sched_setaffinity(0, wanted)
+    torch.set_num_threads(len(wanted))  # new pool threads start from this thread: on every core
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, before)

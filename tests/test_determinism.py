@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from features.cf import fit_cf
 from features.text_interest import history_weights
 from recsys.demo_data import DemoSpec, generate_demo
-from tests.conftest import tiny_config_dict
+from tests.conftest import all_cores, tiny_config_dict
 from training.text_finetune import next_item_examples
 
 T0 = datetime(2026, 1, 1)
@@ -102,8 +102,9 @@ def _recsys(work: Path, args: list[str], hash_seed: int) -> None:
     """Run the `recsys` command line in a fresh process in ``work`` (its own MLflow store)."""
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     env.update(PYTHONHASHSEED=str(hash_seed), HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-m", "recsys.cli", "-q", *args], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=3600)
+    with all_cores():  # the multi-core paths (variants at once, ranking in parts), also under `make test`
+        done = subprocess.run([sys.executable, "-m", "recsys.cli", "-q", *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, f"recsys {args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 

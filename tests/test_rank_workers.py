@@ -202,6 +202,11 @@ def four_cores(monkeypatch):
     return 4
 
 
+def test_without_a_quota_the_usable_cores_are_this_process_affinity(tmp_path):
+    root, proc = _cgroup(tmp_path, {})
+    assert rank_workers.usable_cores(root, proc) == len(os.sched_getaffinity(0))
+
+
 def test_the_usable_cores_are_the_affinity_capped_by_the_quota(tmp_path, four_cores):
     root, proc = _cgroup(tmp_path, {})
     assert rank_workers.usable_cores(root, proc) == 4  # no quota files

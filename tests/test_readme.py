@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from serving import server_process
+from tests.conftest import all_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -125,9 +126,10 @@ def test_runnable_readme_blocks_exit_0(tmp_path):
         started = time.monotonic()
         with open(log, "wb") as out:
             # Output to a file, not a pipe: a server the block leaves running must not hold the test.
-            process = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + code], cwd=work, env=env,
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            with all_cores():  # as a user's shell would run it, also under `make test`
+                process = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + code], cwd=work, env=env,
+                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
             try:
                 returncode = process.wait(timeout=BLOCK_TIMEOUT_S)
             except subprocess.TimeoutExpired:
