@@ -10,7 +10,8 @@ a port a block serves on (``--port N`` and ``127.0.0.1:N``) is swapped for one f
 Every block must exit 0; a failure shows the block and its output. Background processes a block
 starts (``recsys serve ... &``) are stopped with the block's process group.
 
-Mark a block runnable only when it is quick (the whole test stays near 90 s on two cores) and needs
+Mark a block runnable only when it is quick (the whole test stays near 90 s on two idle cores; under
+`make test` it shares them with the other worker) and needs
 nothing outside the repository. Blocks without the marker are documentation only.
 
 ``test_relative_links_exist`` checks that every relative link (and image) in README.md and docs/*.md
