@@ -20,14 +20,18 @@ def _one_share_of_the_cores_per_xdist_worker() -> None:
     early = [name for name in ("numpy", "torch", "polars", "lightgbm") if name in sys.modules]
     if early:  # their pools are sized already: pinning now would leave them oversubscribed
         raise RuntimeError(f"tests/conftest.py: {early} imported before the xdist worker was pinned")
+    from features.rank_workers import quota_cores  # imports none of them
+
     cores = sorted(os.sched_getaffinity(0))
-    share = cores[int(worker.removeprefix("gw")) % len(cores)::min(int(count), len(cores))]
-    os.environ[ALL_CORES_ENV] = ",".join(map(str, cores))
+    quota = quota_cores()  # a container's CPU quota: only that many cores' worth to share out
+    usable = cores[:quota] if quota else cores
+    share = usable[int(worker.removeprefix("gw")) % len(usable)::min(int(count), len(usable))]
+    os.environ[ALL_CORES_ENV] = ",".join(map(str, usable))
     os.sched_setaffinity(0, share)
     os.environ["RECSYS_TEST_PINNED"] = worker
 
 
-ALL_CORES_ENV = "RECSYS_TEST_ALL_CORES"  # the cores an xdist worker had before it was pinned
+ALL_CORES_ENV = "RECSYS_TEST_ALL_CORES"  # the cores (within the quota) an xdist worker had before it was pinned
 
 
 _one_share_of_the_cores_per_xdist_worker()
