@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
+# Set once an xdist worker is pinned: the cores (within the quota) it had before.
+ALL_CORES_ENV = "RECSYS_TEST_ALL_CORES"
+
 
 def _one_share_of_the_cores_per_xdist_worker() -> None:
     """Under pytest-xdist (``make test`` runs ``-n 2``), pin each worker to its own share of the
@@ -13,7 +16,7 @@ def _one_share_of_the_cores_per_xdist_worker() -> None:
     threads as cores on the machine, and spinning OpenMP threads make that far slower than the
     serial run. A test that needs more threads than its share asks for them itself."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not (worker and count and hasattr(os, "sched_setaffinity")) or os.environ.get("RECSYS_TEST_PINNED") == worker:
+    if not (worker and count and hasattr(os, "sched_setaffinity")) or ALL_CORES_ENV in os.environ:
         return  # not a worker, or pinned already (a test module imports this file again as tests.conftest)
     if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
         return  # a worker id of another naming: leave the cores as they are
@@ -26,12 +29,8 @@ def _one_share_of_the_cores_per_xdist_worker() -> None:
     quota = quota_cores()  # a container's CPU quota: only that many cores' worth to share out
     usable = cores[:quota] if quota else cores
     share = usable[int(worker.removeprefix("gw")) % len(usable)::min(int(count), len(usable))]
-    os.environ[ALL_CORES_ENV] = ",".join(map(str, usable))
     os.sched_setaffinity(0, share)
-    os.environ["RECSYS_TEST_PINNED"] = worker
-
-
-ALL_CORES_ENV = "RECSYS_TEST_ALL_CORES"  # the cores (within the quota) an xdist worker had before it was pinned
+    os.environ[ALL_CORES_ENV] = ",".join(map(str, usable))
 
 
 _one_share_of_the_cores_per_xdist_worker()
@@ -204,9 +203,10 @@ def pytest_collection_modifyitems(config, items):
         return 0 if "data" in marks else 1 if "slow" in marks else 2
 
     module_weight: dict[str, int] = {}
-    for item in items:
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(items):
         module_weight[str(item.path)] = min(module_weight.get(str(item.path), 2), weight(item))
-    first_seen = {path: i for i, path in reversed(list(enumerate(str(item.path) for item in items)))}
+        first_seen.setdefault(str(item.path), i)
     items.sort(key=lambda item: (module_weight[str(item.path)], first_seen[str(item.path)]))
 
 
@@ -217,7 +217,7 @@ def all_cores():
     the code under test takes its multi-core paths (variants fitted at once, ranking split into
     parts, threaded kernels) as on the serial run. Outside a pinned worker: nothing changes."""
     cores = os.environ.get(ALL_CORES_ENV)
-    if not cores or os.environ.get("RECSYS_TEST_PINNED") != os.environ.get("PYTEST_XDIST_WORKER"):
+    if not cores:
         yield
         return
     import torch

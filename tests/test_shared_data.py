@@ -53,7 +53,6 @@ def movielens_runs(movielens, tmp_path_factory):
     """Seed 0 with the defaults (no config): a stratified run, the same run again on a catalog whose
     rows are shuffled (registered as models 'a' and 'b'), and a cold-items run (one ranker). Values are
     ``TrainResult``s; ``runs["rankings"]`` holds each registered model's batch ranking of every user."""
-    import contextlib
     import os
     from dataclasses import replace
 
@@ -63,23 +62,21 @@ def movielens_runs(movielens, tmp_path_factory):
     work = tmp_path_factory.mktemp("ml100k")
     shuffled = replace(movielens, items=movielens.items.sample(fraction=1.0, shuffle=True, seed=5))
     previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    stack = contextlib.ExitStack()
     try:
-        runs = {}
-        stack.enter_context(all_cores())  # the multi-core paths, as on a serial run, also under `make test`
-        for name, data, extra, register in (("plain", movielens, {}, "a"), ("shuffled", shuffled, {}, "b"),
-                                            # One ranker (no fold ensemble): the cold-item checks do not
-                                            # depend on it, and its five fits would lengthen CI.
-                                            ("cold", movielens, {"cold_item_fraction": 0.2, "ranker": {"folds": 1}},
-                                             None)):
-            config = load_config(None, split="stratified", seed=0, **extra)
-            runs[name] = train(data, config, experiment=f"ml100k-{name}", register_name=register, workdir=work,
-                               progress=False)
-        runs["rankings"] = {name: _rank_everyone(runs[name].model_uri, work / f"{name}.parquet")
-                            for name in ("plain", "shuffled")}
+        with all_cores():  # the multi-core paths (variants at once, ranking in parts), also under `make test`
+            runs = {}
+            for name, data, extra, register in (("plain", movielens, {}, "a"), ("shuffled", shuffled, {}, "b"),
+                                                # One ranker (no fold ensemble): the cold-item checks do not
+                                                # depend on it, and its five fits would lengthen CI.
+                                                ("cold", movielens,
+                                                 {"cold_item_fraction": 0.2, "ranker": {"folds": 1}}, None)):
+                config = load_config(None, split="stratified", seed=0, **extra)
+                runs[name] = train(data, config, experiment=f"ml100k-{name}", register_name=register,
+                                   workdir=work, progress=False)
+            runs["rankings"] = {name: _rank_everyone(runs[name].model_uri, work / f"{name}.parquet")
+                                for name in ("plain", "shuffled")}
         return runs
     finally:
-        stack.close()
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if previous is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous
