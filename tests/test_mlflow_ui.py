@@ -109,6 +109,8 @@ def _wait_for_text(driver, needles: list[str], timeout: float = 60) -> str:
         text = driver.find_element(By.TAG_NAME, "body").text
         if all(n in text for n in needles):
             return text
+        if "Something went wrong" in text:  # the UI's error page after a request timed out on a busy machine
+            driver.refresh()
         time.sleep(1)
     pytest.fail(f"page {driver.current_url} never showed {needles}; it showed: {text[:1500]}")
 
