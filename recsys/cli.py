@@ -359,8 +359,9 @@ def cmd_add_items(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from recsys.importers.delimited import write_canonical_folder
+    from recsys.importers.delimited import check_destination, write_canonical_folder
 
+    check_destination(Path(args.dst), overwrite=args.overwrite)
     if args.format == "movielens":
         from recsys.importers.movielens import import_movielens
 
@@ -396,9 +397,13 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from recsys.demo_data import DemoSpec, generate_demo
-    from recsys.importers.delimited import write_canonical_folder
+    from recsys.importers.delimited import check_destination, write_canonical_folder
 
-    spec = DemoSpec.scaled(args.scale, seed=args.seed)
+    check_destination(Path(args.dst), overwrite=args.overwrite)
+    try:
+        spec = DemoSpec.scaled(args.scale, seed=args.seed)
+    except ValueError as exc:
+        raise RecsysError(f"--scale: {exc}") from None
     data = generate_demo(spec, progress=True)
     tables = {"items": data.items, "interactions": data.interactions, "impressions": data.impressions}
     report = {"generator": "demo", "scale": args.scale, "seed": args.seed, "n_users": spec.n_users,

@@ -165,6 +165,32 @@ def test_cli_import_writes_a_loadable_folder_and_refuses_to_overwrite(tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".canonical")]  # no temp folder left
 
 
+def test_import_and_generate_refuse_a_taken_destination_before_any_work(tmp_path, capsys, monkeypatch):
+    """A taken DST fails at once: the generator (minutes at scale 10) and the importer never run."""
+    import recsys.demo_data
+    import recsys.importers.mind
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the work started before the destination was checked")
+
+    monkeypatch.setattr(recsys.demo_data, "generate_demo", must_not_run)
+    monkeypatch.setattr(recsys.importers.mind, "import_mind", must_not_run)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    assert main(["-q", "generate", str(taken), "--scale", "0.01"]) == 2
+    assert f"{taken} already exists; choose another destination or pass --overwrite" in capsys.readouterr().err
+    assert main(["-q", "import", "mind", str(tmp_path / "no-such-source"), str(taken)]) == 2
+    assert f"{taken} already exists" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="before the destination was checked"):  # a free name goes on
+        main(["-q", "generate", str(tmp_path / "free"), "--scale", "0.01"])
+
+
+def test_generate_names_a_scale_out_of_range(tmp_path, capsys):
+    assert main(["-q", "generate", str(tmp_path / "big"), "--scale", "20"]) == 2
+    assert "--scale: scale factor must be in (0, 10], got 20.0" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
+
+
 @pytest.mark.data
 def test_real_movielens_100k_imports_whole_with_imdb_text(shared_data, tmp_path):
     src = shared_data / "movielens-100k"

@@ -137,6 +137,13 @@ def _sep_name(separator: str) -> str:
     return {"\t": "tab", ",": "comma", "|": "pipe", "::": "'::'"}.get(separator, repr(separator))
 
 
+def check_destination(dst: Path, *, overwrite: bool) -> None:
+    """Refuse an existing ``dst`` unless ``overwrite``: the commands call it before reading or
+    generating anything, so a taken name fails at once instead of after minutes of work."""
+    if Path(dst).exists() and not overwrite:
+        raise DataValidationError(f"{dst} already exists; choose another destination or pass --overwrite")
+
+
 def write_canonical_folder(dst: Path, tables: dict[str, pl.DataFrame], report: dict, *, overwrite: bool) -> Path:
     """Write ``<name>.parquet`` per table plus ``import.json`` into ``dst``, atomically.
 
@@ -144,8 +151,7 @@ def write_canonical_folder(dst: Path, tables: dict[str, pl.DataFrame], report: d
     never leaves a half-written dataset. An existing ``dst`` is replaced only with ``overwrite``.
     """
     dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise DataValidationError(f"{dst} already exists; choose another destination or pass --overwrite")
+    check_destination(dst, overwrite=overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
