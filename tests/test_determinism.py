@@ -155,6 +155,20 @@ def test_two_training_runs_give_identical_metrics_and_rankings_whatever_the_cata
     config["text"]["steps"] = 4
     (tmp_path / "tiny.json").write_text(json.dumps(config))
     _train_and_rank_twice(tmp_path, folders, tmp_path / "tiny.json", k=5, seed=11)
+    # The runs took the concurrent path whose sameness this test is about: the three ranker
+    # variants fitted at once wherever there are two cores (a silent fall back to one fit at a
+    # time would still give equal runs).
+    from mlflow.tracking import MlflowClient
+
+    from features.rank_workers import usable_cores
+    from training.tracking import STORE_FILE
+
+    with all_cores():
+        expected = 3.0 if usable_cores() >= 2 else 1.0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / STORE_FILE}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    fits_at_once = [r.data.metrics["ranker/fits_at_once"] for r in runs if "ranker/fits_at_once" in r.data.metrics]
+    assert fits_at_once == [expected, expected], fits_at_once
 
 
 # MovieLens 100K: tests/test_shared_data.py trains the documented config twice (the second time on a
