@@ -399,11 +399,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from recsys.demo_data import DemoSpec, generate_demo
     from recsys.importers.delimited import check_destination, write_canonical_folder
 
-    check_destination(Path(args.dst), overwrite=args.overwrite)
     try:
         spec = DemoSpec.scaled(args.scale, seed=args.seed)
     except ValueError as exc:
         raise RecsysError(f"--scale: {exc}") from None
+    check_destination(Path(args.dst), overwrite=args.overwrite)
     data = generate_demo(spec, progress=True)
     tables = {"items": data.items, "interactions": data.interactions, "impressions": data.impressions}
     report = {"generator": "demo", "scale": args.scale, "seed": args.seed, "n_users": spec.n_users,
@@ -572,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     ge = command("generate", help="write the demo world at a scale (1.0 = 100k users, 20k items, "
                                          "2M interactions) as a canonical data folder")
     ge.add_argument("dst")
-    ge.add_argument("--scale", type=float, default=1.0, help="1.0 = 100,000 users, 20,000 items, ~2M clicks")
+    ge.add_argument("--scale", type=float, default=1.0,
+                    help="1.0 = 100,000 users, 20,000 items, ~2M clicks; more than 0, at most 10")
     ge.add_argument("--seed", type=int, default=7)
     ge.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     ge.set_defaults(handler=cmd_generate)

@@ -181,14 +181,17 @@ def test_import_and_generate_refuse_a_taken_destination_before_any_work(tmp_path
     assert f"{taken} already exists; choose another destination or pass --overwrite" in capsys.readouterr().err
     assert main(["-q", "import", "mind", str(tmp_path / "no-such-source"), str(taken)]) == 2
     assert f"{taken} already exists" in capsys.readouterr().err
-    with pytest.raises(AssertionError, match="before the destination was checked"):  # a free name goes on
+    # A free name goes on to the work.
+    with pytest.raises(AssertionError, match="before the destination was checked"):
         main(["-q", "generate", str(tmp_path / "free"), "--scale", "0.01"])
+    with pytest.raises(AssertionError, match="before the destination was checked"):
+        main(["-q", "import", "mind", str(tmp_path / "no-such-source"), str(tmp_path / "free")])
 
 
-def test_generate_names_a_scale_out_of_range(tmp_path, capsys):
-    assert main(["-q", "generate", str(tmp_path / "big"), "--scale", "20"]) == 2
+def test_generate_names_a_scale_out_of_range_even_where_dst_is_taken(tmp_path, capsys):
+    """Both mistakes at once: the scale is named first (then the destination on the next try)."""
+    assert main(["-q", "generate", str(tmp_path), "--scale", "20"]) == 2
     assert "--scale: scale factor must be in (0, 10], got 20.0" in capsys.readouterr().err
-    assert not (tmp_path / "big").exists()
 
 
 @pytest.mark.data

@@ -245,6 +245,14 @@ def test_jobs_in_threads_keep_their_order_and_the_callers_context():
     assert seen == [(0, False), (1, False), (2, False)]
 
 
+def test_jobs_in_threads_run_at_the_same_time():
+    """Three jobs that each wait for the other two: run one after another they would time out."""
+    import threading
+
+    meet = threading.Barrier(3, timeout=10)
+    assert variants.in_threads([lambda i=i: (meet.wait(), i)[1] for i in range(3)], workers=3) == [0, 1, 2]
+
+
 def test_a_failing_job_stops_the_others_and_its_error_is_raised_once_they_end():
     import threading
 
