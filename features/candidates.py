@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from features.array_pool import give, reusing_arrays, take, take_filled
 from features.csr_rows import csr_row_entries
 from features.pair_scores import scores_against
 from features.ranking_frame import position_in_group
@@ -75,7 +76,7 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         bound = np.partition(np.nan_to_num(block_max, nan=-np.inf), n_blocks - n, axis=1)[:, n_blocks - n]
     # At or above the bound, and finite: one comparison, with -inf bounds raised to the lowest float.
     lowest = np.finfo(scores.dtype).min
-    picked = scores >= np.maximum(bound, lowest)[:, None]
+    picked = np.greater_equal(scores, np.maximum(bound, lowest)[:, None], out=take(scores.shape, bool))
     rows, cols = nonzero_2d(picked)
     # Rows counted from the hits (no second pass over the matrix)
     loose = np.flatnonzero(np.bincount(rows, minlength=n_rows) > _LOOSE_BOUND_FACTOR * n)
@@ -89,6 +90,7 @@ def top_n_entries(scores: np.ndarray, n: int, *, seed: int, query: np.ndarray) -
         exact = np.partition(finite, n_cols - n, axis=1)[:, n_cols - n]
         picked[loose] = finite >= np.maximum(exact, np.finfo(np.float32).min)[:, None]
         rows, cols = nonzero_2d(picked)
+    give(picked)
     values = scores[rows, cols]
     order = order_by_score(rows, values, seed=seed, key_query=np.asarray(query)[rows], key_item=cols)
     keep = order[position_in_group(rows[order]) < n]
@@ -134,22 +136,27 @@ def source_scores(state: FeatureState, user_idx: np.ndarray, source: str,
     """Dense scores (len(user_idx), n_items) float32 of a dense personal source ("cf" or "text").
 
     Entries the source knows nothing about (unknown user, empty history; for "cf" also items
-    without history in the window) are ``-inf``: it proposes nothing there.
+    without history in the window) are ``-inf``: it proposes nothing there. The array comes from
+    ``features.array_pool.take``: give it back once read.
     """
     n = len(user_idx)
     known = user_idx >= 0
     if source == "cf":
         known = state.has_profile(user_idx)
         if known.all():  # the batch job's case: no masked copy
-            out = scores_against(state.als.user_factors[user_idx], state.als.item_factors)
-        else:
-            out = np.full((n, state.n_items), -np.inf, dtype=np.float32)
-            out[known] = scores_against(state.als.user_factors[user_idx[known]], state.als.item_factors)
+            out = scores_against(state.als.user_factors[user_idx], state.als.item_factors,
+                                 out=take((n, state.n_items), np.float32))
+        else:  # the known rows' own product (BLAS rounds by the rows it is given), copied in
+            out = take_filled((n, state.n_items), np.float32, -np.inf)
+            part = scores_against(state.als.user_factors[user_idx[known]], state.als.item_factors,
+                                  out=take((int(known.sum()), state.n_items), np.float32))
+            out[known] = part
+            give(part)
         out[:, ~state.item_has_history()] = -np.inf
         return out
     if source == "text":
         vectors = user_text if user_text is not None else _known_rows(state.user_text, user_idx)
-        out = scores_against(vectors, state.item_vectors)
+        out = scores_against(vectors, state.item_vectors, out=take((n, state.n_items), np.float32))
         out[~np.any(vectors != 0, axis=1)] = -np.inf
         return out
     raise ValueError(f"unknown dense personal source {source!r}; use 'cf' or 'text'")
@@ -195,8 +202,9 @@ def _known_rows(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def seen_mask(state: FeatureState, user_idx: np.ndarray) -> np.ndarray:
-    """Boolean (len(user_idx), n_items): True where the user interacted in the window."""
-    mask = np.zeros((len(user_idx), state.n_items), dtype=bool)
+    """Boolean (len(user_idx), n_items): True where the user interacted in the window (from
+    ``features.array_pool.take``: give it back once read)."""
+    mask = take_filled((len(user_idx), state.n_items), bool, False)
     mask[csr_row_entries(state.seen, user_idx)] = True
     return mask
 
@@ -266,58 +274,62 @@ def generate_candidates(state: FeatureState, user_idx: np.ndarray, config: Candi
     popular = dict(zip(POPULAR_COLUMNS, (config.n_popular, config.n_recent), strict=True))
     user_idx = np.asarray(user_idx, dtype=np.int32)
     frames = []
-    for start in range(0, len(user_idx), chunk_size):
-        chunk = user_idx[start:start + chunk_size]
-        chunk_text = None if user_text is None else user_text[start:start + chunk_size]
-        seen = seen_mask(state, chunk)
-        picked = np.zeros_like(seen)
-        dense: dict[str, np.ndarray] = {}
-        sparse: dict[str, sp.csr_matrix | np.ndarray] = {}
-        for source, n in personal.items():
-            if n <= 0 and not with_scores:
-                continue
-            if source == "item_item":  # sparse: only items some history item votes for
-                scores = _pick_sparse(item_item_scores(state, chunk, sort_indices=False), n, seen, picked,
-                                      seed=seed, query=chunk)
+    with reusing_arrays():  # each chunk's (users, items) arrays are the last chunk's, given back
+        for start in range(0, len(user_idx), chunk_size):
+            chunk = user_idx[start:start + chunk_size]
+            chunk_text = None if user_text is None else user_text[start:start + chunk_size]
+            seen = seen_mask(state, chunk)
+            picked = take_filled(seen.shape, bool, False)
+            dense: dict[str, np.ndarray] = {}
+            sparse: dict[str, sp.csr_matrix | np.ndarray] = {}
+            for source, n in personal.items():
+                if n <= 0 and not with_scores:
+                    continue
+                if source == "item_item":  # sparse: only items some history item votes for
+                    scores = _pick_sparse(item_item_scores(state, chunk, sort_indices=False), n, seen, picked,
+                                          seed=seed, query=chunk)
+                    if with_scores:
+                        sparse[source] = scores
+                    continue
+                scores = source_scores(state, chunk, source, chunk_text)
+                if with_scores:  # masking seen items below does not touch any candidate's score
+                    dense[source] = scores
+                if n <= 0:
+                    continue
+                scores[seen] = -np.inf
+                picked[top_n_entries(scores, n, seed=seed, query=chunk)] = True
+                if not with_scores:
+                    give(scores)
+            for name, n in added.items():
+                if n <= 0 and not with_scores:
+                    continue
+                rows = (source_rows or {}).get(name)
+                scores = state.sources[name].scores(chunk, None if rows is None else rows[start:start + chunk_size])
+                scores = _pick_sparse(scores, n, seen, picked, seed=seed, query=chunk)
                 if with_scores:
-                    sparse[source] = scores
-                continue
-            scores = source_scores(state, chunk, source, chunk_text)
-            if with_scores:  # masking seen items below does not touch any candidate's score
-                dense[source] = scores
-            if n <= 0:
-                continue
-            scores[seen] = -np.inf
-            picked[top_n_entries(scores, n, seed=seed, query=chunk)] = True
-        for name, n in added.items():
-            if n <= 0 and not with_scores:
-                continue
-            rows = (source_rows or {}).get(name)
-            scores = state.sources[name].scores(chunk, None if rows is None else rows[start:start + chunk_size])
-            scores = _pick_sparse(scores, n, seen, picked, seed=seed, query=chunk)
-            if with_scores:
-                sparse[name] = scores
-        for column, n in popular.items():
-            if n > 0:
-                rows, cols = _global_top(state, chunk, seen, column, n, seed)
-                picked[rows, cols] = True
-        rows, cols = nonzero_2d(picked)
-        columns = {
-            "query_idx": (rows + start).astype(np.int32),
-            "user_idx": chunk[rows].astype(np.int32),
-            "item_idx": cols.astype(np.int32),
-        }
-        for source, scores in dense.items():
-            values = scores[rows, cols]
-            columns[SOURCE_FEATURES[source]] = np.where(np.isinf(values), np.nan, values).astype(np.float32)
-        for source, scores in sparse.items():
-            values = np.asarray(scores[rows, cols], dtype=np.float32).ravel()
-            if source == "item_item":  # rows of unknown users know nothing
-                columns[SOURCE_FEATURES[source]] = np.where(chunk[rows] < 0, np.nan, values).astype(np.float32)
-            else:  # a registered source: stored positive entries are what it knows
-                columns[type(state.sources[source]).score_column] = \
-                    np.where(values > 0, values, np.float32(np.nan)).astype(np.float32)
-        frames.append(pl.DataFrame(columns))
+                    sparse[name] = scores
+            for column, n in popular.items():
+                if n > 0:
+                    rows, cols = _global_top(state, chunk, seen, column, n, seed)
+                    picked[rows, cols] = True
+            rows, cols = nonzero_2d(picked)
+            columns = {
+                "query_idx": (rows + start).astype(np.int32),
+                "user_idx": chunk[rows].astype(np.int32),
+                "item_idx": cols.astype(np.int32),
+            }
+            for source, scores in dense.items():
+                values = scores[rows, cols]
+                columns[SOURCE_FEATURES[source]] = np.where(np.isinf(values), np.nan, values).astype(np.float32)
+            for source, scores in sparse.items():
+                values = np.asarray(scores[rows, cols], dtype=np.float32).ravel()
+                if source == "item_item":  # rows of unknown users know nothing
+                    columns[SOURCE_FEATURES[source]] = np.where(chunk[rows] < 0, np.nan, values).astype(np.float32)
+                else:  # a registered source: stored positive entries are what it knows
+                    columns[type(state.sources[source]).score_column] = \
+                        np.where(values > 0, values, np.float32(np.nan)).astype(np.float32)
+            give(seen, picked, *dense.values())
+            frames.append(pl.DataFrame(columns))
     if not frames:
         schema = dict(schemas.CANDIDATES)
         if with_scores:

@@ -16,17 +16,25 @@ _DENSE_CELLS = 8_000_000  # unique users x items per dense block (32 MB of float
 _FEW_ROWS = 32
 
 
-def scores_against(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+def scores_against(rows: np.ndarray, table: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 (len(rows), len(table)) C-ordered: ``rows @ table.T``, every row against every table row.
 
     rows: (n, d), table: (m, d) float32 C-ordered. For a few rows (a served request) the product
     is formed as ``(table @ rows.T).T``: BLAS then reads the table in its stored order, 2-3x
     faster there. With the bundled OpenBLAS both forms give the same float32 values (a test
     checks it); past ``_FEW_ROWS`` rows the direct form is used, faster from a few dozen rows on.
+    out: optional float32 (n, m) C-ordered array the product is written to (and returned), e.g. a
+    reused scratch array (``features.array_pool``); the same values either way.
     """
     if len(rows) <= _FEW_ROWS:
-        return np.ascontiguousarray((table @ rows.T).T)
-    return rows @ table.T
+        result = np.ascontiguousarray((table @ rows.T).T)
+        if out is None:
+            return result
+        out[...] = result
+        return out
+    if out is None:
+        return rows @ table.T
+    return np.matmul(rows, table.T, out=out)
 
 
 def pair_dot(left: np.ndarray, right: np.ndarray, li: np.ndarray, ri: np.ndarray,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
+from features.array_pool import reusing_arrays
 from features.bundle import RankingBundle
 from recsys import schemas
 from recsys.errors import DataValidationError, RecsysError
@@ -167,7 +168,8 @@ def rank_users(bundle: RankingBundle, user_ids: list[str], out: str | Path, *, k
     partial = out.with_name(out.name + ".partial")
     _prepare_partial(partial, _manifest(unique, k, chunk_size, model), resume)
     n_rows = resumed = 0
-    with progress_bar(total=len(unique), desc="rank users", unit="user", enabled=progress) as bar:
+    # Every chunk's (users, items) score arrays reuse the chunk before's (features.array_pool).
+    with progress_bar(total=len(unique), desc="rank users", unit="user", enabled=progress) as bar, reusing_arrays():
         for number, begin in enumerate(range(0, len(unique), chunk_size)):
             chunk = unique[begin:begin + chunk_size]
             part = partial / f"part-{number:06d}.parquet"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from features.array_pool import give, reusing_arrays, take
 from features.bundle import RankingBundle, head_k
 from features.candidates import seen_mask, source_counts_of, top_n
 from features.item_item import COOCCURRENCE_NEIGHBOURS, fit_item_item
@@ -75,12 +76,16 @@ def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: 
     a progress bar ("evaluate baseline NAME") counts the users."""
     out = []
     bar = progress_bar(total=len(user_idx), desc=f"evaluate baseline {name}", unit="user", enabled=bool(name))
-    for start in range(0, len(user_idx), chunk_size):
-        chunk = user_idx[start:start + chunk_size]
-        scores = np.asarray(score_fn(chunk), dtype=np.float32).copy()
-        scores[seen_mask(state, chunk)] = -np.inf
-        out.append(top_n(scores, k, seed=seed, query=chunk))
-        bar.update(len(chunk))
+    with reusing_arrays():  # each chunk's (users, items) arrays are the last chunk's, given back
+        for start in range(0, len(user_idx), chunk_size):
+            chunk = user_idx[start:start + chunk_size]
+            scores = take((len(chunk), state.n_items), np.float32)
+            np.copyto(scores, score_fn(chunk), casting="unsafe")  # a broadcast row or the scorer's own array
+            seen = seen_mask(state, chunk)
+            scores[seen] = -np.inf
+            out.append(top_n(scores, k, seed=seed, query=chunk))
+            give(scores, seen)
+            bar.update(len(chunk))
     bar.close()
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
