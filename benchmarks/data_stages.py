@@ -11,7 +11,9 @@ of both stage-1 windows (the feature window and the whole training window, each 
 co-occurrence baseline, as the validation and test states fit them; without sessions, the default). Each stage keeps its
 fastest time over ``--repeats``; the exponent b (seconds ~ interactions^b) between the folders
 is benchmarks/train.py's. ``PYTHONPATH=<another checkout>`` times that checkout's code (the
-baseline of a change) with the same command.
+baseline of a change) with the same command. A second table splits each kept stage's CPU time
+into user time (the stage's own work) and system time (the kernel, mostly zeroing pages the
+process writes for the first time), with the minor page faults, and their exponents.
 
 It also prints what first writing memory costs on this machine (``--touch-gb`` GB in a fresh
 process, then the same amount again in that process): on a virtual machine whose host backs
@@ -45,25 +47,30 @@ def child(folder: str) -> dict:
     from recsys.data_checks import check_trainable
     from training.pipeline import split_windows
 
-    seconds = {}
-    start = time.perf_counter()
-    dataset = load_data(folder)
-    seconds["load"] = time.perf_counter() - start
+    seconds, cpu = {}, {}
+
+    def timed(name: str, work):
+        """Run ``work()``; add its wall seconds, user and system CPU seconds and minor page faults
+        (the whole process: every thread) to the stage ``name``."""
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        result = work()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        used = cpu.setdefault(name, {"user": 0.0, "system": 0.0, "faults": 0})
+        used["user"] += after.ru_utime - before.ru_utime
+        used["system"] += after.ru_stime - before.ru_stime
+        used["faults"] += after.ru_minflt - before.ru_minflt
+        return result
+
+    dataset = timed("load", lambda: load_data(folder))
     config = load_config(None)
-    start = time.perf_counter()
-    cuts = check_trainable(dataset, config)
-    seconds["data_checks"] = time.perf_counter() - start
-    start = time.perf_counter()
-    w = split_windows(dataset, config, cuts)
-    seconds["split"] = time.perf_counter() - start
+    cuts = timed("data_checks", lambda: check_trainable(dataset, config))
+    w = timed("split", lambda: split_windows(dataset, config, cuts))
     settings = item_item_settings(config)  # without sessions, the default
-    seconds["item_item"] = 0.0
     for window in (w.nested.train, w.split.train):  # as fit_feature_state builds and fits them
         user_items = build_user_items(window.filter(pl.col("user_id").is_in(w.users.ids.implode())), w.users, w.items)
-        start = time.perf_counter()
-        fit_with_cooccurrence(user_items, **settings)
-        seconds["item_item"] += time.perf_counter() - start
-    return {"seconds": seconds, "interactions": dataset.interactions.height,
+        timed("item_item", lambda user_items=user_items: fit_with_cooccurrence(user_items, **settings))
+    return {"seconds": seconds, "cpu": cpu, "interactions": dataset.interactions.height,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "code": str(Path(inspect.getfile(fit_with_cooccurrence)).resolve().parents[1])}
 
@@ -121,8 +128,10 @@ def main() -> None:
             code.add(runs[-1]["code"])
             print(f"  {folder} run {repeat + 1}: " + ", ".join(f"{s} {runs[-1]['seconds'][s]:.2f} s" for s in STAGES)
                   + f", peak {runs[-1]['peak_mib']:,.0f} MiB", flush=True)
+        fastest = {s: min(runs, key=lambda r, s=s: r["seconds"][s]) for s in STAGES}
         results.append({"folder": folder, "interactions": runs[0]["interactions"],
-                        "seconds": {s: min(r["seconds"][s] for r in runs) for s in STAGES},
+                        "seconds": {s: fastest[s]["seconds"][s] for s in STAGES},
+                        "cpu": {s: fastest[s]["cpu"][s] for s in STAGES},  # of the run that kept the stage
                         "peak_mib": max(r["peak_mib"] for r in runs)})
     if len(code) != 1:
         sys.exit(f"the runs imported different checkouts: {sorted(code)}")
@@ -134,6 +143,15 @@ def main() -> None:
         print(f"{stage:12s}" + "".join(f"{t:13.2f}s" for t in times) + f"{exponent(sizes, times):10.2f}")
     print(f"{'interactions':12s}" + "".join(f"{n:14,d}" for n in sizes))
     print(f"{'peak MiB':12s}" + "".join(f"{r['peak_mib']:14,.0f}" for r in results))
+    print("\nCPU seconds of the kept runs, user (the stage's own work) and system (the kernel: mostly "
+          "zeroing pages on first write),\nand minor page faults; exponents against the interactions")
+    print(f"{'stage':20s}" + "".join(f"{Path(r['folder']).name:>14s}" for r in results) + f"{'exponent':>10s}")
+    for stage in STAGES:
+        for kind in ("user", "system", "faults"):
+            values = [r["cpu"][stage][kind] for r in results]
+            cells = "".join(f"{v:14,d}" if kind == "faults" else f"{v:13.2f}s" for v in values)
+            slope = exponent(sizes, values) if min(values) > 0 else float("nan")
+            print(f"{stage + ' ' + kind:20s}"[:20] + cells + f"{slope:10.2f}")
     if args.touch_gb > 0:
         cost = run_child(["--touch", str(args.touch_gb)])
         print(f"\nfirst-touch cost: {args.touch_gb:g} GB in a fresh process {cost['first']:.2f} s "
