@@ -10,9 +10,10 @@ array reused, and the same for the ``>=`` mask that picks each row's top entries
 
 With ``--model`` (a registered model) or ``--bundle`` (a model's ``artifacts/bundle`` folder) it
 then ranks a seeded sample of the model's users with this checkout's code, as ``recsys rank``
-does (2,048-user chunks split across the cores), with the arrays reused and with a new array
-each time, alternated, ``--repeat`` rounds each; prints users/s of each, their ratio, and checks
-that both give the same rankings.
+does (2,048-user chunks split across the cores), three ways, alternated, ``--repeat`` rounds
+each: a new array every time, arrays reused within each candidate-generation call, and reused
+across the job; prints users/s and the peak resident set above the one before each pass (Linux:
+the peak is reset through /proc/self/clear_refs), and checks that all give the same rankings.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("POLARS_MAX_THREADS", "1")  # as `recsys rank` runs (recsys/cli.py cmd_rank)
 
@@ -63,6 +65,27 @@ def primitive(n_users: int, n_factors: int, n_items: int, repeat: int) -> None:
         print(f"  {what}: a new array takes {ratio:.2f}x the reused one")
 
 
+MODES = {"new": "a new array every time (before the pool)",
+         "call": "reused within each candidate-generation call (no block around the job)",
+         "job": "reused across the job (one block around all chunks, as recsys rank runs)"}
+
+
+def _peak_reset() -> bool:
+    """Reset this process's peak resident set (Linux: /proc/self/clear_refs); False if not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
 def ranking(bundle, sample_users: int, k: int, chunk_size: int, repeat: int, seed: int) -> None:
     from features import array_pool, candidates
     from serving.recommend import recommend_users
@@ -73,38 +96,45 @@ def ranking(bundle, sample_users: int, k: int, chunk_size: int, repeat: int, see
     chunks = [users[i:i + chunk_size] for i in range(0, len(users), chunk_size)]
     print(f"ranking {len(users):,} users of {len(ids):,} ({bundle.state.n_items:,} items), chunks of {chunk_size}, "
           f"code: {candidates.__file__}")
+    for mode, what in MODES.items():
+        print(f"  {mode}: {what}")
 
-    def rank(reuse: bool):
+    def rank(mode: str):
         saved = candidates.reusing_arrays, evaluate.reusing_arrays
-        if not reuse:  # every take a new array, as before the pool
+        if mode == "new":
             candidates.reusing_arrays = evaluate.reusing_arrays = contextlib.nullcontext
         try:
             start = time.perf_counter()
-            with array_pool.reusing_arrays() if reuse else contextlib.nullcontext():
+            with array_pool.reusing_arrays() if mode == "job" else contextlib.nullcontext():
                 out = [recommend_users(bundle, chunk, k) for chunk in chunks]
             return time.perf_counter() - start, out
         finally:
             candidates.reusing_arrays, evaluate.reusing_arrays = saved
 
-    seconds: dict[bool, list[float]] = {True: [], False: []}
+    seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+    peaks: dict[str, list[float]] = {mode: [] for mode in MODES}
     results = {}
     for _ in range(repeat):
-        for reuse in (False, True):
-            took, results[reuse] = rank(reuse)
-            seconds[reuse].append(took)
-            label = 'reused' if reuse else 'new   '
-            print(f"  {label} arrays: {took:.1f} s, {len(users) / took:,.0f} users/s", flush=True)
-    same = all(a.equals(b) for a, b in zip(results[True], results[False], strict=True))
-    new, reused = min(seconds[False]), min(seconds[True])
-    print(f"best of {repeat}: new arrays {len(users) / new:,.0f} users/s, reused {len(users) / reused:,.0f} users/s: "
-          f"{new / reused:.2f}x; same rankings: {same}")
+        for mode in MODES:
+            resident = _peak_gb() if _peak_reset() else float("nan")
+            took, results[mode] = rank(mode)
+            seconds[mode].append(took)
+            peaks[mode].append(_peak_gb() - resident)
+            print(f"  {mode:4s}: {took:.1f} s, {len(users) / took:,.0f} users/s, peak {peaks[mode][-1]:.2f} GB above "
+                  f"the {resident:.2f} GB resident before", flush=True)
+    same = all(all(a.equals(b) for a, b in zip(results[mode], results["new"], strict=True)) for mode in MODES)
+    best = {mode: min(values) for mode, values in seconds.items()}
+    print(f"best of {repeat}: " + ", ".join(f"{mode} {len(users) / best[mode]:,.0f} users/s "
+                                             f"(peak +{max(peaks[mode]):.2f} GB)" for mode in MODES))
+    print(f"job / new: {best['new'] / best['job']:.2f}x, call / new: {best['new'] / best['call']:.2f}x; "
+          f"same rankings: {same}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--factors", type=int, default=128)
-    parser.add_argument("--users", type=int, default=1024, help="rows per product (a ranking part)")
+    parser.add_argument("--users", type=int, default=512, help="rows per product (a candidate chunk)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--model", help="models:/NAME/VERSION: also rank a sample of its users both ways")
     parser.add_argument("--bundle", help="a model's artifacts/bundle folder, instead of --model")

@@ -1,18 +1,21 @@
 """Scratch arrays reused from one chunk of users to the next, while a job asks for it.
 
 Ranking a chunk of users against the whole catalog makes several (users, items) arrays: the
-source scores (float32), the seen and picked masks (bool). At 200,000 items a chunk of 1,024
-users is 820 MB per float32 array. A fresh array that large is mapped from the kernel, which
-zeroes each page on its first write, and unmapped when freed: every chunk pays that again. On a
-virtual machine this costs about as much as the matrix product that fills the array
-(``benchmarks/array_reuse.py`` measures both). Inside ``reusing_arrays()``, ``take`` hands out
-buffers that earlier chunks handed back with ``give``, so the pages are written once per job.
-Outside it, ``take`` is ``np.empty`` and ``give`` does nothing.
+source scores (float32), the seen and picked masks (bool). At 200,000 items a chunk of 512
+users (candidate generation's chunk) is 410 MB per float32 array and 102 MB per mask. A fresh
+array that large is mapped from the kernel, which zeroes each page on its first write, and
+unmapped when freed: every chunk pays that again. On a virtual machine this cost more than the
+matrix product that fills the array (``benchmarks/array_reuse.py`` measures both). Inside
+``reusing_arrays()``, ``take`` hands out buffers that earlier chunks handed back with ``give``,
+so the pages are written once per block. Outside it, and for arrays under ``MIN_POOLED_BYTES``,
+``take`` is ``np.empty`` and ``give`` does nothing.
 
-The pool holds only buffers given back, and only while some caller is inside
-``reusing_arrays()``: it never keeps more than the job's own high-water mark, and the memory
-goes back when the outermost block ends. A taken array that is never given back is freed as usual.
-Threads share the pool (the batch job's ranking threads take and give concurrently).
+Memory: the pool holds the buffers given back, whole (a buffer is never split), while some
+caller is inside a block; they go back to the system when the outermost block ends. So a block
+holds about one chunk's arrays for its whole length, also while other work runs between chunks:
+open blocks around chunk loops, not around whole stages. A taken array that is never given back
+is freed as usual. The pool is process-wide: one open block turns reuse on for every thread (the
+ranking threads of a batch job take and give concurrently).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+
+# Smaller arrays are not pooled: glibc's malloc keeps freed blocks under its largest mmap
+# threshold (32 MiB) for the next allocation itself, and the pool measured no gain at 20,000 items.
+MIN_POOLED_BYTES = 32 << 20
 
 _lock = threading.Lock()
 _active = 0  # reusing_arrays() blocks open, over all threads
@@ -53,7 +60,7 @@ def take(shape: tuple[int, ...], dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buffer = None
     with _lock:
-        if _active == 0:
+        if _active == 0 or nbytes < MIN_POOLED_BYTES:
             return np.empty(shape, dtype=dtype)
         for position, candidate in enumerate(_free):
             if candidate.nbytes >= nbytes:
@@ -67,11 +74,12 @@ def take(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def take_filled(shape: tuple[int, ...], dtype, value) -> np.ndarray:
-    """``take`` with every element set to ``value``; outside ``reusing_arrays()``, ``np.full``
-    (``np.zeros`` for zero: the kernel's zero pages, written only where set)."""
+    """``take`` with every element set to ``value``; where ``take`` would make a new array,
+    ``np.full`` (``np.zeros`` for zero: the kernel's zero pages, written only where set)."""
+    dtype = np.dtype(dtype)
     with _lock:
-        active = _active > 0
-    if not active:
+        pooled = _active > 0 and int(np.prod(shape, dtype=np.int64)) * dtype.itemsize >= MIN_POOLED_BYTES
+    if not pooled:
         return np.zeros(shape, dtype=dtype) if value == 0 else np.full(shape, value, dtype=dtype)
     out = take(shape, dtype)
     out.fill(value)

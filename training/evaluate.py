@@ -83,8 +83,9 @@ def topk_dense(state: FeatureState, user_idx: np.ndarray, score_fn: ScoreFn, k: 
             np.copyto(scores, score_fn(chunk), casting="unsafe")  # a broadcast row or the scorer's own array
             seen = seen_mask(state, chunk)
             scores[seen] = -np.inf
+            give(seen)
             out.append(top_n(scores, k, seed=seed, query=chunk))
-            give(scores, seen)
+            give(scores)
             bar.update(len(chunk))
     bar.close()
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
