@@ -20,6 +20,7 @@ ranking threads of a batch job take and give concurrently).
 
 from __future__ import annotations
 
+import bisect
 import threading
 import weakref
 from collections.abc import Iterator
@@ -53,21 +54,28 @@ def reusing_arrays() -> Iterator[None]:
                 _lent.clear()
 
 
+def _pooled(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The array's bytes when the pool serves it (a block is open, the floor is reached), else 0."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    with _lock:
+        return nbytes if _active > 0 and nbytes >= MIN_POOLED_BYTES else 0
+
+
 def take(shape: tuple[int, ...], dtype) -> np.ndarray:
     """An uninitialised C-ordered array of ``shape`` and ``dtype``: the smallest given-back buffer
     that holds it, else a new one. Give it back with ``give`` once nothing reads it any more."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = _pooled(shape, dtype)
+    if not nbytes:
+        return np.empty(shape, dtype=dtype)
     buffer = None
     with _lock:
-        if _active == 0 or nbytes < MIN_POOLED_BYTES:
-            return np.empty(shape, dtype=dtype)
         for position, candidate in enumerate(_free):
             if candidate.nbytes >= nbytes:
                 buffer = _free.pop(position)
                 break
     if buffer is None:
-        buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
+        buffer = np.empty(nbytes, dtype=np.uint8)
     with _lock:
         _lent[id(buffer)] = buffer
     return buffer[:nbytes].view(dtype).reshape(shape)
@@ -77,9 +85,7 @@ def take_filled(shape: tuple[int, ...], dtype, value) -> np.ndarray:
     """``take`` with every element set to ``value``; where ``take`` would make a new array,
     ``np.full`` (``np.zeros`` for zero: the kernel's zero pages, written only where set)."""
     dtype = np.dtype(dtype)
-    with _lock:
-        pooled = _active > 0 and int(np.prod(shape, dtype=np.int64)) * dtype.itemsize >= MIN_POOLED_BYTES
-    if not pooled:
+    if not _pooled(shape, dtype):
         return np.zeros(shape, dtype=dtype) if value == 0 else np.full(shape, value, dtype=dtype)
     out = take(shape, dtype)
     out.fill(value)
@@ -97,7 +103,6 @@ def give(*arrays: np.ndarray | None) -> None:
                     return
                 if _lent.get(id(base)) is base:
                     del _lent[id(base)]
-                    sizes = [b.nbytes for b in _free]
-                    _free.insert(int(np.searchsorted(sizes, base.nbytes)), base)
+                    bisect.insort(_free, base, key=lambda b: b.nbytes)
                     break
             base = base.base if isinstance(base, np.ndarray) else None
