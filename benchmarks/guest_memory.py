@@ -2,19 +2,23 @@
 
     .venv/bin/python benchmarks/guest_memory.py [--gb 0.5 1 2 4] [--pause 10]
 
-Each size is written by a fresh process (one byte per 4 KiB page, transparent huge pages off, as
-the stages' allocators fault), ``--pause`` seconds after the one before, and the script prints
-the seconds per GB and the kernel's system time per page fault. It also prints the guest kernel's
-free page reporting settings where it has them (``/sys/module/page_reporting/parameters``).
+Each size (GB = 10^9 bytes) is written by a fresh process, one byte per 4 KiB page, with numpy's
+huge-page advice off (``NUMPY_MADVISE_HUGEPAGE=0``: 4 KiB faults where transparent huge pages
+are ``madvise``, as here; the script prints the setting, and the faults show the page size),
+``--pause`` seconds after the one before. It prints the seconds per GB and the kernel's system
+time per page fault, and before each process the free memory and the guest kernel's free page
+reporting counter (``reported_kib`` in ``/sys/module/page_reporting/parameters``, with the
+other settings there printed once).
 
 Why: on a virtual machine with free page reporting, the guest hands memory that stays free back
-to the host, and the host backs a page again only when the guest next writes it, at several times
-the cost of a page the guest still holds. With ``max_waiting_mib`` = 1024 (this machine), about
-1 GiB of free memory stays backed. A process that grows by less than that gets backed pages;
-one that grows by gigabytes pays the host's cost for most of them. A stage that takes a process
-from nothing to gigabytes at ten times the data (load, data_checks at scale 10) then grows
-faster than its own work does (``benchmarks/data_stages.py`` splits its CPU into user and
-system time).
+to the host, and the host backs a page again only when the guest next writes it, at several
+times the cost of a page the guest still holds. ``max_waiting_mib`` (1024 here; not an upstream
+Linux parameter, so its meaning is inferred from its name and from these probes) presumably
+lets about that much free memory wait unreported. A process that grows by less than that then
+gets backed pages, and one that grows by gigabytes pays the host's cost for most of them; a
+stage that takes a process from nothing to gigabytes at ten times the data (load, data_checks at
+scale 10) grows faster than its own work does (``benchmarks/data_stages.py`` splits its CPU into
+user and system time).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 PAGE = 4096
 REPORTING = Path("/sys/module/page_reporting/parameters")
+HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def write_fresh(gigabytes: float) -> dict:
@@ -71,6 +76,15 @@ def page_reporting() -> dict[str, str]:
     return {p.name: p.read_text().strip() for p in sorted(REPORTING.iterdir()) if p.is_file()}
 
 
+def free_and_reported() -> str:
+    """The guest's free memory and the pages it has reported to the host so far, one line."""
+    free = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                 if line.startswith("MemFree:")), "?")
+    reported = page_reporting().get("reported_kib", "?")
+    return f"free {int(free) / 2**20:.1f} GiB, reported to the host so far {reported} KiB" if free != "?" else \
+        f"reported to the host so far {reported} KiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0],
@@ -86,9 +100,12 @@ def main() -> None:
     settings = page_reporting()
     print("free page reporting: " + (", ".join(f"{k} {v}" for k, v in settings.items()) if settings
                                      else "none found (no /sys/module/page_reporting)"))
+    if HUGE_PAGES.exists():
+        print(f"transparent huge pages: {HUGE_PAGES.read_text().strip()}")
     for i, gigabytes in enumerate(args.gb):
         if i:
             time.sleep(args.pause)
+        print(f"  before: {free_and_reported()}")
         print(f"a fresh process writes {describe(in_fresh_process(gigabytes))}", flush=True)
     print(f"rerun: .venv/bin/python benchmarks/guest_memory.py --gb {' '.join(f'{g:g}' for g in args.gb)} "
           f"--pause {args.pause:g}")
