@@ -68,12 +68,9 @@ def take(shape: tuple[int, ...], dtype) -> np.ndarray:
     nbytes = _pooled(shape, dtype)
     if not nbytes:
         return np.empty(shape, dtype=dtype)
-    buffer = None
     with _lock:
-        for position, candidate in enumerate(_free):
-            if candidate.nbytes >= nbytes:
-                buffer = _free.pop(position)
-                break
+        position = bisect.bisect_left(_free, nbytes, key=lambda b: b.nbytes)  # _free is sorted by size
+        buffer = _free.pop(position) if position < len(_free) else None
     if buffer is None:
         buffer = np.empty(nbytes, dtype=np.uint8)
     with _lock:
