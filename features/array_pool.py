@@ -54,6 +54,11 @@ def reusing_arrays() -> Iterator[None]:
                 _lent.clear()
 
 
+def _size(buffer: np.ndarray) -> int:
+    """The key ``_free`` is sorted by: a buffer's bytes."""
+    return buffer.nbytes
+
+
 def _pooled(shape: tuple[int, ...], dtype: np.dtype) -> int:
     """The array's bytes when the pool serves it (a block is open, the floor is reached), else 0."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -69,7 +74,7 @@ def take(shape: tuple[int, ...], dtype) -> np.ndarray:
     if not nbytes:
         return np.empty(shape, dtype=dtype)
     with _lock:
-        position = bisect.bisect_left(_free, nbytes, key=lambda b: b.nbytes)  # _free is sorted by size
+        position = bisect.bisect_left(_free, nbytes, key=_size)  # the smallest buffer that holds nbytes
         buffer = _free.pop(position) if position < len(_free) else None
     if buffer is None:
         buffer = np.empty(nbytes, dtype=np.uint8)
@@ -100,6 +105,6 @@ def give(*arrays: np.ndarray | None) -> None:
                     return
                 if _lent.get(id(base)) is base:
                     del _lent[id(base)]
-                    bisect.insort(_free, base, key=lambda b: b.nbytes)
+                    bisect.insort(_free, base, key=_size)
                     break
             base = base.base if isinstance(base, np.ndarray) else None
