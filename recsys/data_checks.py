@@ -36,6 +36,7 @@ from recsys import windows
 from recsys.config import PipelineConfig
 from recsys.errors import DataValidationError
 from recsys.split import pairs_seen
+from recsys.streamed import rows_per_key
 
 if TYPE_CHECKING:
     from recsys.dataset import Dataset
@@ -64,9 +65,9 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> windows.Cuts:
         split, config, name=f"{src} (training window of {config.split} split, {train.height} interactions)")
     feature = nested.train
     extra = windows.extra_label_cuts(nested, config, name=src)
-    feature_rows = feature.group_by("user_id").len("n_rows")  # the text and the label-user checks read it
+    feature_rows = rows_per_key(feature, "user_id", "n_rows")  # the text and the label-user checks read it
     _check_text_examples(src, protocol,
-                         extra[-1].train.group_by("user_id").len("n_rows") if extra else feature_rows)
+                         rows_per_key(extra[-1].train, "user_id", "n_rows") if extra else feature_rows)
     _check_label_users(src, protocol, config, feature, feature_rows, nested.test, nested.impressions_test,
                        feature_cold, n_items, train["user_id"])
     return windows.Cuts(split=split, cold_items=cold_items, nested=nested, feature_cold=feature_cold, extra=extra)
@@ -122,7 +123,7 @@ def label_users(feature: pl.DataFrame, feature_rows: pl.DataFrame, label: pl.Dat
     only where the row counts leave the catalog test open (rows of both windows >= catalog size).
     """
     fresh = label.select(_PAIR).filter(~pairs_seen(label, feature))  # repeats kept
-    users = (fresh.group_by("user_id").len("n_fresh_rows")
+    users = (rows_per_key(fresh, "user_id", "n_fresh_rows")
              .join(feature_rows, on="user_id", how="inner")
              .sort("user_id"))
     usable = (users["n_rows"] + users["n_fresh_rows"] < n_items).to_numpy()

@@ -12,6 +12,18 @@ def test_indices_are_contiguous_in_first_seen_order():
     assert ids.to_ids(np.array([2, 0])).to_list() == ["c", "b"]
 
 
+@pytest.mark.parametrize("ids, want", [
+    (["a", "b", "c"], ["a", "b", "c"]),  # sorted and distinct: kept as given, no unique pass
+    (["a", "b", "b", "c"], ["a", "b", "c"]),  # sorted with a repeat: the repeat goes
+    (["c", "a", "c", None, "b"], ["c", "a", "b"]),  # unsorted: first-seen order, nulls dropped
+    ([None, "a", "b"], ["a", "b"]),
+])
+def test_fit_keeps_each_id_once_in_first_seen_order(ids, want):
+    fitted = IdMap(kind="user").fit(ids)
+    assert fitted.to_ids(np.arange(len(fitted))).to_list() == want
+    assert fitted.to_index(want).tolist() == list(range(len(want)))
+
+
 def test_unknown_id_message_says_what_to_do():
     ids = IdMap(kind="user").fit(["u1"])
     with pytest.raises(UnknownIdError, match="unknown user id 'u9'.*cold-start"):

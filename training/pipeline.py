@@ -44,6 +44,7 @@ from recsys.idmap import IdMap
 from recsys.progress import quiet_progress
 from recsys.split import Split
 from recsys.stage_timer import collect, memory_gb, stage
+from recsys.streamed import distinct
 from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import Evaluation, evaluate_all, per_user_ndcg
@@ -131,7 +132,7 @@ def split_windows(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts |
     catalog = dataset.items.sort("item_id")
     return Windows(catalog=catalog, split=cuts.split, nested=cuts.nested, cold_items=cuts.cold_items,
                    feature_cold=cuts.feature_cold,
-                   users=IdMap(kind="user").fit(cuts.split.train["user_id"].unique().sort()),
+                   users=IdMap(kind="user").fit(distinct(cuts.split.train["user_id"]).sort()),
                    items=IdMap(kind="item").fit(catalog["item_id"]), extra_cuts=cuts.extra)
 
 
