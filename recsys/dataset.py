@@ -35,6 +35,7 @@ import polars as pl
 
 from recsys import schemas
 from recsys.errors import DataValidationError
+from recsys.streamed import all_in
 
 log = logging.getLogger(__name__)
 
@@ -360,10 +361,8 @@ def _validate_events(df: pl.DataFrame, name: str, schema: dict, required: tuple[
         out = out.drop_nulls(["user_id", "item_id", "timestamp"])
     skipped[f"{kind}_with_null_id_or_time"] = n - out.height
     n = out.height
-    known = out["item_id"].is_in(items["item_id"].implode())
-    if not known.all():
-        out = out.filter(known)
-    del known
+    if not all_in(out["item_id"], items["item_id"]):  # the usual answer is yes: no per-row mask then
+        out = out.filter(pl.col("item_id").is_in(items["item_id"].implode()))
     skipped[f"{kind}_with_unknown_item"] = n - out.height
     n = out.height
     out = _drop_exact_duplicates(out)

@@ -31,3 +31,9 @@ def rows_matching(keys: pl.Series, other: pl.Series) -> pl.Series:
     """UInt32 positions in ``keys`` whose value is among ``other``'s values, in no order."""
     left = keys.alias("key").to_frame().lazy().with_row_index("_row")
     return _collect(left.join(other.alias("key").to_frame().lazy(), on="key", how="semi"))["_row"]
+
+
+def all_in(column: pl.Series, values: pl.Series) -> bool:
+    """Whether every value of ``column`` (nulls included) is among ``values``."""
+    query = column.to_frame().lazy().select(pl.col(column.name).is_in(values.implode()).all(ignore_nulls=False))
+    return bool(_collect(query)[0, 0])

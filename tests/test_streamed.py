@@ -1,6 +1,6 @@
 import polars as pl
 
-from recsys.streamed import distinct, rows_matching, rows_per_key
+from recsys.streamed import all_in, distinct, rows_matching, rows_per_key
 
 
 def test_rows_per_key_counts_every_row_of_each_key():
@@ -22,3 +22,11 @@ def test_rows_matching_gives_the_positions_of_values_the_other_side_holds():
     other = pl.Series([5, 2, 2, 9], dtype=pl.UInt64)
     assert sorted(rows_matching(keys, other).to_list()) == [0, 3, 4]
     assert rows_matching(keys, other.head(0)).len() == 0
+
+
+def test_all_in_is_false_when_one_value_is_missing_or_null():
+    catalog = pl.Series(["a", "b", "c"])
+    assert all_in(pl.Series("item_id", ["b", "a", "b"]), catalog)
+    assert not all_in(pl.Series("item_id", ["b", "x", "b"]), catalog)
+    assert not all_in(pl.Series("item_id", ["b", None]), catalog)
+    assert all_in(pl.Series("item_id", [], dtype=pl.String), catalog)
