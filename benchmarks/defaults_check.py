@@ -107,7 +107,7 @@ def summarise(result, wall: float) -> dict:
     baselines = {m: v for m, v in result.validation_metrics.items() if not m.startswith("ranker") and key in v}
     best = max(baselines, key=lambda m: baselines[m][key])
     return {"shipped": result.shipped_variant,
-            "shipped_reason": result.shipped_reason,  # the variant rule's own words (its validation lifts)
+            "shipped_reason": result.shipped_reason,  # the variant rule's own words
             "validation_ranker": result.validation_metrics["ranker"][key],
             "validation_best_baseline": best, "validation_best_baseline_ndcg": baselines[best][key],
             "test_ranker": result.metrics["ranker"][key], "test_best_baseline": result.metrics[best][key],

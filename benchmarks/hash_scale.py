@@ -11,7 +11,11 @@ stages run them, with string ids and, for comparison, with the same ids as integ
   load's known-item check);
 - ``unique users``: the distinct user ids of the interactions (the split's user id map);
 - ``anti join pairs``: impressions without a (user, item) pair of the interactions (what the
-  split and the data checks compute; they now match pairs on a 64-bit hash, ``recsys.split.pairs_seen``).
+  split and the data checks compute, which match pairs on a 64-bit hash, ``recsys.split.pairs_seen``);
+- on the string ids, the eager call against polars' streaming engine (``recsys.streamed``, which
+  load, the data checks and the split use): whether every event's item is in the catalog (load),
+  the rows per user (a ``group_by``), the distinct users, and the impression pair hashes matched
+  against the interactions' (``pairs_seen``).
 
 It prints each primitive's seconds (the fastest of ``--repeats``) and its exponent b (seconds ~
 interactions^b) between the two folders; with ``--train-json`` (``benchmarks/train.py``'s output,
@@ -31,6 +35,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from train import exponent  # benchmarks/train.py's log-log slope, so both print the same figure
+
+from recsys.split import pair_hashes
+from recsys.streamed import all_in, distinct, rows_matching, rows_per_key
 
 PAIR = ["user_id", "item_id"]
 
@@ -65,6 +72,19 @@ def primitives(folder: Path, repeats: int) -> tuple[int, dict[str, float]]:
                                                b["item_id"].is_in(catalog.implode())), repeats)
         out[f"unique users ({kind})"] = best_seconds(lambda a=a: a["user_id"].unique(), repeats)
         out[f"anti join pairs ({kind})"] = best_seconds(lambda a=a, b=b: b.join(a, on=PAIR, how="anti"), repeats)
+    # What load, data_checks and split run on the streaming engine (recsys.streamed), beside the
+    # eager calls of the same result, on the string ids.
+    out["all items known (eager)"] = best_seconds(
+        lambda: (inter["item_id"].is_in(items["item_id"].implode()).all(),
+                 shown["item_id"].is_in(items["item_id"].implode()).all()), repeats)
+    out["all items known (streaming)"] = best_seconds(
+        lambda: (all_in(inter["item_id"], items["item_id"]), all_in(shown["item_id"], items["item_id"])), repeats)
+    out["rows per user (eager)"] = best_seconds(lambda: inter.group_by("user_id").len(), repeats)
+    out["rows per user (streaming)"] = best_seconds(lambda: rows_per_key(inter, "user_id", "n"), repeats)
+    out["unique users (streaming)"] = best_seconds(lambda: distinct(inter["user_id"]), repeats)
+    taken, seen = pair_hashes(inter), pair_hashes(shown)
+    out["pair hashes matched (eager)"] = best_seconds(lambda: seen.is_in(taken.implode()), repeats)
+    out["pair hashes matched (streaming)"] = best_seconds(lambda: rows_matching(seen, taken), repeats)
     return inter.height, out
 
 

@@ -170,24 +170,24 @@ def drop_seen_impressions(impressions: pl.DataFrame, train: pl.DataFrame) -> tup
 def pairs_seen(frame: pl.DataFrame, other: pl.DataFrame) -> pl.Series:
     """Bool (frame.height,): whether each row's (user_id, item_id) pair is among ``other``'s rows.
 
-    The tables are matched on a 64-bit hash of each pair, a streamed semi join of integers
-    (``recsys.streamed``; two to three times faster than a join on two string columns at tens of
-    millions of rows); only the rows whose hash matches are compared as pairs, so a hash
-    collision never marks a row seen.
+    The tables are matched on a 64-bit hash of each pair (:func:`pair_hashes`), a streamed semi
+    join of integers (``recsys.streamed.rows_matching``) rather than a join on two string
+    columns; only the rows whose hash matches are compared as pairs, so a hash collision never
+    marks a row seen.
     """
     seen = np.zeros(frame.height, dtype=bool)
     if frame.height and other.height:
-        shown, taken = _pair_hashes(frame), _pair_hashes(other)
+        shown, taken = pair_hashes(frame), pair_hashes(other)
         hit = np.zeros(frame.height, dtype=bool)
         hit[rows_matching(shown, taken).to_numpy()] = True
         if hit.any():  # exact pairs, on the matching rows and the rows of ``other`` sharing their hashes
             matched = frame.select(_PAIR).with_row_index("_row").filter(hit)
-            shared = other.select(_PAIR).filter(taken.is_in(shown.filter(hit).unique().implode()))
+            shared = other.select(_PAIR)[rows_matching(taken, shown.filter(hit)).sort()]
             seen[matched.join(shared, on=_PAIR, how="semi")["_row"].to_numpy()] = True
     return pl.Series("seen", seen)
 
 
-def _pair_hashes(frame: pl.DataFrame) -> pl.Series:
+def pair_hashes(frame: pl.DataFrame) -> pl.Series:
     """UInt64 (rows,) hash of each row's (user_id, item_id), equal for equal pairs (string ids)."""
     return frame.select(pl.struct([pl.col(c).cast(pl.String) for c in _PAIR]).hash(seed=0))[:, 0]
 

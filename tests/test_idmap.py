@@ -1,4 +1,5 @@
 import numpy as np
+import polars as pl
 import pytest
 
 from recsys.errors import NotFittedError, UnknownIdError
@@ -17,11 +18,21 @@ def test_indices_are_contiguous_in_first_seen_order():
     (["a", "b", "b", "c"], ["a", "b", "c"]),  # sorted with a repeat: the repeat goes
     (["c", "a", "c", None, "b"], ["c", "a", "b"]),  # unsorted: first-seen order, nulls dropped
     ([None, "a", "b"], ["a", "b"]),
+    (["a", None, "b"], ["a", "b"]),  # sorted once the null is dropped
+    ([], []),
 ])
 def test_fit_keeps_each_id_once_in_first_seen_order(ids, want):
     fitted = IdMap(kind="user").fit(ids)
     assert fitted.to_ids(np.arange(len(fitted))).to_list() == want
     assert fitted.to_index(want).tolist() == list(range(len(want)))
+
+
+def test_strictly_increasing_ids_skip_the_unique_pass():
+    from recsys.idmap import _strictly_increasing
+
+    assert _strictly_increasing(pl.Series(["a", "b", "c"])) and _strictly_increasing(pl.Series([], dtype=pl.String))
+    assert _strictly_increasing(pl.Series(["a"]))
+    assert not _strictly_increasing(pl.Series(["a", "b", "b"])) and not _strictly_increasing(pl.Series(["b", "a"]))
 
 
 def test_unknown_id_message_says_what_to_do():

@@ -99,9 +99,9 @@ def test_test_impressions_of_items_clicked_in_train_are_dropped_and_counted(capl
 def test_seen_impressions_are_matched_on_exact_pairs_whatever_the_hash_collides(monkeypatch, buckets):
     import recsys.split as split_module
 
-    real = split_module._pair_hashes
+    real = split_module.pair_hashes
     if buckets is not None:  # a coarse hash: unseen pairs share hashes with seen ones
-        monkeypatch.setattr(split_module, "_pair_hashes", lambda frame: real(frame) % buckets)
+        monkeypatch.setattr(split_module, "pair_hashes", lambda frame: real(frame) % buckets)
     train = pl.DataFrame({"user_id": ["u1", "u1", "u2", "u3"], "item_id": ["a", "b", "a", "c"]})
     shown = pl.DataFrame({"user_id": ["u1", "u2", "u1", "u2", "u3", "u3", "u1", "u4"],
                           "item_id": ["a", "b", "c", "a", "c", "a", "a", "a"],
