@@ -75,6 +75,18 @@ def child(folder: str) -> dict:
             "code": str(Path(inspect.getfile(fit_with_cooccurrence)).resolve().parents[1])}
 
 
+def git_state(checkout: str) -> str:
+    """``commit <hash>`` of ``checkout``, with ``+ uncommitted changes`` when its tracked files
+    differ from that commit; ``commit unknown`` outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {head}" + (" + uncommitted changes" if dirty else "")
+
+
 def touch(gigabytes: float) -> dict:
     """Seconds to write ``gigabytes`` of fresh memory, then the same amount again in this process."""
     import numpy as np
@@ -135,7 +147,8 @@ def main() -> None:
                         "peak_mib": max(r["peak_mib"] for r in runs)})
     if len(code) != 1:
         sys.exit(f"the runs imported different checkouts: {sorted(code)}")
-    print(f"code timed: {code.pop()} (the checkout the children imported)")
+    checkout = code.pop()
+    print(f"code timed: {checkout} (the checkout the children imported), {git_state(checkout)}")
     sizes = [r["interactions"] for r in results]
     print(f"\n{'stage':12s}" + "".join(f"{Path(r['folder']).name:>14s}" for r in results) + f"{'exponent':>10s}")
     for stage in STAGES:
