@@ -8,7 +8,8 @@ a minute at scale 10. This runs them with the pipeline's own code, in its order 
 default config, in a fresh child process per folder and repeat: ``load_data``,
 ``check_trainable`` (which makes the run's cuts), ``split_windows``, then the item-to-item fit
 of both stage-1 windows (the feature window and the whole training window, each with the
-co-occurrence baseline, as the validation and test states fit them; without sessions, the default). Each stage keeps its
+co-occurrence baseline, as the validation and test states fit them; without sessions, the default),
+with the distinct co-occurring item pairs those fits counted, which item_item's cost follows. Each stage keeps its
 fastest time over ``--repeats``; the exponent b (seconds ~ interactions^b) between the folders
 is benchmarks/train.py's. ``PYTHONPATH=<another checkout>`` times that checkout's code (the
 baseline of a change) with the same command. A second table splits each kept stage's CPU time
@@ -45,6 +46,7 @@ def child(folder: str) -> dict:
     from features.user_items import build_user_items
     from recsys.cli import load_config, load_data
     from recsys.data_checks import check_trainable
+    from recsys.stage_timer import collect, work
     from training.pipeline import split_windows
 
     seconds, cpu = {}, {}
@@ -67,10 +69,13 @@ def child(folder: str) -> dict:
     cuts = timed("data_checks", lambda: check_trainable(dataset, config))
     w = timed("split", lambda: split_windows(dataset, config, cuts))
     settings = item_item_settings(config)  # without sessions, the default
-    for window in (w.nested.train, w.split.train):  # as fit_feature_state builds and fits them
-        user_items = build_user_items(window.filter(pl.col("user_id").is_in(w.users.ids.implode())), w.users, w.items)
-        timed("item_item", lambda user_items=user_items: fit_with_cooccurrence(user_items, **settings))
-    return {"seconds": seconds, "cpu": cpu, "interactions": dataset.interactions.height,
+    with collect():  # each fit records its distinct co-occurring pairs (add_work)
+        for window in (w.nested.train, w.split.train):  # as fit_feature_state builds and fits them
+            user_items = build_user_items(window.filter(pl.col("user_id").is_in(w.users.ids.implode())), w.users,
+                                          w.items)
+            timed("item_item", lambda user_items=user_items: fit_with_cooccurrence(user_items, **settings))
+        pairs = work()["item_item_pairs"]
+    return {"seconds": seconds, "cpu": cpu, "interactions": dataset.interactions.height, "item_item_pairs": pairs,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "code": str(Path(inspect.getfile(fit_with_cooccurrence)).resolve().parents[1])}
 
@@ -155,6 +160,10 @@ def main() -> None:
         times = [r["seconds"][stage] for r in results]
         print(f"{stage:12s}" + "".join(f"{t:13.2f}s" for t in times) + f"{exponent(sizes, times):10.2f}")
     print(f"{'interactions':12s}" + "".join(f"{n:14,d}" for n in sizes))
+    pairs = [r["item_item_pairs"] for r in results]  # the same in every run of a folder
+    times = [r["seconds"]["item_item"] for r in results]
+    print(f"{'ii pairs':12s}" + "".join(f"{n:14,.0f}" for n in pairs) + f"{exponent(pairs, times):10.2f}"
+          "  (item_item's distinct co-occurring pairs, and its exponent against them)")
     print(f"{'peak MiB':12s}" + "".join(f"{r['peak_mib']:14,.0f}" for r in results))
     print("\nCPU seconds of the kept runs, user (the stage's own work) and system (the kernel: mostly "
           "zeroing pages on first write),\nand minor page faults; exponents against the interactions")

@@ -12,9 +12,9 @@ between runs, so every size but the largest runs ``--repeats`` times and each st
 fastest time (the largest runs once: that bias can only raise the exponents). It prints a
 stage x size table, the exponent b of time ~ size^b per stage (least squares on log-log over all
 sizes, and per step between neighbouring sizes; size = interactions, and items for the text
-model), LightGBM training rows/s, the users the ranker and the evaluation used, and writes
-everything to data/bench/train.json, which benchmarks/rank.py reads to rank with the models
-trained here.
+model; item_item also against the distinct co-occurring item pairs its fits counted),
+LightGBM training rows/s, the users the ranker and the evaluation used, and writes everything
+to data/bench/train.json, which benchmarks/rank.py reads to rank with the models trained here.
 Budgets: scale 1 under 45 min and 12 GB (issue 7); scale 10 (``--scales 1 10``) under 60 min and
 16 GB with every stage's exponent from scale 1 to 10 at most 1.1 (issue 19).
 """
@@ -36,6 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RECSYS = [sys.executable, "-m", "recsys.cli"]
 STAGES = ("load", "data_checks", "split", "text_model", "user_tower", "cf", "item_item", "sources", "features",
           "candidates", "ranking_frame", "ranker", "evaluation", "logging")
+# Stages whose cost follows a size of their own work, logged by the run as work/<name>
+# (recsys/stage_timer.add_work): item_item's cost follows the distinct co-occurring item pairs,
+# which grow faster than the interactions when the catalog grows with them.
+STAGE_WORK = {"item_item": "item_item_pairs"}
 RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, on the same rows
 
 
@@ -129,6 +133,7 @@ def main() -> None:
                            metrics.get("data/test_users", float("nan"))],
             # The machine is shared: each stage keeps its fastest run at this size.
             "stages": {s: min(r[4].get(f"time/{s}_s", 0.0) for r in runs) for s in STAGES},
+            "work": {w: metrics[f"work/{w}"] for w in STAGE_WORK.values() if f"work/{w}" in metrics},
         })
         print(f"  {wall:,.0f} s wall, peak RSS {peak_mb:,.0f} MB", flush=True)
     out = ROOT / args.data_dir / "bench" / "train.json"
@@ -154,6 +159,13 @@ def report(results: list[dict]) -> None:
         per_step = "".join(f"{exponent(sizes[i:i + 2], seconds[i:i + 2]):>8.2f}" for i in range(len(results) - 1))
         print(f"{stage:16}" + "".join(f"{t:>14.1f}" for t in seconds)
               + f"{exponent(sizes, seconds):>10.2f}{per_step}  " + ("items" if by_items else "interactions"))
+    for stage, name in STAGE_WORK.items():  # the same stage against its own work, where the runs logged it
+        if all(name in r.get("work", {}) for r in results):
+            sizes = [r["work"][name] for r in results]
+            seconds = [r["stages"][stage] for r in results]
+            per_step = "".join(f"{exponent(sizes[i:i + 2], seconds[i:i + 2]):>8.2f}" for i in range(len(results) - 1))
+            print(f"{stage:16}" + "".join(f"{size:>14,.0f}" for size in sizes)
+                  + f"{exponent(sizes, seconds):>10.2f}{per_step}  {name.replace('_', ' ')} (the sizes)")
     print(f"{'runs (best of)':16}" + "".join(f"{r.get('runs', 1):>14}" for r in results))
     print(f"{'total (wall)':16}" + "".join(f"{r['wall_s']:>14.1f}" for r in results)
           + f"{exponent(interactions, [r['wall_s'] for r in results]):>10.2f}")

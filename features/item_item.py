@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from features.rank_workers import usable_cores
 from features.ties import tie_keys
 from recsys.errors import ConfigError
+from recsys.stage_timer import add_work
 
 log = logging.getLogger(__name__)
 KINDS = ("ease", "cosine")
@@ -129,6 +130,11 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
     dropout: EDLAE's dropout probability in [0, 1) (0 = plain EASE; ignored by cosine).
     sessions: optional (n_sessions, n_items) matrix whose 0/1 pattern adds ``session_weight`` x
         the session co-occurrence counts to the user ones (both kinds).
+
+    The fit's cost grows with the distinct co-occurring pairs (the stored entries of the counts
+    ``X'X``, an item's own included), which grow faster than the interactions when the catalog
+    grows with them (fewer repeats per pair); it records them as the work ``item_item_pairs``
+    (recsys/stage_timer.py) for the scaling benchmarks.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown item-to-item model {kind!r}; use one of {KINDS}")
@@ -147,9 +153,11 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
         counts = (x.T @ x).tocsr()
         if s is not None:
             counts = (counts + session_weight * (s.T @ s)).tocsr()
+        pairs = counts.nnz
         weights = _ease_weights(counts, regularization, neighbours, dropout)
     else:
-        weights = _cosine_weights(x, s, session_weight, neighbours)
+        weights, pairs = _cosine_weights(x, s, session_weight, neighbours)
+    add_work("item_item_pairs", pairs)
     return ItemItem(kind=kind, weights=weights)
 
 
@@ -251,9 +259,11 @@ def _strongest(rows: np.ndarray, keep: int, first_row: int) -> np.ndarray:
 
 
 def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: float, neighbours: int,
-                    block_entries: int = _COSINE_BLOCK_ENTRIES, threads: int | None = None) -> sp.csr_matrix:
+                    block_entries: int = _COSINE_BLOCK_ENTRIES,
+                    threads: int | None = None) -> tuple[sp.csr_matrix, int]:
     """Cosine of the co-occurrence counts ``G = X'X (+ session_weight S'S)``, pruned to
-    ``neighbours`` per row, computed in blocks of item rows.
+    ``neighbours`` per row, computed in blocks of item rows; and G's stored entries (the
+    distinct co-occurring pairs, an item's own included), which the blocks' cost follows.
 
     x, s: binary float32 CSR (users or sessions x items). ``threads`` blocks run at once (None:
     one per usable core, at most ``_COSINE_MAX_THREADS``; scipy's sparse products release the
@@ -280,11 +290,13 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     block_of_row = np.cumsum(row_cost) // max(1, block_entries // threads)
     starts = np.flatnonzero(np.r_[True, block_of_row[1:] != block_of_row[:-1]]) if n_items else np.zeros(0, int)
 
-    def block(first: int, last: int) -> sp.csr_matrix:
+    def block(first: int, last: int) -> tuple[sp.csr_matrix, int]:
         counts = xt[first:last] @ x
         if st is not None:
             counts = counts + session_weight * (st[first:last] @ s)
-        return _pruned_cosine_block(counts.tocsr(), inverse, first, neighbours)
+        counts = counts.tocsr()
+        pairs = counts.nnz
+        return _pruned_cosine_block(counts, inverse, first, neighbours), pairs
 
     bounds = [(int(first), int(last)) for first, last in zip(starts, np.r_[starts[1:], n_items], strict=True)]
     if min(threads, len(bounds)) > 1:  # each block is the same as alone; pool.map keeps their order
@@ -298,8 +310,9 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     else:
         blocks = [block(first, last) for first, last in bounds]
     if not blocks:
-        return sp.csr_matrix((0, n_items), dtype=np.float32)
-    return sp.vstack(blocks, format="csr", dtype=np.float32)
+        return sp.csr_matrix((0, n_items), dtype=np.float32), 0
+    return (sp.vstack([weights for weights, _ in blocks], format="csr", dtype=np.float32),
+            sum(pairs for _, pairs in blocks))
 
 
 def _pruned_cosine_block(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int, keep: int) -> sp.csr_matrix:

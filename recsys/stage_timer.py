@@ -10,6 +10,10 @@ taken out of the outer stage), so the stage times add up to the run's wall time,
 that runs several times (candidates for the feature window, the full window and evaluation)
 adds up. Outside ``collect`` the markers cost nothing and record nothing.
 
+A stage whose cost grows with something other than the data's rows also records that size with
+``add_work("item_item_pairs", n)`` (summed per name over the run; ``work()`` reads them), so a
+benchmark can give its growth against the work it did as well as against the data.
+
 Work on other threads (batch ranking's and evaluation's parts, the ranker variants fitted at
 once, BPR beside the rest of the feature state) records no stage of its own: its wall time is
 charged to the stage open in the thread that started it (``worker_context``), so evaluation's
@@ -37,6 +41,7 @@ class _Collector:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.nested: list[float] = []  # per open stage: seconds spent in its nested stages
+        self.work: dict[str, float] = defaultdict(float)  # add_work's sizes, summed per name
 
 
 def worker_context() -> contextvars.Context:
@@ -88,6 +93,20 @@ def stage(name: str) -> Iterator[None]:
             now, peak = memory_gb()
             log.info("stage %s done in %.1fs (%.1f cores busy, resident %.1f GB, peak so far %.1f GB)", name, elapsed,
                      cores, now, peak)
+
+
+def add_work(name: str, amount: float) -> None:
+    """Add ``amount`` units of the work a stage did (items scored, pairs counted) to ``name``;
+    nothing outside ``collect`` or on a worker thread (as for stages)."""
+    collector = _current.get()
+    if collector is not None:
+        collector.work[name] += amount
+
+
+def work() -> dict[str, float]:
+    """The sizes ``add_work`` recorded so far in the open ``collect`` block (a copy; empty outside one)."""
+    collector = _current.get()
+    return {} if collector is None else dict(collector.work)
 
 
 def memory_gb() -> tuple[float, float]:

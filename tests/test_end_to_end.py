@@ -503,3 +503,7 @@ def test_a_second_label_cut_adds_ranker_queries_and_shrinks_the_text_window(trai
     # The text model learns on the second cut's feature window: inside the first's, without its labels.
     assert 0 < diagnostics["data/text_window_rows"] < diagnostics["data/feature_window_rows"]
     assert diagnostics["data/ranker_queries"] > diagnostics["data/ranker_queries_cut1"] > 0
+    # item_item's work (benchmarks/train.py's exponent against it): stored co-occurrence counts
+    # summed over the run's item-to-item fits, each at most 150 x 150 and at least its diagonal's items
+    assert diagnostics["time/item_item_s"] > 0
+    assert diagnostics["work/item_item_pairs"] == int(diagnostics["work/item_item_pairs"]) > 150

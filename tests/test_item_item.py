@@ -207,15 +207,18 @@ def test_cosine_in_blocks_of_item_rows_equals_the_whole_matrix_cosine_pruned(blo
     norm[norm == 0] = 1.0
     cosine = counts / norm[:, None] / norm[None, :]
     np.fill_diagonal(cosine, 0.0)
-    got = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=block_entries)
+    got, pairs = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=block_entries)
+    # every block's distinct pairs add up to the whole counts' stored entries (own pairs included)
+    assert pairs == (x.T @ x + 0.7 * (s.T @ s)).tocsr().nnz > got.nnz
     assert got.shape == (120, 120) and got.dtype == np.float32
     assert got.diagonal().tolist() == [0.0] * 120
-    one_block = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=10**9, threads=1)
+    one_block, one_block_pairs = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=10**9, threads=1)
+    assert one_block_pairs == pairs
     assert (got != one_block).nnz == 0 and (got.indices == one_block.indices).all()  # bit for bit, same order
     for threads in (1, 3):  # blocks on one thread, and on three at once
-        other = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=block_entries, threads=threads)
+        other, _ = _cosine_weights(x, s, 0.7, neighbours=8, block_entries=block_entries, threads=threads)
         assert (other != one_block).nnz == 0 and (other.indices == one_block.indices).all()
-    assert _cosine_weights(x, s, 0.7, neighbours=0, block_entries=block_entries).nnz == 0
+    assert _cosine_weights(x, s, 0.7, neighbours=0, block_entries=block_entries)[0].nnz == 0
     ordered = got.copy()
     ordered.sort_indices()
     for name in ("indptr", "indices", "data"):

@@ -123,3 +123,38 @@ def test_a_stage_on_a_worker_thread_records_nothing_and_its_time_falls_to_the_ca
         worker.join()
     assert times == {"outer": pytest.approx(3.0)}
     assert seen == [False]  # the caller's quiet progress holds on the worker
+
+
+def test_work_sizes_add_up_per_name_inside_collect_and_record_nothing_elsewhere():
+    import threading
+
+    stage_timer.add_work("pairs", 5)  # outside collect: dropped
+    assert stage_timer.work() == {}
+    with collect():
+        stage_timer.add_work("pairs", 3)
+        stage_timer.add_work("pairs", 4)
+        stage_timer.add_work("items", 2)
+        worker = threading.Thread(target=stage_timer.worker_context().run,
+                                  args=(lambda: stage_timer.add_work("pairs", 100),))
+        worker.start()
+        worker.join()
+        with collect():  # a nested collect joins the outer one
+            stage_timer.add_work("items", 1)
+        seen = stage_timer.work()
+        seen["pairs"] = -1  # a copy: the collector keeps its own
+        assert stage_timer.work() == {"pairs": 7, "items": 3}
+    assert stage_timer.work() == {}
+
+
+def test_the_item_item_fit_records_its_distinct_co_occurring_pairs():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from features.item_item import fit_item_item
+
+    # users {0,1}, {1,2}, {0,1}: pairs (0,0) (0,1) (1,0) (1,1) (1,2) (2,1) (2,2) -> 7 stored counts
+    ui = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1], [1, 1, 0]], dtype=np.float32))
+    for kind in ("ease", "cosine"):
+        with collect():
+            fit_item_item(ui, kind=kind, neighbours=2)
+            assert stage_timer.work() == {"item_item_pairs": 7}, kind

@@ -43,7 +43,7 @@ from recsys.dataset import Dataset
 from recsys.idmap import IdMap
 from recsys.progress import quiet_progress
 from recsys.split import Split
-from recsys.stage_timer import collect, memory_gb, stage
+from recsys.stage_timer import collect, memory_gb, stage, work
 from recsys.streamed import distinct
 from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
@@ -322,6 +322,7 @@ def train(dataset: Dataset, config: PipelineConfig, *, experiment: str, register
             logged = _log_model(w, fitted, evaluation, validation, bundles, text, config, dataset, metric_log,
                                 Path(tmp), encoder_dir, register_name, run.info.run_id)
         metric_log.log_many({**{f"time/{k}_s": v for k, v in timings.items()},
+                             **{f"work/{k}": v for k, v in work().items()},  # what some stages' cost grows with
                              "memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         metric_log.flush()
         _log_headline(w, fitted, evaluation, validation, config, dataset, logged_data, logged.model_id,
