@@ -11,7 +11,9 @@ squared distinct items) and the distinct co-occurring item pairs (the off-diagon
 X'X, counted in a separate pass), with the fit's seconds per million pairs and the products' own
 nanoseconds per partial product (one pass, on one thread): the same kind of work per partial
 product at both sizes, so a rise there is the machine's memory (caches) and the larger output
-per product, not more work per click.
+per product, not more work per click. Beside it, implicit's ``all_pairs_knn`` (C++: one dense
+accumulator and a top-K heap per item row, which never stores X'X) on the same cosines and
+cores, with its seconds per million pairs: a second implementation's cost against the same pairs.
 The sequential rules (``features/transitions.py``) are fitted on every click with its time, as a
 state's fit does on its window.
 """
@@ -91,6 +93,19 @@ def main() -> None:
               f"{pairs:,} distinct co-occurring item pairs: {seconds / pairs * 1e6:.3f} s per million pairs")
         print(f"  the sparse products X'X alone (a second pass, as the fit blocks them): {product_seconds:.1f} s, "
               f"{product_seconds / products * 1e9:.1f} ns per partial product")
+        from implicit._nearest_neighbours import all_pairs_knn
+
+        from features.rank_workers import usable_cores
+
+        users_per_item = np.bincount(x.indices, minlength=x.shape[1]).astype(np.float64)
+        factor = 1.0 / np.sqrt(np.maximum(users_per_item, 1.0))  # x'x of the scaled columns = the cosines
+        scaled = sp.csr_matrix((factor[x.indices], x.indices, x.indptr), shape=x.shape)
+        threads = usable_cores()
+        start = time.perf_counter()
+        all_pairs_knn(scaled, args.neighbours + 1, num_threads=threads, show_progress=False)  # + the item itself
+        knn_seconds = time.perf_counter() - start
+        print(f"  implicit's all_pairs_knn on the same cosines ({threads} threads): {knn_seconds:.1f} s, "
+              f"{knn_seconds / pairs * 1e6:.3f} s per million pairs")
     print(f"rerun: .venv/bin/python benchmarks/item_item_scale.py {args.data} --kind {args.kind}")
 
 
