@@ -106,7 +106,8 @@ def main() -> None:
         knn_seconds = time.perf_counter() - start
         print(f"  implicit's all_pairs_knn on the same cosines ({threads} threads): {knn_seconds:.1f} s, "
               f"{knn_seconds / pairs * 1e6:.3f} s per million pairs")
-    print(f"rerun: .venv/bin/python benchmarks/item_item_scale.py {args.data} --kind {args.kind}")
+    print(f"rerun: .venv/bin/python benchmarks/item_item_scale.py {args.data} --kind {args.kind} "
+          f"--neighbours {args.neighbours}")
 
 
 if __name__ == "__main__":
