@@ -95,12 +95,13 @@ def main() -> None:
               f"{product_seconds / products * 1e9:.1f} ns per partial product")
         from implicit._nearest_neighbours import all_pairs_knn
 
+        from features.item_item import _COSINE_MAX_THREADS
         from features.rank_workers import usable_cores
 
         users_per_item = np.bincount(x.indices, minlength=x.shape[1]).astype(np.float64)
         factor = 1.0 / np.sqrt(np.maximum(users_per_item, 1.0))  # x'x of the scaled columns = the cosines
         scaled = sp.csr_matrix((factor[x.indices], x.indices, x.indptr), shape=x.shape)
-        threads = usable_cores()
+        threads = min(_COSINE_MAX_THREADS, usable_cores())  # as many as the fit's blocks use
         start = time.perf_counter()
         all_pairs_knn(scaled, args.neighbours + 1, num_threads=threads, show_progress=False)  # + the item itself
         knn_seconds = time.perf_counter() - start

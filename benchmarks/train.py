@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RECSYS = [sys.executable, "-m", "recsys.cli"]
 STAGES = ("load", "data_checks", "split", "text_model", "user_tower", "cf", "item_item", "sources", "features",
           "candidates", "ranking_frame", "ranker", "evaluation", "logging")
-# Stages whose cost follows a size of their own work, logged by the run as work/<name>
-# (recsys/stage_timer.add_work): item_item's cost follows the distinct co-occurring item pairs,
-# which grow faster than the interactions when the catalog grows with them.
-STAGE_WORK = {"item_item": "item_item_pairs"}
+# Stages whose cost follows a size of their own work, logged by the run as work/<stage>/<name>
+# (recsys.stage_timer.add_work): the cosine item_item's cost follows the distinct co-occurring
+# item pairs, which grow faster than the interactions when the catalog grows with them.
+STAGE_WORK = {"item_item": "item_item/pairs"}
 RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, on the same rows
 
 
@@ -133,6 +133,7 @@ def main() -> None:
                            metrics.get("data/test_users", float("nan"))],
             # The machine is shared: each stage keeps its fastest run at this size.
             "stages": {s: min(r[4].get(f"time/{s}_s", 0.0) for r in runs) for s in STAGES},
+            # deterministic for given data and config: the same in every run at this size
             "work": {w: metrics[f"work/{w}"] for w in STAGE_WORK.values() if f"work/{w}" in metrics},
         })
         print(f"  {wall:,.0f} s wall, peak RSS {peak_mb:,.0f} MB", flush=True)
@@ -164,8 +165,8 @@ def report(results: list[dict]) -> None:
             sizes = [r["work"][name] for r in results]
             seconds = [r["stages"][stage] for r in results]
             per_step = "".join(f"{exponent(sizes[i:i + 2], seconds[i:i + 2]):>8.2f}" for i in range(len(results) - 1))
-            print(f"{stage:16}" + "".join(f"{size:>14,.0f}" for size in sizes)
-                  + f"{exponent(sizes, seconds):>10.2f}{per_step}  {name.replace('_', ' ')} (the sizes)")
+            print(f"{name:16}" + "".join(f"{size:>14,.0f}" for size in sizes)
+                  + f"{exponent(sizes, seconds):>10.2f}{per_step}  {stage} seconds vs these sizes")
     print(f"{'runs (best of)':16}" + "".join(f"{r.get('runs', 1):>14}" for r in results))
     print(f"{'total (wall)':16}" + "".join(f"{r['wall_s']:>14.1f}" for r in results)
           + f"{exponent(interactions, [r['wall_s'] for r in results]):>10.2f}")

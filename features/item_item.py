@@ -131,10 +131,11 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
     sessions: optional (n_sessions, n_items) matrix whose 0/1 pattern adds ``session_weight`` x
         the session co-occurrence counts to the user ones (both kinds).
 
-    The fit's cost grows with the distinct co-occurring pairs (the stored entries of the counts
-    ``X'X``, an item's own included), which grow faster than the interactions when the catalog
-    grows with them (fewer repeats per pair); it records them as the work ``item_item_pairs``
-    (recsys/stage_timer.py) for the scaling benchmarks.
+    The cosine fit's cost follows the distinct co-occurring pairs (the off-diagonal stored
+    entries of the counts), which grow faster than the interactions when the catalog grows with
+    them (fewer repeats per pair); it records them as the work ``pairs`` of the open stage
+    (``recsys.stage_timer.add_work``) for the scaling benchmarks. EASE's cost is its dense
+    n_items^2 inverse (cubic), so it records none.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown item-to-item model {kind!r}; use one of {KINDS}")
@@ -153,11 +154,10 @@ def fit_item_item(user_items: sp.csr_matrix, *, kind: str = "ease", regularizati
         counts = (x.T @ x).tocsr()
         if s is not None:
             counts = (counts + session_weight * (s.T @ s)).tocsr()
-        pairs = counts.nnz
         weights = _ease_weights(counts, regularization, neighbours, dropout)
     else:
         weights, pairs = _cosine_weights(x, s, session_weight, neighbours)
-    add_work("item_item_pairs", pairs)
+        add_work("pairs", pairs)
     return ItemItem(kind=kind, weights=weights)
 
 
@@ -262,8 +262,9 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
                     block_entries: int = _COSINE_BLOCK_ENTRIES,
                     threads: int | None = None) -> tuple[sp.csr_matrix, int]:
     """Cosine of the co-occurrence counts ``G = X'X (+ session_weight S'S)``, pruned to
-    ``neighbours`` per row, computed in blocks of item rows; and G's stored entries (the
-    distinct co-occurring pairs, an item's own included), which the blocks' cost follows.
+    ``neighbours`` per row, computed in blocks of item rows; and G's stored entries off its
+    diagonal (the distinct ordered pairs of different items that co-occur), which the blocks'
+    cost follows.
 
     x, s: binary float32 CSR (users or sessions x items). ``threads`` blocks run at once (None:
     one per usable core, at most ``_COSINE_MAX_THREADS``; scipy's sparse products release the
@@ -283,6 +284,7 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     if st is not None:
         diag = diag + session_weight * np.diff(st.indptr).astype(np.float32)
         row_cost = row_cost + st @ np.diff(s.indptr).astype(np.int64)
+    diag_counts = diag
     diag = np.sqrt(diag).astype(np.float32)
     diag[diag == 0] = 1.0
     inverse = 1.0 / diag
@@ -311,8 +313,9 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
         blocks = [block(first, last) for first, last in bounds]
     if not blocks:
         return sp.csr_matrix((0, n_items), dtype=np.float32), 0
+    own = int(np.count_nonzero(diag_counts))  # G's stored diagonal: the items with a user or session
     return (sp.vstack([weights for weights, _ in blocks], format="csr", dtype=np.float32),
-            sum(pairs for _, pairs in blocks))
+            sum(pairs for _, pairs in blocks) - own)
 
 
 def _pruned_cosine_block(counts: sp.csr_matrix, inverse: np.ndarray, first_row: int, keep: int) -> sp.csr_matrix:

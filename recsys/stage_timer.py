@@ -10,9 +10,11 @@ taken out of the outer stage), so the stage times add up to the run's wall time,
 that runs several times (candidates for the feature window, the full window and evaluation)
 adds up. Outside ``collect`` the markers cost nothing and record nothing.
 
-A stage whose cost grows with something other than the data's rows also records that size with
-``add_work("item_item_pairs", n)`` (summed per name over the run; ``work()`` reads them), so a
-benchmark can give its growth against the work it did as well as against the data.
+Code whose cost grows with a size other than the data's rows records that size with
+``add_work("pairs", n)``; like time, it is charged to the stage open in the calling thread
+(``item_item/pairs``; the bare name outside any stage) and summed per key over the run
+(``work()`` reads them), so a benchmark can give a stage's growth against the work it did as
+well as against the data.
 
 Work on other threads (batch ranking's and evaluation's parts, the ranker variants fitted at
 once, BPR beside the rest of the feature state) records no stage of its own: its wall time is
@@ -41,7 +43,8 @@ class _Collector:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.nested: list[float] = []  # per open stage: seconds spent in its nested stages
-        self.work: dict[str, float] = defaultdict(float)  # add_work's sizes, summed per name
+        self.open: list[str] = []  # names of the open stages, innermost last
+        self.work: dict[str, float] = defaultdict(float)  # add_work's sizes, summed per "<stage>/<name>"
 
 
 def worker_context() -> contextvars.Context:
@@ -79,10 +82,12 @@ def stage(name: str) -> Iterator[None]:
         return
     start, cpu_start = time.perf_counter(), time.process_time()
     collector.nested.append(0.0)
+    collector.open.append(name)
     try:
         yield
     finally:
         elapsed = time.perf_counter() - start
+        collector.open.pop()
         inner = collector.nested.pop()
         collector.seconds[name] += elapsed - inner
         if collector.nested:
@@ -96,15 +101,17 @@ def stage(name: str) -> Iterator[None]:
 
 
 def add_work(name: str, amount: float) -> None:
-    """Add ``amount`` units of the work a stage did (items scored, pairs counted) to ``name``;
-    nothing outside ``collect`` or on a worker thread (as for stages)."""
+    """Add ``amount`` units of work done (pairs counted, items encoded) under ``name`` to the
+    innermost open stage, as ``<stage>/<name>`` (``name`` alone outside any stage); nothing
+    outside ``collect`` or on a worker thread, as for time."""
     collector = _current.get()
     if collector is not None:
-        collector.work[name] += amount
+        collector.work[f"{collector.open[-1]}/{name}" if collector.open else name] += amount
 
 
 def work() -> dict[str, float]:
-    """The sizes ``add_work`` recorded so far in the open ``collect`` block (a copy; empty outside one)."""
+    """``add_work``'s sums so far in the open ``collect`` block, by ``<stage>/<name>`` (a copy;
+    empty outside one)."""
     collector = _current.get()
     return {} if collector is None else dict(collector.work)
 

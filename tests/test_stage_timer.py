@@ -125,36 +125,42 @@ def test_a_stage_on_a_worker_thread_records_nothing_and_its_time_falls_to_the_ca
     assert seen == [False]  # the caller's quiet progress holds on the worker
 
 
-def test_work_sizes_add_up_per_name_inside_collect_and_record_nothing_elsewhere():
+def test_work_is_charged_to_the_innermost_open_stage_and_recorded_only_inside_collect():
     import threading
 
     stage_timer.add_work("pairs", 5)  # outside collect: dropped
     assert stage_timer.work() == {}
     with collect():
-        stage_timer.add_work("pairs", 3)
-        stage_timer.add_work("pairs", 4)
-        stage_timer.add_work("items", 2)
-        worker = threading.Thread(target=stage_timer.worker_context().run,
-                                  args=(lambda: stage_timer.add_work("pairs", 100),))
-        worker.start()
-        worker.join()
-        with collect():  # a nested collect joins the outer one
-            stage_timer.add_work("items", 1)
+        stage_timer.add_work("pairs", 1)  # no stage open: the bare name
+        with stage("item_item"):
+            stage_timer.add_work("pairs", 3)
+            with stage("inner"):
+                stage_timer.add_work("pairs", 10)
+            stage_timer.add_work("pairs", 4)  # the inner stage has ended: item_item again
+            worker = threading.Thread(target=stage_timer.worker_context().run,
+                                      args=(lambda: stage_timer.add_work("pairs", 100),))
+            worker.start()
+            worker.join()
+        with stage("evaluation"), collect():  # a nested collect joins the outer one
+            stage_timer.add_work("pairs", 2)
         seen = stage_timer.work()
-        seen["pairs"] = -1  # a copy: the collector keeps its own
-        assert stage_timer.work() == {"pairs": 7, "items": 3}
+        seen["item_item/pairs"] = -1  # a copy: the collector keeps its own
+        assert stage_timer.work() == {"pairs": 1, "item_item/pairs": 7, "inner/pairs": 10, "evaluation/pairs": 2}
     assert stage_timer.work() == {}
 
 
-def test_the_item_item_fit_records_its_distinct_co_occurring_pairs():
+def test_the_cosine_item_item_fit_records_its_co_occurring_pairs_and_ease_none():
     import numpy as np
     import scipy.sparse as sp
 
     from features.item_item import fit_item_item
 
-    # users {0,1}, {1,2}, {0,1}: pairs (0,0) (0,1) (1,0) (1,1) (1,2) (2,1) (2,2) -> 7 stored counts
+    # users {0,1}, {1,2}, {0,1}: pairs of different items (0,1) (1,0) (1,2) (2,1); 0 and 2 never meet
     ui = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1], [1, 1, 0]], dtype=np.float32))
-    for kind in ("ease", "cosine"):
-        with collect():
-            fit_item_item(ui, kind=kind, neighbours=2)
-            assert stage_timer.work() == {"item_item_pairs": 7}, kind
+    sessions = sp.csr_matrix(np.array([[1, 0, 1]], dtype=np.float32))  # a session brings (0,2) and (2,0)
+    for kind, extra, expected in (("cosine", None, {"item_item/pairs": 4}),
+                                  ("cosine", sessions, {"item_item/pairs": 6}),
+                                  ("ease", None, {})):  # EASE's cost is its dense inverse: no pairs
+        with collect(), stage("item_item"):
+            fit_item_item(ui, kind=kind, neighbours=2, sessions=extra)
+            assert stage_timer.work() == expected, (kind, extra)
