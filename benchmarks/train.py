@@ -44,7 +44,7 @@ RANKER_MODELS = 3  # the ranker and its no-text and pretrained-text ablations, o
 
 
 def run_measured(command: list[str], env: dict[str, str], log_path: Path | None = None) -> tuple[str, float, float]:
-    """Run ``command``; return its stdout, wall seconds and peak RSS (MB) of that child alone.
+    """Run ``command``; return its stdout, wall seconds and peak RSS (MiB: ru_maxrss is in KiB) of that child alone.
     With ``log_path`` its output is also written there line by line as it comes (``tail -f`` to
     follow a long run: its stage lines and progress; one file per run, named with the scale, the
     run and when the benchmark started)."""
@@ -136,7 +136,7 @@ def main() -> None:
             # deterministic for given data and config: the same in every run at this size
             "work": {w: metrics[f"work/{w}"] for w in STAGE_WORK.values() if f"work/{w}" in metrics},
         })
-        print(f"  {wall:,.0f} s wall, peak RSS {peak_mb:,.0f} MB", flush=True)
+        print(f"  {wall:,.0f} s wall, peak RSS {peak_mb:,.0f} MiB", flush=True)
     out = ROOT / args.data_dir / "bench" / "train.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
