@@ -48,6 +48,7 @@ def child(folder: str) -> dict:
     from recsys.data_checks import check_trainable
     from recsys.stage_timer import collect, stage
     from training.pipeline import split_windows
+    from training.tracking import environment_tags
     try:
         from recsys.stage_timer import work
     except ImportError:  # a checkout from before fits recorded their work: no pair counts
@@ -83,19 +84,17 @@ def child(folder: str) -> dict:
         pairs = work().get("item_item/pairs", float("nan"))  # NaN: EASE, or a checkout without the count
     return {"seconds": seconds, "cpu": cpu, "interactions": dataset.interactions.height, "item_item_pairs": pairs,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "code": str(Path(inspect.getfile(fit_with_cooccurrence)).resolve().parents[1])}
+            "code": str(Path(inspect.getfile(fit_with_cooccurrence)).resolve().parents[1]),
+            "commit": code_version(environment_tags())}
 
 
-def git_state(checkout: str) -> str:
-    """``commit <hash>`` of ``checkout``, with ``+ uncommitted changes`` when its tracked files
-    differ from that commit; ``commit unknown`` outside git."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
+def code_version(tags: dict[str, str]) -> str:
+    """``commit <hash>`` from a run's environment tags (``training.tracking.environment_tags``),
+    with ``+ uncommitted changes`` when the checkout differed from it; ``commit unknown`` outside git."""
+    commit = tags.get("mlflow.source.git.commit")
+    if commit is None:
         return "commit unknown"
-    return f"commit {head}" + (" + uncommitted changes" if dirty else "")
+    return f"commit {commit[:7]}" + (" + uncommitted changes" if tags.get("git.dirty") == "true" else "")
 
 
 def touch(gigabytes: float) -> dict:
@@ -148,7 +147,7 @@ def main() -> None:
         runs = []
         for repeat in range(args.repeats):
             runs.append(run_child(["--child", folder]))
-            code.add(runs[-1]["code"])
+            code.add((runs[-1]["code"], runs[-1]["commit"]))
             print(f"  {folder} run {repeat + 1}: " + ", ".join(f"{s} {runs[-1]['seconds'][s]:.2f} s" for s in STAGES)
                   + f", peak {runs[-1]['peak_mib']:,.0f} MiB", flush=True)
         fastest = {s: min(runs, key=lambda r, s=s: r["seconds"][s]) for s in STAGES}
@@ -159,8 +158,8 @@ def main() -> None:
                         "peak_mib": max(r["peak_mib"] for r in runs)})
     if len(code) != 1:
         sys.exit(f"the runs imported different checkouts: {sorted(code)}")
-    checkout = code.pop()
-    print(f"code timed: {checkout} (the checkout the children imported), {git_state(checkout)}")
+    checkout, commit = code.pop()
+    print(f"code timed: {checkout} (the checkout the children imported), {commit}")
     sizes = [r["interactions"] for r in results]
     print(f"\n{'stage':12s}" + "".join(f"{Path(r['folder']).name:>14s}" for r in results) + f"{'exponent':>10s}")
     for stage in STAGES:

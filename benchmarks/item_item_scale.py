@@ -8,7 +8,7 @@ EASE is fitted on every item with a click (``max_items`` lifted), as ``item_item
 allow it; the pipeline's default switches to cosine co-occurrence above 5,000 items. For the
 cosine it also prints what its cost follows: the partial products (the sum over users of their
 squared distinct items) and the distinct co-occurring item pairs (the off-diagonal entries of
-X'X, counted in a separate pass), with the fit's seconds per million pairs and the products' own
+X'X, as the fit counts them), with the fit's seconds per million pairs and the products' own
 nanoseconds per partial product (one pass, on one thread): the same kind of work per partial
 product at both sizes, so a rise there is the machine's memory (caches) and the larger output
 per product, not more work per click. Beside it, implicit's ``all_pairs_knn`` (C++: one dense
@@ -29,21 +29,19 @@ import polars as pl
 import scipy.sparse as sp
 
 
-def co_occurring_pairs(x: sp.csr_matrix, block_entries: int = 30_000_000) -> tuple[int, float]:
-    """Distinct ordered pairs (i, j), i != j, of items some user of binary ``x`` (users x items)
-    shares, and the seconds of the sparse products alone (``X'X`` in the fit's blocks of item rows)."""
+def sparse_product_seconds(x: sp.csr_matrix, block_entries: int = 30_000_000) -> float:
+    """Seconds of the sparse products alone (``X'X`` of binary ``x``, users x items, in the fit's
+    blocks of item rows, on one thread)."""
     xt = x.T.tocsr()
     cost = np.cumsum(xt @ np.diff(x.indptr).astype(np.int64)) // block_entries
     bounds = np.r_[np.flatnonzero(np.r_[True, cost[1:] != cost[:-1]]), x.shape[1]]
-    has_users = np.diff(xt.indptr) > 0  # an item with a user co-occurs with itself: not a pair
-    pairs, seconds = 0, 0.0
+    seconds = 0.0
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         rows = xt[a:b]
         start = time.perf_counter()
-        block = rows @ x
+        rows @ x
         seconds += time.perf_counter() - start
-        pairs += block.nnz - int(has_users[a:b].sum())
-    return pairs, seconds
+    return seconds
 
 
 def _transitions(events: pl.DataFrame, users: np.ndarray, items: np.ndarray) -> None:
@@ -68,6 +66,7 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=200, help="weights kept per item")
     args = parser.parse_args()
     from features.item_item import binary, fit_item_item
+    from recsys.stage_timer import collect, work
 
     events = pl.read_parquet(f"{args.data}/interactions.parquet", columns=["user_id", "item_id", "timestamp"])
     users = events["user_id"].cast(pl.Categorical).to_physical().to_numpy()
@@ -77,17 +76,19 @@ def main() -> None:
         return
     clicks = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    start = time.perf_counter()
-    model = fit_item_item(clicks, kind=args.kind, regularization=args.regularization, max_items=clicks.shape[1],
-                          neighbours=args.neighbours)
-    seconds = time.perf_counter() - start
+    with collect():  # the cosine fit records the distinct co-occurring pairs it counted
+        start = time.perf_counter()
+        model = fit_item_item(clicks, kind=args.kind, regularization=args.regularization, max_items=clicks.shape[1],
+                              neighbours=args.neighbours)
+        seconds = time.perf_counter() - start
+        pairs = int(work().get("pairs", 0))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{args.kind} on {clicks.shape[0]:,} users x {clicks.shape[1]:,} items: {seconds:.1f} s, peak RSS "
           f"{peak:,.0f} MiB ({before:,.0f} MiB before the fit), {model.weights.nnz:,} weights kept")
     if args.kind == "cosine":
         x = binary(clicks)
         per_user = np.diff(x.indptr).astype(np.int64)
-        pairs, product_seconds = co_occurring_pairs(x)
+        product_seconds = sparse_product_seconds(x)
         products = int((per_user ** 2).sum())
         print(f"  {x.nnz:,} distinct (user, item) clicks, {products:,} partial products, "
               f"{pairs:,} distinct co-occurring item pairs: {seconds / pairs * 1e6:.3f} s per million pairs")

@@ -284,7 +284,7 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
     if st is not None:
         diag = diag + session_weight * np.diff(st.indptr).astype(np.float32)
         row_cost = row_cost + st @ np.diff(s.indptr).astype(np.int64)
-    diag_counts = diag
+    own = int(np.count_nonzero(diag))  # G's stored diagonal: the items with a user or session
     diag = np.sqrt(diag).astype(np.float32)
     diag[diag == 0] = 1.0
     inverse = 1.0 / diag
@@ -313,7 +313,6 @@ def _cosine_weights(x: sp.csr_matrix, s: sp.csr_matrix | None, session_weight: f
         blocks = [block(first, last) for first, last in bounds]
     if not blocks:
         return sp.csr_matrix((0, n_items), dtype=np.float32), 0
-    own = int(np.count_nonzero(diag_counts))  # G's stored diagonal: the items with a user or session
     return (sp.vstack([weights for weights, _ in blocks], format="csr", dtype=np.float32),
             sum(pairs for _, pairs in blocks) - own)
 
