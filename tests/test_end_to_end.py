@@ -434,10 +434,28 @@ def test_add_items_makes_new_items_recommendable_without_retraining(trained, tmp
     assert answer[1]["path"] == "history-only" and "NEW1" not in answer[1]["item_ids"]
 
 
+def _another_version(work: Path, tmp_path: Path) -> int:
+    """A registered version of ``e2e`` besides the champion (version 1): the highest one there is,
+    or a new one made by add-items (not promoted) when the module's other tests made none, so the
+    test that needs it also runs alone."""
+    from mlflow import MlflowClient
+
+    os.chdir(work)
+    versions = sorted(int(v.version) for v in MlflowClient().search_model_versions("name='e2e'"))
+    if versions[-1] > 1:
+        return versions[-1]
+    items = tmp_path / "another_item.csv"
+    items.write_text("item_id,title,description,category\nANOTHER1,Ferry timetable changes,"
+                     "The harbour adds a late crossing,travel\n")
+    assert main(["-q", "add-items", "--model", "models:/e2e@champion", str(items)]) == 0
+    return versions[-1] + 1
+
+
 def test_resume_after_the_champion_moved_refuses_to_mix_versions(trained, tmp_path, capsys, monkeypatch):
     """A run on models:/e2e@champion is interrupted, the champion moves (a real promote), and
     --resume refuses, naming the version the partial output was ranked with; finishing with that
-    version works. Runs after add-items, which left version 2 registered."""
+    version works. The other version is add-items' (this module's earlier test leaves one; alone,
+    the test makes its own)."""
     import serving.batch
 
     work, ranked = trained
@@ -454,16 +472,16 @@ def test_resume_after_the_champion_moved_refuses_to_mix_versions(trained, tmp_pa
         return real(*args, **kwargs)
 
     old_cwd = os.getcwd()
-    os.chdir(work)
     try:
+        other = _another_version(work, tmp_path)  # changes into ``work``
         monkeypatch.setattr(serving.batch, "recommend_users", interrupted)
         assert main([*base[:2], "--model", "models:/e2e@champion", *base[2:]]) == 130
         monkeypatch.setattr(serving.batch, "recommend_users", real)
-        assert main(["-q", "promote", "--name", "e2e", "--version", "2", "--force", "--reason", "test"]) == 0
+        assert main(["-q", "promote", "--name", "e2e", "--version", str(other), "--force", "--reason", "test"]) == 0
         capsys.readouterr()
         assert main([*base[:2], "--model", "models:/e2e@champion", *base[2:], "--resume"]) == 2
         err = capsys.readouterr().err
-        assert re.search(r"ranked with models:/e2e/1 \(run \w+\), and the model given now is models:/e2e/2", err)
+        assert re.search(rf"ranked with models:/e2e/1 \(run \w+\), and the model given now is models:/e2e/{other}", err)
         assert not out.exists()
         assert main([*base[:2], "--model", "models:/e2e/1", *base[2:], "--resume"]) == 0
         assert "2 chunks kept from the interrupted run" in capsys.readouterr().out
