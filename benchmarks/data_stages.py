@@ -25,6 +25,7 @@ stages that first raise the peak (load, data_checks) carry at scale 10 and not a
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import os
@@ -39,6 +40,7 @@ STAGES = ("load", "data_checks", "split", "item_item")
 
 def child(folder: str) -> dict:
     """Seconds per stage and the peak resident set (MiB) of one run over ``folder``."""
+    importlib.import_module("recsys.cli")  # first, as `recsys train` does: it sets polars' allocator up
     import polars as pl
 
     from features.item_item import fit_with_cooccurrence

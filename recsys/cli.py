@@ -15,9 +15,13 @@ import time
 import warnings
 from pathlib import Path
 
-from recsys import logs
-from recsys.config import SPLITS, PipelineConfig
-from recsys.errors import RecsysError
+from recsys.allocator import configure_polars_allocator
+
+configure_polars_allocator()  # before any import of polars: the allocator is set up once, at import
+
+from recsys import logs  # noqa: E402
+from recsys.config import SPLITS, PipelineConfig  # noqa: E402
+from recsys.errors import RecsysError  # noqa: E402
 
 log = logging.getLogger("recsys")
 DEMO_MODEL_NAME = "recsys-demo"
