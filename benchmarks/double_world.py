@@ -37,13 +37,14 @@ def doubled(frame: pl.DataFrame, id_columns: list[str]) -> pl.DataFrame:
     if not frame["timestamp"].is_sorted():
         raise ValueError("the folder's tables must be in time order (as recsys generate writes them)")
     copy = frame.with_columns([(pl.lit(DST_USER_PREFIX) + pl.col(c)).alias(c) for c in id_columns])
-    return frame.merge_sorted(copy, key="timestamp")
+    return frame.merge_sorted(copy, key="timestamp", maintain_order=True)
 
 
 def double_folder(src: Path, dst: Path) -> dict:
     """Write ``dst`` from ``src`` (a canonical folder with impressions); returns the row counts."""
     if dst.exists():
         raise FileExistsError(f"{dst} exists; remove it or give another folder")
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
         shutil.copy(src / "items.parquet", tmp / "items.parquet")
@@ -54,7 +55,7 @@ def double_folder(src: Path, dst: Path) -> dict:
             counts[name] = table.height
             del table
         meta = json.loads((src / "import.json").read_text()) if (src / "import.json").exists() else {}
-        meta.update({"doubled_from": str(src), "doubled_user_prefix": DST_USER_PREFIX,
+        meta.update({"doubled_from": str(src), "doubled_user_prefix": DST_USER_PREFIX,  # scale: the source's
                      "n_interactions": counts["interactions"], "n_impressions": counts["impressions"]})
         if "n_users" in meta:
             meta["n_users"] *= 2

@@ -1,20 +1,22 @@
 """How long polars' memory allocator keeps freed pages before handing them back to the kernel.
 
-Polars' jemalloc returns freed pages after 0.5-1 s (``dirty_decay_ms:500,muzzy_decay_ms:1000``,
-which ``polars/__init__.py`` sets before it loads its library, appending whatever the variable
-``_RJEM_MALLOC_CONF`` already holds; jemalloc keeps the last value of each option). A training
-run's data stages free and allocate gigabytes seconds apart: the load's temporaries, then the
-cuts' pair hashes and hash tables (``recsys.data_checks``, ``recsys.split``). Pages handed back
-in between are written fresh again, and the kernel's time for that (zeroing, and on a virtual
-machine the host backing them again) grows with the process (``benchmarks/data_stages.py``
-prints it as the stages' system CPU seconds; ``benchmarks/guest_memory.py`` what a fresh page
-costs here). jemalloc's own default, 10 s, lets the next stage reuse them. The cost is memory:
-freed pages stay resident for up to 10 s after the work that freed them (``docs/scaling.md``
-gives what it bought and cost at scale 10).
+Polars' jemalloc hands freed pages back after 0.5-1 s: ``polars/__init__.py`` sets
+``_RJEM_MALLOC_CONF`` to ``dirty_decay_ms:500,muzzy_decay_ms:1000`` followed by whatever the
+variable already held, before it loads its library, and jemalloc keeps the last value of each
+option. A training run's data stages free and allocate gigabytes seconds apart: the load's
+temporaries, then the cuts' pair hashes and hash tables (``recsys.data_checks``,
+``recsys.split``). Pages handed back in between are written fresh again, and the kernel's time
+for that (zeroing, and on a virtual machine the host backing them again) grows with the process
+(``benchmarks/data_stages.py`` prints it as the stages' system CPU seconds). Keeping freed pages
+10 s as dirty (jemalloc's default for those) and 10 s more as lazily freed (jemalloc's default
+there is 0) lets the next stage reuse them. The cost is memory: freed pages stay resident for up
+to about 20 s after the work that freed them. ``docs/scaling.md`` ("Freed pages kept 10 s") gives
+what it bought and cost at scales 1 and 10.
 
-``recsys.cli`` calls :func:`configure_polars_allocator` before anything imports polars. A
-``_RJEM_MALLOC_CONF`` already in the environment wins (set ``dirty_decay_ms:500,muzzy_decay_ms:1000``
-there to get polars' own setting back).
+``recsys.cli`` calls :func:`configure_polars_allocator` before anything imports polars, so it
+applies to every ``recsys`` command and the processes they start (they inherit the variable).
+Options already in ``_RJEM_MALLOC_CONF`` come after the CLI's and win: set
+``_RJEM_MALLOC_CONF=dirty_decay_ms:500,muzzy_decay_ms:0`` to hand pages back sooner.
 """
 
 from __future__ import annotations
@@ -23,16 +25,24 @@ import os
 import sys
 
 ALLOCATOR_ENV = "_RJEM_MALLOC_CONF"
-KEEP_FREED_PAGES = "dirty_decay_ms:10000,muzzy_decay_ms:10000"  # jemalloc's default decay, in ms
+KEEP_FREED_PAGES = "dirty_decay_ms:10000,muzzy_decay_ms:10000"  # milliseconds
+POLARS_OWN = "dirty_decay_ms:500,muzzy_decay_ms:1000"  # what polars puts first (polars 1.x-2.x)
 
 
 def configure_polars_allocator() -> bool:
-    """Set ``_RJEM_MALLOC_CONF`` to ``KEEP_FREED_PAGES`` for the polars this process will import.
+    """Put ``KEEP_FREED_PAGES`` first in ``_RJEM_MALLOC_CONF`` for the polars this process will
+    import, before the options the variable already holds (which win where they set the same
+    option). A value that begins with polars' own setting was left by a parent process that
+    imported polars, not chosen: that part is dropped, so the child still keeps freed pages.
 
-    Returns whether it did: not when the environment already sets the variable (the user's
-    choice) or when polars is already imported (its allocator is configured once, at import).
+    Returns whether it set the variable: not when polars is already imported (its allocator is
+    configured once, at import).
     """
-    if "polars" in sys.modules or ALLOCATOR_ENV in os.environ:
+    if "polars" in sys.modules:
         return False
-    os.environ[ALLOCATOR_ENV] = KEEP_FREED_PAGES
+    held = os.environ.get(ALLOCATOR_ENV, "")
+    for left in (POLARS_OWN, KEEP_FREED_PAGES):  # a parent's polars' setting, then a parent recsys' own
+        if held.startswith(left):
+            held = held[len(left):].lstrip(",")
+    os.environ[ALLOCATOR_ENV] = ",".join(part for part in (KEEP_FREED_PAGES, held) if part)
     return True

@@ -22,12 +22,14 @@ def _events(users: list[str], minutes: list[int]) -> pl.DataFrame:
 
 
 def test_doubled_interleaves_the_copy_in_time_order():
-    frame = _events(["a", "b", "a"], [1, 2, 3])
+    frame = _events(["a", "b", "a", "c"], [1, 2, 2, 3]).with_columns(weight=pl.Series([1.0, 2.0, 3.0, 4.0]))
     out = double_world.doubled(frame, ["user_id"])
-    assert out.columns == frame.columns and out.schema == frame.schema
-    assert out["user_id"].to_list() == ["a", "x2-a", "b", "x2-b", "a", "x2-a"]
-    assert out["item_id"].to_list() == ["I1", "I1", "I2", "I2", "I3", "I3"]
-    assert out["timestamp"].is_sorted()
+    # each row, then its copy; rows at the same time (b, a at minute 2) keep their order
+    expected = pl.DataFrame({"user_id": ["a", "x2-a", "b", "a", "x2-b", "x2-a", "c", "x2-c"],
+                             "item_id": ["I1", "I1", "I2", "I2", "I2", "I2", "I3", "I3"],
+                             "timestamp": [datetime(2026, 1, 1, 0, m) for m in (1, 1, 2, 2, 2, 2, 3, 3)],
+                             "weight": [1.0, 1.0, 2.0, 3.0, 2.0, 3.0, 4.0, 4.0]})
+    assert out.equals(expected)
 
 
 def test_doubled_refuses_tables_out_of_time_order():
@@ -54,4 +56,16 @@ def test_double_folder_writes_twice_the_rows_and_users(tmp_path):
     assert (meta["n_users"], meta["n_interactions"], meta["seed"]) == (4, 4, 7)
     with pytest.raises(FileExistsError, match="exists"):
         double_world.double_folder(src, dst)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_a_failed_write_leaves_no_folder_behind(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    pl.DataFrame({"item_id": ["I1"], "title": ["one"]}).write_parquet(src / "items.parquet")
+    _events(["a"], [1]).write_parquet(src / "interactions.parquet")
+    _events(["a"], [1]).write_parquet(src / "impressions.parquet")  # no impression_id column: fails
+    with pytest.raises(pl.exceptions.ColumnNotFoundError):
+        double_world.double_folder(src, tmp_path / "out" / "dst")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    assert list((tmp_path / "out").iterdir()) == []  # neither dst nor the temporary folder

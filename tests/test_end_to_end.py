@@ -412,16 +412,18 @@ def test_add_items_makes_new_items_recommendable_without_retraining(trained, tmp
     items.write_text("item_id,title,description,category\n"
                      "NEW1,Striker scores twice in the derby,The league leaders win at the stadium,sports\n"
                      "NEW2,Chef bakes bread,A recipe for dinner with spices,lifestyle\n")
-    old_cwd = os.getcwd()
+    old_cwd, promoted = os.getcwd(), False
     os.chdir(work)
     try:
-        assert main(["-q", "add-items", "--model", "models:/e2e@champion", str(items), "--promote"]) == 0
+        promoted = main(["-q", "add-items", "--model", "models:/e2e@champion", str(items), "--promote"]) == 0
+        assert promoted
         assert "+ 2 new item(s) (now champion)" in capsys.readouterr().out
         assert main(["-q", "add-items", "--model", "models:/e2e@champion", str(items)]) == 2
         assert "already in the model" in capsys.readouterr().err
         bundle = mlflow.pyfunc.load_model("models:/e2e@champion").unwrap_python_model().bundle
-        assert main(["-q", "rollback", "--name", "e2e"]) == 0  # leave the champion as other tests expect
     finally:
+        if promoted:  # leave the champion as the other tests expect, even when an assertion failed
+            assert main(["-q", "rollback", "--name", "e2e"]) == 0
         os.chdir(old_cwd)
     state = bundle.state
     assert list(state.items.to_index(["NEW1", "NEW2"])) == [state.n_items - 2, state.n_items - 1]
@@ -434,21 +436,23 @@ def test_add_items_makes_new_items_recommendable_without_retraining(trained, tmp
     assert answer[1]["path"] == "history-only" and "NEW1" not in answer[1]["item_ids"]
 
 
-def _another_version(work: Path, tmp_path: Path) -> int:
-    """A registered version of ``e2e`` besides the champion (version 1): the highest one there is,
-    or a new one made by add-items (not promoted) when the module's other tests made none, so the
-    test that needs it also runs alone."""
+def _champion_and_another(work: Path, tmp_path: Path) -> tuple[int, int]:
+    """(the champion's version of ``e2e``, a registered version besides it): the highest other
+    one there is, or a new one made by add-items (not promoted) when the module's other tests
+    made none, so the test that needs it also runs alone. Run with ``work`` as the cwd."""
     from mlflow import MlflowClient
 
-    os.chdir(work)
-    versions = sorted(int(v.version) for v in MlflowClient().search_model_versions("name='e2e'"))
-    if versions[-1] > 1:
-        return versions[-1]
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    champion = int(client.get_model_version_by_alias("e2e", "champion").version)
+    others = sorted(int(v.version) for v in client.search_model_versions("name='e2e'") if int(v.version) != champion)
+    if others:
+        return champion, others[-1]
     items = tmp_path / "another_item.csv"
     items.write_text("item_id,title,description,category\nANOTHER1,Ferry timetable changes,"
                      "The harbour adds a late crossing,travel\n")
     assert main(["-q", "add-items", "--model", "models:/e2e@champion", str(items)]) == 0
-    return versions[-1] + 1
+    return champion, max(int(v.version) for v in client.search_model_versions("name='e2e'"))
 
 
 def test_resume_after_the_champion_moved_refuses_to_mix_versions(trained, tmp_path, capsys, monkeypatch):
@@ -471,13 +475,16 @@ def test_resume_after_the_champion_moved_refuses_to_mix_versions(trained, tmp_pa
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    old_cwd = os.getcwd()
+    old_cwd, promoted = os.getcwd(), False
+    os.chdir(work)
     try:
-        other = _another_version(work, tmp_path)  # changes into ``work``
+        champion, other = _champion_and_another(work, tmp_path)
+        assert champion == 1, "an earlier test left the champion off version 1, which made the fixture's ranking"
         monkeypatch.setattr(serving.batch, "recommend_users", interrupted)
         assert main([*base[:2], "--model", "models:/e2e@champion", *base[2:]]) == 130
         monkeypatch.setattr(serving.batch, "recommend_users", real)
         assert main(["-q", "promote", "--name", "e2e", "--version", str(other), "--force", "--reason", "test"]) == 0
+        promoted = True
         capsys.readouterr()
         assert main([*base[:2], "--model", "models:/e2e@champion", *base[2:], "--resume"]) == 2
         err = capsys.readouterr().err
@@ -486,7 +493,8 @@ def test_resume_after_the_champion_moved_refuses_to_mix_versions(trained, tmp_pa
         assert main([*base[:2], "--model", "models:/e2e/1", *base[2:], "--resume"]) == 0
         assert "2 chunks kept from the interrupted run" in capsys.readouterr().out
     finally:
-        main(["-q", "rollback", "--name", "e2e"])
+        if promoted:  # leave the champion where the other tests expect it
+            main(["-q", "rollback", "--name", "e2e"])
         os.chdir(old_cwd)
     # every user once, all from version 1: the same rows as the fixture's uninterrupted v1 run
     assert pl.read_parquet(out).sort("user_id", "rank").equals(ranked.sort("user_id", "rank"))
