@@ -33,16 +33,18 @@ def configure_polars_allocator() -> bool:
     """Put ``KEEP_FREED_PAGES`` first in ``_RJEM_MALLOC_CONF`` for the polars this process will
     import, before the options the variable already holds (which win where they set the same
     option). A value that begins with polars' own setting was left by a parent process that
-    imported polars, not chosen: that part is dropped, so the child still keeps freed pages.
+    imported polars, not chosen: those options are dropped, so the child still keeps freed pages
+    (to get polars' values on purpose, give them in another order or on their own).
 
     Returns whether it set the variable: not when polars is already imported (its allocator is
     configured once, at import).
     """
     if "polars" in sys.modules:
         return False
-    held = os.environ.get(ALLOCATOR_ENV, "")
+    held = [option for option in os.environ.get(ALLOCATOR_ENV, "").split(",") if option]
     for left in (POLARS_OWN, KEEP_FREED_PAGES):  # a parent's polars' setting, then a parent recsys' own
-        if held.startswith(left):
-            held = held[len(left):].lstrip(",")
-    os.environ[ALLOCATOR_ENV] = ",".join(part for part in (KEEP_FREED_PAGES, held) if part)
+        options = left.split(",")
+        if held[:len(options)] == options:
+            held = held[len(options):]
+    os.environ[ALLOCATOR_ENV] = ",".join([KEEP_FREED_PAGES, *held])
     return True

@@ -47,6 +47,9 @@ def test_jemalloc_keeps_the_last_value_of_an_option():
     (None, KEEP_FREED_PAGES),
     ("dirty_decay_ms:0", f"{KEEP_FREED_PAGES},dirty_decay_ms:0"),  # the user's option comes last: it wins
     (f"{POLARS_OWN},background_thread:false", f"{KEEP_FREED_PAGES},background_thread:false"),
+    # not polars' string, though it begins like it: kept whole, after the CLI's
+    ("dirty_decay_ms:500,muzzy_decay_ms:10000", f"{KEEP_FREED_PAGES},dirty_decay_ms:500,muzzy_decay_ms:10000"),
+    ("muzzy_decay_ms:1000,dirty_decay_ms:500", f"{KEEP_FREED_PAGES},muzzy_decay_ms:1000,dirty_decay_ms:500"),
 ])
 def test_options_in_the_environment_come_after_the_clis(monkeypatch, held, result):
     monkeypatch.delitem(sys.modules, "polars", raising=False)  # as if polars were not imported yet
