@@ -1,0 +1,111 @@
+"""How the short hash-bound training stages grow between two sizes, timed in alternating pairs.
+
+    .venv/bin/python benchmarks/paired_growth.py /tmp/scale-1 /tmp/scale-10 [--pairs 16]
+
+One timing per size cannot pin down the exponent of a stage that takes tens of milliseconds at
+the smaller size: the split takes about 25 ms at scale 1, and a 5 ms hiccup there moves its
+exponent by 0.1 (``benchmarks/train.py`` and ``benchmarks/data_stages.py`` time each stage once
+per run). This loads both folders into one process (``recsys.cli.load_data``, the default
+config, the pipeline's own code), then runs ``check_trainable`` (data_checks) and
+``split_windows`` (split) on the small folder and at once on the large one, ``--pairs`` times.
+The first pair is the warm-up: its calls write fresh memory, as a training run's single call
+does, and it is printed apart. For each stage it prints, from the other pairs, the exponent b
+of each pair (b = ln(t_large / t_small) / ln(n_large / n_small), n the interactions), their
+median and a 95% bootstrap interval of that median (2,000 resamples of the pairs, seed 0);
+and the same for the split's own parts: the distinct users of the training window (its user id
+map) and their sort. Both folders stay loaded, about 9.5 GB at scales 1 and 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("data_checks", "split", "split: distinct users", "split: sort users")
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def timed(work):
+    """(result of ``work()``, its wall seconds)."""
+    start = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - start
+
+
+def one_call_each(world: dict, config) -> dict[str, float]:
+    """Seconds of each of ``STAGES`` on one loaded folder, called in the pipeline's order."""
+    from recsys.data_checks import check_trainable
+    from recsys.streamed import distinct
+    from training.pipeline import split_windows
+
+    cuts, checks = timed(lambda: check_trainable(world["dataset"], config))
+    _, split = timed(lambda: split_windows(world["dataset"], config, cuts))
+    users, distinct_seconds = timed(lambda: distinct(cuts.split.train["user_id"]))
+    _, sort_seconds = timed(lambda: users.sort())
+    return {"data_checks": checks, "split": split, "split: distinct users": distinct_seconds,
+            "split: sort users": sort_seconds}
+
+
+def median_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """(median of ``values``, the 2.5th and 97.5th percentiles of the bootstrapped median)."""
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(BOOTSTRAP_RESAMPLES, len(values)), replace=True), axis=1)
+    return float(np.median(values)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("small", help="the smaller canonical data folder (recsys generate DIR --scale 1)")
+    parser.add_argument("large", help="the larger one (recsys generate DIR --scale 10)")
+    parser.add_argument("--pairs", type=int, default=16, help="alternating pairs of calls, the warm-up included")
+    args = parser.parse_args()
+    if args.pairs < 4:
+        parser.error(f"--pairs {args.pairs}: give at least 4 (one warm-up and three to take a median of)")
+    for folder in (args.small, args.large):
+        if not (Path(folder) / "interactions.parquet").exists():
+            parser.error(f"{folder} has no interactions.parquet: make it with `recsys generate {folder} --scale S`")
+    importlib.import_module("recsys.cli")  # first, as `recsys train` does: it sets polars' allocator up
+    from recsys.cli import load_config, load_data
+    from training.tracking import environment_tags
+
+    config = load_config(None)
+    worlds = []
+    for folder in (args.small, args.large):
+        dataset = load_data(folder)
+        worlds.append({"folder": folder, "dataset": dataset, "interactions": dataset.interactions.height})
+    size_ratio = math.log(worlds[1]["interactions"] / worlds[0]["interactions"])
+    if size_ratio <= 0:
+        parser.error(f"{args.large} ({worlds[1]['interactions']:,} interactions) is not larger than "
+                     f"{args.small} ({worlds[0]['interactions']:,}): give the smaller folder first")
+    tags = environment_tags()
+    commit = tags.get("mlflow.source.git.commit", "unknown")[:7]
+    print(f"{args.pairs} pairs (the first is the warm-up), {worlds[0]['interactions']:,} -> "
+          f"{worlds[1]['interactions']:,} interactions, commit {commit}"
+          + (" + uncommitted changes" if tags.get("git.dirty") == "true" else ""))
+    seconds = {stage: np.zeros((args.pairs, 2)) for stage in STAGES}
+    for pair in range(args.pairs):
+        for side, world in enumerate(worlds):
+            for stage, value in one_call_each(world, config).items():
+                seconds[stage][pair, side] = value
+        print(f"  pair {pair + 1}/{args.pairs}: " + ", ".join(
+            f"{stage} {seconds[stage][pair, 0] * 1000:.1f} / {seconds[stage][pair, 1] * 1000:.1f} ms"
+            for stage in STAGES[:2]), flush=True)
+    print(f"\n{'stage':24s}{'warm-up pair':>24s}{'median of the rest':>28s}{'exponent: warm-up':>19s}"
+          f"{'median (95% interval)':>26s}")
+    for stage in STAGES:
+        values = seconds[stage]
+        exponents = np.log(values[:, 1] / values[:, 0]) / size_ratio
+        median, low, high = median_interval(exponents[1:])
+        small, large = np.median(values[1:, 0]), np.median(values[1:, 1])
+        print(f"{stage:24s}{values[0, 0]:11.3f} / {values[0, 1]:6.3f} s{small:15.3f} / {large:6.3f} s"
+              f"{exponents[0]:19.3f}{median:12.3f} ({low:.3f}-{high:.3f})")
+    print(f"rerun: .venv/bin/python benchmarks/paired_growth.py {args.small} {args.large} --pairs {args.pairs}")
+
+
+if __name__ == "__main__":
+    main()
