@@ -70,7 +70,8 @@ def check_trainable(dataset: Dataset, config: PipelineConfig) -> windows.Cuts:
                          rows_per_key(extra[-1].train, "user_id", "n_rows") if extra else feature_rows)
     _check_label_users(src, protocol, config, feature, feature_rows, nested.test, nested.impressions_test,
                        feature_cold, n_items, train["user_id"])
-    return windows.Cuts(split=split, cold_items=cold_items, nested=nested, feature_cold=feature_cold, extra=extra)
+    return windows.Cuts(split=split, cold_items=cold_items, nested=nested, feature_cold=feature_cold, extra=extra,
+                        feature_users=feature_rows["user_id"])
 
 
 def _check_test_users(src: str, protocol: str, train: pl.DataFrame, test: pl.DataFrame, n_items: int) -> None:

@@ -29,6 +29,7 @@ import polars as pl
 from recsys.cold_items import pick_cold_items, without_items
 from recsys.config import PipelineConfig
 from recsys.split import Split, split_interactions
+from recsys.streamed import distinct
 
 LABEL_SPLIT_SEED = 1
 RANKER_SAMPLE_SEED = 2
@@ -56,6 +57,24 @@ class Cuts:
     nested: Split
     feature_cold: pl.Series | None
     extra: list[Split]
+    feature_users: pl.Series | None = None  # the feature window's distinct user ids, when counted
+
+    def training_users(self) -> pl.Series:
+        """The distinct user ids of the training window (``split.train``), sorted: the run's
+        user id map.
+
+        ``feature_users`` (the feature window's distinct ids, which ``check_trainable`` counts
+        for its checks) saves hashing most of the window's rows again: without the cold-items
+        protocol the training window is the feature window and the label window, row for row
+        (``label_cut`` divides it by a mask), so its users are those ids and the label window's.
+        A hash table of every user outgrows the CPU caches at scale; this probes it with the
+        label window's rows and one row per feature-window user instead of every row.
+        """
+        if self.feature_users is None or self.feature_cold is not None:
+            ids = self.split.train["user_id"]
+        else:
+            ids = pl.concat([self.feature_users, self.nested.test["user_id"]])
+        return distinct(ids).sort()
 
 
 def cut_all(interactions: pl.DataFrame, impressions: pl.DataFrame | None, config: PipelineConfig) -> Cuts:

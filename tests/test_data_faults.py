@@ -168,6 +168,29 @@ def test_the_checked_cuts_are_the_cuts_a_run_makes(config):
     assert checked.cold_items is not None if config.cold_item_fraction > 0 else checked.cold_items is None
 
 
+@pytest.mark.parametrize("config", [
+    PipelineConfig(split="temporal", seed=3),
+    PipelineConfig(split="stratified", seed=5),
+    PipelineConfig(split="leave-last-out", seed=1),
+    PipelineConfig(split="temporal", cold_item_fraction=0.1, seed=3),
+])
+def test_the_user_id_map_is_every_training_user_sorted(config):
+    from recsys.streamed import distinct
+    from recsys.windows import cut_all
+    data = generate_demo(DemoSpec(n_users=120, n_items=60, seed=4))
+    checked = check_trainable(data, config)
+    expected = distinct(checked.split.train["user_id"]).sort()
+    assert checked.feature_users is not None
+    # some training users have no feature-window row: the label window's users must be added
+    only_labelled = set(expected) - set(checked.feature_users)
+    if config.split == "temporal" and config.cold_item_fraction == 0:
+        assert only_labelled
+    assert checked.training_users().equals(expected)
+    # cuts made without the data checks have no counted users and hash the whole window
+    made = cut_all(data.interactions, data.impressions, config)
+    assert made.feature_users is None and made.training_users().equals(expected)
+
+
 def _label_users_reference(feature, label, n_items, feature_cold, label_impressions):
     """The check's label users as first written (distinct pairs, per-user item lists): the reference."""
     pair = ["user_id", "item_id"]

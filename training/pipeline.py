@@ -44,7 +44,6 @@ from recsys.idmap import IdMap
 from recsys.progress import quiet_progress
 from recsys.split import Split
 from recsys.stage_timer import collect, memory_gb, stage, work
-from recsys.streamed import distinct
 from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import Evaluation, evaluate_all, per_user_ndcg
@@ -132,7 +131,7 @@ def split_windows(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts |
     catalog = dataset.items.sort("item_id")
     return Windows(catalog=catalog, split=cuts.split, nested=cuts.nested, cold_items=cuts.cold_items,
                    feature_cold=cuts.feature_cold,
-                   users=IdMap(kind="user").fit(distinct(cuts.split.train["user_id"]).sort()),
+                   users=IdMap(kind="user").fit(cuts.training_users()),
                    items=IdMap(kind="item").fit(catalog["item_id"]), extra_cuts=cuts.extra)
 
 
