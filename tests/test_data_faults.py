@@ -170,11 +170,14 @@ def test_the_checked_cuts_are_the_cuts_a_run_makes(config):
 
 @pytest.mark.parametrize("config", [
     PipelineConfig(split="temporal", seed=3),
+    PipelineConfig(split="temporal", label_cuts=2, seed=3),
     PipelineConfig(split="stratified", seed=5),
     PipelineConfig(split="leave-last-out", seed=1),
     PipelineConfig(split="temporal", cold_item_fraction=0.1, seed=3),
 ])
 def test_the_user_id_map_is_every_training_user_sorted(config):
+    from polars.testing import assert_series_equal
+
     from recsys.streamed import distinct
     from recsys.windows import cut_all
     data = generate_demo(DemoSpec(n_users=120, n_items=60, seed=4))
@@ -182,13 +185,37 @@ def test_the_user_id_map_is_every_training_user_sorted(config):
     expected = distinct(checked.split.train["user_id"]).sort()
     assert checked.feature_users is not None
     # some training users have no feature-window row: the label window's users must be added
-    only_labelled = set(expected) - set(checked.feature_users)
     if config.split == "temporal" and config.cold_item_fraction == 0:
-        assert only_labelled
-    assert checked.training_users().equals(expected)
+        assert set(expected) - set(checked.feature_users)
+    assert_series_equal(checked.training_users(), expected)
     # cuts made without the data checks have no counted users and hash the whole window
     made = cut_all(data.interactions, data.impressions, config)
-    assert made.feature_users is None and made.training_users().equals(expected)
+    assert made.feature_users is None
+    assert_series_equal(made.training_users(), expected)
+
+
+def test_the_user_id_map_keeps_a_user_whose_feature_rows_were_all_cold_items():
+    from datetime import datetime
+
+    from polars.testing import assert_series_equal
+
+    from recsys.split import Split
+    from recsys.windows import Cuts
+
+    def events(rows):
+        return pl.DataFrame({"user_id": [u for u, _, _ in rows], "item_id": [i for _, i, _ in rows],
+                             "timestamp": [datetime(2026, 1, d) for _, _, d in rows]})
+
+    train = events([("A", "cold", 1), ("B", "i1", 2), ("B", "i2", 9)])
+    test = events([("B", "i3", 20)])
+    # the label cut put B's i2 in the label window; the cold-items protocol took "cold" (A's only
+    # feature-window row) out of the feature window, so A is in neither counted set
+    nested = Split(kind="temporal", train=events([("B", "i1", 2)]), test=events([("B", "i2", 9)]),
+                   impressions_train=None, impressions_test=None)
+    cuts = Cuts(split=Split(kind="temporal", train=train, test=test, impressions_train=None, impressions_test=None),
+                cold_items=None, nested=nested, feature_cold=pl.Series("item_id", ["cold"]), extra=[],
+                feature_users=pl.Series("user_id", ["B"]))
+    assert_series_equal(cuts.training_users(), pl.Series("user_id", ["A", "B"]))
 
 
 def _label_users_reference(feature, label, n_items, feature_cold, label_impressions):
