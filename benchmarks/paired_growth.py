@@ -65,6 +65,8 @@ def one_call_each(world: dict, config, map_first: bool) -> dict[str, float]:
         users, users_seconds = timed(cuts.training_users)
     if not users.equals(before, check_dtypes=True, check_names=True):
         raise AssertionError(f"{world['folder']}: the user id map differs from the training window's distinct users")
+    world["rows"] = {"training rows": cuts.split.train.height, "feature-window users": len(cuts.feature_users),
+                     "label-window rows": cuts.nested.test.height, "training users": len(users)}
     return {"data_checks": checks, "split": split, "split: user id map": users_seconds,
             "baseline: every row's user": before_seconds}
 
@@ -140,6 +142,8 @@ def main() -> None:
         small, large = np.median(values[1:, 0]), np.median(values[1:, 1])
         print(f"{stage:24s}{values[0, 0]:11.3f} / {values[0, 1]:6.3f} s{small:15.3f} / {large:6.3f} s"
               f"{exponents[0]:19.3f}{median:12.3f} ({low:.3f}-{high:.3f})")
+    for name in worlds[0]["rows"]:
+        print(f"{name:24s}" + "".join(f"{world['rows'][name]:>14,d}" for world in worlds))
     rank, covered = interval_rank(args.pairs - 1)
     print(f"interval: from the {rank}. smallest to the {rank}. largest of the {args.pairs - 1} pairs' exponents after "
           f"the warm-up, {covered:.1%} coverage of their median")
