@@ -273,6 +273,27 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
     assert data_choices(windows, PipelineConfig(als_alpha=2.0))["data_choice.als_alpha"] == 2.0
 
 
+def test_the_search_reuses_the_checked_cuts_and_they_give_the_same_validation_data(shown, monkeypatch):
+    from recsys.data_checks import check_trainable
+    from training import pipeline, tune_validation, tuning
+
+    config = _config(split="temporal")
+    cut_again = tune_validation.validation_data(shown, config)
+    cuts = check_trainable(shown, config)
+
+    def no_second_cut(*args, **kwargs):
+        raise AssertionError("the data was cut again")
+
+    monkeypatch.setattr(pipeline.windows, "cut_all", no_second_cut)
+    reused = tuning._Tuner(shown, config, progress=False, cuts=cuts).data
+    assert (reused.user_items != cut_again.user_items).nnz == 0
+    assert reused.events.equals(cut_again.events)
+    np.testing.assert_array_equal(reused.user_idx, cut_again.user_idx)
+    assert [r.tolist() for r in reused.relevant] == [r.tolist() for r in cut_again.relevant]
+    with pytest.raises(AssertionError, match="the data was cut again"):
+        tuning._Tuner(shown, config, progress=False)
+
+
 def test_a_fixed_als_alpha_starts_the_search_as_the_same_alpha_from_the_data(clicks):
     from features.cf import als_alpha
     from training import tune_validation

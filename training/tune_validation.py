@@ -62,9 +62,10 @@ class ValidationData:
         return self.user_items.shape[1]
 
 
-def validation_data(dataset: Dataset, config: PipelineConfig) -> ValidationData:
-    """Cut the data as ``recsys train`` does and keep the training window's two parts only."""
-    w = split_windows(dataset, config)
+def validation_data(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts | None = None) -> ValidationData:
+    """Cut the data as ``recsys train`` does (or take ``cuts``, the ones ``check_trainable`` made
+    from this dataset and config) and keep the training window's two parts only."""
+    w = split_windows(dataset, config, cuts)
     feature = w.nested.train.filter(pl.col("user_id").is_in(w.users.ids.implode()))
     user_items = build_user_items(feature, w.users, w.items)
     label = with_indices(w.nested.test, w.users, w.items).filter(pl.col("user_idx") >= 0)

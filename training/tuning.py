@@ -93,11 +93,12 @@ class _Tuner:
     """The state a search carries from stage to stage: the validation data, the config so far and
     the text vectors the later stages read."""
 
-    def __init__(self, dataset: Dataset, config: PipelineConfig, progress: bool) -> None:
+    def __init__(self, dataset: Dataset, config: PipelineConfig, progress: bool,
+                 cuts: windows.Cuts | None = None) -> None:
         self.dataset = dataset
         self.config = config
         self.progress = progress
-        self.data = tune_validation.validation_data(dataset, config)
+        self.data = tune_validation.validation_data(dataset, config, cuts)
         self.config = config = _confidence_from_the_data(config, self.data)
         self.vectors: np.ndarray | None = None  # the text model's item vectors (pretrained until the text stage)
         self.pooling = None
@@ -405,7 +406,7 @@ def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path
     if budget_minutes <= 0 or max_trials < 1:
         raise ConfigError("--budget-minutes must be positive and --trials at least 1")
     started = time.perf_counter()
-    check_trainable(dataset, config)
+    cuts = check_trainable(dataset, config)  # the validation data reuses them: the data is cut once
     tracking.configure_tracking(Path(workdir or Path.cwd()))
     tracking.ensure_experiment(experiment)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -420,7 +421,7 @@ def tune(dataset: Dataset, config: PipelineConfig, *, experiment: str, out: Path
                            "tune.max_trials": max_trials, "split": config.split, "seed": config.seed,
                            "k": config.k, "data.source": dataset.source,
                            **{f"data.{key}": value for key, value in dataset.summary().items()}})
-        tuner = _Tuner(dataset, config, progress)
+        tuner = _Tuner(dataset, config, progress, cuts)
         results = []
         skipped: list[str] = []
         for index, stage in enumerate(chosen):
