@@ -16,7 +16,7 @@ needs something of those windows:
   the user took in neither window (or, with impressions, a label-window impression with a
   click and a non-click; with cold items, a cold item taken and one not).
 
-``check_trainable`` makes those cuts (``training.pipeline.train`` then reuses them) and raises
+``check_trainable`` makes those cuts (``training.pipeline.train`` and ``recsys tune`` reuse them) and raises
 :class:`DataValidationError` naming the count that is short and what the protocol needs, so a
 run on too little data stops in a second with exit code 2 instead of failing minutes later.
 The conditions are necessary ones: data that fails one cannot train. They follow the pipeline
@@ -48,7 +48,8 @@ _FIRST_LOOK_ROWS = 10_000  # test rows tried first for a fresh (user, item) pair
 def check_trainable(dataset: Dataset, config: PipelineConfig) -> windows.Cuts:
     """Raise :class:`DataValidationError` when ``dataset`` lacks what ``config``'s split and
     protocol need for a training run (``training.pipeline.train`` calls it first); else return
-    the cuts it checked, equal to ``windows.cut_all``'s (the run reuses them)."""
+    the cuts it checked, equal to ``windows.cut_all``'s (the run, or ``recsys tune``'s search, reuses
+    them; they hold only for this dataset and config)."""
     if dataset.events_released:
         raise ValueError("this dataset's event tables were released after an earlier run "
                          "(Dataset.release_events); load the data again to train on it")

@@ -48,8 +48,9 @@ EXTRA_CUT_SEED_STEP = 10
 class Cuts:
     """Every cut of one run, as ``test_cut``, ``label_cut`` and ``extra_label_cuts`` make them.
 
-    ``recsys.data_checks.check_trainable`` returns the cuts it checked, so a training run splits
-    its data once (at scale each cut is joins over tens of millions of impression rows).
+    ``recsys.data_checks.check_trainable`` returns the cuts it checked, so a training run (and
+    ``recsys tune``) splits its data once (at scale each cut is joins over tens of millions of
+    impression rows). Cuts belong to the dataset and config they were made from.
     """
 
     split: Split

@@ -273,11 +273,12 @@ def test_the_pipeline_chooses_the_item_item_model_bpr_epochs_and_als_confidence_
     assert data_choices(windows, PipelineConfig(als_alpha=2.0))["data_choice.als_alpha"] == 2.0
 
 
-def test_the_search_reuses_the_checked_cuts_and_they_give_the_same_validation_data(shown, monkeypatch):
+@pytest.mark.parametrize("overrides", [{}, {"cold_item_fraction": 0.1}, {"label_cuts": 2}])
+def test_the_search_reuses_the_checked_cuts_and_they_give_the_same_validation_data(shown, monkeypatch, overrides):
     from recsys.data_checks import check_trainable
     from training import pipeline, tune_validation, tuning
 
-    config = _config(split="temporal")
+    config = _config(split="temporal", **overrides)
     cut_again = tune_validation.validation_data(shown, config)
     cuts = check_trainable(shown, config)
 
@@ -287,6 +288,8 @@ def test_the_search_reuses_the_checked_cuts_and_they_give_the_same_validation_da
     monkeypatch.setattr(pipeline.windows, "cut_all", no_second_cut)
     reused = tuning._Tuner(shown, config, progress=False, cuts=cuts).data
     assert (reused.user_items != cut_again.user_items).nnz == 0
+    assert reused.windows.users.ids.equals(cut_again.windows.users.ids, check_dtypes=True)
+    assert len(reused.windows.extra_cuts) == len(cut_again.windows.extra_cuts) == config.label_cuts - 1
     assert reused.events.equals(cut_again.events)
     np.testing.assert_array_equal(reused.user_idx, cut_again.user_idx)
     assert [r.tolist() for r in reused.relevant] == [r.tolist() for r in cut_again.relevant]

@@ -64,7 +64,7 @@ class ValidationData:
 
 def validation_data(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts | None = None) -> ValidationData:
     """Cut the data as ``recsys train`` does (or take ``cuts``, the ones ``check_trainable`` made
-    from this dataset and config) and keep the training window's two parts only."""
+    from this same dataset and config) and keep the training window's two parts only."""
     w = split_windows(dataset, config, cuts)
     feature = w.nested.train.filter(pl.col("user_id").is_in(w.users.ids.implode()))
     user_items = build_user_items(feature, w.users, w.items)
