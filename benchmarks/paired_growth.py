@@ -27,7 +27,6 @@ import argparse
 import importlib
 import math
 import time
-from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +78,7 @@ def interval_rank(n: int) -> tuple[int, float]:
         raise ValueError(f"{n} values are too few for a {COVERAGE:.0%} interval of their median; give {MIN_VALUES}")
 
     def coverage(rank: int) -> float:
-        return 1.0 - 2.0 * sum(comb(n, i) for i in range(rank)) / 2.0**n
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(rank)) / 2.0**n
 
     rank = 1
     while rank < n // 2 and coverage(rank + 1) >= COVERAGE:

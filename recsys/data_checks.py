@@ -16,9 +16,10 @@ needs something of those windows:
   the user took in neither window (or, with impressions, a label-window impression with a
   click and a non-click; with cold items, a cold item taken and one not).
 
-``check_trainable`` makes those cuts (``training.pipeline.train`` and ``recsys tune`` reuse them) and raises
-:class:`DataValidationError` naming the count that is short and what the protocol needs, so a
-run on too little data stops in a second with exit code 2 instead of failing minutes later.
+``check_trainable`` makes those cuts (``training.pipeline.train`` and ``recsys tune`` reuse
+them) and raises :class:`DataValidationError` naming the count that is short and what the
+protocol needs, so a run on too little data stops in a second with exit code 2 instead of
+failing minutes later.
 The conditions are necessary ones: data that fails one cannot train. They follow the pipeline
 closely enough that the least data passing them trains (tests/test_data_faults.py), but candidate
 generation is not simulated, so an odd candidate setting (say, every source at 0) can still
