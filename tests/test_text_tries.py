@@ -20,11 +20,6 @@ def _module():
     return module
 
 
-def _has_commit(rev: str) -> bool:
-    return subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=ROOT,
-                          capture_output=True).returncode == 0
-
-
 def test_the_docstring_lists_every_try():
     module = _module()
     listed = re.findall(r"^  (\w+) {2,}", module.__doc__, flags=re.MULTILINE)
@@ -36,9 +31,9 @@ def test_the_docstring_lists_every_try():
                                   "pretrained_content_features"])
 def test_each_patch_applies_to_its_base(tmp_path, name):
     module = _module()
-    if not _has_commit(module.BASE):
+    if not module.has_base():
         pytest.skip(f"this clone lacks {module.BASE} (a shallow clone?): the tries apply to that commit only")
-    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "index")}
+    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "index"), "LC_ALL": "C"}
     subprocess.run(["git", "read-tree", module.BASE], cwd=ROOT, env=env, check=True)
     check = subprocess.run(["git", "apply", "--check", "--cached", str(module.PATCHES / f"{name}.patch")],
                            cwd=ROOT, env=env, capture_output=True, text=True)
