@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = ROOT / "benchmarks" / "text_tries"
-BASE = "e9c53edf72"  # the commit every patch was written and measured against (e9c53ed...)
+BASE = "e9c53edf720189ab7f145e1986cfeca211aeacbe"  # the commit every patch was written and measured against
 
 
 def tries() -> list[str]:
