@@ -70,9 +70,9 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
-    if not (ROOT / ".git").exists() or not has_base():
-        sys.exit(f"this checkout's history lacks commit {BASE}, which the tries apply to: run it from a "
-                 "full clone (git fetch --unshallow)")
+    if not has_base():  # also false outside a git checkout
+        sys.exit(f"this checkout is not a git clone whose history holds commit {BASE}, which the tries "
+                 "apply to: run it from a full clone (git fetch --unshallow)")
     if not args.shared.is_dir():
         sys.exit(f"no shared data at {args.shared}: pass --shared with the folder holding amazon-office-2014")
     signal.signal(signal.SIGTERM, _stop)
