@@ -19,7 +19,7 @@ from features.sequence_tower import (
 from features.text_interest import HistoryPooling, history_weights, user_vectors, vector_from_history
 from recsys.config import ConfigError, PipelineConfig, TextModelConfig
 from tests.conftest import all_cores
-from training.sequence_fit import fit_sequence_tower
+from training.sequence_fit import fit_sequence_tower, refit_sequence_tower
 
 DIM = 16
 
@@ -151,6 +151,62 @@ def test_a_tower_that_never_beats_the_pooled_mean_on_held_out_items_is_kept_at_i
     np.testing.assert_allclose(kept.tower.user_vectors(history, _vectors())[0],
                                vector_from_history(np.array([1, 2, 3, 4]), _vectors(), half_life=2.0), atol=1e-6)
     np.testing.assert_allclose(kept.tower.item_vectors(_vectors()), _vectors(), atol=1e-6)
+
+
+def _last_step_world(n_users=300, length=8) -> pl.DataFrame:
+    """Each user walks 0..19 in a cycle (i then i + 1), except their last step, which goes from i to
+    20 + i: a rule only each user's very last item shows."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(n_users):
+        walk = [(int(rng.integers(0, 20)) + t) % 20 for t in range(length - 1)]
+        for t, item in enumerate([*walk, 20 + walk[-1]]):
+            rows.append((u, item, t))
+    user, item, time = map(np.array, zip(*rows, strict=True))
+    return pl.DataFrame({"user_idx": user.astype(np.int32), "item_idx": item.astype(np.int32),
+                         "timestamp": pl.Series(time * 60_000_000).cast(pl.Datetime("us"))})
+
+
+def _refit(events, epochs, seed=0, **settings):
+    config = TextModelConfig(history_len=6, sequence_dim=16, sequence_layers=1, sequence_heads=2,
+                             sequence_batch_size=32, sequence_negatives=16, sequence_learning_rate=1e-2,
+                             sequence_dropout=0.0, **settings)
+    return refit_sequence_tower(events, n_users=300, n_items=40, item_vectors=_vectors(), config=config, seed=seed,
+                                pooling=HistoryPooling.recency(2.0, DIM), epochs=epochs, progress=False)
+
+
+def _next_item(tower, history) -> int:
+    items = tower.item_vectors(_vectors())
+    scores = items @ tower.user_vectors(np.array([history]), items)[0]
+    scores[history] = -np.inf
+    return int(np.argmax(scores))
+
+
+def test_a_refit_learns_from_each_users_last_item_which_the_early_stopping_fit_holds_out():
+    events = _last_step_world()
+    history = [2, 3, 4, 5, 6, 7]
+    # The whole window: the last step's rule, 7 then 20 + 7, read at the newest position.
+    assert _next_item(_refit(events, epochs=40), history) == 27
+    # Without each user's last item (what the early-stopping fit trains on): the walk's rule.
+    held_out = events.filter(pl.col("timestamp") < pl.col("timestamp").max().over("user_idx"))
+    assert _next_item(_refit(held_out, epochs=40), history) == 8
+
+
+def test_a_refit_of_one_seed_is_the_same_tower_and_zero_epochs_or_a_step_cap_keep_the_pooled_mean():
+    events = _last_step_world()
+    first, second = _refit(events, epochs=3), _refit(events, epochs=3)
+    for name, value in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[name], value, rtol=0, atol=0)
+    assert not torch.equal(first.state_dict()["adapt.weight"], torch.eye(DIM))  # it trained
+    history = np.array([[-1, -1, 1, 2, 3, 4]])
+    pooled = vector_from_history(np.array([1, 2, 3, 4]), _vectors(), half_life=2.0)
+    # 300 users, 32 sequences a step: one pass is 10 steps, more than a cap of 9.
+    for untrained in (_refit(events, epochs=0), _refit(events, epochs=3, sequence_max_steps=9)):
+        assert not untrained.training
+        np.testing.assert_allclose(untrained.user_vectors(history, _vectors())[0], pooled, atol=1e-6)
+        np.testing.assert_allclose(untrained.item_vectors(_vectors()), _vectors(), atol=1e-6)
+    with pytest.raises(ValueError, match="epochs must be 0 or more, got -1"):
+        _refit(events, epochs=-1)
 
 
 def test_stored_histories_are_right_aligned_in_time_order():
@@ -321,3 +377,49 @@ def test_a_tower_that_adds_nothing_serves_the_pooled_mean_without_running_its_en
     tower.train()
     with torch.no_grad(), pytest.raises(AssertionError, match="the encoder ran"):
         tower(seq, valid)
+
+
+def test_each_window_reads_the_tower_refitted_on_its_own_events(interactions, monkeypatch):
+    """``training.pipeline.window_text``: the tower refitted on the window's events with the
+    epochs early stopping chose, from the fine-tuned vectors before the adaptor; the text
+    stage's own vectors and model when the chosen epoch is 0 or there is no tower."""
+    from types import SimpleNamespace
+
+    from recsys.idmap import IdMap
+    from training import pipeline
+
+    w = SimpleNamespace(users=IdMap(kind="user").fit(["u3", "u1", "u2", "u9"]),
+                        items=IdMap(kind="item").fit(["a", "b", "c", "d"]))
+    window = SimpleNamespace(train=interactions.filter(pl.col("user_id") != "u3").vstack(
+        pl.DataFrame({"user_id": ["stranger"], "item_id": ["d"], "timestamp": [interactions["timestamp"][0]],
+                      "weight": [1.0]})))
+    encoder_vectors = np.eye(4, 8, dtype=np.float32)
+    tower = SimpleNamespace(item_vectors=lambda v: v * 3)
+    calls = []
+
+    def refit(events, **kwargs):
+        calls.append((events, kwargs))
+        return tower
+
+    monkeypatch.setattr(pipeline, "refit_sequence_tower", refit)
+    text = SimpleNamespace(tower=object(), tower_fit=SimpleNamespace(best_epoch=7), encoder_vectors=encoder_vectors,
+                           pooling=HistoryPooling.recency(2.0, 8), finetuned_vectors=np.zeros((4, 8), np.float32),
+                           user_model="the text stage's tower")
+    config = PipelineConfig(seed=5)
+    vectors, user_model = pipeline.window_text(w, window, text, config)
+    assert user_model is tower
+    np.testing.assert_array_equal(vectors, encoder_vectors * 3)
+    (events, kwargs), = calls
+    assert events.sort("timestamp").rows() == [(1, 0, interactions["timestamp"][0]),
+                                               (1, 1, interactions["timestamp"][1]),
+                                               (2, 0, interactions["timestamp"][2]),
+                                               (2, 2, interactions["timestamp"][3]),
+                                               (1, 2, interactions["timestamp"][5])]  # the stranger left out
+    assert kwargs["epochs"] == 7 and kwargs["seed"] == 5 and kwargs["item_vectors"] is encoder_vectors
+    assert kwargs["pooling"] is text.pooling and kwargs["config"] is config.text
+    assert (kwargs["n_users"], kwargs["n_items"]) == (4, 4)
+    calls.clear()
+    for kept in (SimpleNamespace(**{**vars(text), "tower_fit": SimpleNamespace(best_epoch=0)}),
+                 SimpleNamespace(**{**vars(text), "tower": None})):
+        vectors, user_model = pipeline.window_text(w, window, kept, config)
+        assert vectors is text.finetuned_vectors and user_model == "the text stage's tower" and not calls

@@ -370,12 +370,16 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
         example_rows.append(events.height)
         return real_examples(events, *args, **kwargs)
 
-    real_extra, real_state = tune_validation.extra_cut_frame, tune_validation.extra_cut_state
+    real_extra, real_state, real_text = tune_validation.extra_cut_frame, tune_validation.extra_cut_state, \
+        tuning.window_text
     states = []
     monkeypatch.setattr(tune_validation, "extra_cut_frame", counting)
     monkeypatch.setattr(tune_validation, "extra_cut_state",
                         lambda *args, **kwargs: states.append(args[1]) or real_state(*args, **kwargs))
     monkeypatch.setattr("training.text_finetune.next_item_examples", recording)
+    text_windows = []
+    monkeypatch.setattr(tuning, "window_text",
+                        lambda w, cut, *rest: text_windows.append(cut.train.height) or real_text(w, cut, *rest))
     config = _config(label_cuts=2)
     result = tune(shown, config, experiment="tune-cuts", out=tmp_path / "cuts.json", stages=("text", "ranker"),
                   max_trials=2, workdir=tmp_path, progress=False)
@@ -390,6 +394,9 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
     assert example_rows and set(example_rows) == {cut.train.filter(pl.col("user_id").is_in(
         data.windows.users.ids.implode())).height}
     assert cut.train.height < data.windows.nested.train.height
+    # The text reads, as in recsys train, each window's own tower: the feature window's in each
+    # text trial, then the extra cut's for its state.
+    assert text_windows == [data.windows.nested.train.height] * 2 + [cut.train.height]
 
 
 def test_out_of_fold_users_score_each_user_once_by_a_model_that_never_saw_them():
@@ -496,46 +503,64 @@ def test_a_text_trial_scores_the_text_model_the_pipeline_ships(shown):
 def test_a_text_trial_fits_the_tower_as_recsys_train_does(shown, monkeypatch):
     """The tune's text trial hands the tower what ``training.pipeline._fit_text`` hands it: the text
     window's events, the fine-tuned vectors and pooling, the text settings and the run's seed; the
-    later stages get the tower's adapted item vectors and the tower."""
+    later stages get the feature window's refitted tower (``pipeline.window_text``) and its
+    adapted item vectors."""
     from types import SimpleNamespace
 
     from features.state import with_indices
     from features.text_interest import HistoryPooling
-    from training import tuning
+    from training import pipeline, tuning
+    from training.text_finetune import FinetuneResult
 
     config = _config(split="stratified")
     tuner = tuning._Tuner(shown, config, progress=False)
     w = tuner.data.windows
     n_items = len(w.items)
-    finetuned = SimpleNamespace(finetuned_vectors=np.eye(n_items, 8, dtype=np.float32),
-                                pooling=HistoryPooling.recency(2.0, 8))
-    calls = []
+    encoder_vectors = np.eye(n_items, 8, dtype=np.float32)
+    finetuned = FinetuneResult(pretrained_vectors=encoder_vectors, finetuned_vectors=encoder_vectors, train_losses=[],
+                               val_losses=[1.0], val_steps=[0], best_step=0, pooling=HistoryPooling.recency(2.0, 8))
+    calls, refits = [], []
 
     class Tower:
+        def __init__(self, factor):
+            self.factor = factor
+
         def item_vectors(self, vectors):
-            return vectors * 2
+            return vectors * self.factor
 
     def fit_tower(events, **kwargs):
         calls.append((events, kwargs))
-        return SimpleNamespace(tower=tower)
+        return SimpleNamespace(tower=Tower(2), best_epoch=3)
 
-    tower = Tower()
+    def refit_tower(events, **kwargs):
+        refits.append((events, kwargs))
+        return refitted
+
+    refitted = Tower(5)
     monkeypatch.setattr("training.text_finetune.finetune", lambda *a, **k: finetuned)
-    monkeypatch.setattr("training.sequence_fit.fit_sequence_tower", fit_tower)
-    vectors, pooling = tuner._finetuned(tuner.config)
-    assert pooling is tower
-    np.testing.assert_array_equal(vectors, finetuned.finetuned_vectors * 2)
+    monkeypatch.setattr(pipeline, "fit_sequence_tower", fit_tower)
+    monkeypatch.setattr(pipeline, "refit_sequence_tower", refit_tower)
+    text, vectors, pooling = tuner._finetuned(tuner.config)
+    assert text is finetuned and pooling is refitted
+    np.testing.assert_array_equal(text.finetuned_vectors, encoder_vectors * 2)  # the early-stopping fit's
+    np.testing.assert_array_equal(vectors, encoder_vectors * 5)
     (events, kwargs), = calls
     want = (with_indices(w.text_window.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
             .select("user_idx", "item_idx", "timestamp"))
     assert events.select("user_idx", "item_idx", "timestamp").equals(want)
-    assert kwargs["item_vectors"] is finetuned.finetuned_vectors and kwargs["pooling"] is finetuned.pooling
+    assert kwargs["item_vectors"] is encoder_vectors and kwargs["pooling"] is finetuned.pooling
     assert (kwargs["config"], kwargs["seed"], kwargs["n_items"]) == (tuner.config.text, config.seed, n_items)
+    (events, kwargs), = refits  # the feature window, which is the text window here (one label cut)
+    want = (with_indices(w.nested.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
+            .select("user_idx", "item_idx", "timestamp"))
+    assert events.equals(want) and kwargs["epochs"] == 3 and kwargs["item_vectors"] is encoder_vectors
     # Without the tower (sequence_layers 0) the fine-tuned vectors and the pooled mean, untouched.
     calls.clear()
+    refits.clear()
+    finetuned.finetuned_vectors, finetuned.tower, finetuned.tower_fit = encoder_vectors, None, None
     off = with_overrides(tuner.config, {"text.sequence_layers": 0})
-    vectors, pooling = tuner._finetuned(off)
-    assert vectors is finetuned.finetuned_vectors and pooling is finetuned.pooling and not calls
+    text, vectors, pooling = tuner._finetuned(off)
+    assert vectors is encoder_vectors and pooling is finetuned.pooling and not calls and not refits
 
 
 def test_the_ranker_stages_score_the_variant_recsys_train_would_ship(shown, monkeypatch):

@@ -48,7 +48,7 @@ from training import model_card, plots, registry, tracking, variants
 from training.cold_start_eval import cold_item_evaluation
 from training.evaluate import Evaluation, evaluate_all, per_user_ndcg
 from training.ranker import LambdaRanker
-from training.sequence_fit import fit_sequence_tower
+from training.sequence_fit import fit_sequence_tower, refit_sequence_tower
 from training.slices import slice_metrics
 from training.text_finetune import finetune, next_item_examples
 
@@ -118,6 +118,24 @@ def window_state(w: Windows, window: Split, item_vectors: np.ndarray, config: Pi
                              with_cooccurrence=evaluated)
 
 
+def window_text(w: Windows, window: Split, text, config: PipelineConfig) -> tuple[np.ndarray, object]:
+    """The fine-tuned item vectors (n_items, 384) float32 and the user model that ``window``'s
+    stage-1 state reads. With the ordered user tower: the tower refitted on the window's events
+    for the epochs its early stopping chose on the text window
+    (``sequence_fit.refit_sequence_tower``), so each user's newest window items are targets, as
+    they are for every other stage-1 model of the window (the early-stopping fit held each
+    user's last text-window item out). Otherwise, or when the chosen epoch is 0 (the pooled
+    mean), the text stage's own."""
+    if text.tower is None or text.tower_fit.best_epoch == 0:
+        return text.finetuned_vectors, text.user_model
+    events = with_indices(window.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
+    with stage("user_tower"):
+        tower = refit_sequence_tower(events.select("user_idx", "item_idx", "timestamp"), n_users=len(w.users),
+                                     n_items=len(w.items), item_vectors=text.encoder_vectors, pooling=text.pooling,
+                                     config=config.text, seed=config.seed, epochs=text.tower_fit.best_epoch)
+    return tower.item_vectors(text.encoder_vectors), tower
+
+
 def split_windows(dataset: Dataset, config: PipelineConfig, cuts: windows.Cuts | None = None) -> Windows:
     """Test split, then the nested feature/label split of the training window (``cuts``: the
     ones ``check_trainable`` already made from this dataset and config, else cut here).
@@ -180,7 +198,8 @@ class Fitted:
 def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted:
     """Feature-window state, one labelled frame and ranker per variant, and the validation
     evaluation (full ranking on the held-out label users) that chooses the shipped one."""
-    state = window_state(w, w.nested, text.finetuned_vectors, config, text.user_model, evaluated=True)
+    vectors, user_model = window_text(w, w.nested, text, config)
+    state = window_state(w, w.nested, vectors, config, user_model, evaluated=True)
     state_pretrained = with_text_vectors(state, w.nested.train, text.pretrained_vectors)
     states = variants.states_by_variant(state, state_pretrained)
     counts: dict[str, int] = {}
@@ -227,7 +246,8 @@ def _with_extra_cuts(frames: dict[str, pl.DataFrame], w: Windows, text, config: 
     users' queries of every cut validate, the others train (``variants.fit_rankers``)."""
     parts = {name: [frame] for name, frame in frames.items()}
     for c, cut in enumerate(w.extra_cuts, start=2):
-        state = window_state(w, cut, text.finetuned_vectors, config, text.user_model)
+        vectors, user_model = window_text(w, cut, text, config)
+        state = window_state(w, cut, vectors, config, user_model)
         states = variants.states_by_variant(state, with_text_vectors(state, cut.train, text.pretrained_vectors))
         counts: dict[str, int] = {}
         users = variants.label_users(state, cut.test, config, counts=counts)
@@ -249,7 +269,8 @@ def evaluate_on_test(w: Windows, fitted: Fitted, text, config: PipelineConfig) -
     """Refit the stage-1 state on the whole training window and evaluate every variant (the
     shipped one named ``ranker``) and baseline on test. Returns the evaluation and the bundles."""
     with stage("features"):
-        state = window_state(w, w.split, text.finetuned_vectors, config, text.user_model, evaluated=True)
+        vectors, user_model = window_text(w, w.split, text, config)
+        state = window_state(w, w.split, vectors, config, user_model, evaluated=True)
         state_pretrained = with_text_vectors(state, w.split.train, text.pretrained_vectors)
     names = variants.shipped_names(fitted.rankers, fitted.choice.shipped)
     states = variants.states_by_variant(state, state_pretrained)
@@ -454,19 +475,33 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
                          "text/pretrained_val_loss": result.val_losses[0],
                          "text/pooling_slope": result.pooling.slope,
                          "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
-    if config.text.sequence_layers and config.text.sequence_epochs:
-        with stage("user_tower"):
-            fit = fit_sequence_tower(events, n_users=len(w.users),
-                                     n_items=len(w.items), item_vectors=result.finetuned_vectors,
-                                     pooling=result.pooling, config=config.text, seed=config.seed,
-                                     progress=progress, log_metric=metric_log)
-        result.tower, result.tower_fit = fit.tower, fit
-        result.finetuned_vectors = fit.tower.item_vectors(result.finetuned_vectors)
+    with stage("user_tower"):
+        fit = with_user_tower(result, events, w, config, progress=progress, log_metric=metric_log)
+    if fit is not None:
         metric_log.log_many({"text/sequence_best_epoch": fit.best_epoch,
                              "text/sequence_pooled_val_ndcg": fit.val_ndcg[0],
                              "text/sequence_best_val_ndcg": fit.val_ndcg[fit.best_epoch],
                              "text/sequence_seconds": fit.seconds})
     return result
+
+
+def with_user_tower(result, events: pl.DataFrame, w: Windows, config: PipelineConfig, *, progress: bool,
+                    log_metric=None):
+    """Fit the ordered user tower on the text window's ``events`` (``user_idx``, ``item_idx``,
+    ``timestamp``) over ``result``'s fine-tuned vectors, choosing its epochs on each user's held-out
+    last item, and put it on ``result``: ``tower``, ``tower_fit``, ``encoder_vectors`` (the vectors
+    before its item adaptor), ``finetuned_vectors`` through the adaptor. Returns the
+    ``SequenceFit``, or None (``result`` untouched) when ``text.sequence_layers`` or
+    ``text.sequence_epochs`` is 0."""
+    if not (config.text.sequence_layers and config.text.sequence_epochs):
+        return None
+    fit = fit_sequence_tower(events, n_users=len(w.users), n_items=len(w.items), item_vectors=result.finetuned_vectors,
+                             pooling=result.pooling, config=config.text, seed=config.seed, progress=progress,
+                             log_metric=log_metric)
+    result.tower, result.tower_fit = fit.tower, fit
+    result.encoder_vectors = result.finetuned_vectors
+    result.finetuned_vectors = fit.tower.item_vectors(result.finetuned_vectors)
+    return fit
 
 
 def _log_results(evaluation: Evaluation, validation: dict[str, dict[str, float]], ranker: LambdaRanker, text,

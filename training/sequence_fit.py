@@ -71,9 +71,40 @@ def fit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, item
     negatives come from generators seeded with ``seed``, dropout and the initial weights from
     torch's generator seeded inside ``torch.random.fork_rng``.
     """
+    user, item = _ordered(events, n_users, n_items, item_vectors, seed)
+    return _seeded(seed, lambda: _fit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling,
+                                      config, seed, progress, log_metric))
+
+
+def refit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, item_vectors: np.ndarray,
+                         pooling: HistoryPooling, config: TextModelConfig, seed: int, epochs: int,
+                         progress: bool = True) -> SequenceTower:
+    """The tower trained afresh on a whole window for ``epochs`` passes, nothing held out.
+
+    :func:`fit_sequence_tower` holds each user's last window item out to choose the epoch; a
+    window whose features the tower gives (the ranker's feature window, the training window
+    before test) is refitted here with that epoch count, so every user's most recent items are
+    targets too, as every other stage-1 model of that window sees them. Same inputs as
+    :func:`fit_sequence_tower`; at most ``text.sequence_max_steps`` steps in all, and none
+    (the pooled mean) when ``epochs`` is 0 or one pass would take more than that.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be 0 or more, got {epochs}")
+    user, item = _ordered(events, n_users, n_items, item_vectors, seed)
+    return _seeded(seed, lambda: _refit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling,
+                                        config, seed, epochs, progress))
+
+
+def _ordered(events: pl.DataFrame, n_users: int, n_items: int, item_vectors: np.ndarray,
+             seed: int) -> tuple[np.ndarray, np.ndarray]:
     if item_vectors.shape[0] != n_items:
         raise ValueError(f"item_vectors has {item_vectors.shape[0]} rows for {n_items} items")
     user, item, _ = ordered_events(events, n_users=n_users, n_items=n_items, seed=seed)
+    return user, item
+
+
+def _seeded(seed: int, fit: Callable):
+    """``fit()`` with torch's generator seeded with ``seed`` (restored after) and deterministic kernels."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     # Deterministic kernels: the backward of the batch's row gathers otherwise sums in thread
     # order, and the last-bit differences grow over the epochs into different towers.
@@ -81,10 +112,49 @@ def fit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, item
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _fit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling, config, seed,
-                        progress, log_metric)
+            return fit()
     finally:
         torch.use_deterministic_algorithms(deterministic)
+
+
+def _new_tower(item_dim: int, pooling: HistoryPooling,
+               config: TextModelConfig) -> tuple[SequenceTower, torch.optim.Optimizer]:
+    shape = TowerShape(item_dim=item_dim, history_len=config.history_len, dim=config.sequence_dim,
+                       layers=config.sequence_layers, heads=config.sequence_heads, dropout=config.sequence_dropout)
+    tower = SequenceTower(shape, pooling)
+    return tower, torch.optim.AdamW(tower.parameters(), lr=config.sequence_learning_rate, weight_decay=0.01)
+
+
+def _training_sequences(user: np.ndarray, item: np.ndarray, n_users: int, width: int, *,
+                        drop_last: bool) -> np.ndarray:
+    """int32 (sequences, width + 1): each user's last ``width + 1`` items (without their very last
+    one when ``drop_last``), right-aligned; users with fewer than two left out."""
+    train = right_aligned(user, item, n_users, width + 1, drop_last=drop_last)
+    return train[(train >= 0).sum(axis=1) >= 2]
+
+
+def _refit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.ndarray, pooling: HistoryPooling,
+           config: TextModelConfig, seed: int, epochs: int, progress: bool) -> SequenceTower:
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    tower, optimizer = _new_tower(item_vectors.shape[1], pooling, config)
+    train = _training_sequences(user, item, n_users, config.history_len, drop_last=False)
+    steps_per_epoch = max(1, -(-len(train) // config.sequence_batch_size))
+    if epochs and steps_per_epoch <= config.sequence_max_steps:
+        vectors = torch.from_numpy(item_vectors)
+        steps = 0
+        with progress_bar(total=epochs, desc="refit user tower", unit="epoch", enabled=progress) as bar:
+            for _ in range(epochs):
+                if steps >= config.sequence_max_steps:
+                    break
+                loss, done = _epoch(tower, optimizer, train, vectors, config, rng, config.sequence_max_steps - steps)
+                steps += done
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                bar.update(1)
+    tower.eval()
+    log.info("user tower refitted on %d sequences: %d epochs, %.0f s", len(train), epochs,
+             time.perf_counter() - started)
+    return tower
 
 
 def _fit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.ndarray, pooling: HistoryPooling,
@@ -93,8 +163,7 @@ def _fit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.ndar
     rng = np.random.default_rng(seed)
     width = config.history_len
     # Training sequences: each window without its last item, width + 1 long (inputs and targets).
-    train = right_aligned(user, item, n_users, width + 1, drop_last=True)
-    train = train[(train >= 0).sum(axis=1) >= 2]
+    train = _training_sequences(user, item, n_users, width, drop_last=True)
     inputs = right_aligned(user, item, n_users, width, drop_last=True)
     held_out = right_aligned(user, item, n_users, 1)[:, 0]
     seen = _earlier_items(user, item, n_users, len(item_vectors))
@@ -104,10 +173,7 @@ def _fit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.ndar
     val_users = np.flatnonzero((inputs >= 0).any(axis=1) & fresh)
     if len(val_users) > VALIDATION_USERS:
         val_users = np.sort(rng.choice(val_users, VALIDATION_USERS, replace=False))
-    shape = TowerShape(item_dim=item_vectors.shape[1], history_len=width, dim=config.sequence_dim,
-                       layers=config.sequence_layers, heads=config.sequence_heads, dropout=config.sequence_dropout)
-    tower = SequenceTower(shape, pooling)
-    optimizer = torch.optim.AdamW(tower.parameters(), lr=config.sequence_learning_rate, weight_decay=0.01)
+    tower, optimizer = _new_tower(item_vectors.shape[1], pooling, config)
     vectors = torch.from_numpy(item_vectors)
 
     def validation() -> float:

@@ -59,6 +59,7 @@ class FinetuneResult:
     # ``finetuned_vectors`` are already through its item adaptor.
     tower: object | None = None
     tower_fit: object | None = None  # its ``SequenceFit`` (curves, best epoch)
+    encoder_vectors: np.ndarray | None = None  # with a tower: the fine-tuned vectors before its item adaptor
 
     @property
     def user_model(self):

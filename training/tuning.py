@@ -48,6 +48,7 @@ from recsys.errors import ConfigError
 from recsys.progress import progress as progress_bar
 from recsys.progress import quiet_progress
 from training import tracking, tune_validation, variants
+from training.pipeline import window_text, with_user_tower
 from training.ranker_folds import folds_from_data
 from training.tune_space import STAGE_NAMES, STAGES, Stage, base_values, with_overrides
 
@@ -102,6 +103,7 @@ class _Tuner:
         self.config = config = _confidence_from_the_data(config, self.data)
         self.vectors: np.ndarray | None = None  # the text model's item vectors (pretrained until the text stage)
         self.pooling = None
+        self.text = None  # the text stage's best trial (``_finetuned``): the extra cuts refit its tower
         self.state = self.who = self.frame = None
         # Extra label cuts: their states (and the feature-window state they follow), and their
         # frames by variant (and the candidate settings they follow).
@@ -126,8 +128,8 @@ class _Tuner:
         if stage.name == "item_item":
             return tune_validation.ndcg_of_scores(data, tune_validation.item_item_scorer(data, config), k, seed)
         if stage.name == "text":
-            vectors, pooling = self._finetuned(config)
-            self._text_trials[trial.number] = (vectors, pooling)
+            text, vectors, pooling = self._finetuned(config)
+            self._text_trials[trial.number] = (text, vectors, pooling)
             return tune_validation.ndcg_of_scores(data, tune_validation.text_scorer(data, vectors, config, pooling),
                                                   k, seed)
         variant = self.variant.shipped
@@ -188,8 +190,10 @@ class _Tuner:
             return []
         if self._extra_states_of is not self.state:
             self._extra_states_of = self.state
-            self._extra_states = [tune_validation.extra_cut_state(self.data, cut, self.item_vectors(), config,
-                                                                  self.pooling) for cut in cuts]
+            self._extra_states = []
+            for cut in cuts:
+                vectors, user_model = self._cut_text(cut, config)
+                self._extra_states.append(tune_validation.extra_cut_state(self.data, cut, vectors, config, user_model))
             self._extra_key = None
         if config.candidates != self._extra_key:
             self._extra_key, self._extra = config.candidates, {}
@@ -202,9 +206,19 @@ class _Tuner:
                                     for state, cut in zip(states, cuts, strict=True)]
         return self._extra[variant]
 
+    def _cut_text(self, cut, config: PipelineConfig) -> tuple:
+        """(item vectors, user model) of an extra cut's state, as ``recsys train`` fits them: the
+        tower refitted on the cut's window (``pipeline.window_text``); pretrained until the text stage."""
+        if self.text is None:
+            return self.item_vectors(), self.pooling
+        return window_text(self.data.windows, cut, self.text, config)
+
     def _finetuned(self, config: PipelineConfig):
+        """The text trial's model, as ``recsys train`` fits it (``pipeline._fit_text``): the
+        fine-tuned encoder and the ordered tower on the text window. Returns (the
+        ``FinetuneResult``, the feature window's item vectors, its user model: the tower
+        refitted on that window, ``pipeline.window_text``)."""
         from features.state import with_indices
-        from training.sequence_fit import fit_sequence_tower
         from training.text_finetune import finetune, next_item_examples
 
         # As recsys train: with extra label cuts the text model learns on the last cut's feature
@@ -218,14 +232,8 @@ class _Tuner:
         examples = next_item_examples(events, config.text.history_len, impressions=shown)
         result = finetune(TextEncoder(max_length=config.text.max_length), item_texts(w.catalog), examples,
                           config.text, seed=config.seed, progress=False)
-        if not (config.text.sequence_layers and config.text.sequence_epochs):
-            return result.finetuned_vectors, result.pooling
-        # As recsys train: the ordered user tower, fitted on the same events, gives the text score
-        # (its adapted item vectors and the tower as the state's "pooling").
-        fit = fit_sequence_tower(events, n_users=len(w.users), n_items=len(w.items),
-                                 item_vectors=result.finetuned_vectors, pooling=result.pooling,
-                                 config=config.text, seed=config.seed, progress=False)
-        return fit.tower.item_vectors(result.finetuned_vectors), fit.tower
+        with_user_tower(result, events, w, config, progress=False)
+        return (result, *window_text(w, w.nested, result, config))
 
     def encoder_vectors(self) -> np.ndarray:
         """(n_items, 384) float32: the pretrained encoder's item vectors, encoded once."""
@@ -330,7 +338,7 @@ class _Tuner:
         best = {key: value for key, value in _overrides_of(stage, best_trial.params).items()}
         self.config = with_overrides(base, best)
         if stage.name == "text":
-            self.vectors, self.pooling = self._text_trials[best_trial.number]
+            self.text, self.vectors, self.pooling = self._text_trials[best_trial.number]
         self._text_trials = {}
         if stage.name in ("als", "bpr", "item_item", "text"):
             self.state = self.who = self.variant = None  # the ranker stages refit the state with these settings
