@@ -192,21 +192,52 @@ def test_a_refit_learns_from_each_users_last_item_which_the_early_stopping_fit_h
     assert _next_item(_refit(held_out, epochs=40), history) == 8
 
 
-def test_a_refit_of_one_seed_is_the_same_tower_and_zero_epochs_or_a_step_cap_keep_the_pooled_mean():
+def test_a_refit_of_one_seed_is_the_same_tower_and_zero_epochs_keep_the_pooled_mean():
     events = _last_step_world()
     first, second = _refit(events, epochs=3), _refit(events, epochs=3)
     for name, value in first.state_dict().items():
         torch.testing.assert_close(second.state_dict()[name], value, rtol=0, atol=0)
     assert not torch.equal(first.state_dict()["adapt.weight"], torch.eye(DIM))  # it trained
-    history = np.array([[-1, -1, 1, 2, 3, 4]])
-    pooled = vector_from_history(np.array([1, 2, 3, 4]), _vectors(), half_life=2.0)
-    # 300 users, 32 sequences a step: one pass is 10 steps, more than a cap of 9.
-    for untrained in (_refit(events, epochs=0), _refit(events, epochs=3, sequence_max_steps=9)):
-        assert not untrained.training
-        np.testing.assert_allclose(untrained.user_vectors(history, _vectors())[0], pooled, atol=1e-6)
-        np.testing.assert_allclose(untrained.item_vectors(_vectors()), _vectors(), atol=1e-6)
+    untrained = _refit(events, epochs=0)
+    assert not untrained.training
+    np.testing.assert_allclose(untrained.user_vectors(np.array([[-1, -1, 1, 2, 3, 4]]), _vectors())[0],
+                               vector_from_history(np.array([1, 2, 3, 4]), _vectors(), half_life=2.0), atol=1e-6)
+    np.testing.assert_allclose(untrained.item_vectors(_vectors()), _vectors(), atol=1e-6)
     with pytest.raises(ValueError, match="epochs must be 0 or more, got -1"):
         _refit(events, epochs=-1)
+
+
+def test_a_refit_stops_at_the_step_cap_part_way_through_a_pass_and_says_so(caplog, monkeypatch):
+    import training.sequence_fit as sequence_fit
+
+    steps = []
+    real_epoch = sequence_fit._epoch
+
+    def counted(*args):
+        loss, done = real_epoch(*args)
+        steps.append(done)
+        return loss, done
+
+    monkeypatch.setattr(sequence_fit, "_epoch", counted)
+    events = _last_step_world()  # 300 users, 32 sequences a step: one pass is 10 steps
+    with caplog.at_level("WARNING", logger="training.sequence_fit"):
+        capped = _refit(events, epochs=3, sequence_max_steps=25)
+    assert steps == [10, 10, 5]
+    assert "user tower refit stopped at text.sequence_max_steps=25 steps of the 30 that 3 passes over 300 " \
+           "sequences take; raise it to 30" in caplog.text
+    steps.clear()
+    caplog.clear()
+    # A cap under one pass still trains (the fit that chose the passes did), part of one pass.
+    with caplog.at_level("WARNING", logger="training.sequence_fit"):
+        part = _refit(events, epochs=2, sequence_max_steps=4)
+    assert steps == [4] and "stopped at text.sequence_max_steps=4 steps of the 20" in caplog.text
+    assert not torch.equal(part.state_dict()["adapt.weight"], torch.eye(DIM))
+    assert not torch.equal(part.state_dict()["adapt.weight"], capped.state_dict()["adapt.weight"])
+    steps.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.sequence_fit"):
+        _refit(events, epochs=3, sequence_max_steps=30)
+    assert steps == [10, 10, 10] and "refit stopped" not in caplog.text
 
 
 def test_stored_histories_are_right_aligned_in_time_order():

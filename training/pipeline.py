@@ -475,9 +475,9 @@ def _fit_text(w: Windows, config: PipelineConfig, encoder_dir: Path, metric_log,
                          "text/pretrained_val_loss": result.val_losses[0],
                          "text/pooling_slope": result.pooling.slope,
                          "text/pooling_query_norm": float(np.linalg.norm(result.pooling.query))})
-    with stage("user_tower"):
-        fit = with_user_tower(result, events, w, config, progress=progress, log_metric=metric_log)
-    if fit is not None:
+    if config.text.sequence_layers and config.text.sequence_epochs:
+        with stage("user_tower"):
+            fit = with_user_tower(result, events, w, config, progress=progress, log_metric=metric_log)
         metric_log.log_many({"text/sequence_best_epoch": fit.best_epoch,
                              "text/sequence_pooled_val_ndcg": fit.val_ndcg[0],
                              "text/sequence_best_val_ndcg": fit.val_ndcg[fit.best_epoch],

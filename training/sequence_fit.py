@@ -85,8 +85,10 @@ def refit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, it
     window whose features the tower gives (the ranker's feature window, the training window
     before test) is refitted here with that epoch count, so every user's most recent items are
     targets too, as every other stage-1 model of that window sees them. Same inputs as
-    :func:`fit_sequence_tower`; at most ``text.sequence_max_steps`` steps in all, and none
-    (the pooled mean) when ``epochs`` is 0 or one pass would take more than that.
+    :func:`fit_sequence_tower`; ``epochs`` 0 is the untrained tower (the pooled mean). At most
+    ``text.sequence_max_steps`` steps in all, as in the fit that chose ``epochs``: a larger
+    window whose passes need more stops there, part-way through a pass if need be (never the
+    untrained tower: the fit that chose ``epochs`` trained), and says so in a warning.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be 0 or more, got {epochs}")
@@ -139,10 +141,10 @@ def _refit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.nd
     rng = np.random.default_rng(seed)
     tower, optimizer = _new_tower(item_vectors.shape[1], pooling, config)
     train = _training_sequences(user, item, n_users, config.history_len, drop_last=False)
-    steps_per_epoch = max(1, -(-len(train) // config.sequence_batch_size))
-    if epochs and steps_per_epoch <= config.sequence_max_steps:
+    planned = epochs * max(1, -(-len(train) // config.sequence_batch_size))
+    steps = 0
+    if epochs:
         vectors = torch.from_numpy(item_vectors)
-        steps = 0
         with progress_bar(total=epochs, desc="refit user tower", unit="epoch", enabled=progress) as bar:
             for _ in range(epochs):
                 if steps >= config.sequence_max_steps:
@@ -152,7 +154,11 @@ def _refit(user: np.ndarray, item: np.ndarray, n_users: int, item_vectors: np.nd
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 bar.update(1)
     tower.eval()
-    log.info("user tower refitted on %d sequences: %d epochs, %.0f s", len(train), epochs,
+    if steps < planned:
+        log.warning("user tower refit stopped at text.sequence_max_steps=%d steps of the %d that %d passes over "
+                    "%d sequences take; raise it to %d to refit every pass", config.sequence_max_steps, planned,
+                    epochs, len(train), planned)
+    log.info("user tower refitted on %d sequences: %d steps (%d passes chosen), %.0f s", len(train), steps, epochs,
              time.perf_counter() - started)
     return tower
 
