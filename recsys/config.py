@@ -72,6 +72,12 @@ class TextModelConfig:
     sequence_batch_size: int = 256  # sequences per user-tower step
     sequence_learning_rate: float = 5e-4  # AdamW learning rate of the user tower
     sequence_negatives: int = 256  # items drawn uniformly per user-tower batch as negatives, beside its targets
+    # Refit the user tower on each window whose state it serves (the feature window, each extra cut,
+    # the training window before test and the shipped model), from its initial weights for the epochs
+    # the text window's fit chose, so each user's newest items are targets too. Off by default: it
+    # adds one tower fit per window and did not lift the fine-tuned-text ranker on validation
+    # (docs/results.md, "Refitting the user tower on each window").
+    sequence_refit: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,6 +288,8 @@ class PipelineConfig:
                 raise ConfigError(f"text.{name} must be at least 1, got {getattr(text, name)}")
         if text.sequence_min_epochs < 0:
             raise ConfigError(f"text.sequence_min_epochs must be 0 or more, got {text.sequence_min_epochs}")
+        if not isinstance(text.sequence_refit, bool):
+            raise ConfigError(f"text.sequence_refit must be true or false, got {text.sequence_refit!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

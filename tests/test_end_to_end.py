@@ -51,7 +51,10 @@ def trained(tmp_path_factory):
     data.interactions.write_parquet(work / "data" / "interactions.parquet")
     data.impressions.write_parquet(work / "data" / "impressions.parquet")
     # Two label cuts: the ranker also learns on the label window before the first (test below).
-    (work / "tiny.json").write_text(json.dumps({**tiny_config_dict(), "label_cuts": 2}))
+    # ... and the user tower refitted on each window (text.sequence_refit), checked below.
+    tiny = tiny_config_dict()
+    (work / "tiny.json").write_text(json.dumps({**tiny, "label_cuts": 2,
+                                                "text": {**tiny["text"], "sequence_refit": True}}))
     old_cwd = os.getcwd()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(work)

@@ -299,6 +299,8 @@ def test_bad_tower_settings_are_refused_with_what_to_do():
         PipelineConfig(text=TextModelConfig(sequence_layers=-1))
     with pytest.raises(ConfigError, match="text.sequence_min_epochs must be 0 or more, got -1"):
         PipelineConfig(text=TextModelConfig(sequence_min_epochs=-1))
+    with pytest.raises(ConfigError, match="text.sequence_refit must be true or false, got 'yes'"):
+        PipelineConfig.from_dict({"text": {"sequence_refit": "yes"}})
     assert PipelineConfig(text=TextModelConfig(sequence_layers=0, sequence_dim=10, sequence_heads=4))  # off: unchecked
 
 
@@ -411,9 +413,10 @@ def test_a_tower_that_adds_nothing_serves_the_pooled_mean_without_running_its_en
 
 
 def test_each_window_reads_the_tower_refitted_on_its_own_events(interactions, monkeypatch):
-    """``training.pipeline.window_text``: the tower refitted on the window's events with the
-    epochs early stopping chose, from the fine-tuned vectors before the adaptor; the text
-    stage's own vectors and model when the chosen epoch is 0 or there is no tower."""
+    """``training.pipeline.window_text`` with ``text.sequence_refit``: the tower refitted on the
+    window's events with the epochs early stopping chose, from the fine-tuned vectors before the
+    adaptor; the text stage's own vectors and model when the chosen epoch is 0, there is no
+    tower, or the refit is off (the default)."""
     from types import SimpleNamespace
 
     from recsys.idmap import IdMap
@@ -436,7 +439,7 @@ def test_each_window_reads_the_tower_refitted_on_its_own_events(interactions, mo
     text = SimpleNamespace(tower=object(), tower_fit=SimpleNamespace(best_epoch=7), encoder_vectors=encoder_vectors,
                            pooling=HistoryPooling.recency(2.0, 8), finetuned_vectors=np.zeros((4, 8), np.float32),
                            user_model="the text stage's tower")
-    config = PipelineConfig(seed=5)
+    config = PipelineConfig(seed=5, text=TextModelConfig(sequence_refit=True))
     vectors, user_model = pipeline.window_text(w, window, text, config)
     assert user_model is tower
     np.testing.assert_array_equal(vectors, encoder_vectors * 3)
@@ -450,7 +453,8 @@ def test_each_window_reads_the_tower_refitted_on_its_own_events(interactions, mo
     assert kwargs["pooling"] is text.pooling and kwargs["config"] is config.text
     assert (kwargs["n_users"], kwargs["n_items"]) == (4, 4)
     calls.clear()
-    for kept in (SimpleNamespace(**{**vars(text), "tower_fit": SimpleNamespace(best_epoch=0)}),
-                 SimpleNamespace(**{**vars(text), "tower": None})):
-        vectors, user_model = pipeline.window_text(w, window, kept, config)
+    for kept, settings in ((SimpleNamespace(**{**vars(text), "tower_fit": SimpleNamespace(best_epoch=0)}), config),
+                           (SimpleNamespace(**{**vars(text), "tower": None}), config),
+                           (text, PipelineConfig(seed=5))):  # the default: no refit
+        vectors, user_model = pipeline.window_text(w, window, kept, settings)
         assert vectors is text.finetuned_vectors and user_model == "the text stage's tower" and not calls

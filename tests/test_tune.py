@@ -503,8 +503,8 @@ def test_a_text_trial_scores_the_text_model_the_pipeline_ships(shown):
 def test_a_text_trial_fits_the_tower_as_recsys_train_does(shown, monkeypatch):
     """The tune's text trial hands the tower what ``training.pipeline._fit_text`` hands it: the text
     window's events, the fine-tuned vectors and pooling, the text settings and the run's seed; the
-    later stages get the feature window's refitted tower (``pipeline.window_text``) and its
-    adapted item vectors."""
+    later stages get the feature window's refitted tower (``pipeline.window_text``, with
+    ``text.sequence_refit``) and its adapted item vectors, else the fitted tower's."""
     from types import SimpleNamespace
 
     from features.state import with_indices
@@ -512,7 +512,7 @@ def test_a_text_trial_fits_the_tower_as_recsys_train_does(shown, monkeypatch):
     from training import pipeline, tuning
     from training.text_finetune import FinetuneResult
 
-    config = _config(split="stratified")
+    config = with_overrides(_config(split="stratified"), {"text.sequence_refit": True})
     tuner = tuning._Tuner(shown, config, progress=False)
     w = tuner.data.windows
     n_items = len(w.items)
@@ -554,6 +554,12 @@ def test_a_text_trial_fits_the_tower_as_recsys_train_does(shown, monkeypatch):
     want = (with_indices(w.nested.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
             .select("user_idx", "item_idx", "timestamp"))
     assert events.equals(want) and kwargs["epochs"] == 3 and kwargs["item_vectors"] is encoder_vectors
+    # The refit off (the default): the early-stopping fit's tower and adapted vectors.
+    refits.clear()
+    finetuned.finetuned_vectors, finetuned.tower, finetuned.tower_fit = encoder_vectors, None, None
+    text, vectors, pooling = tuner._finetuned(with_overrides(tuner.config, {"text.sequence_refit": False}))
+    assert pooling is text.tower and vectors is text.finetuned_vectors and not refits
+    np.testing.assert_array_equal(vectors, encoder_vectors * 2)
     # Without the tower (sequence_layers 0) the fine-tuned vectors and the pooled mean, untouched.
     calls.clear()
     refits.clear()

@@ -120,13 +120,13 @@ def window_state(w: Windows, window: Split, item_vectors: np.ndarray, config: Pi
 
 def window_text(w: Windows, window: Split, text, config: PipelineConfig) -> tuple[np.ndarray, object]:
     """The fine-tuned item vectors (n_items, 384) float32 and the user model that ``window``'s
-    stage-1 state reads. With the ordered user tower: the tower refitted on the window's events
-    for the epochs its early stopping chose on the text window
+    stage-1 state reads. With the ordered user tower and ``text.sequence_refit``: the tower
+    refitted on the window's events for the epochs its early stopping chose on the text window
     (``sequence_fit.refit_sequence_tower``), so each user's newest window items are targets, as
     they are for every other stage-1 model of the window (the early-stopping fit held each
-    user's last text-window item out). Otherwise, or when the chosen epoch is 0 (the pooled
-    mean), the text stage's own."""
-    if text.tower is None or text.tower_fit.best_epoch == 0:
+    user's last text-window item out). Otherwise (the default), or when the chosen epoch is 0
+    (the pooled mean), the text stage's own, for every window."""
+    if text.tower is None or not config.text.sequence_refit or text.tower_fit.best_epoch == 0:
         return text.finetuned_vectors, text.user_model
     events = with_indices(window.train, w.users, w.items).filter(pl.col("user_idx") >= 0)
     with stage("user_tower"):
