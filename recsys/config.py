@@ -75,8 +75,8 @@ class TextModelConfig:
     # Refit the user tower on each window whose state it serves (the feature window, each extra cut,
     # the training window before test and the shipped model), from its initial weights for the epochs
     # the text window's fit chose, so each user's newest items are targets too. Off by default: it
-    # adds one tower fit per window and did not lift the fine-tuned-text ranker on validation
-    # (docs/results.md, "Refitting the user tower on each window").
+    # adds one tower fit per window (and per text trial in recsys tune) and did not lift the
+    # fine-tuned-text ranker on validation (docs/results.md, "Refitting the user tower on each window").
     sequence_refit: bool = False
 
 

@@ -29,21 +29,9 @@ pytestmark = pytest.mark.slow
 K = 5
 
 
-# (rows of the window, the user model) per ``training.pipeline.window_text`` call of the fixture's run.
-TEXT_WINDOWS: list[tuple[int, object]] = []
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Train and batch-rank once; yields the working folder and the batch output."""
-    from training import pipeline
-
-    def recorded(w, window, *rest):
-        vectors, user_model = real_window_text(w, window, *rest)
-        TEXT_WINDOWS.append((window.train.height, user_model))
-        return vectors, user_model
-
-    real_window_text = pipeline.window_text
     work = tmp_path_factory.mktemp("e2e")
     data = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21))
     (work / "data").mkdir()
@@ -51,19 +39,13 @@ def trained(tmp_path_factory):
     data.interactions.write_parquet(work / "data" / "interactions.parquet")
     data.impressions.write_parquet(work / "data" / "impressions.parquet")
     # Two label cuts: the ranker also learns on the label window before the first (test below).
-    # ... and the user tower refitted on each window (text.sequence_refit), checked below.
-    tiny = tiny_config_dict()
-    (work / "tiny.json").write_text(json.dumps({**tiny, "label_cuts": 2,
-                                                "text": {**tiny["text"], "sequence_refit": True}}))
+    (work / "tiny.json").write_text(json.dumps({**tiny_config_dict(), "label_cuts": 2}))
     old_cwd = os.getcwd()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.chdir(work)
-    TEXT_WINDOWS.clear()
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(pipeline, "window_text", recorded)
-            assert main(["-q", "train", "--data", "data", "--config", "tiny.json", "--k", str(K),
-                         "--register", "e2e", "--metrics-out", "metrics.json"]) == 0
+        assert main(["-q", "train", "--data", "data", "--config", "tiny.json", "--k", str(K),
+                     "--register", "e2e", "--metrics-out", "metrics.json"]) == 0
         assert main(["-q", "rank", "--model", "models:/e2e@champion", "--out", "ranked.parquet",
                      "--k", str(K)]) == 0
     finally:
@@ -557,30 +539,67 @@ def test_a_second_label_cut_adds_ranker_queries_and_shrinks_the_text_window(trai
     assert all(0 < v <= 4 * 150 * 149 and v == int(v) for v in baseline_pairs.values())
 
 
-def test_each_window_reads_a_tower_refitted_on_it_and_the_model_ships_the_training_windows(trained):
-    """The feature window, the extra cut's window and the training window each get their own
-    refitted tower (``pipeline.window_text``); the registered model carries the training window's."""
+@pytest.fixture(scope="module")
+def trained_with_refit(tmp_path_factory):
+    """A second run, on the same data and settings as ``trained`` but with ``text.sequence_refit``
+    on (no ranking, serving or registry checks); yields the working folder and (rows of the
+    window, the user model) per ``training.pipeline.window_text`` call."""
+    from training import pipeline
+
+    work = tmp_path_factory.mktemp("e2e-refit")
+    data = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21))  # the other run's data
+    (work / "data").mkdir()
+    data.items.write_parquet(work / "data" / "items.parquet")
+    data.interactions.write_parquet(work / "data" / "interactions.parquet")
+    data.impressions.write_parquet(work / "data" / "impressions.parquet")
+    tiny = tiny_config_dict()
+    (work / "refit.json").write_text(json.dumps({**tiny, "label_cuts": 2,
+                                                 "text": {**tiny["text"], "sequence_refit": True}}))
+    windows = []
+
+    def recorded(w, window, *rest):
+        vectors, user_model = real_window_text(w, window, *rest)
+        windows.append((window.train.height, user_model))
+        return vectors, user_model
+
+    real_window_text = pipeline.window_text
+    old_cwd = os.getcwd()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(work)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pipeline, "window_text", recorded)
+            assert main(["-q", "train", "--data", "data", "--config", "refit.json", "--k", str(K),
+                         "--register", "e2e-refit"]) == 0
+    finally:
+        os.chdir(old_cwd)
+    return work, windows
+
+
+def test_each_window_reads_a_tower_refitted_on_it_and_the_model_ships_the_training_windows(trained_with_refit):
+    """With ``text.sequence_refit``: the feature window, the extra cut's window and the training
+    window each get their own refitted tower; the registered model carries the training window's."""
     from mlflow.tracking import MlflowClient
 
     from recsys.cli import _load_bundle
 
-    work, _ = trained
+    work, windows = trained_with_refit
     store = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
-    run = client.get_run(client.get_model_version("e2e", "1").run_id)
+    run = client.get_run(client.get_model_version("e2e-refit", "1").run_id)
     diagnostics = client.search_runs([run.info.experiment_id],
                                      filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' and tags.role = "
                                                    "'diagnostics'")[0].data.metrics
-    rows = [rows for rows, _ in TEXT_WINDOWS]
+    rows = [rows for rows, _ in windows]
     assert rows == [diagnostics["data/feature_window_rows"], diagnostics["data/text_window_rows"],
                     run.data.metrics["size/train_rows"]]
     assert diagnostics["text/sequence_best_epoch"] > 0  # else no refit ran and this test shows nothing
-    towers = [model for _, model in TEXT_WINDOWS]
+    towers = [model for _, model in windows]
     assert len({id(t) for t in towers}) == 3
     old_cwd = os.getcwd()
     os.chdir(work)
     try:
-        bundle, _ = _load_bundle("models:/e2e/1")
+        bundle, _ = _load_bundle("models:/e2e-refit/1")
     finally:
         os.chdir(old_cwd)
     shipped = bundle.state.user_text.tower.state_dict()

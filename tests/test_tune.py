@@ -394,8 +394,9 @@ def test_a_starting_config_with_label_cuts_tunes_the_ranker_on_every_cut(shown, 
     assert example_rows and set(example_rows) == {cut.train.filter(pl.col("user_id").is_in(
         data.windows.users.ids.implode())).height}
     assert cut.train.height < data.windows.nested.train.height
-    # The text reads, as in recsys train, each window's own tower: the feature window's in each
-    # text trial, then the extra cut's for its state.
+    # The text is asked for per window as recsys train asks (``pipeline.window_text``): the feature
+    # window's in each text trial, then the extra cut's for its state (the refit is off here, so
+    # each gets the text trial's own tower; test_sequence_tower checks what the refit gives).
     assert text_windows == [data.windows.nested.train.height] * 2 + [cut.train.height]
 
 
