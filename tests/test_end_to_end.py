@@ -56,6 +56,18 @@ def trained(tmp_path_factory):
 VARIANTS = {"ranker_finetuned_text", "ranker_pretrained_text", "ranker_no_text"}
 
 
+def _bundle_in(work: Path, uri: str):
+    """The ranking bundle of ``uri`` from the MLflow store in the working folder ``work``."""
+    from recsys.cli import _load_bundle
+
+    old_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        return _load_bundle(uri)[0]
+    finally:
+        os.chdir(old_cwd)
+
+
 def test_metrics_cover_the_ranker_and_every_baseline(trained):
     work, _ = trained
     document = json.loads((work / "metrics.json").read_text())
@@ -136,15 +148,9 @@ def test_the_shipped_encoder_is_the_one_its_item_vectors_came_from(trained):
     variant (pretrained MiniLM for the pretrained-text variant), or new items land in another space."""
     from features.sequence_tower import SequenceUserVectors
     from features.text_encoder import TextEncoder, item_texts
-    from recsys.cli import _load_bundle
 
     work, _ = trained
-    old_cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        bundle, _ = _load_bundle("models:/e2e/1")
-    finally:
-        os.chdir(old_cwd)
+    bundle = _bundle_in(work, "models:/e2e/1")
     items = generate_demo(DemoSpec(n_users=150, n_items=150, days=20, seed=21)).items.head(5)
     encoder = TextEncoder(bundle.encoder_dir, max_length=bundle.config.text.max_length)
     vectors = encoder.encode(item_texts(items), progress=False)
@@ -581,8 +587,6 @@ def test_each_window_reads_a_tower_refitted_on_it_and_the_model_ships_the_traini
     window each get their own refitted tower; the registered model carries the training window's."""
     from mlflow.tracking import MlflowClient
 
-    from recsys.cli import _load_bundle
-
     work, windows = trained_with_refit
     store = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
@@ -596,12 +600,7 @@ def test_each_window_reads_a_tower_refitted_on_it_and_the_model_ships_the_traini
     assert diagnostics["text/sequence_best_epoch"] > 0  # else no refit ran and this test shows nothing
     towers = [model for _, model in windows]
     assert len({id(t) for t in towers}) == 3
-    old_cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        bundle, _ = _load_bundle("models:/e2e-refit/1")
-    finally:
-        os.chdir(old_cwd)
+    bundle = _bundle_in(work, "models:/e2e-refit/1")
     shipped = bundle.state.user_text.tower.state_dict()
     for name, value in towers[2].state_dict().items():
         assert np.array_equal(shipped[name].numpy(), value.numpy()), name
