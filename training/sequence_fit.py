@@ -71,9 +71,8 @@ def fit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, item
     negatives come from generators seeded with ``seed``, dropout and the initial weights from
     torch's generator seeded inside ``torch.random.fork_rng``.
     """
-    user, item = _ordered(events, n_users, n_items, item_vectors, seed)
-    return _seeded(seed, lambda: _fit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling,
-                                      config, seed, progress, log_metric))
+    user, item, vectors = _inputs(events, n_users, n_items, item_vectors, seed)
+    return _seeded(seed, lambda: _fit(user, item, n_users, vectors, pooling, config, seed, progress, log_metric))
 
 
 def refit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, item_vectors: np.ndarray,
@@ -92,17 +91,17 @@ def refit_sequence_tower(events: pl.DataFrame, *, n_users: int, n_items: int, it
     """
     if epochs < 0:
         raise ValueError(f"epochs must be 0 or more, got {epochs}")
-    user, item = _ordered(events, n_users, n_items, item_vectors, seed)
-    return _seeded(seed, lambda: _refit(user, item, n_users, item_vectors.astype(np.float32, copy=False), pooling,
-                                        config, seed, epochs, progress))
+    user, item, vectors = _inputs(events, n_users, n_items, item_vectors, seed)
+    return _seeded(seed, lambda: _refit(user, item, n_users, vectors, pooling, config, seed, epochs, progress))
 
 
-def _ordered(events: pl.DataFrame, n_users: int, n_items: int, item_vectors: np.ndarray,
-             seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(events: pl.DataFrame, n_users: int, n_items: int, item_vectors: np.ndarray,
+            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The window's (user, item) rows grouped by user in time order, and the item vectors as float32."""
     if item_vectors.shape[0] != n_items:
         raise ValueError(f"item_vectors has {item_vectors.shape[0]} rows for {n_items} items")
     user, item, _ = ordered_events(events, n_users=n_users, n_items=n_items, seed=seed)
-    return user, item
+    return user, item, item_vectors.astype(np.float32, copy=False)
 
 
 def _seeded(seed: int, fit: Callable):
