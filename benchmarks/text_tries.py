@@ -26,6 +26,13 @@ Tries (what the fine-tuned-text variant gets instead of the default):
   pretrained_content_features  the fine-tuned-text variant takes its text neighbours and text
                                popularity from the pretrained vectors; only its interest score
                                is the tower's
+  pretrained_interest_too      the fine-tuned-text variant keeps all its columns and adds the
+                               pretrained encoder's interest score (raw cosine, query rank and
+                               z-score): both encoders' views in one ranker
+  scale_free_text              neither text variant splits on the raw text interest score (its
+                               query rank and z-score stay): the fine-tuned cosine's scale comes
+                               from a model fitted per window, so the ranker learns thresholds on
+                               the feature window's model and meets the training window's on test
 """
 
 from __future__ import annotations

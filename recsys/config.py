@@ -16,6 +16,7 @@ DEFAULT_TEST_FRACTION = 0.2
 STRATIFIED_TEST_FRACTION = 0.25
 MAX_LABEL_CUTS = 5
 MAX_RANKER_FOLDS = 10
+MAX_RANKER_SEEDS = 10
 RANKER_OBJECTIVES = ("lambdarank", "rank_xendcg")
 RANKER_SHIP = ("auto", "text", "finetuned_text", "pretrained_text", "no_text")  # ranker.ship: chosen, or pinned
 
@@ -134,6 +135,11 @@ class RankerConfig:
     # 1,499 users (held-out ones not counted), where one model's early stopping hangs on a few
     # dozen users; 1 otherwise.
     folds: int = 0
+    # LightGBM fits averaged into each variant's ranker, on the same users, with seeds seed, seed + 1,
+    # ...: each draws other columns for its trees (feature_fraction), so the ranker does not hang
+    # on one draw. Costs n fits, and the shipped model holds about n times the trees. 1 = one fit.
+    # Needs folds 1 (a fold ensemble averages fits on other users instead).
+    seeds: int = 1
     # Which variant ships: "auto" = chosen on validation (training.variants.choose_variant);
     # "text" = the better text variant on validation, for catalogs that take items without
     # behaviour, which the no-text variant cannot rank ("auto" acts so when cold_item_fraction > 0);
@@ -269,6 +275,12 @@ class PipelineConfig:
         if not 0 <= self.ranker.folds <= MAX_RANKER_FOLDS:
             raise ConfigError(f"ranker.folds must be 0..{MAX_RANKER_FOLDS} (0 = from the data, 1 = one "
                               f"early-stopped model), got {self.ranker.folds}")
+        seeds = self.ranker.seeds
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_RANKER_SEEDS:
+            raise ConfigError(f"ranker.seeds must be a whole number 1..{MAX_RANKER_SEEDS} (1 = one fit), got {seeds!r}")
+        if seeds > 1 and self.ranker.folds != 1:
+            raise ConfigError(f"ranker.seeds={seeds} averages fits on the same users and needs ranker.folds 1 "
+                              f"(a fold ensemble averages fits on other users), got ranker.folds={self.ranker.folds}")
         if self.ranker.ship not in RANKER_SHIP:
             raise ConfigError(f"ranker.ship must be one of {RANKER_SHIP}, got {self.ranker.ship!r}")
         if not 1 <= self.text.trainable_layers <= 6:

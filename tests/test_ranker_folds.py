@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.ranking_frame import FEATURE_COLUMNS
+from features.ranking_frame import FEATURE_COLUMNS, feature_matrix, group_sizes
 from recsys.config import PipelineConfig
 from recsys.errors import ConfigError, DataValidationError
 from tests.conftest import tiny_config_dict
@@ -142,3 +142,58 @@ def test_the_pipeline_fits_fold_members_without_the_held_out_validation_users(mo
     assert rankers[variants.NO_TEXT].best_iteration == trees
     assert logged["ranker/no_text/trees"] == trees == sum(logged[f"ranker/no_text/fold{k}_trees"] for k in (1, 2, 3))
     assert all(0 < logged[f"ranker/no_text/fold{k}_valid_ndcg_at_10"] <= 1 for k in (1, 2, 3))
+
+
+def _seeds_config(seeds: int, folds: int = 1) -> PipelineConfig:
+    config = tiny_config_dict()
+    config["ranker"] = {**config.get("ranker", {}), "folds": folds, "seeds": seeds, "num_boost_round": 30,
+                        "learning_rate": 0.2, "num_leaves": 4, "min_data_in_leaf": 5, "early_stopping_rounds": 5,
+                        "prior_sources": [], "feature_fraction": 0.5}
+    return PipelineConfig.from_dict(config)
+
+
+def test_a_seed_ensemble_averages_fits_that_differ_by_their_seed_alone():
+    import training.variants as variants
+
+    frame = _frame(n_users=60)
+    label_users = np.unique(frame["user_idx"].to_numpy())
+    held_out = label_users[::4]
+    logged = {}
+    config = _seeds_config(3)
+    ranker = variants.fit_rankers({variants.NO_TEXT: frame}, held_out, config, label_users=label_users,
+                                  log_metric=lambda key, value, step: logged.setdefault(key, value))[variants.NO_TEXT]
+    single = variants.fit_rankers({variants.NO_TEXT: frame}, held_out, _seeds_config(1),
+                                  label_users=label_users)[variants.NO_TEXT]
+    assert ranker.members == 3 and single.members == 1
+    X = frame.select(FEATURE_COLUMNS).to_numpy().astype(np.float32)
+    # Member i is the one-fit ranker with LightGBM seed config.seed + i, on the same rows.
+    train, val = variants.split_by_users(frame, held_out)
+    unused = tuple(c for c in variants.no_text_columns() if c in FEATURE_COLUMNS)
+    members = []
+    for i in range(3):
+        member = LambdaRanker(feature_names=FEATURE_COLUMNS, config=config.ranker, seed=config.seed + i)
+        sets = member.dataset(feature_matrix(train), train["label"].to_numpy(), group_sizes(train),
+                              X_val=feature_matrix(val), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
+        members.append(member.fit_dataset(sets, unused_features=unused, eval_at=(10,)))
+    np.testing.assert_allclose(members[0].predict(X), single.predict(X), atol=1e-9)  # seeds 1 = member 1
+    scores = [m.predict(X) for m in members]
+    assert not np.allclose(scores[0], scores[1]) and not np.allclose(scores[1], scores[2])
+    np.testing.assert_allclose(ranker.predict(X), np.mean(scores, axis=0), atol=1e-5)
+    assert logged["ranker/no_text/trees"] == ranker.best_iteration == sum(m.best_iteration for m in members)
+    assert [logged[f"ranker/no_text/seed{k}_trees"] for k in (1, 2, 3)] == [m.best_iteration for m in members]
+    assert "ranker/no_text/valid_ndcg_at_10" in logged  # the first member's curve
+
+
+@pytest.mark.parametrize("seeds", [0, 11, True, 2.0])
+def test_seeds_outside_one_to_ten_are_refused(seeds):
+    with pytest.raises(ConfigError, match=rf"ranker.seeds must be a whole number 1..10 \(1 = one fit\), got {seeds!r}"):
+        _seeds_config(seeds)
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_seeds_need_one_fold(folds):
+    with pytest.raises(ConfigError, match=r"ranker.seeds=2 averages fits on the same users and needs ranker.folds 1 "
+                                          rf"\(a fold ensemble averages fits on other users\), "
+                                          rf"got ranker.folds={folds}"):
+        _seeds_config(2, folds=folds)
+    assert PipelineConfig().ranker.seeds == 1

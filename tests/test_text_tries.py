@@ -23,12 +23,13 @@ def _module():
 def test_the_docstring_lists_every_try():
     module = _module()
     listed = re.findall(r"^  (\w+) {2,}", module.__doc__, flags=re.MULTILINE)
-    assert listed == ["warm_item_vectors", "follower_negatives", "recent_cosines", "pretrained_content_features"]
+    assert listed == ["warm_item_vectors", "follower_negatives", "recent_cosines", "pretrained_content_features",
+                      "pretrained_interest_too", "scale_free_text"]
     assert sorted(listed) == module.tries()
 
 
 @pytest.mark.parametrize("name", ["warm_item_vectors", "follower_negatives", "recent_cosines",
-                                  "pretrained_content_features"])
+                                  "pretrained_content_features", "pretrained_interest_too", "scale_free_text"])
 def test_each_patch_applies_to_its_base(tmp_path, name):
     module = _module()
     if not module.has_base():

@@ -217,7 +217,8 @@ def fit_variants(w: Windows, text, config: PipelineConfig, metric_log) -> Fitted
                          "data/ranker_queries": frames[variants.FINETUNED]["query_idx"].n_unique()})
     with stage("ranker"):
         rankers = variants.fit_rankers(frames, held_out, config, metric_log, label_users=users[0])
-    mlflow.log_param("data_choice.ranker_folds", rankers[variants.FINETUNED].members)
+    mlflow.log_param("data_choice.ranker_folds",
+                     rankers[variants.FINETUNED].members if config.ranker.seeds == 1 else 1)
     del frames
     held_out_ids = w.users.to_ids(held_out)
     validation_split = Split(kind=w.nested.kind, train=w.nested.train,

@@ -1,4 +1,5 @@
-"""A fold ensemble of LambdaRank models, shipped as one LightGBM model (``ranker.folds`` > 1).
+"""Ensembles of LambdaRank models, shipped as one LightGBM model: folds (``ranker.folds`` > 1) and
+seeds (``ranker.seeds`` > 1, ``fit_seed_ensemble``: the same users, other column draws).
 
 The training users are dealt into n folds (seeded); member k learns on the queries of the other
 folds and stops early on fold k's. The shipped ranker is the mean of the members' scores,
@@ -25,7 +26,7 @@ from features.ranking_frame import feature_matrix, frame_feature_columns, group_
 from features.ties import tie_keys
 from recsys.config import PipelineConfig
 from recsys.errors import DataValidationError
-from training.ranker import LambdaRanker
+from training.ranker import LambdaRanker, RankerData
 
 _TREE_START = re.compile(r"\n(?=Tree=\d+\n)")
 FOLD_KEY = -2  # the tie-rule hash's query slot for the fold deal (no query has this number)
@@ -105,8 +106,7 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
     frame ``train`` (query_idx, user_idx, label and FEATURE_COLUMNS; rows of a query contiguous).
 
     Every query of a user is on the same side of every fold. seed: the fold deal's seed; the
-    members' LightGBM seed is ``config.seed``. The averaged ranker's ``prior_weights`` are the
-    members' means (the prior is linear in them), its ``fit_seconds`` their sum. threads: each
+    members' LightGBM seed is ``config.seed``. The averaged ranker: ``merged_ranker``. threads: each
     member's LightGBM threads (None: the usable cores); the members are fitted one after another.
     should_stop: passed to each member's fit (``LambdaRanker.fit_dataset``).
     """
@@ -121,12 +121,40 @@ def fit_fold_ensemble(train: pl.DataFrame, config: PipelineConfig, *, seed: int,
         members.append(member.fit_dataset(sets, unused_features=unused_features, eval_at=eval_at,
                                           progress_name=f"{progress_name} fold {k + 1}/{n_folds}".strip(),
                                           should_stop=should_stop))
-    ranker = LambdaRanker(feature_names=columns, config=config.ranker, seed=config.seed, threads=threads)
+    return merged_ranker(members, config, unused_features=unused_features, threads=threads), members
+
+
+def fit_seed_ensemble(data: RankerData, config: PipelineConfig, *, unused_features: tuple[str, ...] = (),
+                      eval_at: tuple[int, ...] = (10,), progress_name: str = "", threads: int | None = None,
+                      should_stop=None) -> tuple[LambdaRanker, list[LambdaRanker]]:
+    """(the averaged ranker, its members) of ``config.ranker.seeds`` (> 1) LightGBM fits of the same
+    sets ``data`` (from ``LambdaRanker.dataset``), member i with LightGBM seed ``config.seed + i``,
+    each early-stopped on ``data``'s validation queries. The seed draws each tree's columns
+    (``feature_fraction``), so the members differ by those draws alone, and their mean does not
+    hang on one draw. Members are fitted one after another; the rest as ``fit_fold_ensemble``."""
+    members = []
+    n = config.ranker.seeds
+    for i in range(n):
+        member = LambdaRanker(feature_names=data.feature_names, config=config.ranker, seed=config.seed + i,
+                              threads=threads)
+        members.append(member.fit_dataset(data, unused_features=unused_features, eval_at=eval_at,
+                                          progress_name=f"{progress_name} seed {i + 1}/{n}".strip(),
+                                          should_stop=should_stop))
+    return merged_ranker(members, config, unused_features=unused_features, threads=threads), members
+
+
+def merged_ranker(members: list[LambdaRanker], config: PipelineConfig, *, unused_features: tuple[str, ...],
+                  threads: int | None) -> LambdaRanker:
+    """One ranker scoring the mean of ``members``' scores (``averaged_booster``); its
+    ``prior_weights`` are the members' means (the prior is linear in them), its ``fit_seconds``
+    their sum, ``members`` their number."""
+    ranker = LambdaRanker(feature_names=members[0].feature_names, config=config.ranker, seed=config.seed,
+                          threads=threads)
     ranker.booster = averaged_booster([m.booster for m in members])
     ranker.unused_features = tuple(unused_features)
     names = sorted({name for m in members for name in m.prior_weights})
     ranker.prior_weights = {name: float(np.mean([m.prior_weights.get(name, 0.0) for m in members]))
                             for name in names}
     ranker.fit_seconds = sum(m.fit_seconds for m in members)
-    ranker.members = n_folds
-    return ranker, members
+    ranker.members = len(members)
+    return ranker

@@ -47,7 +47,7 @@ from recsys.progress import progress as progress_bar
 from recsys.stage_timer import worker_context
 from training.evaluate import paired_lift, sample_users, test_relevance
 from training.ranker import LambdaRanker
-from training.ranker_folds import fit_fold_ensemble, folds_from_data
+from training.ranker_folds import fit_fold_ensemble, fit_seed_ensemble, folds_from_data
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +230,15 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
         sets = ranker.dataset(feature_matrix(train, columns), train["label"].to_numpy(), group_sizes(train),
                               X_val=feature_matrix(val, columns), y_val=val["label"].to_numpy(),
                               groups_val=group_sizes(val))
+        rows = {"train_rows": float(sets.n_rows), "train_curve_queries": float(sets.curve_queries),
+                "validation_rows": float(val.height)}
+        if config.ranker.seeds > 1:
+            ranker, members = fit_seed_ensemble(sets, config, unused_features=unused, eval_at=(config.k,),
+                                                progress_name=short, threads=threads, should_stop=stop.is_set)
+            return ranker, {**rows, "members": members}
         ranker.fit_dataset(sets, unused_features=unused, eval_at=(config.k,), progress_name=short,
                            should_stop=stop.is_set)
-        return ranker, {"train_rows": float(sets.n_rows), "train_curve_queries": float(sets.curve_queries),
-                        "validation_rows": float(val.height)}
+        return ranker, rows
 
     jobs = [functools.partial(fit, name, frame) for name, frame in frames.items()]
     results = dict(zip(frames, in_threads(jobs, workers, stop), strict=True))
@@ -251,8 +256,17 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
             log_metric(f"ranker/{short}/trees", float(ranker.best_iteration), 0)
             log_metric(f"ranker/{short}/fit_seconds", ranker.fit_seconds, 0)
             continue
-        ranker.log_curves(lambda key, value, step, short=short:
-                          log_metric(key.replace("ranker/", f"ranker/{short}/", 1), value, step))
+        seed_members = extra.pop("members", [])
+        if seed_members:
+            log_metric(f"ranker/{short}/trees", float(ranker.best_iteration), 0)
+        for k, member in enumerate(seed_members, start=1):
+            log_metric(f"ranker/{short}/seed{k}_trees", float(member.best_iteration), 0)
+            log_metric(f"ranker/{short}/seed{k}_valid_ndcg_at_{config.k}",
+                       member.evals["valid"][f"ndcg@{config.k}"][member.best_iteration - 1], 0)
+        # A seed ensemble's curves are its first member's (the merged model has no rounds of its own).
+        (seed_members[0] if seed_members else ranker).log_curves(
+            lambda key, value, step, short=short:
+            log_metric(key.replace("ranker/", f"ranker/{short}/", 1), value, step))
         for key, value in extra.items():
             log_metric(f"ranker/{short}/{key}", value, 0)
         log_metric(f"ranker/{short}/fit_seconds", ranker.fit_seconds, 0)
