@@ -23,7 +23,10 @@ test nDCG@10 of both (reported, never used to choose) with the ranker's paired l
 baseline and its 95% bootstrap interval, and the run's wall time. MLflow writes to
 a temporary folder. ``--cold-items F`` runs the cold-items protocol (``recsys train --cold-items
 F``: a seeded share F of the items is removed from training) and adds each model's cold
-Recall@10 and its ratio to random's.
+Recall@10 and its ratio to random's. The JSON also records the machine (``machine``: CPU, the
+BLAS kernels, PyTorch's CPU capability, package versions): the figures reproduce to every digit
+on the same kind of CPU and packages, and can move in the fourth decimal on another
+(docs/results.md).
 """
 
 from __future__ import annotations
@@ -92,13 +95,37 @@ def main() -> None:
             result = train(dataset, config, experiment=f"defaults-{name}", register_name=None, workdir=Path(tmp),
                            progress=False)
             wall = time.perf_counter() - start
-            results[name] = summarise(result, wall)
+            results[name] = {**summarise(result, wall), "machine": machine()}
             print(line_of(name, results[name]), flush=True)
     print(f"\nDefaults on validation, seed {args.seed}:")
     for name, row in results.items():
         print(line_of(name, row))
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2, default=float))
+
+
+def machine() -> dict:
+    """What can make a figure differ from another machine's with the same code: the CPU, the float
+    kernels OpenBLAS and PyTorch chose for it, and the installed packages' versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    packages = {}
+    for package in ("numpy", "scipy", "torch", "transformers", "lightgbm", "implicit", "polars", "mlflow"):
+        try:
+            packages[package] = version(package)
+        except PackageNotFoundError:
+            packages[package] = None
+    return {"cpu": names[0] if names else platform.processor(), "python": platform.python_version(),
+            "blas": [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                     for i in threadpool_info() if i.get("user_api") == "blas"],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "packages": packages}
 
 
 def summarise(result, wall: float) -> dict:

@@ -138,7 +138,7 @@ class RankerConfig:
     # LightGBM fits averaged into each variant's ranker, on the same users, with seeds seed, seed + 1,
     # ...: each draws other columns for its trees (feature_fraction), so the ranker does not hang
     # on one draw. Costs n fits, and the shipped model holds about n times the trees. 1 = one fit.
-    # Needs folds 1 (a fold ensemble averages fits on other users instead).
+    # Needs folds 1 (a fold ensemble averages fits on other users instead) and feature_fraction < 1.
     seeds: int = 1
     # Which variant ships: "auto" = chosen on validation (training.variants.choose_variant);
     # "text" = the better text variant on validation, for catalogs that take items without
@@ -278,6 +278,10 @@ class PipelineConfig:
         seeds = self.ranker.seeds
         if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_RANKER_SEEDS:
             raise ConfigError(f"ranker.seeds must be a whole number 1..{MAX_RANKER_SEEDS} (1 = one fit), got {seeds!r}")
+        if seeds > 1 and not self.ranker.feature_fraction < 1:
+            raise ConfigError(f"ranker.seeds={seeds} needs ranker.feature_fraction below 1: the seed draws each "
+                              f"tree's columns, and with every column ({self.ranker.feature_fraction}) the members "
+                              "are the same fit")
         if seeds > 1 and self.ranker.folds != 1:
             raise ConfigError(f"ranker.seeds={seeds} averages fits on the same users and needs ranker.folds 1 "
                               f"(a fold ensemble averages fits on other users), got ranker.folds={self.ranker.folds}")

@@ -144,25 +144,28 @@ def test_the_pipeline_fits_fold_members_without_the_held_out_validation_users(mo
     assert all(0 < logged[f"ranker/no_text/fold{k}_valid_ndcg_at_10"] <= 1 for k in (1, 2, 3))
 
 
-def _seeds_config(seeds: int, folds: int = 1) -> PipelineConfig:
+def _seeds_config(seeds: int, folds: int = 1, **ranker) -> PipelineConfig:
     config = tiny_config_dict()
     config["ranker"] = {**config.get("ranker", {}), "folds": folds, "seeds": seeds, "num_boost_round": 30,
                         "learning_rate": 0.2, "num_leaves": 4, "min_data_in_leaf": 5, "early_stopping_rounds": 5,
-                        "prior_sources": [], "feature_fraction": 0.5}
+                        "prior_sources": [], "feature_fraction": 0.5, **ranker}
     return PipelineConfig.from_dict(config)
 
 
-def test_a_seed_ensemble_averages_fits_that_differ_by_their_seed_alone():
+@pytest.mark.parametrize("prior", [[], ["als_score", "bpr_score"]])
+def test_a_seed_ensemble_averages_fits_that_differ_by_their_seed_alone(prior):
     import training.variants as variants
 
     frame = _frame(n_users=60)
     label_users = np.unique(frame["user_idx"].to_numpy())
     held_out = label_users[::4]
     logged = {}
-    config = _seeds_config(3)
+    config = _seeds_config(3, prior_sources=prior, max_delta_step=1.0)
     ranker = variants.fit_rankers({variants.NO_TEXT: frame}, held_out, config, label_users=label_users,
-                                  log_metric=lambda key, value, step: logged.setdefault(key, value))[variants.NO_TEXT]
-    single = variants.fit_rankers({variants.NO_TEXT: frame}, held_out, _seeds_config(1),
+                                  log_metric=lambda key, value, step: logged.setdefault((key, step), value)
+                                  )[variants.NO_TEXT]
+    single = variants.fit_rankers({variants.NO_TEXT: frame}, held_out, _seeds_config(1, prior_sources=prior,
+                                                                                      max_delta_step=1.0),
                                   label_users=label_users)[variants.NO_TEXT]
     assert ranker.members == 3 and single.members == 1
     X = frame.select(FEATURE_COLUMNS).to_numpy().astype(np.float32)
@@ -175,19 +178,33 @@ def test_a_seed_ensemble_averages_fits_that_differ_by_their_seed_alone():
         sets = member.dataset(feature_matrix(train), train["label"].to_numpy(), group_sizes(train),
                               X_val=feature_matrix(val), y_val=val["label"].to_numpy(), groups_val=group_sizes(val))
         members.append(member.fit_dataset(sets, unused_features=unused, eval_at=(10,)))
-    np.testing.assert_allclose(members[0].predict(X), single.predict(X), atol=1e-9)  # seeds 1 = member 1
-    scores = [m.predict(X) for m in members]
+    assert members[0].model_text() == single.model_text()  # seeds 1 is member 1, tree for tree
+    assert single.members == 1
+    scores = [m.predict(X) for m in members]  # each with the prior, when there is one
     assert not np.allclose(scores[0], scores[1]) and not np.allclose(scores[1], scores[2])
     np.testing.assert_allclose(ranker.predict(X), np.mean(scores, axis=0), atol=1e-5)
-    assert logged["ranker/no_text/trees"] == ranker.best_iteration == sum(m.best_iteration for m in members)
-    assert [logged[f"ranker/no_text/seed{k}_trees"] for k in (1, 2, 3)] == [m.best_iteration for m in members]
-    assert "ranker/no_text/valid_ndcg_at_10" in logged  # the first member's curve
+    assert ranker.prior_weights == members[0].prior_weights == single.prior_weights
+    assert bool(ranker.prior_weights) == bool(prior)
+    assert logged[("ranker/no_text/trees", 0)] == ranker.best_iteration == sum(m.best_iteration for m in members)
+    assert [logged[(f"ranker/no_text/seed{k}_trees", 0)] for k in (1, 2, 3)] == [m.best_iteration for m in members]
+    assert [logged[(f"ranker/no_text/seed{k}_valid_ndcg_at_10", 0)] for k in (1, 2, 3)] == [
+        m.evals["valid"]["ndcg@10"][m.best_iteration - 1] for m in members]
+    curve = members[0].evals["valid"]["ndcg@10"]  # the logged curve is the first member's
+    assert [logged[("ranker/no_text/valid_ndcg_at_10", step)] for step in range(1, len(curve) + 1)] == curve
 
 
 @pytest.mark.parametrize("seeds", [0, 11, True, 2.0])
 def test_seeds_outside_one_to_ten_are_refused(seeds):
     with pytest.raises(ConfigError, match=rf"ranker.seeds must be a whole number 1..10 \(1 = one fit\), got {seeds!r}"):
         _seeds_config(seeds)
+
+
+def test_seeds_need_columns_to_draw():
+    with pytest.raises(ConfigError, match=r"ranker.seeds=3 needs ranker.feature_fraction below 1: the seed draws "
+                                          r"each tree's columns, and with every column \(1.0\) the members are the "
+                                          r"same fit"):
+        _seeds_config(3, feature_fraction=1.0)
+    assert _seeds_config(1, feature_fraction=1.0).ranker.seeds == 1
 
 
 @pytest.mark.parametrize("folds", [0, 3])

@@ -146,15 +146,16 @@ def fit_seed_ensemble(data: RankerData, config: PipelineConfig, *, unused_featur
 def merged_ranker(members: list[LambdaRanker], config: PipelineConfig, *, unused_features: tuple[str, ...],
                   threads: int | None) -> LambdaRanker:
     """One ranker scoring the mean of ``members``' scores (``averaged_booster``); its
-    ``prior_weights`` are the members' means (the prior is linear in them), its ``fit_seconds``
-    their sum, ``members`` their number."""
+    ``prior_weights`` are the members' means (the prior is linear in them; equal weights stay as
+    they are), its ``fit_seconds`` their sum, ``members`` their number."""
     ranker = LambdaRanker(feature_names=members[0].feature_names, config=config.ranker, seed=config.seed,
                           threads=threads)
     ranker.booster = averaged_booster([m.booster for m in members])
     ranker.unused_features = tuple(unused_features)
     names = sorted({name for m in members for name in m.prior_weights})
-    ranker.prior_weights = {name: float(np.mean([m.prior_weights.get(name, 0.0) for m in members]))
-                            for name in names}
+    weights = {name: [m.prior_weights.get(name, 0.0) for m in members] for name in names}
+    # A seed ensemble's members fit the same prior on the same rows: kept as it is, not re-rounded.
+    ranker.prior_weights = {name: w[0] if len(set(w)) == 1 else float(np.mean(w)) for name, w in weights.items()}
     ranker.fit_seconds = sum(m.fit_seconds for m in members)
     ranker.members = len(members)
     return ranker
