@@ -249,20 +249,12 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
             continue
         short = name.removeprefix("ranker_")
         if n_folds > 1:
-            for k, member in enumerate(extra, start=1):
-                log_metric(f"ranker/{short}/fold{k}_trees", float(member.best_iteration), 0)
-                log_metric(f"ranker/{short}/fold{k}_valid_ndcg_at_{config.k}",
-                           member.evals["valid"][f"ndcg@{config.k}"][member.best_iteration - 1], 0)
-            log_metric(f"ranker/{short}/trees", float(ranker.best_iteration), 0)
+            _log_members(log_metric, f"ranker/{short}/fold", ranker, extra, config.k)
             log_metric(f"ranker/{short}/fit_seconds", ranker.fit_seconds, 0)
             continue
         seed_members = extra.pop("members", [])
         if seed_members:
-            log_metric(f"ranker/{short}/trees", float(ranker.best_iteration), 0)
-        for k, member in enumerate(seed_members, start=1):
-            log_metric(f"ranker/{short}/seed{k}_trees", float(member.best_iteration), 0)
-            log_metric(f"ranker/{short}/seed{k}_valid_ndcg_at_{config.k}",
-                       member.evals["valid"][f"ndcg@{config.k}"][member.best_iteration - 1], 0)
+            _log_members(log_metric, f"ranker/{short}/seed", ranker, seed_members, config.k)
         # A seed ensemble's curves are its first member's (the merged model has no rounds of its own).
         (seed_members[0] if seed_members else ranker).log_curves(
             lambda key, value, step, short=short:
@@ -273,6 +265,15 @@ def fit_rankers(frames: dict[str, pl.DataFrame], held_out_users: np.ndarray, con
         log_metric(f"ranker/{short}/rows_per_s",
                    extra["train_rows"] * ranker.best_iteration / max(ranker.fit_seconds, 1e-9), 0)
     return rankers
+
+
+def _log_members(log_metric, prefix: str, ranker: LambdaRanker, members: list[LambdaRanker], k: int) -> None:
+    """An ensemble's kept trees and early-stopping nDCG@k per member (``<prefix><i>_trees``,
+    ``<prefix><i>_valid_ndcg_at_<k>``, i from 1) and the merged model's trees (``trees``, beside the prefix)."""
+    for i, member in enumerate(members, start=1):
+        log_metric(f"{prefix}{i}_trees", float(member.best_iteration), 0)
+        log_metric(f"{prefix}{i}_valid_ndcg_at_{k}", member.evals["valid"][f"ndcg@{k}"][member.best_iteration - 1], 0)
+    log_metric(f"{prefix.rsplit('/', 1)[0]}/trees", float(ranker.best_iteration), 0)
 
 
 def in_threads(jobs: list[Callable[[], T]], workers: int, stop: threading.Event | None = None) -> list[T]:
